@@ -1,0 +1,207 @@
+"""AlexNet (Krizhevsky, Sutskever & Hinton, NIPS 2012), to be read side by side with SPEC.md.
+
+Two variants share one class and one module layout (``features`` then ``classifier``):
+
+  "paper"  the network as published (SPEC.md section 1): 227x227 input, LRN after conv1 and conv2,
+           overlapping 3/2 max pooling, and the two GPU towers kept apart by groups=2 in conv2, conv4,
+           conv5 and in the LRN window. 60,965,224 parameters, 724,406,816 multiply-adds.
+  "owt"    torchvision.models.alexnet ("One weird trick", SPEC.md section 2): the same module tree and
+           state_dict keys, so torchvision's weights load unchanged. 61,100,840 parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from alexnet.lrn import LRN_CONVENTIONS, LocalResponseNorm
+
+VARIANTS = ("paper", "owt")
+INPUT_SIZE = {"paper": 227, "owt": 224}
+INITS = ("paper", "pytorch")
+
+# Readable names for every module, in forward order; summary() and the paper init use them.
+LAYER_NAMES = {
+    "paper": (
+        "conv1", "relu1", "norm1", "pool1", "conv2", "relu2", "norm2", "pool2",
+        "conv3", "relu3", "conv4", "relu4", "conv5", "relu5", "pool5",
+        "fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8",
+    ),
+    "owt": (
+        "conv1", "relu1", "pool1", "conv2", "relu2", "pool2",
+        "conv3", "relu3", "conv4", "relu4", "conv5", "relu5", "pool5", "avgpool",
+        "drop6", "fc6", "relu6", "drop7", "fc7", "relu7", "fc8",
+    ),
+}
+
+# Paper section 5: "We initialized the neuron biases in the second, fourth, and fifth convolutional
+# layers, as well as in the fully-connected hidden layers, with the constant 1 ... [and] the remaining
+# layers with the constant 0." Weights: zero-mean Gaussian, standard deviation 0.01.
+PAPER_INIT_STD = 0.01
+PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
+
+
+def _paper_features(lrn: str) -> nn.Sequential:
+    def norm() -> LocalResponseNorm:
+        return LocalResponseNorm.from_convention(lrn, towers=2)
+
+    return nn.Sequential(
+        nn.Conv2d(3, 96, kernel_size=11, stride=4, padding=0),               # conv1  3x227x227 -> 96x55x55
+        nn.ReLU(inplace=True),
+        norm(),
+        nn.MaxPool2d(kernel_size=3, stride=2),                               # pool1  -> 96x27x27
+        nn.Conv2d(96, 256, kernel_size=5, stride=1, padding=2, groups=2),    # conv2  -> 256x27x27
+        nn.ReLU(inplace=True),
+        norm(),
+        nn.MaxPool2d(kernel_size=3, stride=2),                               # pool2  -> 256x13x13
+        nn.Conv2d(256, 384, kernel_size=3, stride=1, padding=1),             # conv3  -> 384x13x13 (sees both towers)
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 384, kernel_size=3, stride=1, padding=1, groups=2),   # conv4  -> 384x13x13
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, stride=1, padding=1, groups=2),   # conv5  -> 256x13x13
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),                               # pool5  -> 256x6x6 = 9216
+    )
+
+
+def _paper_classifier(num_classes: int, dropout: float) -> nn.Sequential:
+    # Dropout acts on the outputs of fc6 and fc7 (paper section 4.2).
+    return nn.Sequential(
+        nn.Linear(256 * 6 * 6, 4096),                                        # fc6
+        nn.ReLU(inplace=True),
+        nn.Dropout(p=dropout),
+        nn.Linear(4096, 4096),                                               # fc7
+        nn.ReLU(inplace=True),
+        nn.Dropout(p=dropout),
+        nn.Linear(4096, num_classes),                                        # fc8 (softmax lives in the loss)
+    )
+
+
+def _owt_features() -> nn.Sequential:
+    # Same indices as torchvision/models/alexnet.py, so state_dict keys match.
+    return nn.Sequential(
+        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+    )
+
+
+def _owt_classifier(num_classes: int, dropout: float) -> nn.Sequential:
+    # torchvision drops out the *inputs* of fc6 and fc7.
+    return nn.Sequential(
+        nn.Dropout(p=dropout),
+        nn.Linear(256 * 6 * 6, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(p=dropout),
+        nn.Linear(4096, 4096),
+        nn.ReLU(inplace=True),
+        nn.Linear(4096, num_classes),
+    )
+
+
+class AlexNet(nn.Module):
+    """AlexNet, either as published (``variant="paper"``) or as in torchvision (``variant="owt"``).
+
+    Args:
+        variant: "paper" (227x227 input, LRN, two towers) or "owt" (torchvision's layout, 224x224).
+        num_classes: size of fc8.
+        dropout: drop probability on the fully-connected layers (the paper's 0.5).
+        lrn: LRN convention for the paper variant: "paper" (default), "cuda-convnet" or "caffe".
+        init: "paper" (N(0, 0.01) weights, biases of 1 where the paper says) or "pytorch" (the layers'
+            own defaults, which torchvision's alexnet uses). Defaults to "paper" for the paper variant
+            and "pytorch" for owt.
+    """
+
+    def __init__(self, variant: str = "paper", num_classes: int = 1000, dropout: float = 0.5, *,
+                 lrn: str = "paper", init: str | None = None) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if lrn not in LRN_CONVENTIONS:
+            raise ValueError(f"unknown LRN convention {lrn!r}; choose from {', '.join(LRN_CONVENTIONS)}")
+        init = init or ("paper" if variant == "paper" else "pytorch")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
+
+        self.variant, self.num_classes, self.init = variant, num_classes, init
+        self.input_size = INPUT_SIZE[variant]
+        if variant == "paper":
+            self.lrn = lrn
+            self.features = _paper_features(lrn)
+            self.classifier = _paper_classifier(num_classes, dropout)
+        else:
+            self.features = _owt_features()
+            # Lets owt take inputs other than 224 exactly as torchvision does; an identity at 224.
+            self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+            self.classifier = _owt_classifier(num_classes, dropout)
+        if init == "paper":
+            self._init_paper()
+
+    def named_layers(self) -> list[tuple[str, nn.Module]]:
+        """Every module in forward order under its paper name: [("conv1", Conv2d), ("relu1", ReLU), ...]."""
+        modules = list(self.features)
+        if self.variant == "owt":
+            modules.append(self.avgpool)
+        modules += list(self.classifier)
+        return list(zip(LAYER_NAMES[self.variant], modules, strict=True))
+
+    def layer(self, name: str) -> nn.Module:
+        """The module called ``name`` ("conv1", "norm2", "fc8", ...)."""
+        for layer_name, module in self.named_layers():
+            if layer_name == name:
+                return module
+        raise KeyError(f"no layer {name!r} in the {self.variant} network")
+
+    def _init_paper(self) -> None:
+        for name, module in self.named_layers():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.normal_(module.weight, mean=0.0, std=PAPER_INIT_STD)
+                nn.init.constant_(module.bias, 1.0 if name in PAPER_BIAS_ONE else 0.0)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace fc8 with a fresh one of ``num_classes`` outputs (fine-tuning on new classes)."""
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        old = self.classifier[-1]
+        fc8 = nn.Linear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)
+        if self.init == "paper":
+            nn.init.normal_(fc8.weight, mean=0.0, std=PAPER_INIT_STD)
+            nn.init.zeros_(fc8.bias)
+        self.classifier[-1] = fc8
+        self.num_classes = num_classes
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W) -> pool5 activations (N, 256, 6, 6)."""
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """pool5 activations (N, 256, 6, 6) -> logits (N, num_classes)."""
+        if self.variant == "owt":
+            x = self.avgpool(x)
+        elif x.shape[-2:] != (6, 6):
+            raise ValueError(
+                f"the paper network needs 227x227 input so that pool5 is 6x6, but pool5 is "
+                f"{x.shape[-2]}x{x.shape[-1]}; resize or crop the images to 227x227")
+        return self.classifier(torch.flatten(x, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W), already normalised -> logits (N, num_classes)."""
+        return self.forward_head(self.forward_features(x))
+
+    def extra_repr(self) -> str:
+        lrn = f", lrn={self.lrn!r}" if self.variant == "paper" else ""
+        return f"variant={self.variant!r}, num_classes={self.num_classes}, init={self.init!r}{lrn}"

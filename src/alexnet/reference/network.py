@@ -1,0 +1,158 @@
+"""The paper's AlexNet (SPEC.md section 1) in NumPy, forward and backward, built from :mod:`.layers`.
+
+It reads the state_dict of ``alexnet.AlexNet(variant="paper")`` (as NumPy arrays, same keys) and is
+the project's oracle: the tests hold its logits and every parameter gradient equal to PyTorch's.
+
+    net = AlexNet({k: v.double().numpy() for k, v in model.state_dict().items()})
+    logits = net.forward(x)                 # x: (N, 3, 227, 227)
+    grads = net.backward(dlogits)           # {"features.0.weight": ..., ...}, the state_dict's keys
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import layers as L
+
+# The same three conventions as alexnet.lrn.LRN_CONVENTIONS (a test holds them equal). Copied rather
+# than imported because alexnet.lrn imports torch.
+LRN_CONVENTIONS = {
+    "paper": dict(size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_size=False),
+    "cuda-convnet": dict(size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_size=True),
+    "caffe": dict(size=5, alpha=1e-4, beta=0.75, k=1.0, alpha_over_size=True),
+}
+
+# Forward order. The keys are the indices in alexnet.AlexNet's features / classifier Sequentials,
+# so the state_dict drops in unchanged. Shapes in the comments are per image, CHW.
+LAYERS = (
+    ("conv1", "conv", "features.0", dict(stride=4, pad=0, groups=1)),    # 3x227x227 -> 96x55x55
+    ("relu1", "relu", None, {}),
+    ("norm1", "lrn", None, {}),                                         # two towers of 48 channels
+    ("pool1", "pool", None, {}),                                        # -> 96x27x27
+    ("conv2", "conv", "features.4", dict(stride=1, pad=2, groups=2)),   # -> 256x27x27
+    ("relu2", "relu", None, {}),
+    ("norm2", "lrn", None, {}),
+    ("pool2", "pool", None, {}),                                        # -> 256x13x13
+    ("conv3", "conv", "features.8", dict(stride=1, pad=1, groups=1)),   # -> 384x13x13, sees both towers
+    ("relu3", "relu", None, {}),
+    ("conv4", "conv", "features.10", dict(stride=1, pad=1, groups=2)),  # -> 384x13x13
+    ("relu4", "relu", None, {}),
+    ("conv5", "conv", "features.12", dict(stride=1, pad=1, groups=2)),  # -> 256x13x13
+    ("relu5", "relu", None, {}),
+    ("pool5", "pool", None, {}),                                        # -> 256x6x6
+    ("flatten", "flatten", None, {}),                                   # -> 9216
+    ("fc6", "fc", "classifier.0", {}),                                  # -> 4096
+    ("relu6", "relu", None, {}),
+    ("drop6", "dropout", None, {}),
+    ("fc7", "fc", "classifier.3", {}),                                  # -> 4096
+    ("relu7", "relu", None, {}),
+    ("drop7", "dropout", None, {}),
+    ("fc8", "fc", "classifier.6", {}),                                  # -> num_classes
+)
+
+# Weight shapes; fc8's row count is the number of classes and is read from the weights.
+WEIGHT_SHAPES = {
+    "features.0": (96, 3, 11, 11),
+    "features.4": (256, 48, 5, 5),
+    "features.8": (384, 256, 3, 3),
+    "features.10": (384, 192, 3, 3),
+    "features.12": (256, 192, 3, 3),
+    "classifier.0": (4096, 9216),
+    "classifier.3": (4096, 4096),
+    "classifier.6": (None, 4096),
+}
+
+
+def _check_weights(weights):
+    expected = {f"{p}.{s}" for p in WEIGHT_SHAPES for s in ("weight", "bias")}
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise ValueError(f"not a paper AlexNet state_dict: missing {missing}, unexpected {unexpected}")
+    params = {k: np.asarray(v) for k, v in weights.items()}
+    for prefix, shape in WEIGHT_SHAPES.items():
+        w, b = params[f"{prefix}.weight"], params[f"{prefix}.bias"]
+        if len(w.shape) != len(shape) or any(e is not None and e != a for e, a in zip(shape, w.shape)) \
+                or b.shape != w.shape[:1]:
+            raise ValueError(f"{prefix}: weight {w.shape} and bias {b.shape} do not fit {shape}")
+    return params
+
+
+class AlexNet:
+    """The paper network over NumPy arrays; NCHW input of 227x227, logits out.
+
+    Args:
+        weights: ``alexnet.AlexNet(variant="paper").state_dict()`` as NumPy arrays (same keys).
+            Computation runs in their dtype (and the input's): pass float64 for the checks.
+        lrn: "paper", "cuda-convnet" or "caffe" (see LRN_CONVENTIONS).
+        dropout: drop probability on the fc6 and fc7 outputs.
+        dropout_form: "inverted" (default; train x*m/(1-p), test identity, like torch.nn.Dropout, so
+            eval-mode logits equal the torch model's) or "paper" (train x*m, test x*(1-p)).
+        seed: seeds the dropout masks drawn in training mode.
+    """
+
+    def __init__(self, weights, *, lrn="paper", dropout=0.5, dropout_form="inverted", seed=None):
+        if lrn not in LRN_CONVENTIONS:
+            raise ValueError(f"unknown LRN convention {lrn!r}; choose from {', '.join(LRN_CONVENTIONS)}")
+        if dropout_form not in L.DROPOUT_FORMS:
+            raise ValueError(f"unknown dropout form {dropout_form!r}; choose from {', '.join(L.DROPOUT_FORMS)}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.params = _check_weights(weights)
+        self.num_classes = self.params["classifier.6.weight"].shape[0]
+        self.lrn = LRN_CONVENTIONS[lrn]
+        self.dropout, self.dropout_form = dropout, dropout_form
+        self.rng = np.random.default_rng(seed)
+        self._caches = None
+
+    def forward(self, x, train=False):
+        """Images (N, 3, 227, 227) -> logits (N, num_classes); keeps what backward needs."""
+        caches = []
+        for name, kind, key, hp in LAYERS:
+            if kind == "conv":
+                x, cache = L.conv_forward(x, self.params[f"{key}.weight"], self.params[f"{key}.bias"], **hp)
+            elif kind == "fc":
+                x, cache = L.fc_forward(x, self.params[f"{key}.weight"], self.params[f"{key}.bias"])
+            elif kind == "relu":
+                x, cache = L.relu_forward(x)
+            elif kind == "lrn":
+                x, cache = L.lrn_forward(x, towers=2, **self.lrn)
+            elif kind == "pool":
+                x, cache = L.maxpool_forward(x, size=3, stride=2)
+            elif kind == "dropout":
+                x, cache = L.dropout_forward(x, self.dropout, train=train, form=self.dropout_form, rng=self.rng)
+            else:  # flatten
+                if x.shape[1:] != (256, 6, 6):
+                    raise ValueError(f"pool5 is {x.shape[1:]}, not (256, 6, 6): the paper network needs "
+                                     f"(N, 3, 227, 227) input")
+                cache, x = x.shape, x.reshape(x.shape[0], -1)
+            caches.append(cache)
+        self._caches = caches
+        return x
+
+    def backward(self, dlogits):
+        """dL/dlogits (N, num_classes) -> dL/dparameter for every state_dict key, in its order."""
+        if self._caches is None:
+            raise RuntimeError("backward needs a forward first")
+        grads, d = {}, dlogits
+        for (name, kind, key, _), cache in zip(reversed(LAYERS), reversed(self._caches)):
+            if kind == "conv":
+                # conv1's input gradient would be the image's: costly (stride 4 dilates dy 16-fold) and unused.
+                d, grads[f"{key}.weight"], grads[f"{key}.bias"] = L.conv_backward(d, cache, need_dx=name != "conv1")
+            elif kind == "fc":
+                d, grads[f"{key}.weight"], grads[f"{key}.bias"] = L.fc_backward(d, cache)
+            elif kind == "relu":
+                d = L.relu_backward(d, cache)
+            elif kind == "lrn":
+                d = L.lrn_backward(d, cache)
+            elif kind == "pool":
+                d = L.maxpool_backward(d, cache)
+            elif kind == "dropout":
+                d = L.dropout_backward(d, cache)
+            else:
+                d = d.reshape(cache)
+        return {k: grads[k] for k in self.params}
+
+    def loss(self, x, labels, train=False):
+        """Mean softmax cross-entropy and its gradient for every parameter: (loss, grads)."""
+        loss, cache = L.softmax_cross_entropy_forward(self.forward(x, train=train), labels)
+        return loss, self.backward(L.softmax_cross_entropy_backward(1.0, cache))

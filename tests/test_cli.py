@@ -1,0 +1,75 @@
+"""The command line: help everywhere, summary output, and one-line exit-2 errors for bad input."""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alexnet.cli import build_parser, existing_path, main
+
+
+def subcommands() -> list[str]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return list(action.choices)
+
+
+@pytest.mark.parametrize("command", subcommands())
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert f"usage: alexnet {command}" in capsys.readouterr().out
+
+
+def test_summary_json_gives_spec_totals(capsys):
+    assert main(["summary", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert (s["params"], s["macs"]) == (60_965_224, 724_406_816)
+    assert [r["name"] for r in s["layers"]][:4] == ["conv1", "relu1", "norm1", "pool1"]
+
+
+def test_summary_table_for_owt(capsys):
+    assert main(["summary", "--variant", "owt"]) == 0
+    out = capsys.readouterr().out
+    assert "61,100,840" in out and "714,188,480" in out and "3 x 224 x 224" in out
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["summary", "--variant", "vgg"], "invalid choice: 'vgg'"),
+    (["summary", "--num-classes", "0"], "expected a positive integer, got 0"),
+    (["summary", "--num-classes", "ten"], "expected a positive integer, got 'ten'"),
+    (["summary", "--input-size", "100"], "needs 227x227 input"),
+    (["summary", "--variant", "owt", "--input-size", "20"], "does not fit the owt network"),
+    (["summary", "--bogus"], "unrecognized arguments: --bogus"),
+    (["nonsense"], "invalid choice: 'nonsense'"),
+])
+def test_bad_input_exits_2_with_one_line(argv, fragment):
+    # A real process: what a user sees on stderr, traceback or not.
+    r = subprocess.run([sys.executable, "-m", "alexnet", *argv], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert fragment in r.stderr
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "summary" in capsys.readouterr().err
+
+
+def test_existing_path_rejects_missing_paths(tmp_path):
+    assert existing_path(str(tmp_path)) == tmp_path
+    with pytest.raises(argparse.ArgumentTypeError, match="does not exist"):
+        existing_path(str(tmp_path / "missing"))
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("alexnet", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    r = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("alexnet ")

@@ -1,0 +1,84 @@
+"""LRN against a direct loop over the paper's formula, against torch.nn.LocalResponseNorm, and per tower."""
+
+import pytest
+import torch
+from torch import nn
+
+from alexnet.lrn import LRN_CONVENTIONS, LocalResponseNorm
+
+
+def loop_lrn(a: torch.Tensor, size=5, alpha=1e-4, beta=0.75, k=2.0, towers=1) -> torch.Tensor:
+    """Paper section 3.3, written out channel by channel:
+    b[i] = a[i] / (k + alpha * sum_{j=max(lo, i-n/2)}^{min(hi, i+n/2)} a[j]^2)^beta, within i's tower."""
+    c = a.shape[1]
+    per_tower = c // towers
+    b = torch.empty_like(a)
+    for i in range(c):
+        lo = (i // per_tower) * per_tower
+        hi = lo + per_tower - 1
+        s = sum(a[:, j] ** 2 for j in range(max(lo, i - size // 2), min(hi, i + size // 2) + 1))
+        b[:, i] = a[:, i] / (k + alpha * s) ** beta
+    return b
+
+
+def relu_like(*shape, scale=30.0, seed=0):
+    # Post-ReLU activations of a real size: large enough that the sum term matters next to k.
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).clamp_min(0)
+
+
+@pytest.mark.parametrize("towers", [1, 2])
+def test_paper_lrn_matches_direct_loop_of_paper_formula(towers):
+    a = relu_like(3, 12, 5, 4, scale=300.0)
+    lrn = LocalResponseNorm.from_convention("paper", towers=towers)
+    expected = loop_lrn(a, alpha=1e-4, k=2.0, towers=towers)
+    torch.testing.assert_close(lrn(a), expected, rtol=1e-12, atol=0)
+    # The sum term must actually matter at this scale, or the test would pass for any alpha.
+    assert (lrn(a) - a / 2.0**0.75).abs().max() > 1e-2 * a.abs().max()
+
+
+@pytest.mark.parametrize("name,torch_args", [
+    ("paper", dict(size=5, alpha=5e-4, beta=0.75, k=2.0)),          # paper alpha 1e-4 per term = 5e-4 / 5
+    ("cuda-convnet", dict(size=5, alpha=1e-4, beta=0.75, k=2.0)),
+    ("caffe", dict(size=5, alpha=1e-4, beta=0.75, k=1.0)),
+])
+def test_conventions_match_torch_local_response_norm(name, torch_args):
+    a = relu_like(2, 16, 6, 6, scale=300.0, seed=1)
+    ours = LocalResponseNorm.from_convention(name, towers=1)
+    torch.testing.assert_close(ours(a), nn.LocalResponseNorm(**torch_args)(a), rtol=1e-10, atol=1e-12)
+
+
+def test_conventions_differ_as_documented():
+    c = LRN_CONVENTIONS
+    assert (c["paper"].alpha, c["paper"].k, c["paper"].alpha_over_size) == (1e-4, 2.0, False)
+    assert LocalResponseNorm.from_convention("cuda-convnet").alpha == pytest.approx(2e-5)
+    assert LocalResponseNorm.from_convention("caffe").k == 1.0
+
+
+def test_towers_are_kept_apart():
+    a = relu_like(1, 96, 3, 3, scale=300.0, seed=2) + 1.0  # no zeros: a zero stays zero whatever its window
+    lrn = LocalResponseNorm.from_convention("paper", towers=2)
+    bumped = a.clone()
+    bumped[:, 48] += 1000.0  # first channel of tower 1, adjacent to channel 47 of tower 0
+    before, after = lrn(a), lrn(bumped)
+    torch.testing.assert_close(after[:, :48], before[:, :48], rtol=0, atol=0)
+    assert (after[:, 49:51] != before[:, 49:51]).all()  # its neighbours inside tower 1 do feel it
+    # Without towers, channel 47 would have felt channel 48.
+    single = LocalResponseNorm.from_convention("paper", towers=1)
+    assert (single(bumped)[:, 46:48] != single(a)[:, 46:48]).all()
+
+
+def test_gradient_matches_finite_differences():
+    a = relu_like(2, 8, 3, 3, scale=30.0, seed=3).requires_grad_()
+    lrn = LocalResponseNorm(size=5, alpha=1e-2, beta=0.75, k=2.0, towers=2)
+    assert torch.autograd.gradcheck(lrn, (a,), eps=1e-6, atol=1e-8)
+
+
+def test_channels_not_divisible_by_towers_is_a_clear_error():
+    with pytest.raises(ValueError, match="divisible"):
+        LocalResponseNorm(towers=2)(torch.zeros(1, 5, 2, 2))
+
+
+def test_unknown_convention_is_a_clear_error():
+    with pytest.raises(ValueError, match="choose from paper"):
+        LocalResponseNorm.from_convention("tf")

@@ -1,0 +1,208 @@
+"""The network against SPEC.md's tables, torchvision, and a stored seeded output."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from alexnet import AlexNet, LocalResponseNorm, summarize
+
+GOLDEN = Path(__file__).parent / "data" / "golden_forward.json"
+
+# SPEC.md section 1, typed in from the paper's arithmetic: (output C, H, W), params (W+b), multiply-adds.
+PAPER_TABLE = {
+    "conv1": ((96, 55, 55), 34_944, 105_415_200),
+    "pool1": ((96, 27, 27), 0, 0),
+    "conv2": ((256, 27, 27), 307_456, 223_948_800),
+    "pool2": ((256, 13, 13), 0, 0),
+    "conv3": ((384, 13, 13), 885_120, 149_520_384),
+    "conv4": ((384, 13, 13), 663_936, 112_140_288),
+    "conv5": ((256, 13, 13), 442_624, 74_760_192),
+    "pool5": ((256, 6, 6), 0, 0),
+    "fc6": ((4096,), 37_752_832, 37_748_736),
+    "fc7": ((4096,), 16_781_312, 16_777_216),
+    "fc8": ((1000,), 4_097_000, 4_096_000),
+}
+
+
+def meta_model(variant="paper", **kw):
+    with torch.device("meta"):
+        return AlexNet(variant, **kw)
+
+
+def test_paper_layers_match_spec_table():
+    rows = {r["name"]: r for r in summarize(meta_model("paper"))["layers"]}
+    for name, (shape, params, macs) in PAPER_TABLE.items():
+        assert (tuple(rows[name]["output_shape"]), rows[name]["params"], rows[name]["macs"]) == (shape, params, macs), name
+    # LRN keeps the shape of what it normalises.
+    assert rows["norm1"]["output_shape"] == [96, 55, 55] and rows["norm2"]["output_shape"] == [256, 27, 27]
+
+
+def test_paper_totals_match_spec():
+    s = summarize(meta_model("paper"))
+    assert (s["params"], s["macs"], s["neurons"]) == (60_965_224, 724_406_816, 659_272)
+
+
+def test_owt_totals_match_spec():
+    s = summarize(meta_model("owt"))
+    assert s["input_shape"] == [3, 224, 224]
+    assert (s["params"], s["macs"]) == (61_100_840, 714_188_480)
+
+
+def test_owt_params_per_layer_match_torchvision():
+    ours = {r["module"]: r["params"] for r in summarize(meta_model("owt"))["layers"]}
+    with torch.device("meta"):
+        tv = torchvision.models.alexnet(weights=None)
+    for prefix in ("features", "classifier"):
+        for i, m in enumerate(getattr(tv, prefix)):
+            assert ours[f"{prefix}.{i}"] == sum(p.numel() for p in m.parameters()), f"{prefix}.{i}"
+
+
+def test_fc8_follows_num_classes():
+    s = summarize(meta_model("paper", num_classes=10))
+    assert s["layers"][-1]["output_shape"] == [10]
+    assert s["params"] == 60_965_224 - 4_097_000 + 4096 * 10 + 10
+
+
+def test_paper_module_order_is_the_contract():
+    m = meta_model("paper")
+    kinds = [type(x) for x in m.features]
+    C, R, N, P = nn.Conv2d, nn.ReLU, LocalResponseNorm, nn.MaxPool2d
+    assert kinds == [C, R, N, P, C, R, N, P, C, R, C, R, C, R, P]
+    assert [type(x) for x in m.classifier] == [nn.Linear, nn.ReLU, nn.Dropout] * 2 + [nn.Linear]
+    convs = [x for x in m.features if isinstance(x, C)]
+    assert [(c.kernel_size[0], c.stride[0], c.padding[0], c.groups) for c in convs] == [
+        (11, 4, 0, 1), (5, 1, 2, 2), (3, 1, 1, 1), (3, 1, 1, 2), (3, 1, 1, 2)]
+    assert all((p.kernel_size, p.stride) == (3, 2) for p in m.features if isinstance(p, P))  # overlapping
+    assert all(n.towers == 2 and n.alpha == 1e-4 and n.k == 2.0 for n in m.features if isinstance(n, N))
+    assert [d.p for d in m.classifier if isinstance(d, nn.Dropout)] == [0.5, 0.5]
+
+
+def test_owt_has_torchvisions_state_dict_keys_and_shapes():
+    ours = {k: v.shape for k, v in meta_model("owt").state_dict().items()}
+    with torch.device("meta"):
+        theirs = {k: v.shape for k, v in torchvision.models.alexnet(weights=None).state_dict().items()}
+    assert ours == theirs
+
+
+def test_owt_loads_torchvision_weights_and_gives_identical_logits():
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet(weights=None).eval()
+    ours = AlexNet("owt")
+    ours.load_state_dict(tv.state_dict())  # strict: every key matches
+    ours.eval()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(ours(x), tv(x))
+
+
+def test_paper_init_statistics():
+    torch.manual_seed(0)
+    m = AlexNet("paper")
+    for name, layer in m.named_layers():
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            continue
+        w = layer.weight.detach().double()
+        # Sample std of n Gaussian draws has standard error sigma / sqrt(2n); allow 6 of them.
+        tol = 6 * 0.01 / (2 * w.numel()) ** 0.5
+        assert abs(w.std().item() - 0.01) < tol, name
+        assert abs(w.mean().item()) < 6 * 0.01 / w.numel() ** 0.5, name
+        expected_bias = 1.0 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+        assert torch.all(layer.bias == expected_bias), name
+
+
+def test_owt_init_is_pytorch_default_like_torchvision():
+    m = AlexNet("owt")
+    for name, layer in m.named_layers():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            fan_in = layer.weight[0].numel()
+            # kaiming_uniform_(a=sqrt(5)) bounds every weight by 1/sqrt(fan_in).
+            assert layer.weight.abs().max() <= fan_in ** -0.5 + 1e-7, name
+            assert layer.weight.std() > 0.5 * fan_in ** -0.5 / 3 ** 0.5, name
+
+
+@pytest.mark.parametrize("variant", ["paper", "owt"])
+def test_every_parameter_receives_a_gradient(variant):
+    torch.manual_seed(0)
+    m = AlexNet(variant, num_classes=10).train()
+    size = m.input_size
+    x = torch.randn(2, 3, size, size) * 50
+    nn.functional.cross_entropy(m(x), torch.tensor([1, 7])).backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_paper_network_rejects_other_input_sizes_clearly():
+    m = AlexNet("paper", num_classes=10).eval()
+    with pytest.raises(ValueError, match="needs 227x227 input"):
+        m(torch.zeros(1, 3, 224, 224))
+
+
+def test_owt_accepts_other_input_sizes_like_torchvision():
+    m = AlexNet("owt", num_classes=10).eval()
+    assert m(torch.zeros(1, 3, 256, 256)).shape == (1, 10)
+
+
+def test_features_and_head_compose_to_forward():
+    torch.manual_seed(0)
+    m = AlexNet("paper", num_classes=10).eval()
+    x = torch.randn(1, 3, 227, 227)
+    f = m.forward_features(x)
+    assert f.shape == (1, 256, 6, 6)
+    assert torch.equal(m.forward_head(f), m(x))
+
+
+def test_reset_classifier_replaces_fc8_only():
+    torch.manual_seed(0)
+    m = AlexNet("paper")
+    fc7 = m.layer("fc7").weight.clone()
+    m.reset_classifier(5)
+    assert m.layer("fc8").out_features == 5 and m.num_classes == 5
+    assert torch.all(m.layer("fc8").bias == 0) and abs(m.layer("fc8").weight.std().item() - 0.01) < 1e-3
+    assert torch.equal(m.layer("fc7").weight, fc7)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(variant="vgg"), "unknown variant"),
+    (dict(num_classes=0), "positive integer"),
+    (dict(num_classes=2.5), "positive integer"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(lrn="tf"), "LRN convention"),
+    (dict(init="xavier"), "unknown init"),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AlexNet(**kwargs)
+
+
+def _golden_outputs() -> dict:
+    """Logits and pool5 means of both variants for a fixed seed and input, in eval mode."""
+    out = {}
+    for variant in ("paper", "owt"):
+        torch.manual_seed(0)
+        m = AlexNet(variant, num_classes=10).eval()
+        size = m.input_size
+        x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1)) * 255 - 120
+        with torch.no_grad():
+            f = m.forward_features(x)
+            out[variant] = {"logits": m.forward_head(f).tolist(), "pool5_mean": f.mean((2, 3))[:, :16].tolist()}
+    return out
+
+
+def test_seeded_forward_matches_stored_output():
+    if os.environ.get("ALEXNET_WRITE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(_golden_outputs(), indent=1) + "\n")
+    expected = json.loads(GOLDEN.read_text())
+    actual = _golden_outputs()
+    for variant in ("paper", "owt"):
+        for key in ("logits", "pool5_mean"):
+            torch.testing.assert_close(torch.tensor(actual[variant][key]), torch.tensor(expected[variant][key]),
+                                       rtol=1e-4, atol=1e-5, msg=f"{variant} {key}")
+        # The two images must differ, or the stored output would not depend on the convolutions.
+        logits = torch.tensor(expected[variant]["logits"])
+        assert (logits[0] - logits[1]).abs().max() > 1e-3
