@@ -1,0 +1,125 @@
+"""Image files as they really are -> correct RGB at the paper's fixed 256x256, or a reason they can't be.
+
+Real datasets hold CMYK JPEGs (22 in ImageNet's train set), PNGs named .JPEG, greyscale, palette and
+RGBA images, 16-bit PNGs, broken EXIF, truncated and zero-byte files, and the odd decompression bomb.
+`load_fixed` turns each decodable file into the paper's fixed preprocessing (shorter side to 256,
+centre 256x256) as uint8 (H, W, 3), and raises UndecodableImage for the rest, so the caller can skip it.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageCms, ImageOps
+
+FIXED_SIZE = 256
+# PIL's own decompression-bomb threshold (about 9,500 x 9,500): larger images are refused, not decoded.
+MAX_PIXELS = 89_478_485
+TRANSPARENT_BACKGROUND = (255, 255, 255)  # what a viewer shows behind transparent pixels
+
+_SRGB = ImageCms.createProfile("sRGB")
+
+
+class UndecodableImage(Exception):
+    """The file is not an image this project can read; the message says why."""
+
+
+def open_rgb(path: str | Path, min_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode ``path`` into an upright RGB PIL image.
+
+    With ``min_side``, JPEGs are decoded at a reduced DCT scale (PIL's draft mode) while both sides stay
+    at least ``min_side``: a 4000x3000 photo decodes 8x faster, and the later resize to 256 sees the same
+    picture within resampling noise.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by our own limit
+            img = Image.open(path)
+        with img:
+            if img.width * img.height > max_pixels:
+                raise UndecodableImage(f"{img.width}x{img.height} pixels is over the {max_pixels:,}-pixel "
+                                       f"limit (a decompression bomb?)")
+            if min_side and img.format == "JPEG":
+                img.draft(None, (min_side, min_side))
+            img.load()
+            return _to_rgb(_upright(img))
+    except UndecodableImage:
+        raise
+    except Exception as e:  # decoders raise OSError, SyntaxError, ValueError, zlib.error, EOFError, ...
+        raise UndecodableImage(_reason(e)) from None
+
+
+def load_fixed(path: str | Path, size: int = FIXED_SIZE) -> torch.Tensor:
+    """The paper's fixed preprocessing: shorter side to ``size``, centre ``size`` x ``size``; uint8 (H, W, 3)."""
+    img = open_rgb(path, min_side=size)
+    return torch.from_numpy(np.asarray(resize_center(img, size)).copy())
+
+
+def resize_center(img: Image.Image, size: int = FIXED_SIZE) -> Image.Image:
+    """Shorter side to ``size``, then the centre ``size`` x ``size``, in one resample.
+
+    Resampling only the central square (PIL's ``box``) gives the same pixels as resizing the whole
+    image and then cropping, without ever building a 256 x 1,000,000 image from an extreme panorama.
+    """
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) / 2, (h - side) / 2
+    return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data", once per file per epoch otherwise
+            return ImageOps.exif_transpose(img)
+    except Exception:  # broken EXIF: the pixels are fine, only the orientation tag is not
+        return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "CMYK":
+        return _cmyk_to_rgb(img)
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return _deep_to_rgb(img)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, TRANSPARENT_BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, P, YCbCr, LAB, HSV
+
+
+def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
+    # With an embedded ICC profile (usual for print CMYK), convert through it to sRGB; PIL's plain
+    # convert() is the naive 255 - (C + K) and shifts those colours noticeably.
+    icc = img.info.get("icc_profile")
+    if icc:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(img, source, _SRGB, outputMode="RGB")
+        except Exception:  # a broken profile: fall back to the naive conversion rather than drop the image
+            pass
+    return img.convert("RGB")
+
+
+def _deep_to_rgb(img: Image.Image) -> Image.Image:
+    # 16-bit (and 32-bit integer or float) greyscale: PIL's convert() clips everything above 255 to white.
+    a = np.asarray(img).astype(np.float64)
+    if img.mode.startswith("I;16") or (img.mode == "I" and a.max(initial=0) > 255):
+        a = a / 257.0  # 65535 -> 255
+    a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    return Image.fromarray(a, mode="L").convert("RGB")
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    name = type(e).__name__
+    if name == "UnidentifiedImageError":
+        return "not an image (or an unsupported format)"
+    return f"{name}: {text}" if text else name

@@ -1,0 +1,174 @@
+"""Every kind of file a real dataset holds: decoded to correct RGB, or refused with a reason."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+
+from alexnet.data.decode import UndecodableImage, load_fixed, open_rgb, resize_center
+
+
+def patches(w=64, h=48) -> np.ndarray:
+    """Four flat colour quadrants: easy to compare after lossy coding."""
+    a = np.zeros((h, w, 3), np.uint8)
+    a[: h // 2, : w // 2] = (200, 30, 60)
+    a[: h // 2, w // 2:] = (20, 180, 90)
+    a[h // 2:, : w // 2] = (40, 60, 220)
+    a[h // 2:, w // 2:] = (240, 220, 30)
+    return a
+
+
+def inner(a: np.ndarray, margin=6) -> np.ndarray:
+    """Quadrant centres, away from the edges JPEG blurs."""
+    h, w = a.shape[:2]
+    return np.stack([a[margin:h // 2 - margin, margin:w // 2 - margin].mean((0, 1)),
+                     a[margin:h // 2 - margin, w // 2 + margin:-margin].mean((0, 1)),
+                     a[h // 2 + margin:-margin, margin:w // 2 - margin].mean((0, 1)),
+                     a[h // 2 + margin:-margin, w // 2 + margin:-margin].mean((0, 1))])
+
+
+def png_bytes(width, height, bit_depth, colour_type, raw_rows: bytes) -> bytes:
+    """A PNG written by hand, for the kinds PIL will not write (48-bit RGB, absurd sizes)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw_rows))
+            + chunk(b"IEND", b""))
+
+
+def test_rgb_jpeg(tmp_path):
+    Image.fromarray(patches()).save(tmp_path / "a.jpg", quality=95)
+    got = np.asarray(open_rgb(tmp_path / "a.jpg"))
+    assert np.abs(inner(got) - inner(patches())).max() < 4
+
+
+def test_cmyk_jpeg_keeps_its_colours(tmp_path):
+    Image.fromarray(patches()).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    assert Image.open(tmp_path / "cmyk.jpg").mode == "CMYK"
+    got = open_rgb(tmp_path / "cmyk.jpg")
+    assert got.mode == "RGB"
+    assert np.abs(inner(np.asarray(got)) - inner(patches())).max() < 6
+
+
+def test_png_named_jpeg_is_read_by_content(tmp_path):
+    Image.fromarray(patches()).save(tmp_path / "n01440764_1.JPEG", format="PNG")
+    assert np.array_equal(np.asarray(open_rgb(tmp_path / "n01440764_1.JPEG")), patches())
+
+
+def test_greyscale_becomes_three_equal_channels(tmp_path):
+    Image.fromarray(np.full((30, 40), 77, np.uint8), "L").save(tmp_path / "g.jpg")
+    got = np.asarray(open_rgb(tmp_path / "g.jpg")).astype(int)
+    assert got.shape == (30, 40, 3) and np.abs(got - 77).max() <= 1
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    a = patches(64, 48)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(a).save(tmp_path / "o.jpg", quality=95, exif=exif)
+    got = np.asarray(open_rgb(tmp_path / "o.jpg"))
+    assert got.shape == (64, 48, 3)
+    expected = np.rot90(a, k=-1)  # clockwise
+    assert np.abs(got.astype(int) - expected).mean() < 4
+
+
+def test_broken_exif_does_not_lose_the_image(tmp_path):
+    Image.fromarray(patches()).save(tmp_path / "e.jpg", quality=95, exif=b"Exif\x00\x00MM\x00*garbage\xff\xff")
+    got = np.asarray(open_rgb(tmp_path / "e.jpg"))
+    assert np.abs(inner(got) - inner(patches())).max() < 4
+
+
+def test_transparent_pixels_show_white_and_opaque_keep_colour(tmp_path):
+    rgba = np.zeros((20, 20, 4), np.uint8)          # transparent black
+    rgba[:10] = (10, 200, 30, 255)                   # opaque green top half
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    got = np.asarray(open_rgb(tmp_path / "t.png"))
+    assert (got[:10] == (10, 200, 30)).all() and (got[10:] == 255).all()
+
+
+def test_palette_with_transparency(tmp_path):
+    p = Image.new("P", (8, 8), 0)
+    p.putpalette([0, 0, 0, 250, 0, 0] + [0] * 762)
+    p.paste(1, (0, 0, 8, 4))
+    p.save(tmp_path / "p.png", transparency=0)
+    got = np.asarray(open_rgb(tmp_path / "p.png"))
+    assert (got[:4] == (250, 0, 0)).all() and (got[4:] == 255).all()
+
+
+def test_16_bit_greyscale_png_is_scaled_not_clipped(tmp_path):
+    a = np.array([[0, 257 * 64, 32896, 65535]], np.uint16)  # 0, 64, 128, 255 in 8 bits
+    Image.fromarray(a).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I;16")
+    got = np.asarray(open_rgb(tmp_path / "g16.png"))
+    assert got[0, :, 0].tolist() == [0, 64, 128, 255] and (got[..., 0] == got[..., 2]).all()
+
+
+def test_16_bit_rgb_png(tmp_path):
+    w, h = 4, 2
+    values = np.array([[[65535, 0, 32896]] * w] * h, dtype=">u2")
+    rows = b"".join(b"\x00" + values[y].tobytes() for y in range(h))
+    (tmp_path / "rgb48.png").write_bytes(png_bytes(w, h, 16, 2, rows))
+    got = np.asarray(open_rgb(tmp_path / "rgb48.png"))
+    assert got.shape == (2, 4, 3) and (got == (255, 0, 128)).all()
+
+
+@pytest.mark.parametrize("name,content,reason", [
+    ("empty.jpg", b"", "not an image"),
+    ("notes.jpg", b"these are my notes, not a picture\n", "not an image"),
+])
+def test_files_that_are_not_images_are_refused(tmp_path, name, content, reason):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(UndecodableImage, match=reason):
+        open_rgb(tmp_path / name)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_files_are_refused(tmp_path, fmt):
+    rng = np.random.default_rng(0)
+    path = tmp_path / f"t.{fmt.lower()}"
+    Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(path, format=fmt)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UndecodableImage):
+        load_fixed(path)
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path):
+    # 100,000 x 100,000 pixels declared in 60 bytes: must be refused from the header alone.
+    (tmp_path / "bomb.png").write_bytes(png_bytes(100_000, 100_000, 1, 0, b"\x00" * 64))
+    with pytest.raises(UndecodableImage, match="pixel|bomb"):
+        open_rgb(tmp_path / "bomb.png")
+    Image.fromarray(patches()).save(tmp_path / "big.png")
+    with pytest.raises(UndecodableImage, match="limit"):
+        open_rgb(tmp_path / "big.png", max_pixels=1000)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 3), (2, 3000), (4000, 7)])
+def test_tiny_and_extreme_images_give_256_squares(tmp_path, size):
+    Image.new("RGB", size, (12, 34, 56)).save(tmp_path / "x.png")
+    out = load_fixed(tmp_path / "x.png")
+    assert out.shape == (256, 256, 3) and out.dtype == torch.uint8
+    assert (out == torch.tensor([12, 34, 56], dtype=torch.uint8)).all()
+
+
+def test_resize_center_matches_torchvision_resize_then_center_crop():
+    # A smooth image, so that sub-pixel differences in where the crop lands stay small.
+    y, x = np.mgrid[0:300, 0:450]
+    a = np.stack([x * 255 / 450, y * 255 / 300, (x + y) * 255 / 750], -1).astype(np.uint8)
+    img = Image.fromarray(a)
+    ours = torch.from_numpy(np.array(resize_center(img, 256))).permute(2, 0, 1).float()
+    tv = TF.center_crop(TF.resize(TF.pil_to_tensor(img), 256, antialias=True), [256, 256]).float()
+    assert (ours - tv).abs().mean() < 1.5
+
+
+def test_large_jpeg_decoded_in_draft_mode_matches_full_decode(tmp_path):
+    y, x = np.mgrid[0:1200, 0:1600]
+    a = np.stack([x * 255 / 1600, y * 255 / 1200, np.full_like(x, 128)], -1).astype(np.uint8)
+    Image.fromarray(a).save(tmp_path / "big.jpg", quality=95)
+    fast = load_fixed(tmp_path / "big.jpg").float()
+    full = torch.from_numpy(np.array(resize_center(Image.open(tmp_path / "big.jpg").convert("RGB")))).float()
+    assert (fast - full).abs().mean() < 2
