@@ -37,16 +37,17 @@ def open_rgb(path: str | Path, min_side: int | None = None, max_pixels: int = MA
     """
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by our own limit
-            img = Image.open(path)
-        with img:
-            if img.width * img.height > max_pixels:
-                raise UndecodableImage(f"{img.width}x{img.height} pixels is over the {max_pixels:,}-pixel "
-                                       f"limit (a decompression bomb?)")
-            if min_side and img.format == "JPEG":
-                img.draft(None, (min_side, min_side))
-            img.load()
-            return _to_rgb(_upright(img))
+            # PIL warns about bombs (refused below, by our own limit) and corrupt EXIF (harmless): a
+            # warning per file per epoch would bury the one line about a file that was really skipped.
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                if img.width * img.height > max_pixels:
+                    raise UndecodableImage(f"{img.width}x{img.height} pixels is over the {max_pixels:,}-pixel "
+                                           f"limit (a decompression bomb?)")
+                if min_side and img.format == "JPEG":
+                    img.draft(None, (min_side, min_side))
+                img.load()
+                return _to_rgb(_upright(img))
     except UndecodableImage:
         raise
     except Exception as e:  # decoders raise OSError, SyntaxError, ValueError, zlib.error, EOFError, ...
@@ -73,9 +74,7 @@ def resize_center(img: Image.Image, size: int = FIXED_SIZE) -> Image.Image:
 
 def _upright(img: Image.Image) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Corrupt EXIF data", once per file per epoch otherwise
-            return ImageOps.exif_transpose(img)
+        return ImageOps.exif_transpose(img)
     except Exception:  # broken EXIF: the pixels are fine, only the orientation tag is not
         return img
 
