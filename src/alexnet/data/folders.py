@@ -1,0 +1,178 @@
+"""Datasets in the layout ImageNet users already have: DATA/train/<class>/* and DATA/val/<class>/*.
+
+Class = folder name (a WordNet id for ImageNet); sorted order gives the label, as in torchvision's
+ImageFolder. An optional DATA/classes.txt or ImageNet's LOC_synset_mapping.txt ("<folder> <readable
+name>" per line) gives readable names. Problems with the layout are UserErrors, raised before any work
+starts; problems with single files surface later, one file at a time (see SkippedFiles).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from alexnet.data.decode import FIXED_SIZE, UndecodableImage, load_fixed
+from alexnet.errors import UserError
+
+# torchvision's ImageFolder extensions, plus .gif and .jfif; anything else in a class folder (a README,
+# .DS_Store, a thumbnail database) is not a sample. Matching ignores case: ImageNet's files end in .JPEG.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".ppm", ".pgm", ".pbm", ".bmp",
+                              ".tif", ".tiff", ".webp", ".gif"})
+CLASS_NAME_FILES = ("classes.txt", "LOC_synset_mapping.txt")
+SPLITS = ("train", "val")
+
+
+@dataclass
+class Split:
+    """One split's samples: (path, label) in class order, then file-name order."""
+    root: Path
+    classes: list[str]
+    samples: list[tuple[Path, int]]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+@dataclass
+class ImageFolders:
+    """A dataset directory: its classes, their readable names, and its splits."""
+    root: Path
+    classes: list[str]                      # folder names; index = label
+    names: list[str]                        # readable names, same order
+    splits: dict[str, Split] = field(default_factory=dict)
+
+
+def discover(data: str | Path, splits: tuple[str, ...] = SPLITS) -> ImageFolders:
+    """Find the classes and image files of ``data``; raise UserError on any layout problem."""
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise UserError(f"{data} is not a directory (expected {data}/train/<class>/*.jpg and {data}/val/<class>/*.jpg)")
+    found: dict[str, list[str]] = {}
+    for split in splits:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise UserError(f"{root} has no {split}/ folder (expected {root}/{split}/<class>/<images>)")
+        found[split] = _class_folders(split_dir)
+        if not found[split]:
+            raise UserError(f"{split_dir} has no class folders (expected {split_dir}/<class>/<images>)")
+    classes = found[splits[0]]
+    for split in splits[1:]:
+        if found[split] != classes:
+            only_first = sorted(set(classes) - set(found[split]))
+            only_this = sorted(set(found[split]) - set(classes))
+            raise UserError(f"{splits[0]}/ and {split}/ disagree on classes: only in {splits[0]}/: "
+                            f"{_few(only_first)}; only in {split}/: {_few(only_this)}")
+
+    result = ImageFolders(root=root, classes=classes, names=read_class_names(root, classes))
+    for split in splits:
+        samples, empty = [], []
+        for label, cls in enumerate(classes):
+            files = image_files(root / split / cls)
+            if not files:
+                empty.append(f"{split}/{cls}")
+            samples += [(f, label) for f in files]
+        if empty:
+            raise UserError(f"{root}: class folder{'s' if len(empty) > 1 else ''} with no images: {_few(empty)}")
+        result.splits[split] = Split(root=root / split, classes=classes, samples=samples)
+    return result
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files in ``folder`` and its subfolders (symlinks followed, as ImageFolder does), sorted.
+
+    Hidden files and folders (.DS_Store, .ipynb_checkpoints) are not samples."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [Path(dirpath, f) for f in filenames
+                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(found)
+
+
+def read_class_names(root: Path, classes: list[str]) -> list[str]:
+    """Readable names from classes.txt / LOC_synset_mapping.txt; a folder without an entry keeps its name."""
+    for name in CLASS_NAME_FILES:
+        path = root / name
+        if path.is_file():
+            mapping = {}
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                folder, _, readable = line.strip().partition(" ")
+                if folder:
+                    mapping[folder] = readable.strip() or folder
+            return [mapping.get(c, c) for c in classes]
+    return list(classes)
+
+
+def _class_folders(split_dir: Path) -> list[str]:
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _few(items: list[str], limit: int = 5) -> str:
+    if not items:
+        return "none"
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+class FixedSizeImages(Dataset):
+    """A split as the paper's fixed 256x256 uint8 images, ready for batch augmentation on the device.
+
+    Item i is (image uint8 (256, 256, 3), label, i, error). An undecodable file gives a zero image,
+    label -1 and the reason in ``error``, so that one bad file never stops a DataLoader; the main
+    process drops it from the batch and reports it once (SkippedFiles).
+    """
+
+    def __init__(self, split: Split, size: int = FIXED_SIZE) -> None:
+        self.split, self.size = split, size
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def path(self, index: int) -> Path:
+        return self.split.samples[index][0]
+
+    def __getitem__(self, index: int):
+        path, label = self.split.samples[index]
+        try:
+            return load_fixed(path, self.size), label, index, ""
+        except UndecodableImage as e:
+            return torch.zeros(self.size, self.size, 3, dtype=torch.uint8), -1, index, str(e)
+        except OSError as e:  # the file vanished or can't be read at all; still not worth stopping a run
+            return torch.zeros(self.size, self.size, 3, dtype=torch.uint8), -1, index, f"{type(e).__name__}: {e}"
+
+
+class SkippedFiles:
+    """Undecodable files seen in the main process: each warned about once per run, counted per epoch."""
+
+    def __init__(self, dataset: FixedSizeImages, stream=None) -> None:
+        self.dataset, self.stream = dataset, stream
+        self.reasons: dict[int, str] = {}
+        self.this_epoch = 0
+
+    def keep(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, errors: list[str]):
+        """Drop a batch's undecodable samples (warning about new ones); return (images, labels) left."""
+        bad = labels < 0
+        if not bad.any():
+            return images, labels
+        for i in torch.nonzero(bad).flatten().tolist():
+            index = int(indices[i])
+            if index not in self.reasons:
+                self.reasons[index] = errors[i]
+                self._warn(f"warning: skipping unreadable image {self.dataset.path(index)}: {errors[i]}")
+        self.this_epoch += int(bad.sum())
+        return images[~bad], labels[~bad]
+
+    def end_epoch(self) -> int:
+        """How many samples were skipped since the last call."""
+        n, self.this_epoch = self.this_epoch, 0
+        return n
+
+    def _warn(self, message: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(message, file=self.stream or sys.stderr)

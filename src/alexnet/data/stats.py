@@ -1,0 +1,119 @@
+"""Training-set statistics the paper's preprocessing needs, computed once and cached.
+
+- The per-pixel mean image (paper section 2: "subtracting the mean activity over the training set from
+  each pixel"): the mean of all fixed 256x256 training images, (256, 256, 3), in 0-255 units.
+- The PCA of RGB pixel values (section 4.1): eigenpairs of the 3x3 covariance of every training pixel,
+  on pixels scaled to [0, 1], the scale of the widely quoted ImageNet eigenvalues (0.2175, 0.0188,
+  0.0045). The paper's noise term alpha * lambda is not scale-free, so the scale is part of the recipe.
+- Per-channel mean and standard deviation (0-255 units), for torchvision's normalisation convention.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from alexnet.data.folders import FixedSizeImages, SkippedFiles
+from alexnet.errors import UserError
+from alexnet.files import atomic_write
+
+STATS_VERSION = "1"
+
+
+@dataclass
+class DataStats:
+    mean_image: torch.Tensor    # (H, W, 3) float32, 0-255
+    channel_mean: torch.Tensor  # (3,) float32, 0-255
+    channel_std: torch.Tensor   # (3,) float32, 0-255
+    eigvals: torch.Tensor       # (3,) float32, descending, variances of [0, 1] pixels
+    eigvecs: torch.Tensor       # (3, 3) float32, column i belongs to eigvals[i]
+    images: int                 # how many images went into the statistics
+    fingerprint: str            # which files they came from (see fingerprint())
+
+    def save(self, path: Path) -> None:
+        tensors = {k: getattr(self, k).contiguous() for k in
+                   ("mean_image", "channel_mean", "channel_std", "eigvals", "eigvecs")}
+        meta = {"version": STATS_VERSION, "images": str(self.images), "fingerprint": self.fingerprint}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+    @classmethod
+    def load(cls, path: Path) -> DataStats:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        t = load_file(str(path))
+        return cls(**t, images=int(meta.get("images", 0)), fingerprint=meta.get("fingerprint", ""))
+
+
+def fingerprint(dataset: FixedSizeImages) -> str:
+    """Identifies the file list (relative paths and labels) and the fixed size; not the pixels."""
+    h = hashlib.sha256(f"v{STATS_VERSION} size={dataset.size}\n".encode())
+    for path, label in dataset.split.samples:
+        h.update(f"{path.relative_to(dataset.split.root)}\t{label}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def compute_stats(dataset: FixedSizeImages, batch_size: int = 64, workers: int | None = None,
+                  max_images: int | None = None, progress: bool = True) -> DataStats:
+    """One pass over ``dataset`` (or ``max_images`` of it, evenly spaced) with a progress bar."""
+    indices = list(range(len(dataset)))
+    if max_images and max_images < len(indices):
+        indices = torch.linspace(0, len(indices) - 1, max_images).round().long().unique().tolist()
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers)
+    skipped = SkippedFiles(dataset)
+
+    size = dataset.size
+    image_sum = torch.zeros(size, size, 3, dtype=torch.float64)
+    pixel_sum = torch.zeros(3, dtype=torch.float64)
+    outer_sum = torch.zeros(3, 3, dtype=torch.float64)
+    count = 0
+    for images, labels, idx, errors in tqdm(loader, desc="mean image and RGB PCA", unit="batch",
+                                            disable=not progress, leave=False):
+        images, _ = skipped.keep(images, labels, idx, errors)
+        if not len(images):
+            continue
+        x = images.double()
+        image_sum += x.sum(0)
+        pixels = x.reshape(-1, 3) / 255.0
+        pixel_sum += pixels.sum(0)
+        outer_sum += pixels.T @ pixels
+        count += len(images)
+    if count == 0:
+        raise UserError(f"no readable image in {dataset.split.root} ({len(indices)} files tried)")
+
+    n_pixels = count * size * size
+    mean = pixel_sum / n_pixels
+    cov = outer_sum / n_pixels - torch.outer(mean, mean)
+    eigvals, eigvecs = torch.linalg.eigh(cov)          # ascending
+    eigvals, eigvecs = eigvals.flip(0).clamp_min(0), eigvecs.flip(1)
+    return DataStats(
+        mean_image=(image_sum / count).float(),
+        channel_mean=(mean * 255).float(),
+        channel_std=(cov.diagonal().clamp_min(0).sqrt() * 255).float(),
+        eigvals=eigvals.float(), eigvecs=eigvecs.float(),
+        images=count, fingerprint=fingerprint(dataset))
+
+
+def load_or_compute_stats(dataset: FixedSizeImages, cache: str | Path, **kwargs) -> DataStats:
+    """The statistics from ``cache`` when it was made from the same files; otherwise compute and cache them."""
+    cache = Path(cache)
+    if cache.is_file():
+        try:
+            stats = DataStats.load(cache)
+            if stats.fingerprint == fingerprint(dataset) and stats.mean_image.shape[0] == dataset.size:
+                return stats
+        except Exception:  # an unreadable or foreign cache is recomputed, never trusted
+            pass
+    stats = compute_stats(dataset, **kwargs)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    stats.save(cache)
+    return stats

@@ -1,0 +1,88 @@
+"""Dataset discovery in the ImageNet layout, layout errors, and bad files that never stop a run."""
+
+import io
+import shutil
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from alexnet.data.folders import FixedSizeImages, SkippedFiles, discover
+from alexnet.errors import UserError
+
+
+def test_classes_are_sorted_folders_and_labels_follow(tiny_folders):
+    root, _ = tiny_folders
+    ds = discover(root)
+    assert ds.classes == ["cat", "dog"] and ds.names == ["cat", "dog"]
+    train = ds.splits["train"]
+    assert [label for _, label in train.samples] == [0, 0, 0, 1, 1, 1]
+    assert [p.name for p, _ in train.samples[:3]] == ["000.png", "001.png", "002.png"]
+
+
+def test_readable_names_from_classes_txt_or_imagenet_mapping(tiny_folders):
+    root, _ = tiny_folders
+    (root / "LOC_synset_mapping.txt").write_text("cat n02123045 tabby, tabby cat\n")
+    assert discover(root).names == ["n02123045 tabby, tabby cat", "dog"]
+    (root / "classes.txt").write_text("dog good dog\ncat house cat\n")
+    assert discover(root).names == ["house cat", "good dog"]  # classes.txt wins
+
+
+def test_stray_hidden_and_nested_files(tiny_folders):
+    root, _ = tiny_folders
+    cat = root / "train" / "cat"
+    (cat / "README.txt").write_text("not a sample")
+    (cat / ".DS_Store").write_bytes(b"\0")
+    (cat / ".hidden.png").write_bytes(b"\0")
+    (cat / "sub").mkdir()
+    (cat / "000.png").rename(cat / "sub" / "000.PNG")
+    names = [p.relative_to(cat).as_posix() for p, label in discover(root).splits["train"].samples if label == 0]
+    assert names == ["001.png", "002.png", "sub/000.PNG"]
+
+
+@pytest.mark.parametrize("breakage,message", [
+    (lambda r: shutil.rmtree(r / "val"), "has no val/ folder"),
+    (lambda r: shutil.rmtree(r / "train"), "has no train/ folder"),
+    (lambda r: (r / "val" / "cow").mkdir(), "only in train/: none; only in val/: cow"),
+    (lambda r: (r / "val" / "dog").rename(r / "val" / "dgo"), "only in train/: dog; only in val/: dgo"),
+    (lambda r: [p.unlink() for p in (r / "train" / "dog").iterdir()], "with no images: train/dog"),
+])
+def test_layout_problems_are_clear_user_errors(tiny_folders, breakage, message):
+    root, _ = tiny_folders
+    breakage(root)
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        discover(root)
+
+
+def test_missing_data_directory(tmp_path):
+    with pytest.raises(UserError, match="is not a directory"):
+        discover(tmp_path / "nowhere")
+
+
+def test_fixed_size_items(tiny_folders):
+    root, colours = tiny_folders
+    ds = FixedSizeImages(discover(root).splits["val"])
+    image, label, index, error = ds[4]
+    assert image.shape == (256, 256, 3) and image.dtype == torch.uint8
+    assert (label, index, error) == (1, 4, "")
+    assert (image == torch.tensor(colours["dog"][1], dtype=torch.uint8)).all()
+
+
+def test_bad_files_are_skipped_warned_once_and_counted_per_epoch(tiny_folders):
+    root, _ = tiny_folders
+    (root / "train" / "cat" / "001.png").write_bytes(b"")                # zero bytes
+    (root / "train" / "dog" / "002.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # truncated
+    ds = FixedSizeImages(discover(root).splits["train"])
+    log = io.StringIO()
+    skipped = SkippedFiles(ds, stream=log)
+    loader = DataLoader(ds, batch_size=4, num_workers=2)
+    for _epoch in range(2):
+        kept = 0
+        for images, labels, indices, errors in loader:
+            images, labels = skipped.keep(images, labels, indices, errors)
+            assert len(images) == len(labels) and (labels >= 0).all()
+            kept += len(labels)
+        assert kept == 4 and skipped.end_epoch() == 2
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 2  # once per file, not once per epoch
+    assert "cat/001.png" in lines[0] and "not an image" in lines[0] and "dog/002.png" in lines[1]

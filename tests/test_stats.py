@@ -1,0 +1,74 @@
+"""Mean image and RGB PCA against values computed by hand, and their cache."""
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet.data import stats as stats_module
+from alexnet.data.folders import FixedSizeImages, discover
+from alexnet.data.stats import DataStats, compute_stats, load_or_compute_stats
+from alexnet.errors import UserError
+from conftest import write_image_folders
+
+
+@pytest.fixture
+def colour_set(tmp_path):
+    # Flat colours resize to themselves, so every statistic has a closed form over the colour list.
+    colours = {"a": [(250, 10, 10), (200, 40, 0), (90, 90, 90)], "b": [(0, 0, 255), (30, 200, 60), (120, 130, 140)]}
+    root = write_image_folders(tmp_path / "data", colours, splits=("train",))
+    all_colours = np.array(colours["a"] + colours["b"], dtype=np.float64)
+    return FixedSizeImages(discover(root, splits=("train",)).splits["train"]), all_colours
+
+
+def test_mean_image_and_pca_match_numpy(colour_set):
+    ds, colours = colour_set
+    s = compute_stats(ds, batch_size=4, workers=0, progress=False)
+    assert s.images == 6 and s.mean_image.shape == (256, 256, 3)
+    torch.testing.assert_close(s.mean_image, torch.tensor(colours.mean(0)).float().expand(256, 256, 3))
+    # Every image has the same number of pixels, so the pixel covariance is the covariance of the colours.
+    cov = np.cov(colours.T / 255.0, bias=True)
+    vals, vecs = np.linalg.eigh(cov)
+    vals, vecs = vals[::-1], vecs[:, ::-1]
+    np.testing.assert_allclose(s.eigvals.numpy(), vals, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.abs(s.eigvecs.numpy()), np.abs(vecs), atol=1e-5)  # up to sign
+    np.testing.assert_allclose(s.channel_mean.numpy(), colours.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(s.channel_std.numpy(), colours.std(0), rtol=1e-5)
+
+
+def test_bad_files_are_left_out_and_an_all_bad_split_is_an_error(colour_set):
+    ds, colours = colour_set
+    ds.path(0).write_bytes(b"garbage")
+    s = compute_stats(ds, batch_size=4, workers=0, progress=False)
+    assert s.images == 5
+    torch.testing.assert_close(s.mean_image[0, 0], torch.tensor(colours[1:].mean(0)).float())
+    for i in range(len(ds)):
+        ds.path(i).write_bytes(b"")
+    with pytest.raises(UserError, match="no readable image"):
+        compute_stats(ds, workers=0, progress=False)
+
+
+def test_max_images_takes_an_evenly_spaced_subset(colour_set):
+    ds, colours = colour_set
+    s = compute_stats(ds, workers=0, max_images=2, progress=False)
+    assert s.images == 2
+    torch.testing.assert_close(s.mean_image[0, 0], torch.tensor(colours[[0, 5]].mean(0)).float())
+
+
+def test_cache_is_reused_and_recomputed_when_files_change(colour_set, tmp_path, monkeypatch):
+    ds, _ = colour_set
+    cache = tmp_path / "run" / "data_stats.safetensors"
+    first = load_or_compute_stats(ds, cache, workers=0, progress=False)
+    assert cache.is_file()
+    real = stats_module.compute_stats
+    monkeypatch.setattr(stats_module, "compute_stats", lambda *a, **k: pytest.fail("recomputed"))
+    again = load_or_compute_stats(ds, cache)
+    torch.testing.assert_close(again.mean_image, first.mean_image)
+    assert again.fingerprint == first.fingerprint and again.images == 6
+
+    # A different file list, or a damaged cache, is recomputed.
+    monkeypatch.setattr(stats_module, "compute_stats", real)
+    ds.split.samples.pop()
+    assert load_or_compute_stats(ds, cache, workers=0, progress=False).images == 5
+    cache.write_bytes(b"not safetensors")
+    assert load_or_compute_stats(ds, cache, workers=0, progress=False).images == 5
+    assert DataStats.load(cache).images == 5

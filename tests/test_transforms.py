@@ -1,0 +1,179 @@
+"""Training crops, the 10 test views and PCA colour noise, checked against slices, torchvision and statistics."""
+
+import math
+
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from alexnet.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, Normalize, PCANoise, _crop_gather, _crop_loop,
+                                     center_view, crop, ten_views, train_views)
+
+ZERO = Normalize(torch.zeros(3))
+
+
+def batch(n=4, size=256, seed=0):
+    return torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def nchw(images):
+    return images.permute(0, 3, 1, 2).float()
+
+
+def position_coded(n=4, size=256, seed=0):
+    """Images whose red channel is the column and green the row (blue random): any crop says where it is from."""
+    images = batch(n, size, seed)
+    ramp = torch.arange(size, dtype=torch.uint8)
+    images[..., 0] = ramp[None, None, :]
+    images[..., 1] = ramp[None, :, None]
+    return images
+
+
+def find_offset(view, image, size):
+    """(top, left, mirrored) of ``view`` in a position-coded ``image``, verified pixel for pixel."""
+    top = int(view[1, 0, 0])
+    mirrored = bool(view[0, 0, 0] > view[0, 0, -1])
+    left = int(view[0, 0, -1] if mirrored else view[0, 0, 0])
+    expected = image[:, top:top + size, left:left + size]
+    assert torch.equal(view, expected.flip(-1) if mirrored else expected), "view is not a crop of the image"
+    return top, left, mirrored
+
+
+@pytest.mark.parametrize("size", [227, 224])
+def test_train_crops_are_crops_of_the_image_in_range(size):
+    images = position_coded(4)
+    x = train_views(images, size, ZERO, generator=torch.Generator().manual_seed(1))
+    assert x.shape == (4, 3, size, size) and x.dtype == torch.float32
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    for n in range(4):
+        top, left, _ = find_offset(x[n], nchw(images)[n], size)
+        assert 0 <= top <= 256 - size and 0 <= left <= 256 - size
+
+
+def test_train_positions_cover_the_range_and_half_are_mirrored():
+    # Small images whose red channel is the column and green the row: a crop's first pixel is its position.
+    g = torch.Generator().manual_seed(2)
+    n, side, size = 2000, 40, 11                                  # 30 possible offsets, as 256 -> 227
+    ramp = torch.arange(side, dtype=torch.uint8)[None, :].expand(side, side)
+    images = torch.stack([ramp, ramp.T, ramp], -1).expand(n, side, side, 3).contiguous()
+    x = train_views(images, size, ZERO, generator=g)
+    first_col, last_col = x[:, 0, 0, 0], x[:, 0, 0, -1]
+    mirrored = first_col > last_col
+    lefts = torch.where(mirrored, last_col, first_col).long()
+    tops = x[:, 1, 0, 0].long()
+    assert set(tops.tolist()) == set(range(30)) and set(lefts.tolist()) == set(range(30))
+    # Binomial(2000, 0.5): 6 standard deviations is about 134.
+    assert abs(int(mirrored.sum()) - n / 2) < 134
+
+
+def test_same_generator_seed_gives_same_augmentation():
+    images = batch(4)
+    pca = PCANoise(torch.tensor([0.2, 0.02, 0.004]), torch.eye(3))
+    a = train_views(images, 227, ZERO, pca, generator=torch.Generator().manual_seed(5))
+    b = train_views(images, 227, ZERO, pca, generator=torch.Generator().manual_seed(5))
+    c = train_views(images, 227, ZERO, pca, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_mean_image_is_subtracted_at_the_pixels_it_belongs_to():
+    images = position_coded(3)
+    mean = torch.rand(256, 256, 3) * 255
+    g = torch.Generator().manual_seed(3)
+    raw = train_views(images, 227, ZERO, generator=torch.Generator().manual_seed(3))
+    normed = train_views(images, 227, Normalize(mean), generator=g)
+    # Whatever crop and mirror each image got, it must equal (image - mean image) cropped the same way.
+    full = nchw(images) - mean.permute(2, 0, 1)
+    for n in range(3):
+        top, left, mirrored = find_offset(raw[n], nchw(images)[n], 227)
+        expected = full[n, :, top:top + 227, left:left + 227]
+        torch.testing.assert_close(normed[n], expected.flip(-1) if mirrored else expected)
+
+
+def test_ten_views_equal_torchvision_ten_crop_and_corners_are_corners():
+    images = batch(3)
+    views = ten_views(images, 227, ZERO)
+    assert views.shape == (3, 10, 3, 227, 227)
+    tv = TF.ten_crop(nchw(images), 227)
+    for i in range(10):
+        assert torch.equal(views[:, i], tv[i]), i
+    x = nchw(images)
+    assert torch.equal(views[:, 0], x[..., :227, :227])            # top-left
+    assert torch.equal(views[:, 1], x[..., :227, -227:])           # top-right
+    assert torch.equal(views[:, 2], x[..., -227:, :227])           # bottom-left
+    assert torch.equal(views[:, 3], x[..., -227:, -227:])          # bottom-right
+    assert torch.equal(views[:, 4], TF.center_crop(x, [227, 227]))
+    # The second five are the corners of the mirrored image: mirrored top-left = mirror of top-right, ...
+    for mirrored_corner, corner in ((5, 1), (6, 0), (7, 3), (8, 2)):
+        assert torch.equal(views[:, mirrored_corner].flip(-1), views[:, corner])
+    assert torch.equal(views[:, 9], TF.center_crop(TF.horizontal_flip(x), [227, 227]))
+
+
+def test_center_view_equals_torchvision_center_crop_with_imagenet_normalisation():
+    images = batch(2)
+    norm = Normalize.create("imagenet")
+    got = center_view(images, 224, norm)
+    expected = TF.normalize(TF.center_crop(nchw(images), [224, 224]) / 255,
+                            [m / 255 for m in IMAGENET_MEAN], [s / 255 for s in IMAGENET_STD])
+    torch.testing.assert_close(got, expected)
+
+
+def test_gather_and_loop_crops_agree():
+    images = batch(5)
+    mean = torch.rand(256, 256, 3) * 255
+    g = torch.Generator().manual_seed(4)
+    tops, lefts = torch.randint(0, 30, (7,), generator=g), torch.randint(0, 30, (7,), generator=g)
+    flips, sources = torch.rand(7, generator=g) < 0.5, torch.randint(0, 5, (7,), generator=g)
+    for m in (mean, torch.tensor([100.0, 110.0, 120.0])):
+        args = (images, m, tops, lefts, flips, sources, 227, m.dim() == 3)
+        torch.testing.assert_close(_crop_gather(*args), _crop_loop(*args))
+
+
+@pytest.mark.parametrize("convention", ["paper", "cuda-convnet"])
+def test_pca_noise_has_the_stated_distribution(convention):
+    eigvals = torch.tensor([0.2175, 0.0188, 0.0045])
+    eigvecs = torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
+    eigvecs, _ = torch.linalg.qr(eigvecs)  # the published constants are orthonormal to 4 digits only
+    pca = PCANoise(eigvals, eigvecs, convention=convention)
+    n = 20000
+    shifts = pca.sample(n, torch.Generator().manual_seed(0)).double()   # (n, 3), 0-255 units
+    alphas = shifts @ eigvecs.double() / 255.0                           # coordinates along p_i
+    scale = eigvals.double() if convention == "paper" else eigvals.double().sqrt()
+    alphas = alphas / scale                                               # should be N(0, 0.1), independent
+    assert alphas.mean(0).abs().max() < 6 * 0.1 / math.sqrt(n)
+    torch.testing.assert_close(alphas.std(0), torch.full((3,), 0.1, dtype=torch.float64), rtol=0.03, atol=0)
+    corr = torch.corrcoef(alphas.T)
+    assert (corr - torch.eye(3, dtype=torch.float64)).abs().max() < 6 / math.sqrt(n)
+    within_one_sd = (alphas.abs() < 0.1).double().mean(0)
+    assert ((within_one_sd - 0.6827).abs() < 0.02).all()  # Gaussian, not merely the right variance
+
+
+def test_pca_noise_shifts_every_pixel_of_an_image_by_the_same_colour():
+    images = batch(4)
+    pca = PCANoise(torch.tensor([0.2, 0.02, 0.004]), torch.linalg.qr(torch.randn(3, 3))[0])
+    clean = train_views(images, 227, ZERO, generator=torch.Generator().manual_seed(9))
+    noisy = train_views(images, 227, ZERO, pca, generator=torch.Generator().manual_seed(9))
+    shift = noisy - clean
+    per_image = shift[:, :, :1, :1]
+    torch.testing.assert_close(shift, per_image.expand_as(shift), rtol=0, atol=1e-4)
+    assert shift.abs().amax() > 0.1
+    # And that shift is the one the generator draws after the crop positions and flips.
+    g = torch.Generator().manual_seed(9)
+    torch.randint(0, 30, (4,), generator=g), torch.randint(0, 30, (4,), generator=g), torch.rand(4, generator=g)
+    torch.testing.assert_close(per_image.flatten(1), pca.sample(4, g))
+
+
+def test_wrong_batches_are_clear_errors():
+    with pytest.raises(ValueError, match="uint8 batch"):
+        center_view(torch.zeros(2, 3, 256, 256, dtype=torch.uint8), 227, ZERO)
+    with pytest.raises(ValueError, match="larger than"):
+        ten_views(batch(1, size=200), 227, ZERO)
+    with pytest.raises(ValueError, match="needs the training set"):
+        Normalize.create("mean-image")
+
+
+def test_crop_handles_a_single_source_image_many_times():
+    images = batch(1)
+    out = crop(images, torch.tensor([0, 29]), torch.tensor([0, 29]), torch.tensor([False, True]), 227, ZERO,
+               sources=torch.tensor([0, 0]))
+    assert torch.equal(out[0], nchw(images)[0, :, :227, :227])
+    assert torch.equal(out[1], nchw(images)[0, :, 29:, 29:].flip(-1))
