@@ -209,7 +209,8 @@ def maxpool_backward(dy, cache):
     for i in range(size):
         for j in range(size):
             # Within one offset (i, j) the strided slice holds distinct pixels, so += cannot collide.
-            dx[:, :, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride] += dy * (arg == i * size + j)
+            rows, cols = slice(i, i + stride * (ho - 1) + 1, stride), slice(j, j + stride * (wo - 1) + 1, stride)
+            dx[:, :, rows, cols] += dy * (arg == i * size + j)
     return dx
 
 

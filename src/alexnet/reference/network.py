@@ -151,8 +151,3 @@ class AlexNet:
             else:
                 d = d.reshape(cache)
         return {k: grads[k] for k in self.params}
-
-    def loss(self, x, labels, train=False):
-        """Mean softmax cross-entropy and its gradient for every parameter: (loss, grads)."""
-        loss, cache = L.softmax_cross_entropy_forward(self.forward(x, train=train), labels)
-        return loss, self.backward(L.softmax_cross_entropy_backward(1.0, cache))
