@@ -81,7 +81,101 @@ def _run_summary(args) -> int:
     return 0
 
 
-SUBCOMMANDS = (_add_summary,)
+def _add_demo_data(sub) -> None:
+    p = sub.add_parser("demo-data", help="write the bundled demo set (generated images, no download)",
+                       description="Write the bundled demo set as DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg "
+                                   "(plus DIR/classes.txt): the same bytes for the same seed.")
+    p.add_argument("--out", required=True, type=Path, help="folder to write (must be empty or a demo set)")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
+    p.set_defaults(run=_run_demo_data)
+
+
+def _run_demo_data(args) -> int:
+    from alexnet.data.demo import write_demo_set
+
+    out = write_demo_set(args.out, seed=args.seed)
+    print(out)
+    return 0
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return value
+
+
+def _add_train(sub) -> None:
+    import dataclasses
+
+    from alexnet.config import TrainConfig
+
+    p = sub.add_parser("train", help="train AlexNet (the paper's recipe, or a preset); resumable; torchrun for DDP",
+                       description="Train AlexNet on DATA/train, validating on DATA/val each epoch. Flags override "
+                                   "the preset. Under torchrun it runs data-parallel (DDP).",
+                       epilog="examples:  alexnet train --preset demo --out runs/demo;  "
+                              "alexnet train --data /imagenet --out runs/paper;  "
+                              "torchrun --nproc_per_node=2 -m alexnet train --data DIR --out RUN;  "
+                              "alexnet train --out RUN --resume")
+    types = {"int": _non_negative_int, "float": float, "str": str}
+    special = {"epochs": positive_int, "batch_size": positive_int, "patience": positive_int,
+               "step_epochs": positive_int, "log_every": positive_int, "lr": _positive_float,
+               "lr_gamma": _positive_float, "dropout": _fraction, "momentum": _fraction,
+               "label_smoothing": _fraction, "data": existing_path}
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        if f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=meta["help"])
+            continue
+        kind = f.type.replace(" | None", "")
+        p.add_argument(flag, type=special.get(f.name, types[kind]), choices=meta["choices"], default=None,
+                       metavar=None if meta["choices"] else f.name.upper(),
+                       help=f"{meta['help']} (paper default: {f.default})")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    import dataclasses
+
+    from alexnet.config import TrainConfig, resolve
+    from alexnet.train import train
+
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if "data" in given:
+        given["data"] = str(given["data"])
+    config = resolve(given.pop("preset", "paper"), given)
+    train(config, resume=args.resume, given=given)
+    return 0
+
+
+SUBCOMMANDS = (_add_summary, _add_demo_data, _add_train)
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as e:
+        # The training loop's own ends: a signal (already reported, last.pt written) or a diverged loss.
+        from alexnet.train import NonFiniteLoss, Stopped
+
+        if isinstance(e, Stopped):
+            return e.exit_code
+        if isinstance(e, NonFiniteLoss):
+            print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
         return 130

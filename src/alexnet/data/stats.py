@@ -77,7 +77,7 @@ def compute_stats(dataset: FixedSizeImages, batch_size: int = 64, workers: int |
     outer_sum = torch.zeros(3, 3, dtype=torch.float64)
     count = 0
     for images, labels, idx, errors in tqdm(loader, desc="mean image and RGB PCA", unit="batch",
-                                            disable=not progress, leave=False):
+                                            disable=None if progress else True, leave=False):
         images, _ = skipped.keep(images, labels, idx, errors)
         if not len(images):
             continue

@@ -46,11 +46,49 @@ class PCANoise:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(n, 3) RGB shifts, one per image, drawn on the CPU so results do not depend on the device."""
-        alphas = torch.randn(n, 3, generator=generator, dtype=torch.float64) * self.std
+        return self.shift(torch.randn(n, 3, generator=generator, dtype=torch.float64))
+
+    def shift(self, normal: torch.Tensor) -> torch.Tensor:
+        """The shifts for standard-normal draws ``normal`` (n, 3): alpha = std * normal."""
         scale = self.eigvals.double().clamp_min(0)
         if self.convention == "cuda-convnet":
             scale = scale.sqrt()
-        return ((alphas * scale) @ self.eigvecs.double().T * 255.0).float()
+        return ((normal.double() * self.std * scale) @ self.eigvecs.double().T * 255.0).float()
+
+
+@dataclass
+class Draws:
+    """The random choices of one batch's training views."""
+    tops: torch.Tensor     # (N,) long
+    lefts: torch.Tensor    # (N,) long
+    flips: torch.Tensor    # (N,) bool
+    normal: torch.Tensor   # (N, 3) standard normal, for PCA noise
+
+    @classmethod
+    def from_generator(cls, n: int, height: int, width: int, size: int, generator: torch.Generator | None = None,
+                       flip: bool = True) -> Draws:
+        tops = torch.randint(0, height - size + 1, (n,), generator=generator)
+        lefts = torch.randint(0, width - size + 1, (n,), generator=generator)
+        flips = torch.rand(n, generator=generator) < 0.5
+        normal = torch.randn(n, 3, generator=generator, dtype=torch.float64)
+        return cls(tops, lefts, flips & flip, normal)
+
+    @classmethod
+    def per_sample(cls, indices: torch.Tensor, epoch: int, seed: int, height: int, width: int, size: int,
+                   flip: bool = True) -> Draws:
+        """Draws that depend only on (seed, epoch, sample index): a sample is augmented the same way
+        whichever process, batch or resumed run it lands in, so runs on 1 or P processes match."""
+        parts = [cls.from_generator(1, height, width, size, torch.Generator().manual_seed(
+                 _mix(seed, epoch, int(i))), flip) for i in indices.tolist()]
+        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("tops", "lefts", "flips", "normal")))
+
+
+def _mix(seed: int, epoch: int, index: int) -> int:
+    # splitmix64-style mixing: nearby (seed, epoch, index) give unrelated generator seeds.
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) & (2**64 - 1)
+    x ^= x >> 31
+    x = (x * 0xD6E8FEB86659FD93) & (2**64 - 1)
+    return (x ^ (x >> 32)) & (2**63 - 1)
 
 
 @dataclass
@@ -124,20 +162,19 @@ def _crop_gather(images, mean, tops, lefts, flips, sources, size, per_pixel):
 
 
 def train_views(images: torch.Tensor, size: int, norm: Normalize, pca: PCANoise | None = None,
-                flip: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+                flip: bool = True, generator: torch.Generator | None = None, draws: Draws | None = None) -> torch.Tensor:
     """Training inputs: a random ``size`` crop of each image, mirrored with p=0.5, PCA noise added.
 
-    The random draws come from ``generator`` on the CPU (a handful of numbers per image), so a seed gives
-    the same augmentation on any device.
+    The random choices are ``draws`` when given (see Draws.per_sample), else drawn from ``generator``
+    on the CPU; either way a seed gives the same augmentation on any device.
     """
     n, h, w, _ = images.shape
     _check(images, size)
-    tops = torch.randint(0, h - size + 1, (n,), generator=generator)
-    lefts = torch.randint(0, w - size + 1, (n,), generator=generator)
-    flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
-    x = crop(images, tops, lefts, flips, size, norm)
+    if draws is None:
+        draws = Draws.from_generator(n, h, w, size, generator, flip)
+    x = crop(images, draws.tops, draws.lefts, draws.flips, size, norm)
     if pca is not None:
-        shift = pca.sample(n, generator).to(x.device)
+        shift = pca.shift(draws.normal).to(x.device)
         if norm.std is not None:
             shift = shift / norm.std.to(x.device)
         x = x + shift[:, :, None, None]

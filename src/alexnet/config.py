@@ -1,0 +1,176 @@
+"""Training configuration: typed, validated, built from a preset YAML plus command-line overrides.
+
+Presets (src/alexnet/presets/*.yaml) hold only what differs from the defaults below, which are the
+paper's numbers. The resolved configuration is what a run records in RUN/config.yaml and its
+checkpoints, so a run can be resumed or reproduced from it alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alexnet.data.transforms import NORMALIZATIONS
+from alexnet.errors import UserError
+from alexnet.lrn import LRN_CONVENTIONS
+from alexnet.model import INITS, VARIANTS
+
+PRESETS = ("paper", "demo", "torchvision")
+SCHEDULES = ("plateau", "step", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+PCA_CHOICES = ("paper", "cuda-convnet", "none")
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    # what to train on, and where the run lives
+    data: str | None = _opt(None, "dataset folder with train/<class>/* and val/<class>/* (default: the bundled demo set)")
+    out: str = _opt("runs/alexnet", "run folder: config.yaml, metrics.jsonl, last.pt, best.pt")
+    preset: str = _opt("paper", "settings to start from", PRESETS)
+    # the network (SPEC.md section 1)
+    variant: str = _opt("paper", "paper: the 2012 network; owt: torchvision's", VARIANTS)
+    lrn: str = _opt("paper", "LRN convention (paper variant)", tuple(LRN_CONVENTIONS))
+    init: str = _opt("paper", "paper: N(0, 0.01) weights, biases of 1 in conv2/4/5 and fc6/7; pytorch: layer defaults", INITS)
+    zero_init_fc8: bool = _opt(False, "start fc8 at zero, so every class starts equally likely")
+    dropout: float = _opt(0.5, "dropout probability on fc6 and fc7")
+    # the optimiser (paper section 5)
+    epochs: int = _opt(90, "epochs to train")
+    batch_size: int = _opt(128, "global batch size, split across processes")
+    lr: float = _opt(0.01, "peak learning rate")
+    momentum: float = _opt(0.9, "SGD momentum")
+    weight_decay: float = _opt(5e-4, "SGD weight decay")
+    schedule: str = _opt("plateau", "plateau: divide when val top-1 stops improving (paper); step; cosine", SCHEDULES)
+    patience: int = _opt(5, "plateau: epochs without improvement before dividing the learning rate")
+    max_lr_drops: int = _opt(3, "plateau: at most this many divisions (the paper made 3)")
+    step_epochs: int = _opt(30, "step: divide the learning rate every this many epochs")
+    lr_gamma: float = _opt(0.1, "the factor each division multiplies the learning rate by")
+    warmup_epochs: float = _opt(0.0, "linear learning-rate warm-up from zero, in epochs")
+    label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy")
+    # the data (paper section 4.1)
+    normalization: str = _opt("mean-image", "mean-image: minus the per-pixel training mean (paper); channel; imagenet",
+                              NORMALIZATIONS)
+    pca_noise: str = _opt("paper", "PCA colour noise: paper (alpha lambda), cuda-convnet (alpha sqrt(lambda)), none",
+                          PCA_CHOICES)
+    flip: bool = _opt(True, "random horizontal reflections")
+    stats_images: int = _opt(0, "images used for the mean image and PCA (0: all)")
+    # the machine
+    device: str = _opt("auto", "auto: CUDA when present, else CPU", DEVICES)
+    precision: str = _opt("auto", "auto: bf16 autocast where the hardware has it, else fp32", PRECISIONS)
+    channels_last: bool = _opt(True, "channels_last memory format")
+    compile: bool = _opt(False, "torch.compile the model")
+    workers: int = _opt(2, "data-loading processes per training process")
+    seed: int = _opt(0, "random seed (each process adds its rank)")
+    # bookkeeping
+    save_every: int = _opt(0, "also write last.pt every this many steps (0: at the end of each epoch only)")
+    log_every: int = _opt(10, "steps between progress-bar updates")
+    tensorboard: bool = _opt(False, "also log to RUN/tensorboard (needs the tensorboard package)")
+
+    def validate(self) -> TrainConfig:
+        _choice("preset", self.preset, PRESETS)
+        _choice("variant", self.variant, VARIANTS)
+        _choice("lrn", self.lrn, tuple(LRN_CONVENTIONS))
+        _choice("init", self.init, INITS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("normalization", self.normalization, NORMALIZATIONS)
+        _choice("pca_noise", self.pca_noise, PCA_CHOICES)
+        _choice("device", self.device, DEVICES)
+        _choice("precision", self.precision, PRECISIONS)
+        for name in ("epochs", "batch_size", "patience", "step_epochs", "log_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_lr_drops", "workers", "save_every", "stats_images", "seed"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must not be negative, got {getattr(self, name)}")
+        for name in ("lr", "lr_gamma"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("momentum", "dropout", "label_smoothing"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise UserError("weight_decay and warmup_epochs must not be negative")
+        if self.warmup_epochs >= self.epochs:
+            raise UserError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than the run ({self.epochs} epochs)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def crop(self) -> int:
+        return 227 if self.variant == "paper" else 224
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The settings a preset file holds (only those that differ from the paper defaults)."""
+    _choice("preset", name, PRESETS)
+    text = resources.files("alexnet.presets").joinpath(f"{name}.yaml").read_text()
+    values = yaml.safe_load(text) or {}
+    return _checked(values, f"preset {name}")
+
+
+def _checked(values: dict[str, Any], where: str) -> dict[str, Any]:
+    known = {f.name: f for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise UserError(f"{where}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+    out = {}
+    for key, value in values.items():
+        out[key] = _coerce(key, value, known[key].type, where)
+    return out
+
+
+def _coerce(key: str, value: Any, type_name: str, where: str) -> Any:
+    # Types are strings under `from __future__ import annotations`; YAML already gives int/float/bool/str.
+    base = type_name.replace(" | None", "")
+    if value is None and "None" in type_name:
+        return None
+    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "bool": lambda v: isinstance(v, bool),
+          "str": lambda v: isinstance(v, str)}[base]
+    if not ok(value):
+        raise UserError(f"{where}: {key} must be a {base}, got {value!r}")
+    return float(value) if base == "float" else value
+
+
+def resolve(preset: str, overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults <- preset file <- overrides (command-line flags that were given), validated."""
+    values = preset_values(preset)
+    values.update(_checked({k: v for k, v in overrides.items() if v is not None}, "flags"))
+    values["preset"] = preset
+    return TrainConfig(**values).validate()
+
+
+def from_dict(values: dict[str, Any], where: str) -> TrainConfig:
+    """A configuration recorded by an earlier run (config.yaml or a checkpoint)."""
+    return TrainConfig(**_checked(values, where)).validate()
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path} does not hold a mapping of settings")
+    return values
+
+
+def dump_yaml(config: TrainConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

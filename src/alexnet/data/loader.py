@@ -1,0 +1,71 @@
+"""DataLoaders of uint8 batches: sharded across processes, resumable mid-epoch, exact for evaluation.
+
+Training: DistributedSampler's shuffle (seeded by seed + epoch, the same on every rank), so that with
+P processes the P per-rank batches of step k together hold exactly the samples one process would put
+in its global batch k; and a start offset, so a resumed run continues with the very next batch.
+Evaluation: rank r takes samples r, r + P, r + 2P, ... with no padding, so sums over ranks count every
+sample exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from alexnet.data.folders import FixedSizeImages
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch part-way through (after ``start`` of this rank's samples)."""
+
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        self.set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self.start:])
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.start)
+
+
+class ShardSampler(Sampler[int]):
+    """Samples rank, rank + world, ...: every sample once over all ranks, none padded or repeated."""
+
+    def __init__(self, length: int, rank: int, world: int) -> None:
+        self.length, self.rank, self.world = length, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.world))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world))
+
+
+def steps_per_epoch(dataset_len: int, batch_per_rank: int, world: int) -> int:
+    """Full batches per epoch on each rank (the last partial batch is dropped, as is usual)."""
+    return math.ceil(dataset_len / world) // batch_per_rank
+
+
+def train_loader(dataset: FixedSizeImages, batch_per_rank: int, rank: int, world: int, seed: int,
+                 workers: int, pin_memory: bool) -> DataLoader:
+    sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, seed=seed)
+    return DataLoader(dataset, batch_size=batch_per_rank, sampler=sampler, num_workers=workers,
+                      pin_memory=pin_memory, drop_last=True, persistent_workers=False,
+                      # Its own generator: otherwise each new iterator draws its worker seed from the
+                      # global RNG, and resuming would shift dropout's random numbers.
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def eval_loader(dataset: FixedSizeImages, batch_size: int, rank: int, world: int, workers: int,
+                pin_memory: bool) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world),
+                      num_workers=workers, pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,98 @@
+"""One process or many, the same code: torchrun's environment in, a small Dist record out.
+
+    alexnet train ...                                          # one process
+    torchrun --nproc_per_node=2 -m alexnet train ...           # DDP on one machine (gloo on CPU, nccl on CUDA)
+
+torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them this is a world of one and no process
+group is created. Rank 0 alone logs and writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as td
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def pick_device(setting: str, local_rank: int = 0) -> torch.device:
+    """"auto": this process's CUDA device when there is one, else the CPU."""
+    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        from alexnet.errors import UserError
+        raise UserError("--device cuda was asked for, but PyTorch sees no CUDA device")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def setup(device_setting: str = "auto") -> Dist:
+    """Join torchrun's process group if there is one; pick this process's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_setting, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not td.is_initialized():
+        td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                              device_id=device if device.type == "cuda" else None)
+    return Dist(rank=rank, local_rank=local_rank, world=world, device=device)
+
+
+def teardown(dist: Dist) -> None:
+    if dist.active and td.is_initialized():
+        td.destroy_process_group()
+
+
+def barrier(dist: Dist) -> None:
+    if dist.active:
+        td.barrier()
+
+
+def all_sum(dist: Dist, values: torch.Tensor) -> torch.Tensor:
+    """Sum of ``values`` over all processes (a copy; the input is left alone)."""
+    values = values.clone()
+    if dist.active:
+        td.all_reduce(values, op=td.ReduceOp.SUM)
+    return values
+
+
+def all_max(dist: Dist, values: torch.Tensor) -> torch.Tensor:
+    values = values.clone()
+    if dist.active:
+        td.all_reduce(values, op=td.ReduceOp.MAX)
+    return values
+
+
+def gather_objects(dist: Dist, obj):
+    """Every process's ``obj``, in rank order (a list of one without a process group)."""
+    if not dist.active:
+        return [obj]
+    out = [None] * dist.world
+    td.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(dist: Dist, obj):
+    """Rank 0's ``obj`` on every process."""
+    if not dist.active:
+        return obj
+    box = [obj]
+    td.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,64 @@
+"""Top-1 and top-5 accuracy with 1 view (the centre crop) or the paper's 10 views, exact under DDP.
+
+With 10 views, each image's class probabilities are the mean of the softmax over its views (paper
+section 4.1), and its loss is the cross-entropy of that mean. Under torchrun every process evaluates
+its own shard (no sample padded or repeated) and the sums are added up, so the numbers are those a
+single process would give.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from alexnet import distributed
+from alexnet.data.folders import SkippedFiles
+from alexnet.data.transforms import Normalize, center_view, ten_views
+from alexnet.precision import autocast
+
+
+@torch.no_grad()
+def class_probabilities(model: nn.Module, images: torch.Tensor, size: int, norm: Normalize, crops: int = 1,
+                        dtype: torch.dtype | None = None) -> torch.Tensor:
+    """uint8 (N, 256, 256, 3) on the model's device -> (N, K) float32 probabilities."""
+    if crops not in (1, 10):
+        raise ValueError(f"crops must be 1 or 10, got {crops}")
+    with autocast(images.device, dtype):
+        if crops == 1:
+            return model(center_view(images, size, norm)).float().softmax(1)
+        views = ten_views(images, size, norm)                      # (N, 10, 3, S, S)
+        n = views.shape[0]
+        logits = model(views.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+    return logits.float().softmax(1).reshape(n, 10, -1).mean(1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, skipped: SkippedFiles, size: int, norm: Normalize,
+             dist: distributed.Dist, crops: int = 1, dtype: torch.dtype | None = None,
+             progress: bool = False) -> dict:
+    """{"loss", "top1", "top5" (fractions), "images", "skipped"} over the loader's samples on all ranks."""
+    was_training = model.training
+    model.eval()
+    device = dist.device
+    sums = torch.zeros(4, dtype=torch.float64, device=device)   # loss, top-1 hits, top-5 hits, images
+    skipped_before = skipped.this_epoch
+    for images, labels, indices, errors in tqdm(loader, desc="evaluate", unit="batch", leave=False,
+                                                disable=None if progress else True):
+        images, labels = skipped.keep(images, labels, indices, errors)
+        if not len(labels):
+            continue
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        probs = class_probabilities(model, images, size, norm, crops, dtype)
+        top = probs.topk(min(5, probs.shape[1]), dim=1).indices
+        hits = top == labels[:, None]
+        sums += torch.stack([
+            -probs.gather(1, labels[:, None]).clamp_min(1e-12).log().sum().double(),
+            hits[:, 0].sum().double(), hits.any(1).sum().double(), torch.tensor(len(labels), device=device).double()])
+    model.train(was_training)
+    skipped_here = torch.tensor([skipped.this_epoch - skipped_before], dtype=torch.float64, device=device)
+    total = distributed.all_sum(dist, torch.cat([sums, skipped_here]))
+    loss, top1, top5, n, bad = total.tolist()
+    n_safe = max(n, 1.0)
+    return {"loss": loss / n_safe, "top1": top1 / n_safe, "top5": top5 / n_safe, "images": int(n), "skipped": int(bad)}

@@ -1,0 +1,49 @@
+"""The learning rate, step by step: linear warm-up, then the paper's divide-on-plateau, a step schedule
+or a cosine. Its state is plain numbers, so it rides in checkpoints and resumes exactly."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class LRSchedule:
+    def __init__(self, kind: str, lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: float = 0.0,
+                 gamma: float = 0.1, step_epochs: int = 30, patience: int = 5, max_drops: int = 3) -> None:
+        self.kind, self.base, self.steps_per_epoch, self.epochs = kind, lr, steps_per_epoch, epochs
+        self.warmup_steps = round(warmup_epochs * steps_per_epoch)
+        self.gamma, self.step_epochs, self.patience, self.max_drops = gamma, step_epochs, patience, max_drops
+        # plateau state: the paper divided "when the validation error rate stopped improving"
+        self.drops, self.best, self.bad_epochs = 0, -math.inf, 0
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for global step ``step`` (0-based)."""
+        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        if self.kind == "plateau":
+            factor = self.gamma ** self.drops
+        elif self.kind == "step":
+            factor = self.gamma ** (step // (self.step_epochs * self.steps_per_epoch))
+        else:  # cosine from the end of warm-up to zero at the last step
+            total = max(1, self.epochs * self.steps_per_epoch - self.warmup_steps)
+            t = min(1.0, max(0, step - self.warmup_steps) / total)
+            factor = 0.5 * (1 + math.cos(math.pi * t))
+        return self.base * warm * factor
+
+    def end_epoch(self, val_top1: float) -> bool:
+        """Record an epoch's validation accuracy; True when the plateau rule just divided the rate."""
+        if self.kind != "plateau":
+            return False
+        if val_top1 > self.best:
+            self.best, self.bad_epochs = val_top1, 0
+            return False
+        self.bad_epochs += 1
+        if self.bad_epochs >= self.patience and self.drops < self.max_drops:
+            self.drops, self.bad_epochs = self.drops + 1, 0
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"drops": self.drops, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.drops, self.best, self.bad_epochs = state["drops"], state["best"], state["bad_epochs"]

@@ -1,0 +1,169 @@
+"""The training loop: files it writes, exact resume, signals, kills, the NaN guard, DDP, and bad flags."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from alexnet.config import resolve
+from alexnet.errors import UserError
+from alexnet.train import NonFiniteLoss, train
+from conftest import write_image_folders
+
+FAST = dict(workers=0, precision="fp32", log_every=1)
+
+
+@pytest.fixture
+def data(tmp_path):
+    rng = np.random.default_rng(0)
+    colours = {c: [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(4)] for c in ("red", "blue")}
+    return write_image_folders(tmp_path / "data", colours, size=(48, 40))
+
+
+@pytest.fixture
+def more_data(tmp_path):
+    rng = np.random.default_rng(1)
+    colours = {c: [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(8)] for c in ("red", "blue")}
+    return write_image_folders(tmp_path / "more", colours, size=(48, 40))
+
+
+def config(data, out, **kw):
+    values = dict(data=str(data), out=str(out), epochs=2, batch_size=4, lr=0.001, **FAST) | kw
+    return resolve(kw.pop("preset", "paper"), values)
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_weights(a, b, exact=True):
+    assert a.keys() == b.keys()
+    for k in a:
+        if exact:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "alexnet", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_a_run_writes_config_metrics_and_plain_checkpoints(data, tmp_path):
+    run = tmp_path / "run"
+    result = train(config(data, run))
+    assert result["epoch"] == 2 and 0 <= result["best_top1"] <= 1
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(rows[0]) >= {"epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "images_per_sec", "seconds"}
+    assert yaml.safe_load((run / "config.yaml").read_text())["batch_size"] == 4
+    last = torch.load(run / "last.pt", weights_only=True)  # plain data only: no code runs on load
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert last["epoch"] == 2 and last["classes"] == ["blue", "red"] and "optimizer" in last
+    assert "optimizer" not in best and best["preprocessing"]["mean"].shape == (256, 256, 3)
+
+
+def test_resume_after_an_epoch_matches_an_uninterrupted_run(data, tmp_path):
+    train(config(data, tmp_path / "a"))
+    train(config(data, tmp_path / "b", epochs=1))
+    train(config(data, tmp_path / "b", epochs=2), resume=True, given={"epochs": 2})
+    assert_same_weights(weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt"))
+    assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_sigterm_mid_epoch_saves_and_resume_matches_an_uninterrupted_run(more_data, tmp_path):
+    # 16 images in batches of 2: 8 steps an epoch, a checkpoint after every step.
+    opts = dict(epochs=1, batch_size=2, save_every=1)
+    train(config(more_data, tmp_path / "a", **opts))
+    run = tmp_path / "b"
+    p = cli("train", "--data", str(more_data), "--out", str(run), "--epochs", "1", "--batch-size", "2",
+            "--save-every", "1", "--lr", "0.001", "--workers", "0", "--precision", "fp32")
+    deadline = time.time() + 120
+    while not (run / "last.pt").exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert "Resume with: alexnet train --out" in err
+    saved = torch.load(run / "last.pt", weights_only=True)
+    assert saved["epoch"] == 0 and 1 <= saved["step_in_epoch"] < 8
+    train(config(more_data, run, **opts), resume=True)
+    assert_same_weights(weights(tmp_path / "a" / "last.pt"), weights(run / "last.pt"))
+
+
+def test_killing_at_random_moments_never_leaves_an_unreadable_checkpoint(more_data, tmp_path):
+    run = tmp_path / "run"
+    rng = np.random.default_rng(0)
+    for attempt in range(3):
+        args = ["train", "--data", str(more_data), "--out", str(run), "--epochs", "3", "--batch-size", "2",
+                "--save-every", "1", "--workers", "0", "--precision", "fp32"]
+        p = cli(*args, *(["--resume"] if (run / "last.pt").exists() else []))
+        deadline = time.time() + 120
+        while not (run / "last.pt").exists() and time.time() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 3.0))  # somewhere in the middle of steps and checkpoint writes
+        p.kill()
+        p.communicate()
+        state = torch.load(run / "last.pt", weights_only=True)
+        assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(more_data, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLoss, match="last good state"):
+        train(config(more_data, run, lr=1e12, batch_size=2, save_every=1, epochs=1, zero_init_fc8=True))
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_unreadable_images_are_skipped_and_counted(data, tmp_path):
+    (data / "train" / "red" / "001.png").write_bytes(b"")
+    train(config(data, tmp_path / "run", epochs=1))
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert row["skipped"] == 1
+
+
+def test_a_finished_run_is_never_overwritten(data, tmp_path):
+    train(config(data, tmp_path / "run", epochs=1))
+    with pytest.raises(UserError, match="already holds a run"):
+        train(config(data, tmp_path / "run", epochs=1))
+    with pytest.raises(UserError, match="cannot change --lr when resuming"):
+        train(config(data, tmp_path / "run", epochs=1, lr=0.5), resume=True, given={"lr": 0.5})
+    with pytest.raises(UserError, match="nothing to resume"):
+        train(config(data, tmp_path / "other"), resume=True)
+
+
+def test_two_processes_match_one_with_the_same_global_batch(more_data, tmp_path):
+    # Dropout off: its random numbers are per process. Crops, flips and PCA noise are drawn per sample,
+    # so they match across process counts by construction.
+    common = ["--data", str(more_data), "--epochs", "1", "--batch-size", "4", "--dropout", "0", "--lr", "0.001",
+              "--workers", "0", "--precision", "fp32"]
+    train(config(more_data, tmp_path / "one", epochs=1, dropout=0.0))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "alexnet", "train", *common, "--out", str(tmp_path / "two")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_weights(weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt"), exact=False)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch-size", "0"], "expected a positive integer"),
+    (["--lr", "-1"], "expected a positive number"),
+    (["--data", "/no/such/folder"], "does not exist"),
+    (["--schedule", "linear"], "invalid choice"),
+    (["--resume", "--out", "/tmp/alexnet-no-such-run"], "nothing to resume"),
+])
+def test_bad_flags_exit_2_with_one_line(args, message):
+    r = subprocess.run([sys.executable, "-m", "alexnet", "train", *args], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr
