@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from alexnet.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, Normalize, PCANoise, _crop_gather, _crop_loop,
+from alexnet.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, Draws, Normalize, PCANoise, _crop_gather, _crop_loop,
                                      center_view, crop, ten_views, train_views)
 
 ZERO = Normalize(torch.zeros(3))
@@ -160,6 +160,19 @@ def test_pca_noise_shifts_every_pixel_of_an_image_by_the_same_colour():
     g = torch.Generator().manual_seed(9)
     torch.randint(0, 30, (4,), generator=g), torch.randint(0, 30, (4,), generator=g), torch.rand(4, generator=g)
     torch.testing.assert_close(per_image.flatten(1), pca.sample(4, g))
+
+
+def test_per_sample_draws_depend_only_on_seed_epoch_and_index():
+    idx = torch.tensor([5, 9, 2, 7])
+    whole = Draws.per_sample(idx, epoch=3, seed=1, height=256, width=256, size=227)
+    halves = [Draws.per_sample(idx[:2], 3, 1, 256, 256, 227), Draws.per_sample(idx[2:], 3, 1, 256, 256, 227)]
+    for field in ("tops", "lefts", "flips", "normal"):
+        assert torch.equal(getattr(whole, field), torch.cat([getattr(h, field) for h in halves]))
+    other_epoch = Draws.per_sample(idx, epoch=4, seed=1, height=256, width=256, size=227)
+    assert not torch.equal(whole.normal, other_epoch.normal)
+    many = Draws.per_sample(torch.arange(3000), epoch=0, seed=0, height=256, width=256, size=227)
+    assert set(many.tops.tolist()) == set(range(30)) and abs(many.flips.double().mean() - 0.5) < 0.06
+    assert abs(many.normal.std() - 1) < 0.05
 
 
 def test_wrong_batches_are_clear_errors():
