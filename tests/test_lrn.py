@@ -82,3 +82,29 @@ def test_channels_not_divisible_by_towers_is_a_clear_error():
 def test_unknown_convention_is_a_clear_error():
     with pytest.raises(ValueError, match="choose from paper"):
         LocalResponseNorm.from_convention("tf")
+
+
+@pytest.mark.parametrize("towers", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_path_equals_the_reference_in_float32(towers, channels_last):
+    a = relu_like(4, 96, 13, 11, scale=200.0, seed=4).float()
+    if channels_last:
+        a = a.to(memory_format=torch.channels_last)
+    lrn = LocalResponseNorm.from_convention("paper", towers=towers)
+    x1, x2 = a.clone().requires_grad_(), a.clone().requires_grad_()
+    y, ref = lrn(x1), lrn.reference(x2)
+    g = torch.randn_like(ref)
+    (y * g).sum().backward()
+    (ref * g).sum().backward()
+    assert ((y - ref).abs().max() / ref.abs().max()) <= 1e-5
+    assert ((x1.grad - x2.grad).abs().max() / x2.grad.abs().max()) <= 1e-5
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+def test_bf16_input_is_normalised_in_float32_and_returned_in_bf16():
+    a = relu_like(2, 16, 5, 5, scale=200.0, seed=5).float()
+    lrn = LocalResponseNorm.from_convention("paper", towers=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = lrn(a.bfloat16())
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), lrn.reference(a.bfloat16().float()), rtol=1e-2, atol=1e-2)

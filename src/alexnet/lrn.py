@@ -16,6 +16,7 @@ LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -63,10 +64,15 @@ class LocalResponseNorm(nn.Module):
         return cls(size=c.size, alpha=alpha, beta=c.beta, k=c.k, towers=towers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] % self.towers:
+            raise ValueError(f"LRN over {self.towers} towers needs a channel count divisible by it, got {x.shape[1]}")
+        band = window_matrix(x.shape[1], self.size, self.towers, x.device)
+        return _BandedLRN.apply(x, band, self.alpha, self.beta, self.k)
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function from plain autograd ops (a windowed average pool over channels): slower,
+        kept as the readable definition the fast path is tested against."""
         n, c, h, w = x.shape
-        if c % self.towers:
-            raise ValueError(f"LRN over {self.towers} towers needs a channel count divisible by it, got {c}")
-        # Window sums as a (size, 1, 1) average pool over the channel axis of each tower:
         # (N, C, H, W) -> (N * towers, 1, C / towers, H, W), zero-padded so edges see fewer terms.
         sq = x.square().reshape(n * self.towers, 1, c // self.towers, h, w)
         sq = F.pad(sq, (0, 0, 0, 0, self.size // 2, (self.size - 1) // 2))
@@ -75,3 +81,76 @@ class LocalResponseNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha:g}, beta={self.beta:g}, k={self.k:g}, towers={self.towers}"
+
+
+_BANDS: dict[tuple, torch.Tensor] = {}
+
+
+def window_matrix(channels: int, size: int, towers: int, device: torch.device) -> torch.Tensor:
+    """B (C x C) with B[j, c] = 1 when channel j is in channel c's window (same tower, |j - c| in range).
+
+    Then the window sums of every pixel are one matrix product, sq @ B, over the channel axis.
+    """
+    key = (channels, size, towers, str(device))
+    band = _BANDS.get(key)
+    if band is None:
+        c = torch.arange(channels)
+        offset = c[:, None] - c[None, :]                                 # j - c
+        same_tower = (c[:, None] * towers // channels) == (c[None, :] * towers // channels)
+        inside = (offset >= -(size // 2)) & (offset <= (size - 1) // 2)
+        band = _BANDS[key] = (inside & same_tower).float().to(device)
+    return band
+
+
+class _BandedLRN(torch.autograd.Function):
+    """LRN with a hand-written backward, in at least float32 whatever autocast says.
+
+    With s = window sums of a^2 and d = k + alpha s:
+        b = a d^-beta
+        dL/da[j] = g[j] d[j]^-beta - 2 alpha beta a[j] sum_{c: j in window(c)} g[c] a[c] d[c]^(-beta-1)
+    The last sum is again a window sum, through B's transpose. Every step is a whole-tensor op or one
+    matrix product; no copy into another memory layout, and no autograd graph of intermediates.
+    """
+
+    @staticmethod
+    def forward(ctx, x, band, alpha, beta, k):
+        with _no_autocast(x.device):
+            a = _wide(x)
+            band = band.to(a.dtype)
+            d = _window(a * a, band).mul_(alpha).add_(k)
+            scale = d.pow(-beta)
+            ratio = scale / d                                           # d^(-beta-1), for backward
+            y = a * scale
+        ctx.save_for_backward(x, scale, ratio, band)
+        ctx.alpha, ctx.beta = alpha, beta
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, scale, ratio, band = ctx.saved_tensors
+        with _no_autocast(x.device):
+            a, g = _wide(x), _wide(grad)
+            t = _window((g * a).mul_(ratio), band.T)
+            dx = (g * scale).addcmul_(a, t, value=-2 * ctx.alpha * ctx.beta)
+        return dx.to(x.dtype), None, None, None, None
+
+
+def _no_autocast(device: torch.device):
+    # Inside a custom Function, autocast would still turn the matrix product into bf16.
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()  # e.g. the meta device, which summary() uses
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    # bf16 has 8 bits of mantissa: sums of squares and powers in it would shift the output visibly.
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _window(v: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+    """Window sums over channels as a matrix product, without copying v into another memory layout."""
+    n, c, h, w = v.shape
+    if v.is_contiguous(memory_format=torch.channels_last) and not v.is_contiguous():
+        rows = v.permute(0, 2, 3, 1).reshape(-1, c)                    # (N H W, C): a view
+        return (rows @ band).reshape(n, h, w, c).permute(0, 3, 1, 2)
+    return torch.matmul(band.T, v.reshape(n, c, h * w)).reshape(n, c, h, w)
