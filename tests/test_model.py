@@ -206,3 +206,13 @@ def test_seeded_forward_matches_stored_output():
         # The two images must differ, or the stored output would not depend on the convolutions.
         logits = torch.tensor(expected[variant]["logits"])
         assert (logits[0] - logits[1]).abs().max() > 1e-3
+
+
+def test_kaiming_init_keeps_relu_activation_scale():
+    torch.manual_seed(0)
+    m = AlexNet("paper", init="kaiming")
+    for name, layer in m.named_layers():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            fan_in = layer.weight[0].numel()
+            assert abs(layer.weight.std().item() / (2 / fan_in) ** 0.5 - 1) < 0.05, name
+            assert torch.all(layer.bias == 0), name

@@ -156,6 +156,8 @@ def _add_train(sub) -> None:
                        metavar=None if meta["choices"] else f.name.upper(),
                        help=f"{meta['help']} (paper default: {f.default})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--require-top1", type=_fraction, default=None, metavar="FRACTION",
+                   help="exit with status 1 if the best val top-1 ends below this (e.g. 0.9): a run that doubles as a check")
     p.set_defaults(run=_run_train)
 
 
@@ -170,11 +172,156 @@ def _run_train(args) -> int:
     if "data" in given:
         given["data"] = str(given["data"])
     config = resolve(given.pop("preset", "paper"), given)
-    train(config, resume=args.resume, given=given)
+    result = train(config, resume=args.resume, given=given)
+    if args.require_top1 is not None and result.get("best_top1", -1) < args.require_top1:
+        print(f"alexnet train: error: best val top-1 {100 * result['best_top1']:.1f}% is below the required "
+              f"{100 * args.require_top1:.1f}%", file=sys.stderr)
+        return 1
     return 0
 
 
-SUBCOMMANDS = (_add_summary, _add_demo_data, _add_train)
+def _add_evaluate(sub) -> None:
+    from alexnet.config import DEVICES, PRECISIONS
+
+    p = sub.add_parser("evaluate", help="top-1/top-5 accuracy of a trained network on DATA/val (1 or 10 views)",
+                       description="Top-1 and top-5 accuracy (and error, as the paper reports it) of the network "
+                                   "in --checkpoint on DATA/val/<class>/*. With --crops 10 each image's class "
+                                   "probabilities are the mean softmax over the paper's 10 views. Under torchrun "
+                                   "each process evaluates a shard and the numbers are the single-process ones.",
+                       epilog="examples:  alexnet evaluate --checkpoint runs/demo/best.pt --data DIR --crops 10;  "
+                              "torchrun --nproc_per_node=8 -m alexnet evaluate --checkpoint F --data /imagenet")
+    p.add_argument("--checkpoint", required=True, type=existing_path,
+                   help="a training checkpoint (.pt) or weights exported as safetensors")
+    p.add_argument("--data", required=True, type=existing_path, help="dataset folder holding val/<class>/<images>")
+    p.add_argument("--crops", type=int, choices=(1, 10), default=1,
+                   help="1: the centre crop; 10: four corners and centre, and their mirror images (default: 1)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch in each process (default: 64)")
+    p.add_argument("--workers", type=_non_negative_int, default=2, help="data-loading processes (default: 2)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when present, else CPU")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default) or autocast to bf16/fp16; auto: bf16 where the hardware has it")
+    p.add_argument("--json", action="store_true",
+                   help='print {"top1", "top5", "loss", "images", "crops", "skipped"} (fractions) instead of text')
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from alexnet.evaluate import evaluate_checkpoint
+
+    m = evaluate_checkpoint(args.checkpoint, args.data, crops=args.crops, batch_size=args.batch_size,
+                            workers=args.workers, device=args.device, precision=args.precision)
+    if m is None:  # not rank 0: rank 0 reports for everyone
+        return 0
+    if args.json:
+        print(json.dumps({k: m[k] for k in ("top1", "top5", "loss", "images", "crops", "skipped")}))
+        return 0
+    views = "1 view (centre crop)" if m["crops"] == 1 else "10 views"
+    skipped = f", {m['skipped']} unreadable skipped" if m["skipped"] else ""
+    print(f"{args.checkpoint} on {args.data / 'val'}: {m['images']} images{skipped}, {views}\n"
+          f"top-1 accuracy {100 * m['top1']:6.2f}%   error {100 * (1 - m['top1']):6.2f}%\n"
+          f"top-5 accuracy {100 * m['top5']:6.2f}%   error {100 * (1 - m['top5']):6.2f}%\n"
+          f"loss {m['loss']:.4f}")
+    return 0
+
+
+def _add_predict(sub) -> None:
+    from alexnet.config import DEVICES
+
+    p = sub.add_parser("predict", help="top-k classes of images, with names and probabilities",
+                       description="The most probable classes of each image (a folder stands for its image files, "
+                                   "sorted), seen as in training: shorter side to 256, centre 256x256, the "
+                                   "network's normalisation, then the centre crop or the paper's 10 views. An "
+                                   "unreadable file gets an error line on stderr, the others are still predicted, "
+                                   "and the exit status is 1.",
+                       epilog="example:  alexnet predict --checkpoint runs/demo/best.pt photo.jpg photos/ --topk 3")
+    p.add_argument("--checkpoint", required=True, type=existing_path,
+                   help="a training checkpoint (.pt) or weights exported as safetensors")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="image files or folders of them")
+    p.add_argument("--topk", type=positive_int, default=5, help="classes per image (default: 5)")
+    p.add_argument("--crops", type=int, choices=(1, 10), default=1, help="1: the centre crop; 10: the paper's 10 views")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when present, else CPU")
+    p.add_argument("--json", action="store_true",
+                   help='one JSON object per line: {"path", "predictions": [{"class", "name", "probability"}]}')
+    p.set_defaults(run=_run_predict)
+
+
+def _run_predict(args) -> int:
+    from alexnet.distributed import pick_device
+    from alexnet.predict import as_dict, expand, format_prediction, predict
+    from alexnet.weights import load_model
+
+    loaded = load_model(args.checkpoint)
+    failed = 0
+    for n, result in enumerate(predict(loaded, expand(args.images), topk=args.topk, crops=args.crops,
+                                       batch_size=args.batch_size, device=pick_device(args.device))):
+        if result.error:
+            failed += 1
+            print(f"alexnet predict: error: {result.path}: {result.error}", file=sys.stderr)
+        elif args.json:
+            print(json.dumps(as_dict(loaded, result)), flush=True)
+        else:
+            print(("\n" if n else "") + format_prediction(loaded, result), flush=True)
+    return 1 if failed else 0
+
+
+def _add_export(sub) -> None:
+    from alexnet.export import FORMATS
+
+    p = sub.add_parser("export", help="write a network as safetensors (with its meaning) or ONNX",
+                       description="Write the network in --checkpoint to --out. safetensors: the weights plus "
+                                   "metadata (variant, classes and names, preprocessing with its mean/std tensors, "
+                                   "measured accuracy); every --checkpoint flag accepts the result. onnx: the "
+                                   "network on normalised (N, 3, crop, crop) input, classes and preprocessing in "
+                                   "its metadata (needs the onnx and onnxscript packages).",
+                       epilog="example:  alexnet export --checkpoint runs/demo/best.pt --format onnx --out demo.onnx")
+    p.add_argument("--checkpoint", required=True, type=existing_path,
+                   help="a training checkpoint (.pt) or weights exported as safetensors")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="file format (default: from the suffix of --out)")
+    p.add_argument("--out", required=True, type=Path, help="file to write")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    from alexnet.export import FORMATS, export
+
+    fmt = args.format or args.out.suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise UserError(f"cannot tell the format from {args.out}; add --format {' or --format '.join(FORMATS)}")
+    loaded = export(args.checkpoint, fmt, args.out)
+    print(f"{args.out}: {fmt}, {loaded.variant} network, {len(loaded.classes)} classes, "
+          f"{loaded.crop}x{loaded.crop} input, {loaded.normalization} normalization")
+    return 0
+
+
+def _add_import_torchvision(sub) -> None:
+    p = sub.add_parser("import-torchvision", help="turn torchvision's ImageNet weights into this project's format",
+                       description="Convert torchvision's AlexNet ImageNet weights (a local alexnet-owt-*.pth; "
+                                   "nothing is downloaded) into safetensors with the 1000 class names and "
+                                   "torchvision's preprocessing, for --checkpoint of evaluate, predict and export.",
+                       epilog="example:  alexnet import-torchvision --weights ~/.cache/torch/hub/checkpoints/"
+                              "alexnet-owt-7be5be79.pth --out alexnet-imagenet.safetensors "
+                              "--classes /imagenet/LOC_synset_mapping.txt")
+    p.add_argument("--weights", required=True, type=existing_path, help="torchvision's alexnet state_dict (.pth)")
+    p.add_argument("--out", required=True, type=Path, help="safetensors file to write")
+    p.add_argument("--classes", type=existing_path, default=None,
+                   help="'<folder> <name>' per line in output order (ImageNet's LOC_synset_mapping.txt), so that "
+                        "evaluate can match an ImageNet val/ tree of WordNet-id folders (default: the names)")
+    p.set_defaults(run=_run_import_torchvision)
+
+
+def _run_import_torchvision(args) -> int:
+    from alexnet.weights import import_torchvision, save_weights
+
+    loaded = import_torchvision(args.weights, args.classes)
+    save_weights(loaded, args.out)
+    print(f"{args.out}: owt network, {len(loaded.classes)} classes, 224x224 input, imagenet normalization")
+    return 0
+
+
+SUBCOMMANDS = (_add_summary, _add_demo_data, _add_train, _add_evaluate, _add_predict, _add_export,
+               _add_import_torchvision)
 
 
 

@@ -40,7 +40,7 @@ class TrainConfig:
     # the network (SPEC.md section 1)
     variant: str = _opt("paper", "paper: the 2012 network; owt: torchvision's", VARIANTS)
     lrn: str = _opt("paper", "LRN convention (paper variant)", tuple(LRN_CONVENTIONS))
-    init: str = _opt("paper", "paper: N(0, 0.01) weights, biases of 1 in conv2/4/5 and fc6/7; pytorch: layer defaults", INITS)
+    init: str = _opt("paper", "paper: N(0, 0.01) weights, biases of 1 in conv2/4/5 and fc6/7; kaiming: He normal; pytorch: layer defaults", INITS)
     zero_init_fc8: bool = _opt(False, "start fc8 at zero, so every class starts equally likely")
     dropout: float = _opt(0.5, "dropout probability on fc6 and fc7")
     # the optimiser (paper section 5)

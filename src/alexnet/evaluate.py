@@ -8,13 +8,16 @@ single process would give.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from alexnet import distributed
-from alexnet.data.folders import SkippedFiles
+from alexnet.data.folders import SkippedFiles, Split
 from alexnet.data.transforms import Normalize, center_view, ten_views
+from alexnet.errors import UserError
 from alexnet.precision import autocast
 
 
@@ -62,3 +65,50 @@ def evaluate(model: nn.Module, loader, skipped: SkippedFiles, size: int, norm: N
     loss, top1, top5, n, bad = total.tolist()
     n_safe = max(n, 1.0)
     return {"loss": loss / n_safe, "top1": top1 / n_safe, "top5": top5 / n_safe, "images": int(n), "skipped": int(bad)}
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int = 1, batch_size: int = 64,
+                        workers: int = 2, device: str = "auto", precision: str = "fp32",
+                        progress: bool = True) -> dict | None:
+    """Accuracy of the network in ``checkpoint`` (training .pt or safetensors) on ``data``/val.
+
+    Under torchrun each process evaluates its own shard and the counts are summed, so the numbers are
+    the single-process ones. Returns the metrics (plus "crops") on rank 0, None on the other ranks.
+    """
+    from alexnet.data.folders import FixedSizeImages, discover
+    from alexnet.data.loader import eval_loader
+    from alexnet.precision import autocast_dtype
+    from alexnet.weights import load_model
+
+    if crops not in (1, 10):
+        raise UserError(f"--crops must be 1 or 10, got {crops}")
+    dist = distributed.setup(device)
+    try:
+        loaded = load_model(checkpoint)
+        folders = discover(data, splits=("val",))
+        val = FixedSizeImages(labelled_by(folders.splits["val"], loaded.classes))
+        dtype = autocast_dtype(precision, dist.device)
+        loader = eval_loader(val, batch_size, dist.rank, dist.world, workers, pin_memory=dist.device.type == "cuda")
+        model = loaded.model.to(dist.device)
+        metrics = evaluate(model, loader, SkippedFiles(val), loaded.crop, loaded.norm, dist, crops=crops,
+                           dtype=dtype, progress=progress and dist.main)
+        return metrics | {"crops": crops} if dist.main else None
+    finally:
+        distributed.teardown(dist)
+
+
+def labelled_by(split: Split, classes: list[str]) -> Split:
+    """``split`` with each sample labelled by its class's index among the network's ``classes``.
+
+    The data may hold all of the network's classes or any subset of them (ImageNet val/ restricted to
+    a few folders, say); a folder the network has no output for is an error, not a silent miss.
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = [c for c in split.classes if c not in index]
+    if unknown:
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        known = ", ".join(classes[:3]) + (", ..." if len(classes) > 3 else "")
+        raise UserError(f"{split.root} has class folders the network has no output for: "
+                        f"{', '.join(unknown[:3])}{more} (it knows {len(classes)} classes: {known})")
+    samples = [(path, index[split.classes[label]]) for path, label in split.samples]
+    return Split(root=split.root, classes=list(classes), samples=samples)

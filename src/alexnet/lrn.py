@@ -98,7 +98,11 @@ def window_matrix(channels: int, size: int, towers: int, device: torch.device) -
         offset = c[:, None] - c[None, :]                                 # j - c
         same_tower = (c[:, None] * towers // channels) == (c[None, :] * towers // channels)
         inside = (offset >= -(size // 2)) & (offset <= (size - 1) // 2)
-        band = _BANDS[key] = (inside & same_tower).float().to(device)
+        band = (inside & same_tower).float().to(device)
+        # Under torch.export (and so ONNX export) this runs on fake tensors; cached, one would poison
+        # every later eager call.
+        if not torch.compiler.is_exporting():
+            _BANDS[key] = band
     return band
 
 

@@ -1,21 +1,71 @@
-"""Reading and writing checkpoints: atomic writes, and loads that never run code from a file.
+"""Files of weights: training checkpoints, safetensors with their meaning, torchvision's ImageNet weights.
 
-A checkpoint is a dict of tensors and plain Python data (numbers, strings, lists, dicts), so
-``torch.load(path, weights_only=True)`` reads it; a file that would need to unpickle anything else is
-refused with a clear message instead of being trusted.
+Nothing here runs code from a file. A checkpoint is a dict of tensors and plain Python data (numbers,
+strings, lists, dicts), so ``torch.load(path, weights_only=True)`` reads it; a file that would need to
+unpickle anything else is refused with a clear message instead of being trusted. Safetensors files
+hold only tensors and string metadata by construction.
+
+Weights travel with what they mean. ``load_model`` takes a training checkpoint (.pt) or a safetensors
+file written by ``save_weights`` and returns the ready network together with its classes, their
+readable names and the preprocessing its inputs need, so evaluation and prediction see images exactly
+as training did. The safetensors layout:
+
+    tensors   the state_dict under its own keys (features.0.weight, ...), plus the normalisation under
+              the reserved prefix "preprocessing." (preprocessing.mean: (256, 256, 3) mean image or
+              (3,) channel means; preprocessing.std: (3,), absent for the paper's mean-image input)
+    metadata  format, format_version, variant, num_classes, lrn, source, and JSON strings: classes
+              (folder names, one per output), names (readable), preprocessing (resize, crop,
+              normalization, scale) and metrics (measured accuracy, when known)
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from alexnet.data.decode import FIXED_SIZE
+from alexnet.data.transforms import NORMALIZATIONS, Normalize
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
+from alexnet.lrn import LRN_CONVENTIONS
+from alexnet.model import VARIANTS, AlexNet
 
+FORMAT = "alexnet-weights"
+FORMAT_VERSION = 1
+RESERVED_PREFIX = "preprocessing."
+
+# torchvision names its weight files <arch>-<first 8 hex digits of the file's sha256>.pth.
+TORCHVISION_SHA256_PREFIX = "7be5be79"
+
+
+@dataclass
+class LoadedModel:
+    """A ready network (eval mode, on the CPU) and what its inputs and outputs mean."""
+    model: AlexNet
+    classes: list[str]                      # one per output: the training folder names (ImageNet: WordNet ids)
+    names: list[str]                        # readable names, same order
+    crop: int                               # input side: a centre crop of the fixed 256x256 image
+    normalization: str                      # "mean-image" | "channel" | "imagenet"
+    norm: Normalize                         # in 0-255 units
+    metrics: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def variant(self) -> str:
+        return self.model.variant
+
+    @property
+    def lrn(self) -> str | None:
+        return getattr(self.model, "lrn", None)
+
+
+# ---- training checkpoints ----
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` through a temporary file and a rename: never half a checkpoint."""
@@ -24,20 +74,267 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint onto the CPU with ``weights_only=True``; UserError if it is missing or unsafe."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
+    state = _torch_load(path)
+    if not isinstance(state, dict) or "model" not in state:
+        hint = ""
+        if isinstance(state, dict) and "features.0.weight" in state:
+            hint = "; it looks like a bare state_dict: for torchvision's weights use `alexnet import-torchvision`"
+        raise UserError(f"{path} is not an alexnet checkpoint (no 'model' entry){hint}")
+    return state
+
+
+def _torch_load(path: str | Path) -> Any:
+    path = _existing_file(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        # Running code from a pickle needs a callable fetched by name, which weights_only reports as an
+        # unsupported global; anything else it stumbles on is a damaged or foreign file.
+        if "unsupported global" in str(e).lower():
             raise UserError(f"{path} holds Python objects that would run code when loaded; refusing to load it "
                             f"(only tensors and plain data are accepted)") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        after = [b for a, b in zip(lines, lines[1:]) if a.endswith("WeightsUnpickler error:")]
+        detail = after[0] if after else (lines[0] if lines else type(e).__name__)
         raise UserError(f"{path} is not a readable checkpoint ({detail})") from None
     except Exception as e:  # truncated zip, wrong format, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not a readable checkpoint ({first})") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise UserError(f"{path} is not an alexnet checkpoint (no 'model' entry)")
-    return state
+
+
+def _existing_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
+    return path
+
+
+# ---- one loader for every kind of file ----
+
+def load_model(path: str | Path) -> LoadedModel:
+    """The network in ``path`` (a training checkpoint or a safetensors file) and its meaning.
+
+    The kind of file is read from its first bytes, not its name. Any problem (unsafe pickle, missing
+    metadata, weights that do not fit the network the file claims) is a one-line UserError.
+    """
+    path = _existing_file(path)
+    if _is_safetensors(path):
+        return _from_safetensors(path)
+    return _from_checkpoint(path, load_checkpoint(path))
+
+
+def _is_safetensors(path: Path) -> bool:
+    # 8 bytes of little-endian header length, then the JSON header; torch.save files start with a zip
+    # signature ("PK") or a pickle opcode, neither of which can be followed by "{" at offset 8.
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def _from_checkpoint(path: Path, ckpt: dict[str, Any]) -> LoadedModel:
+    try:
+        variant, classes = ckpt["variant"], ckpt["classes"]
+        prep = ckpt["preprocessing"]
+        crop, kind, mean, std = prep["crop"], prep["normalization"], prep["mean"], prep.get("std")
+    except (KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a training checkpoint of this version (it has no {e} entry)") from None
+    lrn = (ckpt.get("config") or {}).get("lrn", "paper") if variant == "paper" else None
+    names = ckpt.get("names") or classes
+    best = ckpt.get("best") or {}
+    metrics = {"val_top1": best["top1"], "epoch": best["epoch"]} if best.get("top1", -1) >= 0 else {}
+    return _assemble(path, ckpt["model"], variant, lrn, classes, names, crop, kind, mean, std, metrics, str(path))
+
+
+def _from_safetensors(path: Path) -> LoadedModel:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # SafetensorError, a truncated header, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable safetensors file ({first})") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path} is a safetensors file without alexnet metadata (variant, classes, preprocessing); "
+                        f"write one with `alexnet export` or `alexnet import-torchvision`")
+    if meta.get("format_version") != str(FORMAT_VERSION):
+        raise UserError(f"{path} has alexnet weights format version {meta.get('format_version')}; "
+                        f"this version reads {FORMAT_VERSION}")
+    try:
+        classes, names = json.loads(meta["classes"]), json.loads(meta["names"])
+        prep = json.loads(meta["preprocessing"])
+        metrics = json.loads(meta.get("metrics") or "{}")
+        variant, lrn, crop, kind = meta["variant"], meta.get("lrn"), prep["crop"], prep["normalization"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path} has broken alexnet metadata ({type(e).__name__}: {e})") from None
+    mean = tensors.pop(RESERVED_PREFIX + "mean", None)
+    std = tensors.pop(RESERVED_PREFIX + "std", None)
+    if mean is None:
+        raise UserError(f"{path} has no {RESERVED_PREFIX}mean tensor")
+    lrn = None if variant != "paper" else lrn
+    return _assemble(path, tensors, variant, lrn, classes, names, crop, kind, mean, std, metrics,
+                     meta.get("source", str(path)))
+
+
+def _assemble(path: Path, state: Any, variant: Any, lrn: Any, classes: Any, names: Any, crop: Any, kind: Any,
+              mean: Any, std: Any, metrics: Any, source: str) -> LoadedModel:
+    """Check every piece of meaning, then build the network it describes and load the weights into it."""
+    def bad(what: str) -> UserError:
+        return UserError(f"{path}: {what}")
+
+    if variant not in VARIANTS:
+        raise bad(f"unknown variant {variant!r} (expected one of {', '.join(VARIANTS)})")
+    if variant == "paper" and lrn not in LRN_CONVENTIONS:
+        raise bad(f"unknown LRN convention {lrn!r} (expected one of {', '.join(LRN_CONVENTIONS)})")
+    if not _strings(classes) or not classes or not _strings(names) or len(names) != len(classes):
+        raise bad("the class list is missing or malformed (expected one folder name and one readable name per output)")
+    if isinstance(crop, bool) or not isinstance(crop, int) or not 0 < crop <= FIXED_SIZE:
+        raise bad(f"crop {crop!r} is not a size between 1 and {FIXED_SIZE}")
+    if kind not in NORMALIZATIONS:
+        raise bad(f"unknown normalization {kind!r} (expected one of {', '.join(NORMALIZATIONS)})")
+    if not isinstance(mean, torch.Tensor) or tuple(mean.shape) not in ((3,), (FIXED_SIZE, FIXED_SIZE, 3)):
+        raise bad(f"the normalisation mean must be a (3,) or ({FIXED_SIZE}, {FIXED_SIZE}, 3) tensor")
+    if std is not None and (not isinstance(std, torch.Tensor) or tuple(std.shape) != (3,)):
+        raise bad("the normalisation std must be a (3,) tensor")
+    if not isinstance(state, dict):
+        raise bad("the weights are not a state_dict")
+    model = build_network(state, variant, len(classes), lrn, where=str(path))
+    norm = Normalize(mean.float(), None if std is None else std.float())
+    return LoadedModel(model, list(classes), list(names), crop, kind, norm, dict(metrics or {}), source)
+
+
+def _strings(values: Any) -> bool:
+    return isinstance(values, list) and all(isinstance(v, str) for v in values)
+
+
+def build_network(state: dict[str, Any], variant: str, num_classes: int, lrn: str | None = None,
+                  where: str = "the weights") -> AlexNet:
+    """AlexNet(variant, num_classes) holding ``state``, in eval mode; a one-line UserError if they do not fit."""
+    # On the meta device the network costs nothing to build; load_state_dict(assign=True) then
+    # puts the file's tensors in place of the empty ones.
+    with torch.device("meta"):
+        model = AlexNet(variant, num_classes=num_classes, lrn=lrn or "paper", init="pytorch")
+    problem = state_mismatch(model.state_dict(), state)
+    if problem:
+        guess = guess_network(state)
+        hint = f"; they look like {guess}" if guess else ""
+        raise UserError(f"{where}: the weights do not fit the {variant} network with {num_classes} classes "
+                        f"({problem}){hint}")
+    model.load_state_dict({k: v.float().contiguous() for k, v in state.items()}, assign=True)
+    return model.eval()
+
+
+def state_mismatch(expected: dict[str, torch.Tensor], state: dict[str, Any]) -> str:
+    """What keeps ``state`` from loading where ``expected`` is: "" when it fits."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} is {_shape(state[k])}, expected {tuple(expected[k].shape)}" for k in expected
+             if k in state and (not _is_float(state[k]) or state[k].shape != expected[k].shape)]
+    parts = [f"missing {_few(missing)}" if missing else "", f"unexpected {_few(unexpected)}" if unexpected else "",
+             _few(wrong, 2) if wrong else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def guess_network(state: dict[str, Any]) -> str:
+    """"the owt network with 1000 classes" when ``state`` fits one exactly, else ""."""
+    fc8 = state.get("classifier.6.weight")
+    if not _is_float(fc8) or fc8.dim() != 2:
+        return ""
+    for variant in VARIANTS:
+        with torch.device("meta"):
+            expected = AlexNet(variant, num_classes=fc8.shape[0], init="pytorch").state_dict()
+        if not state_mismatch(expected, state):
+            return f"the {variant} network with {fc8.shape[0]} classes"
+    return ""
+
+
+def _is_float(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def _shape(value: Any) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _few(items: list[str], limit: int = 3) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+# ---- safetensors with metadata ----
+
+def save_weights(loaded: LoadedModel, path: str | Path) -> None:
+    """Write the network and its meaning to one safetensors file (atomically); ``load_model`` reads it back."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in loaded.model.state_dict().items()}
+    tensors[RESERVED_PREFIX + "mean"] = loaded.norm.mean.float().contiguous()
+    if loaded.norm.std is not None:
+        tensors[RESERVED_PREFIX + "std"] = loaded.norm.std.float().contiguous()
+    metadata = {
+        "format": FORMAT, "format_version": str(FORMAT_VERSION), "variant": loaded.variant,
+        "num_classes": str(len(loaded.classes)), "lrn": loaded.lrn or "none", "source": loaded.source,
+        "classes": json.dumps(loaded.classes), "names": json.dumps(loaded.names),
+        "preprocessing": json.dumps(preprocessing_description(loaded)), "metrics": json.dumps(loaded.metrics),
+    }
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def preprocessing_description(loaded: LoadedModel) -> dict[str, Any]:
+    """What a user of the weights must do to an image, in words and numbers (the tensors travel apart)."""
+    return {"resize": FIXED_SIZE, "crop": loaded.crop, "normalization": loaded.normalization,
+            "scale": "RGB 0-255; input = (crop - mean) / std, std 1 when absent",
+            "mean": "per-pixel (256, 256, 3), read at the crop's pixels" if loaded.norm.per_pixel else "per channel"}
+
+
+# ---- torchvision's ImageNet weights ----
+
+def import_torchvision(path: str | Path, classes_file: str | Path | None = None) -> LoadedModel:
+    """torchvision's alexnet weights (a local alexnet-owt-*.pth state_dict) as an owt LoadedModel.
+
+    Names are torchvision's 1000 ImageNet categories and preprocessing is torchvision's (224 centre
+    crop of the 256 resize, ImageNet mean/std), so predictions match torchvision's own. ``classes_file``
+    ("<folder> <name>" per line, e.g. ImageNet's LOC_synset_mapping.txt) names the class folders so
+    `alexnet evaluate` can match them with an ImageNet val/ tree; without it the classes are the names.
+    """
+    from torchvision.models import AlexNet_Weights
+
+    path = _existing_file(path)
+    state = _torch_load(path)
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise UserError(f"{path} is not a torchvision state_dict (expected a dict of tensors)")
+    fc8 = state.get("classifier.6.weight")
+    num_classes = fc8.shape[0] if _is_float(fc8) and fc8.dim() == 2 else 1000
+    meta = AlexNet_Weights.IMAGENET1K_V1.meta
+    if num_classes != len(meta["categories"]):
+        raise UserError(f"{path} has {num_classes} outputs; torchvision's ImageNet weights have "
+                        f"{len(meta['categories'])}")
+    model = build_network(state, "owt", num_classes, where=str(path))
+    names = list(meta["categories"])
+    classes = _read_classes_file(classes_file, num_classes) if classes_file else names
+    metrics = {}
+    if _sha256(path).startswith(TORCHVISION_SHA256_PREFIX):  # the published file: its published accuracy holds
+        acc = meta["_metrics"]["ImageNet-1K"]
+        metrics = {"imagenet1k_val_top1": acc["acc@1"] / 100, "imagenet1k_val_top5": acc["acc@5"] / 100}
+    return LoadedModel(model, classes, names, 224, "imagenet", Normalize.create("imagenet"), metrics,
+                       f"torchvision AlexNet_Weights.IMAGENET1K_V1 ({path.name})")
+
+
+def _read_classes_file(path: str | Path, count: int) -> list[str]:
+    path = _existing_file(path)
+    folders = [line.split()[0] for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+               if line.strip()]
+    if len(folders) != count:
+        raise UserError(f"{path} names {len(folders)} classes; the weights have {count} outputs")
+    if len(set(folders)) != count:
+        raise UserError(f"{path} names a class folder twice")
+    return folders
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,99 @@
+"""Top-k classes of single images, by name, with probabilities.
+
+Each image goes through the fixed preprocessing training used (shorter side to 256, centre 256x256)
+and the network's own normalisation, then 1 view (the centre crop) or the paper's 10 views. A file
+that cannot be read is reported in its place and the rest are still predicted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from alexnet.data.decode import UndecodableImage, load_fixed
+from alexnet.data.folders import image_files
+from alexnet.evaluate import class_probabilities
+from alexnet.weights import LoadedModel
+
+
+@dataclass
+class Prediction:
+    path: Path
+    top: list[tuple[int, float]]        # (class index, probability), most probable first
+    error: str = ""                     # why the file could not be predicted; top is then empty
+
+
+def expand(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files as given; a directory becomes its image files (recursively, sorted)."""
+    paths: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            found = image_files(item)
+            # An empty folder is kept as itself, so that it is reported rather than silently skipped.
+            paths += found or [item]
+        else:
+            paths.append(item)
+    return paths
+
+
+def predict(loaded: LoadedModel, paths: Iterable[Path], topk: int = 5, crops: int = 1, batch_size: int = 32,
+            device: torch.device | str = "cpu") -> Iterator[Prediction]:
+    """One Prediction per path, in order; decoding and the forward pass run a batch at a time."""
+    model = loaded.model.to(device).eval()
+    k = min(topk, len(loaded.classes))
+    batch: list[tuple[Path, torch.Tensor | str]] = []
+
+    def flush() -> Iterator[Prediction]:
+        good = [image for _, image in batch if isinstance(image, torch.Tensor)]
+        if good:
+            probs = class_probabilities(model, torch.stack(good).to(device), loaded.crop, loaded.norm, crops)
+            values, indices = probs.topk(k, dim=1)
+            rows = iter(zip(indices.tolist(), values.tolist(), strict=True))
+        for path, image in batch:
+            if isinstance(image, torch.Tensor):
+                idx, p = next(rows)
+                yield Prediction(path, list(zip(idx, p, strict=True)))
+            else:
+                yield Prediction(path, [], image)
+        batch.clear()
+
+    for path in paths:
+        batch.append((path, _load(path)))
+        if len(batch) == batch_size:
+            yield from flush()
+    yield from flush()
+
+
+def _load(path: Path) -> torch.Tensor | str:
+    """The fixed 256x256 uint8 image, or the reason it cannot be had."""
+    if path.is_dir():
+        return "no image files in this folder"
+    try:
+        return load_fixed(path)
+    except UndecodableImage as e:  # also a missing or unreadable file: open_rgb says which
+        return str(e)
+
+
+def as_dict(loaded: LoadedModel, prediction: Prediction) -> dict:
+    """{"path", "predictions": [{"class", "name", "probability"}, ...]}: one JSON line per image."""
+    return {"path": str(prediction.path),
+            "predictions": [{"class": loaded.classes[i], "name": loaded.names[i], "probability": p}
+                            for i, p in prediction.top]}
+
+
+def format_prediction(loaded: LoadedModel, prediction: Prediction) -> str:
+    """A readable block: the path, then one ranked line per class."""
+    lines = [str(prediction.path)]
+    width = max(len(_label(loaded, i)) for i, _ in prediction.top)
+    for rank, (i, p) in enumerate(prediction.top, 1):
+        lines.append(f"  {rank}. {_label(loaded, i):<{width}}  {100 * p:6.2f}%")
+    return "\n".join(lines)
+
+
+def _label(loaded: LoadedModel, index: int) -> str:
+    name, folder = loaded.names[index], loaded.classes[index]
+    return name if name == folder else f"{name} ({folder})"

@@ -1,0 +1,171 @@
+"""Evaluation: 1 and 10 views against numbers worked out by hand, the CLI on a trained checkpoint, DDP."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from alexnet import distributed
+from alexnet.config import resolve
+from alexnet.data.folders import SkippedFiles
+from alexnet.data.transforms import Normalize
+from alexnet.evaluate import evaluate
+from alexnet.train import train
+from conftest import write_image_folders
+
+# ---- a model whose every output can be worked out on paper ----
+
+# logits = M @ [r, g, 1], with r and g the fractions of pure-red and pure-green pixels in the view.
+M = [[18.0, 0.0, 1.0],
+     [0.0, 18.0, 0.8],
+     [0.0, 0.0, 0.0],
+     [0.0, 0.0, 2.0],
+     [0.0, 0.0, 1.5],
+     [0.0, 0.0, 0.5]]
+
+
+class ColourScores(nn.Module):
+    def forward(self, x):                                   # (N, 3, S, S), 0-255 (mean 0, no std)
+        r = (x[:, 0] == 255).float().mean((1, 2))
+        g = (x[:, 1] == 255).float().mean((1, 2))
+        return torch.stack([r, g, torch.ones_like(r)], 1) @ torch.tensor(M).T
+
+
+def softmax(z):
+    e = [math.exp(v) for v in z]
+    return [v / sum(e) for v in e]
+
+
+def logits(r, g):
+    return [row[0] * r + row[1] * g + row[2] for row in M]
+
+
+def images():
+    """256x256: A has red rows 0-31 (label 0), B green rows 224-255 (label 1), C is black (label 2)."""
+    x = torch.zeros(3, 256, 256, 3, dtype=torch.uint8)
+    x[0, :32, :, 0] = 255
+    x[1, 224:, :, 1] = 255
+    return x
+
+
+class Unreadable:
+    def path(self, index):
+        return f"sample {index}"
+
+
+def loader():
+    x = images()
+    # Two batches, the second with an unreadable sample (label -1), as the data loaders give them.
+    return [(x[:2], torch.tensor([0, 1]), torch.tensor([0, 1]), ["", ""]),
+            (torch.cat([x[2:], torch.zeros(1, 256, 256, 3, dtype=torch.uint8)]), torch.tensor([2, -1]),
+             torch.tensor([2, 3]), ["", "broken"])]
+
+
+def by_hand(per_image_probs, labels):
+    top1 = top5 = loss = 0.0
+    for p, y in zip(per_image_probs, labels):
+        ranked = sorted(range(len(p)), key=lambda c: -p[c])
+        top1 += ranked[0] == y
+        top5 += y in ranked[:5]
+        loss += -math.log(p[y])
+    n = len(labels)
+    return {"top1": top1 / n, "top5": top5 / n, "loss": loss / n}
+
+
+def run(crops):
+    return evaluate(ColourScores(), loader(), SkippedFiles(Unreadable()), 192, Normalize(torch.zeros(3)),
+                    distributed.Dist(), crops=crops)
+
+
+def test_one_view_gives_the_hand_computed_numbers():
+    # The centre 192 crop (rows 32-223) misses A's red rows and B's green rows: all three images give
+    # softmax(M[:, 2]), whose order is classes 3, 4, 0, 1, 5, 2. Top-1: none right; top-5: A and B, not C.
+    p = softmax(logits(0, 0))
+    expected = by_hand([p, p, p], [0, 1, 2])
+    assert (expected["top1"], expected["top5"]) == (0, 2 / 3)
+    m = run(crops=1)
+    assert (m["images"], m["skipped"]) == (3, 1)
+    assert m["top1"] == expected["top1"] and m["top5"] == pytest.approx(expected["top5"])
+    assert m["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+
+
+def test_ten_views_average_the_softmax_of_the_papers_views():
+    # 192 crops of a 256 image start at row 0 (top-left, top-right), 64 (bottom corners) or 32 (centre);
+    # each of the 5 comes twice (with its mirror image). A's 32 red rows are in the 4 views from row 0,
+    # 32/192 = 1/6 of each; B's green rows in the 4 from row 64. Both move enough probability to their
+    # own class to win; C stays last.
+    none = softmax(logits(0, 0))
+    a = [0.4 * u + 0.6 * v for u, v in zip(softmax(logits(1 / 6, 0)), none)]
+    b = [0.4 * u + 0.6 * v for u, v in zip(softmax(logits(0, 1 / 6)), none)]
+    expected = by_hand([a, b, none], [0, 1, 2])
+    assert (expected["top1"], expected["top5"]) == (2 / 3, 2 / 3)
+    m = run(crops=10)
+    assert (m["images"], m["skipped"]) == (3, 1)
+    assert m["top1"] == pytest.approx(expected["top1"]) and m["top5"] == pytest.approx(expected["top5"])
+    assert m["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+
+
+# ---- the command line on a trained checkpoint ----
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One paper-network epoch on 2 classes; 5 val images, so 2 processes get unequal shards (3 and 2)."""
+    root = tmp_path_factory.mktemp("evaluate")
+    data = write_image_folders(root / "data", {"cat": [(200, 40, 40), (180, 60, 20), (220, 90, 70)],
+                                               "dog": [(30, 60, 200), (50, 90, 170)]})
+    train(resolve("paper", dict(data=str(data), out=str(root / "run"), epochs=1, batch_size=4, workers=0,
+                                precision="fp32")))
+    return data, root / "run"
+
+
+def test_cli_evaluate_of_a_trained_checkpoint_matches_the_runs_own_validation(run_dir):
+    data, run = run_dir
+    r = cli("evaluate", "--checkpoint", run / "best.pt", "--data", data, "--workers", 0, "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (got["images"], got["crops"], got["skipped"]) == (5, 1, 0)
+    assert got["top1"] == pytest.approx(logged["val_top1"]) and got["top5"] == pytest.approx(logged["val_top5"])
+    assert got["loss"] == pytest.approx(logged["val_loss"], rel=1e-5)
+
+    r = cli("evaluate", "--checkpoint", run / "best.pt", "--data", data, "--workers", 0, "--crops", 10)
+    assert r.returncode == 0, r.stderr
+    assert "5 images, 10 views" in r.stdout and "top-1 accuracy" in r.stdout and "error" in r.stdout
+
+
+def test_two_processes_give_the_single_process_numbers(run_dir):
+    data, run = run_dir
+    args = ["evaluate", "--checkpoint", run / "best.pt", "--data", data, "--workers", 0, "--crops", 10, "--json"]
+    one = cli(*args)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "alexnet", *map(str, args), "--batch-size", "2"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
+    a, b = json.loads(one.stdout), json.loads(two.stdout)   # rank 0 alone prints
+    assert (b["images"], b["top1"], b["top5"], b["skipped"]) == (a["images"], a["top1"], a["top5"], a["skipped"])
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+
+
+def test_a_subset_of_the_classes_is_matched_by_folder_name(run_dir, tmp_path):
+    data, run = run_dir
+    shutil.copytree(data / "val" / "dog", tmp_path / "val" / "dog")
+    r = cli("evaluate", "--checkpoint", run / "best.pt", "--data", tmp_path, "--workers", 0, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["images"] == 2
+
+    shutil.copytree(data / "val" / "dog", tmp_path / "val" / "wolf")
+    r = cli("evaluate", "--checkpoint", run / "best.pt", "--data", tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "class folders the network has no output for: wolf" in r.stderr

@@ -1,0 +1,158 @@
+"""Prediction: top-k names and probabilities, bad files among good ones, and torchvision's own top-5."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from alexnet.errors import UserError
+from alexnet.model import AlexNet
+from alexnet.predict import expand, predict
+from alexnet.weights import import_torchvision, load_model
+from test_weights import make_checkpoint
+
+CLASSES, NAMES = ["a", "b", "c", "d"], ["apple", "banana", "cherry", "date"]
+FC8_BIAS = [0.0, 1.0, 2.0, 3.0]
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def fixed_outputs(tmp_path_factory):
+    """A network whose fc8 ignores its input: every image gets softmax(FC8_BIAS)."""
+    root = tmp_path_factory.mktemp("predict")
+    model = AlexNet("owt", num_classes=4)
+    with torch.no_grad():
+        model.classifier[-1].weight.zero_()
+        model.classifier[-1].bias.copy_(torch.tensor(FC8_BIAS))
+    ckpt = make_checkpoint(root / "fixed.pt", variant="owt", classes=CLASSES, names=NAMES, net=model)
+    images = root / "images"
+    images.mkdir()
+    for name, colour in (("b.png", (10, 200, 30)), ("a.png", (200, 10, 30))):
+        Image.new("RGB", (300, 260), colour).save(images / name)
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return ckpt, images
+
+
+def softmax(z):
+    e = [math.exp(v) for v in z]
+    return [v / sum(e) for v in e]
+
+
+def test_top_k_gives_class_names_and_probabilities(fixed_outputs):
+    ckpt, images = fixed_outputs
+    r = cli("predict", "--checkpoint", ckpt, images / "a.png", "--topk", 3, "--json")
+    assert r.returncode == 0, r.stderr
+    (line,) = r.stdout.splitlines()
+    got = json.loads(line)
+    p = softmax(FC8_BIAS)
+    assert got["path"] == str(images / "a.png")
+    assert [(q["class"], q["name"]) for q in got["predictions"]] == [("d", "date"), ("c", "cherry"), ("b", "banana")]
+    assert [q["probability"] for q in got["predictions"]] == pytest.approx([p[3], p[2], p[1]], abs=1e-6)
+
+    r = cli("predict", "--checkpoint", ckpt, images / "a.png", "--topk", 9)   # more than there are classes
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == str(images / "a.png") and len(lines) == 5
+    assert lines[1].split() == ["1.", "date", "(d)", f"{100 * p[3]:.2f}%"]
+    assert lines[4].split() == ["4.", "apple", "(a)", f"{100 * p[0]:.2f}%"]
+
+
+def test_ten_views_and_batches_give_the_same_answers(fixed_outputs):
+    ckpt, images = fixed_outputs
+    loaded = load_model(ckpt)
+    paths = expand([images])
+    one = list(predict(loaded, paths, topk=2, crops=1, batch_size=1))
+    ten = list(predict(loaded, paths, topk=2, crops=10, batch_size=8))
+    assert [r.path for r in one] == [r.path for r in ten] == paths
+    for a, b in zip(one, ten):
+        assert a.error == b.error
+        assert [i for i, _ in a.top] == [i for i, _ in b.top]
+        assert [p for _, p in a.top] == pytest.approx([p for _, p in b.top], abs=1e-6)
+
+
+def test_an_unreadable_file_is_named_and_the_others_are_still_predicted(fixed_outputs, tmp_path):
+    ckpt, images = fixed_outputs
+    r = cli("predict", "--checkpoint", ckpt, images, tmp_path / "missing.png", "--json")
+    assert r.returncode == 1
+    assert [json.loads(line)["path"] for line in r.stdout.splitlines()] == [str(images / "a.png"),
+                                                                           str(images / "b.png")]
+    errors = r.stderr.strip().splitlines()
+    assert len(errors) == 2 and "Traceback" not in r.stderr
+    assert errors[0].startswith(f"alexnet predict: error: {images / 'broken.jpg'}: ")
+    assert errors[1].startswith(f"alexnet predict: error: {tmp_path / 'missing.png'}: ")
+
+
+# ---- torchvision's weights ----
+
+def smooth_image(width, height):
+    yy, xx = np.mgrid[0:height, 0:width]
+    rgb = [127 + 120 * np.sin(xx / width * 6), 127 + 120 * np.cos(yy / height * 5),
+           (xx + yy) * 127 / (width + height) + 60]
+    return Image.fromarray(np.stack(rgb, -1).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def torchvision_model(tmp_path_factory):
+    """torchvision's alexnet, saved as its ImageNet weights file is: a bare state_dict in a .pth.
+
+    Fresh weights give nearly uniform outputs; scaling every layer's weights by 2.5 spreads them (top-1
+    near 0.3) so that the top-5 depends on the image and a mismatch in preprocessing would show.
+    """
+    root = tmp_path_factory.mktemp("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.alexnet(weights=None).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                m.weight.mul_(2.5)
+    torch.save(model.state_dict(), root / "alexnet-owt-test.pth")
+    return model, root
+
+
+@pytest.mark.parametrize("size,atol", [
+    ((320, 256), 1e-5),   # shorter side already 256: both pipelines see exactly the same 224x224 pixels
+    ((400, 300), 2e-3),   # resized: torchvision scales to 341x256, we to 256x256 of the centre square
+])
+def test_imported_torchvision_weights_predict_torchvisions_top5(torchvision_model, size, atol):
+    model, root = torchvision_model
+    out = root / "imported.safetensors"
+    if not out.exists():
+        r = cli("import-torchvision", "--weights", root / "alexnet-owt-test.pth", "--out", out)
+        assert r.returncode == 0, r.stderr
+        assert "1000 classes, 224x224 input, imagenet normalization" in r.stdout
+    image = root / f"{size[0]}x{size[1]}.png"
+    smooth_image(*size).save(image)
+
+    weights = torchvision.models.AlexNet_Weights.IMAGENET1K_V1
+    with torch.no_grad():
+        expected = model(weights.transforms()(Image.open(image).convert("RGB"))[None]).softmax(1)[0]
+    values, indices = expected.topk(5)
+    assert values[0] > 0.1  # outputs spread enough for the top-5 to mean something
+
+    r = cli("predict", "--checkpoint", out, image, "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)["predictions"]
+    assert [q["name"] for q in got] == [weights.meta["categories"][i] for i in indices.tolist()]
+    assert [q["probability"] for q in got] == pytest.approx(values.tolist(), abs=atol)
+
+
+def test_a_classes_file_names_the_class_folders(torchvision_model, tmp_path):
+    _, root = torchvision_model
+    mapping = tmp_path / "LOC_synset_mapping.txt"
+    mapping.write_text("".join(f"n{i:08d} name {i}\n" for i in range(1000)))
+    loaded = import_torchvision(root / "alexnet-owt-test.pth", mapping)
+    assert loaded.classes[:2] == ["n00000000", "n00000001"] and loaded.names[0] == "tench"
+    assert loaded.metrics == {}  # not the published file, so no published accuracy
+    mapping.write_text("n0 a\n")
+    with pytest.raises(UserError, match="names 1 classes; the weights have 1000 outputs"):
+        import_torchvision(root / "alexnet-owt-test.pth", mapping)

@@ -1,0 +1,172 @@
+"""Files of weights: one loader for checkpoints and safetensors, meaning that travels, refusals that are one line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from alexnet.data.transforms import Normalize
+from alexnet.errors import UserError
+from alexnet.model import AlexNet
+from alexnet.weights import load_model, save_weights
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_checkpoint(path, variant="paper", classes=("cat", "dog"), names=None, normalization="channel",
+                    net=None, seed=0, changes=None):
+    """A checkpoint laid out as train.py writes best.pt, without training; ``changes`` override entries."""
+    torch.manual_seed(seed)
+    model = net or AlexNet(variant, num_classes=len(classes), init="pytorch")
+    if normalization == "mean-image":
+        mean, std = torch.rand(256, 256, 3) * 255, None
+    else:
+        norm = Normalize.create("imagenet")
+        mean, std = norm.mean, norm.std
+    state = {"format": 1, "model": model.state_dict(), "config": {"variant": variant, "lrn": "paper"},
+             "variant": variant, "classes": list(classes), "names": list(names or classes),
+             "preprocessing": {"crop": model.input_size, "normalization": normalization, "mean": mean, "std": std,
+                               "pca_eigvals": None, "pca_eigvecs": None, "pca_convention": None},
+             "epoch": 3, "step_in_epoch": 0, "best": {"top1": 0.75, "epoch": 3}} | (changes or {})
+    torch.save(state, path)
+    return Path(path)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def paper_pt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("w") / "paper.pt", normalization="mean-image",
+                           names=("a cat", "a dog"))
+
+
+def test_safetensors_round_trip_keeps_weights_and_meaning(paper_pt, tmp_path):
+    a = load_model(paper_pt)
+    save_weights(a, tmp_path / "w.safetensors")
+    b = load_model(tmp_path / "w.safetensors")
+    assert (b.variant, b.lrn, b.classes, b.names, b.crop, b.normalization) == \
+           ("paper", "paper", ["cat", "dog"], ["a cat", "a dog"], 227, "mean-image")
+    assert b.metrics == {"val_top1": 0.75, "epoch": 3} and b.source == str(paper_pt)
+    assert torch.equal(a.norm.mean, b.norm.mean) and b.norm.std is None
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k
+    x = torch.randn(2, 3, 227, 227)
+    assert torch.equal(a.model(x), b.model(x)) and not b.model.training
+
+    # What another tool sees: plain tensors under their usual keys, the mean under the reserved prefix,
+    # and the meaning as string metadata.
+    with safe_open(str(tmp_path / "w.safetensors"), "pt") as f:
+        meta, keys = f.metadata(), set(f.keys())
+    assert "features.0.weight" in keys and "preprocessing.mean" in keys and "preprocessing.std" not in keys
+    assert meta["variant"] == "paper" and meta["num_classes"] == "2" and meta["lrn"] == "paper"
+    assert json.loads(meta["names"]) == ["a cat", "a dog"]
+    assert json.loads(meta["preprocessing"])["crop"] == 227
+
+
+def test_channel_normalisation_round_trips_with_its_std(tmp_path):
+    pt = make_checkpoint(tmp_path / "owt.pt", variant="owt", normalization="imagenet")
+    save_weights(load_model(pt), tmp_path / "owt.safetensors")
+    b = load_model(tmp_path / "owt.safetensors")
+    assert (b.variant, b.lrn, b.crop, b.normalization) == ("owt", None, 224, "imagenet")
+    assert torch.equal(b.norm.std, Normalize.create("imagenet").std)
+
+
+def test_the_kind_of_file_is_read_from_its_bytes_not_its_name(paper_pt, tmp_path):
+    save_weights(load_model(paper_pt), tmp_path / "weights.pt")
+    assert load_model(tmp_path / "weights.pt").classes == ["cat", "dog"]
+
+
+class RunsCode:
+    """A pickle that would run a shell command when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export"])
+def test_a_pickle_that_would_run_code_is_refused_with_exit_2(command, tmp_path):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": RunsCode(marker)}, evil)
+    extra = {"evaluate": ["--data", tmp_path], "predict": [evil], "export": ["--out", tmp_path / "x.safetensors"]}
+    r = cli(command, "--checkpoint", evil, *extra[command])
+    assert r.returncode == 2, r.stderr
+    assert "would run code when loaded; refusing" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_a_checkpoint_of_the_wrong_variant_is_one_line_with_exit_2(tmp_path, tiny_folders):
+    data, _ = tiny_folders
+    owt_state_claiming_paper = make_checkpoint(tmp_path / "mixed.pt", variant="paper",
+                                               net=AlexNet("owt", num_classes=2))
+    r = cli("evaluate", "--checkpoint", owt_state_claiming_paper, "--data", data, "--workers", 0)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "do not fit the paper network with 2 classes" in r.stderr
+    assert "they look like the owt network with 2 classes" in r.stderr
+
+
+def test_missing_keys_and_a_wrong_class_count_are_named(tmp_path):
+    model = AlexNet("owt", num_classes=2)
+    state = model.state_dict()
+    del state["classifier.6.bias"]
+    with pytest.raises(UserError, match=r"do not fit the owt network with 2 classes \(missing classifier.6.bias\)"):
+        load_model(make_checkpoint(tmp_path / "a.pt", variant="owt", net=model, changes={"model": state}))
+    with pytest.raises(UserError, match=r"owt network with 3 classes .*classifier.6.weight is \(2, 4096\), "
+                                        r"expected \(3, 4096\).*look like the owt network with 2 classes"):
+        load_model(make_checkpoint(tmp_path / "b.pt", variant="owt", classes=("a", "b", "c"), net=model))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"variant": "vgg"}, "unknown variant 'vgg'"),
+    ({"names": ["only one"]}, "class list is missing or malformed"),
+    ({"preprocessing": {"crop": 227, "normalization": "zca", "mean": torch.zeros(3), "std": None}},
+     "unknown normalization 'zca'"),
+    ({"preprocessing": {"crop": 227, "normalization": "channel", "mean": torch.zeros(5), "std": None}},
+     "mean must be a"),
+    ({"classes": None}, "class list is missing"),
+])
+def test_broken_meaning_is_refused_clearly(change, message, tmp_path):
+    with pytest.raises(UserError, match=message):
+        load_model(make_checkpoint(tmp_path / "c.pt", net=AlexNet("paper", num_classes=2, init="pytorch"),
+                                   changes=change))
+
+
+def test_files_that_are_not_alexnet_weights_are_refused_clearly(tmp_path):
+    bare = tmp_path / "bare.pth"
+    torch.save(AlexNet("owt", num_classes=2).state_dict(), bare)
+    with pytest.raises(UserError, match="bare state_dict: for torchvision's weights use `alexnet import-torchvision`"):
+        load_model(bare)
+    plain = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(2)}, str(plain))
+    with pytest.raises(UserError, match="without alexnet metadata"):
+        load_model(plain)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_model(junk)
+    with pytest.raises(UserError, match="does not exist"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_torch_hub_loads_the_network_and_trained_weights_from_a_local_file(paper_pt):
+    fresh = torch.hub.load(str(REPO), "alexnet", source="local", num_classes=3)
+    assert isinstance(fresh, AlexNet) and fresh.variant == "paper" and fresh.num_classes == 3
+    model = torch.hub.load(str(REPO), "alexnet", source="local", num_classes=2, weights=str(paper_pt))
+    assert model.names == ["a cat", "a dog"] and model.preprocessing["crop"] == 227 and not model.training
+    x = torch.randn(1, 3, 227, 227)
+    assert torch.equal(model(x), load_model(paper_pt).model(x))
+    with pytest.raises(UserError, match="holds the paper network with 2 classes .*not the owt network"):
+        torch.hub.load(str(REPO), "alexnet", source="local", variant="owt", num_classes=2, weights=str(paper_pt))
