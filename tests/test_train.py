@@ -132,6 +132,14 @@ def test_unreadable_images_are_skipped_and_counted(data, tmp_path):
     assert row["skipped"] == 1
 
 
+def test_a_split_with_no_readable_image_is_a_user_error(data, tmp_path):
+    for path in (data / "val").rglob("*.png"):
+        path.write_bytes(b"")
+    # ImageNet normalisation and no PCA: no statistics pass that would notice first.
+    with pytest.raises(UserError, match="no readable image in .*val"):
+        train(config(data, tmp_path / "run", epochs=1, normalization="imagenet", pca_noise="none"))
+
+
 def test_a_finished_run_is_never_overwritten(data, tmp_path):
     train(config(data, tmp_path / "run", epochs=1))
     with pytest.raises(UserError, match="already holds a run"):

@@ -329,6 +329,10 @@ def _train(config: TrainConfig, resume: bool, given: dict[str, Any], dist: distr
             train_seconds = time.perf_counter() - t0
             totals = distributed.all_sum(dist, torch.tensor([loss_sum, loss_n, seen], dtype=torch.float64))
             metrics = evaluate(model, val, val_skips, prep.size, prep.norm, dist, crops=1, dtype=dtype)
+            if totals[1] == 0:
+                raise UserError(f"no readable image in {train_set.split.root}: every file was skipped")
+            if metrics["images"] == 0:
+                raise UserError(f"no readable image in {val_set.split.root}: every file was skipped")
             epoch += 1
             step_in_epoch = 0
             if metrics["top1"] > best["top1"]:

@@ -317,7 +317,7 @@ def _generate(root: Path, seed: int, counts: dict[str, int], progress: bool) -> 
     """Write every image and classes.txt under root (a fresh, empty folder)."""
     (root / "classes.txt").write_text("".join(f"{slug} {name}\n" for slug, name in DEMO_CLASSES))
     total = len(DEMO_CLASSES) * sum(counts.values())
-    with tqdm(total=total, desc="demo set", unit="img", disable=not progress) as bar:
+    with tqdm(total=total, desc="demo set", unit="img", disable=None if progress else True) as bar:
         for split, n in counts.items():
             for c, (slug, _) in enumerate(DEMO_CLASSES):
                 folder = root / split / slug
