@@ -117,6 +117,14 @@ def test_killing_at_random_moments_never_leaves_an_unreadable_checkpoint(more_da
         assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_a_checkpoint_write_cut_short_leaves_no_litter_after_the_next_start(data, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".last.pt.k2j3h4.tmp").write_bytes(b"half a checkpoint")
+    train(config(data, run, epochs=1))
+    assert not list(run.glob(".*.tmp")) and (run / "last.pt").is_file()
+
+
 def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(more_data, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(NonFiniteLoss, match="last good state"):

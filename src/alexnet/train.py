@@ -203,6 +203,9 @@ def _train(config: TrainConfig, resume: bool, given: dict[str, Any], dist: distr
     dtype = autocast_dtype(config.precision, dist.device)
     if dist.main:
         run.mkdir(parents=True, exist_ok=True)
+        # A process killed while writing a checkpoint leaves its temporary file (hundreds of MB) behind.
+        for leftover in list(run.glob(".last.pt.*.tmp")) + list(run.glob(".best.pt.*.tmp")):
+            leftover.unlink(missing_ok=True)
         (run / "config.yaml").write_text(dump_yaml(config))
         say(f"alexnet train: {'resuming ' if ckpt else ''}{run} on {dist.world} x {dist.device.type}, "
             f"{precision_name(dtype)}\n{dump_yaml(config).rstrip()}")
