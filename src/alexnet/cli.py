@@ -47,6 +47,12 @@ def existing_path(text: str) -> Path:
 
 # ---- subcommands ----
 
+def _add_checkpoint(p: argparse.ArgumentParser) -> None:
+    """The --checkpoint every command that uses a trained network takes, with one meaning everywhere."""
+    p.add_argument("--checkpoint", required=True, type=existing_path,
+                   help="a training checkpoint (.pt) or weights exported as safetensors")
+
+
 def _add_summary(sub) -> None:
     p = sub.add_parser("summary", help="per-layer output shapes, parameters and multiply-adds",
                        description="Per-layer output shape, parameters and multiply-adds of the network, "
@@ -190,8 +196,7 @@ def _add_evaluate(sub) -> None:
                                    "each process evaluates a shard and the numbers are the single-process ones.",
                        epilog="examples:  alexnet evaluate --checkpoint runs/demo/best.pt --data DIR --crops 10;  "
                               "torchrun --nproc_per_node=8 -m alexnet evaluate --checkpoint F --data /imagenet")
-    p.add_argument("--checkpoint", required=True, type=existing_path,
-                   help="a training checkpoint (.pt) or weights exported as safetensors")
+    _add_checkpoint(p)
     p.add_argument("--data", required=True, type=existing_path, help="dataset folder holding val/<class>/<images>")
     p.add_argument("--crops", type=int, choices=(1, 10), default=1,
                    help="1: the centre crop; 10: four corners and centre, and their mirror images (default: 1)")
@@ -234,8 +239,7 @@ def _add_predict(sub) -> None:
                                    "unreadable file gets an error line on stderr, the others are still predicted, "
                                    "and the exit status is 1.",
                        epilog="example:  alexnet predict --checkpoint runs/demo/best.pt photo.jpg photos/ --topk 3")
-    p.add_argument("--checkpoint", required=True, type=existing_path,
-                   help="a training checkpoint (.pt) or weights exported as safetensors")
+    _add_checkpoint(p)
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="image files or folders of them")
     p.add_argument("--topk", type=positive_int, default=5, help="classes per image (default: 5)")
     p.add_argument("--crops", type=int, choices=(1, 10), default=1, help="1: the centre crop; 10: the paper's 10 views")
@@ -275,8 +279,7 @@ def _add_export(sub) -> None:
                                    "network on normalised (N, 3, crop, crop) input, classes and preprocessing in "
                                    "its metadata (needs the onnx and onnxscript packages).",
                        epilog="example:  alexnet export --checkpoint runs/demo/best.pt --format onnx --out demo.onnx")
-    p.add_argument("--checkpoint", required=True, type=existing_path,
-                   help="a training checkpoint (.pt) or weights exported as safetensors")
+    _add_checkpoint(p)
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="file format (default: from the suffix of --out)")
     p.add_argument("--out", required=True, type=Path, help="file to write")
