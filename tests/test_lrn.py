@@ -4,7 +4,18 @@ import pytest
 import torch
 from torch import nn
 
+from alexnet import kernels
+from alexnet import lrn as lrn_module
+from alexnet.kernels import build
 from alexnet.lrn import LRN_CONVENTIONS, LocalResponseNorm
+
+
+@pytest.fixture(params=["native", "banded"])
+def impl(request, monkeypatch):
+    """Run a test through the fused C kernel and through the banded-matrix fallback."""
+    if request.param == "banded":
+        monkeypatch.setattr(lrn_module, "_native_ok", lambda x: False)
+    return request.param
 
 
 def loop_lrn(a: torch.Tensor, size=5, alpha=1e-4, beta=0.75, k=2.0, towers=1) -> torch.Tensor:
@@ -84,27 +95,70 @@ def test_unknown_convention_is_a_clear_error():
         LocalResponseNorm.from_convention("tf")
 
 
+def test_the_c_kernel_builds_here():
+    # Otherwise every "native" test below would quietly test the fallback.
+    assert kernels.lrn_cpu() is not None
+
+
+@pytest.mark.parametrize("size", [5, 4, 3, 21])   # even windows lean left; 21 exceeds the padded fast path
 @pytest.mark.parametrize("towers", [1, 2])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fast_path_equals_the_reference_in_float32(towers, channels_last):
+def test_fast_paths_equal_the_reference_in_float32(impl, size, towers, channels_last):
     a = relu_like(4, 96, 13, 11, scale=200.0, seed=4).float()
     if channels_last:
         a = a.to(memory_format=torch.channels_last)
-    lrn = LocalResponseNorm.from_convention("paper", towers=towers)
-    x1, x2 = a.clone().requires_grad_(), a.clone().requires_grad_()
+    lrn = LocalResponseNorm(size=size, alpha=1e-4, beta=0.75, k=2.0, towers=towers)
+    x1, x2 = a.clone().requires_grad_(), a.double().requires_grad_()
     y, ref = lrn(x1), lrn.reference(x2)
-    g = torch.randn_like(ref)
-    (y * g).sum().backward()
-    (ref * g).sum().backward()
-    assert ((y - ref).abs().max() / ref.abs().max()) <= 1e-5
-    assert ((x1.grad - x2.grad).abs().max() / x2.grad.abs().max()) <= 1e-5
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y.backward(g.float())
+    ref.backward(g)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-6 * ref.abs().max().item())
+    torch.testing.assert_close(x1.grad.double(), x2.grad, rtol=1e-5, atol=1e-6 * x2.grad.abs().max().item())
     assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
-def test_bf16_input_is_normalised_in_float32_and_returned_in_bf16():
-    a = relu_like(2, 16, 5, 5, scale=200.0, seed=5).float()
+@pytest.mark.parametrize("name", ["cuda-convnet", "caffe"])
+def test_fast_paths_follow_each_convention(impl, name):
+    a = relu_like(2, 32, 7, 7, scale=300.0, seed=6).float().to(memory_format=torch.channels_last)
+    lrn = LocalResponseNorm.from_convention(name, towers=2)
+    torch.testing.assert_close(lrn(a).double(), lrn.reference(a.double()), rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_in_another_layout_than_the_input(impl):
+    # Autograd may hand back an NCHW gradient for a channels_last input.
+    a = relu_like(2, 96, 9, 9, scale=200.0, seed=7).float().to(memory_format=torch.channels_last)
     lrn = LocalResponseNorm.from_convention("paper", towers=2)
+    g = torch.randn(2, 96, 9, 9, generator=torch.Generator().manual_seed(0))
+    x1, x2 = a.clone().requires_grad_(), a.double().requires_grad_()
+    lrn(x1).backward(g)
+    lrn.reference(x2).backward(g.double())
+    torch.testing.assert_close(x1.grad.double(), x2.grad, rtol=1e-5, atol=1e-6 * x2.grad.abs().max().item())
+
+
+def test_bf16_is_computed_in_float32_and_rounded_once(impl):
+    a = relu_like(2, 96, 9, 9, scale=200.0, seed=8).bfloat16().to(memory_format=torch.channels_last)
+    lrn = LocalResponseNorm.from_convention("paper", towers=2)
+    x = a.clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = lrn(a.bfloat16())
-    assert y.dtype == torch.bfloat16
-    torch.testing.assert_close(y.float(), lrn.reference(a.bfloat16().float()), rtol=1e-2, atol=1e-2)
+        y = lrn(x)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).bfloat16()
+    y.backward(g)
+    exact_in = a.double().requires_grad_()
+    exact = lrn.reference(exact_in)
+    exact.backward(g.double())
+    assert y.dtype == x.grad.dtype == torch.bfloat16
+    # Rounded to bf16 once, at the end: within one bf16 ulp (2^-8 relative) of the exact value.
+    torch.testing.assert_close(y.double(), exact, rtol=2**-8, atol=0)
+    torch.testing.assert_close(x.grad.double(), exact_in.grad, rtol=2**-8,
+                               atol=2**-8 * exact_in.grad.abs().max().item())
+
+
+def test_without_a_compiler_it_falls_back_with_one_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "/bin/false")
+    with pytest.warns(UserWarning, match="PyTorch fallback"):
+        assert build.load.__wrapped__("lrn_cpu") is None
+    monkeypatch.setenv("ALEXNET_NATIVE", "0")
+    assert build.load.__wrapped__("lrn_cpu") is None
+    assert not list(tmp_path.rglob("*.so*"))

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
+
 
 @dataclass(frozen=True)
 class LRNConvention:
@@ -66,6 +68,8 @@ class LocalResponseNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] % self.towers:
             raise ValueError(f"LRN over {self.towers} towers needs a channel count divisible by it, got {x.shape[1]}")
+        if _native_ok(x):
+            return _NativeLRN.apply(x, self.size, self.alpha, self.beta, self.k, self.towers)
         band = window_matrix(x.shape[1], self.size, self.towers, x.device)
         return _BandedLRN.apply(x, band, self.alpha, self.beta, self.k)
 
@@ -137,6 +141,59 @@ class _BandedLRN(torch.autograd.Function):
             t = _window((g * a).mul_(ratio), band.T)
             dx = (g * scale).addcmul_(a, t, value=-2 * ctx.alpha * ctx.beta)
         return dx.to(x.dtype), None, None, None, None
+
+
+def _native_ok(x: torch.Tensor) -> bool:
+    """The C kernel takes float32/bf16 CPU tensors in eager mode; exporters and the compiler need ops
+    they can see through, so they get the banded path."""
+    return (x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES and x.dim() == 4
+            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+            and kernels.lrn_cpu() is not None)
+
+
+_NATIVE_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    # (N, C, P = H W) strides in elements: H and W merge into one run of pixels in both dense layouts.
+    return t.stride(0), t.stride(1), t.stride(3) if t.shape[3] > 1 else t.stride(2)
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
+        return t
+    return t.contiguous()
+
+
+class _NativeLRN(torch.autograd.Function):
+    """The same function as _BandedLRN, one fused C pass forward and one backward (kernels/lrn_cpu.c).
+
+    Nothing but the input is saved: the backward recomputes the scales, which costs less than storing
+    and re-reading two float32 tensors the size of conv1's output.
+    """
+
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k, towers):
+        x = _dense(x)
+        y = torch.empty_like(x)
+        n, c, h, w = x.shape
+        kernels.lrn_cpu().lrn_forward(x.data_ptr(), y.data_ptr(), _NATIVE_DTYPES[x.dtype], n, c, h * w,
+                                      *_strides(x), towers, size, alpha, beta, k, torch.get_num_threads())
+        ctx.save_for_backward(x)
+        ctx.args = size, alpha, beta, k, towers
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        size, alpha, beta, k, towers = ctx.args
+        g = _dense(grad.to(x.dtype))
+        dx = torch.empty_like(x)
+        n, c, h, w = x.shape
+        kernels.lrn_cpu().lrn_backward(x.data_ptr(), g.data_ptr(), dx.data_ptr(), _NATIVE_DTYPES[x.dtype],
+                                       n, c, h * w, *_strides(x), *_strides(g), towers, size, alpha, beta, k,
+                                       torch.get_num_threads())
+        return dx, None, None, None, None, None
 
 
 def _no_autocast(device: torch.device):

@@ -1,0 +1,71 @@
+"""Compile a kernel's C source once per machine and load it with ctypes; None when that cannot be done.
+
+The shared object is cached under ~/.cache/alexnet/kernels (or $ALEXNET_CACHE/kernels), keyed by the
+source, the compiler and the CPU, so a fresh clone builds it in about a second on first use and every
+later process (torchrun workers included) just loads it. Compiling to a temporary name and renaming makes
+concurrent first uses safe. Any failure (no compiler, no OpenMP, a read-only home) means the caller falls
+back to its plain-PyTorch path; ALEXNET_NATIVE=0 forces that fallback.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from functools import cache
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ALEXNET_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "alexnet") / "kernels"
+
+
+def _cpu_key() -> str:
+    # -march=native code is only valid on a CPU with the same instruction sets.
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + flags
+
+
+@cache
+def load(name: str) -> ctypes.CDLL | None:
+    """The compiled kernels/NAME.c, or None (with one warning saying why) when it cannot be had."""
+    if os.environ.get("ALEXNET_NATIVE", "1") == "0":
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        warnings.warn(f"no C compiler found; {name} uses the slower PyTorch fallback", stacklevel=2)
+        return None
+    source = _HERE / f"{name}.c"
+    key = hashlib.sha256(source.read_bytes() + " ".join([compiler, *FLAGS, _cpu_key()]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"{name}-{key}.so"
+    try:
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+            os.close(fd)
+            try:
+                subprocess.run([compiler, *FLAGS, str(source), "-o", tmp, "-lm"], check=True,
+                               capture_output=True, text=True, timeout=120)
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", None) or str(e)
+        warnings.warn(f"could not build {name} ({detail.strip().splitlines()[-1] if detail.strip() else e}); "
+                      "using the slower PyTorch fallback", stacklevel=2)
+        return None
