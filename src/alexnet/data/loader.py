@@ -60,6 +60,7 @@ def train_loader(dataset: FixedSizeImages, batch_per_rank: int, rank: int, world
     sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, seed=seed)
     return DataLoader(dataset, batch_size=batch_per_rank, sampler=sampler, num_workers=workers,
                       pin_memory=pin_memory, drop_last=True, persistent_workers=False,
+                      collate_fn=_collate(dataset),
                       # Its own generator: otherwise each new iterator draws its worker seed from the
                       # global RNG, and resuming would shift dropout's random numbers.
                       generator=torch.Generator().manual_seed(seed))
@@ -68,4 +69,10 @@ def train_loader(dataset: FixedSizeImages, batch_per_rank: int, rank: int, world
 def eval_loader(dataset: FixedSizeImages, batch_size: int, rank: int, world: int, workers: int,
                 pin_memory: bool) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world),
-                      num_workers=workers, pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))
+                      num_workers=workers, pin_memory=pin_memory, generator=torch.Generator().manual_seed(0),
+                      collate_fn=_collate(dataset))
+
+
+def _collate(dataset):
+    # A prepared dataset reads whole batches itself (PreparedImages.__getitems__).
+    return getattr(dataset, "collate", None)

@@ -68,7 +68,8 @@ def compute_stats(dataset: FixedSizeImages, batch_size: int = 64, workers: int |
     if max_images and max_images < len(indices):
         indices = torch.linspace(0, len(indices) - 1, max_images).round().long().unique().tolist()
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers)
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers,
+                        collate_fn=getattr(dataset, "collate", None))   # a prepared set reads whole batches
     skipped = SkippedFiles(dataset)
 
     size = dataset.size

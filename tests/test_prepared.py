@@ -1,0 +1,167 @@
+"""`alexnet prepare`: the decoded-once shards hold exactly the folder pipeline's pixels, resume, and are
+accepted wherever a dataset folder is."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from alexnet.config import resolve
+from alexnet.data import prepared
+from alexnet.data.folders import FixedSizeImages, discover
+from alexnet.data.loader import eval_loader, train_loader
+from alexnet.data.prepared import PreparedImages, open_prepared, prepare
+from alexnet.data.stats import compute_stats
+from alexnet.data.transforms import Draws, Normalize, train_views
+from alexnet.train import train
+
+
+def write_photos(root, per_class=5, classes=("ant", "bee", "cow")):
+    """Noisy JPEGs of varied sizes and aspect ratios (the resize and crop matter), PNGs among them."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c, cls in enumerate(classes):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                h, w = int(rng.integers(180, 400)), int(rng.integers(180, 400))
+                pixels = (rng.random((h, w, 3)) * 80 + 60 * c).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+@pytest.fixture(scope="module")
+def prep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prep")
+    data = write_photos(root / "data")
+    (data / "classes.txt").write_text("ant an ant\nbee a bee\ncow a cow\n")
+    (data / "train" / "bee" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (data / "val" / "cow" / "empty.png").write_bytes(b"")
+    prepare(data, root / "prep", workers=2, shard_size=4, progress=False)
+    return data, root / "prep"
+
+
+def test_shards_hold_the_folder_pipelines_pixels_exactly(prep):
+    data, out = prep
+    folders = discover(data)
+    ours, sets = open_prepared(out)
+    assert (ours.classes, ours.names) == (folders.classes, ["an ant", "a bee", "a cow"])
+    for split in ("train", "val"):
+        jpeg = FixedSizeImages(folders.splits[split])
+        readable = [i for i in range(len(jpeg)) if jpeg[i][1] >= 0]
+        got = sets[split]
+        assert len(got) == len(readable) == 15
+        for j, i in enumerate(readable):
+            image, label, index, error = got[j]
+            ref_image, ref_label, _, _ = jpeg[i]
+            assert torch.equal(image, ref_image) and label == ref_label and index == j and error == ""
+            assert got.path(j) == jpeg.path(i)
+
+
+def test_unreadable_files_are_left_out_and_named(prep):
+    _, out = prep
+    meta = json.loads((out / "alexnet-prepared.json").read_text())
+    assert meta["splits"]["train"] == {"images": 15, "shards": 4, "skipped": 1}
+    assert meta["splits"]["val"]["skipped"] == 1
+    skipped = [s for p in sorted((out / "train").glob("*.json")) for s in json.loads(p.read_text())["skipped"]]
+    assert [path for path, _ in skipped] == [os.path.join("bee", "broken.jpg")]
+
+
+def test_batches_and_augmented_crops_equal_the_jpeg_pipelines(prep):
+    data, out = prep
+    jpeg = FixedSizeImages(discover(data).splits["train"])
+    jpeg.split.samples = [s for i, s in enumerate(jpeg.split.samples) if jpeg[i][1] >= 0]
+    fast = PreparedImages(out, "train")
+    for workers in (0, 2):
+        a = list(train_loader(jpeg, 4, rank=0, world=1, seed=3, workers=0, pin_memory=False))
+        b = list(train_loader(fast, 4, rank=0, world=1, seed=3, workers=workers, pin_memory=False))
+        assert len(a) == len(b) == 3
+        for (xa, ya, ia, _), (xb, yb, ib, _) in zip(a, b):
+            assert torch.equal(ia, ib) and torch.equal(ya, yb) and torch.equal(xa, xb)
+            draws = Draws.per_sample(ia, epoch=0, seed=3, height=256, width=256, size=227)
+            norm = Normalize.create("imagenet", None)
+            assert torch.equal(train_views(xa, 227, norm, draws=draws), train_views(xb, 227, norm, draws=draws))
+    val = list(eval_loader(PreparedImages(out, "val"), 4, rank=1, world=2, workers=0, pin_memory=False))
+    assert [int(i) for _, _, idx, _ in val for i in idx] == list(range(1, 15, 2))
+
+
+def test_the_statistics_are_those_of_the_decoded_training_set(prep):
+    data, out = prep
+    from alexnet.data.stats import DataStats
+
+    saved = DataStats.load(out / "data_stats.safetensors")
+    jpeg = FixedSizeImages(discover(data).splits["train"])
+    ref = compute_stats(jpeg, workers=0, progress=False)
+    assert saved.images == ref.images == 15
+    torch.testing.assert_close(saved.mean_image, ref.mean_image, rtol=0, atol=1e-4)
+    torch.testing.assert_close(saved.eigvals, ref.eigvals, rtol=1e-5, atol=1e-9)
+
+
+def test_an_interrupted_prepare_resumes_without_redoing_finished_shards(prep, tmp_path, monkeypatch):
+    data, done = prep
+    out = tmp_path / "prep"
+    prepare(data, out, workers=0, shard_size=4, progress=False)
+    # As if killed while writing shard 2 of train: its pixels half-written, no .json, no marker.
+    (out / "alexnet-prepared.json").unlink()
+    (out / "train" / "00002.json").unlink()
+    (out / "train" / "00002.u8").unlink()
+    (out / "train" / ".00002.u8.tmp").write_bytes(b"\0" * 1000)
+    r = cli("train", "--data", out, "--out", tmp_path / "run")
+    assert r.returncode == 2 and "unfinished `alexnet prepare`" in r.stderr and "Traceback" not in r.stderr
+
+    written = []
+    real = prepared._write_shard
+    monkeypatch.setattr(prepared, "_write_shard", lambda folder, shard, *a: (written.append((folder.name, shard)),
+                                                                            real(folder, shard, *a)))
+    prepare(data, out, workers=0, shard_size=4, progress=False)
+    assert written == [("train", 2)]
+    for path in sorted(done.rglob("*")):
+        if path.is_file() and path.suffix != ".safetensors":    # (its header's key order varies)
+            assert (out / path.relative_to(done)).read_bytes() == path.read_bytes(), path
+    a, b = (load_file(p / "data_stats.safetensors") for p in (out, done))
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_bad_input_is_one_line_and_exit_2(prep, tmp_path):
+    data, out = prep
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "notes.txt").write_text("mine")
+    for args, message in [
+        (["--data", tmp_path / "nothing", "--out", tmp_path / "p"], "does not exist"),
+        (["--data", data, "--out", tmp_path / "stuff"], "not a prepared dataset; choose a new --out"),
+        (["--data", out, "--out", tmp_path / "p2"], "already a prepared dataset"),
+    ]:
+        r = cli("prepare", *args)
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert (tmp_path / "stuff" / "notes.txt").read_text() == "mine"
+
+
+def test_training_on_prep_ends_with_the_weights_of_training_on_the_folder(tmp_path):
+    data = write_photos(tmp_path / "data", per_class=3, classes=("ant", "bee"))
+    prepare(data, tmp_path / "prep", workers=0, progress=False)
+    common = dict(epochs=1, batch_size=3, workers=0, precision="fp32", stats_images=0)
+    a = train(resolve("demo", dict(common, data=str(data), out=str(tmp_path / "a"))))
+    b = train(resolve("demo", dict(common, data=str(tmp_path / "prep"), out=str(tmp_path / "b"))))
+    assert a["val_top1"] == b["val_top1"] and a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
+    wa = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+    r = cli("evaluate", "--checkpoint", tmp_path / "b" / "best.pt", "--data", tmp_path / "prep", "--json",
+            "--workers", 0)
+    r2 = cli("evaluate", "--checkpoint", tmp_path / "b" / "best.pt", "--data", data, "--json", "--workers", 0)
+    assert r.returncode == r2.returncode == 0, r.stderr + r2.stderr
+    assert json.loads(r.stdout) == json.loads(r2.stdout)
