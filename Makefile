@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # The main job on the bundled demo set: generate it, train the paper network with the demo preset (it
-# fails if val top-1 ends below 50%), evaluate with the paper's 10 views, and name a few val images.
+# fails if val top-1 ends below 50%), evaluate with the paper's 10 views, name a few val images,
+# and draw the four pictures of `alexnet viz` into the run folder.
 DEMO_DATA := data/demo
 DEMO_RUN  := runs/demo
 
@@ -24,7 +25,12 @@ demo: $(STAMP)
 	$(BIN)/alexnet predict --checkpoint $(DEMO_RUN)/best.pt --topk 3 \
 		$(DEMO_DATA)/val/checker/checker_0000.jpg $(DEMO_DATA)/val/rings/rings_0000.jpg \
 		$(DEMO_DATA)/val/zigzag/zigzag_0000.jpg
+	$(BIN)/alexnet viz curves --run $(DEMO_RUN)
+	$(BIN)/alexnet viz filters --checkpoint $(DEMO_RUN)/best.pt
+	$(BIN)/alexnet viz predictions --checkpoint $(DEMO_RUN)/best.pt $(DEMO_DATA)/val/*/*_0000.jpg
+	$(BIN)/alexnet viz neighbors --checkpoint $(DEMO_RUN)/best.pt --data $(DEMO_DATA)
 	@echo "demo set: $(DEMO_DATA)  run: $(DEMO_RUN) (config.yaml, metrics.jsonl, best.pt, last.pt)"
+	@echo "pictures: $(DEMO_RUN)/curves.png $(DEMO_RUN)/filters.png $(DEMO_RUN)/predictions.png $(DEMO_RUN)/neighbors.png"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

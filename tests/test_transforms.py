@@ -190,3 +190,29 @@ def test_crop_handles_a_single_source_image_many_times():
                sources=torch.tensor([0, 0]))
     assert torch.equal(out[0], nchw(images)[0, :, :227, :227])
     assert torch.equal(out[1], nchw(images)[0, :, 29:, 29:].flip(-1))
+
+
+@pytest.mark.parametrize("per_pixel", [True, False])
+@pytest.mark.parametrize("with_std", [True, False])
+def test_the_fused_c_crop_equals_slicing_and_the_formula(per_pixel, with_std):
+    from alexnet import kernels
+    from alexnet.data.transforms import _crop_native
+
+    assert kernels.crop_cpu() is not None          # else this would test nothing
+    images = batch(5)
+    g = torch.Generator().manual_seed(8)
+    mean = torch.rand(256, 256, 3, generator=g) * 255 if per_pixel else torch.tensor([100.0, 110.0, 120.0])
+    norm = Normalize(mean, torch.tensor([50.0, 60.0, 70.0]) if with_std else None)
+    tops, lefts = torch.randint(0, 30, (7,), generator=g), torch.randint(0, 30, (7,), generator=g)
+    flips, sources = torch.rand(7, generator=g) < 0.5, torch.randint(0, 5, (7,), generator=g)
+    shift = torch.randn(7, 3, generator=g) * 20
+    got = _crop_native(images, mean, tops, lefts, flips, sources, 227, norm, shift)
+    for k in range(7):
+        t, l = int(tops[k]), int(lefts[k])
+        m = mean[t:t + 227, l:l + 227] if per_pixel else mean
+        expected = images[sources[k], t:t + 227, l:l + 227].float() - m + shift[k]
+        if flips[k]:
+            expected = expected.flip(1)
+        if with_std:
+            expected = expected / norm.std
+        torch.testing.assert_close(got[k], expected, rtol=1e-6, atol=1e-4)

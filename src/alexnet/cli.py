@@ -104,6 +104,78 @@ def _run_demo_data(args) -> int:
     return 0
 
 
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="decode a dataset once into memory-mappable uint8 shards (faster training)",
+                       description="Decode every image of DATA/train and DATA/val once (shorter side 256, centre "
+                                   "256x256), in parallel, into uint8 shards in PREP, with the mean image and RGB "
+                                   "PCA. PREP is accepted wherever --data DIR is. Interrupted, it resumes where it "
+                                   "stopped when run again.")
+    p.add_argument("--data", required=True, type=existing_path, help="DATA with train/<class>/* and val/<class>/*")
+    p.add_argument("--out", required=True, type=Path, help="PREP folder to write (new, or an unfinished PREP)")
+    p.add_argument("--workers", type=_non_negative_int, default=None,
+                   help="decoding processes (default: the CPU count, at most 8)")
+    p.set_defaults(run=_run_prepare)
+
+
+def _run_prepare(args) -> int:
+    from alexnet.data.prepared import prepare
+
+    meta = prepare(args.data, args.out, workers=args.workers)
+    counts = ", ".join(f"{name} {s['images']} images ({s['skipped']} unreadable left out)"
+                       for name, s in meta["splits"].items())
+    print(f"{args.out}: {counts}; use --data {args.out}")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="speed side by side with the torchvision/pytorch-examples baseline",
+                       description="Measure this project against the usual PyTorch baseline in one run, one "
+                                   "after the other (alternating), and print both and their ratio. data: the "
+                                   "prepared pipeline (and the JPEG path) vs ImageFolder+PIL+transforms on "
+                                   "generated ImageNet-sized JPEGs; train: one SGD step of the paper network "
+                                   "with our settings vs torchvision alexnet in fp32, and FLOP utilisation; "
+                                   "infer: batch-1 latency and batch throughput; towers: the two-tower split "
+                                   "vs one device and data parallelism.")
+    p.add_argument("what", nargs="+", choices=("data", "train", "infer", "towers", "all"), metavar="WHAT",
+                   help="data, train, infer, towers, or all (data, train and infer)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default: 64)")
+    p.add_argument("--steps", type=positive_int, default=5, help="timed repeats; the median is reported (default: 5)")
+    p.add_argument("--images", type=positive_int, default=512, help="generated JPEGs for `data` (default: 512)")
+    p.add_argument("--workers", type=positive_int, default=2, help="DataLoader workers for the JPEG pipelines")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--compile", action="store_true", help="train: torch.compile our network")
+    p.add_argument("--json", action="store_true", help="one JSON object per benchmark")
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args) -> int:
+    from alexnet.bench import run
+
+    names = [n for w in args.what for n in (("data", "train", "infer") if w == "all" else (w,))]
+    options = {"data": dict(images=args.images, batch_size=args.batch_size, workers=args.workers),
+               "train": dict(batch_size=args.batch_size, steps=args.steps, device=args.device, compile=args.compile),
+               "infer": dict(batch_size=args.batch_size, steps=args.steps, device=args.device),
+               "towers": dict(batch_size=args.batch_size, steps=args.steps)}
+    for name in dict.fromkeys(names):
+        result = run(name, **options[name])
+        print(json.dumps(result) if args.json else _bench_line(result), flush=True)
+    return 0
+
+
+def _bench_line(r: dict) -> str:
+    line = (f"{r['benchmark']:6s} ours {r['ours']:9.1f} img/s   baseline {r['baseline']:9.1f} img/s   "
+            f"ratio {r['ratio']:5.2f}x")
+    if "per_core_ratio" in r:
+        line += (f"   per core: ours {r['per_core']['ours']:.0f}, JPEG path {r['per_core']['jpeg_path']:.0f}, "
+                 f"baseline {r['per_core']['baseline']:.0f} img/s ({r['per_core_ratio']:.1f}x)")
+    if "utilisation" in r:
+        line += f"   utilisation {r['utilisation']:.0%} of {r['peak_tflops'] * 1e3:.0f} GFLOP/s"
+    if "latency_ms" in r:
+        line += (f"   batch-1 latency {r['latency_ms']['ours']:.1f} ms vs {r['latency_ms']['baseline']:.1f} ms "
+                 f"({r['latency_ratio']:.2f}x)")
+    return line + f"\n       ours: {r.get('ours_settings', '')}; baseline: {r.get('baseline_settings', '')}"
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -323,8 +395,177 @@ def _run_import_torchvision(args) -> int:
     return 0
 
 
-SUBCOMMANDS = (_add_summary, _add_demo_data, _add_train, _add_evaluate, _add_predict, _add_export,
-               _add_import_torchvision)
+# ---- pictures (alexnet viz ...) and features (alexnet features) ----
+
+def _add_viz(sub) -> None:
+    from alexnet.config import DEVICES
+    from alexnet.features import DEFAULT_LAYER
+
+    p = sub.add_parser("viz", help="PNG pictures: learning curves, conv1 kernels, top-5 predictions, fc7 neighbours",
+                       description="Draw a picture of a run or a trained network as a PNG file (matplotlib, no "
+                                   "display needed) and print its path.",
+                       epilog="examples:  alexnet viz curves --run runs/demo;  alexnet viz filters --checkpoint "
+                              "runs/demo/best.pt;  alexnet viz predictions --checkpoint runs/demo/best.pt a.jpg b.jpg;  "
+                              "alexnet viz neighbors --checkpoint runs/demo/best.pt --data data/demo")
+    pictures = p.add_subparsers(title="pictures", metavar="PICTURE", dest="picture", required=True)
+
+    c = pictures.add_parser("curves", help="loss and top-1/top-5 error against epoch, learning-rate drops marked",
+                            description="Training and validation loss, and validation top-1 and top-5 error, "
+                                        "against epoch from RUN/metrics.jsonl; dotted lines mark where the learning "
+                                        "rate was divided. Several runs are overlaid, one colour each.")
+    c.add_argument("--run", dest="runs", required=True, nargs="+", type=Path, metavar="RUN", help="run folder(s) of alexnet train")
+    c.add_argument("--out", type=Path, default=None, help="PNG to write (default: RUN/curves.png of the first run)")
+    c.set_defaults(run=_run_viz_curves)
+
+    f = pictures.add_parser("filters", help="the conv1 kernels as colour tiles, tower 1 above tower 2 (paper Fig. 3)",
+                            description="The conv1 kernels as 11x11 colour tiles, each scaled to its own range; for "
+                                        "the paper network the 48 kernels of tower 1 fill the top rows and tower 2's "
+                                        "the bottom rows, as in the paper's Figure 3.")
+    _add_checkpoint(f)
+    f.add_argument("--out", type=Path, default=None, help="PNG to write (default: filters.png beside the checkpoint)")
+    f.set_defaults(run=_run_viz_filters)
+
+    r = pictures.add_parser("predictions", help="images with their top-5 classes as bars (paper Fig. 4, left)",
+                            description="Each image (a folder stands for its images) as the network sees it, with "
+                                        "its top-k classes as bars; when the image's folder is named after a class, "
+                                        "that class is the true one and is marked in red. An unreadable file gets "
+                                        "an error line on stderr, the others are still drawn, and the exit status "
+                                        "is 1.")
+    _add_checkpoint(r)
+    r.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="image files or folders of them")
+    r.add_argument("--topk", type=positive_int, default=5, help="classes per image (default: 5)")
+    r.add_argument("--crops", type=int, choices=(1, 10), default=1, help="1: the centre crop; 10: the paper's 10 views")
+    r.add_argument("--max-images", type=positive_int, default=16, help="draw at most this many images (default: 16)")
+    r.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when present, else CPU")
+    r.add_argument("--out", type=Path, default=None,
+                   help="PNG to write (default: predictions.png beside the checkpoint)")
+    r.set_defaults(run=_run_viz_predictions)
+
+    n = pictures.add_parser("neighbors", help="val images and their nearest training images in fc7 space (Fig. 4, right)",
+                            description="For a few val images (spread evenly over the classes), the training images "
+                                        "whose activations (relu7: fc7 after its ReLU, 4096-d) are nearest in "
+                                        "Euclidean distance, as in the paper's Figure 4. Features are computed in "
+                                        "batches with a progress bar.")
+    _add_checkpoint(n)
+    n.add_argument("--data", required=True, type=existing_path, help="dataset folder holding train/ and val/")
+    n.add_argument("--queries", type=positive_int, default=5, help="val images to search for (default: 5)")
+    n.add_argument("--k", type=positive_int, default=6, help="neighbours per query (default: 6)")
+    # A picture, not a measurement: bf16 where the hardware has it halves the time on this CPU.
+    _add_feature_options(n, DEFAULT_LAYER, DEVICES, precision="auto")
+    n.add_argument("--out", type=Path, default=None, help="PNG to write (default: neighbors.png beside the checkpoint)")
+    n.set_defaults(run=_run_viz_neighbors)
+
+
+def _add_feature_options(p: argparse.ArgumentParser, default_layer: str, devices: tuple[str, ...],
+                         precision: str = "fp32") -> None:
+    from alexnet.config import PRECISIONS
+
+    p.add_argument("--layer", default=default_layer,
+                   help=f"layer whose output is the feature vector, by paper name (conv1 ... fc8; default: "
+                        f"{default_layer}, fc7 after its ReLU)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: 64)")
+    p.add_argument("--workers", type=_non_negative_int, default=2, help="data-loading processes (default: 2)")
+    p.add_argument("--device", choices=devices, default="auto", help="auto: CUDA when present, else CPU")
+    p.add_argument("--precision", choices=PRECISIONS, default=precision,
+                   help=f"fp32, or autocast to bf16/fp16; auto: bf16 where the hardware has it (default: {precision})")
+
+
+def _feature_kwargs(args) -> dict:
+    from alexnet.distributed import pick_device
+    from alexnet.precision import autocast_dtype
+
+    device = pick_device(args.device)
+    return {"batch_size": args.batch_size, "workers": args.workers, "device": device,
+            "dtype": autocast_dtype(args.precision, device)}
+
+
+def _run_viz_curves(args) -> int:
+    from alexnet.viz.curves import draw_curves, read_run
+
+    runs = [read_run(path) for path in args.runs]   # every one checked before anything is drawn
+    print(draw_curves(runs, args.out or _run_folder(args.runs[0]) / "curves.png"))
+    return 0
+
+
+def _run_folder(path: Path) -> Path:
+    return path.parent if path.name == "metrics.jsonl" else path
+
+
+def _run_viz_filters(args) -> int:
+    from alexnet.viz.filters import draw_filters
+    from alexnet.weights import load_model
+
+    print(draw_filters(load_model(args.checkpoint), args.out or args.checkpoint.parent / "filters.png"))
+    return 0
+
+
+def _run_viz_predictions(args) -> int:
+    from alexnet.distributed import pick_device
+    from alexnet.predict import expand
+    from alexnet.viz.predictions import draw_predictions
+    from alexnet.weights import load_model
+
+    loaded = load_model(args.checkpoint)
+    paths = expand(args.images)
+    if len(paths) > args.max_images:
+        print(f"alexnet viz: drawing the first {args.max_images} of {len(paths)} images (see --max-images)",
+              file=sys.stderr)
+        paths = paths[:args.max_images]
+    out, failed = draw_predictions(loaded, paths, args.out or args.checkpoint.parent / "predictions.png",
+                                   topk=args.topk, crops=args.crops, device=pick_device(args.device))
+    for result in failed:
+        print(f"alexnet viz: error: {result.path}: {result.error}", file=sys.stderr)
+    if out is None:
+        print("alexnet viz: error: no readable image, nothing drawn", file=sys.stderr)
+        return 1
+    print(out)
+    return 1 if failed else 0
+
+
+def _run_viz_neighbors(args) -> int:
+    from alexnet.viz.neighbors import draw_neighbours, find_neighbours
+    from alexnet.weights import load_model
+
+    loaded = load_model(args.checkpoint)
+    found, names = find_neighbours(loaded, args.data, queries=args.queries, k=args.k, layer=args.layer,
+                                   **_feature_kwargs(args))
+    print(draw_neighbours(found, names, args.out or args.checkpoint.parent / "neighbors.png", loaded.crop, args.layer))
+    return 0
+
+
+def _add_features(sub) -> None:
+    from alexnet.config import DEVICES
+    from alexnet.features import DEFAULT_LAYER
+
+    p = sub.add_parser("features", help="a layer's activations (fc7 by default) for every image of a split, as .npz",
+                       description="The activations of one layer for every image of DATA/<split>, seen as at test "
+                                   "time (centre crop, the network's normalisation), written as NumPy .npz: "
+                                   "features (N, D) float32, labels (N,), paths (N,), classes, layer. Unreadable "
+                                   "images are warned about and left out.",
+                       epilog="example:  alexnet features --checkpoint runs/demo/best.pt --data data/demo "
+                              "--split train --out train_fc7.npz")
+    _add_checkpoint(p)
+    p.add_argument("--data", required=True, type=existing_path, help="dataset folder holding <split>/<class>/<images>")
+    p.add_argument("--split", default="val", help="which split folder (default: val)")
+    p.add_argument("--out", required=True, type=Path, help=".npz file to write")
+    _add_feature_options(p, DEFAULT_LAYER, DEVICES)
+    p.set_defaults(run=_run_features)
+
+
+def _run_features(args) -> int:
+    from alexnet.features import extract_features, save_features, split_images
+    from alexnet.weights import load_model
+
+    loaded = load_model(args.checkpoint)
+    f = extract_features(loaded, split_images(args.data, args.split), args.layer, **_feature_kwargs(args))
+    save_features(f, args.out)
+    skipped = f", {f.skipped} unreadable skipped" if f.skipped else ""
+    print(f"{args.out}: {args.layer} of {len(f.paths)} images{skipped}, {f.features.shape[1]} values each")
+    return 0
+
+
+SUBCOMMANDS = (_add_summary, _add_demo_data, _add_prepare, _add_train, _add_bench, _add_evaluate, _add_predict, _add_export,
+               _add_import_torchvision, _add_viz, _add_features)
 
 
 

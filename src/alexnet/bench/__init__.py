@@ -1,0 +1,24 @@
+"""`alexnet bench data|train|infer|towers`: this project against the usual PyTorch baseline, side by side.
+
+Each benchmark measures ours and the baseline in the same process, one after the other, and reports
+images per second for both and their ratio: on shared machines absolute speeds drift, ratios much less.
+Every result is a dict with at least "benchmark", "ours", "baseline" (img/s) and "ratio" (ours / baseline).
+"""
+
+from __future__ import annotations
+
+BENCHMARKS = ("data", "train", "infer", "towers")
+
+
+def run(name: str, **kwargs) -> dict:
+    if name == "data":
+        from alexnet.bench.data import bench_data as fn
+    elif name == "train":
+        from alexnet.bench.train import bench_train as fn
+    elif name == "infer":
+        from alexnet.bench.infer import bench_infer as fn
+    elif name == "towers":
+        from alexnet.bench_towers import bench_towers as fn
+    else:
+        raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+    return fn(**kwargs)

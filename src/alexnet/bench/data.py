@@ -1,0 +1,112 @@
+"""`alexnet bench data`: images per second per core delivered to the model, three ways, on the same files.
+
+- baseline: pytorch/examples' ImageNet pipeline, torchvision ImageFolder + PIL + RandomResizedCrop(224),
+  flip, ToTensor, Normalize, in DataLoader workers;
+- ours, JPEG path: the folder pipeline of `alexnet train` (decode to the fixed 256x256 in workers, then
+  the paper's crop, flip, PCA noise and normalisation on whole uint8 batches);
+- ours, prepared: the same batches from `alexnet prepare`'s shards, in the main process alone.
+
+The files are generated: ImageNet-sized JPEGs (500x375 and 375x500, quality 90, with smooth structure
+and noise, so they compress like photographs rather than flat colour). Per core means divided by the
+processes that decode (the workers, or 1 for the prepared path, which also runs with 1 thread).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from alexnet.data.folders import FixedSizeImages, discover
+from alexnet.data.loader import train_loader
+from alexnet.data.prepared import PreparedImages, prepare
+from alexnet.data.stats import DataStats
+from alexnet.data.transforms import Draws, Normalize, PCANoise, train_views
+
+
+def write_photos(root: Path, images: int, classes: int = 4, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:375, 0:500] / 100.0
+    for i in range(images):
+        folder = root / "train" / f"class{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        f = rng.uniform(0.5, 3, size=3)
+        base = np.stack([np.sin(f[c] * xx + f[(c + 1) % 3] * yy + rng.uniform(0, 6)) for c in range(3)], -1)
+        pixels = np.clip(128 + 90 * base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        img = Image.fromarray(pixels if i % 4 else pixels.transpose(1, 0, 2))
+        img.save(folder / f"{i:05d}.jpg", quality=90)
+    for c in range(classes):   # prepare needs a val split; one image per class is plenty here
+        (root / "val" / f"class{c}").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / "train" / f"class{c}" / f"{c:05d}.jpg", root / "val" / f"class{c}" / "0.jpg")
+    return root
+
+
+def bench_data(images: int = 512, batch_size: int = 64, workers: int = 2, epochs: int = 2,
+               root: str | Path | None = None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="alexnet-bench-", dir=root) as tmp:
+        data = write_photos(Path(tmp) / "data", images)
+        prep = Path(tmp) / "prep"
+        prepare(data, prep, workers=workers, progress=False)
+        base = _images_per_second(_baseline_batches(data, batch_size, workers), epochs)
+        jpeg = _images_per_second(_our_batches(FixedSizeImages(discover(data).splits["train"]), prep,
+                                               batch_size, workers), epochs)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            ours = _images_per_second(_our_batches(PreparedImages(prep, "train"), prep, batch_size, 0), epochs)
+        finally:
+            torch.set_num_threads(threads)
+    per_core = {"ours": ours, "jpeg_path": jpeg / workers, "baseline": base / workers}
+    return {"benchmark": "data", "ours": ours, "baseline": base, "ratio": ours / base,
+            "per_core": per_core, "per_core_ratio": per_core["ours"] / per_core["baseline"],
+            "jpeg_path": jpeg, "images": images, "batch_size": batch_size, "workers": workers,
+            "ours_settings": "alexnet prepare shards, main process, 1 thread: crop 227, flip, PCA noise, mean image",
+            "baseline_settings": f"torchvision ImageFolder + PIL + transforms, {workers} DataLoader workers"}
+
+
+def _images_per_second(make_epoch, epochs: int) -> float:
+    """Best epoch after a first untimed one: the first also pays for worker start-up and a cold cache."""
+    best = 0.0
+    for epoch in range(epochs + 1):
+        start, n = time.perf_counter(), 0
+        for batch in make_epoch(epoch):
+            n += len(batch)
+        if epoch:
+            best = max(best, n / (time.perf_counter() - start))
+    return best
+
+
+def _baseline_batches(data: Path, batch_size: int, workers: int):
+    from torchvision import datasets, transforms
+
+    t = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                            transforms.ToTensor(),
+                            transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+    dataset = datasets.ImageFolder(str(data / "train"), t)
+    # Persistent workers: the baseline is timed in its steady state, not while its workers start.
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                         persistent_workers=workers > 0)
+
+    def epoch(_):
+        for x, _y in loader:
+            yield x
+    return epoch
+
+
+def _our_batches(dataset, prep: Path, batch_size: int, workers: int):
+    stats = DataStats.load(prep / "data_stats.safetensors")
+    norm = Normalize.create("mean-image", stats)
+    pca = PCANoise(stats.eigvals, stats.eigvecs)
+    loader = train_loader(dataset, batch_size, rank=0, world=1, seed=0, workers=workers, pin_memory=False)
+
+    def epoch(e):
+        loader.sampler.set_position(e, 0)
+        for images, labels, indices, _ in loader:
+            draws = Draws.per_sample(indices, e, 0, images.shape[1], images.shape[2], 227)
+            yield train_views(images, 227, norm, pca, draws=draws)
+    return epoch

@@ -1,0 +1,141 @@
+"""AlexNet features: the activations of any layer (fc7 by default) for every image of a split, batched.
+
+Images are seen as at test time: the fixed 256x256 preprocessing, the centre crop and the network's
+own normalisation from the checkpoint, through the same loader evaluation uses. The default layer is
+relu7, fc7's output after its ReLU: the 4096-d "last hidden layer" whose Euclidean distances the paper
+uses to find similar images (section 6.1), and what Caffe's fc7 blob holds (its ReLU works in place).
+
+    from alexnet.features import extract_features, split_images
+    from alexnet.weights import load_model
+    loaded = load_model("runs/demo/best.pt")
+    f = extract_features(loaded, split_images("data/demo", "val"))
+    f.features  # (N, 4096) float32; f.labels, f.paths, f.classes say which image each row is
+
+``iter_features`` yields the same rows a batch at a time, for splits whose features do not fit in memory
+(ImageNet's train set at 4096 floats an image is 21 GB).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from alexnet.data.folders import FixedSizeImages, SkippedFiles, Split, discover
+from alexnet.data.transforms import center_view
+from alexnet.errors import UserError
+from alexnet.files import atomic_write
+from alexnet.precision import autocast
+from alexnet.weights import LoadedModel
+
+DEFAULT_LAYER = "relu7"
+
+
+@dataclass
+class Features:
+    features: torch.Tensor          # (N, D) float32, one row per readable image
+    labels: torch.Tensor            # (N,) int64, index into classes
+    paths: list[Path]               # (N,)
+    classes: list[str]              # the data's class folders (not the network's outputs)
+    layer: str
+    skipped: int = 0                # unreadable images, left out
+
+
+def layer_names(loaded: LoadedModel) -> list[str]:
+    return [name for name, _ in loaded.model.named_layers()]
+
+
+def check_layer(loaded: LoadedModel, layer: str) -> None:
+    if layer not in layer_names(loaded):
+        raise UserError(f"the {loaded.variant} network has no layer {layer!r} "
+                        f"(it has {', '.join(layer_names(loaded))})")
+
+
+@torch.no_grad()
+def activations(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
+    """Normalised images (N, 3, S, S) -> ``layer``'s output flattened to (N, D).
+
+    The forward pass stops at ``layer``: later layers cost nothing, and fc7's output is taken before
+    relu7's in-place ReLU could overwrite it.
+    """
+    first_fc = model.classifier[0]
+    for name, module in model.named_layers():
+        if module is first_fc:
+            x = torch.flatten(x, 1)
+        x = module(x)
+        if name == layer:
+            return x.flatten(1).float()
+    raise KeyError(f"no layer {layer!r} in the {model.variant} network")
+
+
+def split_images(data: str | Path, split: str = "val") -> FixedSizeImages:
+    """DATA/<split>/<class>/* as a dataset labelled by the data's own class folders."""
+    folders = discover(data, splits=(split,))
+    return FixedSizeImages(folders.splits[split])
+
+
+def subset(images: FixedSizeImages, indices: list[int]) -> FixedSizeImages:
+    split = images.split
+    return FixedSizeImages(Split(split.root, split.classes, [split.samples[i] for i in indices]), images.size)
+
+
+@torch.no_grad()
+def iter_features(loaded: LoadedModel, images: FixedSizeImages, layer: str = DEFAULT_LAYER, batch_size: int = 64,
+                  workers: int = 2, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+                  progress: bool = True, skipped: SkippedFiles | None = None,
+                  desc: str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(indices into ``images``, (B, D) features on the CPU) a batch at a time; unreadable images are
+    warned about once (``skipped`` counts them) and left out."""
+    from alexnet.data.loader import eval_loader
+
+    check_layer(loaded, layer)
+    device = torch.device(device)
+    model = loaded.model.to(device).eval()
+    skipped = skipped or SkippedFiles(images)
+    loader = eval_loader(images, batch_size, rank=0, world=1, workers=workers, pin_memory=device.type == "cuda")
+    for batch, labels, indices, errors in tqdm(loader, desc=desc or f"{layer} features", unit="batch",
+                                               disable=None if progress else True, leave=False):
+        keep = labels >= 0
+        batch, _ = skipped.keep(batch, labels, indices, errors)
+        if not len(batch):
+            continue
+        x = center_view(batch.to(device, non_blocking=True), loaded.crop, loaded.norm)
+        with autocast(device, dtype):
+            feats = activations(model, x, layer).cpu()
+        yield indices[keep], feats          # outside autocast: the caller's code must not run under it
+
+
+def extract_features(loaded: LoadedModel, images: FixedSizeImages, layer: str = DEFAULT_LAYER, **kwargs) -> Features:
+    """Every readable image's ``layer`` activations in one (N, D) tensor; see iter_features for kwargs."""
+    skipped = SkippedFiles(images)
+    rows, parts = [], []
+    for indices, feats in iter_features(loaded, images, layer, skipped=skipped, **kwargs):
+        rows.append(indices)
+        parts.append(feats)
+    if not rows:
+        raise UserError(f"no readable image in {images.split.root}: every file was skipped")
+    order = torch.cat(rows).tolist()
+    samples = images.split.samples
+    return Features(torch.cat(parts), torch.tensor([samples[i][1] for i in order]), [samples[i][0] for i in order],
+                    list(images.split.classes), layer, skipped.this_epoch)
+
+
+def save_features(features: Features, path: str | Path) -> Path:
+    """NumPy .npz (atomically): features (N, D) float32, labels (N,), paths (N,), classes, layer."""
+    path = Path(path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to the temporary name
+            np.savez(f, features=features.features.numpy(), labels=features.labels.numpy(),
+                     paths=np.array([str(p) for p in features.paths]), classes=np.array(features.classes),
+                     layer=np.array(features.layer))
+    try:
+        atomic_write(path, write)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    return path

@@ -1,0 +1,68 @@
+"""A matplotlib figure of an exact pixel size, and writing it so that a kill never leaves half a file.
+
+Figures are made without pyplot: no global figure list to leak from and no backend that could try to
+open a window; the Agg canvas renders on any machine, display or not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from alexnet.errors import UserError
+from alexnet.files import atomic_write
+
+DPI = 100
+FORMATS = ("png", "svg", "pdf")
+
+
+def new_figure(width_px: int, height_px: int) -> Figure:
+    """A blank figure that saves as exactly ``width_px`` x ``height_px`` pixels (no tight bbox)."""
+    fig = Figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI, facecolor="white")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def axes_at(fig: Figure, left: float, top: float, width: float, height: float):
+    """Axes placed in pixels from the figure's top-left corner; exact placement keeps image tiles crisp."""
+    w, h = fig.get_size_inches() * DPI
+    return fig.add_axes((left / w, 1 - (top + height) / h, width / w, height / h))
+
+
+def save(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` (format from its suffix, PNG by default) through a temporary file."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    if fmt not in FORMATS:
+        raise UserError(f"cannot write a picture as {path.name}; use a .png (or .svg, .pdf) file name")
+    if path.exists() and path.is_dir():
+        raise UserError(f"{path} is a folder; give a file name such as {path / 'picture.png'}")
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=DPI))
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    return path
+
+
+def show_image(ax, image: torch.Tensor | np.ndarray) -> None:
+    """A uint8 (H, W, 3) image filling ``ax``, without ticks or frame."""
+    ax.imshow(np.asarray(image), interpolation="bilinear")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` of a (H, W, 3) image: the view the network sees at test time."""
+    h, w = image.shape[:2]
+    top, left = round((h - size) / 2), round((w - size) / 2)   # as transforms.view_positions rounds
+    return image[top:top + size, left:left + size]
+
+
+def shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"

@@ -1,0 +1,129 @@
+"""Val images and the training images nearest to them in fc7 space: the paper's Figure 4, right.
+
+The paper (section 6.1): two images are similar to the network when their last-hidden-layer (fc7,
+4096-d) activation vectors are close in Euclidean distance, even when their pixels are not. The search
+streams over the training set a batch at a time, keeping each query's k best, so memory stays
+(queries x k) whatever the size of the set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from alexnet.data.decode import UndecodableImage, load_fixed
+from alexnet.data.folders import FixedSizeImages, SkippedFiles, discover
+from alexnet.errors import UserError
+from alexnet.features import DEFAULT_LAYER, check_layer, extract_features, iter_features, subset
+from alexnet.viz.figure import axes_at, center_crop, new_figure, save, shorten, show_image
+from alexnet.weights import LoadedModel
+
+QUERIES, K = 5, 6                   # the paper's figure: 5 test images, 6 training images each
+TILE, LABEL, GAP, MARGIN = 150, 34, 8, 10      # pixels: image side, caption under it, between tiles
+QUERY_GAP = 24                      # extra pixels between the query column and its neighbours
+TITLE = 30
+SAME, DIFFERENT = "tab:green", "tab:red"
+
+
+@dataclass
+class Neighbour:
+    path: Path
+    label: int
+    distance: float
+
+
+@dataclass
+class Query:
+    path: Path
+    label: int
+    neighbours: list[Neighbour]
+
+
+def nearest(queries: torch.Tensor, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+            k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k rows nearest each query over all ``batches`` of (indices, (B, D) rows), exact.
+
+    Returns (distances, indices), both (Q, k') with k' = min(k, rows seen), nearest first; equal
+    distances keep the lower index first. Distances are computed in float64 without the matmul shortcut
+    (|a|^2 + |b|^2 - 2ab loses the small differences between close 4096-d vectors).
+    """
+    q = queries.double()
+    best_d = torch.empty(len(q), 0, dtype=torch.float64)
+    best_i = torch.empty(len(q), 0, dtype=torch.long)
+    for indices, rows in batches:
+        d = torch.cdist(q, rows.double(), compute_mode="donot_use_mm_for_euclid_dist")
+        all_d = torch.cat([best_d, d], 1)
+        all_i = torch.cat([best_i, indices.long().expand(len(q), -1)], 1)
+        # Stable sort on (distance) after ordering ties by index: the result is the same batch size or not.
+        by_index = all_i.argsort(dim=1, stable=True)
+        all_d, all_i = all_d.gather(1, by_index), all_i.gather(1, by_index)
+        order = all_d.argsort(dim=1, stable=True)[:, :k]
+        best_d, best_i = all_d.gather(1, order), all_i.gather(1, order)
+    return best_d, best_i
+
+
+def query_indices(count: int, queries: int) -> list[int]:
+    """``queries`` samples spread evenly over a split sorted by class, so they show different classes."""
+    queries = min(queries, count)
+    return [(2 * i + 1) * count // (2 * queries) for i in range(queries)]
+
+
+def find_neighbours(loaded: LoadedModel, data: str | Path, queries: int = QUERIES, k: int = K,
+                    layer: str = DEFAULT_LAYER, **kwargs) -> tuple[list[Query], list[str]]:
+    """For ``queries`` images of DATA/val, the ``k`` DATA/train images nearest in ``layer``'s activations.
+
+    Returns the queries and the data's readable class names; kwargs go to iter_features (batch_size,
+    workers, device, dtype, progress).
+    """
+    check_layer(loaded, layer)
+    folders = discover(data, splits=("train", "val"))
+    val = FixedSizeImages(folders.splits["val"])
+    chosen = subset(val, query_indices(len(val), queries))
+    query = extract_features(loaded, chosen, layer, **(kwargs | {"progress": False}))
+    train = FixedSizeImages(folders.splits["train"])
+    skipped = SkippedFiles(train)
+    batches = iter_features(loaded, train, layer, skipped=skipped, desc=f"{layer} features of train/", **kwargs)
+    distances, indices = nearest(query.features, batches, k)
+    if indices.shape[1] == 0:
+        raise UserError(f"no readable image in {train.split.root}: every file was skipped")
+    samples = train.split.samples
+    found = [Query(path, int(label), [Neighbour(samples[i][0], samples[i][1], d)
+                                      for i, d in zip(row_i.tolist(), row_d.tolist())])
+             for path, label, row_i, row_d in zip(query.paths, query.labels, indices, distances)]
+    return found, folders.names
+
+
+def figure_size(queries: int, k: int) -> tuple[int, int]:
+    """The picture's (width, height) in pixels for ``queries`` rows of 1 + ``k`` images."""
+    width = 2 * MARGIN + (1 + k) * TILE + k * GAP + QUERY_GAP
+    height = 2 * MARGIN + TITLE + queries * (TILE + LABEL) + (queries - 1) * GAP
+    return width, height
+
+
+def draw_neighbours(found: list[Query], names: list[str], out: str | Path, crop: int, layer: str = DEFAULT_LAYER) -> Path:
+    """Each query (left) beside its neighbours, nearest first; a caption is green when the class matches."""
+    k = max(len(q.neighbours) for q in found)
+    fig = new_figure(*figure_size(len(found), k))
+    fig.text(MARGIN / fig.bbox.width, 1 - (MARGIN + TITLE / 2) / fig.bbox.height,
+             f"val image (left) and the {k} training images nearest in {layer} space (Euclidean distance)",
+             va="center", fontsize=11)
+    for row, q in enumerate(found):
+        top = MARGIN + TITLE + row * (TILE + LABEL + GAP)
+        _tile(fig, q.path, crop, MARGIN, top, f"{shorten(names[q.label], 22)}", "black", bold=True)
+        for col, n in enumerate(q.neighbours):
+            left = MARGIN + (col + 1) * (TILE + GAP) + QUERY_GAP
+            colour = SAME if n.label == q.label else DIFFERENT
+            _tile(fig, n.path, crop, left, top, f"{shorten(names[n.label], 16)}  d={n.distance:.3g}", colour)
+    return save(fig, out)
+
+
+def _tile(fig, path: Path, crop: int, left: float, top: float, caption: str, colour: str, bold: bool = False) -> None:
+    ax = axes_at(fig, left, top, TILE, TILE)
+    try:
+        show_image(ax, center_crop(load_fixed(path), crop))
+    except (UndecodableImage, OSError):  # read a moment ago for its features; leave the tile blank
+        show_image(ax, torch.full((crop, crop, 3), 255, dtype=torch.uint8))
+    ax.set_xlabel(caption, fontsize=8, color=colour, fontweight="bold" if bold else "normal", labelpad=3)

@@ -1,0 +1,53 @@
+"""`alexnet bench`: each benchmark reports ours, the baseline and their ratio, from one run (tiny sizes
+here: speed itself is what `alexnet bench` is for, not the tests)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from alexnet.bench import run
+from alexnet.model import AlexNet
+from alexnet.summary import summarize
+
+
+def check_common(r, name):
+    assert r["benchmark"] == name
+    assert r["ours"] > 0 and r["baseline"] > 0
+    assert r["ratio"] == pytest.approx(r["ours"] / r["baseline"])
+
+
+def test_train_reports_utilisation_from_the_papers_flops():
+    r = run("train", batch_size=2, steps=1)
+    check_common(r, "train")
+    # 6 FLOPs per multiply-add of the forward pass (2 per MAC, forward + two backward products).
+    flops = 6 * summarize(AlexNet("paper").to("meta"))["macs"]
+    assert flops == 6 * 724_406_816
+    assert r["achieved_tflops"] == pytest.approx(r["ours"] * flops / 1e12)
+    assert r["utilisation"] == pytest.approx(r["achieved_tflops"] / r["peak_tflops"])
+    assert 0 < r["utilisation"] < 1.5
+
+
+def test_infer_reports_latency_and_throughput():
+    r = run("infer", batch_size=2, steps=1)
+    check_common(r, "infer")
+    lat = r["latency_ms"]
+    assert lat["ours"] > 0 and r["latency_ratio"] == pytest.approx(lat["baseline"] / lat["ours"])
+
+
+def test_data_compares_the_three_pipelines_on_the_same_files(tmp_path):
+    r = run("data", images=12, batch_size=4, workers=1, epochs=1, root=tmp_path)
+    check_common(r, "data")
+    assert r["jpeg_path"] > 0 and r["per_core"]["ours"] == r["ours"]       # the prepared path uses one core
+    assert r["per_core_ratio"] == pytest.approx(r["ours"] / r["baseline"])  # 1 worker: per core = per run
+    assert not list(tmp_path.iterdir())                                      # its files are cleaned up
+
+
+def test_cli_json_and_bad_input():
+    r = subprocess.run([sys.executable, "-m", "alexnet", "bench", "infer", "--batch-size", "1", "--steps", "1",
+                        "--json"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["benchmark"] == "infer"
+    r = subprocess.run([sys.executable, "-m", "alexnet", "bench", "disk"], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "invalid choice" in r.stderr
