@@ -165,3 +165,18 @@ def test_training_on_prep_ends_with_the_weights_of_training_on_the_folder(tmp_pa
     r2 = cli("evaluate", "--checkpoint", tmp_path / "b" / "best.pt", "--data", data, "--json", "--workers", 0)
     assert r.returncode == r2.returncode == 0, r.stderr + r2.stderr
     assert json.loads(r.stdout) == json.loads(r2.stdout)
+
+
+def test_features_and_neighbours_read_a_prepared_split(prep):
+    from alexnet.features import split_images, subset
+
+    data, out = prep
+    fast, slow = split_images(out, "train"), split_images(data, "train")
+    assert isinstance(fast, PreparedImages) and len(fast) == 15
+    picked = subset(fast, [7, 2])
+    assert len(picked) == 2 and picked.path(0) == fast.path(7)
+    image, label, _, _ = picked[0]
+    assert torch.equal(image, fast[7][0]) and label == fast[7][1]
+    batch = picked.__getitems__([1, 0])
+    assert torch.equal(batch[0][0], fast[2][0]) and batch[1].tolist() == [fast[2][1], fast[7][1]]
+    assert slow.path(slow.split.samples.index((fast.path(7), fast[7][1]))) == fast.path(7)

@@ -158,7 +158,14 @@ def _run_bench(args) -> int:
                "towers": dict(batch_size=args.batch_size, steps=args.steps)}
     for name in dict.fromkeys(names):
         result = run(name, **options[name])
-        print(json.dumps(result) if args.json else _bench_line(result), flush=True)
+        if args.json:
+            print(json.dumps(result), flush=True)
+        elif name == "towers":
+            from alexnet.bench.towers import format_report
+
+            print(format_report(result), flush=True)
+        else:
+            print(_bench_line(result), flush=True)
     return 0
 
 

@@ -68,6 +68,8 @@ class TrainConfig:
     precision: str = _opt("auto", "auto: bf16 autocast where the hardware has it, else fp32", PRECISIONS)
     channels_last: bool = _opt(True, "channels_last memory format")
     compile: bool = _opt(False, "torch.compile the model")
+    towers: int = _opt(1, "2: the paper network's towers on two processes, as on the paper's two GPUs "
+                          "(torchrun with a multiple of 2 processes: towers x data-parallel replicas)")
     workers: int = _opt(2, "data-loading processes per training process")
     seed: int = _opt(0, "random seed (each process adds its rank)")
     # bookkeeping
@@ -101,6 +103,10 @@ class TrainConfig:
             raise UserError("weight_decay and warmup_epochs must not be negative")
         if self.warmup_epochs >= self.epochs:
             raise UserError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than the run ({self.epochs} epochs)")
+        if self.towers not in (1, 2):
+            raise UserError(f"towers must be 1 or 2 (the paper network has two), got {self.towers}")
+        if self.towers == 2 and self.variant != "paper":
+            raise UserError(f"--towers 2 splits the paper network's two towers; the {self.variant} variant has none")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as td
@@ -22,6 +23,9 @@ class Dist:
     local_rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+    # The processes the helpers below span: None for all of them; under --towers, the replicas of this
+    # rank's tower (alexnet.parallel), so that sums count each image once.
+    group: Any = None
 
     @property
     def main(self) -> bool:
@@ -62,21 +66,21 @@ def teardown(dist: Dist) -> None:
 
 def barrier(dist: Dist) -> None:
     if dist.active:
-        td.barrier()
+        td.barrier(group=dist.group)
 
 
 def all_sum(dist: Dist, values: torch.Tensor) -> torch.Tensor:
     """Sum of ``values`` over all processes (a copy; the input is left alone)."""
     values = values.clone()
     if dist.active:
-        td.all_reduce(values, op=td.ReduceOp.SUM)
+        td.all_reduce(values, op=td.ReduceOp.SUM, group=dist.group)
     return values
 
 
 def all_max(dist: Dist, values: torch.Tensor) -> torch.Tensor:
     values = values.clone()
     if dist.active:
-        td.all_reduce(values, op=td.ReduceOp.MAX)
+        td.all_reduce(values, op=td.ReduceOp.MAX, group=dist.group)
     return values
 
 
@@ -85,14 +89,14 @@ def gather_objects(dist: Dist, obj):
     if not dist.active:
         return [obj]
     out = [None] * dist.world
-    td.all_gather_object(out, obj)
+    td.all_gather_object(out, obj, group=dist.group)
     return out
 
 
 def broadcast_object(dist: Dist, obj):
-    """Rank 0's ``obj`` on every process."""
+    """Rank 0's ``obj`` (the first of ``dist.group``) on every process."""
     if not dist.active:
         return obj
     box = [obj]
-    td.broadcast_object_list(box, src=0)
+    td.broadcast_object_list(box, group=dist.group, group_src=0)
     return box[0]

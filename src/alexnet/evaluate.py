@@ -77,6 +77,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int = 1
     """
     from alexnet.data.folders import FixedSizeImages, discover
     from alexnet.data.loader import eval_loader
+    from alexnet.data.prepared import is_prepared, open_prepared
     from alexnet.precision import autocast_dtype
     from alexnet.weights import load_model
 
@@ -85,8 +86,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int = 1
     dist = distributed.setup(device)
     try:
         loaded = load_model(checkpoint)
-        folders = discover(data, splits=("val",))
-        val = FixedSizeImages(labelled_by(folders.splits["val"], loaded.classes))
+        if is_prepared(data):
+            val = open_prepared(data, splits=("val",))[1]["val"].relabelled(loaded.classes)
+        else:
+            val = FixedSizeImages(labelled_by(discover(data, splits=("val",)).splits["val"], loaded.classes))
         dtype = autocast_dtype(precision, dist.device)
         loader = eval_loader(val, batch_size, dist.rank, dist.world, workers, pin_memory=dist.device.type == "cuda")
         model = loaded.model.to(dist.device)

@@ -75,11 +75,17 @@ def activations(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
 
 def split_images(data: str | Path, split: str = "val") -> FixedSizeImages:
     """DATA/<split>/<class>/* as a dataset labelled by the data's own class folders."""
+    from alexnet.data.prepared import is_prepared, open_prepared
+
+    if is_prepared(data):
+        return open_prepared(data, splits=(split,))[1][split]
     folders = discover(data, splits=(split,))
     return FixedSizeImages(folders.splits[split])
 
 
 def subset(images: FixedSizeImages, indices: list[int]) -> FixedSizeImages:
+    if hasattr(images, "subset"):       # a prepared split: its pixels are in its shards, not in the files
+        return images.subset(indices)
     split = images.split
     return FixedSizeImages(Split(split.root, split.classes, [split.samples[i] for i in indices]), images.size)
 

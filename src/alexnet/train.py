@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -29,10 +30,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from alexnet import distributed
+from alexnet import distributed, parallel
 from alexnet.config import TrainConfig, dump_yaml, from_dict
 from alexnet.data.folders import FixedSizeImages, SkippedFiles, discover
 from alexnet.data.loader import eval_loader, steps_per_epoch, train_loader
+from alexnet.data.prepared import PreparedImages, is_prepared, open_prepared
 from alexnet.data.stats import DataStats, load_or_compute_stats
 from alexnet.data.transforms import Draws, Normalize, PCANoise, train_views
 from alexnet.errors import UserError
@@ -44,7 +46,8 @@ from alexnet.schedule import LRSchedule
 from alexnet.weights import load_checkpoint, save_checkpoint
 
 # What may change when a run is resumed; anything else would make it a different run.
-RESUMABLE_CHANGES = {"epochs", "workers", "save_every", "log_every", "tensorboard", "compile", "data", "device"}
+RESUMABLE_CHANGES = {"epochs", "workers", "save_every", "log_every", "tensorboard", "compile", "data", "device",
+                     "towers"}
 CHECKPOINT_FORMAT = 1
 
 
@@ -121,6 +124,9 @@ def _open_data(config: TrainConfig, dist: distributed.Dist):
             from alexnet.data.demo import write_demo_set
             write_demo_set(data, seed=0, progress=dist.main)
         distributed.barrier(dist)
+    if is_prepared(data):
+        folders, sets = open_prepared(data)
+        return folders, sets["train"], sets["val"]
     folders = discover(data)
     return folders, FixedSizeImages(folders.splits["train"]), FixedSizeImages(folders.splits["val"])
 
@@ -130,6 +136,10 @@ def _preprocessing(config: TrainConfig, train_set: FixedSizeImages, dist: distri
     stats: DataStats | None = None
     if needs_stats:
         cache = Path(config.out) / "data_stats.safetensors"
+        if isinstance(train_set, PreparedImages) and dist.main and not cache.exists():
+            # `prepare` computed them already; the fingerprint check in load_or_compute_stats still applies.
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(train_set.root / "data_stats.safetensors", cache)
         kwargs = dict(workers=config.workers, max_images=config.stats_images or None, progress=dist.main)
         if dist.main:
             stats = load_or_compute_stats(train_set, cache, **kwargs)
@@ -197,9 +207,12 @@ def _train(config: TrainConfig, resume: bool, given: dict[str, Any], dist: distr
     config, ckpt = resolve_run(config, resume, given)
     run = Path(config.out)
     say = (lambda msg: tqdm.write(msg, file=sys.stderr)) if dist.main else (lambda msg: None)
-    if config.batch_size % dist.world:
-        raise UserError(f"--batch-size {config.batch_size} does not split evenly over {dist.world} processes")
-    batch_per_rank = config.batch_size // dist.world
+    # --towers 2: a process holds one tower (alexnet.parallel); the batch is split over replicas (pairs).
+    towers = parallel.plan(dist) if config.towers > 1 else None
+    shard = towers.data if towers else dist
+    if config.batch_size % shard.world:
+        raise UserError(f"--batch-size {config.batch_size} does not split evenly over {shard.world} processes")
+    batch_per_rank = config.batch_size // shard.world
     dtype = autocast_dtype(config.precision, dist.device)
     if dist.main:
         run.mkdir(parents=True, exist_ok=True)
@@ -217,17 +230,22 @@ def _train(config: TrainConfig, resume: bool, given: dict[str, Any], dist: distr
             raise UserError(f"the data's classes differ from those the run was started with ({config.data})")
     else:
         prep = _preprocessing(config, train_set, dist)
-    steps = steps_per_epoch(len(train_set), batch_per_rank, dist.world)
+    steps = steps_per_epoch(len(train_set), batch_per_rank, shard.world)
     if steps == 0:
         raise UserError(f"{len(train_set)} training images make no full batch of {config.batch_size}; "
                         f"use a smaller --batch-size")
 
     torch.manual_seed(config.seed + dist.rank)  # dropout: a different stream on every rank
-    model = build_model(config, len(folders.classes)).to(dist.device)
+    if towers:  # every process cuts its tower from the network one process would start from
+        model = parallel.build(lambda: build_model(config, len(folders.classes)), config.seed, towers).to(dist.device)
+    else:
+        model = build_model(config, len(folders.classes)).to(dist.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
+    if towers:
+        model.shard_optimizer(optimizer)  # its state_dict too is the single-device network's
     schedule = LRSchedule(config.schedule, config.lr, steps, config.epochs, config.warmup_epochs,
                           config.lr_gamma, config.step_epochs, config.patience, config.max_lr_drops)
     scaler = torch.amp.GradScaler(dist.device.type, enabled=dtype == torch.float16)
@@ -249,25 +267,29 @@ def _train(config: TrainConfig, resume: bool, given: dict[str, Any], dist: distr
     net: nn.Module = model
     if config.compile:
         net = torch.compile(net)
-    if dist.active:
+    if towers:
+        net = towers.data_parallel(net, dist.device)
+    elif dist.active:
         net = DistributedDataParallel(net, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
 
     pin = dist.device.type == "cuda"
-    loader = train_loader(train_set, batch_per_rank, dist.rank, dist.world, config.seed, config.workers, pin)
-    val = eval_loader(val_set, batch_per_rank, dist.rank, dist.world, config.workers, pin)
+    loader = train_loader(train_set, batch_per_rank, shard.rank, shard.world, config.seed, config.workers, pin)
+    val = eval_loader(val_set, batch_per_rank, shard.rank, shard.world, config.workers, pin)
     train_skips, val_skips = SkippedFiles(train_set), SkippedFiles(val_set)
     writer = _tensorboard(run) if config.tensorboard and dist.main else None
 
     def checkpoint(path: Path, epoch: int, step_in_epoch: int, full: bool = True) -> None:
         rng = distributed.gather_objects(dist, _rng_state(dist.device)) if full else None
+        # Under --towers these gather both towers' halves: every process takes part.
+        weights, opt_state = model.state_dict(), optimizer.state_dict() if full else None
         if not dist.main:
             return
-        state = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "config": config.to_dict(),
+        state = {"format": CHECKPOINT_FORMAT, "model": weights, "config": config.to_dict(),
                  "variant": config.variant, "classes": folders.classes, "names": folders.names,
                  "preprocessing": prep.to_state(config.normalization), "epoch": epoch,
                  "step_in_epoch": step_in_epoch, "best": best}
         if full:
-            state |= {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+            state |= {"optimizer": opt_state, "schedule": schedule.state_dict(),
                       "scaler": scaler.state_dict(), "rng": rng}
         save_checkpoint(path, state)
 
@@ -316,7 +338,7 @@ def _train(config: TrainConfig, resume: bool, given: dict[str, Any], dist: distr
                 bar.update(1)
                 if step_in_epoch % config.log_every == 0:
                     bar.set_postfix(loss=f"{loss_sum / max(loss_n, 1):.3f}", lr=f"{lr:.2g}",
-                                    img_s=f"{seen * dist.world / (time.perf_counter() - t0):.0f}")
+                                    img_s=f"{seen * shard.world / (time.perf_counter() - t0):.0f}")
                 if flags[0]:
                     bar.close()
                     checkpoint(run / "last.pt", epoch, step_in_epoch)
@@ -330,8 +352,8 @@ def _train(config: TrainConfig, resume: bool, given: dict[str, Any], dist: distr
                     break
             bar.close()
             train_seconds = time.perf_counter() - t0
-            totals = distributed.all_sum(dist, torch.tensor([loss_sum, loss_n, seen], dtype=torch.float64))
-            metrics = evaluate(model, val, val_skips, prep.size, prep.norm, dist, crops=1, dtype=dtype)
+            totals = distributed.all_sum(shard, torch.tensor([loss_sum, loss_n, seen], dtype=torch.float64))
+            metrics = evaluate(model, val, val_skips, prep.size, prep.norm, shard, crops=1, dtype=dtype)
             if totals[1] == 0:
                 raise UserError(f"no readable image in {train_set.split.root}: every file was skipped")
             if metrics["images"] == 0:

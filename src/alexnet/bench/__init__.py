@@ -18,7 +18,7 @@ def run(name: str, **kwargs) -> dict:
     elif name == "infer":
         from alexnet.bench.infer import bench_infer as fn
     elif name == "towers":
-        from alexnet.bench_towers import bench_towers as fn
+        from alexnet.bench.towers import bench_towers as fn
     else:
         raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
     return fn(**kwargs)

@@ -162,6 +162,7 @@ class PreparedImages(Dataset):
         self._shards = shards
         self._starts = np.cumsum([0] + [s.count for s in shards])
         self.labels = torch.tensor(labels, dtype=torch.int64)
+        self.rows = torch.arange(len(labels))          # item -> image in the shards (see subset)
         # What FixedSizeImages offers, so the statistics, fingerprints and skip reports work unchanged.
         self.split = Split(root=source, classes=self.classes, samples=samples)
 
@@ -181,6 +182,15 @@ class PreparedImages(Dataset):
                               labels=torch.tensor([label for _, label in split.samples], dtype=torch.int64))
         return other
 
+    def subset(self, indices: list[int]) -> PreparedImages:
+        """These items only, in this order (for picking a few query images, say)."""
+        other = object.__new__(PreparedImages)
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        samples = [self.split.samples[i] for i in indices]
+        other.__dict__.update(self.__dict__, labels=self.labels[idx], rows=self.rows[idx],
+                              split=Split(self.split.root, self.split.classes, samples))
+        return other
+
     def _pixels(self, shard: int) -> np.ndarray:
         s = self._shards[shard]
         if s.pixels is None:
@@ -196,13 +206,13 @@ class PreparedImages(Dataset):
         return shard, index - int(self._starts[shard])
 
     def __getitem__(self, index: int):
-        shard, offset = self._locate(index)
+        shard, offset = self._locate(int(self.rows[index]))
         return torch.from_numpy(np.array(self._pixels(shard)[offset])), int(self.labels[index]), index, ""
 
     def __getitems__(self, indices: list[int]):
         out = torch.empty(len(indices), self.size, self.size, 3, dtype=torch.uint8)
         view = out.numpy()
-        for j, index in enumerate(indices):
+        for j, index in enumerate(self.rows[indices].tolist()):
             shard, offset = self._locate(index)
             view[j] = self._pixels(shard)[offset]
         idx = torch.tensor(indices, dtype=torch.int64)

@@ -1,0 +1,193 @@
+"""What splitting the two towers costs and saves: bytes exchanged and images per second per training step.
+
+    alexnet bench towers [--batch-size 32] [--steps 3] [--json]
+
+Three ways to run one SGD step of the paper network on a global batch of B images, with the same
+cores or devices in all:
+  single          one process, the whole network
+  data-parallel   2 processes (DDP), each the whole network on B/2 images; gradients all-reduced
+  towers          2 processes (alexnet.parallel), each one tower on all B images; activations exchanged
+Each launches its own processes (torchrun --standalone for the two-process ones); synthetic images,
+bf16 autocast and channels_last where the hardware has bf16, as `alexnet train` does; one warm-up step,
+then the median of --steps timed steps. Bytes are computed (parallel.exchange_bytes, and 4 bytes for
+each of the 60,965,224 gradients) and measured: the towers' exchanges count what passes through
+them, and DDP's buckets are counted by a communication hook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+PARAMS = 60_965_224
+MODES = ("single", "data-parallel", "towers")
+
+
+def _worker(mode: str, batch: int, steps: int, out: Path) -> None:
+    """One process of one mode (under torchrun for the two-process modes); rank 0 writes ``out``."""
+    from alexnet import distributed, parallel
+    from alexnet.model import AlexNet
+    from alexnet.precision import autocast, autocast_dtype
+    from alexnet.precision import name as precision_name
+
+    dist = distributed.setup("auto")
+    try:
+        device, dtype = dist.device, autocast_dtype("auto", dist.device)
+
+        def make() -> AlexNet:
+            return AlexNet("paper", init="kaiming")
+
+        grad_bytes = [0]
+        if mode == "towers":
+            towers = parallel.plan(dist)
+            model = parallel.build(make, 0, towers).to(device)
+            net, per_process = model, batch
+        else:
+            torch.manual_seed(0)
+            model = make().to(device)
+            net, per_process = model, batch // dist.world
+            if dist.active:
+                from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+                from torch.nn.parallel import DistributedDataParallel
+
+                net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+                def counted(state, bucket):
+                    grad_bytes[0] += bucket.buffer().nbytes
+                    return allreduce_hook(state, bucket)
+
+                net.register_comm_hook(None, counted)
+        model = model.to(memory_format=torch.channels_last).train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        gen = torch.Generator().manual_seed(dist.rank // (2 if mode == "towers" else 1))
+        x = torch.randn(per_process, 3, 227, 227, generator=gen).to(device, memory_format=torch.channels_last)
+        y = torch.randint(0, 1000, (per_process,), generator=gen).to(device)
+
+        def step() -> None:
+            with autocast(device, dtype):
+                loss = nn.functional.cross_entropy(net(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        step()  # warm-up: first-call allocations, DDP's bucket rebuild
+        distributed.barrier(dist)
+        parallel.TRAFFIC.reset()
+        grad_bytes[0] = 0
+        times = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+        # Each process's median; the step took as long as its slowest process.
+        median = sorted(times)[len(times) // 2]
+        median = float(distributed.all_max(dist, torch.tensor([median], dtype=torch.float64))[0])
+        held = sum(p.numel() for p in model.parameters())
+        if dist.main:
+            out.write_text(json.dumps({
+                "mode": mode, "processes": dist.world, "device": device.type, "precision": precision_name(dtype),
+                "batch_size": batch, "seconds_per_step": median, "images_per_sec": batch / median,
+                "params_per_process": held,
+                "bytes_per_step": {"towers_forward": parallel.TRAFFIC.forward // steps,
+                                   "towers_backward": parallel.TRAFFIC.backward // steps,
+                                   "towers": parallel.TRAFFIC.total // steps,
+                                   "gradients_all_reduced": grad_bytes[0] // steps},
+                # Moving bytes and waiting for the other tower (on CUDA: only launching the collectives).
+                "exchange_seconds_per_step": parallel.TRAFFIC.seconds / steps,
+            }))
+    finally:
+        distributed.teardown(dist)
+
+
+def _launch(mode: str, batch: int, steps: int, folder: Path, cores: int) -> dict:
+    out = folder / f"{mode}.json"
+    procs = 1 if mode == "single" else 2
+    args = ["-m", "alexnet.bench.towers", "--worker", mode, "--batch-size", str(batch), "--steps", str(steps),
+            "--out", str(out)]
+    if procs > 1:
+        args = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", *args]
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores // procs)))
+    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env)
+    if r.returncode != 0 or not out.exists():
+        raise RuntimeError(f"bench towers: {mode} failed:\n{r.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def bench_towers(batch_size: int = 32, steps: int = 3) -> dict:
+    """Bytes exchanged per step (computed and measured) and img/s: single device, 2-process data
+    parallel, 2-process towers, at a global batch of ``batch_size``."""
+    from alexnet.parallel import exchange_bytes
+
+    if batch_size < 2 or batch_size % 2:
+        raise ValueError(f"batch_size must be even (data parallel splits it over 2 processes), got {batch_size}")
+    if torch.cuda.is_available() and torch.cuda.device_count() < 2:
+        raise RuntimeError("bench towers needs two devices for its two-process runs: 2 GPUs, or a machine "
+                           "without CUDA (then CPU cores)")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory(prefix="alexnet-bench-towers-") as folder:
+        measured = {mode: _launch(mode, batch_size, steps, Path(folder), cores) for mode in MODES}
+    element = 2 if measured["towers"]["precision"] in ("bf16", "fp16") else 4
+    computed = {
+        "towers": exchange_bytes(batch_size, 1000, element)["total"],
+        "towers_fp32": exchange_bytes(batch_size, 1000, 4)["total"],
+        "towers_per_image": exchange_bytes(1, 1000, element)["total"],
+        "gradients_all_reduced": PARAMS * 4,
+    }
+    # Above this global batch, the towers exchange more bytes per step than data parallelism's all-reduce.
+    computed["break_even_batch"] = computed["gradients_all_reduced"] / computed["towers_per_image"]
+    # In `alexnet bench`'s terms: the towers against plain data parallelism on the same processes.
+    ours, baseline = measured["towers"]["images_per_sec"], measured["data-parallel"]["images_per_sec"]
+    return {"benchmark": "towers", "ours": ours, "baseline": baseline, "ratio": ours / baseline,
+            "batch_size": batch_size, "steps": steps, "cores": cores, "computed": computed, "measured": measured}
+
+
+def format_report(r: dict) -> str:
+    m, c = r["measured"], r["computed"]
+    prec = m["towers"]["precision"]
+    mb = 1e6
+    lines = [f"AlexNet (paper) training step, global batch {r['batch_size']}, {m['single']['device']}, {prec}, "
+             f"median of {r['steps']} steps",
+             f"{'':15} {'processes':>9} {'params/process':>15} {'img/s':>7} {'MB sent per process per step':>30}"]
+    sent = {"single": "0",
+            "data-parallel": f"{m['data-parallel']['bytes_per_step']['gradients_all_reduced'] / mb:.1f} (gradients)",
+            "towers": f"{m['towers']['bytes_per_step']['towers'] / mb:.1f} (activations)"}
+    for mode in MODES:
+        lines.append(f"{mode:15} {m[mode]['processes']:>9} {m[mode]['params_per_process']:>15,} "
+                     f"{m[mode]['images_per_sec']:>7.1f} {sent[mode]:>30}")
+    lines += [f"computed: towers {c['towers'] / mb:.1f} MB per step in {prec} ({c['towers_fp32'] / mb:.1f} MB in fp32; "
+              f"{c['towers_per_image']:,} bytes per image), data parallel {c['gradients_all_reduced'] / mb:.1f} MB "
+              f"(60,965,224 fp32 gradients)",
+              f"the towers exchange fewer bytes than data parallelism below a global batch of "
+              f"{c['break_even_batch']:.0f} images"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m alexnet.bench.towers", description=__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=32, help="global batch (default: 32)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step (default: 3)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        _worker(args.worker, args.batch_size, args.steps, args.out)
+        return 0
+    report = bench_towers(args.batch_size, args.steps)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

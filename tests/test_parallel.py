@@ -1,0 +1,205 @@
+"""The two-tower model over torch.distributed: the single-device network's function, gradients,
+SGD steps and checkpoints, with two gloo processes; and `alexnet train --towers 2` under torchrun."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet.config import resolve
+from alexnet.errors import UserError
+from alexnet.parallel import exchange_bytes
+from alexnet.train import train
+from conftest import write_image_folders
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def torchrun(*args, nproc=2, timeout=600):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                           *args], capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+# ---- the worker: run by torchrun as `python tests/test_parallel.py OUT` ----
+
+def _worker(out: Path) -> None:
+    import copy
+
+    import torch.distributed as td
+
+    from alexnet import parallel
+    from alexnet.model import AlexNet
+
+    td.init_process_group("gloo")
+    rank = td.get_rank()
+    torch.set_num_threads(1)
+    close = dict(rtol=1e-4, atol=1e-5)
+    report = {}
+
+    def network(seed):  # the same weights on both processes; kaiming so that gradients are not all ~0
+        torch.manual_seed(seed)
+        return AlexNet("paper", num_classes=5, dropout=0.5, init="kaiming")  # 5 classes: towers hold 3 and 2
+
+    def rows(t):  # this tower's rows of a single-device tensor
+        return torch.tensor_split(t, 2)[rank]
+
+    # In float64, so that what is compared is the function and not float32 rounding (which ReLU and
+    # max-pool ties amplify to ~1e-3 in the lower layers' gradients; measured, and no larger).
+    full32 = network(0)
+    full = copy.deepcopy(full32).double()
+    full.classifier[2].p = full.classifier[5].p = 0.0  # dropout controlled: off (each tower draws its own)
+    tower = parallel.split(full, rank, td.group.WORLD)
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(2, 3, 227, 227, generator=gen, dtype=torch.float64), torch.tensor([0, 4])
+    parallel.TRAFFIC.reset()
+    logits = tower(x)
+    torch.testing.assert_close(logits, full(x), rtol=1e-10, atol=1e-12)   # all of them, on every rank
+    torch.nn.functional.cross_entropy(full(x), y).backward()
+    torch.nn.functional.cross_entropy(logits, y).backward()
+    assert parallel.TRAFFIC.total == exchange_bytes(2, 5, element_size=8)["total"], parallel.TRAFFIC
+    report["bytes"] = parallel.TRAFFIC.total
+    full_grads = dict(full.named_parameters())
+    for name, p in tower.named_parameters():
+        torch.testing.assert_close(p.grad, rows(full_grads[name].grad), rtol=1e-10, atol=1e-12, msg=name)
+    report["grads"] = len(list(tower.parameters()))
+    del full, tower, full_grads, p
+
+    # Float32 from here on. With dropout at test time (eval mode), the same logits.
+    full = full32
+    tower = parallel.split(full, rank, td.group.WORLD)
+    full.eval(), tower.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(tower(x.float()), full(x.float()), **close)
+    for m in (full, tower):
+        m.train()
+        m.classifier[2].p = m.classifier[5].p = 0.0
+
+    # A few SGD steps (momentum and weight decay): the same weights and the same optimizer state.
+    def sgd(m):
+        return torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    opt_full, opt_tower = sgd(full), tower.shard_optimizer(sgd(tower))
+    for step in range(2):
+        xs = torch.randn(2, 3, 227, 227, generator=gen)
+        for m, opt in ((full, opt_full), (tower, opt_tower)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(xs), y).backward()
+            opt.step()
+    state, tower_state = full.state_dict(), tower.state_dict()   # the tower's: both halves gathered
+    assert list(tower_state) == list(state)
+    for k in state:
+        torch.testing.assert_close(tower_state[k], state[k], **close, msg=k)
+    saved_full, saved_tower = opt_full.state_dict(), opt_tower.state_dict()
+    assert saved_tower["param_groups"] == saved_full["param_groups"]
+    for i, s in saved_full["state"].items():
+        # Sums of float32 gradients: their rounding, amplified by ReLU and max-pool ties (see above).
+        diff = saved_tower["state"][i]["momentum_buffer"] - s["momentum_buffer"]
+        assert diff.norm() <= 2e-3 * s["momentum_buffer"].norm(), i
+
+    # Checkpoints both ways (model and optimizer; in memory: train.py's files are tested below): the
+    # single-device network's into a fresh tower pair, and the pair's into a fresh single-device network.
+    # Then one more step on each: all three still agree.
+    a = {"model": state, "optimizer": saved_full}
+    b = {"model": tower_state, "optimizer": saved_tower}
+    with torch.device("meta"):  # no time spent initialising weights that are overwritten at once
+        tower2 = parallel.TowerAlexNet(rank, td.group.WORLD, num_classes=5, dropout=0.0)
+        full2 = AlexNet("paper", num_classes=5, dropout=0.0)
+    tower2, full2 = tower2.to_empty(device="cpu"), full2.to_empty(device="cpu")
+    tower2.load_state_dict(a["model"])
+    full2.load_state_dict(b["model"])
+    opt_tower2, opt_full2 = tower2.shard_optimizer(sgd(tower2)), sgd(full2)
+    opt_tower2.load_state_dict(a["optimizer"])
+    opt_full2.load_state_dict(b["optimizer"])
+    xs = torch.randn(2, 3, 227, 227, generator=gen)
+    for m, opt in ((full, opt_full), (tower2, opt_tower2), (full2, opt_full2)):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(m(xs), y).backward()
+        opt.step()
+    state, state2, tower_state2 = full.state_dict(), full2.state_dict(), tower2.state_dict()
+    for k in state:
+        torch.testing.assert_close(tower_state2[k], state[k], **close, msg=k)
+        torch.testing.assert_close(state2[k], state[k], **close, msg=k)
+    report["checkpoints"] = "both ways"
+    if rank == 0:
+        (out / "report.json").write_text(json.dumps(report))
+    td.destroy_process_group()
+
+
+def test_two_towers_compute_the_single_device_network_and_share_its_checkpoints(tmp_path):
+    r = torchrun(__file__, str(tmp_path))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report == {"bytes": exchange_bytes(2, 5, element_size=8)["total"], "grads": 16, "checkpoints": "both ways"}
+
+
+def test_exchange_bytes_are_the_activations_the_paper_sends_between_gpus():
+    b = exchange_bytes(128)
+    # Per image, forward: pool2 (128x13x13) + pool5 (128x6x6) + fc6 + fc7 (2048 each) + 500 logits.
+    assert b["forward"] == 128 * 4 * (21632 + 4608 + 2048 + 2048 + 500)
+    assert b["backward"] == 128 * 4 * (21632 + 4608 + 2048 + 2048)
+    assert exchange_bytes(128, element_size=2)["total"] * 2 == b["total"]
+
+
+# ---- `alexnet train --towers 2` ----
+
+@pytest.fixture
+def data(tmp_path):
+    rng = np.random.default_rng(1)
+    colours = {c: [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(6)] for c in ("red", "blue")}
+    return write_image_folders(tmp_path / "data", colours, size=(48, 40))
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def _assert_same_weights(a, b):
+    a, b = _weights(a), _weights(b)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_training_with_towers_matches_one_process_and_their_checkpoints_resume_each_other(data, tmp_path):
+    # Dropout off: each tower draws its own masks. 12 images, batch 4: 3 steps an epoch.
+    common = dict(batch_size=4, lr=0.01, dropout=0.0, workers=0, precision="fp32", log_every=1, init="kaiming",
+                  normalization="channel", zero_init_fc8=True)
+    one, two = tmp_path / "one", tmp_path / "two"
+    first = train(resolve("paper", dict(common, data=str(data), out=str(one), epochs=1)))
+    flags = ["--batch-size", "4", "--lr", "0.01", "--dropout", "0", "--workers", "0", "--precision", "fp32",
+             "--init", "kaiming", "--normalization", "channel", "--zero-init-fc8", "--data", str(data)]
+    r = torchrun("-m", "alexnet", "train", "--towers", "2", "--epochs", "1", "--out", str(two), *flags)
+    assert r.returncode == 0, r.stderr[-5000:]
+    _assert_same_weights(one / "last.pt", two / "last.pt")
+    # Evaluation counts every val image once, as one process does.
+    row = json.loads((two / "metrics.jsonl").read_text())
+    assert row["val_top1"] == pytest.approx(first["val_top1"])
+    assert row["val_loss"] == pytest.approx(first["val_loss"], rel=1e-4)
+    # Epoch 2 the other way round: the towers' checkpoint (weights, momentum) on one process, and the single
+    # process's on 2 towers x 2 data-parallel replicas (4 processes). Still the same weights.
+    train(resolve("paper", dict(common, data=str(data), out=str(two), epochs=2)), resume=True,
+          given={"epochs": 2, "towers": 1})
+    r = torchrun("-m", "alexnet", "train", "--towers", "2", "--epochs", "2", "--out", str(one), "--resume", nproc=4)
+    assert r.returncode == 0, r.stderr[-5000:]
+    _assert_same_weights(one / "last.pt", two / "last.pt")
+    assert [json.loads(x)["epoch"] for x in (one / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_towers_need_the_paper_network_and_pairs_of_processes(tmp_path):
+    with pytest.raises(UserError, match="towers"):
+        resolve("paper", {"towers": 2, "variant": "owt"})
+    with pytest.raises(UserError, match="towers must be 1 or 2"):
+        resolve("paper", {"towers": 3})
+    r = subprocess.run([sys.executable, "-m", "alexnet", "train", "--towers", "2", "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "multiple of 2 processes" in r.stderr
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]))
