@@ -180,3 +180,17 @@ def test_features_and_neighbours_read_a_prepared_split(prep):
     batch = picked.__getitems__([1, 0])
     assert torch.equal(batch[0][0], fast[2][0]) and batch[1].tolist() == [fast[2][1], fast[7][1]]
     assert slow.path(slow.split.samples.index((fast.path(7), fast[7][1]))) == fast.path(7)
+
+
+def test_a_changed_source_is_not_mixed_into_an_unfinished_prep(prep, tmp_path):
+    data, _ = prep
+    copy = tmp_path / "data"
+    import shutil
+
+    shutil.copytree(data, copy)
+    out = tmp_path / "prep"
+    prepare(copy, out, workers=0, shard_size=4, progress=False)
+    (out / "alexnet-prepared.json").unlink()
+    Image.new("RGB", (300, 200), (9, 9, 9)).save(copy / "train" / "ant" / "0.jpg")   # regenerated meanwhile
+    r = cli("prepare", "--data", copy, "--out", out)
+    assert r.returncode == 2 and "was made from other files" in r.stderr, r.stderr

@@ -275,8 +275,11 @@ def _train(config: TrainConfig, resume: bool, given: dict[str, Any], dist: distr
         net = DistributedDataParallel(net, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
 
     pin = dist.device.type == "cuda"
-    loader = train_loader(train_set, batch_per_rank, shard.rank, shard.world, config.seed, config.workers, pin)
-    val = eval_loader(val_set, batch_per_rank, shard.rank, shard.world, config.workers, pin)
+    workers = config.workers
+    if isinstance(train_set, PreparedImages) and dist.device.type == "cpu" and "workers" not in given:
+        workers = 0   # nothing to decode: a worker would only add a copy through shared memory
+    loader = train_loader(train_set, batch_per_rank, shard.rank, shard.world, config.seed, workers, pin)
+    val = eval_loader(val_set, batch_per_rank, shard.rank, shard.world, workers, pin)
     train_skips, val_skips = SkippedFiles(train_set), SkippedFiles(val_set)
     writer = _tensorboard(run) if config.tensorboard and dist.main else None
 

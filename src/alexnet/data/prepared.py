@@ -87,6 +87,11 @@ def _prepare_split(split: Split, folder: Path, workers: int, shard_size: int, pr
     folder.mkdir(parents=True, exist_ok=True)
     shards = (len(split) + shard_size - 1) // shard_size
     done = [s for s in range(shards) if (folder / f"{s:05d}.json").is_file()]
+    for shard in done:
+        lo, hi = shard * shard_size, min(len(split), (shard + 1) * shard_size)
+        if json.loads((folder / f"{shard:05d}.json").read_text()).get("sources") != _sources(split, lo, hi):
+            raise UserError(f"{folder / f'{shard:05d}.json'} was made from other files than {split.root} holds "
+                            f"now; prepare into a new --out (or delete {folder.parent})")
     todo = [s for s in range(shards) if s not in set(done)]
     dataset = FixedSizeImages(split)
     skipped = SkippedFiles(dataset)
@@ -95,7 +100,7 @@ def _prepare_split(split: Split, folder: Path, workers: int, shard_size: int, pr
     for shard in todo:
         lo, hi = shard * shard_size, min(len(split), (shard + 1) * shard_size)
         loader = DataLoader(Subset(dataset, range(lo, hi)), batch_size=64, num_workers=workers)
-        _write_shard(folder, shard, loader, split, skipped, hi - lo, bar)
+        _write_shard(folder, shard, loader, split, skipped, hi - lo, bar, _sources(split, lo, hi))
     bar.close()
     counts, bad = 0, 0
     for s in range(shards):
@@ -107,7 +112,17 @@ def _prepare_split(split: Split, folder: Path, workers: int, shard_size: int, pr
     return {"images": counts, "shards": shards, "skipped": bad}
 
 
-def _write_shard(folder: Path, shard: int, loader, split: Split, skipped: SkippedFiles, n: int, bar) -> None:
+def _sources(split: Split, lo: int, hi: int) -> list:
+    """Which files samples lo..hi came from, as they were: path, size and modification time."""
+    out = []
+    for path, _ in split.samples[lo:hi]:
+        st = path.stat()
+        out.append([str(path.relative_to(split.root)), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def _write_shard(folder: Path, shard: int, loader, split: Split, skipped: SkippedFiles, n: int, bar,
+                 sources: list) -> None:
     pixels = folder / f"{shard:05d}.u8"
     tmp = folder / f".{shard:05d}.u8.tmp"
     # Raw bytes rather than .npy: nothing to parse, and the .json says what they are.
@@ -127,7 +142,7 @@ def _write_shard(folder: Path, shard: int, loader, split: Split, skipped: Skippe
     del buf
     os.truncate(tmp, len(labels) * FIXED_SIZE * FIXED_SIZE * 3)
     os.replace(tmp, pixels)
-    info = {"labels": labels, "files": files, "skipped": bad}
+    info = {"labels": labels, "files": files, "skipped": bad, "sources": sources}
     atomic_write(folder / f"{shard:05d}.json", lambda t: Path(t).write_text(json.dumps(info) + "\n"))
 
 
