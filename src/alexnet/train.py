@@ -214,6 +214,8 @@ def _train(config: TrainConfig, resume: bool, given: dict[str, Any], dist: distr
         raise UserError(f"--batch-size {config.batch_size} does not split evenly over {shard.world} processes")
     batch_per_rank = config.batch_size // shard.world
     dtype = autocast_dtype(config.precision, dist.device)
+    if dist.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True   # every batch has the same shape: pick the fastest kernels once
     if dist.main:
         run.mkdir(parents=True, exist_ok=True)
         # A process killed while writing a checkpoint leaves its temporary file (hundreds of MB) behind.

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from alexnet.data.decode import UndecodableImage, load_fixed
-from alexnet.data.folders import FixedSizeImages, SkippedFiles, discover
+from alexnet.data.folders import SkippedFiles, discover, read_class_names
 from alexnet.errors import UserError
-from alexnet.features import DEFAULT_LAYER, check_layer, extract_features, iter_features, subset
+from alexnet.features import DEFAULT_LAYER, check_layer, extract_features, iter_features, split_images, subset
 from alexnet.viz.figure import axes_at, center_crop, new_figure, save, shorten, show_image
 from alexnet.weights import LoadedModel
 
@@ -79,11 +79,13 @@ def find_neighbours(loaded: LoadedModel, data: str | Path, queries: int = QUERIE
     workers, device, dtype, progress).
     """
     check_layer(loaded, layer)
-    folders = discover(data, splits=("train", "val"))
-    val = FixedSizeImages(folders.splits["val"])
+    # Image folders or a prepared folder (alexnet prepare); tiles are drawn from the source files.
+    val, train = split_images(data, "val"), split_images(data, "train")
+    if train.split.classes != val.split.classes:
+        discover(data, splits=("train", "val"))     # says which class folders differ
+    names = getattr(val, "names", None) or read_class_names(Path(data).expanduser(), val.split.classes)
     chosen = subset(val, query_indices(len(val), queries))
     query = extract_features(loaded, chosen, layer, **(kwargs | {"progress": False}))
-    train = FixedSizeImages(folders.splits["train"])
     skipped = SkippedFiles(train)
     batches = iter_features(loaded, train, layer, skipped=skipped, desc=f"{layer} features of train/", **kwargs)
     distances, indices = nearest(query.features, batches, k)
@@ -93,7 +95,7 @@ def find_neighbours(loaded: LoadedModel, data: str | Path, queries: int = QUERIE
     found = [Query(path, int(label), [Neighbour(samples[i][0], samples[i][1], d)
                                       for i, d in zip(row_i.tolist(), row_d.tolist())])
              for path, label, row_i, row_d in zip(query.paths, query.labels, indices, distances)]
-    return found, folders.names
+    return found, names
 
 
 def figure_size(queries: int, k: int) -> tuple[int, int]:
