@@ -182,3 +182,21 @@ def test_bad_flags_exit_2_with_one_line(args, message):
     r = subprocess.run([sys.executable, "-m", "alexnet", "train", *args], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr
+
+
+def test_loaded_momentum_takes_its_weights_memory_layout():
+    # Fused SGD adds momentum to the weight as flat memory: an NCHW buffer for a channels_last weight
+    # would update the wrong elements (a towers checkpoint resumed on one process did exactly that).
+    from alexnet.train import _match_layouts
+
+    w = torch.nn.Parameter(torch.randn(4, 3, 5, 5).to(memory_format=torch.channels_last))
+    opt = torch.optim.SGD([w], lr=0.1, momentum=0.9, fused=True)
+    buf = torch.randn(4, 3, 5, 5)                                    # NCHW, as a sliced checkpoint gives it
+    opt.state[w]["momentum_buffer"] = buf.clone()
+    _match_layouts(opt)
+    got = opt.state[w]["momentum_buffer"]
+    assert got.stride() == w.stride() and torch.equal(got, buf)
+    w.grad = torch.ones_like(w)
+    expected = w.detach() - 0.1 * (0.9 * buf + 1)
+    opt.step()
+    torch.testing.assert_close(w.detach(), expected)

@@ -181,6 +181,20 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def _match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give every loaded state tensor its parameter's memory layout.
+
+    The fused SGD kernel walks parameter, gradient and momentum as flat memory, so a momentum buffer that
+    arrives in NCHW order for a channels_last weight (a tower's slice of a checkpoint, say) would be added
+    to the wrong elements, silently.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    optimizer.state[p][key] = torch.empty_like(p).copy_(value)
+
+
 def _rng_state(device: torch.device) -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -257,6 +271,7 @@ def _train(config: TrainConfig, resume: bool, given: dict[str, Any], dist: distr
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        _match_layouts(optimizer)
         schedule.load_state_dict(ckpt["schedule"])
         scaler.load_state_dict(ckpt["scaler"])
         epoch, step_in_epoch, best = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["best"]
