@@ -1,10 +1,18 @@
-"""Small datasets the tests write themselves."""
+"""Small datasets the tests write themselves, and the `alexnet` command as a subprocess."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+
+def run_cli(*args, timeout=600, **kw) -> subprocess.CompletedProcess:
+    """`python -m alexnet ARGS...` in a fresh interpreter, output captured as text."""
+    return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, **kw)
 
 
 def write_image_folders(root: Path, colours: dict[str, list[tuple[int, int, int]]],

@@ -2,14 +2,13 @@
 here: speed itself is what `alexnet bench` is for, not the tests)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from alexnet.bench import run
 from alexnet.model import AlexNet
 from alexnet.summary import summarize
+from conftest import run_cli as cli
 
 
 def check_common(r, name):
@@ -45,9 +44,8 @@ def test_data_compares_the_three_pipelines_on_the_same_files(tmp_path):
 
 
 def test_cli_json_and_bad_input():
-    r = subprocess.run([sys.executable, "-m", "alexnet", "bench", "infer", "--batch-size", "1", "--steps", "1",
-                        "--json"], capture_output=True, text=True, timeout=600)
+    r = cli("bench", "infer", "--batch-size", 1, "--steps", 1, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["benchmark"] == "infer"
-    r = subprocess.run([sys.executable, "-m", "alexnet", "bench", "disk"], capture_output=True, text=True)
+    r = cli("bench", "disk")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "invalid choice" in r.stderr

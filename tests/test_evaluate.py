@@ -17,6 +17,7 @@ from alexnet.data.folders import SkippedFiles
 from alexnet.data.transforms import Normalize
 from alexnet.evaluate import evaluate
 from alexnet.train import train
+from conftest import run_cli as cli
 from conftest import write_image_folders
 
 # ---- a model whose every output can be worked out on paper ----
@@ -112,11 +113,6 @@ def test_ten_views_average_the_softmax_of_the_papers_views():
 
 
 # ---- the command line on a trained checkpoint ----
-
-def cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, **kw)
-
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):

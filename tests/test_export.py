@@ -1,8 +1,6 @@
 """Export: safetensors that every --checkpoint accepts, and ONNX models that compute what PyTorch does."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,12 +9,8 @@ import torch
 from alexnet.cli import main
 from alexnet.export import export
 from alexnet.weights import load_model
+from conftest import run_cli as cli
 from test_weights import make_checkpoint
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
 
 
 def test_cli_export_to_safetensors_predicts_as_the_checkpoint_does(tmp_path):

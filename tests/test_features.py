@@ -1,7 +1,5 @@
 """Features: any layer's activations, batched, equal to a full forward pass's; the `features` command."""
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,15 +11,11 @@ from alexnet.data.decode import load_fixed
 from alexnet.data.transforms import center_view
 from alexnet.features import activations, extract_features, split_images
 from alexnet.weights import load_model
+from conftest import run_cli as cli
 from conftest import write_image_folders
 from test_weights import make_checkpoint
 
 CLASSES = ("ant", "bee", "cow")
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
 
 
 def noise_folders(root, per_class=3, seed=0):

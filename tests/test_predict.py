@@ -2,8 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,15 +13,11 @@ from alexnet.errors import UserError
 from alexnet.model import AlexNet
 from alexnet.predict import expand, predict
 from alexnet.weights import import_torchvision, load_model
+from conftest import run_cli as cli
 from test_weights import make_checkpoint
 
 CLASSES, NAMES = ["a", "b", "c", "d"], ["apple", "banana", "cherry", "date"]
 FC8_BIAS = [0.0, 1.0, 2.0, 3.0]
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
 
 
 @pytest.fixture(scope="module")

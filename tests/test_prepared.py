@@ -3,8 +3,6 @@ accepted wherever a dataset folder is."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from alexnet.data.prepared import PreparedImages, open_prepared, prepare
 from alexnet.data.stats import compute_stats
 from alexnet.data.transforms import Draws, Normalize, train_views
 from alexnet.train import train
+from conftest import run_cli as cli
 
 
 def write_photos(root, per_class=5, classes=("ant", "bee", "cow")):
@@ -34,11 +33,6 @@ def write_photos(root, per_class=5, classes=("ant", "bee", "cow")):
                 pixels = (rng.random((h, w, 3)) * 80 + 60 * c).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
     return root
-
-
-def cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,15 +14,11 @@ from alexnet.features import extract_features, split_images, subset
 from alexnet.model import AlexNet
 from alexnet.viz import curves, filters, neighbors, predictions
 from alexnet.weights import LoadedModel, load_model
+from conftest import run_cli as cli
 from test_features import noise_folders
 from test_weights import make_checkpoint
 
 CLASSES, NAMES = ("ant", "bee", "cow"), ("an ant", "a bee", "a cow")
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
 
 
 def assert_picture(path, size):

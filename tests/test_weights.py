@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from alexnet.data.transforms import Normalize
 from alexnet.errors import UserError
 from alexnet.model import AlexNet
 from alexnet.weights import load_model, save_weights
+from conftest import run_cli as cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,11 +35,6 @@ def make_checkpoint(path, variant="paper", classes=("cat", "dog"), names=None, n
              "epoch": 3, "step_in_epoch": 0, "best": {"top1": 0.75, "epoch": 3}} | (changes or {})
     torch.save(state, path)
     return Path(path)
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,8 @@ def bench_train(batch_size: int = 64, steps: int = 5, device: str = "auto", comp
     return {"benchmark": "train", "ours": ours_ips, "baseline": base_ips, "ratio": ours_ips / base_ips,
             "utilisation": ours_ips * flops_per_image / peak, "peak_tflops": peak / 1e12,
             "achieved_tflops": ours_ips * flops_per_image / 1e12, "batch_size": batch_size,
-            "device": str(dev), "ours_settings": f"paper network, {name(dtype)} autocast, channels_last, fused LRN, fused SGD"
+            "device": str(dev),
+            "ours_settings": f"paper network, {name(dtype)} autocast, channels_last, fused LRN, fused SGD"
             + (", torch.compile" if compile else ""),
             "baseline_settings": "torchvision alexnet, fp32, NCHW, eager, own process (pytorch/examples)",
             "baseline_same_process": batch_size / same_s,

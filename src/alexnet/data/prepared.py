@@ -71,10 +71,7 @@ def _existing_meta(out: Path, folders: ImageFolders, shard_size: int) -> dict:
     meta = {"format": FORMAT, "size": FIXED_SIZE, "shard_size": shard_size, "source": str(folders.root.resolve()),
             "classes": folders.classes, "names": folders.names}
     if out.exists() and any(out.iterdir()):
-        for marker in (out / MARKER, out / "train" / "00000.json"):
-            if marker.is_file():
-                break
-        else:
+        if not is_prepared(out):
             raise UserError(f"{out} exists and is not a prepared dataset; choose a new --out")
         if (out / MARKER).is_file():
             old = json.loads((out / MARKER).read_text())
@@ -92,7 +89,7 @@ def _prepare_split(split: Split, folder: Path, workers: int, shard_size: int, pr
         if json.loads((folder / f"{shard:05d}.json").read_text()).get("sources") != _sources(split, lo, hi):
             raise UserError(f"{folder / f'{shard:05d}.json'} was made from other files than {split.root} holds "
                             f"now; prepare into a new --out (or delete {folder.parent})")
-    todo = [s for s in range(shards) if s not in set(done)]
+    todo = sorted(set(range(shards)) - set(done))
     dataset = FixedSizeImages(split)
     skipped = SkippedFiles(dataset)
     bar = tqdm(total=len(split), initial=sum(min(shard_size, len(split) - s * shard_size) for s in done),
