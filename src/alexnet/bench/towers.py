@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -35,10 +34,13 @@ MODES = ("single", "data-parallel", "towers")
 def _worker(mode: str, batch: int, steps: int, out: Path) -> None:
     """One process of one mode (under torchrun for the two-process modes); rank 0 writes ``out``."""
     from alexnet import distributed, parallel
+    from alexnet.bench.timing import median_seconds
+    from alexnet.memory import reuse_freed_memory
     from alexnet.model import AlexNet
     from alexnet.precision import autocast, autocast_dtype
     from alexnet.precision import name as precision_name
 
+    reuse_freed_memory()   # what every `alexnet` command does, so the modes are timed as train runs them
     dist = distributed.setup("auto")
     try:
         device, dtype = dist.device, autocast_dtype("auto", dist.device)
@@ -67,7 +69,7 @@ def _worker(mode: str, batch: int, steps: int, out: Path) -> None:
 
                 net.register_comm_hook(None, counted)
         model = model.to(memory_format=torch.channels_last).train()
-        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, fused=True)   # as alexnet train
         gen = torch.Generator().manual_seed(dist.rank // (2 if mode == "towers" else 1))
         x = torch.randn(per_process, 3, 227, 227, generator=gen).to(device, memory_format=torch.channels_last)
         y = torch.randint(0, 1000, (per_process,), generator=gen).to(device)
@@ -85,13 +87,8 @@ def _worker(mode: str, batch: int, steps: int, out: Path) -> None:
         distributed.barrier(dist)
         parallel.TRAFFIC.reset()
         grad_bytes[0] = 0
-        times = []
-        for _ in range(steps):
-            t = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t)
         # Each process's median; the step took as long as its slowest process.
-        median = sorted(times)[len(times) // 2]
+        median = median_seconds(step, steps, warmup=0)
         median = float(distributed.all_max(dist, torch.tensor([median], dtype=torch.float64))[0])
         held = sum(p.numel() for p in model.parameters())
         if dist.main:
