@@ -44,6 +44,8 @@ def test_round_trip_through_yaml_text():
     ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
     ({"schedule": "linear"}, "schedule must be one of plateau, step, cosine"),
     ({"warmup_epochs": 100.0}, "warmup_epochs"),
+    ({"dropout_start": 0}, "dropout_start must be at least 1"),
+    ({"dropout_start": 91}, "dropout would never switch on"),
     ({"epochs": "ten"}, "epochs must be a int"),
     ({"learning_rate": 0.1}, "unknown setting learning_rate"),
 ])

@@ -79,6 +79,19 @@ def test_resume_after_an_epoch_matches_an_uninterrupted_run(data, tmp_path):
     assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_late_dropout_is_off_until_its_epoch(data, tmp_path):
+    # Same seed, same batches: with dropout switching on at epoch 2, epoch 1 is the dropout-free run's to
+    # the last bit, and epoch 2 is not.
+    losses = {}
+    for name, kw in {"none": dict(dropout=0.0), "late": dict(dropout=0.5, dropout_start=2),
+                     "always": dict(dropout=0.5)}.items():
+        train(config(data, tmp_path / name, **kw))
+        rows = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        losses[name] = [json.loads(row)["train_loss"] for row in rows]
+    assert losses["late"][0] == losses["none"][0] != losses["always"][0]
+    assert losses["late"][1] != losses["none"][1]
+
+
 def test_sigterm_mid_epoch_saves_and_resume_matches_an_uninterrupted_run(more_data, tmp_path):
     # 16 images in batches of 2: 8 steps an epoch, a checkpoint after every step.
     opts = dict(epochs=1, batch_size=2, save_every=1)

@@ -43,6 +43,7 @@ class TrainConfig:
     init: str = _opt("paper", "paper: N(0, 0.01) weights, biases of 1 in conv2/4/5 and fc6/7; kaiming: He normal; pytorch: layer defaults", INITS)
     zero_init_fc8: bool = _opt(False, "start fc8 at zero, so every class starts equally likely")
     dropout: float = _opt(0.5, "dropout probability on fc6 and fc7")
+    dropout_start: int = _opt(1, "the epoch dropout switches on at; before it, none (late dropout, for short runs)")
     # the optimiser (paper section 5)
     epochs: int = _opt(90, "epochs to train")
     batch_size: int = _opt(128, "global batch size, split across processes")
@@ -87,7 +88,7 @@ class TrainConfig:
         _choice("pca_noise", self.pca_noise, PCA_CHOICES)
         _choice("device", self.device, DEVICES)
         _choice("precision", self.precision, PRECISIONS)
-        for name in ("epochs", "batch_size", "patience", "step_epochs", "log_every"):
+        for name in ("epochs", "batch_size", "patience", "step_epochs", "log_every", "dropout_start"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_lr_drops", "workers", "save_every", "stats_images", "seed"):
@@ -103,6 +104,9 @@ class TrainConfig:
             raise UserError("weight_decay and warmup_epochs must not be negative")
         if self.warmup_epochs >= self.epochs:
             raise UserError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than the run ({self.epochs} epochs)")
+        if self.dropout and self.dropout_start > self.epochs:
+            raise UserError(f"dropout_start ({self.dropout_start}) is after the last epoch ({self.epochs}): "
+                            f"dropout would never switch on")
         if self.towers not in (1, 2):
             raise UserError(f"towers must be 1 or 2 (the paper network has two), got {self.towers}")
         if self.towers == 2 and self.variant != "paper":
