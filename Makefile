@@ -14,13 +14,13 @@ $(STAMP): pyproject.toml
 # The main job on the bundled demo set: generate it, decode it once (alexnet prepare), train the paper
 # network with the demo preset (it fails if val top-1 ends below 90%), evaluate with the paper's 10
 # views, name a few val images, and draw the four pictures of `alexnet viz` into the run folder.
+# A demo set rewritten by a newer generator makes its decoded copy stale: that copy is decoded afresh.
 DEMO_DATA := data/demo
 DEMO_PREP := data/demo-prepared
 DEMO_RUN  := runs/demo
 
 demo: $(STAMP)
 	$(BIN)/alexnet demo-data --out $(DEMO_DATA)
-	# A demo set rewritten by a newer generator makes the decoded copy stale: decode it afresh.
 	test $(DEMO_DATA)/.complete -ot $(DEMO_PREP)/alexnet-prepared.json || rm -rf $(DEMO_PREP)
 	$(BIN)/alexnet prepare --data $(DEMO_DATA) --out $(DEMO_PREP)
 	rm -rf $(DEMO_RUN)

@@ -51,6 +51,11 @@ def test_an_image_does_not_depend_on_how_many_are_generated(small_set, tmp_path)
 
 # ---- layout and content ----
 
+def test_worker_processes_write_the_same_bytes(small_set, tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "PARALLEL_FROM", 0)
+    assert digests(write_demo_set(tmp_path / "parallel", seed=0, progress=False, **SMALL)) == digests(small_set)
+
+
 def test_layout_classes_and_balance(small_set):
     slugs = [slug for slug, _ in DEMO_CLASSES]
     assert slugs == sorted(slugs), "DEMO_CLASSES order must be the sorted-folder label order"

@@ -227,8 +227,8 @@ def _add_train(sub) -> None:
                               "alexnet train --out RUN --resume")
     types = {"int": _non_negative_int, "float": float, "str": str}
     special = {"epochs": positive_int, "batch_size": positive_int, "patience": positive_int,
-               "step_epochs": positive_int, "log_every": positive_int, "dropout_start": positive_int, "lr": _positive_float,
-               "lr_gamma": _positive_float, "dropout": _fraction, "momentum": _fraction,
+               "step_epochs": positive_int, "log_every": positive_int, "dropout_start": positive_int,
+               "lr": _positive_float, "lr_gamma": _positive_float, "dropout": _fraction, "momentum": _fraction,
                "label_smoothing": _fraction, "data": existing_path}
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")

@@ -43,7 +43,7 @@ class TrainConfig:
     init: str = _opt("paper", "paper: N(0, 0.01) weights, biases of 1 in conv2/4/5 and fc6/7; kaiming: He normal; pytorch: layer defaults", INITS)
     zero_init_fc8: bool = _opt(False, "start fc8 at zero, so every class starts equally likely")
     dropout: float = _opt(0.5, "dropout probability on fc6 and fc7")
-    dropout_start: int = _opt(1, "the epoch dropout switches on at; before it, none (late dropout, for short runs)")
+    dropout_start: int = _opt(1, "the epoch dropout switches on at; none before it (late dropout)")
     # the optimiser (paper section 5)
     epochs: int = _opt(90, "epochs to train")
     batch_size: int = _opt(128, "global batch size, split across processes")
