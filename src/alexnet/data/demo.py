@@ -25,7 +25,7 @@ Determinism: every image draws from its own numpy Generator seeded with (seed, s
 the output does not depend on generation order; JPEGs are written at a fixed quality with no metadata.
 The same seed gives the same bytes with the same numpy, Pillow and libjpeg.
 
-Measured on a 2-core CPU, default size (10 classes x (240 train + 30 val) = 2,700 images, 80 MB), seed 0.
+Measured on a 2-core CPU, default size (10 classes x (240 train + 30 val) = 2,700 images, 70 MB), seed 0.
 - `alexnet demo-data --out DIR`: 25 s in two processes; a second call on the complete set returns in
   under a millisecond.
 - Linear classifier on raw pixels (`python benchmarks/linear_baseline.py --data DIR`: each image's central
