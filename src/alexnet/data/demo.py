@@ -340,7 +340,8 @@ def _generate(root: Path, seed: int, counts: dict[str, int], progress: bool) -> 
             (root / split / slug).mkdir(parents=True)
             items += [(split, c, i) for i in range(n)]
     chunks = [items[k:k + 25] for k in range(0, len(items), 25)]
-    workers = min(len(os.sched_getaffinity(0)), len(chunks))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(cpus, len(chunks))
     with tqdm(total=len(items), desc="demo set", unit="img", disable=None if progress else True) as bar:
         if workers < 2 or len(items) < PARALLEL_FROM:
             for chunk in chunks:
