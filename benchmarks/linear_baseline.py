@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from torch.nn import functional as F
 
 from alexnet.data.folders import FixedSizeImages, discover
 from alexnet.data.prepared import is_prepared, open_prepared
+from alexnet.errors import UserError
 
 
 def pixels(dataset, res: int, crop: int = 227) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,4 +97,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:
+        print(f"linear_baseline: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
