@@ -21,15 +21,15 @@ import torch
 from torch.nn import functional as F
 
 from alexnet.data.folders import FixedSizeImages, discover
+from alexnet.data.loader import eval_loader
 from alexnet.data.prepared import is_prepared, open_prepared
 from alexnet.errors import UserError
 
 
 def pixels(dataset, res: int, crop: int = 227) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 3 * res * res) float features and (N,) labels of every image's central crop."""
+    """(N, 3 * res * res) float features and (N,) labels of every readable image's central crop."""
     chunks, labels = [], []
-    for start in range(0, len(dataset), 100):
-        images, y, _, errors = dataset.__getitems__(list(range(start, min(len(dataset), start + 100))))
+    for images, y, _, errors in eval_loader(dataset, 100, rank=0, world=1, workers=2, pin_memory=False):
         keep = torch.tensor([not e for e in errors], dtype=torch.bool)
         x = images[keep].permute(0, 3, 1, 2).float()
         top, left = (x.shape[2] - crop) // 2, (x.shape[3] - crop) // 2
@@ -67,11 +67,11 @@ def main() -> None:
 
     data = Path(args.data)
     if is_prepared(data):
-        _, sets = open_prepared(data)
+        folders, sets = open_prepared(data)
     else:
-        splits = discover(data).splits
-        sets = {name: FixedSizeImages(splits[name]) for name in ("train", "val")}
-    classes = len(sets["train"].classes)
+        folders = discover(data)
+        sets = {name: FixedSizeImages(folders.splits[name]) for name in ("train", "val")}
+    classes = len(folders.classes)
     rows = []
     for res in args.res:
         x, y = pixels(sets["train"], res)
