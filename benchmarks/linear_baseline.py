@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from alexnet.data.folders import FixedSizeImages, discover
 from alexnet.data.loader import eval_loader
-from alexnet.data.prepared import is_prepared, open_prepared
+from alexnet.data.sources import open_data
 from alexnet.errors import UserError
 
 
@@ -65,13 +64,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    data = Path(args.data)
-    if is_prepared(data):
-        folders, sets = open_prepared(data)
-    else:
-        folders = discover(data)
-        sets = {name: FixedSizeImages(folders.splits[name]) for name in ("train", "val")}
-    classes = len(folders.classes)
+    source = open_data(Path(args.data))
+    sets, classes = source.splits, len(source.classes)
     rows = []
     for res in args.res:
         x, y = pixels(sets["train"], res)

@@ -1,6 +1,7 @@
 """The command line: help everywhere, summary output, and one-line exit-2 errors for bad input."""
 
 import argparse
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from alexnet.cli import build_parser, existing_path, main
+from alexnet.config import TrainConfig, resolve
+from alexnet.errors import UserError
 
 
 def subcommands() -> list[str]:
@@ -47,6 +50,9 @@ def test_summary_table_for_owt(capsys):
     (["summary", "--variant", "owt", "--input-size", "20"], "does not fit the owt network"),
     (["summary", "--bogus"], "unrecognized arguments: --bogus"),
     (["nonsense"], "invalid choice: 'nonsense'"),
+    (["train", "--weight-decay", "nan"], "expected a non-negative number, got nan"),
+    (["train", "--weight-decay", "inf"], "expected a non-negative number, got inf"),
+    (["train", "--warmup-epochs", "nan"], "expected a non-negative number, got nan"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, fragment):
     # A real process: what a user sees on stderr, traceback or not.
@@ -73,3 +79,23 @@ def test_console_script_is_installed():
     assert exe is not None
     r = subprocess.run([exe, "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("alexnet ")
+
+
+# For each kind of number setting: a value the kind refuses, and the nearest it accepts.
+OUTSIDE_AND_INSIDE = {"count": ("0", "1"), "non-negative": ("-1", "0"), "positive": ("0", "1e-9"),
+                      "fraction": ("1", "0")}
+
+
+@pytest.mark.parametrize("field", [f for f in dataclasses.fields(TrainConfig) if f.metadata["kind"]],
+                         ids=lambda f: f.name)
+def test_train_flags_refuse_what_the_config_refuses(field, capsys):
+    parser, flag = build_parser(), "--" + field.name.replace("_", "-")
+    number = {"int": int, "float": float}[field.type.replace(" | None", "")]
+    outside, inside = OUTSIDE_AND_INSIDE[field.metadata["kind"]]
+    assert getattr(parser.parse_args(["train", flag, inside]), field.name) == number(inside)
+    refused = [outside] + (["nan", "inf"] if number is float else [])
+    for text in refused:
+        with pytest.raises(SystemExit):
+            parser.parse_args(["train", flag, text])
+        with pytest.raises(UserError, match=field.name):
+            resolve("paper", {field.name: number(text)})

@@ -1,9 +1,20 @@
 """Presets, flag overrides and validation of the training configuration."""
 
-import pytest
+import dataclasses
+from pathlib import Path
 
-from alexnet.config import PRESETS, TrainConfig, dump_yaml, from_dict, preset_values, resolve
+import pytest
+import yaml
+
+from alexnet.config import KINDS, PRESETS, TrainConfig, dump_yaml, from_dict, preset_values, resolve
 from alexnet.errors import UserError
+
+PRESET_FILES = Path(__file__).resolve().parents[1] / "src" / "alexnet" / "presets"
+
+
+def preset_file(name: str) -> dict:
+    """A preset as its file reads, without alexnet.config in between."""
+    return yaml.safe_load((PRESET_FILES / f"{name}.yaml").read_text()) or {}
 
 
 def test_paper_preset_is_the_papers_recipe():
@@ -22,8 +33,24 @@ def test_torchvision_preset_is_torchvisions_recipe():
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_loads_and_validates(preset):
-    assert set(preset_values(preset)) <= set(TrainConfig.__dataclass_fields__)
-    resolve(preset, {})
+    written = preset_file(preset)
+    assert written and set(preset_values(preset)) == set(written)
+    c = resolve(preset, {})
+    assert {k: getattr(c, k) for k in written} == written
+
+
+def test_paper_preset_only_writes_out_the_defaults():
+    # paper.yaml says every value in it equals TrainConfig's default: the defaults are the paper's recipe.
+    defaults = TrainConfig()
+    assert {k: getattr(defaults, k) for k in preset_file("paper")} == preset_file("paper")
+
+
+def test_every_number_setting_has_a_kind():
+    # The kind is what validate() and the command line's flag types both check; a number without one
+    # would take any value.
+    for f in dataclasses.fields(TrainConfig):
+        if f.type.replace(" | None", "") in ("int", "float"):
+            assert f.metadata["kind"] in KINDS, f.name
 
 
 def test_flags_override_the_preset_and_none_means_not_given():
@@ -48,7 +75,21 @@ def test_round_trip_through_yaml_text():
     ({"dropout_start": 91}, "dropout would never switch on"),
     ({"epochs": "ten"}, "epochs must be a int"),
     ({"learning_rate": 0.1}, "unknown setting learning_rate"),
+    ({"towers": 0}, "towers must be at least 1"),
+    ({"workers": -1}, "workers must not be negative"),
+    ({"weight_decay": -1e-4}, "weight_decay must not be negative"),
+    ({"weight_decay": float("nan")}, "weight_decay must be a finite number, got nan"),
+    ({"weight_decay": float("inf")}, "weight_decay must be a finite number, got inf"),
+    ({"warmup_epochs": float("nan")}, "warmup_epochs must be a finite number"),
+    ({"lr": float("inf")}, "lr must be a finite number"),
+    ({"label_smoothing": float("-inf")}, "label_smoothing must be a finite number"),
 ])
 def test_bad_settings_are_user_errors(values, message):
     with pytest.raises(UserError, match=message):
         resolve("paper", values)
+
+
+def test_bad_settings_in_a_recorded_config_are_user_errors_too():
+    values = dict(resolve("paper", {}).to_dict(), weight_decay=float("nan"))
+    with pytest.raises(UserError, match="weight_decay must be a finite number"):
+        from_dict(values, "config.yaml")

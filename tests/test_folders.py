@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from alexnet.data.folders import FixedSizeImages, SkippedFiles, discover
+from alexnet.data.imageset import ImageSet
 from alexnet.errors import UserError
 
 
@@ -75,7 +76,7 @@ def test_bad_files_are_skipped_warned_once_and_counted_per_epoch(tiny_folders):
     ds = FixedSizeImages(discover(root).splits["train"])
     log = io.StringIO()
     skipped = SkippedFiles(ds, stream=log)
-    loader = DataLoader(ds, batch_size=4, num_workers=2)
+    loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=ImageSet.collate)   # whole batches
     for _epoch in range(2):
         kept = 0
         for images, labels, indices, errors in loader:

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 from alexnet import AlexNet, LocalResponseNorm, summarize
+from alexnet.reference import LAYERS, LRN_CONVENTIONS, conv_forward, lrn_forward, maxpool_forward, relu_forward
 
 GOLDEN = Path(__file__).parent / "data" / "golden_forward.json"
 
@@ -147,13 +149,47 @@ def test_owt_accepts_other_input_sizes_like_torchvision():
     assert m(torch.zeros(1, 3, 256, 256)).shape == (1, 10)
 
 
-def test_features_and_head_compose_to_forward():
+def numpy_pool5(model: AlexNet, x: torch.Tensor) -> torch.Tensor:
+    """pool5 of the paper network by the NumPy reference's layers (alexnet.reference): no torch involved."""
+    p = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
+    a = x.double().numpy()
+    for _, kind, key, hp in LAYERS[:[layer[0] for layer in LAYERS].index("flatten")]:
+        if kind == "conv":
+            a, _ = conv_forward(a, p[f"{key}.weight"], p[f"{key}.bias"], **hp)
+        elif kind == "relu":
+            a, _ = relu_forward(a)
+        elif kind == "lrn":
+            a, _ = lrn_forward(a, towers=2, **LRN_CONVENTIONS[model.lrn])
+        else:
+            assert kind == "pool", kind
+            a, _ = maxpool_forward(a, size=3, stride=2)
+    return torch.from_numpy(a)
+
+
+def head_by_hand(model: AlexNet, pool5: torch.Tensor) -> torch.Tensor:
+    """fc6 -> ReLU -> fc7 -> ReLU -> fc8 from the state_dict: what the classifier is in eval mode (no dropout)."""
+    w = {k: v.double() for k, v in model.state_dict().items()}
+    h = torch.flatten(pool5.double(), 1)
+    h = F.relu(F.linear(h, w["classifier.0.weight"], w["classifier.0.bias"]))
+    h = F.relu(F.linear(h, w["classifier.3.weight"], w["classifier.3.bias"]))
+    return F.linear(h, w["classifier.6.weight"], w["classifier.6.bias"])
+
+
+def test_features_and_head_match_independent_computations():
     torch.manual_seed(0)
-    m = AlexNet("paper", num_classes=10).eval()
-    x = torch.randn(1, 3, 227, 227)
-    f = m.forward_features(x)
-    assert f.shape == (1, 256, 6, 6)
-    assert torch.equal(m.forward_head(f), m(x))
+    # He init keeps activations O(1) through the layers, so pool5 depends on the image (with the paper's
+    # init the biases of 1 would dominate it) and LRN works in its nonlinear range.
+    m = AlexNet("paper", num_classes=10, init="kaiming").eval()
+    x = torch.rand(2, 3, 227, 227, generator=torch.Generator().manual_seed(1)) * 255 - 128
+    with torch.no_grad():
+        f = m.forward_features(x)
+        expected = numpy_pool5(m, x)
+        assert f.shape == (2, 256, 6, 6) and (expected[0] - expected[1]).abs().max() > 1e-2 * expected.abs().max()
+        torch.testing.assert_close(f.double(), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+        logits = head_by_hand(m, expected)
+        torch.testing.assert_close(m.forward_head(expected.float()).double(), logits, rtol=1e-4,
+                                   atol=1e-4 * logits.abs().max().item())
+        torch.testing.assert_close(m(x).double(), logits, rtol=1e-3, atol=1e-3 * logits.abs().max().item())
 
 
 def test_reset_classifier_replaces_fc8_only():

@@ -11,10 +11,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from alexnet.config import resolve
-from alexnet.data import prepared
+from alexnet.data import prepare as prepare_module
 from alexnet.data.folders import FixedSizeImages, discover
 from alexnet.data.loader import eval_loader, train_loader
-from alexnet.data.prepared import PreparedImages, open_prepared, prepare
+from alexnet.data.prepare import prepare
+from alexnet.data.prepared import PreparedImages, open_prepared
 from alexnet.data.stats import compute_stats
 from alexnet.data.transforms import Draws, Normalize, train_views
 from alexnet.train import train
@@ -49,7 +50,8 @@ def prep(tmp_path_factory):
 def test_shards_hold_the_folder_pipelines_pixels_exactly(prep):
     data, out = prep
     folders = discover(data)
-    ours, sets = open_prepared(out)
+    ours = open_prepared(out)
+    sets = ours.splits
     assert (ours.classes, ours.names) == (folders.classes, ["an ant", "a bee", "a cow"])
     for split in ("train", "val"):
         jpeg = FixedSizeImages(folders.splits[split])
@@ -115,8 +117,8 @@ def test_an_interrupted_prepare_resumes_without_redoing_finished_shards(prep, tm
     assert r.returncode == 2 and "unfinished `alexnet prepare`" in r.stderr and "Traceback" not in r.stderr
 
     written = []
-    real = prepared._write_shard
-    monkeypatch.setattr(prepared, "_write_shard", lambda folder, shard, *a: (written.append((folder.name, shard)),
+    real = prepare_module._write_shard
+    monkeypatch.setattr(prepare_module, "_write_shard", lambda folder, shard, *a: (written.append((folder.name, shard)),
                                                                             real(folder, shard, *a)))
     prepare(data, out, workers=0, shard_size=4, progress=False)
     assert written == [("train", 2)]
@@ -162,12 +164,12 @@ def test_training_on_prep_ends_with_the_weights_of_training_on_the_folder(tmp_pa
 
 
 def test_features_and_neighbours_read_a_prepared_split(prep):
-    from alexnet.features import split_images, subset
+    from alexnet.features import split_images
 
     data, out = prep
     fast, slow = split_images(out, "train"), split_images(data, "train")
     assert isinstance(fast, PreparedImages) and len(fast) == 15
-    picked = subset(fast, [7, 2])
+    picked = fast.subset([7, 2])
     assert len(picked) == 2 and picked.path(0) == fast.path(7)
     image, label, _, _ = picked[0]
     assert torch.equal(image, fast[7][0]) and label == fast[7][1]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from alexnet.cli import main
 from alexnet.data.transforms import Normalize
-from alexnet.features import extract_features, split_images, subset
+from alexnet.features import extract_features, split_images
 from alexnet.model import AlexNet
 from alexnet.viz import curves, filters, neighbors, predictions
 from alexnet.weights import LoadedModel, load_model
@@ -209,7 +209,7 @@ def test_neighbours_are_the_true_nearest_training_images(paper):
     chosen = neighbors.query_indices(len(val), 3)
     assert [val.split.samples[i][0] for i in chosen] == [q.path for q in found]
     assert len({val.split.samples[i][1] for i in chosen}) == 3      # one query per class
-    queries = extract_features(loaded, subset(val, chosen), batch_size=1, workers=0, progress=False)
+    queries = extract_features(loaded, val.subset(chosen), batch_size=1, workers=0, progress=False)
     expected_i, expected_d = brute_force(train.features, queries.features, 6)
     for q, row_i, row_d in zip(found, expected_i, expected_d):
         assert [n.path for n in q.neighbours] == [train.paths[i] for i in row_i]

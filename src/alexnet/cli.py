@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -118,7 +119,7 @@ def _add_prepare(sub) -> None:
 
 
 def _run_prepare(args) -> int:
-    from alexnet.data.prepared import prepare
+    from alexnet.data.prepare import prepare
 
     meta = prepare(args.data, args.out, workers=args.workers)
     counts = ", ".join(f"{name} {s['images']} images ({s['skipped']} unreadable left out)"
@@ -193,24 +194,53 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _finite_float(text: str, expected: str) -> float:
+    """``text`` as a float, nan and inf refused: no setting means them, and either would poison a run."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite_float(text, "a positive number")
+    if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = _finite_float(text, "a non-negative number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    value = _finite_float(text, "a number in [0, 1)")
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
     return value
+
+
+# The flag type for each (kind, type) of a TrainConfig field: its `kind` (config.py) names the constraint.
+_KIND_TYPES = {
+    ("count", "int"): positive_int,
+    ("non-negative", "int"): _non_negative_int,
+    ("non-negative", "float"): _non_negative_float,
+    ("positive", "float"): _positive_float,
+    ("fraction", "float"): _fraction,
+    (None, "str"): str,
+}
+
+
+def _flag_type(field):
+    if field.name == "data":
+        return existing_path
+    return _KIND_TYPES[field.metadata["kind"], field.type.replace(" | None", "")]
 
 
 def _add_train(sub) -> None:
@@ -225,21 +255,15 @@ def _add_train(sub) -> None:
                               "alexnet train --data /imagenet --out runs/paper;  "
                               "torchrun --nproc_per_node=2 -m alexnet train --data DIR --out RUN;  "
                               "alexnet train --out RUN --resume")
-    types = {"int": _non_negative_int, "float": float, "str": str}
-    special = {"epochs": positive_int, "batch_size": positive_int, "patience": positive_int,
-               "step_epochs": positive_int, "log_every": positive_int, "dropout_start": positive_int,
-               "lr": _positive_float, "lr_gamma": _positive_float, "dropout": _fraction, "momentum": _fraction,
-               "label_smoothing": _fraction, "data": existing_path}
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         meta = f.metadata
         if f.type == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=meta["help"])
             continue
-        kind = f.type.replace(" | None", "")
-        p.add_argument(flag, type=special.get(f.name, types[kind]), choices=meta["choices"], default=None,
+        p.add_argument(flag, type=_flag_type(f), choices=meta["choices"], default=None,
                        metavar=None if meta["choices"] else f.name.upper(),
-                       help=f"{meta['help']} (paper default: {f.default})")
+                       help=meta["help"] + ("" if f.default is None else f" (paper default: {f.default})"))
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--require-top1", type=_fraction, default=None, metavar="FRACTION",
                    help="exit with status 1 if the best val top-1 ends below this (e.g. 0.9): a run that doubles as a check")
@@ -330,7 +354,7 @@ def _add_predict(sub) -> None:
 
 
 def _run_predict(args) -> int:
-    from alexnet.distributed import pick_device
+    from alexnet.device import pick_device
     from alexnet.predict import as_dict, expand, format_prediction, predict
     from alexnet.weights import load_model
 
@@ -478,12 +502,10 @@ def _add_feature_options(p: argparse.ArgumentParser, default_layer: str, devices
 
 
 def _feature_kwargs(args) -> dict:
-    from alexnet.distributed import pick_device
-    from alexnet.precision import autocast_dtype
+    from alexnet.device import device_and_dtype
 
-    device = pick_device(args.device)
-    return {"batch_size": args.batch_size, "workers": args.workers, "device": device,
-            "dtype": autocast_dtype(args.precision, device)}
+    device, dtype = device_and_dtype(args.device, args.precision)
+    return {"batch_size": args.batch_size, "workers": args.workers, "device": device, "dtype": dtype}
 
 
 def _run_viz_curves(args) -> int:
@@ -507,7 +529,7 @@ def _run_viz_filters(args) -> int:
 
 
 def _run_viz_predictions(args) -> int:
-    from alexnet.distributed import pick_device
+    from alexnet.device import pick_device
     from alexnet.predict import expand
     from alexnet.viz.predictions import draw_predictions
     from alexnet.weights import load_model

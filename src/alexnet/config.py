@@ -8,6 +8,7 @@ checkpoints, so a run can be resumed or reproduced from it alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -16,19 +17,31 @@ from typing import Any
 import yaml
 
 from alexnet.data.transforms import NORMALIZATIONS
+from alexnet.device import DEVICES
 from alexnet.errors import UserError
 from alexnet.lrn import LRN_CONVENTIONS
-from alexnet.model import INITS, VARIANTS
+from alexnet.model import INITS, INPUT_SIZE, VARIANTS
 
 PRESETS = ("paper", "demo", "torchvision")
 SCHEDULES = ("plateau", "step", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
 PCA_CHOICES = ("paper", "cuda-convnet", "none")
 
 
-def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+# What a number setting may be, named once per field (its `kind`): validate() checks it, and the command
+# line picks the flag type that refuses anything else before a run starts. Every number must be finite.
+KINDS = {
+    "count": (lambda v: v >= 1, "must be at least 1"),
+    "non-negative": (lambda v: v >= 0, "must not be negative"),
+    "positive": (lambda v: v > 0, "must be positive"),
+    "fraction": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+}
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, kind: str | None = None) -> Any:
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "kind": kind})
 
 
 @dataclass
@@ -42,66 +55,50 @@ class TrainConfig:
     lrn: str = _opt("paper", "LRN convention (paper variant)", tuple(LRN_CONVENTIONS))
     init: str = _opt("paper", "paper: N(0, 0.01) weights, biases of 1 in conv2/4/5 and fc6/7; kaiming: He normal; pytorch: layer defaults", INITS)
     zero_init_fc8: bool = _opt(False, "start fc8 at zero, so every class starts equally likely")
-    dropout: float = _opt(0.5, "dropout probability on fc6 and fc7")
-    dropout_start: int = _opt(1, "the epoch dropout switches on at; none before it (late dropout)")
+    dropout: float = _opt(0.5, "dropout probability on fc6 and fc7", kind="fraction")
+    dropout_start: int = _opt(1, "the epoch dropout switches on at; none before it (late dropout)", kind="count")
     # the optimiser (paper section 5)
-    epochs: int = _opt(90, "epochs to train")
-    batch_size: int = _opt(128, "global batch size, split across processes")
-    lr: float = _opt(0.01, "peak learning rate")
-    momentum: float = _opt(0.9, "SGD momentum")
-    weight_decay: float = _opt(5e-4, "SGD weight decay")
+    epochs: int = _opt(90, "epochs to train", kind="count")
+    batch_size: int = _opt(128, "global batch size, split across processes", kind="count")
+    lr: float = _opt(0.01, "peak learning rate", kind="positive")
+    momentum: float = _opt(0.9, "SGD momentum", kind="fraction")
+    weight_decay: float = _opt(5e-4, "SGD weight decay", kind="non-negative")
     schedule: str = _opt("plateau", "plateau: divide when val top-1 stops improving (paper); step; cosine", SCHEDULES)
-    patience: int = _opt(5, "plateau: epochs without improvement before dividing the learning rate")
-    max_lr_drops: int = _opt(3, "plateau: at most this many divisions (the paper made 3)")
-    step_epochs: int = _opt(30, "step: divide the learning rate every this many epochs")
-    lr_gamma: float = _opt(0.1, "the factor each division multiplies the learning rate by")
-    warmup_epochs: float = _opt(0.0, "linear learning-rate warm-up from zero, in epochs")
-    label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy")
+    patience: int = _opt(5, "plateau: epochs without improvement before dividing the learning rate", kind="count")
+    max_lr_drops: int = _opt(3, "plateau: at most this many divisions (the paper made 3)", kind="non-negative")
+    step_epochs: int = _opt(30, "step: divide the learning rate every this many epochs", kind="count")
+    lr_gamma: float = _opt(0.1, "the factor each division multiplies the learning rate by", kind="positive")
+    warmup_epochs: float = _opt(0.0, "linear learning-rate warm-up from zero, in epochs", kind="non-negative")
+    label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy", kind="fraction")
     # the data (paper section 4.1)
     normalization: str = _opt("mean-image", "mean-image: minus the per-pixel training mean (paper); channel; imagenet",
                               NORMALIZATIONS)
     pca_noise: str = _opt("paper", "PCA colour noise: paper (alpha lambda), cuda-convnet (alpha sqrt(lambda)), none",
                           PCA_CHOICES)
     flip: bool = _opt(True, "random horizontal reflections")
-    stats_images: int = _opt(0, "images used for the mean image and PCA (0: all)")
+    stats_images: int = _opt(0, "images used for the mean image and PCA (0: all)", kind="non-negative")
     # the machine
     device: str = _opt("auto", "auto: CUDA when present, else CPU", DEVICES)
     precision: str = _opt("auto", "auto: bf16 autocast where the hardware has it, else fp32", PRECISIONS)
     channels_last: bool = _opt(True, "channels_last memory format")
     compile: bool = _opt(False, "torch.compile the model")
     towers: int = _opt(1, "2: the paper network's towers on two processes, as on the paper's two GPUs "
-                          "(torchrun with a multiple of 2 processes: towers x data-parallel replicas)")
-    workers: int = _opt(2, "data-loading processes per training process")
-    seed: int = _opt(0, "random seed (each process adds its rank)")
+                          "(torchrun with a multiple of 2 processes: towers x data-parallel replicas)", kind="count")
+    workers: int | None = _opt(None, "data-loading processes per training process (default: 2 where images are decoded "
+                                       "or a GPU is fed, 0 for prepared data on a CPU)", kind="non-negative")
+    seed: int = _opt(0, "random seed (each process adds its rank)", kind="non-negative")
     # bookkeeping
-    save_every: int = _opt(0, "also write last.pt every this many steps (0: at the end of each epoch only)")
-    log_every: int = _opt(10, "steps between progress-bar updates")
+    save_every: int = _opt(0, "also write last.pt every this many steps (0: at the end of each epoch only)",
+                           kind="non-negative")
+    log_every: int = _opt(10, "steps between progress-bar updates", kind="count")
     tensorboard: bool = _opt(False, "also log to RUN/tensorboard (needs the tensorboard package)")
 
     def validate(self) -> TrainConfig:
-        _choice("preset", self.preset, PRESETS)
-        _choice("variant", self.variant, VARIANTS)
-        _choice("lrn", self.lrn, tuple(LRN_CONVENTIONS))
-        _choice("init", self.init, INITS)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("normalization", self.normalization, NORMALIZATIONS)
-        _choice("pca_noise", self.pca_noise, PCA_CHOICES)
-        _choice("device", self.device, DEVICES)
-        _choice("precision", self.precision, PRECISIONS)
-        for name in ("epochs", "batch_size", "patience", "step_epochs", "log_every", "dropout_start"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_lr_drops", "workers", "save_every", "stats_images", "seed"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{name} must not be negative, got {getattr(self, name)}")
-        for name in ("lr", "lr_gamma"):
-            if not getattr(self, name) > 0:
-                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("momentum", "dropout", "label_smoothing"):
-            if not 0 <= getattr(self, name) < 1:
-                raise UserError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise UserError("weight_decay and warmup_epochs must not be negative")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["choices"]:
+                _choice(f.name, value, f.metadata["choices"])
+            _check_number(f.name, value, f.metadata["kind"])
         if self.warmup_epochs >= self.epochs:
             raise UserError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than the run ({self.epochs} epochs)")
         if self.dropout and self.dropout_start > self.epochs:
@@ -118,7 +115,18 @@ class TrainConfig:
 
     @property
     def crop(self) -> int:
-        return 227 if self.variant == "paper" else 224
+        return INPUT_SIZE[self.variant]
+
+
+def _check_number(name: str, value: Any, kind: str | None) -> None:
+    if value is None:  # an optional setting left to be chosen automatically
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number, got {value}")
+    if kind is not None:
+        ok, must = KINDS[kind]
+        if not ok(value):
+            raise UserError(f"{name} {must}, got {value}")
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -16,6 +16,9 @@ from typing import Any
 import torch
 import torch.distributed as td
 
+# The one device rule lives in device.py; importable from here too.
+from alexnet.device import pick_device
+
 
 @dataclass
 class Dist:
@@ -34,16 +37,6 @@ class Dist:
     @property
     def active(self) -> bool:
         return self.world > 1
-
-
-def pick_device(setting: str, local_rank: int = 0) -> torch.device:
-    """"auto": this process's CUDA device when there is one, else the CPU."""
-    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        from alexnet.errors import UserError
-        raise UserError("--device cuda was asked for, but PyTorch sees no CUDA device")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 def setup(device_setting: str = "auto") -> Dist:

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from alexnet import distributed
-from alexnet.data.folders import SkippedFiles, Split
+from alexnet.data.folders import SkippedFiles
 from alexnet.data.transforms import Normalize, center_view, ten_views
 from alexnet.errors import UserError
 from alexnet.precision import autocast
@@ -75,9 +75,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int = 1
     Under torchrun each process evaluates its own shard and the counts are summed, so the numbers are
     the single-process ones. Returns the metrics (plus "crops") on rank 0, None on the other ranks.
     """
-    from alexnet.data.folders import FixedSizeImages, discover
     from alexnet.data.loader import eval_loader
-    from alexnet.data.prepared import is_prepared, open_prepared
+    from alexnet.data.sources import open_split
     from alexnet.precision import autocast_dtype
     from alexnet.weights import load_model
 
@@ -86,10 +85,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int = 1
     dist = distributed.setup(device)
     try:
         loaded = load_model(checkpoint)
-        if is_prepared(data):
-            val = open_prepared(data, splits=("val",))[1]["val"].relabelled(loaded.classes)
-        else:
-            val = FixedSizeImages(labelled_by(discover(data, splits=("val",)).splits["val"], loaded.classes))
+        val = open_split(data, "val", classes=loaded.classes)
         dtype = autocast_dtype(precision, dist.device)
         loader = eval_loader(val, batch_size, dist.rank, dist.world, workers, pin_memory=dist.device.type == "cuda")
         model = loaded.model.to(dist.device)
@@ -98,20 +94,3 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int = 1
         return metrics | {"crops": crops} if dist.main else None
     finally:
         distributed.teardown(dist)
-
-
-def labelled_by(split: Split, classes: list[str]) -> Split:
-    """``split`` with each sample labelled by its class's index among the network's ``classes``.
-
-    The data may hold all of the network's classes or any subset of them (ImageNet val/ restricted to
-    a few folders, say); a folder the network has no output for is an error, not a silent miss.
-    """
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = [c for c in split.classes if c not in index]
-    if unknown:
-        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
-        known = ", ".join(classes[:3]) + (", ..." if len(classes) > 3 else "")
-        raise UserError(f"{split.root} has class folders the network has no output for: "
-                        f"{', '.join(unknown[:3])}{more} (it knows {len(classes)} classes: {known})")
-    samples = [(path, index[split.classes[label]]) for path, label in split.samples]
-    return Split(root=split.root, classes=list(classes), samples=samples)

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from alexnet.data.folders import FixedSizeImages, SkippedFiles, Split, discover
+from alexnet.data.folders import SkippedFiles
+from alexnet.data.imageset import ImageSet
 from alexnet.data.transforms import center_view
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
@@ -73,25 +74,15 @@ def activations(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
     raise KeyError(f"no layer {layer!r} in the {model.variant} network")
 
 
-def split_images(data: str | Path, split: str = "val") -> FixedSizeImages:
-    """DATA/<split>/<class>/* as a dataset labelled by the data's own class folders."""
-    from alexnet.data.prepared import is_prepared, open_prepared
+def split_images(data: str | Path, split: str = "val") -> ImageSet:
+    """DATA's ``split`` (any kind of data: data/sources.py), labelled by the data's own classes."""
+    from alexnet.data.sources import open_split
 
-    if is_prepared(data):
-        return open_prepared(data, splits=(split,))[1][split]
-    folders = discover(data, splits=(split,))
-    return FixedSizeImages(folders.splits[split])
-
-
-def subset(images: FixedSizeImages, indices: list[int]) -> FixedSizeImages:
-    if hasattr(images, "subset"):       # a prepared split: its pixels are in its shards, not in the files
-        return images.subset(indices)
-    split = images.split
-    return FixedSizeImages(Split(split.root, split.classes, [split.samples[i] for i in indices]), images.size)
+    return open_split(data, split)
 
 
 @torch.no_grad()
-def iter_features(loaded: LoadedModel, images: FixedSizeImages, layer: str = DEFAULT_LAYER, batch_size: int = 64,
+def iter_features(loaded: LoadedModel, images: ImageSet, layer: str = DEFAULT_LAYER, batch_size: int = 64,
                   workers: int = 2, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
                   progress: bool = True, skipped: SkippedFiles | None = None,
                   desc: str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -116,7 +107,7 @@ def iter_features(loaded: LoadedModel, images: FixedSizeImages, layer: str = DEF
         yield indices[keep], feats          # outside autocast: the caller's code must not run under it
 
 
-def extract_features(loaded: LoadedModel, images: FixedSizeImages, layer: str = DEFAULT_LAYER, **kwargs) -> Features:
+def extract_features(loaded: LoadedModel, images: ImageSet, layer: str = DEFAULT_LAYER, **kwargs) -> Features:
     """Every readable image's ``layer`` activations in one (N, D) tensor; see iter_features for kwargs."""
     skipped = SkippedFiles(images)
     rows, parts = [], []

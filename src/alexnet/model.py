@@ -41,6 +41,15 @@ PAPER_INIT_STD = 0.01
 PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
 
 
+def check_pool5(x: torch.Tensor) -> None:
+    """The paper network's fc6 takes a 6x6 pool5; any other size is the wrong input size, so say that
+    rather than let fc6 fail with a shape mismatch."""
+    if x.shape[-2:] != (6, 6):
+        size = INPUT_SIZE["paper"]
+        raise ValueError(f"the paper network needs {size}x{size} input so that pool5 is 6x6, but pool5 is "
+                         f"{x.shape[-2]}x{x.shape[-1]}; resize or crop the images to {size}x{size}")
+
+
 def _paper_features(lrn: str) -> nn.Sequential:
     def norm() -> LocalResponseNorm:
         return LocalResponseNorm.from_convention(lrn, towers=2)
@@ -206,10 +215,8 @@ class AlexNet(nn.Module):
         """pool5 activations (N, 256, 6, 6) -> logits (N, num_classes)."""
         if self.variant == "owt":
             x = self.avgpool(x)
-        elif x.shape[-2:] != (6, 6):
-            raise ValueError(
-                f"the paper network needs 227x227 input so that pool5 is 6x6, but pool5 is "
-                f"{x.shape[-2]}x{x.shape[-1]}; resize or crop the images to 227x227")
+        else:
+            check_pool5(x)
         return self.classifier(torch.flatten(x, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

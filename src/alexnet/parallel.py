@@ -49,6 +49,7 @@ from torch import nn
 from alexnet.distributed import Dist
 from alexnet.errors import UserError
 from alexnet.lrn import LocalResponseNorm
+from alexnet.model import INPUT_SIZE, check_pool5
 
 # PyTorch 2.14 renamed all_gather_into_tensor and reduce_scatter_tensor (the old names warn).
 _all_gather = getattr(td, "all_gather_single", None) or td.all_gather_into_tensor
@@ -163,7 +164,7 @@ class TowerAlexNet(nn.Module):
     """
 
     variant = "paper"
-    input_size = 227
+    input_size = INPUT_SIZE["paper"]
 
     def __init__(self, tower: int, group, num_classes: int = 1000, dropout: float = 0.5, *, lrn: str = "paper",
                  init: str = "paper") -> None:
@@ -213,9 +214,7 @@ class TowerAlexNet(nn.Module):
             if i in GATHER_BEFORE_FEATURES:
                 x = gather_channels(x, self.group)
             x = layer(x)
-        if x.shape[-2:] != (6, 6):
-            raise ValueError(f"the paper network needs 227x227 input so that pool5 is 6x6, but pool5 is "
-                             f"{x.shape[-2]}x{x.shape[-1]}; resize or crop the images to 227x227")
+        check_pool5(x)
         # Flattening each tower's (128, 6, 6) and putting tower 0's first is flattening the gathered
         # (256, 6, 6): fc6's input order is the single-device network's.
         x = torch.flatten(x, 1)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -30,25 +29,26 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from alexnet import distributed, parallel
+from alexnet import checkpoint, distributed, parallel
 from alexnet.config import TrainConfig, dump_yaml, from_dict
-from alexnet.data.folders import FixedSizeImages, SkippedFiles, discover
+from alexnet.data.folders import SkippedFiles
+from alexnet.data.imageset import DataSource, ImageSet
 from alexnet.data.loader import eval_loader, steps_per_epoch, train_loader
-from alexnet.data.prepared import PreparedImages, is_prepared, open_prepared
+from alexnet.data.sources import open_data
 from alexnet.data.stats import DataStats, load_or_compute_stats
-from alexnet.data.transforms import Draws, Normalize, PCANoise, train_views
+from alexnet.data.transforms import Draws, Normalize, PCANoise, Preprocessing
 from alexnet.errors import UserError
 from alexnet.evaluate import evaluate
 from alexnet.model import AlexNet
-from alexnet.precision import autocast, autocast_dtype
+from alexnet.precision import autocast_dtype
 from alexnet.precision import name as precision_name
 from alexnet.schedule import LRSchedule
-from alexnet.weights import load_checkpoint, save_checkpoint
+from alexnet.step import TrainStep, sgd
 
 # What may change when a run is resumed; anything else would make it a different run.
 RESUMABLE_CHANGES = {"epochs", "workers", "save_every", "log_every", "tensorboard", "compile", "data", "device",
                      "towers"}
-CHECKPOINT_FORMAT = 1
+STATS_CACHE = "data_stats.safetensors"
 
 
 class NonFiniteLoss(RuntimeError):
@@ -63,28 +63,8 @@ class Stopped(Exception):
         self.exit_code = 128 + signum
 
 
-@dataclass
-class Preprocessing:
-    """What turns uint8 images into network input; recorded in checkpoints so inference matches training."""
-    size: int
-    norm: Normalize
-    pca: PCANoise | None
-
-    def to_state(self, kind: str) -> dict[str, Any]:
-        return {"crop": self.size, "normalization": kind, "mean": self.norm.mean,
-                "std": self.norm.std, "pca_eigvals": None if self.pca is None else self.pca.eigvals,
-                "pca_eigvecs": None if self.pca is None else self.pca.eigvecs,
-                "pca_convention": None if self.pca is None else self.pca.convention}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> Preprocessing:
-        pca = None
-        if state.get("pca_eigvals") is not None:
-            pca = PCANoise(state["pca_eigvals"], state["pca_eigvecs"], convention=state["pca_convention"])
-        return cls(state["crop"], Normalize(state["mean"], state["std"]), pca)
-
-
-def resolve_run(config: TrainConfig, resume: bool, given: dict[str, Any]) -> tuple[TrainConfig, dict | None]:
+def resolve_run(config: TrainConfig, resume: bool,
+                given: dict[str, Any]) -> tuple[TrainConfig, checkpoint.Resumable | None]:
     """The configuration to run with, and the checkpoint to resume from (None for a fresh run).
 
     A fresh run never overwrites an earlier one; a resumed run takes its settings from its checkpoint,
@@ -99,10 +79,8 @@ def resolve_run(config: TrainConfig, resume: bool, given: dict[str, Any]) -> tup
         return config, None
     if not last.exists():
         raise UserError(f"nothing to resume: {last} does not exist")
-    ckpt = load_checkpoint(last)
-    if ckpt.get("format") != CHECKPOINT_FORMAT or "config" not in ckpt:
-        raise UserError(f"{last} is not a resumable training checkpoint of this version")
-    saved = from_dict(ckpt["config"], f"{last}")
+    ckpt = checkpoint.read_resumable(last)
+    saved = ckpt.config
     changes = {k: v for k, v in given.items() if k not in ("out", "preset") and getattr(saved, k) != v}
     refused = sorted(set(changes) - RESUMABLE_CHANGES)
     if refused:
@@ -117,29 +95,21 @@ def demo_data_dir() -> Path:
     return base / "alexnet" / "demo-seed0"
 
 
-def _open_data(config: TrainConfig, dist: distributed.Dist):
+def _open_data(config: TrainConfig, dist: distributed.Dist) -> DataSource:
     data = Path(config.data).expanduser() if config.data else demo_data_dir()
     if not config.data:
         if dist.local_rank == 0:
             from alexnet.data.demo import write_demo_set
             write_demo_set(data, seed=0, progress=dist.main)
         distributed.barrier(dist)
-    if is_prepared(data):
-        folders, sets = open_prepared(data)
-        return folders, sets["train"], sets["val"]
-    folders = discover(data)
-    return folders, FixedSizeImages(folders.splits["train"]), FixedSizeImages(folders.splits["val"])
+    return open_data(data)
 
 
-def _preprocessing(config: TrainConfig, train_set: FixedSizeImages, dist: distributed.Dist) -> Preprocessing:
-    needs_stats = config.normalization != "imagenet" or config.pca_noise != "none"
+def _preprocessing(config: TrainConfig, train_set: ImageSet, dist: distributed.Dist) -> Preprocessing:
     stats: DataStats | None = None
-    if needs_stats:
-        cache = Path(config.out) / "data_stats.safetensors"
-        if isinstance(train_set, PreparedImages) and dist.main and not cache.exists():
-            # `prepare` computed them already; the fingerprint check in load_or_compute_stats still applies.
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(train_set.root / "data_stats.safetensors", cache)
+    if config.normalization != "imagenet" or config.pca_noise != "none":
+        # Rank 0 computes (or copies what `prepare` computed) into the run folder; the others then read it.
+        cache = Path(config.out) / STATS_CACHE
         kwargs = dict(workers=config.workers, max_images=config.stats_images or None, progress=dist.main)
         if dist.main:
             stats = load_or_compute_stats(train_set, cache, **kwargs)
@@ -217,19 +187,63 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+@dataclass
+class _Run:
+    """Everything the loop needs, set up by _set_up: the data, the network and its step, and the position."""
+    config: TrainConfig
+    dist: distributed.Dist
+    shard: distributed.Dist          # the processes the batch is split over (replicas under --towers)
+    folder: Path
+    source: DataSource
+    prep: Preprocessing
+    model: nn.Module                 # the network (one tower of it under --towers)
+    net: nn.Module                   # what the step calls: the model, compiled and/or wrapped for DDP
+    step: TrainStep
+    schedule: LRSchedule
+    loader: Any
+    val: Any
+    train_skips: SkippedFiles
+    val_skips: SkippedFiles
+    steps: int                       # per epoch
+    batch_per_rank: int
+    dtype: torch.dtype | None
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best: dict = None
+    writer: Any = None
+
+    def say(self, message: str) -> None:
+        if self.dist.main:
+            tqdm.write(message, file=sys.stderr)
+
+    def checkpoint(self, path: Path, full: bool = True) -> None:
+        """last.pt (full: resumable) or best.pt (weights and meaning); every process takes part."""
+        rng = distributed.gather_objects(self.dist, _rng_state(self.dist.device)) if full else None
+        # Under --towers these gather both towers' halves: every process takes part.
+        weights = self.model.state_dict()
+        optimizer = self.step.optimizer.state_dict() if full else None
+        if not self.dist.main:
+            return
+        state = checkpoint.training_state(
+            model=weights, config=self.config, classes=self.source.classes, names=self.source.names,
+            prep=self.prep, epoch=self.epoch, step_in_epoch=self.step_in_epoch if full else 0, best=self.best,
+            **({"optimizer": optimizer, "schedule": self.schedule.state_dict(),
+                "scaler": self.step.scaler.state_dict(), "rng": rng} if full else {}))
+        checkpoint.save(path, state)
+
+
 def train(config: TrainConfig, resume: bool = False, given: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume) training as ``config`` says; returns the final epoch's metrics and the best top-1."""
     dist = distributed.setup(config.device)
     try:
-        return _train(config, resume, given or {}, dist)
+        # No name holds the checkpoint: its tensors (hundreds of MB) are freed once they are loaded.
+        return _train(_set_up(*resolve_run(config, resume, given or {}), dist))
     finally:
         distributed.teardown(dist)
 
 
-def _train(config: TrainConfig, resume: bool, given: dict[str, Any], dist: distributed.Dist) -> dict[str, Any]:
-    config, ckpt = resolve_run(config, resume, given)
-    run = Path(config.out)
-    say = (lambda msg: tqdm.write(msg, file=sys.stderr)) if dist.main else (lambda msg: None)
+def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distributed.Dist) -> _Run:
+    folder = Path(config.out)
     # --towers 2: a process holds one tower (alexnet.parallel); the batch is split over replicas (pairs).
     towers = parallel.plan(dist) if config.towers > 1 else None
     shard = towers.data if towers else dist
@@ -240,21 +254,13 @@ def _train(config: TrainConfig, resume: bool, given: dict[str, Any], dist: distr
     if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # every batch has the same shape: pick the fastest kernels once
     if dist.main:
-        run.mkdir(parents=True, exist_ok=True)
-        # A process killed while writing a checkpoint leaves its temporary file (hundreds of MB) behind.
-        for leftover in list(run.glob(".last.pt.*.tmp")) + list(run.glob(".best.pt.*.tmp")):
-            leftover.unlink(missing_ok=True)
-        (run / "config.yaml").write_text(dump_yaml(config))
-        say(f"alexnet train: {'resuming ' if ckpt else ''}{run} on {dist.world} x {dist.device.type}, "
-            f"{precision_name(dtype)}\n{dump_yaml(config).rstrip()}")
-
-    folders, train_set, val_set = _open_data(config, dist)
-    if ckpt is not None:
-        prep = Preprocessing.from_state(ckpt["preprocessing"])
-        if ckpt["classes"] != folders.classes:
-            raise UserError(f"the data's classes differ from those the run was started with ({config.data})")
-    else:
-        prep = _preprocessing(config, train_set, dist)
+        _open_folder(folder, config, resumed=ckpt is not None, how=f"{dist.world} x {dist.device.type}, "
+                                                                  f"{precision_name(dtype)}")
+    source = _open_data(config, dist)
+    train_set, val_set = source.splits["train"], source.splits["val"]
+    if ckpt is not None and ckpt.classes != source.classes:
+        raise UserError(f"the data's classes differ from those the run was started with ({config.data})")
+    prep = ckpt.prep if ckpt is not None else _preprocessing(config, train_set, dist)
     steps = steps_per_epoch(len(train_set), batch_per_rank, shard.world)
     if steps == 0:
         raise UserError(f"{len(train_set)} training images make no full batch of {config.batch_size}; "
@@ -262,163 +268,162 @@ def _train(config: TrainConfig, resume: bool, given: dict[str, Any], dist: distr
 
     torch.manual_seed(config.seed + dist.rank)  # dropout: a different stream on every rank
     if towers:  # every process cuts its tower from the network one process would start from
-        model = parallel.build(lambda: build_model(config, len(folders.classes)), config.seed, towers).to(dist.device)
+        model = parallel.build(lambda: build_model(config, len(source.classes)), config.seed, towers).to(dist.device)
     else:
-        model = build_model(config, len(folders.classes)).to(dist.device)
+        model = build_model(config, len(source.classes)).to(dist.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # Fused: one pass over weights, gradients and momentum instead of several (the update of 61M weights
-    # took 62 ms of a 0.8 s step on a 2-core CPU, fused 27 ms). Same rule as the default implementation.
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, fused=dist.device.type in ("cpu", "cuda"))
+    optimizer = sgd(model, config.lr, config.momentum, config.weight_decay, dist.device)
     if towers:
         model.shard_optimizer(optimizer)  # its state_dict too is the single-device network's
-    schedule = LRSchedule(config.schedule, config.lr, steps, config.epochs, config.warmup_epochs,
-                          config.lr_gamma, config.step_epochs, config.patience, config.max_lr_drops)
-    scaler = torch.amp.GradScaler(dist.device.type, enabled=dtype == torch.float16)
-    epoch, step_in_epoch, best = 0, 0, {"top1": -1.0, "epoch": -1}
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        _match_layouts(optimizer)
-        schedule.load_state_dict(ckpt["schedule"])
-        scaler.load_state_dict(ckpt["scaler"])
-        epoch, step_in_epoch, best = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["best"]
-        rng = ckpt["rng"]
-        if len(rng) == dist.world:
-            _set_rng_state(rng[dist.rank], dist.device)
-        else:
-            say(f"note: resumed on {dist.world} processes, saved on {len(rng)}: dropout draws a fresh random stream")
-        say(f"resuming at epoch {epoch + 1}, step {step_in_epoch} of {steps}")
-    del ckpt
-
-    net: nn.Module = model
-    if config.compile:
-        net = torch.compile(net)
+    net: nn.Module = torch.compile(model) if config.compile else model
     if towers:
         net = towers.data_parallel(net, dist.device)
     elif dist.active:
         net = DistributedDataParallel(net, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    step = TrainStep(net, optimizer, prep, dist.device, dtype, batch_per_rank, config.label_smoothing)
+    schedule = LRSchedule(config.schedule, config.lr, steps, config.epochs, config.warmup_epochs,
+                          config.lr_gamma, config.step_epochs, config.patience, config.max_lr_drops)
 
     pin = dist.device.type == "cuda"
-    workers = config.workers
-    if isinstance(train_set, PreparedImages) and dist.device.type == "cpu" and "workers" not in given:
-        workers = 0   # nothing to decode: a worker would only add a copy through shared memory
-    loader = train_loader(train_set, batch_per_rank, shard.rank, shard.world, config.seed, workers, pin)
-    val = eval_loader(val_set, batch_per_rank, shard.rank, shard.world, workers, pin)
-    train_skips, val_skips = SkippedFiles(train_set), SkippedFiles(val_set)
-    writer = _tensorboard(run) if config.tensorboard and dist.main else None
+    workers = loader_workers(config, train_set, dist.device)
+    run = _Run(config, dist, shard, folder, source, prep, model, net, step, schedule,
+               train_loader(train_set, batch_per_rank, shard.rank, shard.world, config.seed, workers, pin),
+               eval_loader(val_set, batch_per_rank, shard.rank, shard.world, workers, pin),
+               SkippedFiles(train_set), SkippedFiles(val_set), steps, batch_per_rank, dtype,
+               best={"top1": -1.0, "epoch": -1})
+    if ckpt is not None:
+        _restore(run, ckpt)
+    if config.tensorboard and dist.main:
+        run.writer = _tensorboard(folder)
+    return run
 
-    def checkpoint(path: Path, epoch: int, step_in_epoch: int, full: bool = True) -> None:
-        rng = distributed.gather_objects(dist, _rng_state(dist.device)) if full else None
-        # Under --towers these gather both towers' halves: every process takes part.
-        weights, opt_state = model.state_dict(), optimizer.state_dict() if full else None
-        if not dist.main:
-            return
-        state = {"format": CHECKPOINT_FORMAT, "model": weights, "config": config.to_dict(),
-                 "variant": config.variant, "classes": folders.classes, "names": folders.names,
-                 "preprocessing": prep.to_state(config.normalization), "epoch": epoch,
-                 "step_in_epoch": step_in_epoch, "best": best}
-        if full:
-            state |= {"optimizer": opt_state, "schedule": schedule.state_dict(),
-                      "scaler": scaler.state_dict(), "rng": rng}
-        save_checkpoint(path, state)
 
+def loader_workers(config: TrainConfig, images: ImageSet, device: torch.device) -> int:
+    """--workers, or by default 2 where reading decodes files or feeds a GPU, 0 for stored pixels on a CPU
+    (nothing to decode: a worker would only add a copy through shared memory)."""
+    if config.workers is not None:
+        return config.workers
+    return 2 if images.decodes or device.type == "cuda" else 0
+
+
+def _open_folder(folder: Path, config: TrainConfig, resumed: bool, how: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    # A process killed while writing a checkpoint leaves its temporary file (hundreds of MB) behind.
+    for leftover in list(folder.glob(".last.pt.*.tmp")) + list(folder.glob(".best.pt.*.tmp")):
+        leftover.unlink(missing_ok=True)
+    (folder / "config.yaml").write_text(dump_yaml(config))
+    tqdm.write(f"alexnet train: {'resuming ' if resumed else ''}{folder} on {how}\n{dump_yaml(config).rstrip()}",
+               file=sys.stderr)
+
+
+def _restore(run: _Run, ckpt: checkpoint.Resumable) -> None:
+    run.model.load_state_dict(ckpt.model)
+    run.step.optimizer.load_state_dict(ckpt.optimizer)
+    _match_layouts(run.step.optimizer)
+    run.schedule.load_state_dict(ckpt.schedule)
+    run.step.scaler.load_state_dict(ckpt.scaler)
+    run.epoch, run.step_in_epoch, run.best = ckpt.epoch, ckpt.step_in_epoch, ckpt.best
+    if len(ckpt.rng) == run.dist.world:
+        _set_rng_state(ckpt.rng[run.dist.rank], run.dist.device)
+    else:
+        run.say(f"note: resumed on {run.dist.world} processes, saved on {len(ckpt.rng)}: "
+                f"dropout draws a fresh random stream")
+    run.say(f"resuming at epoch {run.epoch + 1}, step {run.step_in_epoch} of {run.steps}")
+
+
+def _train(run: _Run) -> dict[str, Any]:
+    config, dist, shard = run.config, run.dist, run.shard
     result: dict[str, Any] = {}
     with _StopFlag() as stop:
-        while epoch < config.epochs:
-            loader.sampler.set_position(epoch, step_in_epoch * batch_per_rank)
-            net.train()
-            set_dropout(model, config.dropout if epoch + 1 >= config.dropout_start else 0.0)
-            t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
-            bar = tqdm(total=steps, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
-                       disable=not dist.main or None, leave=False, dynamic_ncols=True)
-            for images, labels, indices, errors in loader:
-                global_step = epoch * steps + step_in_epoch
-                lr = schedule.lr_at(global_step)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                draws = Draws.per_sample(indices, epoch, config.seed, images.shape[1], images.shape[2],
-                                         prep.size, config.flip)
-                keep = labels >= 0
-                images, labels = train_skips.keep(images, labels, indices, errors)
-                draws = Draws(*(getattr(draws, f)[keep] for f in ("tops", "lefts", "flips", "normal")))
-                images = images.to(dist.device, non_blocking=True)
-                labels = labels.to(dist.device, non_blocking=True)
-                x = train_views(images, prep.size, prep.norm, prep.pca, draws=draws)
-                with autocast(dist.device, dtype):
-                    logits = net(x)
-                    # Sum over this rank's valid samples / the batch size: an all-bad batch still takes part
-                    # in DDP's gradient exchange, and contributes nothing.
-                    loss = nn.functional.cross_entropy(logits.float(), labels, reduction="sum",
-                                                       label_smoothing=config.label_smoothing) / batch_per_rank
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                flags = distributed.all_max(dist, torch.tensor(
-                    [float(stop.signal is not None), float(not torch.isfinite(loss).item())]))
-                if flags[1]:
+        while run.epoch < config.epochs:
+            run.loader.sampler.set_position(run.epoch, run.step_in_epoch * run.batch_per_rank)
+            run.net.train()
+            set_dropout(run.model, config.dropout if run.epoch + 1 >= config.dropout_start else 0.0)
+            t0, seen, loss_sum, first = time.perf_counter(), 0, 0.0, run.step_in_epoch
+            lr = run.schedule.lr_at(run.epoch * run.steps + run.step_in_epoch)
+            bar = tqdm(total=run.steps, initial=run.step_in_epoch, desc=f"epoch {run.epoch + 1}/{config.epochs}",
+                       unit="step", disable=not dist.main or None, leave=False, dynamic_ncols=True)
+            for images, labels, indices, errors in run.loader:
+                lr = run.schedule.lr_at(run.epoch * run.steps + run.step_in_epoch)
+                draws = Draws.per_sample(indices, run.epoch, config.seed, images.shape[1], images.shape[2],
+                                         run.prep.size, config.flip).select(labels >= 0)
+                images, labels = run.train_skips.keep(images, labels, indices, errors)
+                loss = run.step.forward_backward(images, labels, draws, lr)
+                stopping, diverged = distributed.all_max(dist, torch.tensor(
+                    [float(stop.signal is not None), float(not torch.isfinite(loss).item())])).tolist()
+                if diverged:
                     bar.close()
-                    raise NonFiniteLoss(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step_in_epoch}; "
-                                        f"stopped without saving, so {run / 'last.pt'} is the last good state "
-                                        f"(try a lower --lr or a longer --warmup-epochs)")
-                scaler.step(optimizer)
-                scaler.update()
-                step_in_epoch += 1
+                    raise NonFiniteLoss(f"the loss became {loss.item()} at epoch {run.epoch + 1}, step "
+                                        f"{run.step_in_epoch}; stopped without saving, so {run.folder / 'last.pt'} "
+                                        f"is the last good state (try a lower --lr or a longer --warmup-epochs)")
+                run.step.update()
+                run.step_in_epoch += 1
                 seen += len(labels)
-                loss_sum += loss.item() * batch_per_rank
-                loss_n += len(labels)
+                loss_sum += loss.item() * run.batch_per_rank
                 bar.update(1)
-                if step_in_epoch % config.log_every == 0:
-                    bar.set_postfix(loss=f"{loss_sum / max(loss_n, 1):.3f}", lr=f"{lr:.2g}",
+                if run.step_in_epoch % config.log_every == 0:
+                    bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", lr=f"{lr:.2g}",
                                     img_s=f"{seen * shard.world / (time.perf_counter() - t0):.0f}")
-                if flags[0]:
+                if stopping:
                     bar.close()
-                    checkpoint(run / "last.pt", epoch, step_in_epoch)
-                    signum = stop.signal or signal.SIGTERM  # another rank was signalled
-                    say(f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step {step_in_epoch} "
-                        f"of {steps}; {run / 'last.pt'} is saved. Resume with: alexnet train --out {run} --resume")
-                    raise Stopped(signum)
-                if config.save_every and (global_step + 1) % config.save_every == 0 and step_in_epoch < steps:
-                    checkpoint(run / "last.pt", epoch, step_in_epoch)
-                if step_in_epoch >= steps:
+                    _stop(run, stop.signal or signal.SIGTERM)  # no signal here: another rank was signalled
+                if config.save_every and (run.epoch * run.steps + run.step_in_epoch) % config.save_every == 0 \
+                        and run.step_in_epoch < run.steps:
+                    run.checkpoint(run.folder / "last.pt")
+                if run.step_in_epoch >= run.steps:
                     break
             bar.close()
-            train_seconds = time.perf_counter() - t0
-            totals = distributed.all_sum(shard, torch.tensor([loss_sum, loss_n, seen], dtype=torch.float64))
-            metrics = evaluate(model, val, val_skips, prep.size, prep.norm, shard, crops=1, dtype=dtype)
-            if totals[1] == 0:
-                raise UserError(f"no readable image in {train_set.split.root}: every file was skipped")
-            if metrics["images"] == 0:
-                raise UserError(f"no readable image in {val_set.split.root}: every file was skipped")
-            epoch += 1
-            step_in_epoch = 0
-            if metrics["top1"] > best["top1"]:
-                best = {"top1": metrics["top1"], "epoch": epoch}
-                checkpoint(run / "best.pt", epoch, 0, full=False)
-            dropped = schedule.end_epoch(metrics["top1"])
-            row = {"epoch": epoch, "lr": lr, "train_loss": totals[0].item() / max(totals[1].item(), 1),
-                   "val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"],
-                   "images_per_sec": totals[2].item() / train_seconds, "seconds": time.perf_counter() - t0,
-                   "skipped": train_skips.end_epoch() + metrics["skipped"]}
-            checkpoint(run / "last.pt", epoch, 0)
-            if dist.main:
-                with open(run / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                if writer is not None:
-                    for key in ("lr", "train_loss", "val_loss", "val_top1", "val_top5", "images_per_sec"):
-                        writer.add_scalar(key, row[key], epoch)
-                skipped = f", {row['skipped']} unreadable images skipped" if row["skipped"] else ""
-                say(f"epoch {epoch}/{config.epochs}: lr {lr:.3g}, train loss {row['train_loss']:.3f}, "
-                    f"val loss {row['val_loss']:.3f}, val top-1 {100 * row['val_top1']:.1f}%, "
-                    f"top-5 {100 * row['val_top5']:.1f}%, {row['images_per_sec']:.0f} img/s, "
-                    f"{row['seconds']:.0f} s{skipped}" + (" (learning rate divided)" if dropped else ""))
-            result = row
-    if writer is not None:
-        writer.close()
-    result = dict(result, best_top1=best["top1"], best_epoch=best["epoch"], run=str(run))
-    say(f"done: best val top-1 {100 * best['top1']:.1f}% at epoch {best['epoch']}; "
-        f"{run / 'best.pt'}, {run / 'last.pt'}, {run / 'metrics.jsonl'}")
+            result = _end_epoch(run, lr, loss_sum, seen, run.steps > first, time.perf_counter() - t0, t0)
+    if run.writer is not None:
+        run.writer.close()
+    result = dict(result, best_top1=run.best["top1"], best_epoch=run.best["epoch"], run=str(run.folder))
+    run.say(f"done: best val top-1 {100 * run.best['top1']:.1f}% at epoch {run.best['epoch']}; "
+            f"{run.folder / 'best.pt'}, {run.folder / 'last.pt'}, {run.folder / 'metrics.jsonl'}")
     return result
+
+
+def _stop(run: _Run, signum: int) -> None:
+    run.checkpoint(run.folder / "last.pt")
+    run.say(f"stopped by {signal.Signals(signum).name} at epoch {run.epoch + 1}, step {run.step_in_epoch} of "
+            f"{run.steps}; {run.folder / 'last.pt'} is saved. Resume with: alexnet train --out {run.folder} --resume")
+    raise Stopped(signum)
+
+
+def _end_epoch(run: _Run, lr: float, loss_sum: float, seen: int, trained: bool, train_seconds: float,
+               t0: float) -> dict[str, Any]:
+    """Validation, best.pt, the schedule, last.pt and the metrics row of the epoch just trained (``trained``:
+    this process took steps in it; not so when resumed from a stop after its last step)."""
+    totals = distributed.all_sum(run.shard, torch.tensor([loss_sum, seen], dtype=torch.float64))
+    metrics = evaluate(run.model, run.val, run.val_skips, run.prep.size, run.prep.norm, run.shard, crops=1,
+                       dtype=run.dtype)
+    if totals[1] == 0 and trained:
+        raise UserError(f"no readable image in {run.source.splits['train'].split.root}: every file was skipped")
+    if metrics["images"] == 0:
+        raise UserError(f"no readable image in {run.source.splits['val'].split.root}: every file was skipped")
+    run.epoch += 1
+    run.step_in_epoch = 0
+    if metrics["top1"] > run.best["top1"]:
+        run.best = {"top1": metrics["top1"], "epoch": run.epoch}
+        run.checkpoint(run.folder / "best.pt", full=False)
+    dropped = run.schedule.end_epoch(metrics["top1"])
+    row = {"epoch": run.epoch, "lr": lr, "train_loss": totals[0].item() / max(totals[1].item(), 1),
+           "val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"],
+           "images_per_sec": totals[1].item() / train_seconds, "seconds": time.perf_counter() - t0,
+           "skipped": run.train_skips.end_epoch() + metrics["skipped"]}
+    run.checkpoint(run.folder / "last.pt")
+    if run.dist.main:
+        with open(run.folder / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if run.writer is not None:
+            for key in ("lr", "train_loss", "val_loss", "val_top1", "val_top5", "images_per_sec"):
+                run.writer.add_scalar(key, row[key], run.epoch)
+        skipped = f", {row['skipped']} unreadable images skipped" if row["skipped"] else ""
+        run.say(f"epoch {run.epoch}/{run.config.epochs}: lr {lr:.3g}, train loss {row['train_loss']:.3f}, "
+                f"val loss {row['val_loss']:.3f}, val top-1 {100 * row['val_top1']:.1f}%, "
+                f"top-5 {100 * row['val_top5']:.1f}%, {row['images_per_sec']:.0f} img/s, "
+                f"{row['seconds']:.0f} s{skipped}" + (" (learning rate divided)" if dropped else ""))
+    return row
 
 
 def _tensorboard(run: Path):
@@ -427,4 +432,3 @@ def _tensorboard(run: Path):
     except ImportError:
         raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
     return SummaryWriter(str(run / "tensorboard"))
-

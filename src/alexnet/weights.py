@@ -1,9 +1,8 @@
-"""Files of weights: training checkpoints, safetensors with their meaning, torchvision's ImageNet weights.
+"""Files of weights: one loader for every kind, safetensors with their meaning, torchvision's ImageNet weights.
 
-Nothing here runs code from a file. A checkpoint is a dict of tensors and plain Python data (numbers,
-strings, lists, dicts), so ``torch.load(path, weights_only=True)`` reads it; a file that would need to
-unpickle anything else is refused with a clear message instead of being trusted. Safetensors files
-hold only tensors and string metadata by construction.
+Nothing here runs code from a file. Training checkpoints are written, read and checked by checkpoint.py
+(torch.load with weights_only=True); safetensors files hold only tensors and string metadata by
+construction.
 
 Weights travel with what they mean. ``load_model`` takes a training checkpoint (.pt) or a safetensors
 file written by ``save_weights`` and returns the ready network together with its classes, their
@@ -22,13 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from alexnet import checkpoint
+from alexnet.checkpoint import existing_file
 from alexnet.data.decode import FIXED_SIZE
 from alexnet.data.transforms import NORMALIZATIONS, Normalize
 from alexnet.errors import UserError
@@ -65,50 +65,6 @@ class LoadedModel:
         return getattr(self.model, "lrn", None)
 
 
-# ---- training checkpoints ----
-
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` through a temporary file and a rename: never half a checkpoint."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint onto the CPU with ``weights_only=True``; UserError if it is missing or unsafe."""
-    state = _torch_load(path)
-    if not isinstance(state, dict) or "model" not in state:
-        hint = ""
-        if isinstance(state, dict) and "features.0.weight" in state:
-            hint = "; it looks like a bare state_dict: for torchvision's weights use `alexnet import-torchvision`"
-        raise UserError(f"{path} is not an alexnet checkpoint (no 'model' entry){hint}")
-    return state
-
-
-def _torch_load(path: str | Path) -> Any:
-    path = _existing_file(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # Running code from a pickle needs a callable fetched by name, which weights_only reports as an
-        # unsupported global; anything else it stumbles on is a damaged or foreign file.
-        if "unsupported global" in str(e).lower():
-            raise UserError(f"{path} holds Python objects that would run code when loaded; refusing to load it "
-                            f"(only tensors and plain data are accepted)") from None
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        after = [b for a, b in zip(lines, lines[1:]) if a.endswith("WeightsUnpickler error:")]
-        detail = after[0] if after else (lines[0] if lines else type(e).__name__)
-        raise UserError(f"{path} is not a readable checkpoint ({detail})") from None
-    except Exception as e:  # truncated zip, wrong format, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a readable checkpoint ({first})") from None
-
-
-def _existing_file(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
-    return path
-
-
 # ---- one loader for every kind of file ----
 
 def load_model(path: str | Path) -> LoadedModel:
@@ -117,10 +73,10 @@ def load_model(path: str | Path) -> LoadedModel:
     The kind of file is read from its first bytes, not its name. Any problem (unsafe pickle, missing
     metadata, weights that do not fit the network the file claims) is a one-line UserError.
     """
-    path = _existing_file(path)
+    path = existing_file(path)
     if _is_safetensors(path):
         return _from_safetensors(path)
-    return _from_checkpoint(path, load_checkpoint(path))
+    return _from_checkpoint(path)
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -131,18 +87,10 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
 
 
-def _from_checkpoint(path: Path, ckpt: dict[str, Any]) -> LoadedModel:
-    try:
-        variant, classes = ckpt["variant"], ckpt["classes"]
-        prep = ckpt["preprocessing"]
-        crop, kind, mean, std = prep["crop"], prep["normalization"], prep["mean"], prep.get("std")
-    except (KeyError, TypeError) as e:
-        raise UserError(f"{path} is not a training checkpoint of this version (it has no {e} entry)") from None
-    lrn = (ckpt.get("config") or {}).get("lrn", "paper") if variant == "paper" else None
-    names = ckpt.get("names") or classes
-    best = ckpt.get("best") or {}
-    metrics = {"val_top1": best["top1"], "epoch": best["epoch"]} if best.get("top1", -1) >= 0 else {}
-    return _assemble(path, ckpt["model"], variant, lrn, classes, names, crop, kind, mean, std, metrics, str(path))
+def _from_checkpoint(path: Path) -> LoadedModel:
+    m = checkpoint.meaning(checkpoint.read(path), path)
+    return _assemble(path, m["state"], m["variant"], m["lrn"], m["classes"], m["names"], m["crop"], m["kind"],
+                     m["mean"], m["std"], m["metrics"], str(path))
 
 
 def _from_safetensors(path: Path) -> LoadedModel:
@@ -300,8 +248,8 @@ def import_torchvision(path: str | Path, classes_file: str | Path | None = None)
     """
     from torchvision.models import AlexNet_Weights
 
-    path = _existing_file(path)
-    state = _torch_load(path)
+    path = existing_file(path)
+    state = checkpoint.torch_load(path)
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise UserError(f"{path} is not a torchvision state_dict (expected a dict of tensors)")
     fc8 = state.get("classifier.6.weight")
@@ -322,7 +270,7 @@ def import_torchvision(path: str | Path, classes_file: str | Path | None = None)
 
 
 def _read_classes_file(path: str | Path, count: int) -> list[str]:
-    path = _existing_file(path)
+    path = existing_file(path)
     folders = [line.split()[0] for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
                if line.strip()]
     if len(folders) != count:

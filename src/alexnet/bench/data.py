@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from alexnet.data.folders import FixedSizeImages, discover
 from alexnet.data.loader import train_loader
-from alexnet.data.prepared import PreparedImages, prepare
+from alexnet.data.prepare import prepare
+from alexnet.data.sources import open_split
 from alexnet.data.stats import DataStats
 from alexnet.data.transforms import Draws, Normalize, PCANoise, train_views
+from alexnet.model import INPUT_SIZE
 
 
 def write_photos(root: Path, images: int, classes: int = 4, seed: int = 0) -> Path:
@@ -52,13 +53,14 @@ def bench_data(images: int = 512, batch_size: int = 64, workers: int = 2, epochs
         data = write_photos(Path(tmp) / "data", images)
         prep = Path(tmp) / "prep"
         prepare(data, prep, workers=workers, progress=False)
+        prepared = open_split(prep, "train")
+        stats = DataStats.load(prepared.stats_file)
         base = _images_per_second(_baseline_batches(data, batch_size, workers), epochs)
-        jpeg = _images_per_second(_our_batches(FixedSizeImages(discover(data).splits["train"]), prep,
-                                               batch_size, workers), epochs)
+        jpeg = _images_per_second(_our_batches(open_split(data, "train"), stats, batch_size, workers), epochs)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            ours = _images_per_second(_our_batches(PreparedImages(prep, "train"), prep, batch_size, 0), epochs)
+            ours = _images_per_second(_our_batches(prepared, stats, batch_size, 0), epochs)
         finally:
             torch.set_num_threads(threads)
     per_core = {"ours": ours, "jpeg_path": jpeg / workers, "baseline": base / workers}
@@ -98,8 +100,7 @@ def _baseline_batches(data: Path, batch_size: int, workers: int):
     return epoch
 
 
-def _our_batches(dataset, prep: Path, batch_size: int, workers: int):
-    stats = DataStats.load(prep / "data_stats.safetensors")
+def _our_batches(dataset, stats: DataStats, batch_size: int, workers: int):
     norm = Normalize.create("mean-image", stats)
     pca = PCANoise(stats.eigvals, stats.eigvecs)
     loader = train_loader(dataset, batch_size, rank=0, world=1, seed=0, workers=workers, pin_memory=False)
@@ -107,6 +108,6 @@ def _our_batches(dataset, prep: Path, batch_size: int, workers: int):
     def epoch(e):
         loader.sampler.set_position(e, 0)
         for images, labels, indices, _ in loader:
-            draws = Draws.per_sample(indices, e, 0, images.shape[1], images.shape[2], 227)
-            yield train_views(images, 227, norm, pca, draws=draws)
+            draws = Draws.per_sample(indices, e, 0, images.shape[1], images.shape[2], INPUT_SIZE["paper"])
+            yield train_views(images, INPUT_SIZE["paper"], norm, pca, draws=draws)
     return epoch

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 import torchvision
 
-from alexnet.bench.timing import paired_medians, pick_device
-from alexnet.model import AlexNet
+from alexnet.bench.timing import paired_medians
+from alexnet.device import pick_device
+from alexnet.model import INPUT_SIZE, AlexNet
 from alexnet.precision import autocast_dtype, name
 
 
@@ -29,9 +30,11 @@ def bench_infer(batch_size: int = 64, steps: int = 5, device: str = "auto") -> d
         return run
 
     figures = {}
+    ours_size, base_size = INPUT_SIZE["paper"], INPUT_SIZE["owt"]   # torchvision's alexnet is the owt layout
     for batch, repeats in ((1, max(10, 4 * steps)), (batch_size, steps)):
-        xo = torch.randn(batch, 3, 227, 227, device=dev, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        xb = torch.randn(batch, 3, 224, 224, device=dev)
+        xo = torch.randn(batch, 3, ours_size, ours_size, device=dev, dtype=dtype).contiguous(
+            memory_format=torch.channels_last)
+        xb = torch.randn(batch, 3, base_size, base_size, device=dev)
         figures[batch] = paired_medians(runner(ours, xo), runner(base, xb), repeats, warmup=2)
     (lat_o, lat_b), (thr_o, thr_b) = figures[1], figures[batch_size]
     return {"benchmark": "infer", "ours": batch_size / thr_o, "baseline": batch_size / thr_b,

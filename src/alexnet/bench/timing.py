@@ -38,12 +38,6 @@ def paired_medians(ours: Callable[[], object], baseline: Callable[[], object], r
     return statistics.median(a), statistics.median(b)
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of a large square matrix product in ``dtype``: the ceiling the utilisation is measured against."""
     a = torch.randn(n, n, device=device).to(dtype)

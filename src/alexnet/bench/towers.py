@@ -25,7 +25,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch import nn
 
 PARAMS = 60_965_224
 MODES = ("single", "data-parallel", "towers")
@@ -35,9 +34,10 @@ def _worker(mode: str, batch: int, steps: int, out: Path) -> None:
     """One process of one mode (under torchrun for the two-process modes); rank 0 writes ``out``."""
     from alexnet import distributed, parallel
     from alexnet.bench.timing import median_seconds
+    from alexnet.bench.train import paper_step
     from alexnet.memory import reuse_freed_memory
     from alexnet.model import AlexNet
-    from alexnet.precision import autocast, autocast_dtype
+    from alexnet.precision import autocast_dtype
     from alexnet.precision import name as precision_name
 
     reuse_freed_memory()   # what every `alexnet` command does, so the modes are timed as train runs them
@@ -49,37 +49,31 @@ def _worker(mode: str, batch: int, steps: int, out: Path) -> None:
             return AlexNet("paper", init="kaiming")
 
         grad_bytes = [0]
-        if mode == "towers":
-            towers = parallel.plan(dist)
-            model = parallel.build(make, 0, towers).to(device)
-            net, per_process = model, batch
+
+        def ddp(net):   # wraps the model after it took its channels_last layout, as alexnet train does
+            from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+            from torch.nn.parallel import DistributedDataParallel
+
+            wrapped = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+            def counted(state, bucket):
+                grad_bytes[0] += bucket.buffer().nbytes
+                return allreduce_hook(state, bucket)
+
+            wrapped.register_comm_hook(None, counted)
+            return wrapped
+
+        if mode == "towers":   # each tower sees its replica's whole batch
+            model = parallel.build(make, 0, parallel.plan(dist))
+            train_step = paper_step(batch, device, dtype, model=model, seed=dist.rank // 2)
         else:
             torch.manual_seed(0)
-            model = make().to(device)
-            net, per_process = model, batch // dist.world
-            if dist.active:
-                from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-                from torch.nn.parallel import DistributedDataParallel
-
-                net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-                def counted(state, bucket):
-                    grad_bytes[0] += bucket.buffer().nbytes
-                    return allreduce_hook(state, bucket)
-
-                net.register_comm_hook(None, counted)
-        model = model.to(memory_format=torch.channels_last).train()
-        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, fused=True)   # as alexnet train
-        gen = torch.Generator().manual_seed(dist.rank // (2 if mode == "towers" else 1))
-        x = torch.randn(per_process, 3, 227, 227, generator=gen).to(device, memory_format=torch.channels_last)
-        y = torch.randint(0, 1000, (per_process,), generator=gen).to(device)
+            model = make()
+            train_step = paper_step(batch // dist.world, device, dtype, model=model, seed=dist.rank,
+                                    net_of=ddp if dist.active else None)
 
         def step() -> None:
-            with autocast(device, dtype):
-                loss = nn.functional.cross_entropy(net(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            train_step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
 

@@ -1,5 +1,6 @@
-"""`alexnet bench train`: one SGD step of the paper network with this project's best settings, against
-torchvision's alexnet in the plain fp32 loop of pytorch/examples, and the model FLOP utilisation."""
+"""`alexnet bench train`: the step `alexnet train` takes (step.TrainStep: a uint8 batch augmented on the
+device, the paper network, its settings), against torchvision's alexnet in the plain fp32 loop of
+pytorch/examples, and the model FLOP utilisation."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import torch
 import torchvision
 from torch import nn
 
-from alexnet.bench.timing import matmul_peak, median_seconds, paired_medians, pick_device
-from alexnet.model import AlexNet
-from alexnet.precision import autocast, autocast_dtype, name
+from alexnet.bench.timing import matmul_peak, median_seconds, paired_medians
+from alexnet.data.transforms import Draws, Normalize, PCANoise, Preprocessing
+from alexnet.device import pick_device
+from alexnet.model import INPUT_SIZE, AlexNet
+from alexnet.precision import autocast_dtype, name
+from alexnet.step import TrainStep, sgd
 from alexnet.summary import summarize
 
 
@@ -24,13 +28,9 @@ def bench_train(batch_size: int = 64, steps: int = 5, device: str = "auto", comp
     torch.manual_seed(0)
     labels = torch.randint(0, 1000, (batch_size,), device=dev)
 
-    ours = AlexNet("paper").to(dev, memory_format=torch.channels_last).train()
-    ours_step = _step(torch.compile(ours) if compile else ours, ours,
-                      torch.randn(batch_size, 3, 227, 227, device=dev).contiguous(memory_format=torch.channels_last),
-                      labels, dev, dtype, weight_decay=5e-4, fused=True)   # as alexnet train does
+    ours_step = paper_step(batch_size, dev, dtype, compile)
     base = torchvision.models.alexnet(weights=None).to(dev).train()
-    base_step = _step(base, base, torch.randn(batch_size, 3, 224, 224, device=dev), labels, dev, None,
-                      weight_decay=1e-4, fused=False)   # pytorch/examples' torch.optim.SGD defaults
+    base_step = _step(base, torch.randn(batch_size, 3, 224, 224, device=dev), labels)
 
     # The baseline as pytorch/examples runs it: its own process, glibc's malloc defaults (our commands
     # tune them, memory.py), timed before and after ours so that both see the machine's drift. The
@@ -47,20 +47,41 @@ def bench_train(batch_size: int = 64, steps: int = 5, device: str = "auto", comp
             "utilisation": ours_ips * flops_per_image / peak, "peak_tflops": peak / 1e12,
             "achieved_tflops": ours_ips * flops_per_image / 1e12, "batch_size": batch_size,
             "device": str(dev),
-            "ours_settings": f"paper network, {name(dtype)} autocast, channels_last, fused LRN, fused SGD"
-            + (", torch.compile" if compile else ""),
+            "ours_settings": f"alexnet train's step: paper network, uint8 batch augmented on the device (crop, "
+                             f"flip, PCA noise, mean image), {name(dtype)} autocast, channels_last, fused LRN, "
+                             f"fused SGD" + (", torch.compile" if compile else ""),
             "baseline_settings": "torchvision alexnet, fp32, NCHW, eager, own process (pytorch/examples)",
             "baseline_same_process": batch_size / same_s,
             "threads": torch.get_num_threads()}
 
 
-def _step(net: nn.Module, params: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: torch.device, dtype,
-          weight_decay: float, fused: bool):
-    opt = torch.optim.SGD(params.parameters(), lr=1e-4, momentum=0.9, weight_decay=weight_decay, fused=fused)
+def paper_step(batch_size: int, device: torch.device, dtype: torch.dtype | None, compile: bool = False,
+               net_of=None, model: AlexNet | None = None, seed: int = 0):
+    """alexnet train's own step (step.TrainStep) on a fixed uint8 batch of the paper network's input:
+    a callable for the timers. ``net_of(model)`` wraps the model (DDP, say) after its layout is set."""
+    model = (model or AlexNet("paper")).to(device, memory_format=torch.channels_last).train()
+    net = torch.compile(model) if compile else model
+    net = net_of(net) if net_of else net
+    gen = torch.Generator().manual_seed(seed)
+    size = INPUT_SIZE["paper"]
+    images = torch.randint(0, 256, (batch_size, 256, 256, 3), generator=gen, dtype=torch.uint8)
+    labels = torch.randint(0, 1000, (batch_size,), generator=gen)
+    draws = Draws.from_generator(batch_size, 256, 256, size, gen)
+    # The paper's input: the mean image subtracted, PCA noise (ImageNet's published eigenpairs, SPEC.md).
+    prep = Preprocessing(size, Normalize(torch.full((256, 256, 3), 118.0)),
+                         PCANoise(torch.tensor([0.2175, 0.0188, 0.0045]),
+                                  torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140],
+                                                [-0.5836, -0.6948, 0.4203]])))
+    step = TrainStep(net, sgd(model, 1e-4, 0.9, 5e-4, device), prep, device, dtype, batch_size)
+    return lambda: step(images, labels, draws, 1e-4)
+
+
+def _step(net: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """pytorch/examples' loop: plain fp32 forward and backward, torch.optim.SGD with its defaults."""
+    opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
 
     def step():
-        with autocast(dev, dtype):
-            loss = nn.functional.cross_entropy(net(x).float(), y)
+        loss = nn.functional.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -80,6 +101,6 @@ def _baseline_seconds(batch_size: int, steps: int, device: str) -> float:
     dev = pick_device(device)
     torch.manual_seed(0)
     base = torchvision.models.alexnet(weights=None).to(dev).train()
-    step = _step(base, base, torch.randn(batch_size, 3, 224, 224, device=dev),
-                 torch.randint(0, 1000, (batch_size,), device=dev), dev, None, weight_decay=1e-4, fused=False)
+    step = _step(base, torch.randn(batch_size, 3, 224, 224, device=dev),
+                 torch.randint(0, 1000, (batch_size,), device=dev))
     return median_seconds(step, steps)

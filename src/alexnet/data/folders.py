@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import default_collate
 
 from alexnet.data.decode import FIXED_SIZE, UndecodableImage, load_fixed
+from alexnet.data.imageset import SPLITS, Batch, DataSource, ImageSet, Split, labelled_by
 from alexnet.errors import UserError
 
 # torchvision's ImageFolder extensions, plus .gif and .jfif; anything else in a class folder (a README,
@@ -24,18 +25,6 @@ from alexnet.errors import UserError
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".ppm", ".pgm", ".pbm", ".bmp",
                               ".tif", ".tiff", ".webp", ".gif"})
 CLASS_NAME_FILES = ("classes.txt", "LOC_synset_mapping.txt")
-SPLITS = ("train", "val")
-
-
-@dataclass
-class Split:
-    """One split's samples: (path, label) in class order, then file-name order."""
-    root: Path
-    classes: list[str]
-    samples: list[tuple[Path, int]]
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
 
 @dataclass
@@ -82,6 +71,13 @@ def discover(data: str | Path, splits: tuple[str, ...] = SPLITS) -> ImageFolders
     return result
 
 
+def open_folders(data: str | Path, splits: tuple[str, ...] = SPLITS) -> DataSource:
+    """Image folders as a DataSource, every split decoded as it is read."""
+    folders = discover(data, splits)
+    sets = {name: FixedSizeImages(folders.splits[name], names=folders.names) for name in splits}
+    return DataSource(folders.root, "folders", folders.classes, folders.names, sets)
+
+
 def image_files(folder: Path) -> list[Path]:
     """Image files in ``folder`` and its subfolders (symlinks followed, as ImageFolder does), sorted.
 
@@ -119,24 +115,18 @@ def _few(items: list[str], limit: int = 5) -> str:
     return ", ".join(items[:limit]) + more
 
 
-class FixedSizeImages(Dataset):
-    """A split as the paper's fixed 256x256 uint8 images, ready for batch augmentation on the device.
+class FixedSizeImages(ImageSet):
+    """A split of image folders as the paper's fixed 256x256 uint8 images, decoded as they are read.
 
-    Item i is (image uint8 (256, 256, 3), label, i, error). An undecodable file gives a zero image,
-    label -1 and the reason in ``error``, so that one bad file never stops a DataLoader; the main
-    process drops it from the batch and reports it once (SkippedFiles).
+    An undecodable file gives a zero image, label -1 and the reason, so that one bad file never stops
+    a DataLoader; the main process drops it from the batch and reports it once (SkippedFiles).
     """
 
-    def __init__(self, split: Split, size: int = FIXED_SIZE) -> None:
+    def __init__(self, split: Split, size: int = FIXED_SIZE, names: list[str] | None = None) -> None:
         self.split, self.size = split, size
+        self.names = list(split.classes) if names is None else list(names)
 
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def path(self, index: int) -> Path:
-        return self.split.samples[index][0]
-
-    def __getitem__(self, index: int):
+    def _item(self, index: int):
         path, label = self.split.samples[index]
         try:
             return load_fixed(path, self.size), label, index, ""
@@ -145,11 +135,28 @@ class FixedSizeImages(Dataset):
         except OSError as e:  # the file vanished or can't be read at all; still not worth stopping a run
             return torch.zeros(self.size, self.size, 3, dtype=torch.uint8), -1, index, f"{type(e).__name__}: {e}"
 
+    def __getitem__(self, index: int):
+        return self._item(index)
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        # default_collate: in a DataLoader worker it stacks straight into shared memory.
+        return tuple(default_collate([self._item(i) for i in indices]))
+
+    def relabelled(self, classes: list[str]) -> FixedSizeImages:
+        index = {c: i for i, c in enumerate(self.classes)}
+        split = labelled_by(self.split, classes)
+        names = {c: self.names[index[c]] for c in self.classes}
+        return FixedSizeImages(split, self.size, [names.get(c, c) for c in classes])
+
+    def subset(self, indices: list[int]) -> FixedSizeImages:
+        split = Split(self.split.root, self.split.classes, [self.split.samples[i] for i in indices])
+        return FixedSizeImages(split, self.size, self.names)
+
 
 class SkippedFiles:
     """Undecodable files seen in the main process: each warned about once per run, counted per epoch."""
 
-    def __init__(self, dataset: FixedSizeImages, stream=None) -> None:
+    def __init__(self, dataset: ImageSet, stream=None) -> None:
         self.dataset, self.stream = dataset, stream
         self.reasons: dict[int, str] = {}
         self.this_epoch = 0

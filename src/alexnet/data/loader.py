@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from alexnet.data.folders import FixedSizeImages
+from alexnet.data.imageset import ImageSet
 
 
 class ResumableSampler(DistributedSampler):
@@ -55,24 +55,20 @@ def steps_per_epoch(dataset_len: int, batch_per_rank: int, world: int) -> int:
     return math.ceil(dataset_len / world) // batch_per_rank
 
 
-def train_loader(dataset: FixedSizeImages, batch_per_rank: int, rank: int, world: int, seed: int,
+def train_loader(dataset: ImageSet, batch_per_rank: int, rank: int, world: int, seed: int,
                  workers: int, pin_memory: bool) -> DataLoader:
     sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, seed=seed)
     return DataLoader(dataset, batch_size=batch_per_rank, sampler=sampler, num_workers=workers,
                       pin_memory=pin_memory, drop_last=True, persistent_workers=False,
-                      collate_fn=_collate(dataset),
+                      collate_fn=ImageSet.collate,   # an ImageSet reads whole batches
                       # Its own generator: otherwise each new iterator draws its worker seed from the
                       # global RNG, and resuming would shift dropout's random numbers.
                       generator=torch.Generator().manual_seed(seed))
 
 
-def eval_loader(dataset: FixedSizeImages, batch_size: int, rank: int, world: int, workers: int,
+def eval_loader(dataset: ImageSet, batch_size: int, rank: int, world: int, workers: int,
                 pin_memory: bool) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world),
                       num_workers=workers, pin_memory=pin_memory, generator=torch.Generator().manual_seed(0),
-                      collate_fn=_collate(dataset))
+                      collate_fn=ImageSet.collate)
 
-
-def _collate(dataset):
-    # A prepared dataset reads whole batches itself (PreparedImages.__getitems__).
-    return getattr(dataset, "collate", None)

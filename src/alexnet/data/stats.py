@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from alexnet.data.folders import FixedSizeImages, SkippedFiles
+from alexnet.data.folders import SkippedFiles
+from alexnet.data.imageset import ImageSet
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
 
@@ -53,7 +55,7 @@ class DataStats:
         return cls(**t, images=int(meta.get("images", 0)), fingerprint=meta.get("fingerprint", ""))
 
 
-def fingerprint(dataset: FixedSizeImages) -> str:
+def fingerprint(dataset: ImageSet) -> str:
     """Identifies the file list (relative paths and labels) and the fixed size; not the pixels."""
     h = hashlib.sha256(f"v{STATS_VERSION} size={dataset.size}\n".encode())
     for path, label in dataset.split.samples:
@@ -61,7 +63,7 @@ def fingerprint(dataset: FixedSizeImages) -> str:
     return h.hexdigest()[:16]
 
 
-def compute_stats(dataset: FixedSizeImages, batch_size: int = 64, workers: int | None = None,
+def compute_stats(dataset: ImageSet, batch_size: int = 64, workers: int | None = None,
                   max_images: int | None = None, progress: bool = True) -> DataStats:
     """One pass over ``dataset`` (or ``max_images`` of it, evenly spaced) with a progress bar."""
     indices = list(range(len(dataset)))
@@ -69,7 +71,7 @@ def compute_stats(dataset: FixedSizeImages, batch_size: int = 64, workers: int |
         indices = torch.linspace(0, len(indices) - 1, max_images).round().long().unique().tolist()
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers,
-                        collate_fn=getattr(dataset, "collate", None))   # a prepared set reads whole batches
+                        collate_fn=ImageSet.collate)
     skipped = SkippedFiles(dataset)
 
     size = dataset.size
@@ -104,17 +106,31 @@ def compute_stats(dataset: FixedSizeImages, batch_size: int = 64, workers: int |
         images=count, fingerprint=fingerprint(dataset))
 
 
-def load_or_compute_stats(dataset: FixedSizeImages, cache: str | Path, **kwargs) -> DataStats:
-    """The statistics from ``cache`` when it was made from the same files; otherwise compute and cache them."""
+def load_or_compute_stats(dataset: ImageSet, cache: str | Path, **kwargs) -> DataStats:
+    """The statistics from ``cache`` when it was made from the same files, else from the dataset's own
+    (``stats_file``, computed ahead of time, copied to ``cache``); otherwise computed and cached."""
     cache = Path(cache)
-    if cache.is_file():
-        try:
-            stats = DataStats.load(cache)
-            if stats.fingerprint == fingerprint(dataset) and stats.mean_image.shape[0] == dataset.size:
-                return stats
-        except Exception:  # an unreadable or foreign cache is recomputed, never trusted
-            pass
+    stats = _matching(cache, dataset)
+    if stats is not None:
+        return stats
+    own = dataset.stats_file
+    if own is not None and own != cache and _matching(own, dataset) is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(own, cache)
+        return DataStats.load(cache)
     stats = compute_stats(dataset, **kwargs)
     cache.parent.mkdir(parents=True, exist_ok=True)
     stats.save(cache)
     return stats
+
+
+def _matching(path: Path, dataset: ImageSet) -> DataStats | None:
+    if not path.is_file():
+        return None
+    try:
+        stats = DataStats.load(path)
+    except Exception:  # an unreadable or foreign file is recomputed, never trusted
+        return None
+    if stats.fingerprint == fingerprint(dataset) and stats.mean_image.shape[0] == dataset.size:
+        return stats
+    return None

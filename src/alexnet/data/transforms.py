@@ -66,6 +66,10 @@ class Draws:
     flips: torch.Tensor    # (N,) bool
     normal: torch.Tensor   # (N, 3) standard normal, for PCA noise
 
+    def select(self, keep: torch.Tensor) -> Draws:
+        """The draws of the samples where ``keep`` is True (a batch without its unreadable samples)."""
+        return Draws(self.tops[keep], self.lefts[keep], self.flips[keep], self.normal[keep])
+
     @classmethod
     def from_generator(cls, n: int, height: int, width: int, size: int, generator: torch.Generator | None = None,
                        flip: bool = True) -> Draws:
@@ -120,6 +124,16 @@ class Normalize:
     @property
     def per_pixel(self) -> bool:
         return self.mean.dim() == 3
+
+
+@dataclass
+class Preprocessing:
+    """What turns a run's uint8 images into network input: the crop side, the normalisation, and the
+    PCA colour noise of training (None without). Checkpoints record it (checkpoint.py), so that
+    evaluation and prediction see images exactly as training did."""
+    size: int
+    norm: Normalize
+    pca: PCANoise | None
 
 
 def crop(images: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, flips: torch.Tensor,

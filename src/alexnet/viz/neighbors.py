@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 
 from alexnet.data.decode import UndecodableImage, load_fixed
-from alexnet.data.folders import SkippedFiles, discover, read_class_names
+from alexnet.data.folders import SkippedFiles
+from alexnet.data.sources import open_data
 from alexnet.errors import UserError
-from alexnet.features import DEFAULT_LAYER, check_layer, extract_features, iter_features, split_images, subset
+from alexnet.features import DEFAULT_LAYER, check_layer, extract_features, iter_features
 from alexnet.viz.figure import axes_at, center_crop, new_figure, save, shorten, show_image
 from alexnet.weights import LoadedModel
 
@@ -79,12 +80,10 @@ def find_neighbours(loaded: LoadedModel, data: str | Path, queries: int = QUERIE
     workers, device, dtype, progress).
     """
     check_layer(loaded, layer)
-    # Image folders or a prepared folder (alexnet prepare); tiles are drawn from the source files.
-    val, train = split_images(data, "val"), split_images(data, "train")
-    if train.split.classes != val.split.classes:
-        discover(data, splits=("train", "val"))     # says which class folders differ
-    names = getattr(val, "names", None) or read_class_names(Path(data).expanduser(), val.split.classes)
-    chosen = subset(val, query_indices(len(val), queries))
+    # Any kind of data (data/sources.py); tiles are drawn from the source files.
+    source = open_data(data)
+    val, train, names = source.splits["val"], source.splits["train"], source.names
+    chosen = val.subset(query_indices(len(val), queries))
     query = extract_features(loaded, chosen, layer, **(kwargs | {"progress": False}))
     skipped = SkippedFiles(train)
     batches = iter_features(loaded, train, layer, skipped=skipped, desc=f"{layer} features of train/", **kwargs)

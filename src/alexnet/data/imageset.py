@@ -1,0 +1,104 @@
+"""What every kind of data offers the rest of the project: one split as fixed 256x256 uint8 images.
+
+A kind of data (image folders, a prepared store, any source added later) is an ``ImageSet``: its
+length, its classes and their readable names, the source file of each sample, batch reads, another
+labelling, a subset, and where statistics computed ahead of time lie. Commands never ask which kind
+they hold; ``data/sources.py`` opens the right one.
+
+Item i is (uint8 (256, 256, 3), label, i, error); a batch read gives the same four fields batched
+(images (B, 256, 256, 3), labels (B,), indices (B,), errors: B strings). An unreadable sample has
+label -1 and its reason in ``error``, so one bad file never stops a DataLoader (see SkippedFiles).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from alexnet.errors import UserError
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]
+SPLITS = ("train", "val")
+
+
+@dataclass
+class Split:
+    """One split's samples: (source path, label) in class order, then file-name order."""
+    root: Path
+    classes: list[str]
+    samples: list[tuple[Path, int]]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def labelled_by(split: Split, classes: list[str]) -> Split:
+    """``split`` with each sample labelled by its class's index among the network's ``classes``.
+
+    The data may hold all of the network's classes or any subset of them (ImageNet val/ restricted to
+    a few folders, say); a folder the network has no output for is an error, not a silent miss.
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = [c for c in split.classes if c not in index]
+    if unknown:
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        known = ", ".join(classes[:3]) + (", ..." if len(classes) > 3 else "")
+        raise UserError(f"{split.root} has class folders the network has no output for: "
+                        f"{', '.join(unknown[:3])}{more} (it knows {len(classes)} classes: {known})")
+    samples = [(path, index[split.classes[label]]) for path, label in split.samples]
+    return Split(root=split.root, classes=list(classes), samples=samples)
+
+
+class ImageSet(Dataset):
+    """The interface; subclasses set ``split``, ``names`` and ``size`` and read batches.
+
+    Batches are read whole (``__getitems__``, which DataLoader calls with a batch's indices), so
+    every loader passes ``collate_fn=ImageSet.collate``.
+    """
+    split: Split           # root, classes (one per label), samples (source path, label)
+    names: list[str]       # readable class names, same order as classes
+    size: int              # side of the fixed images
+    decodes: bool = True   # reading decodes files (worth DataLoader workers); False: copies stored pixels
+    stats_file: Path | None = None   # the mean image and RGB PCA computed ahead of time, if any
+
+    @property
+    def classes(self) -> list[str]:
+        return self.split.classes
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def path(self, index: int) -> Path:
+        return self.split.samples[index][0]
+
+    def __getitem__(self, index: int):
+        images, labels, indices, errors = self.__getitems__([index])
+        return images[0], int(labels[0]), int(indices[0]), errors[0]
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        raise NotImplementedError
+
+    def relabelled(self, classes: list[str]) -> ImageSet:
+        """The same samples labelled by their class's index among ``classes`` (a network's outputs)."""
+        raise NotImplementedError
+
+    def subset(self, indices: list[int]) -> ImageSet:
+        """These samples only, in this order (a few query images, say)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def collate(batch: Batch) -> Batch:
+        return batch
+
+
+@dataclass
+class DataSource:
+    """An opened dataset of any kind: its classes, their readable names, and the splits asked for."""
+    root: Path
+    kind: str                               # which kind of data (sources.KINDS) this is
+    classes: list[str]                      # index = label (ImageNet: WordNet ids, sorted)
+    names: list[str]                        # readable names, same order
+    splits: dict[str, ImageSet]

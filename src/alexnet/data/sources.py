@@ -1,0 +1,51 @@
+"""The one door for data: every command opens its dataset here, whatever kind of data lies at the path.
+
+    source = open_data("data/demo")                 # DataSource: classes, names, splits["train"|"val"]
+    val = open_split("data/demo-prepared", "val", classes=loaded.classes)   # labelled as a network's outputs
+
+A kind of data is a detector and an opener in KINDS, tried in order; each opener returns ImageSets
+(data/imageset.py), so nothing past this module asks which kind it holds. To add a kind (ImageNet's
+archives, say), write its ImageSet and add it here; tests/test_sources.py then asks for a builder of it
+and holds it to the samples the other kinds give.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from alexnet.data.folders import open_folders
+from alexnet.data.imageset import SPLITS, DataSource, ImageSet
+from alexnet.data.prepared import is_prepared, open_prepared
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    detect: Callable[[Path], bool]
+    open: Callable[[Path, tuple[str, ...]], DataSource]
+
+
+# Most specific first; image folders take whatever is left, and explain what they expected.
+KINDS = (
+    Kind("prepared", is_prepared, open_prepared),
+    Kind("folders", lambda path: True, open_folders),
+)
+
+
+def kind_of(path: str | Path) -> Kind:
+    path = Path(path).expanduser()
+    return next(kind for kind in KINDS if kind.detect(path))
+
+
+def open_data(path: str | Path, splits: tuple[str, ...] = SPLITS) -> DataSource:
+    """The dataset at ``path`` with the ``splits`` asked for; a one-line UserError if it is not one."""
+    path = Path(path).expanduser()
+    return kind_of(path).open(path, splits)
+
+
+def open_split(path: str | Path, split: str = "val", classes: list[str] | None = None) -> ImageSet:
+    """One split; with ``classes`` (a network's outputs), labelled by their index among them."""
+    images = open_data(path, (split,)).splits[split]
+    return images if classes is None else images.relabelled(classes)

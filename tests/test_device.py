@@ -1,0 +1,67 @@
+"""One rule for the device and the autocast dtype (alexnet.device), on this machine's CPU, and as it
+would go on a machine with GPUs (torch.cuda's answers replaced)."""
+
+import pytest
+import torch
+
+from alexnet import distributed
+from alexnet.device import device_and_dtype, pick_device
+from alexnet.errors import UserError
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answers on a machine without CUDA")
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """torch.cuda as it answers on a machine with two GPUs (no GPU is touched: torch.device is only a name)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+
+@no_cuda
+@pytest.mark.parametrize("setting", ["cpu", "auto"])
+def test_cpu_and_auto_give_the_cpu_without_cuda(setting):
+    assert pick_device(setting) == torch.device("cpu")
+    assert pick_device(setting, local_rank=3) == torch.device("cpu")
+
+
+@no_cuda
+@pytest.mark.parametrize("setting", ["cuda", "cuda:0"])
+def test_cuda_without_cuda_is_a_user_error(setting):
+    with pytest.raises(UserError, match="sees no CUDA device") as e:
+        pick_device(setting)
+    assert len(str(e.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("setting", ["gpu", "CUDA", "cuda:", "cuda:x", "cuda:-1", "cpu:0", ""])
+def test_an_unknown_setting_is_a_user_error(setting):
+    with pytest.raises(UserError, match="unknown device") as e:
+        pick_device(setting)
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_cuda_follows_the_local_rank_and_an_index_wins_over_it(two_gpus):
+    assert pick_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert pick_device("auto", local_rank=3) == torch.device("cuda", 1)   # more processes than GPUs: wrap
+    assert pick_device("cuda:0", local_rank=1) == torch.device("cuda", 0)
+    assert pick_device("cpu", local_rank=1) == torch.device("cpu")
+
+
+def test_an_index_beyond_the_gpus_is_a_user_error(two_gpus):
+    with pytest.raises(UserError, match="cuda:0 to cuda:1") as e:
+        pick_device("cuda:2")
+    assert len(str(e.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("precision,dtype", [("fp32", None), ("bf16", torch.bfloat16)])
+def test_device_and_dtype_on_the_cpu(precision, dtype):
+    assert device_and_dtype("cpu", precision) == (torch.device("cpu"), dtype)
+
+
+def test_fp16_on_the_cpu_is_a_user_error():
+    with pytest.raises(UserError, match="fp16 needs a CUDA device"):
+        device_and_dtype("cpu", "fp16")
+
+
+def test_distributed_uses_the_same_rule():
+    assert distributed.pick_device is pick_device
