@@ -1,4 +1,4 @@
-"""The network against SPEC.md's tables, torchvision, and a stored seeded output."""
+"""The network against docs/paper-numbers.md's tables, torchvision, and a stored seeded output."""
 
 import json
 import os
@@ -15,7 +15,7 @@ from alexnet.reference import LAYERS, LRN_CONVENTIONS, conv_forward, lrn_forward
 
 GOLDEN = Path(__file__).parent / "data" / "golden_forward.json"
 
-# SPEC.md section 1, typed in from the paper's arithmetic: (output C, H, W), params (W+b), multiply-adds.
+# docs/paper-numbers.md section 1, typed in from the paper's arithmetic: (output C, H, W), params (W+b), multiply-adds.
 PAPER_TABLE = {
     "conv1": ((96, 55, 55), 34_944, 105_415_200),
     "pool1": ((96, 27, 27), 0, 0),

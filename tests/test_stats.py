@@ -72,3 +72,26 @@ def test_cache_is_reused_and_recomputed_when_files_change(colour_set, tmp_path, 
     cache.write_bytes(b"not safetensors")
     assert load_or_compute_stats(ds, cache, workers=0, progress=False).images == 5
     assert DataStats.load(cache).images == 5
+
+
+def test_shared_out_over_processes_the_sums_give_one_process_statistics(colour_set):
+    # Three processes, played one after another: each sums every third image, and the "all-reduce" adds
+    # the other two's sums, as torch.distributed would; every one ends with the numpy statistics.
+    ds, colours = colour_set
+    parts = {}
+
+    def keep(rank):
+        def all_sum(t):
+            parts[rank] = t.clone()
+            return t
+        return all_sum
+
+    for rank in (1, 2):
+        compute_stats(ds, batch_size=2, workers=0, progress=False, rank=rank, world=3, all_sum=keep(rank))
+    s = compute_stats(ds, batch_size=2, workers=0, progress=False, rank=0, world=3,
+                      all_sum=lambda t: t + parts[1] + parts[2])
+    assert s.images == 6
+    torch.testing.assert_close(s.mean_image, torch.tensor(colours.mean(0)).float().expand(256, 256, 3))
+    np.testing.assert_allclose(s.channel_std.numpy(), colours.std(0), rtol=1e-5)
+    vals = np.linalg.eigvalsh(np.cov(colours.T / 255.0, bias=True))[::-1]
+    np.testing.assert_allclose(s.eigvals.numpy(), vals, rtol=1e-5, atol=1e-7)

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from alexnet.config import resolve
+from alexnet.data.stats import DataStats
 from alexnet.errors import UserError
 from alexnet.train import NonFiniteLoss, train
 from conftest import write_image_folders
@@ -92,19 +93,22 @@ def test_late_dropout_is_off_until_its_epoch(data, tmp_path):
     assert losses["late"][1] != losses["none"][1]
 
 
-def test_sigterm_mid_epoch_saves_and_resume_matches_an_uninterrupted_run(more_data, tmp_path):
+@pytest.mark.parametrize("signum,save", [(signal.SIGTERM, ["--save-every", "1"]),
+                                         # a scheduler's notice; checkpoints by the clock (every 6 ms here)
+                                         (signal.SIGUSR1, ["--save-every-minutes", "0.0001"])])
+def test_a_signal_mid_epoch_saves_and_resume_matches_an_uninterrupted_run(more_data, tmp_path, signum, save):
     # 16 images in batches of 2: 8 steps an epoch, a checkpoint after every step.
     opts = dict(epochs=1, batch_size=2, save_every=1)
     train(config(more_data, tmp_path / "a", **opts))
     run = tmp_path / "b"
     p = cli("train", "--data", str(more_data), "--out", str(run), "--epochs", "1", "--batch-size", "2",
-            "--save-every", "1", "--lr", "0.001", "--workers", "0", "--precision", "fp32")
+            *save, "--lr", "0.001", "--workers", "0", "--precision", "fp32")
     deadline = time.time() + 120
     while not (run / "last.pt").exists() and time.time() < deadline and p.poll() is None:
         time.sleep(0.05)
-    p.send_signal(signal.SIGTERM)
+    p.send_signal(signum)
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 128 + signal.SIGTERM, err
+    assert p.returncode == 128 + signum, err
     assert "Resume with: alexnet train --out" in err
     saved = torch.load(run / "last.pt", weights_only=True)
     assert saved["epoch"] == 0 and 1 <= saved["step_in_epoch"] < 8
@@ -182,6 +186,11 @@ def test_two_processes_match_one_with_the_same_global_batch(more_data, tmp_path)
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_weights(weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt"), exact=False)
+    # The mean image and PCA were shared out over the two processes (each summed half the images).
+    one, two = (DataStats.load(tmp_path / run / "data_stats.safetensors") for run in ("one", "two"))
+    assert one.images == two.images == 16
+    for key in ("mean_image", "channel_mean", "channel_std", "eigvals"):
+        torch.testing.assert_close(getattr(two, key), getattr(one, key), rtol=1e-6, atol=1e-6, msg=key)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -190,6 +199,8 @@ def test_two_processes_match_one_with_the_same_global_batch(more_data, tmp_path)
     (["--data", "/no/such/folder"], "does not exist"),
     (["--schedule", "linear"], "invalid choice"),
     (["--resume", "--out", "/tmp/alexnet-no-such-run"], "nothing to resume"),
+    (["--resume", "maybe"], "expected nothing or 'auto'"),
+    (["--save-every-minutes", "nan"], "expected a non-negative number, got nan"),
 ])
 def test_bad_flags_exit_2_with_one_line(args, message):
     r = subprocess.run([sys.executable, "-m", "alexnet", "train", *args], capture_output=True, text=True)
@@ -213,3 +224,56 @@ def test_loaded_momentum_takes_its_weights_memory_layout():
     expected = w.detach() - 0.1 * (0.9 * buf + 1)
     opt.step()
     torch.testing.assert_close(w.detach(), expected)
+
+
+def test_resume_auto_starts_a_run_then_continues_it(data, tmp_path):
+    train(config(data, tmp_path / "a", epochs=2))
+    run = tmp_path / "b"
+    train(config(data, run, epochs=1), resume="auto")                          # nothing there: a fresh run
+    train(config(data, run, epochs=2), resume="auto", given={"epochs": 2})     # last.pt there: continued
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert_same_weights(weights(tmp_path / "a" / "last.pt"), weights(run / "last.pt"))
+
+
+def test_a_process_torchrun_restarted_resumes_by_itself(data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")   # what torchrun sets in a restarted group
+    train(config(data, run, epochs=1))                       # a restart before any checkpoint: starts it
+    train(config(data, run, epochs=2), given={"epochs": 2})  # a restart after one: continues, no --resume
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")   # a first start still never overwrites a run
+    with pytest.raises(UserError, match="already holds a run"):
+        train(config(data, run, epochs=2))
+
+
+def test_without_a_terminal_progress_comes_as_plain_lines(more_data, tmp_path):
+    p = cli("train", "--data", str(more_data), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2",
+            "--log-every", "3", "--lr", "0.001", "--workers", "0", "--precision", "fp32")
+    _, err = p.communicate(timeout=300)                     # stderr is a pipe, as in a cluster job's log
+    assert p.returncode == 0, err
+    lines = [line for line in err.splitlines() if " step " in line]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/1 step 3/8", "epoch 1/1 step 6/8"]
+    assert all("loss " in line and "img/s" in line and "epoch ends in" in line for line in lines)
+
+
+NODE = """import os, sys
+folder = os.path.join(sys.argv[1], "node" + os.environ["RANK"])   # each process in its own folder, as on
+os.makedirs(folder, exist_ok=True)                                 # nodes with their own disks
+os.chdir(folder)
+from alexnet.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_run_folder_not_every_node_sees_is_refused_in_one_line(data, tmp_path):
+    train(config(data, tmp_path / "node0" / "run", epochs=1))   # only "node" 0 holds the run
+    script = tmp_path / "node.py"
+    script.write_text(NODE)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script), str(tmp_path), "train", "--data", str(data), "--out", "run", "--resume", "auto",
+                        "--epochs", "2", "--workers", "0"], capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if line.startswith("alexnet train: error:")]
+    assert errors and all("--out must be a folder every node shares" in line for line in errors), r.stderr[-2000:]
+    assert "alexnet/train.py" not in r.stderr     # no traceback of ours (torchrun prints its own)

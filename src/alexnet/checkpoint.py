@@ -22,6 +22,7 @@ never a KeyError deep in the loop.
 
 from __future__ import annotations
 
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,11 @@ from alexnet.data.decode import FIXED_SIZE
 from alexnet.data.transforms import NORMALIZATIONS, PCA_CONVENTIONS, Normalize, PCANoise, Preprocessing
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
+from alexnet.model import AlexNet, state_mismatch
 
 FORMAT = 1
 RESUMABLE = ("optimizer", "schedule", "scaler", "rng")
+SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
 
 
 # ---- writing ----
@@ -101,27 +104,53 @@ def read_resumable(path: str | Path) -> Resumable:
     """last.pt, every field checked; a one-line UserError names the first that is wrong."""
     ckpt = read(path)
     if ckpt.get("format") != FORMAT or "config" not in ckpt:
-        raise UserError(f"{path} is not a resumable training checkpoint of this version")
+        found = f"format {ckpt['format']!r}" if "format" in ckpt else "no format"
+        raise UserError(f"{path} is not a resumable training checkpoint of this version "
+                        f"({found}{'' if 'config' in ckpt else ', no config'}; this version writes format {FORMAT})")
     missing = [k for k in RESUMABLE if k not in ckpt]
     if missing:
         raise UserError(f"{path} holds weights only (no {', '.join(missing)}); resume from a run's last.pt")
-    config = from_dict(_field(ckpt, "config", dict, path), str(path))
+    try:
+        config = from_dict(_field(ckpt, "config", dict, path), "config")
+    except UserError as e:
+        raise _damaged(path, "config", str(e)) from None
+    if ckpt.get("variant") != config.variant:
+        raise _damaged(path, "variant", f"{ckpt.get('variant')!r} where the config says {config.variant!r}")
     classes, names = _classes(ckpt, path)
     epoch, step = _count(ckpt, "epoch", path), _count(ckpt, "step_in_epoch", path)
     best = _field(ckpt, "best", dict, path)
-    if not (_number(best.get("top1")) and isinstance(best.get("epoch"), int)):
-        raise _damaged(path, "best", "expected {'top1': a number, 'epoch': an integer}")
+    if not (_number(best.get("top1")) and math.isfinite(best["top1"]) and _integer(best.get("epoch"))):
+        raise _damaged(path, "best", "expected {'top1': a finite number, 'epoch': an integer}")
+    model, parameters = _model(ckpt, config, len(classes), path)
     optimizer = _field(ckpt, "optimizer", dict, path)
-    if not isinstance(optimizer.get("state"), dict) or not isinstance(optimizer.get("param_groups"), list):
-        raise _damaged(path, "optimizer", "expected an optimizer state_dict")
+    groups = optimizer.get("param_groups")
+    if not isinstance(optimizer.get("state"), dict) or not isinstance(groups, list) or \
+            not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups) or \
+            sum(len(g["params"]) for g in groups) != parameters:
+        raise _damaged(path, "optimizer", f"expected an optimizer state_dict of the network's {parameters} parameters")
+    schedule = _field(ckpt, "schedule", dict, path)
+    if not (_integer(schedule.get("drops")) and _number(schedule.get("best")) and _integer(schedule.get("bad_epochs"))):
+        raise _damaged(path, "schedule", "expected {'drops': an integer, 'best': a number, 'bad_epochs': an integer}")
+    scaler = _field(ckpt, "scaler", dict, path)
+    if scaler and not all(_number(scaler.get(k)) for k in SCALER_KEYS):
+        raise _damaged(path, "scaler", f"expected a gradient scaler's state_dict ({', '.join(SCALER_KEYS)}) or {{}}")
     rng = _field(ckpt, "rng", list, path)
-    if not rng or not all(isinstance(r, dict) and isinstance(r.get("torch"), torch.Tensor) for r in rng):
-        raise _damaged(path, "rng", "expected one random-number state per process")
+    if not rng or not all(isinstance(r, dict) and _rng(r.get("torch")) and ("cuda" not in r or _rng(r["cuda"]))
+                          for r in rng):
+        raise _damaged(path, "rng", "expected one random-number state (uint8 tensors) per process")
     prep = _preprocessing(ckpt, path)
     if prep.size != config.crop:
         raise _damaged(path, "preprocessing", f"crop {prep.size} does not match the {config.variant} network")
-    return Resumable(config, _field(ckpt, "model", dict, path), optimizer, _field(ckpt, "schedule", dict, path),
-                     _field(ckpt, "scaler", dict, path), rng, classes, names, prep, epoch, step, best)
+    kind = ckpt["preprocessing"]["normalization"]
+    if kind != config.normalization:
+        raise _damaged(path, "preprocessing", f"normalization {kind} where the config says {config.normalization}")
+    if prep.norm.per_pixel != (kind == "mean-image") or (prep.norm.std is None) != (kind == "mean-image"):
+        raise _damaged(path, "preprocessing", f"the {kind} normalization needs " + (
+            f"a ({FIXED_SIZE}, {FIXED_SIZE}, 3) mean and no std" if kind == "mean-image" else "a (3,) mean and std"))
+    pca = "none" if prep.pca is None else prep.pca.convention
+    if pca != config.pca_noise:
+        raise _damaged(path, "preprocessing", f"PCA noise {pca} where the config says {config.pca_noise}")
+    return Resumable(config, model, optimizer, schedule, scaler, rng, classes, names, prep, epoch, step, best)
 
 
 def meaning(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
@@ -192,14 +221,36 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _rng(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
+
+
+def _model(ckpt: dict, config: TrainConfig, num_classes: int, path: str | Path) -> tuple[dict, int]:
+    """The weights, checked against the network the config and classes describe; and its parameter count."""
+    state = _field(ckpt, "model", dict, path)
+    with torch.device("meta"):
+        network = AlexNet(config.variant, num_classes=num_classes, init="pytorch")
+    problem = state_mismatch(network.state_dict(), state)
+    if problem:
+        raise _damaged(path, "model", f"the weights do not fit the {config.variant} network with {num_classes} "
+                                      f"classes: {problem}")
+    return state, len(list(network.parameters()))
+
+
 def _strings(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
 
 
 def _classes(ckpt: dict, path: str | Path) -> tuple[list[str], list[str]]:
     classes, names = ckpt.get("classes"), ckpt.get("names")
-    if not _strings(classes) or not _strings(names) or len(names) != len(classes):
-        raise _damaged(path, "classes", "expected one folder name and one readable name per output")
+    if not _strings(classes):
+        raise _damaged(path, "classes", "expected one folder name per output")
+    if not _strings(names) or len(names) != len(classes):
+        raise _damaged(path, "names", f"expected one readable name for each of the {len(classes)} classes")
     return classes, names
 
 

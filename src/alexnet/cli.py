@@ -264,10 +264,19 @@ def _add_train(sub) -> None:
         p.add_argument(flag, type=_flag_type(f), choices=meta["choices"], default=None,
                        metavar=None if meta["choices"] else f.name.upper(),
                        help=meta["help"] + ("" if f.default is None else f" (paper default: {f.default})"))
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--resume", nargs="?", const=True, default=False, type=_resume_mode, metavar="auto",
+                   help="continue the run in --out from its last.pt; --resume auto: continue it if it holds one, "
+                        "else start it (for jobs a scheduler requeues; a process torchrun restarts does this "
+                        "by itself)")
     p.add_argument("--require-top1", type=_fraction, default=None, metavar="FRACTION",
                    help="exit with status 1 if the best val top-1 ends below this (e.g. 0.9): a run that doubles as a check")
     p.set_defaults(run=_run_train)
+
+
+def _resume_mode(text: str) -> str:
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"expected nothing or 'auto', got {text!r} (the run is --out's folder)")
+    return text
 
 
 def _run_train(args) -> int:

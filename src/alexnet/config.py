@@ -50,7 +50,7 @@ class TrainConfig:
     data: str | None = _opt(None, "dataset folder with train/<class>/* and val/<class>/* (default: the bundled demo set)")
     out: str = _opt("runs/alexnet", "run folder: config.yaml, metrics.jsonl, last.pt, best.pt")
     preset: str = _opt("paper", "settings to start from", PRESETS)
-    # the network (SPEC.md section 1)
+    # the network (docs/paper-numbers.md section 1)
     variant: str = _opt("paper", "paper: the 2012 network; owt: torchvision's", VARIANTS)
     lrn: str = _opt("paper", "LRN convention (paper variant)", tuple(LRN_CONVENTIONS))
     init: str = _opt("paper", "paper: N(0, 0.01) weights, biases of 1 in conv2/4/5 and fc6/7; kaiming: He normal; pytorch: layer defaults", INITS)
@@ -90,7 +90,11 @@ class TrainConfig:
     # bookkeeping
     save_every: int = _opt(0, "also write last.pt every this many steps (0: at the end of each epoch only)",
                            kind="non-negative")
-    log_every: int = _opt(10, "steps between progress-bar updates", kind="count")
+    save_every_minutes: float = _opt(0.0, "also write last.pt when this many minutes have passed since the last "
+                                          "save (0: never by the clock); a preemption costs at most this much",
+                                     kind="non-negative")
+    log_every: int = _opt(10, "steps between progress-bar updates; without a terminal, between progress lines",
+                          kind="count")
     tensorboard: bool = _opt(False, "also log to RUN/tensorboard (needs the tensorboard package)")
 
     def validate(self) -> TrainConfig:

@@ -63,18 +63,20 @@ def barrier(dist: Dist) -> None:
 
 
 def all_sum(dist: Dist, values: torch.Tensor) -> torch.Tensor:
-    """Sum of ``values`` over all processes (a copy; the input is left alone)."""
-    values = values.clone()
-    if dist.active:
-        td.all_reduce(values, op=td.ReduceOp.SUM, group=dist.group)
-    return values
+    """Sum of ``values`` over all processes (a copy on the input's device; the input is left alone)."""
+    return _all_reduce(dist, values, td.ReduceOp.SUM)
 
 
 def all_max(dist: Dist, values: torch.Tensor) -> torch.Tensor:
-    values = values.clone()
+    return _all_reduce(dist, values, td.ReduceOp.MAX)
+
+
+def _all_reduce(dist: Dist, values: torch.Tensor, op) -> torch.Tensor:
+    # Through this process's device: NCCL serves CUDA tensors only, and callers hold CPU ones.
+    out = values.to(dist.device, copy=True)
     if dist.active:
-        td.all_reduce(values, op=td.ReduceOp.MAX, group=dist.group)
-    return values
+        td.all_reduce(out, op=op, group=dist.group)
+    return out.to(values.device)
 
 
 def gather_objects(dist: Dist, obj):

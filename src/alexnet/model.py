@@ -1,15 +1,17 @@
-"""AlexNet (Krizhevsky, Sutskever & Hinton, NIPS 2012), to be read side by side with SPEC.md.
+"""AlexNet (Krizhevsky, Sutskever & Hinton, NIPS 2012), to be read side by side with docs/paper-numbers.md.
 
 Two variants share one class and one module layout (``features`` then ``classifier``):
 
-  "paper"  the network as published (SPEC.md section 1): 227x227 input, LRN after conv1 and conv2,
+  "paper"  the network as published (docs/paper-numbers.md section 1): 227x227 input, LRN after conv1 and conv2,
            overlapping 3/2 max pooling, and the two GPU towers kept apart by groups=2 in conv2, conv4,
            conv5 and in the LRN window. 60,965,224 parameters, 724,406,816 multiply-adds.
-  "owt"    torchvision.models.alexnet ("One weird trick", SPEC.md section 2): the same module tree and
+  "owt"    torchvision.models.alexnet ("One weird trick", docs/paper-numbers.md section 2): the same module tree and
            state_dict keys, so torchvision's weights load unchanged. 61,100,840 parameters.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -226,3 +228,42 @@ class AlexNet(nn.Module):
     def extra_repr(self) -> str:
         lrn = f", lrn={self.lrn!r}" if self.variant == "paper" else ""
         return f"variant={self.variant!r}, num_classes={self.num_classes}, init={self.init!r}{lrn}"
+
+
+# ---- does a state_dict fit a network? (weights.py and checkpoint.py ask before loading) ----
+
+def state_mismatch(expected: dict[str, torch.Tensor], state: dict[str, Any]) -> str:
+    """What keeps ``state`` from loading where ``expected`` is: "" when it fits."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} is {_shape(state[k])}, expected {tuple(expected[k].shape)}" for k in expected
+             if k in state and (not is_float(state[k]) or state[k].shape != expected[k].shape)]
+    parts = [f"missing {_few(missing)}" if missing else "", f"unexpected {_few(unexpected)}" if unexpected else "",
+             _few(wrong, 2) if wrong else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def guess_network(state: dict[str, Any]) -> str:
+    """"the owt network with 1000 classes" when ``state`` fits one exactly, else ""."""
+    fc8 = state.get("classifier.6.weight")
+    if not is_float(fc8) or fc8.dim() != 2:
+        return ""
+    for variant in VARIANTS:
+        with torch.device("meta"):
+            expected = AlexNet(variant, num_classes=fc8.shape[0], init="pytorch").state_dict()
+        if not state_mismatch(expected, state):
+            return f"the {variant} network with {fc8.shape[0]} classes"
+    return ""
+
+
+def is_float(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def _shape(value: Any) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _few(items: list[str], limit: int = 3) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more

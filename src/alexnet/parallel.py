@@ -1,6 +1,6 @@
 """The paper's two-GPU training: each tower on its own device, over torch.distributed.
 
-In 2012 each GTX 580 held half the kernels of every layer (paper section 3.2, SPEC.md section 1):
+In 2012 each GTX 580 held half the kernels of every layer (paper section 3.2, docs/paper-numbers.md section 1):
 
     tower t (rank t of a pair)     its share of AlexNet(variant="paper")       input
     conv1  3 -> 48,  11/4          kernels 48t .. 48t+47 of 96                  the image (both towers)

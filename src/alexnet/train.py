@@ -6,11 +6,12 @@
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \\
         -m alexnet train --data /imagenet ...                           # the same, over two machines
     alexnet train --out runs/paper --resume                             # continue where it stopped
+    torchrun --max-restarts=3 ... -m alexnet train --resume auto ...    # survives failed workers, requeues
 
-Every epoch: RUN/last.pt (and every --save-every steps), RUN/best.pt (best val top-1, weights only),
-a line in RUN/metrics.jsonl. SIGTERM or Ctrl-C finishes the step, writes last.pt and exits; --resume
-continues from the very next batch with the same random numbers, so the weights end up as if the run
-had never stopped. Rank 0 alone prints and writes.
+Every epoch: RUN/last.pt (and every --save-every steps or --save-every-minutes), RUN/best.pt (best val
+top-1, weights only), a line in RUN/metrics.jsonl. SIGTERM, SIGUSR1 or Ctrl-C finishes the step, writes
+last.pt and exits; --resume continues from the very next batch with the same random numbers, so the
+weights end up as if the run had never stopped. Rank 0 alone prints and writes.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import DataSource, ImageSet
 from alexnet.data.loader import eval_loader, steps_per_epoch, train_loader
 from alexnet.data.sources import open_data
-from alexnet.data.stats import DataStats, load_or_compute_stats
+from alexnet.data.stats import DataStats, compute_stats, find_stats
 from alexnet.data.transforms import Draws, Normalize, PCANoise, Preprocessing
 from alexnet.errors import UserError
 from alexnet.evaluate import evaluate
@@ -46,8 +47,10 @@ from alexnet.schedule import LRSchedule
 from alexnet.step import TrainStep, sgd
 
 # What may change when a run is resumed; anything else would make it a different run.
-RESUMABLE_CHANGES = {"epochs", "workers", "save_every", "log_every", "tensorboard", "compile", "data", "device",
-                     "towers"}
+RESUMABLE_CHANGES = {"epochs", "workers", "save_every", "save_every_minutes", "log_every", "tensorboard", "compile",
+                     "data", "device", "towers"}
+# SIGUSR1: what schedulers send ahead of a preemption (SLURM's --signal=USR1@120); handled as SIGTERM.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 STATS_CACHE = "data_stats.safetensors"
 
 
@@ -63,15 +66,23 @@ class Stopped(Exception):
         self.exit_code = 128 + signum
 
 
-def resolve_run(config: TrainConfig, resume: bool,
-                given: dict[str, Any]) -> tuple[TrainConfig, checkpoint.Resumable | None]:
+def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
+                dist: distributed.Dist | None = None) -> tuple[TrainConfig, checkpoint.Resumable | None]:
     """The configuration to run with, and the checkpoint to resume from (None for a fresh run).
 
+    ``resume``: False (a fresh run), True (continue RUN), or "auto" (continue RUN if it holds a
+    checkpoint, else start it); a process that torchrun restarted after a failure resumes by itself.
     A fresh run never overwrites an earlier one; a resumed run takes its settings from its checkpoint,
     changed only where RESUMABLE_CHANGES allows.
     """
     run = Path(config.out)
     last = run / "last.pt"
+    if not resume and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        resume = "auto"   # the group was restarted: what the first attempt saved is this run's
+    if dist is not None:
+        _check_shared(dist, last)
+    if resume == "auto":
+        resume = last.exists()
     if not resume:
         if last.exists():
             raise UserError(f"{run} already holds a run (last.pt); add --resume to continue it, "
@@ -88,6 +99,14 @@ def resolve_run(config: TrainConfig, resume: bool,
                         f"(the run was started with {', '.join(f'{k}={getattr(saved, k)!r}' for k in refused)})")
     values = saved.to_dict() | changes | {"out": str(run)}
     return from_dict(values, "resumed run"), ckpt
+
+
+def _check_shared(dist: distributed.Dist, last: Path) -> None:
+    """Every process must see the run folder rank 0 sees (they resume from it): refuse in one line if not."""
+    seen = distributed.all_max(dist, torch.tensor([float(last.exists()), -float(last.exists())]))
+    if seen[0] != -seen[1]:
+        raise UserError(f"{last} exists for some processes and not for others: --out must be a folder every "
+                        f"node shares (a network file system), or a copy of it on each node")
 
 
 def demo_data_dir() -> Path:
@@ -108,17 +127,27 @@ def _open_data(config: TrainConfig, dist: distributed.Dist) -> DataSource:
 def _preprocessing(config: TrainConfig, train_set: ImageSet, dist: distributed.Dist) -> Preprocessing:
     stats: DataStats | None = None
     if config.normalization != "imagenet" or config.pca_noise != "none":
-        # Rank 0 computes (or copies what `prepare` computed) into the run folder; the others then read it.
-        cache = Path(config.out) / STATS_CACHE
-        kwargs = dict(workers=config.workers, max_images=config.stats_images or None, progress=dist.main)
-        if dist.main:
-            stats = load_or_compute_stats(train_set, cache, **kwargs)
-        distributed.barrier(dist)
-        if not dist.main:
-            stats = load_or_compute_stats(train_set, cache, **kwargs)
+        stats = _statistics(config, train_set, dist)
     norm = Normalize.create(config.normalization, stats)
     pca = None if config.pca_noise == "none" else PCANoise(stats.eigvals, stats.eigvecs, convention=config.pca_noise)
     return Preprocessing(config.crop, norm, pca)
+
+
+def _statistics(config: TrainConfig, train_set: ImageSet, dist: distributed.Dist) -> DataStats:
+    """The training set's mean image and PCA on every process. Rank 0 looks in RUN (or takes what
+    `prepare` computed) and sends what it found; otherwise every process computes its share and the
+    sums are added up, so no process waits on another for long (ImageNet's pass is tens of minutes)."""
+    cache = Path(config.out) / STATS_CACHE
+    found = find_stats(train_set, cache) if dist.main else None
+    if distributed.all_max(dist, torch.tensor([float(found is not None)]))[0]:
+        return distributed.broadcast_object(dist, found)
+    stats = compute_stats(train_set, workers=config.workers, max_images=config.stats_images or None,
+                          progress=dist.main, rank=dist.rank, world=dist.world,
+                          all_sum=lambda t: distributed.all_sum(dist, t))
+    if dist.main:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        stats.save(cache)
+    return stats
 
 
 def build_model(config: TrainConfig, num_classes: int) -> AlexNet:
@@ -139,14 +168,14 @@ def set_dropout(model: nn.Module, p: float) -> None:
 
 
 class _StopFlag:
-    """SIGINT/SIGTERM set a flag the loop checks after each step; a second Ctrl-C stops at once."""
+    """SIGINT/SIGTERM/SIGUSR1 set a flag the loop checks after each step; a second Ctrl-C stops at once."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
         self._previous = {}
 
     def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -211,6 +240,12 @@ class _Run:
     step_in_epoch: int = 0
     best: dict = None
     writer: Any = None
+    saved_at: float = 0.0            # time.monotonic() of the last full checkpoint, or of the start
+
+    def save_due(self) -> float:
+        """1.0 on rank 0 when --save-every-minutes have passed since the last save (the others follow it)."""
+        minutes = self.config.save_every_minutes
+        return float(bool(minutes) and self.dist.main and time.monotonic() - self.saved_at >= 60 * minutes)
 
     def say(self, message: str) -> None:
         if self.dist.main:
@@ -219,6 +254,8 @@ class _Run:
     def checkpoint(self, path: Path, full: bool = True) -> None:
         """last.pt (full: resumable) or best.pt (weights and meaning); every process takes part."""
         rng = distributed.gather_objects(self.dist, _rng_state(self.dist.device)) if full else None
+        if full:
+            self.saved_at = time.monotonic()
         # Under --towers these gather both towers' halves: every process takes part.
         weights = self.model.state_dict()
         optimizer = self.step.optimizer.state_dict() if full else None
@@ -232,12 +269,13 @@ class _Run:
         checkpoint.save(path, state)
 
 
-def train(config: TrainConfig, resume: bool = False, given: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run (or resume) training as ``config`` says; returns the final epoch's metrics and the best top-1."""
+def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or resume: True, or "auto") training as ``config`` says; returns the final epoch's metrics and
+    the best top-1."""
     dist = distributed.setup(config.device)
     try:
         # No name holds the checkpoint: its tensors (hundreds of MB) are freed once they are loaded.
-        return _train(_set_up(*resolve_run(config, resume, given or {}), dist))
+        return _train(_set_up(*resolve_run(config, resume, given or {}, dist), dist))
     finally:
         distributed.teardown(dist)
 
@@ -291,7 +329,7 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
                train_loader(train_set, batch_per_rank, shard.rank, shard.world, config.seed, workers, pin),
                eval_loader(val_set, batch_per_rank, shard.rank, shard.world, workers, pin),
                SkippedFiles(train_set), SkippedFiles(val_set), steps, batch_per_rank, dtype,
-               best={"top1": -1.0, "epoch": -1})
+               best={"top1": -1.0, "epoch": -1}, saved_at=time.monotonic())
     if ckpt is not None:
         _restore(run, ckpt)
     if config.tensorboard and dist.main:
@@ -333,7 +371,7 @@ def _restore(run: _Run, ckpt: checkpoint.Resumable) -> None:
 
 
 def _train(run: _Run) -> dict[str, Any]:
-    config, dist, shard = run.config, run.dist, run.shard
+    config, dist = run.config, run.dist
     result: dict[str, Any] = {}
     with _StopFlag() as stop:
         while run.epoch < config.epochs:
@@ -350,8 +388,9 @@ def _train(run: _Run) -> dict[str, Any]:
                                          run.prep.size, config.flip).select(labels >= 0)
                 images, labels = run.train_skips.keep(images, labels, indices, errors)
                 loss = run.step.forward_backward(images, labels, draws, lr)
-                stopping, diverged = distributed.all_max(dist, torch.tensor(
-                    [float(stop.signal is not None), float(not torch.isfinite(loss).item())])).tolist()
+                # Decided together: a signal or the clock on one rank, a non-finite loss on any.
+                stopping, diverged, save_due = distributed.all_max(dist, torch.tensor(
+                    [float(stop.signal is not None), float(not torch.isfinite(loss).item()), run.save_due()])).tolist()
                 if diverged:
                     bar.close()
                     raise NonFiniteLoss(f"the loss became {loss.item()} at epoch {run.epoch + 1}, step "
@@ -363,13 +402,12 @@ def _train(run: _Run) -> dict[str, Any]:
                 loss_sum += loss.item() * run.batch_per_rank
                 bar.update(1)
                 if run.step_in_epoch % config.log_every == 0:
-                    bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", lr=f"{lr:.2g}",
-                                    img_s=f"{seen * shard.world / (time.perf_counter() - t0):.0f}")
+                    _progress(run, bar, lr, loss_sum / max(seen, 1), seen, time.perf_counter() - t0, first)
                 if stopping:
                     bar.close()
                     _stop(run, stop.signal or signal.SIGTERM)  # no signal here: another rank was signalled
-                if config.save_every and (run.epoch * run.steps + run.step_in_epoch) % config.save_every == 0 \
-                        and run.step_in_epoch < run.steps:
+                every = config.save_every and (run.epoch * run.steps + run.step_in_epoch) % config.save_every == 0
+                if (every or save_due) and run.step_in_epoch < run.steps:
                     run.checkpoint(run.folder / "last.pt")
                 if run.step_in_epoch >= run.steps:
                     break
@@ -381,6 +419,17 @@ def _train(run: _Run) -> dict[str, Any]:
     run.say(f"done: best val top-1 {100 * run.best['top1']:.1f}% at epoch {run.best['epoch']}; "
             f"{run.folder / 'best.pt'}, {run.folder / 'last.pt'}, {run.folder / 'metrics.jsonl'}")
     return result
+
+
+def _progress(run: _Run, bar: tqdm, lr: float, loss: float, seen: int, seconds: float, first: int) -> None:
+    """The progress bar's figures; without a terminal (a cluster job's log), the same as a plain line."""
+    img_s = seen * run.shard.world / seconds
+    if not bar.disable:
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2g}", img_s=f"{img_s:.0f}")
+        return
+    left = (run.steps - run.step_in_epoch) * seconds / max(run.step_in_epoch - first, 1)
+    run.say(f"epoch {run.epoch + 1}/{run.config.epochs} step {run.step_in_epoch}/{run.steps}: loss {loss:.3f}, "
+            f"lr {lr:.3g}, {img_s:.0f} img/s, epoch ends in {int(left) // 60}:{int(left) % 60:02d}")
 
 
 def _stop(run: _Run, signum: int) -> None:

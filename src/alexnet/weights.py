@@ -34,7 +34,7 @@ from alexnet.data.transforms import NORMALIZATIONS, Normalize
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
 from alexnet.lrn import LRN_CONVENTIONS
-from alexnet.model import VARIANTS, AlexNet
+from alexnet.model import VARIANTS, AlexNet, guess_network, is_float, state_mismatch
 
 FORMAT = "alexnet-weights"
 FORMAT_VERSION = 1
@@ -173,43 +173,6 @@ def build_network(state: dict[str, Any], variant: str, num_classes: int, lrn: st
     return model.eval()
 
 
-def state_mismatch(expected: dict[str, torch.Tensor], state: dict[str, Any]) -> str:
-    """What keeps ``state`` from loading where ``expected`` is: "" when it fits."""
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} is {_shape(state[k])}, expected {tuple(expected[k].shape)}" for k in expected
-             if k in state and (not _is_float(state[k]) or state[k].shape != expected[k].shape)]
-    parts = [f"missing {_few(missing)}" if missing else "", f"unexpected {_few(unexpected)}" if unexpected else "",
-             _few(wrong, 2) if wrong else ""]
-    return "; ".join(p for p in parts if p)
-
-
-def guess_network(state: dict[str, Any]) -> str:
-    """"the owt network with 1000 classes" when ``state`` fits one exactly, else ""."""
-    fc8 = state.get("classifier.6.weight")
-    if not _is_float(fc8) or fc8.dim() != 2:
-        return ""
-    for variant in VARIANTS:
-        with torch.device("meta"):
-            expected = AlexNet(variant, num_classes=fc8.shape[0], init="pytorch").state_dict()
-        if not state_mismatch(expected, state):
-            return f"the {variant} network with {fc8.shape[0]} classes"
-    return ""
-
-
-def _is_float(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) and value.is_floating_point()
-
-
-def _shape(value: Any) -> str:
-    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
-
-
-def _few(items: list[str], limit: int = 3) -> str:
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
-
-
 # ---- safetensors with metadata ----
 
 def save_weights(loaded: LoadedModel, path: str | Path) -> None:
@@ -253,7 +216,7 @@ def import_torchvision(path: str | Path, classes_file: str | Path | None = None)
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise UserError(f"{path} is not a torchvision state_dict (expected a dict of tensors)")
     fc8 = state.get("classifier.6.weight")
-    num_classes = fc8.shape[0] if _is_float(fc8) and fc8.dim() == 2 else 1000
+    num_classes = fc8.shape[0] if is_float(fc8) and fc8.dim() == 2 else 1000
     meta = AlexNet_Weights.IMAGENET1K_V1.meta
     if num_classes != len(meta["categories"]):
         raise UserError(f"{path} has {num_classes} outputs; torchvision's ImageNet weights have "

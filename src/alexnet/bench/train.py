@@ -67,7 +67,7 @@ def paper_step(batch_size: int, device: torch.device, dtype: torch.dtype | None,
     images = torch.randint(0, 256, (batch_size, 256, 256, 3), generator=gen, dtype=torch.uint8)
     labels = torch.randint(0, 1000, (batch_size,), generator=gen)
     draws = Draws.from_generator(batch_size, 256, 256, size, gen)
-    # The paper's input: the mean image subtracted, PCA noise (ImageNet's published eigenpairs, SPEC.md).
+    # The paper's input: the mean image subtracted, PCA noise (ImageNet's published eigenpairs, docs/paper-numbers.md).
     prep = Preprocessing(size, Normalize(torch.full((256, 256, 3), 118.0)),
                          PCANoise(torch.tensor([0.2175, 0.0188, 0.0045]),
                                   torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140],

@@ -140,13 +140,12 @@ class FixedSizeImages(ImageSet):
 
     def __getitems__(self, indices: list[int]) -> Batch:
         # default_collate: in a DataLoader worker it stacks straight into shared memory.
-        return tuple(default_collate([self._item(i) for i in indices]))
+        images, labels, idx, errors = default_collate([self._item(i) for i in indices])
+        return images, labels, idx, list(errors)
 
     def relabelled(self, classes: list[str]) -> FixedSizeImages:
-        index = {c: i for i, c in enumerate(self.classes)}
-        split = labelled_by(self.split, classes)
-        names = {c: self.names[index[c]] for c in self.classes}
-        return FixedSizeImages(split, self.size, [names.get(c, c) for c in classes])
+        names = dict(zip(self.classes, self.names))
+        return FixedSizeImages(labelled_by(self.split, classes), self.size, [names.get(c, c) for c in classes])
 
     def subset(self, indices: list[int]) -> FixedSizeImages:
         split = Split(self.split.root, self.split.classes, [self.split.samples[i] for i in indices])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,11 +65,17 @@ def fingerprint(dataset: ImageSet) -> str:
 
 
 def compute_stats(dataset: ImageSet, batch_size: int = 64, workers: int | None = None,
-                  max_images: int | None = None, progress: bool = True) -> DataStats:
-    """One pass over ``dataset`` (or ``max_images`` of it, evenly spaced) with a progress bar."""
-    indices = list(range(len(dataset)))
-    if max_images and max_images < len(indices):
-        indices = torch.linspace(0, len(indices) - 1, max_images).round().long().unique().tolist()
+                  max_images: int | None = None, progress: bool = True, rank: int = 0, world: int = 1,
+                  all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> DataStats:
+    """One pass over ``dataset`` (or ``max_images`` of it, evenly spaced) with a progress bar.
+
+    Shared out over processes: each of ``world`` takes every world-th image from ``rank`` on, and
+    ``all_sum`` (a sum over the processes, float64) adds up their sums, so every process gets the
+    statistics one process would compute, in 1/world of the time."""
+    everything = list(range(len(dataset)))
+    if max_images and max_images < len(everything):
+        everything = torch.linspace(0, len(everything) - 1, max_images).round().long().unique().tolist()
+    indices = everything[rank::world]
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers,
                         collate_fn=ImageSet.collate)
@@ -90,8 +97,13 @@ def compute_stats(dataset: ImageSet, batch_size: int = 64, workers: int | None =
         pixel_sum += pixels.sum(0)
         outer_sum += pixels.T @ pixels
         count += len(images)
+    if all_sum is not None:
+        sums = all_sum(torch.cat([image_sum.flatten(), pixel_sum, outer_sum.flatten(),
+                                  torch.tensor([count], dtype=torch.float64)]))
+        image_sum, pixel_sum, outer_sum, count = sums[:-13].view_as(image_sum), sums[-13:-10], \
+            sums[-10:-1].view(3, 3), int(sums[-1])
     if count == 0:
-        raise UserError(f"no readable image in {dataset.split.root} ({len(indices)} files tried)")
+        raise UserError(f"no readable image in {dataset.split.root} ({len(everything)} files tried)")
 
     n_pixels = count * size * size
     mean = pixel_sum / n_pixels
@@ -106,9 +118,9 @@ def compute_stats(dataset: ImageSet, batch_size: int = 64, workers: int | None =
         images=count, fingerprint=fingerprint(dataset))
 
 
-def load_or_compute_stats(dataset: ImageSet, cache: str | Path, **kwargs) -> DataStats:
+def find_stats(dataset: ImageSet, cache: str | Path) -> DataStats | None:
     """The statistics from ``cache`` when it was made from the same files, else from the dataset's own
-    (``stats_file``, computed ahead of time, copied to ``cache``); otherwise computed and cached."""
+    (``stats_file``, computed ahead of time, then copied to ``cache``); None when neither has them."""
     cache = Path(cache)
     stats = _matching(cache, dataset)
     if stats is not None:
@@ -118,6 +130,15 @@ def load_or_compute_stats(dataset: ImageSet, cache: str | Path, **kwargs) -> Dat
         cache.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(own, cache)
         return DataStats.load(cache)
+    return None
+
+
+def load_or_compute_stats(dataset: ImageSet, cache: str | Path, **kwargs) -> DataStats:
+    """find_stats, or else compute the statistics (kwargs: compute_stats') and cache them."""
+    cache = Path(cache)
+    stats = find_stats(dataset, cache)
+    if stats is not None:
+        return stats
     stats = compute_stats(dataset, **kwargs)
     cache.parent.mkdir(parents=True, exist_ok=True)
     stats.save(cache)

@@ -1,4 +1,4 @@
-"""The paper's AlexNet (SPEC.md section 1) in NumPy, forward and backward, built from :mod:`.layers`.
+"""The paper's AlexNet (docs/paper-numbers.md section 1) in NumPy, forward and backward, built from :mod:`.layers`.
 
 It reads the state_dict of ``alexnet.AlexNet(variant="paper")`` (as NumPy arrays, same keys) and is
 the project's oracle: the tests hold its logits and every parameter gradient equal to PyTorch's.

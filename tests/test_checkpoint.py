@@ -1,0 +1,279 @@
+"""The training checkpoint (checkpoint.py): a real run's last.pt reads back as it was saved, best.pt holds
+weights only, and every damaged field is one line naming the file and the field, never a traceback."""
+
+import copy
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from alexnet import checkpoint
+from alexnet.config import resolve
+from alexnet.data.stats import DataStats
+from alexnet.data.transforms import Normalize, Preprocessing
+from alexnet.errors import UserError
+from alexnet.train import STATS_CACHE, train
+from alexnet.weights import load_model
+from conftest import run_cli, write_image_folders
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One epoch of the paper recipe (mean image, PCA noise) on 2 classes of 4 flat-coloured images."""
+    root = tmp_path_factory.mktemp("checkpoint")
+    rng = np.random.default_rng(0)
+    colours = {c: [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(4)] for c in ("red", "blue")}
+    data = write_image_folders(root / "data", colours, size=(48, 40))
+    train(resolve("paper", dict(data=str(data), out=str(root / "run"), epochs=1, batch_size=4, workers=0,
+                                precision="fp32", log_every=1)))
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def state(run):
+    """The run's last.pt with its weights and momentum swapped for stand-ins of the same shapes (each stores
+    one number), so that the many damaged copies below are small to write; every other field is the run's."""
+    s = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    s["model"] = {k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in s["model"].items()}
+    s["optimizer"]["state"] = {}
+    return s
+
+
+def one_line_naming(error, path, field):
+    message = str(error)
+    assert len(message.splitlines()) == 1, message
+    assert str(path) in message, message
+    rest = message.replace(str(path), "")  # the path holds the test's name, which may hold the field's
+    assert re.search(rf"\b{field}\b", rest), message
+    assert "field '" not in rest or f"field '{field}'" in rest, message
+
+
+# ---- what a run writes ----
+
+def test_a_runs_last_checkpoint_reads_back_as_it_was_saved(run):
+    r = checkpoint.read_resumable(run / "last.pt")
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert r.config.to_dict() == saved and saved["epochs"] == 1 and saved["normalization"] == "mean-image"
+    assert r.classes == r.names == ["blue", "red"]
+    assert (r.epoch, r.step_in_epoch) == (1, 0)
+    top1 = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["val_top1"]
+    assert r.best == {"top1": top1, "epoch": 1}
+    assert r.schedule == {"drops": 0, "best": top1, "bad_epochs": 0} and r.scaler == {}  # fp32: no loss scaling
+
+    stats = DataStats.load(run / STATS_CACHE)
+    expected_mean = stats.mean_image if saved["normalization"] == "mean-image" else stats.channel_mean
+    assert r.prep.size == 227 and torch.equal(r.prep.norm.mean, expected_mean) and r.prep.norm.std is None
+    assert torch.equal(r.prep.pca.eigvals, stats.eigvals) and torch.equal(r.prep.pca.eigvecs, stats.eigvecs)
+    assert r.prep.pca.convention == saved["pca_noise"] == "paper"
+
+    assert len(r.rng) == 1 and r.rng[0]["torch"].dtype == torch.uint8  # one process, one state
+    # Momentum for each of the network's 16 parameters, shaped as it; the weights are those best.pt holds
+    # (epoch 1 was the best so far), written separately.
+    momentum = [r.optimizer["state"][i]["momentum_buffer"] for i in r.optimizer["param_groups"][0]["params"]]
+    assert [m.shape for m in momentum] == [v.shape for k, v in r.model.items()]
+    best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)["model"]
+    assert r.model.keys() == best.keys() and all(torch.equal(r.model[k], best[k]) for k in best)
+
+
+def test_best_pt_is_refused_for_resuming_but_loads_as_a_model(run):
+    with pytest.raises(UserError) as e:
+        checkpoint.read_resumable(run / "best.pt")
+    one_line_naming(e.value, run / "best.pt", "optimizer")
+    assert "holds weights only" in str(e.value) and "last.pt" in str(e.value)
+
+    m = load_model(run / "best.pt")
+    assert (m.variant, m.lrn, m.classes, m.names, m.crop, m.normalization) == \
+           ("paper", "paper", ["blue", "red"], ["blue", "red"], 227, "mean-image")
+    r = checkpoint.read_resumable(run / "last.pt")
+    assert m.metrics == {"val_top1": r.best["top1"], "epoch": 1}
+    assert torch.equal(m.norm.mean, r.prep.norm.mean) and m.norm.std is None
+    assert all(torch.equal(v, r.model[k]) for k, v in m.model.state_dict().items())
+
+
+def test_a_state_built_by_training_state_round_trips_with_a_channel_std(run, state, tmp_path):
+    # The run above normalises with the mean image; the same run normalised per channel records a std too.
+    r = checkpoint.read_resumable(run / "last.pt")
+    stats = DataStats.load(run / STATS_CACHE)
+    config = resolve("paper", r.config.to_dict() | {"normalization": "channel", "pca_noise": "none"})
+    prep = Preprocessing(227, Normalize.create("channel", stats), None)
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, checkpoint.training_state(
+        model=state["model"], config=config, classes=r.classes, names=["a blue", "a red"], prep=prep, epoch=3,
+        step_in_epoch=2, best={"top1": 0.25, "epoch": 2}, optimizer=state["optimizer"], schedule=r.schedule,
+        scaler=r.scaler, rng=r.rng * 2))
+    back = checkpoint.read_resumable(path)
+    assert back.config == config and back.names == ["a blue", "a red"] and len(back.rng) == 2
+    assert torch.equal(back.prep.norm.mean, stats.channel_mean) and torch.equal(back.prep.norm.std, stats.channel_std)
+    assert back.prep.pca is None and (back.epoch, back.step_in_epoch, back.best) == (3, 2, {"top1": 0.25, "epoch": 2})
+
+
+@pytest.mark.parametrize("left_out", checkpoint.RESUMABLE)
+def test_training_state_refuses_half_a_resumable_state(run, left_out):
+    r = checkpoint.read_resumable(run / "last.pt")
+    common = dict(model=r.model, config=r.config, classes=r.classes, names=r.names, prep=r.prep, epoch=1,
+                  step_in_epoch=0, best=r.best)
+    given = {k: getattr(r, k) for k in checkpoint.RESUMABLE if k != left_out}
+    with pytest.raises(ValueError, match="needs optimizer, schedule, scaler and rng together"):
+        checkpoint.training_state(**common, **given)
+    assert not set(checkpoint.RESUMABLE) & set(checkpoint.training_state(**common))  # none of them: best.pt
+
+
+# ---- every field checked ----
+
+MISSING = object()
+
+
+def at(*keys, value=MISSING):
+    """A damage: the entry at ``keys`` (a path into the checkpoint) set to ``value``, or removed."""
+    def damage(s):
+        for key in keys[:-1]:
+            s = s[key]
+        if value is MISSING:
+            del s[keys[-1]]
+        else:
+            s[keys[-1]] = value
+    return damage
+
+
+DAMAGES = {  # id: (the field the message must name, the damage)
+    "format-2": ("format", at("format", value=2)),
+    "format-missing": ("format", at("format")),
+    "config-missing": ("config", at("config")),
+    "config-list": ("config", at("config", value=[])),
+    "config-lr-negative": ("config", at("config", "lr", value=-1.0)),
+    "config-lr-string": ("config", at("config", "lr", value="fast")),
+    "config-unknown-setting": ("config", at("config", "speed", value=1)),
+    "config-variant-unknown": ("config", at("config", "variant", value="vgg")),
+    "variant-other": ("variant", at("variant", value="owt")),
+    "model-missing": ("model", at("model")),
+    "model-list": ("model", at("model", value=[])),
+    "model-key-missing": ("model", at("model", "classifier.6.bias")),
+    "model-wrong-shape": ("model", at("model", "classifier.6.weight", value=torch.zeros(3, 4096))),
+    "classes-missing": ("classes", at("classes")),
+    "classes-empty": ("classes", at("classes", value=[])),
+    "classes-not-strings": ("classes", at("classes", value=[0, 1])),
+    "classes-one-more": ("model", lambda s: s.update(classes=["blue", "green", "red"],  # fc8 has 2 outputs
+                                                     names=["blue", "green", "red"])),
+    "names-missing": ("names", at("names")),
+    "names-one-short": ("names", at("names", value=["blue"])),
+    "preprocessing-missing": ("preprocessing", at("preprocessing")),
+    "preprocessing-list": ("preprocessing", at("preprocessing", value=[])),
+    "crop-zero": ("preprocessing", at("preprocessing", "crop", value=0)),
+    "crop-too-big": ("preprocessing", at("preprocessing", "crop", value=300)),
+    "crop-bool": ("preprocessing", at("preprocessing", "crop", value=True)),
+    "crop-of-owt": ("preprocessing", at("preprocessing", "crop", value=224)),
+    "normalization-unknown": ("preprocessing", at("preprocessing", "normalization", value="zca")),
+    "normalization-not-the-configs": ("preprocessing", at("preprocessing", "normalization", value="imagenet")),
+    "mean-missing": ("preprocessing", at("preprocessing", "mean")),
+    "mean-shape": ("preprocessing", at("preprocessing", "mean", value=torch.zeros(5))),
+    "mean-integers": ("preprocessing", at("preprocessing", "mean", value=torch.zeros(256, 256, 3, dtype=torch.long))),
+    "mean-nan": ("preprocessing", at("preprocessing", "mean",
+                                     value=torch.zeros(256, 256, 3).index_fill_(0, torch.tensor([7]), float("nan")))),
+    "mean-per-channel": ("preprocessing", at("preprocessing", "mean", value=torch.zeros(3))),  # mean-image run
+    "std-shape": ("preprocessing", at("preprocessing", "std", value=torch.ones(4))),
+    "std-with-mean-image": ("preprocessing", at("preprocessing", "std", value=torch.ones(3))),
+    "pca-eigvals-shape": ("preprocessing", at("preprocessing", "pca_eigvals", value=torch.ones(2))),
+    "pca-eigvals-inf": ("preprocessing", at("preprocessing", "pca_eigvals", value=torch.full((3,), float("inf")))),
+    "pca-eigvecs-missing": ("preprocessing", at("preprocessing", "pca_eigvecs")),
+    "pca-dropped": ("preprocessing", at("preprocessing", "pca_eigvals", value=None)),  # the config asks for it
+    "pca-convention-unknown": ("preprocessing", at("preprocessing", "pca_convention", value="sqrt")),
+    "pca-convention-not-the-configs": ("preprocessing", at("preprocessing", "pca_convention", value="cuda-convnet")),
+    "epoch-missing": ("epoch", at("epoch")),
+    "epoch-negative": ("epoch", at("epoch", value=-1)),
+    "epoch-float": ("epoch", at("epoch", value=1.0)),
+    "epoch-bool": ("epoch", at("epoch", value=True)),
+    "epoch-string": ("epoch", at("epoch", value="1")),
+    "step_in_epoch-missing": ("step_in_epoch", at("step_in_epoch")),
+    "step_in_epoch-negative": ("step_in_epoch", at("step_in_epoch", value=-3)),
+    "step_in_epoch-float": ("step_in_epoch", at("step_in_epoch", value=0.5)),
+    "step_in_epoch-bool": ("step_in_epoch", at("step_in_epoch", value=False)),
+    "best-missing": ("best", at("best")),
+    "best-list": ("best", at("best", value=[0.5, 1])),
+    "best-top1-string": ("best", at("best", "top1", value="high")),
+    "best-top1-nan": ("best", at("best", "top1", value=float("nan"))),
+    "best-epoch-float": ("best", at("best", "epoch", value=1.5)),
+    "best-epoch-missing": ("best", at("best", "epoch")),
+    "optimizer-missing": ("optimizer", at("optimizer")),
+    "optimizer-list": ("optimizer", at("optimizer", value=[])),
+    "optimizer-state-list": ("optimizer", at("optimizer", "state", value=[])),
+    "optimizer-no-param-groups": ("optimizer", at("optimizer", "param_groups", value=[])),
+    "optimizer-params-short": ("optimizer", at("optimizer", "param_groups", 0, "params", value=[0, 1])),
+    "schedule-missing": ("schedule", at("schedule")),
+    "schedule-list": ("schedule", at("schedule", value=[])),
+    "schedule-empty": ("schedule", at("schedule", value={})),
+    "schedule-drops-string": ("schedule", at("schedule", "drops", value="0")),
+    "scaler-missing": ("scaler", at("scaler")),
+    "scaler-list": ("scaler", at("scaler", value=[])),
+    "scaler-without-scale": ("scaler", at("scaler", value={"growth_factor": 2.0})),
+    "rng-missing": ("rng", at("rng")),
+    "rng-empty": ("rng", at("rng", value=[])),
+    "rng-dict": ("rng", at("rng", value={"torch": torch.zeros(5056, dtype=torch.uint8)})),
+    "rng-state-missing": ("rng", at("rng", 0, "torch")),
+    "rng-state-float": ("rng", at("rng", 0, "torch", value=torch.zeros(5056))),
+    "rng-cuda-state-float": ("rng", at("rng", 0, "cuda", value=torch.zeros(16))),
+}
+
+
+def test_the_undamaged_stand_in_is_resumable(state, tmp_path):
+    # So that every refusal below is the damage's doing.
+    checkpoint.save(tmp_path / "last.pt", state)
+    assert checkpoint.read_resumable(tmp_path / "last.pt").epoch == 1
+
+
+@pytest.mark.parametrize("field,damage", DAMAGES.values(), ids=DAMAGES.keys())
+def test_a_damaged_field_is_one_line_naming_the_file_and_the_field(state, tmp_path, field, damage):
+    damaged = copy.deepcopy(state)
+    damage(damaged)
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, damaged)
+    with pytest.raises(UserError) as e:
+        checkpoint.read_resumable(path)
+    one_line_naming(e.value, path, field)
+
+
+# Each of these once passed the checks and stopped `--resume` with a traceback from deep in the set-up.
+@pytest.mark.parametrize("name", ["schedule-empty", "rng-state-float", "model-key-missing"])
+def test_resuming_from_a_damaged_last_pt_exits_2_with_one_line(state, tmp_path, name):
+    field, damage = DAMAGES[name]
+    damaged = copy.deepcopy(state)
+    damage(damaged)
+    last = tmp_path / "run" / "last.pt"
+    checkpoint.save(last, damaged)
+    before = last.read_bytes()
+    r = run_cli("train", "--out", last.parent, "--resume")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    one_line_naming(r.stderr.strip(), last, field)
+    assert last.read_bytes() == before  # left as it was, for a look
+
+
+# ---- files that are not checkpoints at all ----
+# (A bare state_dict and a torch.save'd object that would run code are refused in test_weights.py.)
+
+def test_a_plain_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "run" / "last.pt"
+    evil.parent.mkdir()
+    evil.write_bytes(f"cos\nsystem\n(S'touch {marker}'\ntR.".encode())  # os.system("touch ...") when unpickled
+    with pytest.raises(UserError) as e:
+        checkpoint.read_resumable(evil)
+    assert "would run code when loaded; refusing" in str(e.value)
+    assert len(str(e.value).splitlines()) == 1 and str(evil) in str(e.value)
+    assert not marker.exists()
+
+
+def test_a_truncated_or_empty_file_is_not_a_readable_checkpoint(state, tmp_path):
+    whole = tmp_path / "whole.pt"
+    checkpoint.save(whole, state)
+    data = whole.read_bytes()
+    for size in (0, 10, len(data) // 2, len(data) - 1):
+        cut = tmp_path / f"cut{size}.pt"
+        cut.write_bytes(data[:size])
+        with pytest.raises(UserError) as e:
+            checkpoint.read_resumable(cut)
+        assert "not a readable checkpoint" in str(e.value), (size, str(e.value))
+        assert len(str(e.value).splitlines()) == 1 and str(cut) in str(e.value)
+    assert os.path.getsize(whole) == len(data)
