@@ -277,3 +277,14 @@ def test_a_run_folder_not_every_node_sees_is_refused_in_one_line(data, tmp_path)
     errors = [line for line in r.stderr.splitlines() if line.startswith("alexnet train: error:")]
     assert errors and all("--out must be a folder every node shares" in line for line in errors), r.stderr[-2000:]
     assert "alexnet/train.py" not in r.stderr     # no traceback of ours (torchrun prints its own)
+
+
+def test_a_resume_drops_metrics_rows_its_checkpoint_does_not_hold(data, tmp_path):
+    # As if the process died after writing epoch 2's row and before saving last.pt, mid-way through a line.
+    run = tmp_path / "run"
+    train(config(data, run, epochs=1))
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 2, "val_loss": -1.0}) + "\n" + '{"epoch": 3, "val_lo')
+    train(config(data, run, epochs=2), resume=True, given={"epochs": 2})
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["val_loss"] >= 0

@@ -6,7 +6,8 @@
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \\
         -m alexnet train --data /imagenet ...                           # the same, over two machines
     alexnet train --out runs/paper --resume                             # continue where it stopped
-    torchrun --max-restarts=3 ... -m alexnet train --resume auto ...    # survives failed workers, requeues
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --max-restarts=3 ... -m alexnet train --resume auto ...
+                                                                        # survives failed workers, requeues
 
 Every epoch: RUN/last.pt (and every --save-every steps or --save-every-minutes), RUN/best.pt (best val
 top-1, weights only), a line in RUN/metrics.jsonl. SIGTERM, SIGUSR1 or Ctrl-C finishes the step, writes
@@ -77,10 +78,12 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
     """
     run = Path(config.out)
     last = run / "last.pt"
-    if not resume and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
-        resume = "auto"   # the group was restarted: what the first attempt saved is this run's
-    if dist is not None:
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    if dist is not None:   # decided together: the count can differ between nodes
+        restarted = bool(distributed.all_max(dist, torch.tensor([float(restarted)]))[0])
         _check_shared(dist, last)
+    if not resume and restarted:
+        resume = "auto"   # the group was restarted: what the first attempt saved is this run's
     if resume == "auto":
         resume = last.exists()
     if not resume:
@@ -355,6 +358,23 @@ def _open_folder(folder: Path, config: TrainConfig, resumed: bool, how: str) -> 
                file=sys.stderr)
 
 
+def _drop_rows_after(metrics: Path, epoch: int) -> None:
+    """Rows of epochs the checkpoint does not hold (their process died before its save) go, as does a row
+    cut short by a kill: those epochs come again."""
+    if metrics.is_file():
+        rows = metrics.read_text().splitlines(keepends=True)
+        kept = [row for row in rows if _epoch_of(row) <= epoch]
+        if kept != rows:
+            metrics.write_text("".join(kept))
+
+
+def _epoch_of(row: str) -> float:
+    try:
+        return json.loads(row)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 def _restore(run: _Run, ckpt: checkpoint.Resumable) -> None:
     run.model.load_state_dict(ckpt.model)
     run.step.optimizer.load_state_dict(ckpt.optimizer)
@@ -362,6 +382,8 @@ def _restore(run: _Run, ckpt: checkpoint.Resumable) -> None:
     run.schedule.load_state_dict(ckpt.schedule)
     run.step.scaler.load_state_dict(ckpt.scaler)
     run.epoch, run.step_in_epoch, run.best = ckpt.epoch, ckpt.step_in_epoch, ckpt.best
+    if run.dist.main:
+        _drop_rows_after(run.folder / "metrics.jsonl", ckpt.epoch)
     if len(ckpt.rng) == run.dist.world:
         _set_rng_state(ckpt.rng[run.dist.rank], run.dist.device)
     else:
@@ -460,10 +482,11 @@ def _end_epoch(run: _Run, lr: float, loss_sum: float, seen: int, trained: bool, 
            "val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"],
            "images_per_sec": totals[1].item() / train_seconds, "seconds": time.perf_counter() - t0,
            "skipped": run.train_skips.end_epoch() + metrics["skipped"]}
-    run.checkpoint(run.folder / "last.pt")
-    if run.dist.main:
+    if run.dist.main:   # the row before last.pt: a resume drops rows past its checkpoint, none is lost
         with open(run.folder / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+    run.checkpoint(run.folder / "last.pt")
+    if run.dist.main:
         if run.writer is not None:
             for key in ("lr", "train_loss", "val_loss", "val_top1", "val_top5", "images_per_sec"):
                 run.writer.add_scalar(key, row[key], run.epoch)
