@@ -22,7 +22,7 @@ from alexnet.data.decode import FIXED_SIZE
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import SPLITS, DataSource, ImageSet, Split
 from alexnet.data.prepared import FORMAT, MARKER, STATS, PreparedImages, is_prepared
-from alexnet.data.sources import open_data
+from alexnet.data.sources import kind_of, open_data
 from alexnet.data.stats import load_or_compute_stats
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
@@ -34,9 +34,9 @@ def prepare(data: str | Path, out: str | Path, workers: int | None = None, shard
             progress: bool = True) -> dict:
     """Decode DATA's train and val once into OUT; resumable. Returns the marker's contents."""
     data, out = Path(data).expanduser(), Path(out).expanduser()
-    source = open_data(data)
-    if not source.splits["train"].decodes:
+    if kind_of(data).name == "prepared":   # finished or not
         raise UserError(f"{data} is already a prepared dataset; give the image folders it was made from")
+    source = open_data(data)
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     meta = _existing_meta(out, source, shard_size)
     out.mkdir(parents=True, exist_ok=True)
