@@ -15,6 +15,8 @@ def check_common(r, name):
     assert r["benchmark"] == name
     assert r["ours"] > 0 and r["baseline"] > 0
     assert r["ratio"] == pytest.approx(r["ours"] / r["baseline"])
+    # Every figure names the machine and precision it was measured with (machine.py, tested there).
+    assert r["machine"]["cpu"] and r["machine"]["precision"] in ("fp32", "bf16", "fp16")
 
 
 def test_train_reports_utilisation_from_the_papers_flops(monkeypatch):
@@ -70,5 +72,8 @@ def test_cli_json_and_bad_input():
     r = cli("bench", "infer", "--batch-size", 1, "--steps", 1, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["benchmark"] == "infer"
+    r = cli("bench", "infer", "--batch-size", 1, "--steps", 1)
+    assert r.returncode == 0, r.stderr
+    assert "on: " in r.stdout and "PyTorch kernels" in r.stdout and "precision" in r.stdout
     r = cli("bench", "disk")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "invalid choice" in r.stderr

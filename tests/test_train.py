@@ -65,6 +65,9 @@ def test_a_run_writes_config_metrics_and_plain_checkpoints(data, tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert set(rows[0]) >= {"epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "images_per_sec", "seconds"}
+    for r in rows:   # where the epoch went: parts of it, none negative, together no more than the whole
+        parts = [r["step_seconds"], r["data_seconds"], r["eval_seconds"]]
+        assert min(parts) >= 0 and r["step_seconds"] > 0 and sum(parts) <= r["seconds"]
     assert yaml.safe_load((run / "config.yaml").read_text())["batch_size"] == 4
     last = torch.load(run / "last.pt", weights_only=True)  # plain data only: no code runs on load
     best = torch.load(run / "best.pt", weights_only=True)

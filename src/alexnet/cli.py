@@ -171,6 +171,8 @@ def _run_bench(args) -> int:
 
 
 def _bench_line(r: dict) -> str:
+    from alexnet.machine import one_line
+
     line = (f"{r['benchmark']:6s} ours {r['ours']:9.1f} img/s   baseline {r['baseline']:9.1f} img/s   "
             f"ratio {r['ratio']:5.2f}x")
     if "per_core_ratio" in r:
@@ -181,7 +183,8 @@ def _bench_line(r: dict) -> str:
     if "latency_ms" in r:
         line += (f"   batch-1 latency {r['latency_ms']['ours']:.1f} ms vs {r['latency_ms']['baseline']:.1f} ms "
                  f"({r['latency_ratio']:.2f}x)")
-    return line + f"\n       ours: {r.get('ours_settings', '')}; baseline: {r.get('baseline_settings', '')}"
+    return (line + f"\n       ours: {r.get('ours_settings', '')}; baseline: {r.get('baseline_settings', '')}"
+            + f"\n       on: {one_line(r['machine'])}")
 
 
 def _non_negative_int(text: str) -> int:

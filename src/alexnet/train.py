@@ -404,7 +404,11 @@ def _train(run: _Run) -> dict[str, Any]:
             lr = run.schedule.lr_at(run.epoch * run.steps + run.step_in_epoch)
             bar = tqdm(total=run.steps, initial=run.step_in_epoch, desc=f"epoch {run.epoch + 1}/{config.epochs}",
                        unit="step", disable=not dist.main or None, leave=False, dynamic_ncols=True)
+            # Where the epoch's time goes (metrics.jsonl): waiting for batches, and the steps themselves.
+            spent, waited_since = {"data": 0.0, "step": 0.0}, time.perf_counter()
             for images, labels, indices, errors in run.loader:
+                started = time.perf_counter()
+                spent["data"] += started - waited_since
                 lr = run.schedule.lr_at(run.epoch * run.steps + run.step_in_epoch)
                 draws = Draws.per_sample(indices, run.epoch, config.seed, images.shape[1], images.shape[2],
                                          run.prep.size, config.flip).select(labels >= 0)
@@ -419,6 +423,7 @@ def _train(run: _Run) -> dict[str, Any]:
                                         f"{run.step_in_epoch}; stopped without saving, so {run.folder / 'last.pt'} "
                                         f"is the last good state (try a lower --lr or a longer --warmup-epochs)")
                 run.step.update()
+                spent["step"] += time.perf_counter() - started
                 run.step_in_epoch += 1
                 seen += len(labels)
                 loss_sum += loss.item() * run.batch_per_rank
@@ -433,8 +438,9 @@ def _train(run: _Run) -> dict[str, Any]:
                     run.checkpoint(run.folder / "last.pt")
                 if run.step_in_epoch >= run.steps:
                     break
+                waited_since = time.perf_counter()
             bar.close()
-            result = _end_epoch(run, lr, loss_sum, seen, run.steps > first, time.perf_counter() - t0, t0)
+            result = _end_epoch(run, lr, loss_sum, seen, run.steps > first, time.perf_counter() - t0, t0, spent)
     if run.writer is not None:
         run.writer.close()
     result = dict(result, best_top1=run.best["top1"], best_epoch=run.best["epoch"], run=str(run.folder))
@@ -462,16 +468,19 @@ def _stop(run: _Run, signum: int) -> None:
 
 
 def _end_epoch(run: _Run, lr: float, loss_sum: float, seen: int, trained: bool, train_seconds: float,
-               t0: float) -> dict[str, Any]:
+               t0: float, spent: dict[str, float]) -> dict[str, Any]:
     """Validation, best.pt, the schedule, last.pt and the metrics row of the epoch just trained (``trained``:
-    this process took steps in it; not so when resumed from a stop after its last step)."""
+    this process took steps in it; not so when resumed from a stop after its last step). ``spent``: seconds
+    this process waited for batches ("data") and took steps ("step") in it."""
     totals = distributed.all_sum(run.shard, torch.tensor([loss_sum, seen], dtype=torch.float64))
+    evaluated = time.perf_counter()
     metrics = evaluate(run.model, run.val, run.val_skips, run.prep.size, run.prep.norm, run.shard, crops=1,
                        dtype=run.dtype)
     if totals[1] == 0 and trained:
         raise UserError(f"no readable image in {run.source.splits['train'].split.root}: every file was skipped")
     if metrics["images"] == 0:
         raise UserError(f"no readable image in {run.source.splits['val'].split.root}: every file was skipped")
+    evaluated = time.perf_counter() - evaluated
     run.epoch += 1
     run.step_in_epoch = 0
     if metrics["top1"] > run.best["top1"]:
@@ -481,7 +490,8 @@ def _end_epoch(run: _Run, lr: float, loss_sum: float, seen: int, trained: bool, 
     row = {"epoch": run.epoch, "lr": lr, "train_loss": totals[0].item() / max(totals[1].item(), 1),
            "val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"],
            "images_per_sec": totals[1].item() / train_seconds, "seconds": time.perf_counter() - t0,
-           "skipped": run.train_skips.end_epoch() + metrics["skipped"]}
+           "skipped": run.train_skips.end_epoch() + metrics["skipped"],
+           "step_seconds": spent["step"], "data_seconds": spent["data"], "eval_seconds": evaluated}
     if run.dist.main:   # the row before last.pt: a resume drops rows past its checkpoint, none is lost
         with open(run.folder / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -494,7 +504,7 @@ def _end_epoch(run: _Run, lr: float, loss_sum: float, seen: int, trained: bool, 
         run.say(f"epoch {run.epoch}/{run.config.epochs}: lr {lr:.3g}, train loss {row['train_loss']:.3f}, "
                 f"val loss {row['val_loss']:.3f}, val top-1 {100 * row['val_top1']:.1f}%, "
                 f"top-5 {100 * row['val_top5']:.1f}%, {row['images_per_sec']:.0f} img/s, "
-                f"{row['seconds']:.0f} s{skipped}" + (" (learning rate divided)" if dropped else ""))
+                f"{row['seconds']:.0f} s ({row['step_seconds'] / row['seconds']:.0%} of it in steps){skipped}" + (" (learning rate divided)" if dropped else ""))
     return row
 
 

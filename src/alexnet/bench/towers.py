@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from alexnet.machine import describe, one_line
+
 PARAMS = 60_965_224
 MODES = ("single", "data-parallel", "towers")
 
@@ -140,7 +142,8 @@ def bench_towers(batch_size: int = 32, steps: int = 3) -> dict:
     # In `alexnet bench`'s terms: the towers against plain data parallelism on the same processes.
     ours, baseline = measured["towers"]["images_per_sec"], measured["data-parallel"]["images_per_sec"]
     return {"benchmark": "towers", "ours": ours, "baseline": baseline, "ratio": ours / baseline,
-            "batch_size": batch_size, "steps": steps, "cores": cores, "computed": computed, "measured": measured}
+            "batch_size": batch_size, "steps": steps, "cores": cores, "computed": computed, "measured": measured,
+            "machine": describe(torch.device(measured["single"]["device"]), measured["towers"]["precision"])}
 
 
 def format_report(r: dict) -> str:
@@ -160,7 +163,8 @@ def format_report(r: dict) -> str:
               f"{c['towers_per_image']:,} bytes per image), data parallel {c['gradients_all_reduced'] / mb:.1f} MB "
               f"(60,965,224 fp32 gradients)",
               f"the towers exchange fewer bytes than data parallelism below a global batch of "
-              f"{c['break_even_batch']:.0f} images"]
+              f"{c['break_even_batch']:.0f} images",
+              f"on: {one_line(r['machine'])}"]
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from alexnet.bench.timing import matmul_peak, median_seconds, paired_medians
 from alexnet.data.transforms import Draws, Normalize, PCANoise, Preprocessing
 from alexnet.device import pick_device
+from alexnet.machine import describe
 from alexnet.model import INPUT_SIZE, AlexNet
 from alexnet.precision import autocast_dtype, name
 from alexnet.step import TrainStep, sgd
@@ -46,7 +47,7 @@ def bench_train(batch_size: int = 64, steps: int = 5, device: str = "auto", comp
     return {"benchmark": "train", "ours": ours_ips, "baseline": base_ips, "ratio": ours_ips / base_ips,
             "utilisation": ours_ips * flops_per_image / peak, "peak_tflops": peak / 1e12,
             "achieved_tflops": ours_ips * flops_per_image / 1e12, "batch_size": batch_size,
-            "device": str(dev),
+            "device": str(dev), "machine": describe(dev, name(dtype)),
             "ours_settings": f"alexnet train's step: paper network, uint8 batch augmented on the device (crop, "
                              f"flip, PCA noise, mean image), {name(dtype)} autocast, channels_last, fused LRN, "
                              f"fused SGD" + (", torch.compile" if compile else ""),
