@@ -504,7 +504,8 @@ def _end_epoch(run: _Run, lr: float, loss_sum: float, seen: int, trained: bool, 
         run.say(f"epoch {run.epoch}/{run.config.epochs}: lr {lr:.3g}, train loss {row['train_loss']:.3f}, "
                 f"val loss {row['val_loss']:.3f}, val top-1 {100 * row['val_top1']:.1f}%, "
                 f"top-5 {100 * row['val_top5']:.1f}%, {row['images_per_sec']:.0f} img/s, "
-                f"{row['seconds']:.0f} s ({row['step_seconds'] / row['seconds']:.0%} of it in steps){skipped}" + (" (learning rate divided)" if dropped else ""))
+                f"{row['seconds']:.0f} s ({row['step_seconds'] / row['seconds']:.0%} of it in steps){skipped}"
+                + (" (learning rate divided)" if dropped else ""))
     return row
 
 

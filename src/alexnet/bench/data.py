@@ -67,7 +67,8 @@ def bench_data(images: int = 512, batch_size: int = 64, workers: int = 2, epochs
     per_core = {"ours": ours, "jpeg_path": jpeg / workers, "baseline": base / workers}
     return {"benchmark": "data", "ours": ours, "baseline": base, "ratio": ours / base,
             "per_core": per_core, "per_core_ratio": per_core["ours"] / per_core["baseline"],
-            "jpeg_path": jpeg, "images": images, "machine": describe(torch.device("cpu"), "fp32"), "batch_size": batch_size, "workers": workers,
+            "jpeg_path": jpeg, "images": images, "batch_size": batch_size, "workers": workers,
+            "machine": describe(torch.device("cpu"), "fp32"),
             "ours_settings": "alexnet prepare shards, main process, 1 thread: crop 227, flip, PCA noise, mean image",
             "baseline_settings": f"torchvision ImageFolder + PIL + transforms, {workers} DataLoader workers"}
 

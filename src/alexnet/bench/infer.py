@@ -40,7 +40,8 @@ def bench_infer(batch_size: int = 64, steps: int = 5, device: str = "auto") -> d
     (lat_o, lat_b), (thr_o, thr_b) = figures[1], figures[batch_size]
     return {"benchmark": "infer", "ours": batch_size / thr_o, "baseline": batch_size / thr_b,
             "ratio": thr_b / thr_o, "latency_ms": {"ours": lat_o * 1e3, "baseline": lat_b * 1e3},
-            "latency_ratio": lat_b / lat_o, "batch_size": batch_size, "device": str(dev), "machine": describe(dev, name(dtype)),
+            "latency_ratio": lat_b / lat_o, "batch_size": batch_size, "device": str(dev),
+            "machine": describe(dev, name(dtype)),
             "ours_settings": f"paper network, {name(dtype)} weights and inputs, channels_last, inference_mode",
             "baseline_settings": "torchvision alexnet, fp32, NCHW, eager, inference_mode",
             "threads": torch.get_num_threads()}
