@@ -58,6 +58,15 @@ def test_infer_reports_latency_and_throughput():
     check_common(r, "infer")
     lat = r["latency_ms"]
     assert lat["ours"] > 0 and r["latency_ratio"] == pytest.approx(lat["baseline"] / lat["ours"])
+    # On a CPU the int8 network is timed too, against the same baseline (quantized kernels are CPU-only).
+    if r["device"] != "cpu":
+        assert "int8" not in r
+        return
+    q = r["int8"]
+    assert q["ours"] > 0 and q["baseline"] > 0 and q["ratio"] == pytest.approx(q["ours"] / q["baseline"])
+    assert q["latency_ms"]["ours"] > 0 and q["latency_ratio"] == pytest.approx(
+        q["latency_ms"]["baseline"] / q["latency_ms"]["ours"])
+    assert "int8" in q["settings"] and "LRN in float" in q["settings"]
 
 
 def test_data_compares_the_three_pipelines_on_the_same_files(tmp_path):
@@ -69,11 +78,13 @@ def test_data_compares_the_three_pipelines_on_the_same_files(tmp_path):
 
 
 def test_cli_json_and_bad_input():
-    r = cli("bench", "infer", "--batch-size", 1, "--steps", 1, "--json")
+    r = cli("bench", "infer", "--batch-size", 1, "--steps", 1, "--json", "--device", "cpu")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["benchmark"] == "infer"
-    r = cli("bench", "infer", "--batch-size", 1, "--steps", 1)
+    got = json.loads(r.stdout)
+    assert got["benchmark"] == "infer" and got["int8"]["ratio"] > 0
+    r = cli("bench", "infer", "--batch-size", 1, "--steps", 1, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert "on: " in r.stdout and "PyTorch kernels" in r.stdout and "precision" in r.stdout
+    assert "int8 " in r.stdout and "int8: paper network" in r.stdout
     r = cli("bench", "disk")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "invalid choice" in r.stderr

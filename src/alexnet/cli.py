@@ -183,7 +183,13 @@ def _bench_line(r: dict) -> str:
     if "latency_ms" in r:
         line += (f"   batch-1 latency {r['latency_ms']['ours']:.1f} ms vs {r['latency_ms']['baseline']:.1f} ms "
                  f"({r['latency_ratio']:.2f}x)")
+    if "int8" in r:
+        q = r["int8"]
+        line += (f"\n       int8 {q['ours']:9.1f} img/s   baseline {q['baseline']:9.1f} img/s   "
+                 f"ratio {q['ratio']:5.2f}x   batch-1 latency {q['latency_ms']['ours']:.1f} ms vs "
+                 f"{q['latency_ms']['baseline']:.1f} ms ({q['latency_ratio']:.2f}x)")
     return (line + f"\n       ours: {r.get('ours_settings', '')}; baseline: {r.get('baseline_settings', '')}"
+            + (f"\n       int8: {r['int8']['settings']}" if "int8" in r else "")
             + f"\n       on: {one_line(r['machine'])}")
 
 
@@ -302,7 +308,7 @@ def _run_train(args) -> int:
 
 
 def _add_evaluate(sub) -> None:
-    from alexnet.config import DEVICES, PRECISIONS
+    from alexnet.config import DEVICES
 
     p = sub.add_parser("evaluate", help="top-1/top-5 accuracy of a trained network on DATA/val (1 or 10 views)",
                        description="Top-1 and top-5 accuracy (and error, as the paper reports it) of the network "
@@ -317,19 +323,34 @@ def _add_evaluate(sub) -> None:
                    help="1: the centre crop; 10: four corners and centre, and their mirror images (default: 1)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch in each process (default: 64)")
     p.add_argument("--workers", type=_non_negative_int, default=2, help="data-loading processes (default: 2)")
-    p.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when present, else CPU")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32 (default) or autocast to bf16/fp16; auto: bf16 where the hardware has it")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto: CUDA when present, else CPU (with --precision int8: the CPU)")
+    _add_precision(p, "calibrated on --calibration-images of DATA/train (never on val), centre crops")
     p.add_argument("--json", action="store_true",
                    help='print {"top1", "top5", "loss", "images", "crops", "skipped"} (fractions) instead of text')
     p.set_defaults(run=_run_evaluate)
+
+
+def _add_precision(p: argparse.ArgumentParser, calibration: str) -> None:
+    """--precision of evaluate and predict (inference: fp32, autocast, or int8) and int8's calibration size."""
+    from alexnet.config import INFERENCE_PRECISIONS
+    from alexnet.quantize import CALIBRATION_IMAGES
+
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="fp32",
+                   help="fp32 (default) or autocast to bf16/fp16; auto: bf16 where the hardware has it; int8: "
+                        f"the network quantized after training (CPU only, about 2x fp32's speed on AVX2 CPUs), "
+                        f"{calibration}")
+    p.add_argument("--calibration-images", type=positive_int, default=CALIBRATION_IMAGES, metavar="N",
+                   help=f"with --precision int8: images whose activations set the int8 ranges, spread evenly "
+                        f"over the calibration set (default: {CALIBRATION_IMAGES})")
 
 
 def _run_evaluate(args) -> int:
     from alexnet.evaluate import evaluate_checkpoint
 
     m = evaluate_checkpoint(args.checkpoint, args.data, crops=args.crops, batch_size=args.batch_size,
-                            workers=args.workers, device=args.device, precision=args.precision)
+                            workers=args.workers, device=args.device, precision=args.precision,
+                            calibration_images=args.calibration_images)
     if m is None:  # not rank 0: rank 0 reports for everyone
         return 0
     if args.json:
@@ -359,21 +380,31 @@ def _add_predict(sub) -> None:
     p.add_argument("--topk", type=positive_int, default=5, help="classes per image (default: 5)")
     p.add_argument("--crops", type=int, choices=(1, 10), default=1, help="1: the centre crop; 10: the paper's 10 views")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
-    p.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when present, else CPU")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto: CUDA when present, else CPU (with --precision int8: the CPU)")
+    _add_precision(p, "calibrated on --calibrate, else on the images being predicted (so that then an image's "
+                      "probabilities depend a little on the others given with it)")
+    p.add_argument("--calibrate", action="append", type=existing_path, default=None, metavar="IMAGE_OR_DIR",
+                   help="with --precision int8: images (a folder stands for its image files) like those to be "
+                        "predicted, e.g. some of the training set, to calibrate on; may be repeated")
     p.add_argument("--json", action="store_true",
                    help='one JSON object per line: {"path", "predictions": [{"class", "name", "probability"}]}')
     p.set_defaults(run=_run_predict)
 
 
 def _run_predict(args) -> int:
-    from alexnet.device import pick_device
-    from alexnet.predict import as_dict, expand, format_prediction, predict
+    from alexnet.predict import as_dict, expand, format_prediction, predict, setup
     from alexnet.weights import load_model
 
+    if args.calibrate and args.precision != "int8":
+        raise UserError("--calibrate is for --precision int8")
     loaded = load_model(args.checkpoint)
+    paths = expand(args.images)
+    device, dtype, model = setup(loaded, args.device, args.precision, expand(args.calibrate or []) or paths,
+                                 args.calibration_images, args.batch_size)
     failed = 0
-    for n, result in enumerate(predict(loaded, expand(args.images), topk=args.topk, crops=args.crops,
-                                       batch_size=args.batch_size, device=pick_device(args.device))):
+    for n, result in enumerate(predict(loaded, paths, topk=args.topk, crops=args.crops, batch_size=args.batch_size,
+                                       device=device, dtype=dtype, model=model)):
         if result.error:
             failed += 1
             print(f"alexnet predict: error: {result.path}: {result.error}", file=sys.stderr)
@@ -635,6 +666,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # `alexnet summary | head`: the reader left; say nothing more and do not flush into a closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:
         # The training loop's own ends: a signal (already reported, last.pt written) or a diverged loss.
         from alexnet.train import NonFiniteLoss, Stopped
@@ -648,7 +683,4 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # `alexnet summary | head`: the reader left; say nothing more and do not flush into a closed pipe.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+

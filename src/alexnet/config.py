@@ -25,6 +25,8 @@ from alexnet.model import INITS, INPUT_SIZE, VARIANTS
 PRESETS = ("paper", "demo", "torchvision")
 SCHEDULES = ("plateau", "step", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Inference adds int8 (quantize.py): post-training quantization, CPU only; training has no int8.
+INFERENCE_PRECISIONS = (*PRECISIONS, "int8")
 PCA_CHOICES = ("paper", "cuda-convnet", "none")
 
 

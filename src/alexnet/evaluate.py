@@ -69,28 +69,51 @@ def evaluate(model: nn.Module, loader, skipped: SkippedFiles, size: int, norm: N
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int = 1, batch_size: int = 64,
                         workers: int = 2, device: str = "auto", precision: str = "fp32",
-                        progress: bool = True) -> dict | None:
+                        calibration_images: int | None = None, progress: bool = True) -> dict | None:
     """Accuracy of the network in ``checkpoint`` (training .pt or safetensors) on ``data``/val.
 
-    Under torchrun each process evaluates its own shard and the counts are summed, so the numbers are
-    the single-process ones. Returns the metrics (plus "crops") on rank 0, None on the other ranks.
+    precision "int8" evaluates the network quantized on the CPU ("auto" device means the CPU then),
+    calibrated on ``calibration_images`` of ``data``/train. Under torchrun each process evaluates its own
+    shard and the counts are summed, so the numbers are the single-process ones. Returns the metrics
+    (plus "crops") on rank 0, None on the other ranks.
     """
     from alexnet.data.loader import eval_loader
     from alexnet.data.sources import open_split
     from alexnet.precision import autocast_dtype
+    from alexnet.quantize import require_cpu
     from alexnet.weights import load_model
 
     if crops not in (1, 10):
         raise UserError(f"--crops must be 1 or 10, got {crops}")
-    dist = distributed.setup(device)
+    int8 = precision == "int8"
+    dist = distributed.setup("cpu" if int8 and device == "auto" else device)
     try:
+        if int8:
+            require_cpu(dist.device)
         loaded = load_model(checkpoint)
         val = open_split(data, "val", classes=loaded.classes)
-        dtype = autocast_dtype(precision, dist.device)
+        dtype = None if int8 else autocast_dtype(precision, dist.device)
         loader = eval_loader(val, batch_size, dist.rank, dist.world, workers, pin_memory=dist.device.type == "cuda")
-        model = loaded.model.to(dist.device)
+        if int8:
+            model = int8_model(loaded, data, calibration_images, batch_size, workers)
+        else:
+            model = loaded.model.to(dist.device)
         metrics = evaluate(model, loader, SkippedFiles(val), loaded.crop, loaded.norm, dist, crops=crops,
                            dtype=dtype, progress=progress and dist.main)
         return metrics | {"crops": crops} if dist.main else None
     finally:
         distributed.teardown(dist)
+
+
+def int8_model(loaded, data: str | Path, images: int | None = None, batch_size: int = 64, workers: int = 2):
+    """``loaded``'s network quantized to int8, calibrated on ``images`` of ``data``/train spread evenly over
+    it (the same ones every run and on every process): never on val, whose accuracy is being measured."""
+    from alexnet.data.loader import eval_loader
+    from alexnet.data.sources import open_split
+    from alexnet.quantize import CALIBRATION_IMAGES, quantize_loaded, spread
+
+    train = open_split(data, "train", classes=loaded.classes)
+    subset = train.subset(spread(len(train), images or CALIBRATION_IMAGES))
+    skipped = SkippedFiles(subset)
+    loader = eval_loader(subset, batch_size, 0, 1, workers, pin_memory=False)
+    return quantize_loaded(loaded, (skipped.keep(*batch)[0] for batch in loader))

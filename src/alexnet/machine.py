@@ -74,7 +74,8 @@ def describe(device: torch.device, precision: str) -> dict:
 def one_line(facts: dict) -> str:
     """describe()'s facts as the line printed under every benchmark."""
     extensions = ", ".join(facts["extensions"]) or "no vector extensions known here"
-    line = (f"{facts['cpu']}, {facts['threads']} threads [{extensions}]; PyTorch kernels {facts['kernels']}"
+    threads = f"{facts['threads']} thread{'' if facts['threads'] == 1 else 's'}"
+    line = (f"{facts['cpu']}, {threads} [{extensions}]; PyTorch kernels {facts['kernels']}"
             + (f", oneDNN up to {facts['onednn_max_isa']}" if facts.get("onednn_max_isa") else "")
             + f", native bf16 {'yes' if facts['native_bf16'] else 'no'}; precision {facts['precision']}")
     return line + (f"; on {facts['accelerator']}" if facts["accelerator"] else "")

@@ -7,11 +7,12 @@ that cannot be read is reported in its place and the rest are still predicted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from alexnet.data.decode import UndecodableImage, load_fixed
 from alexnet.data.folders import image_files
@@ -41,16 +42,19 @@ def expand(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 def predict(loaded: LoadedModel, paths: Iterable[Path], topk: int = 5, crops: int = 1, batch_size: int = 32,
-            device: torch.device | str = "cpu") -> Iterator[Prediction]:
-    """One Prediction per path, in order; decoding and the forward pass run a batch at a time."""
-    model = loaded.model.to(device).eval()
+            device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+            model: nn.Module | None = None) -> Iterator[Prediction]:
+    """One Prediction per path, in order; decoding and the forward pass run a batch at a time.
+
+    dtype: autocast to it (None: fp32); model: a stand-in for loaded.model (its int8 copy, say)."""
+    model = (model or loaded.model).to(device).eval()
     k = min(topk, len(loaded.classes))
     batch: list[tuple[Path, torch.Tensor | str]] = []
 
     def flush() -> Iterator[Prediction]:
         good = [image for _, image in batch if isinstance(image, torch.Tensor)]
         if good:
-            probs = class_probabilities(model, torch.stack(good).to(device), loaded.crop, loaded.norm, crops)
+            probs = class_probabilities(model, torch.stack(good).to(device), loaded.crop, loaded.norm, crops, dtype)
             values, indices = probs.topk(k, dim=1)
             rows = iter(zip(indices.tolist(), values.tolist(), strict=True))
         for path, image in batch:
@@ -66,6 +70,40 @@ def predict(loaded: LoadedModel, paths: Iterable[Path], topk: int = 5, crops: in
         if len(batch) == batch_size:
             yield from flush()
     yield from flush()
+
+
+def setup(loaded: LoadedModel, device: str = "auto", precision: str = "fp32", calibration: Sequence[Path] = (),
+          calibration_images: int | None = None,
+          batch_size: int = 32) -> tuple[torch.device, torch.dtype | None, nn.Module | None]:
+    """(device, autocast dtype, model or None for loaded.model) for a --device and --precision setting.
+
+    int8 runs on the CPU ("auto" means the CPU then), on the network quantized with ``calibration``."""
+    from alexnet.device import pick_device
+    from alexnet.precision import autocast_dtype
+    from alexnet.quantize import require_cpu
+
+    if precision != "int8":
+        dev = pick_device(device)
+        return dev, autocast_dtype(precision, dev), None
+    dev = pick_device("cpu" if device == "auto" else device)
+    require_cpu(dev)
+    return dev, None, int8_model(loaded, list(calibration), calibration_images, batch_size)
+
+
+def int8_model(loaded: LoadedModel, paths: list[Path], images: int | None = None, batch_size: int = 32):
+    """``loaded``'s network quantized to int8, calibrated on up to ``images`` of ``paths`` spread evenly over
+    them; unreadable ones are left out (predict reports them where they are predicted)."""
+    from alexnet.quantize import CALIBRATION_IMAGES, quantize_loaded, spread
+
+    chosen = [paths[i] for i in spread(len(paths), images or CALIBRATION_IMAGES)]
+
+    def batches() -> Iterator[torch.Tensor]:
+        for start in range(0, len(chosen), batch_size):
+            good = [x for x in map(_load, chosen[start:start + batch_size]) if isinstance(x, torch.Tensor)]
+            if good:
+                yield torch.stack(good)
+
+    return quantize_loaded(loaded, batches())
 
 
 def _load(path: Path) -> torch.Tensor | str:
