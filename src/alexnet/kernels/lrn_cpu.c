@@ -5,10 +5,18 @@
    extension: it compiles in about a second instead of a minute, and needs no torch headers.
 
    A tensor is seen as (N, C, P): N images, C channels, P = H * W pixels, with element strides
-   (sn, sc, sp), so one kernel serves channels_last (sc = 1, sp = C) and NCHW (sc = P, sp = 1). Each task
-   copies a block of BLOCK pixels of one image into a (C, BLOCK) float buffer, so the window sums over
-   channels are unit-stride loops over pixels that the compiler vectorises, whatever the layout.
+   (sn, sc, sp), so one kernel serves channels_last (sc = 1, sp = C) and NCHW (sc = P, sp = 1). In
+   general each task copies a block of BLOCK pixels of one image into a (C, BLOCK) float buffer, so the
+   window sums over channels are unit-stride loops over pixels that the compiler vectorises, whatever the
+   layout; channels_last has a faster path of its own (forward_cl, backward_cl).
    Values are float32 or bfloat16 in memory and always float32 in arithmetic. */
+
+/* GCC 12 turns 1/sqrtf on 512-bit vectors into a square root then a reciprocal (two estimates, two Newton
+   steps) but on 256-bit ones into one reciprocal-square-root estimate and a Newton step; and Zen 4 splits
+   512-bit operations in two anyway. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
+#pragma GCC target("prefer-vector-width=256")
+#endif
 
 #include <math.h>
 #include <stdint.h>
@@ -26,12 +34,12 @@ static inline float bf16_to_f32(uint16_t h) {
     return f;
 }
 
+/* A select rather than an early return, so that loops of it vectorise. */
 static inline uint16_t f32_to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);  /* NaN stays NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);                                               /* nearest, ties to even */
-    return (uint16_t)(u >> 16);
+    uint32_t nearest = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;                   /* ties to even */
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : nearest);  /* NaN stays NaN */
 }
 
 /* Copy pixels [p0, p0 + len) of channel plane `base` into buf (C rows of BLOCK floats). */
@@ -100,121 +108,239 @@ static inline void neg_pow(const float *d, float *out, int n, float beta) {
     }
 }
 
-/* Channels contiguous (channels_last): each pixel's C values are one unit-stride run, so work pixel by
-   pixel on a zero-padded copy of that run; the window sum is `size` shifted adds that vectorise over
-   channels. Each tower gets its own zero halo, which is what stops windows at tower boundaries. */
+/* Channels contiguous (channels_last). A task is Q consecutive pixels of one image, copied into a buffer
+   laid out pixel by pixel and tower by tower, each run of a tower's channels followed by h zeros, and h
+   zeros in front of the first: [h 0][px 0, tower 0][h 0][px 0, tower 1][h 0][px 1, tower 0]...
+   With h = max(below, above), a window reaches the zeros and never the next run, which is what clips it at
+   the tower's edges. So every arithmetic step is one long unit-stride loop over the whole buffer, rather
+   than dozens of loops as short as a tower per pixel (each with its own prologue and epilogue); values it
+   computes on the zero slots are never stored. Only the copies in and out go run by run. */
+#define Q 16
+#define MAX_HALF 8  /* larger windows take the blocked path, whose cost does not grow with the window */
+
 typedef struct {
-    int64_t C, towers, per, row;  /* row: per-tower stride in the padded buffers, per + 2 * HALO */
+    int64_t towers, per, run;  /* run: stride of one tower's channels in the buffer, per + h */
+    int h, below, above;
 } Layout;
 
-#define HALO 8  /* >= size / 2; sizes above 17 take the blocked path */
+/* The buffer for npx pixels; outputs are computed for slots [h, span - h). */
+static inline int64_t span(Layout L, int npx) { return L.h + npx * L.towers * L.run; }
 
-static inline void load_px(const void *src, int dtype, int64_t off, Layout L, float *pad) {
-    for (int64_t t = 0; t < L.towers; t++) {
-        float *row = pad + t * L.row + HALO;
-        if (dtype == F32) {
-            const float *s = (const float *)src + off + t * L.per;
-            for (int64_t i = 0; i < L.per; i++) row[i] = s[i];
-        } else {
-            const uint16_t *s = (const uint16_t *)src + off + t * L.per;
-            for (int64_t i = 0; i < L.per; i++) row[i] = bf16_to_f32(s[i]);
+/* One run of n values in, converted, with its squares alongside; and one out. In vectors of V, the last
+   one overlapping the one before, rather than a loop of n or memcpy: a tower is a few dozen channels,
+   and a call, or a loop's prologue and epilogue, per run cost about as much as the arithmetic. GCC's
+   vector types (also in Clang) make each step one vector load, store or conversion whatever the target;
+   plain loops of V became memmove calls (-march=znver3) or scalar code. */
+#define V 8
+typedef float vf __attribute__((vector_size(4 * V)));
+typedef uint32_t vu __attribute__((vector_size(4 * V)));
+typedef int32_t vi __attribute__((vector_size(4 * V)));
+typedef uint16_t vh __attribute__((vector_size(2 * V)));
+
+static inline vf vload_in(const void *src, int dtype, int64_t i) {
+    vf v;
+    if (dtype == F32) {
+        memcpy(&v, (const float *)src + i, sizeof v);
+    } else {
+        vh h;
+        memcpy(&h, (const uint16_t *)src + i, sizeof h);
+        vu u = __builtin_convertvector(h, vu) << 16;
+        memcpy(&v, &u, sizeof v);
+    }
+    return v;
+}
+
+static inline void vstore_out(void *dst, int dtype, int64_t i, vf v) {
+    if (dtype == F32) {
+        memcpy((float *)dst + i, &v, sizeof v);
+    } else {
+        vu u;
+        memcpy(&u, &v, sizeof u);
+        vu nearest = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, nan = (u >> 16) | 0x40u;
+        vu is_nan = (vu)((u & 0x7fffffffu) > 0x7f800000u);                     /* all ones or zero */
+        vh h = __builtin_convertvector((nan & is_nan) | (nearest & ~is_nan), vh);
+        memcpy((uint16_t *)dst + i, &h, sizeof h);
+    }
+}
+
+static inline void run_in(const void *src, int dtype, int64_t n, float *restrict a, float *restrict sq) {
+    if (n < V) {
+        for (int64_t i = 0; i < n; i++) {
+            a[i] = dtype == F32 ? ((const float *)src)[i] : bf16_to_f32(((const uint16_t *)src)[i]);
+            if (sq) sq[i] = a[i] * a[i];
         }
+        return;
+    }
+    for (int64_t i0 = 0; i0 < n; i0 += V) {
+        int64_t i = i0 + V <= n ? i0 : n - V;
+        vf v = vload_in(src, dtype, i), v2 = v * v;
+        memcpy(a + i, &v, sizeof v);
+        if (sq) memcpy(sq + i, &v2, sizeof v2);
     }
 }
 
-static inline void store_px(void *dst, int dtype, int64_t off, Layout L, const float *pad) {
-    for (int64_t t = 0; t < L.towers; t++) {
-        const float *row = pad + t * L.row + HALO;
-        if (dtype == F32) {
-            float *d = (float *)dst + off + t * L.per;
-            for (int64_t i = 0; i < L.per; i++) d[i] = row[i];
-        } else {
-            uint16_t *d = (uint16_t *)dst + off + t * L.per;
-            for (int64_t i = 0; i < L.per; i++) d[i] = f32_to_bf16(row[i]);
+static inline void run_out(void *dst, int dtype, int64_t n, const float *restrict b) {
+    if (n < V) {
+        for (int64_t i = 0; i < n; i++) {
+            if (dtype == F32) ((float *)dst)[i] = b[i];
+            else ((uint16_t *)dst)[i] = f32_to_bf16(b[i]);
         }
+        return;
+    }
+    for (int64_t i0 = 0; i0 < n; i0 += V) {
+        int64_t i = i0 + V <= n ? i0 : n - V;
+        vf v;
+        memcpy(&v, b + i, sizeof v);
+        vstore_out(dst, dtype, i, v);
     }
 }
 
-/* out[i] = sum of v[i + o] for o in [-below, above], all towers at once (v is padded, out is not). */
-static inline void shifted_sums(const float *v, float *out, Layout L, int below, int above) {
-    for (int64_t t = 0; t < L.towers; t++) {
-        const float *row = v + t * L.row + HALO;
-        float *o = out + t * L.per;
-        for (int64_t i = 0; i < L.per; i++) o[i] = 0.f;
-        for (int s = -below; s <= above; s++)
-            for (int64_t i = 0; i < L.per; i++) o[i] += row[i + s];
+/* a, and sq = a^2 when sq is given. */
+static void load_runs(const void *src, int dtype, int64_t off, int64_t sp, int npx, Layout L, float *a,
+                      float *sq) {
+    size_t bytes = dtype == F32 ? sizeof(float) : sizeof(uint16_t);
+    for (int q = 0; q < npx; q++)
+        for (int64_t t = 0; t < L.towers; t++) {
+            int64_t at = L.h + (q * L.towers + t) * L.run;
+            run_in((const char *)src + bytes * (off + q * sp + t * L.per), dtype, L.per, a + at,
+                   sq ? sq + at : NULL);
+        }
+}
+
+static void store_runs(void *dst, int dtype, int64_t off, int64_t sp, int npx, Layout L, const float *b) {
+    size_t bytes = dtype == F32 ? sizeof(float) : sizeof(uint16_t);
+    for (int q = 0; q < npx; q++)
+        for (int64_t t = 0; t < L.towers; t++)
+            run_out((char *)dst + bytes * (off + q * sp + t * L.per), dtype, L.per,
+                    b + L.h + (q * L.towers + t) * L.run);
+}
+
+/* d^-beta and d^(-beta-1). For beta = 0.75 both come from r = 1/sqrt(d): d^-0.75 = r^2 / sqrt(r) and
+   d^-1.75 = d^-0.75 r^2, two reciprocal square roots (a hardware estimate and a Newton step each, under
+   -ffast-math), no powf and no division. */
+static inline float scale_of(float d, float beta, float *ratio) {
+    if (beta == 0.75f) {
+        float r = 1.f / sqrtf(d), r2 = r * r, sc = r2 * (1.f / sqrtf(r));
+        *ratio = sc * r2;
+        return sc;
+    }
+    float sc = powf(d, -beta);
+    *ratio = sc / d;
+    return sc;
+}
+
+/* The loops below are written once for any window and beta; forward_cl and backward_cl call them with
+   the paper's constants (size 5, beta 0.75: all three conventions) so that the window sum unrolls and
+   the power takes the reciprocal square roots, and with the runtime values otherwise. The window sums
+   run over the squares (or t) in memory: adds, which leave the multiply units to the power. */
+static inline void forward_body(const float *restrict a, const float *restrict sq, float *restrict y,
+                                int64_t n, int h, int below, int above, float alpha, float beta, float k) {
+    for (int64_t i = h; i < n - h; i++) {
+        float s = 0.f, ratio;
+        for (int o = -below; o <= above; o++) s += sq[i + o];
+        y[i] = a[i] * scale_of(k + alpha * s, beta, &ratio);
     }
 }
+
+/* The first half of the backward: t = g a d^(-beta-1), and g becomes g d^-beta. */
+static inline void backward_body1(const float *restrict a, const float *restrict sq, float *restrict g,
+                                  float *restrict t, int64_t n, int h, int below, int above, float alpha,
+                                  float beta, float k) {
+    for (int64_t i = h; i < n - h; i++) {
+        float s = 0.f, ratio;
+        for (int o = -below; o <= above; o++) s += sq[i + o];
+        float sc = scale_of(k + alpha * s, beta, &ratio);
+        t[i] = g[i] * a[i] * ratio;
+        g[i] *= sc;
+    }
+}
+
+/* The second half: the window is transposed (j is in c's window when c is in [j - above, j + below]). */
+static inline void backward_body2(const float *restrict a, float *restrict g, const float *restrict t,
+                                  int64_t n, int h, int below, int above, float coef) {
+    for (int64_t i = h; i < n - h; i++) {
+        float s = 0.f;
+        for (int o = -above; o <= below; o++) s += t[i + o];
+        g[i] += coef * a[i] * s;
+    }
+}
+
+static int paper_window(Layout L, float beta) { return L.below == 2 && L.above == 2 && beta == 0.75f; }
 
 static void forward_cl(const void *x, void *y, int dtype, int64_t N, int64_t P, int64_t sn, int64_t sp,
-                       Layout L, int size, float alpha, float beta, float k, int threads) {
-    int below = size / 2, above = (size - 1) / 2;
-    int64_t padded = L.towers * L.row;
+                       Layout L, float alpha, float beta, float k, int threads) {
+    int64_t chunks = (P + Q - 1) / Q, full = span(L, Q);
+    int paper = paper_window(L, beta);
     #pragma omp parallel num_threads(threads)
     {
-        float *a = calloc(2 * padded + L.C, sizeof(float));   /* halos stay zero */
-        float *sq = a + padded, *d = sq + padded;
+        float *a = calloc(3 * full, sizeof(float));   /* zero slots are never written */
+        float *sq = a + full, *b = sq + full;
         #pragma omp for schedule(static)
-        for (int64_t task = 0; task < N * P; task++) {
-            int64_t off = (task / P) * sn + (task % P) * sp;
-            load_px(x, dtype, off, L, a);
-            for (int64_t j = 0; j < padded; j++) sq[j] = a[j] * a[j];
-            shifted_sums(sq, d, L, below, above);
-            for (int64_t i = 0; i < L.C; i++) d[i] = k + alpha * d[i];
-            neg_pow(d, d, (int)L.C, beta);
-            for (int64_t t = 0; t < L.towers; t++)
-                for (int64_t i = 0; i < L.per; i++) a[t * L.row + HALO + i] *= d[t * L.per + i];
-            store_px(y, dtype, off, L, a);
+        for (int64_t task = 0; task < N * chunks; task++) {
+            int64_t n = task / chunks, p0 = (task % chunks) * Q;
+            int npx = (int)(P - p0 < Q ? P - p0 : Q);
+            int64_t off = n * sn + p0 * sp, len = span(L, npx);
+            load_runs(x, dtype, off, sp, npx, L, a, sq);
+            if (paper)
+                forward_body(a, sq, b, len, L.h, 2, 2, alpha, 0.75f, k);
+            else
+                forward_body(a, sq, b, len, L.h, L.below, L.above, alpha, beta, k);
+            store_runs(y, dtype, off, sp, npx, L, b);
         }
         free(a);
     }
 }
 
 static void backward_cl(const void *x, const void *g, void *dx, int dtype, int64_t N, int64_t P,
-                        int64_t sn, int64_t sp, int64_t gsn, int64_t gsp, Layout L, int size, float alpha,
+                        int64_t sn, int64_t sp, int64_t gsn, int64_t gsp, Layout L, float alpha,
                         float beta, float k, int threads) {
-    int below = size / 2, above = (size - 1) / 2;
-    int64_t padded = L.towers * L.row;
+    int64_t chunks = (P + Q - 1) / Q, full = span(L, Q);
+    int paper = paper_window(L, beta);
     float coef = -2.f * alpha * beta;
     #pragma omp parallel num_threads(threads)
     {
-        float *a = calloc(3 * padded + 2 * L.C, sizeof(float));
-        float *gr = a + padded, *t = gr + padded, *d = t + padded, *sc = d + L.C;
+        float *a = calloc(4 * full, sizeof(float));
+        float *sq = a + full, *gr = sq + full, *t = gr + full;
         #pragma omp for schedule(static)
-        for (int64_t task = 0; task < N * P; task++) {
-            int64_t n = task / P, p = task % P;
-            load_px(x, dtype, n * sn + p * sp, L, a);
-            load_px(g, dtype, n * gsn + p * gsp, L, gr);
-            for (int64_t j = 0; j < padded; j++) t[j] = a[j] * a[j];
-            shifted_sums(t, d, L, below, above);
-            for (int64_t i = 0; i < L.C; i++) d[i] = k + alpha * d[i];
-            neg_pow(d, sc, (int)L.C, beta);
-            for (int64_t tw = 0; tw < L.towers; tw++)
-                for (int64_t i = 0; i < L.per; i++) {
-                    int64_t j = tw * L.row + HALO + i, c = tw * L.per + i;
-                    t[j] = gr[j] * a[j] * sc[c] / d[c];                       /* g a d^(-beta-1) */
-                    gr[j] *= sc[c];                                           /* g d^-beta */
-                }
-            shifted_sums(t, d, L, above, below);                              /* transposed window */
-            for (int64_t tw = 0; tw < L.towers; tw++)
-                for (int64_t i = 0; i < L.per; i++) {
-                    int64_t j = tw * L.row + HALO + i;
-                    gr[j] += coef * a[j] * d[tw * L.per + i];
-                }
-            store_px(dx, dtype, n * sn + p * sp, L, gr);
+        for (int64_t task = 0; task < N * chunks; task++) {
+            int64_t n = task / chunks, p0 = (task % chunks) * Q;
+            int npx = (int)(P - p0 < Q ? P - p0 : Q);
+            int64_t len = span(L, npx);
+            load_runs(x, dtype, n * sn + p0 * sp, sp, npx, L, a, sq);
+            load_runs(g, dtype, n * gsn + p0 * gsp, gsp, npx, L, gr, NULL);
+            if (paper)
+                backward_body1(a, sq, gr, t, len, L.h, 2, 2, alpha, 0.75f, k);
+            else
+                backward_body1(a, sq, gr, t, len, L.h, L.below, L.above, alpha, beta, k);
+            /* t is a times something on the zero slots, so zero there, unless d was 0 (k = 0 and an
+               all-zero window) and made it NaN; the transposed sums must not carry that into real
+               channels next to it. */
+            for (int64_t r = 0; r < (int64_t)npx * L.towers; r++)
+                for (int j = 0; j < L.h; j++) t[L.h + r * L.run + L.per + j] = 0.f;
+            if (paper)
+                backward_body2(a, gr, t, len, L.h, 2, 2, coef);
+            else
+                backward_body2(a, gr, t, len, L.h, L.below, L.above, coef);
+            store_runs(dx, dtype, n * sn + p0 * sp, sp, npx, L, gr);
         }
         free(a);
     }
 }
 
-static int channels_inner(int64_t sc, int size) { return sc == 1 && size / 2 <= HALO; }
+static int channels_inner(int64_t sc, int size) { return sc == 1 && size / 2 <= MAX_HALF; }
+
+static Layout layout(int64_t C, int64_t towers, int size) {
+    int below = size / 2, above = (size - 1) / 2;
+    int h = below > above ? below : above;
+    Layout L = {towers, C / towers, C / towers + h, h, below, above};
+    return L;
+}
 
 void lrn_forward(const void *x, void *y, int dtype, int64_t N, int64_t C, int64_t P, int64_t sn,
                  int64_t sc, int64_t sp, int64_t towers, int size, float alpha, float beta, float k,
                  int threads) {
     if (channels_inner(sc, size)) {
-        Layout L = {C, towers, C / towers, C / towers + 2 * HALO};
-        forward_cl(x, y, dtype, N, P, sn, sp, L, size, alpha, beta, k, threads);
+        forward_cl(x, y, dtype, N, P, sn, sp, layout(C, towers, size), alpha, beta, k, threads);
         return;
     }
     int64_t blocks = (P + BLOCK - 1) / BLOCK;
@@ -251,8 +377,8 @@ void lrn_backward(const void *x, const void *g, void *dx, int dtype, int64_t N, 
                   int64_t sn, int64_t sc, int64_t sp, int64_t gsn, int64_t gsc, int64_t gsp,
                   int64_t towers, int size, float alpha, float beta, float k, int threads) {
     if (channels_inner(sc, size) && gsc == 1) {
-        Layout L = {C, towers, C / towers, C / towers + 2 * HALO};
-        backward_cl(x, g, dx, dtype, N, P, sn, sp, gsn, gsp, L, size, alpha, beta, k, threads);
+        backward_cl(x, g, dx, dtype, N, P, sn, sp, gsn, gsp, layout(C, towers, size), alpha, beta, k,
+                    threads);
         return;
     }
     int64_t blocks = (P + BLOCK - 1) / BLOCK;
