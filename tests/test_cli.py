@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -79,6 +80,18 @@ def test_console_script_is_installed():
     assert exe is not None
     r = subprocess.run([exe, "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("alexnet ")
+
+
+def test_a_reader_that_leaves_early_is_no_error():
+    # `alexnet summary | head -1`: the reader closes the pipe first; the command stops quietly, exit 0.
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        r = subprocess.run([sys.executable, "-m", "alexnet", "summary"], stdout=writer, stderr=subprocess.PIPE,
+                           text=True, timeout=120)
+    finally:
+        os.close(writer)
+    assert r.returncode == 0 and r.stderr == ""
 
 
 # For each kind of number setting: a value the kind refuses, and the nearest it accepts.
