@@ -33,3 +33,116 @@ def tiny_folders(tmp_path):
     rng = np.random.default_rng(0)
     colours = {cls: [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(3)] for cls in ("cat", "dog")}
     return write_image_folders(tmp_path / "data", colours), colours
+
+
+# ImageNet as downloaded (data/imagenet.py), made from class folders DATA/{train,val}/<wnid>/<files>: the same
+# files in each of ImageNet's layouts. Val's files are renamed ILSVRC2012_val_<n>.JPEG, numbered in class
+# order then name order (a file that already has such a name keeps it), as the one flat folder needs.
+
+def imagenet_val_names(folders: Path) -> dict[Path, str]:
+    """Each val file of the class folders -> its flat ILSVRC2012_val_<n> name."""
+    files = sorted((f for f in (folders / "val").glob("*/*")), key=lambda f: (f.parent.name, f.name))
+    return {f: f.name if f.name.startswith("ILSVRC2012_val_") else f"ILSVRC2012_val_{n:08d}.JPEG"
+            for n, f in enumerate(files, 1)}
+
+
+def _names(folders: Path, wnids: list[str]) -> list[str]:
+    from alexnet.data.folders import read_class_names
+    return read_class_names(folders, wnids)
+
+
+def tar_of(files: dict[str, bytes]) -> bytes:
+    """An uncompressed tar of these files, in this order."""
+    import io
+    import tarfile
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_300_000_000
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def write_devkit(folders: Path, out: Path, ids: dict[str, int] | None = None, extracted: bool = False,
+                 truth: list[int] | None = None) -> Path:
+    """ILSVRC2012_devkit_t12(.tar.gz) in ``out``: meta.mat with the classes under ``ids`` (ILSVRC2012_ID;
+    default: reverse sorted order, so that it is never sorted-WordNet-id order) after two ancestors with
+    children that sort among them, and the ground truth of val's files (or ``truth``)."""
+    import io
+    import tarfile
+
+    import scipy.io
+    wnids = sorted(p.name for p in (folders / "train").iterdir())
+    ids = ids or {w: len(wnids) - i for i, w in enumerate(wnids)}
+    words = dict(zip(wnids, _names(folders, wnids)))
+    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height",
+              "num_train_images"]
+    n = len(wnids)
+    rows = [(n + 1, "n00000000", "entity", "everything", 2, np.array([n + 2, 1], dtype=np.uint16), 3, 0),
+            (n + 2, wnids[0] + "x", "a group", "some classes", n, np.arange(1, n + 1, dtype=np.uint16), 1, 0)]
+    rows += [(ids[w], w, words[w], f"a {w}", 0, np.zeros((1, 0)), 0, 4) for w in sorted(wnids, key=ids.get)]
+    synsets = np.zeros((len(rows), 1), dtype=[(f, object) for f in fields])
+    for i, row in enumerate(rows):
+        for f, v in zip(fields, row):
+            synsets[i, 0][f] = v
+    meta = io.BytesIO()
+    scipy.io.savemat(meta, {"synsets": synsets})
+    if truth is None:   # line n: the class of ILSVRC2012_val_<n>
+        truth = [ids[f.parent.name] for f, _ in sorted(imagenet_val_names(folders).items(), key=lambda x: x[1])]
+    files = {"ILSVRC2012_devkit_t12/COPYING": b"devkit",
+             "ILSVRC2012_devkit_t12/data/meta.mat": meta.getvalue(),
+             "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt":
+                 "".join(f"{t}\n" for t in truth).encode()}
+    out.mkdir(parents=True, exist_ok=True)
+    if extracted:
+        for name, data in files.items():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_bytes(data)
+        return out / "ILSVRC2012_devkit_t12"
+    with tarfile.open(out / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out / "ILSVRC2012_devkit_t12.tar.gz"
+
+
+def write_imagenet_archives(folders: Path, out: Path, **devkit) -> dict[Path, Path]:
+    """ILSVRC2012_img_train.tar (a tar of <wnid>.tar), ILSVRC2012_img_val.tar and the devkit in ``out``;
+    returns each class-folder file -> the path its member has."""
+    train_tar, val_tar = out / "ILSVRC2012_img_train.tar", out / "ILSVRC2012_img_val.tar"
+    where, inner = {}, {}
+    for folder in sorted((folders / "train").iterdir(), reverse=True):   # tars need not be in order
+        files = sorted(folder.iterdir())
+        inner[f"{folder.name}.tar"] = tar_of({f.name: f.read_bytes() for f in files})
+        where |= {f: train_tar / f"{folder.name}.tar" / f.name for f in files}
+    out.mkdir(parents=True, exist_ok=True)
+    train_tar.write_bytes(tar_of(inner))
+    val = imagenet_val_names(folders)
+    val_tar.write_bytes(tar_of({name: f.read_bytes() for f, name in sorted(val.items(), key=lambda x: x[1])}))
+    where |= {f: val_tar / name for f, name in val.items()}
+    write_devkit(folders, out, **devkit)
+    return where
+
+
+def write_kaggle(folders: Path, out: Path, mapping_extra: str = "") -> dict[Path, Path]:
+    """Kaggle's download in ``out``: ILSVRC/Data/CLS-LOC/{train/<wnid>/*, val/*}, LOC_val_solution.csv
+    (each image's boxes, the first one's class the label) and LOC_synset_mapping.txt."""
+    import shutil
+    images = out / "ILSVRC" / "Data" / "CLS-LOC"
+    shutil.copytree(folders / "train", images / "train")
+    (images / "val").mkdir()
+    wnids = sorted(p.name for p in (folders / "train").iterdir())
+    where = {f: images / "train" / f.relative_to(folders / "train") for f in (folders / "train").glob("*/*")}
+    rows = ["ImageId,PredictionString"]
+    for k, (f, name) in enumerate(imagenet_val_names(folders).items()):
+        shutil.copyfile(f, images / "val" / name)
+        where[f] = images / "val" / name
+        other = wnids[(wnids.index(f.parent.name) + 1) % len(wnids)] if k % 2 else f.parent.name
+        rows.append(f"{name.rpartition('.')[0]},{f.parent.name} 1 2 30 40 {other} 5 6 20 30 ")
+    rows[1:] = sorted(rows[1:], reverse=True)
+    (out / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    (out / "LOC_synset_mapping.txt").write_text(
+        "".join(f"{w} {n}\n" for w, n in zip(wnids, _names(folders, wnids))) + mapping_extra)
+    return where

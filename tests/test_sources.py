@@ -17,6 +17,7 @@ from alexnet.data.decode import load_fixed
 from alexnet.data.loader import eval_loader
 from alexnet.data.prepare import prepare
 from alexnet.errors import UserError
+from conftest import write_imagenet_archives, write_kaggle
 
 CLASSES = ("bee", "ant", "cow")           # written unsorted: labels follow the sorted folder names
 
@@ -35,10 +36,18 @@ def write_set(root: Path) -> Path:
     return root
 
 
+def prepared(data: Path, tmp: Path):
+    prepare(data, tmp / "prep", workers=0, shard_size=5, progress=False)
+    return tmp / "prep", {}
+
+
+# Each writes the set in its kind's form: (the path to open, each class-folder file -> the sample path
+# that kind names it by, where that differs).
 BUILDERS = {
-    "folders": lambda data, tmp: data,
-    "prepared": lambda data, tmp: (prepare(data, tmp / "prep", workers=0, shard_size=5, progress=False),
-                                   tmp / "prep")[1],
+    "folders": lambda data, tmp: (data, {}),
+    "prepared": prepared,
+    "imagenet-archives": lambda data, tmp: (tmp / "archives", write_imagenet_archives(data, tmp / "archives")),
+    "imagenet-extracted": lambda data, tmp: (tmp / "kaggle", write_kaggle(data, tmp / "kaggle")),
 }
 
 
@@ -63,14 +72,15 @@ def test_every_kind_of_data_has_a_builder_here():
 
 
 def test_every_kind_gives_the_files_classes_names_and_pixels(built, data):
-    kind, path = built
+    kind, (path, where) = built
     source = sources.open_data(path)
     assert source.kind == kind == sources.kind_of(path).name
     assert source.classes == ["ant", "bee", "cow"] and source.names == ["an ant", "a bee", "a cow"]
     for split in ("train", "val"):
         images, expected = source.splits[split], listing(data, split)
         assert len(images) == len(expected) and images.classes == source.classes
-        assert [(images.path(i), images.split.samples[i][1]) for i in range(len(images))] == expected
+        assert [(images.path(i), images.split.samples[i][1]) for i in range(len(images))] == \
+            [(where.get(file, file), label) for file, label in expected]
         batch, labels, indices, errors = images.__getitems__([len(images) - 1, 0, 2])
         assert batch.dtype == torch.uint8 and batch.shape == (3, 256, 256, 3)
         assert labels.tolist() == [expected[-1][1], expected[0][1], expected[2][1]]
@@ -80,7 +90,7 @@ def test_every_kind_gives_the_files_classes_names_and_pixels(built, data):
 
 
 def test_loaders_read_every_kind_the_same_way(built):
-    _, path = built
+    _, (path, _) = built
     val = sources.open_split(path, "val")
     seen = [b for b in eval_loader(val, 4, rank=0, world=1, workers=1, pin_memory=False)]
     images = torch.cat([b[0] for b in seen])
@@ -89,7 +99,7 @@ def test_loaders_read_every_kind_the_same_way(built):
 
 
 def test_a_split_labelled_by_a_networks_classes(built, data):
-    _, path = built
+    _, (path, _) = built
     network = ["cow", "dog", "ant", "bee"]          # more classes than the data, in another order
     val = sources.open_split(path, "val", classes=network)
     assert val.classes == network
@@ -101,7 +111,7 @@ def test_a_split_labelled_by_a_networks_classes(built, data):
 
 
 def test_a_subset_keeps_its_samples_and_pixels(built):
-    _, path = built
+    _, (path, _) = built
     train = sources.open_split(path, "train")
     picked = train.subset([7, 2])
     assert len(picked) == 2 and [picked.path(0), picked.path(1)] == [train.path(7), train.path(2)]
@@ -110,10 +120,10 @@ def test_a_subset_keeps_its_samples_and_pixels(built):
 
 
 def test_statistics_ahead_of_time_only_where_they_were_computed(built):
-    kind, path = built
+    kind, (path, _) = built
     train = sources.open_split(path, "train")
     assert (train.stats_file is not None) == (kind == "prepared")
-    assert train.decodes == (kind == "folders")
+    assert train.decodes == (kind != "prepared")
 
 
 def test_a_path_that_is_no_dataset_is_one_clear_error(tmp_path):

@@ -40,7 +40,8 @@ def open_rgb(path: str | Path, min_side: int | None = None, max_pixels: int = MA
             # PIL warns about bombs (refused below, by our own limit) and corrupt EXIF (harmless): a
             # warning per file per epoch would bury the one line about a file that was really skipped.
             warnings.simplefilter("ignore")
-            with Image.open(path) as img:
+            # A Path opens itself: a member of an archive is a Path that reads it (data/tars.py).
+            with (path.open("rb") if isinstance(path, Path) else open(path, "rb")) as f, Image.open(f) as img:
                 if img.width * img.height > max_pixels:
                     raise UndecodableImage(f"{img.width}x{img.height} pixels is over the {max_pixels:,}-pixel "
                                            f"limit (a decompression bomb?)")

@@ -1,12 +1,14 @@
 """The one door for data: every command opens its dataset here, whatever kind of data lies at the path.
 
     source = open_data("data/demo")                 # DataSource: classes, names, splits["train"|"val"]
+    source = open_data("/data/ILSVRC2012")          # ImageNet's archives (or Kaggle's download) as they are
     val = open_split("data/demo-prepared", "val", classes=loaded.classes)   # labelled as a network's outputs
 
 A kind of data is a detector and an opener in KINDS, tried in order; each opener returns ImageSets
-(data/imageset.py), so nothing past this module asks which kind it holds. To add a kind (ImageNet's
-archives, say), write its ImageSet and add it here; tests/test_sources.py then asks for a builder of it
-and holds it to the samples the other kinds give.
+(data/imageset.py), so nothing past this module asks which kind it holds. The kinds: a prepared store,
+ImageNet's archives or its extracted files as downloaded (data/imagenet.py), and image folders. To add
+a kind, write its opener and add it here; tests/test_sources.py then asks for a builder of it and holds
+it to the samples the other kinds give.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alexnet.data.folders import open_folders
+from alexnet.data.imagenet import is_archives, is_extracted, open_archives, open_extracted
 from alexnet.data.imageset import SPLITS, DataSource, ImageSet
 from alexnet.data.prepared import is_prepared, open_prepared
 
@@ -27,9 +30,13 @@ class Kind:
     open: Callable[[Path, tuple[str, ...]], DataSource]
 
 
-# Most specific first; image folders take whatever is left, and explain what they expected.
+# Most specific first; image folders take whatever is left, and explain what they expected. Each
+# detector only looks at a few names (ImageNet's: its archives, Kaggle's folders, or a val/ of images
+# rather than of class folders), so none of them takes another kind's data.
 KINDS = (
     Kind("prepared", is_prepared, open_prepared),
+    Kind("imagenet-archives", is_archives, open_archives),
+    Kind("imagenet-extracted", is_extracted, open_extracted),
     Kind("folders", lambda path: True, open_folders),
 )
 

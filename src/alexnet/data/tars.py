@@ -1,0 +1,253 @@
+"""Members of tar archives, read in place: ImageNet's ILSVRC2012_img_train.tar is a tar of 1,000 tars of JPEGs.
+
+``index_tar`` walks the headers once (with ``nested``, those of the tars inside too) and keeps, for each
+member, where its bytes lie in the outer file: an uncompressed tar stores a member's data as it is, so a
+member of an inner tar starts at the inner tar's data offset plus its own offset in the inner tar. Every
+image is then one pread() away, from any process, and nothing is extracted. No image bytes are held:
+the index is a name and three integers a member.
+
+A sample is named by a ``MemberPath`` such as /data/ILSVRC2012_img_train.tar/n01440764.tar/n01440764_10026.JPEG,
+a Path whose stat() and open("rb") answer for the member. The code that reads image files (the decoder,
+FixedSizeImages, prepare's record of its sources, pictures of samples) then reads members unchanged.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from alexnet.errors import UserError
+
+BLOCK = tarfile.BLOCKSIZE
+
+
+class Archive:
+    """One archive file, opened lazily by each process that reads it (DataLoader workers are forked or
+    spawned after the index is built) and read with pread, which shares no file position."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._pid: int | None = None
+
+    def read(self, offset: int, size: int, exact: bool = True) -> bytes:
+        if self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        data = os.pread(self._fd, size, offset)
+        if exact and len(data) != size:
+            raise OSError(f"{self.path} ends {len(data)} bytes into a member of {size} (cut since it was indexed?)")
+        return data
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_fd": None, "_pid": None}
+
+    def __del__(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+
+
+_ConcretePath = type(Path())   # PosixPath or WindowsPath: pathlib's classes that can be subclassed
+
+
+class MemberPath(_ConcretePath):
+    """A member of an archive as a Path: stat() gives its size and time, open("rb") its bytes.
+
+    Paths derived from it (its parent, relative_to) are plain names again, as is any path that stat()
+    or open() would look up on disk."""
+    __slots__ = ("_member",)   # (Archive, offset, size, mtime)
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        member = getattr(self, "_member", None)
+        if member is None:
+            return super().stat(follow_symlinks=follow_symlinks)
+        size, mtime = member[2], member[3]
+        return os.stat_result((stat.S_IFREG | 0o444, 0, 0, 1, 0, 0, size, mtime, mtime, mtime),
+                              {"st_mtime_ns": mtime * 10**9})
+
+    def open(self, mode: str = "r", buffering: int = -1, encoding=None, errors=None, newline=None):
+        member = getattr(self, "_member", None)
+        if member is None:
+            return super().open(mode, buffering, encoding, errors, newline)
+        if mode != "rb":
+            raise ValueError(f"{self} lies inside an archive: it opens for reading bytes only (mode 'rb')")
+        archive, offset, size, _ = member
+        return io.BytesIO(archive.read(offset, size))
+
+    def __reduce__(self):
+        member = getattr(self, "_member", None)
+        return (member_path, (str(self), *member)) if member else super().__reduce__()
+
+
+def member_path(path: str, archive: Archive, offset: int, size: int, mtime: int) -> MemberPath:
+    p = MemberPath(path)
+    p._member = (archive, offset, size, mtime)
+    return p
+
+
+@dataclass
+class Members:
+    """Where each member's bytes lie in ``archive``; names are relative to it ("n01440764.tar/x.JPEG")."""
+    archive: Archive
+    names: list[str]
+    offsets: array
+    sizes: array
+    mtimes: array
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def path(self, i: int) -> MemberPath:
+        return member_path(f"{self.archive.path}/{self.names[i]}", self.archive, self.offsets[i],
+                           self.sizes[i], self.mtimes[i])
+
+    def take(self, rows: list[int]) -> Members:
+        """These members only, in this order."""
+        return Members(self.archive, [self.names[i] for i in rows], array("q", (self.offsets[i] for i in rows)),
+                       array("q", (self.sizes[i] for i in rows)), array("q", (self.mtimes[i] for i in rows)))
+
+
+class MemberSamples(Sequence):
+    """A Split's samples, (MemberPath, label), made when asked for: ImageNet's 1.28M training images then
+    cost their index entries, about 100 bytes each, rather than a Path object each."""
+
+    def __init__(self, members: Members, labels: list[int]) -> None:
+        assert len(members) == len(labels)
+        self.members, self.labels = members, array("q", labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        label = self.labels[i]   # raises IndexError past the end, which ends iteration
+        return self.members.path(i), label
+
+
+def index_tar(path: Path, keep: Callable[[str], bool], nested: bool = False) -> Members:
+    """The regular-file members of the tar at ``path`` whose names ``keep`` accepts, without reading their data.
+
+    With ``nested``, a member named *.tar is opened as a tar in turn and its members (named
+    "inner.tar/member") are kept instead. A truncated or damaged archive, outer or inner, is a UserError
+    that names it: a header cut short, a member whose data would run past the end, or no end-of-archive
+    block where the last member ends.
+    """
+    archive = Archive(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise UserError(f"{path} cannot be read ({e.strerror or e})") from None
+    names, offsets, sizes, mtimes = [], array("q"), array("q"), array("q")
+    for name, offset, length, mtime in _members(archive, 0, size, str(path)):
+        if nested and name.endswith(".tar"):
+            found = [(f"{name}/{m[0]}", *m[1:]) for m in _members(archive, offset, length, f"{path}/{name}")]
+        else:
+            found = [(name, offset, length, mtime)]
+        for member in found:
+            if keep(member[0]):
+                names.append(member[0])
+                offsets.append(member[1])
+                sizes.append(member[2])
+                mtimes.append(member[3])
+    return Members(archive, names, offsets, sizes, mtimes)
+
+
+def _members(archive: Archive, start: int, length: int, label: str) -> list[tuple[str, int, int, int]]:
+    """(name, offset of its data in the outer file, size, mtime) of each regular file of the tar at
+    start..start+length: the fast reading of plain headers, or tarfile's of any other (and of any damage)."""
+    try:
+        return _plain_members(archive, start, length)
+    except _Unusual:
+        return _tarfile_members(archive, start, length, label)
+
+
+class _Unusual(Exception):
+    """A header that _plain_members leaves to tarfile."""
+
+
+_PLAIN_TYPES = {b"0": True, b"\0": True, b"5": False}   # regular file (new and old style), directory
+
+
+def _plain_members(archive: Archive, start: int, length: int) -> list[tuple[str, int, int, int]]:
+    """Members of a tar whose headers are all plain ustar/GNU ones (files and folders with short names,
+    no pax or GNU long-name records): ImageNet's. About five times faster than tarfile, which decodes
+    every field of every header; any other header, or any damage, raises _Unusual."""
+    found, pos = [], 0
+    while True:
+        block = archive.read(start + pos, BLOCK, exact=False) if pos + BLOCK <= length else b""
+        if block == bytes(BLOCK):
+            return found
+        if (len(block) < BLOCK or block[257:262] != b"ustar" or block[156:157] not in _PLAIN_TYPES
+                or _octal(block[148:156]) != sum(block[:148]) + 8 * 32 + sum(block[156:])):
+            raise _Unusual
+        size, mtime = _octal(block[124:136]), _octal(block[136:148])
+        if pos + BLOCK + size > length:
+            raise _Unusual
+        name = block[:100].split(b"\0", 1)[0]
+        if block[257:265] == b"ustar\x0000" and block[345] != 0:   # POSIX ustar: a prefix holds the name's start
+            name = block[345:500].split(b"\0", 1)[0] + b"/" + name
+        if _PLAIN_TYPES[block[156:157]]:
+            found.append((name.decode("utf-8", "surrogateescape"), start + pos + BLOCK, size, mtime))
+        pos += BLOCK + -(-size // BLOCK) * BLOCK
+
+
+def _octal(field: bytes) -> int:
+    try:
+        return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:   # base-256 sizes (over 8 GB), garbage
+        raise _Unusual from None
+
+
+def _tarfile_members(archive: Archive, start: int, length: int, label: str) -> list[tuple[str, int, int, int]]:
+    found, end = [], 0
+    try:
+        with tarfile.open(fileobj=_Window(archive, start, length), mode="r:") as tar:
+            while (info := tar.next()) is not None:
+                tar.members.clear()   # keep no TarInfo: a flat val tar has 50,000
+                data_end = info.offset_data + info.size
+                if info.isfile() and data_end > length:
+                    raise tarfile.ReadError(f"{info.name} needs {data_end - length} bytes more than there are")
+                end = info.offset_data + (-(-info.size // BLOCK) * BLOCK if info.isfile() else 0)
+                if info.isfile():
+                    found.append((info.name, start + info.offset_data, info.size, int(info.mtime)))
+    except (tarfile.TarError, EOFError, ValueError) as e:
+        raise UserError(f"{label} is truncated or not a tar ({e})") from None
+    # tarfile takes a header cut short, or garbage, after the first member for the end of the archive;
+    # an intact tar has a zero block right after its last member.
+    if archive.read(start + end, min(BLOCK, max(0, length - end)), exact=False) != bytes(BLOCK):
+        raise UserError(f"{label} is truncated or damaged: no end-of-archive block after its last member "
+                        f"(at byte {end:,} of {length:,})")
+    return found
+
+
+class _Window(io.RawIOBase):
+    """Bytes start..start+length of an archive as a read-only file: an inner tar, for tarfile."""
+
+    def __init__(self, archive: Archive, start: int, length: int) -> None:
+        self.archive, self.start, self.length, self.pos = archive, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = pos + (0 if whence == io.SEEK_SET else self.pos if whence == io.SEEK_CUR else self.length)
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        n = max(0, min(len(buffer), self.length - self.pos))
+        data = self.archive.read(self.start + self.pos, n, exact=False)
+        buffer[:len(data)] = data
+        self.pos += len(data)
+        return len(data)

@@ -1,0 +1,357 @@
+"""ImageNet as downloaded (data/imagenet.py, data/tars.py): each layout gives what its class folders give.
+
+A small ImageNet-shaped set (12 made-up WordNet ids, a few JPEGs each) is written as class folders, the
+reference, and then in each of ImageNet's layouts from the same files. The devkit numbers the classes in
+an order that is not sorted-WordNet-id order, with WordNet ancestors among the entries of meta.mat: the
+traps that would mislabel val.
+"""
+
+import gzip
+import io
+import json
+import pickle
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet.data.prepare import prepare
+from alexnet.data.prepared import read_meta
+from alexnet.data.sources import kind_of, open_data
+from alexnet.data.tars import Archive, index_tar, member_path
+from alexnet.errors import UserError
+from conftest import imagenet_val_names, run_cli, tar_of, write_devkit, write_imagenet_archives, write_kaggle
+
+RNG = np.random.default_rng(7)
+WNIDS = [f"n{k:08d}" for k in sorted(RNG.choice(10**8, 12, replace=False).tolist())]
+IDS = {w: i + 1 for i, w in enumerate(RNG.permutation(WNIDS).tolist())}   # ILSVRC2012_ID: not sorted order
+VAL_PER_CLASS = [1 + (k % 3 == 0) for k in range(len(WNIDS))]
+
+
+def write_reference(root: Path) -> Path:
+    """root/{train,val}/<wnid>/ of small JPEGs; val's are named ILSVRC2012_val_<n>, n shuffled over classes."""
+    numbers = iter(RNG.permutation(sum(VAL_PER_CLASS)).tolist())
+    for k, wnid in enumerate(WNIDS):
+        for split, count in (("train", 3), ("val", VAL_PER_CLASS[k])):
+            (root / split / wnid).mkdir(parents=True)
+            for j in range(count):
+                name = f"{wnid}_{j}.JPEG" if split == "train" else f"ILSVRC2012_val_{next(numbers) + 1:08d}.JPEG"
+                pixels = (RNG.random((int(RNG.integers(30, 50)), int(RNG.integers(30, 50)), 3)) * 200 + k * 4)
+                Image.fromarray(pixels.astype(np.uint8)).save(root / split / wnid / name, quality=90)
+    (root / "LOC_synset_mapping.txt").write_text("".join(f"{w} thing {k}, a {w}\n" for k, w in enumerate(WNIDS)))
+    return root
+
+
+def write_extracted(reference: Path, images: Path) -> None:
+    """images/train/<wnid>/ as they are, images/val/ flat (as the val tar extracts)."""
+    shutil.copytree(reference / "train", images / "train")
+    (images / "val").mkdir()
+    for f, name in imagenet_val_names(reference).items():
+        shutil.copyfile(f, images / "val" / name)
+
+
+def layout(name: str, reference: Path, out: Path) -> Path:
+    """The reference set in layout ``name``; returns the path a user gives as --data."""
+    if name == "archives":
+        write_imagenet_archives(reference, out, ids=IDS)
+        return out
+    if name in ("kaggle", "kaggle-cls-loc"):
+        write_kaggle(reference, out)
+        return out if name == "kaggle" else out / "ILSVRC" / "Data" / "CLS-LOC"
+    write_extracted(reference, out / "imagenet")
+    if name == "extracted-devkit-tar":
+        write_devkit(reference, out / "imagenet", ids=IDS)
+    elif name == "extracted-devkit-folder":   # two folders above the images
+        write_devkit(reference, out.parent, ids=IDS, extracted=True)
+    else:
+        write_kaggle(reference, out / "kaggle")
+        shutil.move(out / "kaggle" / "LOC_val_solution.csv", out)
+        shutil.move(out / "kaggle" / "LOC_synset_mapping.txt", out)
+    return out / "imagenet"
+
+
+LAYOUTS = ["archives", "kaggle", "kaggle-cls-loc", "extracted-devkit-tar", "extracted-devkit-folder", "extracted-csv"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return write_reference(tmp_path_factory.mktemp("imagenet") / "folders")
+
+
+@pytest.fixture(scope="module")
+def prepared_reference(reference, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared") / "prep"
+    prepare(reference, out, workers=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def archives(reference, tmp_path_factory):
+    return layout("archives", reference, tmp_path_factory.mktemp("archives") / "ILSVRC2012")
+
+
+def everything(images) -> tuple[torch.Tensor, list[int]]:
+    pixels, labels, _, errors = images.__getitems__(list(range(len(images))))
+    assert errors == [""] * len(images)
+    return pixels, labels.tolist()
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_each_layout_gives_the_classes_names_labels_and_pixels_of_its_class_folders(name, reference, tmp_path):
+    path = layout(name, reference, tmp_path / "d" / "e" / name)
+    source, expected = open_data(path), open_data(reference)
+    assert source.kind == kind_of(path).name == ("imagenet-archives" if name == "archives" else "imagenet-extracted")
+    assert expected.kind == "folders"
+    assert source.classes == expected.classes == WNIDS
+    assert source.names == expected.names == [f"thing {k}, a {w}" for k, w in enumerate(WNIDS)]
+    for split in ("train", "val"):
+        got, want = source.splits[split], expected.splits[split]
+        assert [p.name for p, _ in got.split.samples] == [p.name for p, _ in want.split.samples]
+        assert got.names == want.names and got.classes == want.classes
+        (got_pixels, got_labels), (want_pixels, want_labels) = everything(got), everything(want)
+        assert got_labels == want_labels and torch.equal(got_pixels, want_pixels)
+
+
+def test_val_labels_are_sorted_wordnet_ids_not_the_devkits_numbers(archives, reference):
+    assert sorted(WNIDS, key=IDS.get) != WNIDS   # the trap is set
+    val = open_data(archives, ("val",)).splits["val"]
+    # Independently: each val file's class folder in the reference, as an index among the sorted ids.
+    wnid_of = {name: f.parent.name for f, name in imagenet_val_names(reference).items()}
+    labels = [label for _, label in val.split.samples]
+    assert labels == [sorted(WNIDS).index(wnid_of[p.name]) for p, _ in val.split.samples] == sorted(labels)
+    assert val.__getitems__([0, len(val) - 1])[1].tolist() == [0, len(WNIDS) - 1]
+
+
+def test_members_are_named_by_virtual_paths_and_read_in_place(archives):
+    source = open_data(archives)
+    train, val = source.splits["train"], source.splits["val"]
+    first = train.path(0)
+    assert str(first) == f"{archives}/ILSVRC2012_img_train.tar/{WNIDS[0]}.tar/{WNIDS[0]}_0.JPEG"
+    assert str(val.path(0)).startswith(f"{archives}/ILSVRC2012_img_val.tar/ILSVRC2012_val_")
+    assert first.read_bytes()[:2] == b"\xff\xd8" and first.stat().st_size == len(first.read_bytes())
+    assert not list(archives.rglob("*.JPEG"))   # nothing was extracted
+    assert open_data(archives / "ILSVRC2012_img_train.tar", ("train",)).root == archives   # the archive named
+    # Spawned DataLoader workers get the set pickled: the archive is reopened there, not copied.
+    again = pickle.loads(pickle.dumps(train))
+    assert torch.equal(again.__getitems__([0, 5])[0], train.__getitems__([0, 5])[0])
+    assert pickle.loads(pickle.dumps(first)).read_bytes() == first.read_bytes()
+
+
+@pytest.mark.parametrize("name,workers", [("archives", 2), ("kaggle", 0)])
+def test_prepare_of_a_layout_stores_what_preparing_its_class_folders_stores(name, workers, reference,
+                                                                            prepared_reference, tmp_path):
+    path = layout(name, reference, tmp_path / name)
+    prepare(path, tmp_path / "prep", workers=workers, progress=False)
+    got, want = open_data(tmp_path / "prep"), open_data(prepared_reference)
+    assert (got.classes, got.names) == (want.classes, want.names)
+    for split in ("train", "val"):
+        (got_pixels, got_labels), (want_pixels, want_labels) = map(everything, (got.splits[split], want.splits[split]))
+        assert got_labels == want_labels and torch.equal(got_pixels, want_pixels)
+    assert read_meta(tmp_path / "prep")["splits"]["train"]["skipped"] == 0
+
+
+def test_one_split_needs_only_its_own_archive(reference, tmp_path):
+    write_imagenet_archives(reference, tmp_path / "a", ids=IDS)
+    (tmp_path / "a" / "ILSVRC2012_img_train.tar").unlink()
+    val = open_data(tmp_path / "a", ("val",))
+    assert val.classes == WNIDS and len(val.splits["val"]) == sum(VAL_PER_CLASS)   # meta.mat's leaves only
+    with pytest.raises(UserError, match="has no ILSVRC2012_img_train.tar"):
+        open_data(tmp_path / "a")
+    write_imagenet_archives(reference, tmp_path / "b", ids=IDS)
+    (tmp_path / "b" / "ILSVRC2012_img_val.tar").unlink()
+    (tmp_path / "b" / "ILSVRC2012_devkit_t12.tar.gz").unlink()
+    train = open_data(tmp_path / "b", ("train",))
+    assert train.classes == WNIDS and train.names == WNIDS and len(train.splits["train"]) == 3 * len(WNIDS)
+
+
+def test_class_folders_and_prepared_stores_are_not_taken_for_imagenet(reference, prepared_reference, tmp_path):
+    assert kind_of(reference).name == "folders"
+    assert kind_of(prepared_reference).name == "prepared"
+    write_extracted(reference, tmp_path)   # flat val/ without labels anywhere near: ImageNet, and says what it lacks
+    with pytest.raises(UserError, match="found no labels for val: put ILSVRC2012_devkit_t12.tar.gz"):
+        open_data(tmp_path)
+    assert len(open_data(tmp_path, ("train",)).splits["train"]) == 3 * len(WNIDS)
+
+
+# Bad input: one line that names the file.
+
+def tar_members(path: Path) -> list[tarfile.TarInfo]:
+    with tarfile.open(path) as tar:
+        return tar.getmembers()
+
+
+def cut(path: Path, at: int) -> None:
+    path.write_bytes(path.read_bytes()[:at])
+
+
+def last_data_end(path: Path) -> int:
+    last = tar_members(path)[-1]
+    return last.offset_data + -(-last.size // 512) * 512
+
+
+@pytest.mark.parametrize("where", ["inside a header", "inside a member's data", "after the last member",
+                                   "at the first byte"])
+@pytest.mark.parametrize("archive", ["ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"])
+def test_a_truncated_archive_is_one_error_naming_it(archive, where, archives, tmp_path):
+    shutil.copytree(archives, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / archive
+    last = tar_members(path)[-1]
+    cut(path, {"inside a header": last.offset + 100, "inside a member's data": last.offset_data + 100,
+               "after the last member": last_data_end(path), "at the first byte": 0}[where])
+    with pytest.raises(UserError, match=f"{path}.* is truncated"):
+        open_data(tmp_path)
+
+
+@pytest.mark.parametrize("where", ["inside a member's data", "after the last member"])
+def test_a_truncated_tar_inside_the_train_archive_is_named(where, archives, tmp_path):
+    shutil.copytree(archives, tmp_path, dirs_exist_ok=True)
+    outer = tmp_path / "ILSVRC2012_img_train.tar"
+    with tarfile.open(outer) as tar:
+        inner = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    bad = f"{WNIDS[4]}.tar"
+    last = tarfile.open(fileobj=io.BytesIO(inner[bad])).getmembers()[-1]
+    keep = last.offset_data + (100 if where == "inside a member's data" else -(-last.size // 512) * 512)
+    outer.write_bytes(tar_of(inner | {bad: inner[bad][:keep]}))   # the outer tar is whole
+    with pytest.raises(UserError, match=f"{outer}/{bad} is truncated"):
+        open_data(tmp_path)
+
+
+def test_a_truncated_archive_is_one_line_and_exit_status_2_from_prepare(archives, tmp_path):
+    shutil.copytree(archives, tmp_path / "data")
+    cut(tmp_path / "data" / "ILSVRC2012_img_val.tar", 5000)
+    result = run_cli("prepare", "--data", tmp_path / "data", "--out", tmp_path / "prep")
+    assert result.returncode == 2 and "ILSVRC2012_img_val.tar is truncated" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "prep").exists()
+
+
+def test_a_file_that_is_no_tar_is_named(archives, tmp_path):
+    shutil.copytree(archives, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "ILSVRC2012_img_val.tar").write_bytes(b"<html>404 not found</html>" * 40)
+    with pytest.raises(UserError, match="ILSVRC2012_img_val.tar is truncated or not a tar"):
+        open_data(tmp_path)
+
+
+def test_the_devkit_must_label_every_val_image_once(reference, tmp_path):
+    count = sum(VAL_PER_CLASS)
+    write_imagenet_archives(reference, tmp_path, ids=IDS)
+    write_devkit(reference, tmp_path, ids=IDS, truth=[1] * (count + 1))
+    with pytest.raises(UserError, match=f"ground_truth.txt has {count + 1} labels but .*ILSVRC2012_img_val.tar "
+                                        f"holds {count} images"):
+        open_data(tmp_path)
+    write_devkit(reference, tmp_path, ids=IDS, truth=[1] * (count - 1) + [99])
+    with pytest.raises(UserError, match=f"ground_truth.txt line {count}: ILSVRC2012_ID 99 is no class of meta.mat"):
+        open_data(tmp_path)
+
+
+def test_a_devkit_without_ground_truth_is_named_when_val_is_asked_for(reference, tmp_path):
+    write_imagenet_archives(reference, tmp_path, ids=IDS)
+    devkit = tmp_path / "ILSVRC2012_devkit_t12.tar.gz"
+    with tarfile.open(devkit) as tar:
+        kept = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if "ground_truth" not in m.name}
+    devkit.write_bytes(gzip.compress(tar_of(kept)))
+    with pytest.raises(UserError, match=f"{devkit} has no ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_gr"):
+        open_data(tmp_path)
+    assert open_data(tmp_path, ("train",)).names[0] == f"thing 0, a {WNIDS[0]}"   # names still come from it
+    devkit.unlink()
+    with pytest.raises(UserError, match="found no labels for val"):
+        open_data(tmp_path)
+
+
+def test_a_damaged_devkit_is_named(reference, tmp_path):
+    write_imagenet_archives(reference, tmp_path, ids=IDS)
+    devkit = tmp_path / "ILSVRC2012_devkit_t12.tar.gz"
+    cut(devkit, devkit.stat().st_size // 2)
+    with pytest.raises(UserError, match=f"{devkit} is truncated or not a .tar.gz"):
+        open_data(tmp_path)
+    devkit.unlink()
+    write_devkit(reference, tmp_path, ids=IDS, extracted=True)
+    (tmp_path / "ILSVRC2012_devkit_t12" / "data" / "meta.mat").write_bytes(b"MATLAB 5.0 MAT-file, not really")
+    with pytest.raises(UserError, match="data/meta.mat is not ImageNet's meta.mat"):
+        open_data(tmp_path)
+
+
+def test_a_val_image_without_a_label_is_named(reference, tmp_path):
+    kaggle = layout("kaggle", reference, tmp_path / "kaggle")
+    extra = kaggle / "ILSVRC" / "Data" / "CLS-LOC" / "val" / "ILSVRC2012_val_00000099.JPEG"
+    shutil.copyfile(next((reference / "val").rglob("*.JPEG")), extra)
+    with pytest.raises(UserError, match=f"{extra} has no label in .*LOC_val_solution.csv"):
+        open_data(kaggle)
+    # The devkit labels images by their number: one renamed out of its range has none (the count still agrees).
+    shutil.copytree(layout("extracted-devkit-tar", reference, tmp_path / "ext"), tmp_path / "ext2")
+    val = sorted((tmp_path / "ext2" / "val").iterdir())
+    val[0].rename(val[0].with_name("ILSVRC2012_val_00000999.JPEG"))
+    with pytest.raises(UserError, match="ILSVRC2012_val_00000999.JPEG has no label in .*ground_truth.txt"):
+        open_data(tmp_path / "ext2")
+
+
+def test_unknown_wordnet_ids_in_kaggles_csv_are_named(reference, tmp_path):
+    kaggle = layout("kaggle", reference, tmp_path / "a")
+    csv = kaggle / "LOC_val_solution.csv"
+    lines = csv.read_text().splitlines()
+    image = lines[1].split(",")[0]
+    csv.write_text("\n".join([lines[0], f"{image},n99999999 1 2 3 4 "] + lines[2:]) + "\n")
+    with pytest.raises(UserError, match=f"csv: {image} is labelled n99999999, which .*_mapping.txt does not list"):
+        open_data(kaggle)
+    # Listed in the mapping, but train has no such class.
+    with (kaggle / "LOC_synset_mapping.txt").open("a") as f:
+        f.write("n99999999 a class train lacks\n")
+    with pytest.raises(UserError, match=f"{image}.JPEG is labelled n99999999 in .*which is not among the 12 classes"):
+        open_data(kaggle)
+
+
+def test_a_corrupt_jpeg_inside_the_train_archive_is_skipped_and_named_once(reference, tmp_path, capsys):
+    shutil.copytree(reference, tmp_path / "folders")
+    bad = tmp_path / "folders" / "train" / WNIDS[2] / f"{WNIDS[2]}_1.JPEG"
+    bad.write_bytes(bad.read_bytes()[:30])
+    write_imagenet_archives(tmp_path / "folders", tmp_path / "archives", ids=IDS)
+    train = open_data(tmp_path / "archives").splits["train"]
+    _, labels, _, errors = train.__getitems__([7, 8])
+    assert labels.tolist() == [-1, 2] and errors[0] and not errors[1]
+    prepare(tmp_path / "archives", tmp_path / "prep", workers=0, progress=False)
+    assert read_meta(tmp_path / "prep")["splits"]["train"] == {"images": 3 * len(WNIDS) - 1, "shards": 1, "skipped": 1}
+    shard = json.loads((tmp_path / "prep" / "train" / "00000.json").read_text())
+    assert [file for file, _ in shard["skipped"]] == [f"{WNIDS[2]}.tar/{WNIDS[2]}_1.JPEG"]
+    warned = [line for line in capsys.readouterr().err.splitlines() if "skipping" in line]
+    assert len(warned) == 1 and f"ILSVRC2012_img_train.tar/{WNIDS[2]}.tar/{WNIDS[2]}_1.JPEG" in warned[0]
+
+
+def test_a_member_path_is_a_plain_path_once_derived(archives):
+    archive = Archive(archives / "ILSVRC2012_img_val.tar")
+    member = tar_members(archive.path)[0]
+    p = member_path(f"{archive.path}/{member.name}", archive, member.offset_data, member.size, int(member.mtime))
+    assert p.stat().st_mtime_ns == int(member.mtime) * 10**9 and p.stat().st_size == member.size
+    with pytest.raises(OSError):
+        p.with_name("other.JPEG").stat()   # a path derived from it is looked up on disk, as any other
+    with pytest.raises(ValueError, match="reading bytes only"):
+        p.open("w")
+
+
+@pytest.mark.parametrize("long_names", [False, True])
+@pytest.mark.parametrize("form", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_every_tar_format_is_indexed_as_tarfile_lists_it(form, long_names, tmp_path):
+    # Plain headers are read by a fast path; long names (a ustar prefix, GNU and pax records) and
+    # folders must give what tarfile itself lists.
+    files = {"a.JPEG": b"a" * 700, "g.JPEG": b""}
+    if long_names:
+        files[f"{'d' * 90}/{'e' * 60}.JPEG"] = b"e" * 10
+        if form != tarfile.USTAR_FORMAT:   # no room for a name this long in a ustar header
+            files["f" * 150 + ".JPEG"] = b"f" * 1025
+    path = tmp_path / "t.tar"
+    with tarfile.open(path, "w", format=form) as tar:
+        folder = tarfile.TarInfo("d")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_234_567_890
+            tar.addfile(info, io.BytesIO(data))
+    members = index_tar(path, keep=lambda name: True)
+    listed = [m for m in tar_members(path) if m.isfile()]
+    assert members.names == [m.name for m in listed] == list(files)
+    assert list(members.offsets) == [m.offset_data for m in listed]
+    assert list(members.sizes) == [m.size for m in listed] and set(members.mtimes) == {1_234_567_890}
+    assert [members.path(i).read_bytes() for i in range(len(members))] == list(files.values())
