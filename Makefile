@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # The main job on the bundled demo set: generate it, decode it once (alexnet prepare), train the paper
-# network with the demo preset (3 epochs) (it fails if val top-1 ends below 90%), evaluate with the paper's 10
+# network with the demo preset (it fails if val top-1 ends below 90%), evaluate with the paper's 10
 # views, name a few val images, and draw the four pictures of `alexnet viz` into the run folder.
 # A demo set rewritten by a newer generator makes its decoded copy stale: that copy is decoded afresh.
 DEMO_DATA := data/demo
@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(BIN)/alexnet evaluate --checkpoint $(DEMO_RUN)/best.pt --data $(DEMO_PREP) --crops 10
 	$(BIN)/alexnet predict --checkpoint $(DEMO_RUN)/best.pt --topk 3 \
 		$(DEMO_DATA)/val/checker/checker_0000.jpg $(DEMO_DATA)/val/rings/rings_0000.jpg \
-		$(DEMO_DATA)/val/waves/waves_0000.jpg
+		$(DEMO_DATA)/val/zigzag/zigzag_0000.jpg
 	$(BIN)/alexnet viz curves --run $(DEMO_RUN)
 	$(BIN)/alexnet viz filters --checkpoint $(DEMO_RUN)/best.pt
 	$(BIN)/alexnet viz predictions --checkpoint $(DEMO_RUN)/best.pt $(DEMO_DATA)/val/*/*_0000.jpg
