@@ -2,14 +2,18 @@
 
     python benchmarks/imagenet_tar.py                                  # 10,000 and 50,000 images
     python benchmarks/imagenet_tar.py --sizes 10000 30000 --workers 2 --folders
+    python benchmarks/imagenet_tar.py --sizes 2000 --classes 100 --image-size 500x375 --store raw jpeg
 
-For each size N, writes N generated JPEGs (64x80, a few per class) into an ImageNet-shaped
+
+For each size N, writes N generated JPEGs (80x64 unless --image-size, a few per class) into an ImageNet-shaped
 ILSVRC2012_img_train.tar (a tar of <wnid>.tar), N/25 into ILSVRC2012_img_val.tar, and a devkit; then, in
 a fresh process, so that its peak memory is this size's own: opens it (the tar index) and prepares it
 (python API, --workers decoding processes). Peak RSS is getrusage's, of that process and of its largest
 child (a DataLoader worker). With --folders, the same images as class folders are prepared too, the
 baseline. Memory that stays flat and time that grows linearly with N are the point: the index keeps a
 name and three integers an image, never the bytes. Files are just written, so they are in the page cache.
+With ImageNet-sized images (--image-size 500x375, ImageNet's commonest size) and each --store, it also
+projects the store's size and the core-hours of preparing ImageNet's 1,331,167 images (train + val).
 """
 
 from __future__ import annotations
@@ -32,9 +36,13 @@ import numpy as np
 from PIL import Image
 
 
+IMAGENET_IMAGES = 1_281_167 + 50_000
+SIZE = (80, 64)
+
+
 def jpeg(rng: np.random.Generator, k: int) -> bytes:
-    """A 64x80 JPEG: a gradient in the class's colour and some noise (about 3 KB)."""
-    y, x = np.mgrid[0:64, 0:80]
+    """A SIZE (width x height) JPEG: a gradient in the class's colour and some noise (about 3 KB at 80x64)."""
+    y, x = np.mgrid[0:SIZE[1], 0:SIZE[0]] * (80 / SIZE[0])
     base = np.stack([(x * 3 + k * 7) % 256, (y * 4 + k * 13) % 256, (x + y + k * 29) % 256], -1)
     pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
     out = io.BytesIO()
@@ -144,7 +152,7 @@ def _children() -> list[str]:
     return found
 
 
-def measure(data: Path, out: Path, workers: int) -> dict:
+def measure(data: Path, out: Path, workers: int, store: str = "raw") -> dict:
     """Run in a fresh process: index, open and prepare ``data``; the figures as a dict."""
     from alexnet.data.prepare import prepare
     from alexnet.data.sources import open_data
@@ -164,11 +172,13 @@ def measure(data: Path, out: Path, workers: int) -> dict:
     images = sum(len(s) for s in source.splits.values())
     del source
     t = time.perf_counter()
-    prepare(data, out, workers=workers, progress=False)
+    prepare(data, out, workers=workers, progress=False, store=store)
     prepare_s = time.perf_counter() - t
     peak.stop()
     return {"images": images, "index_train_s": index_s, "index_mb": index_mb, "open_s": open_s,
-            "prepare_s": prepare_s, "peak_anon_mb": peak.own, "peak_child_anon_mb": peak.child,
+            "prepare_s": prepare_s, "store_bytes": sum(f.stat().st_size for pattern in ("*/*.u8", "*/*.jpg.bin")
+                                                           for f in out.glob(pattern)),
+            "peak_anon_mb": peak.own, "peak_child_anon_mb": peak.child,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_child_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
@@ -179,11 +189,15 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=1000, help="inner tars (WordNet ids); default 1000")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding processes")
     parser.add_argument("--folders", action="store_true", help="also prepare the same images as class folders")
+    parser.add_argument("--image-size", default="80x64", metavar="WxH", help="generated images' size (80x64)")
+    parser.add_argument("--store", nargs="+", choices=("raw", "jpeg"), default=["raw"], help="prepare's stores")
     parser.add_argument("--scratch", type=Path, default=None, help="where to write (default: a temporary folder)")
     parser.add_argument("--measure", nargs=2, type=Path, metavar=("DATA", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global SIZE
+    SIZE = tuple(int(v) for v in args.image_size.lower().split("x"))
     if args.measure:
-        print(json.dumps(measure(*args.measure, workers=args.workers)))
+        print(json.dumps(measure(*args.measure, workers=args.workers, store=args.store[0])))
         return
 
     from alexnet.machine import cpu_name
@@ -192,25 +206,31 @@ def main() -> None:
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="imagenet_tar_"))
     print("index: the train tar's alone (MB: its growth of RSS); open: open_data (both tars and the devkit); "
           "img/s: train + val over prepare's time (decode, write, mean image and PCA); peak: getrusage's RSS "
-          "(own / largest worker) and sampled anonymous RSS (own / largest worker), MB", flush=True)
-    print(f"{'layout':>9} {'images':>7} {'write s':>8} {'index s':>8} {'index MB':>9} {'open s':>7} "
-          f"{'prepare s':>10} {'img/s':>6} {'/core':>6} {'peak RSS':>10} {'peak anon':>10}", flush=True)
+          "(own / largest worker) and sampled anonymous RSS (own / largest worker), MB; B/img: the store's bytes "
+          "an image; ImageNet: the store's projected GB and prepare's core-hours for 1,331,167 images", flush=True)
+    print(f"{'layout':>9} {'store':>5} {'images':>7} {'write s':>8} {'index s':>8} {'index MB':>9} {'open s':>7} "
+          f"{'prepare s':>10} {'img/s':>6} {'/core':>6} {'peak RSS':>10} {'peak anon':>10} {'B/img':>7} "
+          f"{'ImageNet':>14}", flush=True)
     try:
         for n in args.sizes:
             root = scratch / f"n{n}"
             t = time.perf_counter()
             write_archives(root / "archives", n, min(args.classes, n), root / "folders" if args.folders else None)
             write_s = time.perf_counter() - t
-            for name in ("archives", "folders") if args.folders else ("archives",):
-                run = subprocess.run([sys.executable, __file__, "--workers", str(args.workers), "--measure",
-                                      str(root / name), str(root / f"prep-{name}")],
-                                     capture_output=True, text=True, check=True)
+            for name, store in [(n, s) for n in (("archives", "folders") if args.folders else ("archives",))
+                                for s in args.store]:
+                run = subprocess.run([sys.executable, __file__, "--workers", str(args.workers), "--image-size",
+                                      args.image_size, "--store", store, "--measure", str(root / name),
+                                      str(root / f"prep-{name}")], capture_output=True, text=True, check=True)
                 m = json.loads(run.stdout.strip().splitlines()[-1])
                 rate = m["images"] / m["prepare_s"]
-                print(f"{name:>9} {m['images']:>7} {write_s:>8.1f} {m['index_train_s']:>8.2f} {m['index_mb']:>9.1f} "
+                per_image = m["store_bytes"] / m["images"]
+                print(f"{name:>9} {store:>5} {m['images']:>7} {write_s:>8.1f} {m['index_train_s']:>8.2f} {m['index_mb']:>9.1f} "
                       f"{m['open_s']:>7.2f} {m['prepare_s']:>10.1f} {rate:>6.0f} {rate / cores:>6.0f} "
                       f"{m['peak_rss_mb']:>5.0f}/{m['peak_child_rss_mb']:<4.0f} "
-                      f"{m['peak_anon_mb']:>5.0f}/{m['peak_child_anon_mb']:<4.0f}", flush=True)
+                      f"{m['peak_anon_mb']:>5.0f}/{m['peak_child_anon_mb']:<4.0f} {per_image:>7.0f} "
+                      f"{per_image * IMAGENET_IMAGES / 1e9:>5.0f} GB {IMAGENET_IMAGES / (rate / cores) / 3600:>4.1f} h",
+                      flush=True)
                 shutil.rmtree(root / f"prep-{name}")
             shutil.rmtree(root)
     finally:

@@ -141,7 +141,7 @@ def test_members_are_named_by_virtual_paths_and_read_in_place(archives):
     assert pickle.loads(pickle.dumps(first)).read_bytes() == first.read_bytes()
 
 
-@pytest.mark.parametrize("name,workers", [("archives", 2), ("kaggle", 0)])
+@pytest.mark.parametrize("name,workers", [("archives", 2), ("kaggle", 0), ("extracted-devkit-tar", 0)])
 def test_prepare_of_a_layout_stores_what_preparing_its_class_folders_stores(name, workers, reference,
                                                                             prepared_reference, tmp_path):
     path = layout(name, reference, tmp_path / name)
@@ -152,6 +152,10 @@ def test_prepare_of_a_layout_stores_what_preparing_its_class_folders_stores(name
         (got_pixels, got_labels), (want_pixels, want_labels) = map(everything, (got.splits[split], want.splits[split]))
         assert got_labels == want_labels and torch.equal(got_pixels, want_pixels)
     assert read_meta(tmp_path / "prep")["splits"]["train"]["skipped"] == 0
+    # The source files a prepared image came from (skip reports, pictures) are those of the layout.
+    source = open_data(path)
+    for split in ("train", "val"):
+        assert [got.splits[split].path(i) for i in (0, 5)] == [source.splits[split].path(i) for i in (0, 5)]
 
 
 def test_one_split_needs_only_its_own_archive(reference, tmp_path):

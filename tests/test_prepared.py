@@ -104,15 +104,19 @@ def test_the_statistics_are_those_of_the_decoded_training_set(prep):
     torch.testing.assert_close(saved.eigvals, ref.eigvals, rtol=1e-5, atol=1e-9)
 
 
-def test_an_interrupted_prepare_resumes_without_redoing_finished_shards(prep, tmp_path, monkeypatch):
+@pytest.mark.parametrize("store, suffix", [("raw", ".u8"), ("jpeg", ".jpg.bin")])
+def test_an_interrupted_prepare_resumes_without_redoing_finished_shards(prep, tmp_path, monkeypatch, store, suffix):
     data, done = prep
+    if store != "raw":
+        done = tmp_path / "done"
+        prepare(data, done, workers=0, shard_size=4, progress=False, store=store)
     out = tmp_path / "prep"
-    prepare(data, out, workers=0, shard_size=4, progress=False)
-    # As if killed while writing shard 2 of train: its pixels half-written, no .json, no marker.
+    prepare(data, out, workers=0, shard_size=4, progress=False, store=store)
+    # As if killed while writing shard 2 of train: its data half-written, no .json, no marker.
     (out / "alexnet-prepared.json").unlink()
     (out / "train" / "00002.json").unlink()
-    (out / "train" / "00002.u8").unlink()
-    (out / "train" / ".00002.u8.tmp").write_bytes(b"\0" * 1000)
+    (out / "train" / f"00002{suffix}").unlink()
+    (out / "train" / f".00002{suffix}.tmp").write_bytes(b"\xff\xd8" * 500)
     r = cli("train", "--data", out, "--out", tmp_path / "run")
     assert r.returncode == 2 and "unfinished `alexnet prepare`" in r.stderr and "Traceback" not in r.stderr
 
@@ -120,7 +124,7 @@ def test_an_interrupted_prepare_resumes_without_redoing_finished_shards(prep, tm
     real = prepare_module._write_shard
     monkeypatch.setattr(prepare_module, "_write_shard", lambda folder, shard, *a: (written.append((folder.name, shard)),
                                                                             real(folder, shard, *a)))
-    prepare(data, out, workers=0, shard_size=4, progress=False)
+    prepare(data, out, workers=0, shard_size=4, progress=False, store=store)
     assert written == [("train", 2)]
     for path in sorted(done.rglob("*")):
         if path.is_file() and path.suffix != ".safetensors":    # (its header's key order varies)

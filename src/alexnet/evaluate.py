@@ -93,7 +93,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int = 1
         loaded = load_model(checkpoint)
         val = open_split(data, "val", classes=loaded.classes)
         dtype = None if int8 else autocast_dtype(precision, dist.device)
-        loader = eval_loader(val, batch_size, dist.rank, dist.world, workers, pin_memory=dist.device.type == "cuda")
+        loader = eval_loader(val.for_device(dist.device), batch_size, dist.rank, dist.world, workers,
+                             pin_memory=dist.device.type == "cuda")
         if int8:
             model = int8_model(loaded, data, calibration_images, batch_size, workers)
         else:

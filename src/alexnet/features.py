@@ -94,7 +94,8 @@ def iter_features(loaded: LoadedModel, images: ImageSet, layer: str = DEFAULT_LA
     device = torch.device(device)
     model = loaded.model.to(device).eval()
     skipped = skipped or SkippedFiles(images)
-    loader = eval_loader(images, batch_size, rank=0, world=1, workers=workers, pin_memory=device.type == "cuda")
+    loader = eval_loader(images.for_device(device), batch_size, rank=0, world=1, workers=workers,
+                         pin_memory=device.type == "cuda")
     for batch, labels, indices, errors in tqdm(loader, desc=desc or f"{layer} features", unit="batch",
                                                disable=None if progress else True, leave=False):
         keep = labels >= 0

@@ -328,9 +328,12 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
 
     pin = dist.device.type == "cuda"
     workers = loader_workers(config, train_set, dist.device)
+    # for_device: the loop drops unreadable samples, then moves batches to the device (a jpeg store's
+    # batches are then decoded there, by nvJPEG on a GPU).
     run = _Run(config, dist, shard, folder, source, prep, model, net, step, schedule,
-               train_loader(train_set, batch_per_rank, shard.rank, shard.world, config.seed, workers, pin),
-               eval_loader(val_set, batch_per_rank, shard.rank, shard.world, workers, pin),
+               train_loader(train_set.for_device(dist.device), batch_per_rank, shard.rank, shard.world, config.seed,
+                            workers, pin),
+               eval_loader(val_set.for_device(dist.device), batch_per_rank, shard.rank, shard.world, workers, pin),
                SkippedFiles(train_set), SkippedFiles(val_set), steps, batch_per_rank, dtype,
                best={"top1": -1.0, "epoch": -1}, saved_at=time.monotonic())
     if ckpt is not None:

@@ -4,11 +4,13 @@
   flip, ToTensor, Normalize, in DataLoader workers;
 - ours, JPEG path: the folder pipeline of `alexnet train` (decode to the fixed 256x256 in workers, then
   the paper's crop, flip, PCA noise and normalisation on whole uint8 batches);
-- ours, prepared: the same batches from `alexnet prepare`'s shards, in the main process alone.
+- ours, prepared: the same batches from `alexnet prepare`'s shards, in the main process alone;
+- ours, jpeg store: the same from `alexnet prepare --store jpeg`'s shards (each fixed image a JPEG, decoded
+  again for every batch), also in the main process alone: decode + augment on one core.
 
 The files are generated: ImageNet-sized JPEGs (500x375 and 375x500, quality 90, with smooth structure
 and noise, so they compress like photographs rather than flat colour). Per core means divided by the
-processes that decode (the workers, or 1 for the prepared path, which also runs with 1 thread).
+processes that decode (the workers, or 1 for the prepared paths, which also run with 1 thread).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from alexnet.data.jpeg import QUALITY
 from alexnet.data.loader import train_loader
 from alexnet.data.prepare import prepare
 from alexnet.data.sources import open_split
@@ -52,9 +55,10 @@ def bench_data(images: int = 512, batch_size: int = 64, workers: int = 2, epochs
                root: str | Path | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-", dir=root) as tmp:
         data = write_photos(Path(tmp) / "data", images)
-        prep = Path(tmp) / "prep"
+        prep, prep_jpeg = Path(tmp) / "prep", Path(tmp) / "prep-jpeg"
         prepare(data, prep, workers=workers, progress=False)
-        prepared = open_split(prep, "train")
+        prepare(data, prep_jpeg, workers=workers, progress=False, store="jpeg")
+        prepared, jpegs = open_split(prep, "train"), open_split(prep_jpeg, "train")
         stats = DataStats.load(prepared.stats_file)
         base = _images_per_second(_baseline_batches(data, batch_size, workers), epochs)
         jpeg = _images_per_second(_our_batches(open_split(data, "train"), stats, batch_size, workers), epochs)
@@ -62,14 +66,21 @@ def bench_data(images: int = 512, batch_size: int = 64, workers: int = 2, epochs
         torch.set_num_threads(1)
         try:
             ours = _images_per_second(_our_batches(prepared, stats, batch_size, 0), epochs)
+            store = _images_per_second(_our_batches(jpegs, stats, batch_size, 0), epochs)
         finally:
             torch.set_num_threads(threads)
-    per_core = {"ours": ours, "jpeg_path": jpeg / workers, "baseline": base / workers}
+        sizes = {kind: sum(f.stat().st_size for f in (path / "train").glob(pattern)) / len(prepared)
+                 for kind, path, pattern in (("raw", prep, "*.u8"), ("jpeg", prep_jpeg, "*.jpg.bin"))}
+    per_core = {"ours": ours, "jpeg_path": jpeg / workers, "baseline": base / workers, "jpeg_store": store}
     return {"benchmark": "data", "ours": ours, "baseline": base, "ratio": ours / base,
             "per_core": per_core, "per_core_ratio": per_core["ours"] / per_core["baseline"],
             "jpeg_path": jpeg, "images": images, "batch_size": batch_size, "workers": workers,
+            "jpeg_store": store, "jpeg_store_ratio": store / per_core["baseline"],
+            "bytes_per_image": sizes, "jpeg_quality": QUALITY,
             "machine": describe(torch.device("cpu"), "fp32"),
             "ours_settings": "alexnet prepare shards, main process, 1 thread: crop 227, flip, PCA noise, mean image",
+            "jpeg_store_settings": f"alexnet prepare --store jpeg (quality {QUALITY}) shards, the same, plus a "
+                                   f"libjpeg-turbo decode of each 256x256 JPEG",
             "baseline_settings": f"torchvision ImageFolder + PIL + transforms, {workers} DataLoader workers"}
 
 

@@ -89,6 +89,13 @@ class ImageSet(Dataset):
         """These samples only, in this order (a few query images, say)."""
         raise NotImplementedError
 
+    def for_device(self, device: torch.device | str) -> ImageSet:
+        """This set for a loop that drops a batch's unreadable samples (SkippedFiles.keep) and then only
+        moves its images to ``device`` (``images.to(device)``): a set may then hand its batches over in a
+        form that becomes the images by that move (JPEGs that a GPU decodes, data/jpeg.py). Most sets:
+        themselves."""
+        return self
+
     @staticmethod
     def collate(batch: Batch) -> Batch:
         return batch

@@ -2,9 +2,11 @@
 
 The paper's fixed preprocessing (shorter side 256, centre 256x256, through the same decoder as the
 folder pipeline) runs once per image, in parallel worker processes, one shard of 1,024 images at a time.
-A shard's .json is written (atomically) after its pixels, so a shard with a .json is complete: an
-interrupted `prepare` continues with the first shard that has none, and a shard made from other files
-than the source holds now is refused. The marker is written last.
+The store keeps those pixels raw (--store raw, the default) or as JPEGs of them (--store jpeg, encoded in
+the same workers; data/jpeg.py). A shard's .json is written (atomically) after its data, so a shard with
+a .json is complete: an interrupted `prepare` continues with the first shard that has none, and a shard
+made from other files than the source holds now, or of another store or quality, is refused. The marker
+is written last.
 """
 
 from __future__ import annotations
@@ -15,46 +17,67 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from alexnet.data.decode import FIXED_SIZE
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import SPLITS, DataSource, ImageSet, Split
-from alexnet.data.prepared import FORMAT, MARKER, STATS, PreparedImages, is_prepared
+from alexnet.data.jpeg import QUALITY, JpegBatch, checksum
+from alexnet.data.prepared import FORMATS, MARKER, STATS, is_prepared, prepared_split
 from alexnet.data.sources import kind_of, open_data
 from alexnet.data.stats import load_or_compute_stats
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
 
 SHARD = 1024
+STORES = tuple(FORMATS)
 
 
 def prepare(data: str | Path, out: str | Path, workers: int | None = None, shard_size: int = SHARD,
-            progress: bool = True) -> dict:
-    """Decode DATA's train and val once into OUT; resumable. Returns the marker's contents."""
+            progress: bool = True, store: str = "raw", quality: int | None = None) -> dict:
+    """Decode DATA's train and val once into OUT, as raw pixels or JPEGs of ``quality`` (default
+    jpeg.QUALITY); resumable. Returns the marker's contents."""
     data, out = Path(data).expanduser(), Path(out).expanduser()
+    store, quality = _check_store(store, quality)
     if kind_of(data).name == "prepared":   # finished or not
         raise UserError(f"{data} is already a prepared dataset; give the image folders it was made from")
     source = open_data(data)
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    meta = _existing_meta(out, source, shard_size)
+    meta = _existing_meta(out, source, shard_size, store, quality)
     out.mkdir(parents=True, exist_ok=True)
     splits = {}
     for name in SPLITS:
-        splits[name] = _prepare_split(source.splits[name], out / name, workers, shard_size, progress)
+        splits[name] = _prepare_split(source.splits[name], out / name, workers, shard_size, progress, quality)
     if progress:
         print(f"computing the mean image and RGB PCA of {out / 'train'}", flush=True)
-    load_or_compute_stats(PreparedImages(out, "train", _meta=dict(meta, splits=splits)),
-                          out / STATS, workers=0, progress=progress)
+    # From the images as training will read them: for a jpeg store, its decoded JPEGs (in workers).
+    train = prepared_split(out, "train", dict(meta, splits=splits))
+    load_or_compute_stats(train, out / STATS, workers=workers if train.decodes else 0, progress=progress)
     meta["splits"] = splits
     atomic_write(out / MARKER, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
     return meta
 
 
-def _existing_meta(out: Path, source: DataSource, shard_size: int) -> dict:
-    meta = {"format": FORMAT, "size": FIXED_SIZE, "shard_size": shard_size, "source": str(source.root.resolve()),
-            "classes": source.classes, "names": source.names}
+def _check_store(store: str, quality: int | None) -> tuple[str, int | None]:
+    if store not in STORES:
+        raise UserError(f"unknown store {store!r}; choose from {', '.join(STORES)}")
+    if store == "raw":
+        if quality is not None:
+            raise UserError("--quality is for --store jpeg (a raw store keeps the pixels exactly)")
+        return store, None
+    quality = QUALITY if quality is None else quality
+    if not 1 <= quality <= 100:
+        raise UserError(f"--quality must be 1 to 100, got {quality}")
+    return store, quality
+
+
+def _existing_meta(out: Path, source: DataSource, shard_size: int, store: str, quality: int | None) -> dict:
+    meta = {"format": FORMATS[store], "store": store, **({"quality": quality} if quality else {}),
+            "size": FIXED_SIZE, "shard_size": shard_size, "source": str(source.root.resolve()),
+            "classes": source.classes, "names": source.names,
+            # Where each split's files lie: SOURCE/train for folders, but a tar for ImageNet's archives.
+            "roots": {name: str(Path(images.split.root).resolve()) for name, images in source.splits.items()}}
     if out.exists() and any(out.iterdir()):
         if not is_prepared(out):
             raise UserError(f"{out} exists and is not a prepared dataset; choose a new --out")
@@ -62,10 +85,32 @@ def _existing_meta(out: Path, source: DataSource, shard_size: int) -> dict:
             old = json.loads((out / MARKER).read_text())
             if old.get("source") != meta["source"] or old.get("classes") != meta["classes"]:
                 raise UserError(f"{out} was prepared from {old.get('source')}; choose a new --out")
+        found = _store_in(out)
+        if found is not None and found != (store, quality):
+            raise UserError(f"{out} holds a {_describe(*found)} store, not the {_describe(store, quality)} one asked "
+                            f"for; choose a new --out (or ask for {_flags(*found)} to resume or redo it)")
     return meta
 
 
-def _prepare_split(images: ImageSet, folder: Path, workers: int, shard_size: int, progress: bool) -> dict:
+def _store_in(out: Path) -> tuple[str, int | None] | None:
+    """The store kind and quality of what OUT holds: from its marker, else its first finished shard."""
+    found = [out / MARKER] if (out / MARKER).is_file() else sorted(out.glob("*/[0-9]*.json"))[:1]
+    if not found:
+        return None
+    info = json.loads(found[0].read_text())
+    return info.get("store", "raw"), info.get("quality")   # format 1 has neither: raw
+
+
+def _describe(store: str, quality: int | None) -> str:
+    return f"{store} (quality {quality})" if quality else store
+
+
+def _flags(store: str, quality: int | None) -> str:
+    return f"--store {store}" + (f" --quality {quality}" if quality else "")
+
+
+def _prepare_split(images: ImageSet, folder: Path, workers: int, shard_size: int, progress: bool,
+                   quality: int | None = None) -> dict:
     split = images.split
     folder.mkdir(parents=True, exist_ok=True)
     shards = (len(split) + shard_size - 1) // shard_size
@@ -81,8 +126,9 @@ def _prepare_split(images: ImageSet, folder: Path, workers: int, shard_size: int
                desc=f"prepare {split.root.name}", unit="img", disable=None if progress else True)
     for shard in todo:
         lo, hi = shard * shard_size, min(len(split), (shard + 1) * shard_size)
-        loader = DataLoader(Subset(images, range(lo, hi)), batch_size=64, num_workers=workers,
-                            collate_fn=ImageSet.collate)
+        part = Subset(images, range(lo, hi))
+        loader = DataLoader(part if quality is None else _Encoded(part, quality), batch_size=64,
+                            num_workers=workers, collate_fn=ImageSet.collate)
         _write_shard(folder, shard, loader, split, skipped, hi - lo, bar, _sources(split, lo, hi))
     bar.close()
     counts, bad = 0, 0
@@ -104,26 +150,69 @@ def _sources(split: Split, lo: int, hi: int) -> list:
     return out
 
 
+class _Encoded(Dataset):
+    """Batches of ``images`` as JPEGs at ``quality``: encoded in the DataLoader workers that decode them."""
+
+    def __init__(self, images: Subset, quality: int) -> None:
+        self.images, self.quality = images, quality
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitems__(self, indices: list[int]):
+        images, labels, idx, errors = self.images.__getitems__(indices)
+        return JpegBatch.encode(images, self.quality), labels, idx, errors
+
+
 def _write_shard(folder: Path, shard: int, loader, split: Split, skipped: SkippedFiles, n: int, bar,
                  sources: list) -> None:
-    pixels = folder / f"{shard:05d}.u8"
-    tmp = folder / f".{shard:05d}.u8.tmp"
-    # Raw bytes rather than .npy: nothing to parse, and the .json says what they are.
-    buf = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, FIXED_SIZE, FIXED_SIZE, 3))
+    jpeg = isinstance(loader.dataset, _Encoded)
+    data = folder / f"{shard:05d}{'.jpg.bin' if jpeg else '.u8'}"
+    tmp = folder / f".{data.name}.tmp"
+    writer = _JpegWriter(tmp, loader.dataset.quality) if jpeg else _RawWriter(tmp, n)
     labels, files, bad = [], [], []
     for images, lab, idx, errors in loader:
         good = lab >= 0
         for i in torch.nonzero(~good).flatten().tolist():
             bad.append([str(split.samples[int(idx[i])][0].relative_to(split.root)), errors[i]])
         skipped.keep(images, lab, idx, errors)   # warns once per file
-        k = int(good.sum())
-        buf[len(labels):len(labels) + k] = images[good].numpy()
+        writer.add(images[good])
         labels += lab[good].tolist()
         files += [str(split.samples[int(i)][0].relative_to(split.root)) for i in idx[good].tolist()]
         bar.update(len(lab))
-    buf.flush()
-    del buf
-    os.truncate(tmp, len(labels) * FIXED_SIZE * FIXED_SIZE * 3)
-    os.replace(tmp, pixels)
-    info = {"labels": labels, "files": files, "skipped": bad, "sources": sources}
+    index = writer.close()
+    os.replace(tmp, data)
+    info = {"labels": labels, "files": files, "skipped": bad, "sources": sources, **index}
     atomic_write(folder / f"{shard:05d}.json", lambda t: Path(t).write_text(json.dumps(info) + "\n"))
+
+
+class _RawWriter:
+    def __init__(self, tmp: Path, n: int) -> None:
+        self.tmp, self.count = tmp, 0
+        # Raw bytes rather than .npy: nothing to parse, and the .json says what they are.
+        self.buf = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, FIXED_SIZE, FIXED_SIZE, 3))
+
+    def add(self, images: torch.Tensor) -> None:
+        self.buf[self.count:self.count + len(images)] = images.numpy()
+        self.count += len(images)
+
+    def close(self) -> dict:
+        self.buf.flush()
+        del self.buf
+        os.truncate(self.tmp, self.count * FIXED_SIZE * FIXED_SIZE * 3)
+        return {}
+
+
+class _JpegWriter:
+    def __init__(self, tmp: Path, quality: int) -> None:
+        self.file, self.quality = open(tmp, "wb"), quality
+        self.offsets, self.crcs = [0], []
+
+    def add(self, batch: JpegBatch) -> None:
+        self.file.write(batch.data.numpy().tobytes())
+        self.offsets += (self.offsets[-1] + batch.ends).tolist()
+        self.crcs += [checksum(blob.numpy()) for blob in batch.blobs()]
+
+    def close(self) -> dict:
+        self.file.close()
+        return {"store": "jpeg", "quality": self.quality, "offsets": self.offsets, "crc32": self.crcs}

@@ -1,13 +1,17 @@
 """A prepared dataset: fixed 256x256 images decoded once (`alexnet prepare`, data/prepare.py), read back
-as memory-mapped uint8 shards.
+from memory-mapped shards, raw or as JPEGs.
 
 Decoding a full-size JPEG costs a few milliseconds of a core, every epoch; copying its 196,608 fixed
-pixels out of the page cache costs microseconds. The layout:
+pixels out of the page cache costs microseconds. But raw, ImageNet's training set takes 252 GB, more than
+most machines' memory, and every epoch reads it from disk again: the JPEG store keeps each fixed image as a
+256x256 JPEG (about 18 KB, data/jpeg.py), which decodes in a third of a millisecond. The layout:
 
-    PREP/alexnet-prepared.json       what this is: classes, names, splits, source; written last
-    PREP/{train,val}/00000.u8        up to 1,024 images, (n, 256, 256, 3) uint8, C order
-    PREP/{train,val}/00000.json      their labels and source files, and the files that could not be read
-    PREP/data_stats.safetensors      the mean image and RGB PCA of PREP/train (data/stats.py)
+    PREP/alexnet-prepared.json       what this is: store (raw or jpeg), classes, names, splits, source; written last
+    PREP/{train,val}/00000.u8        raw: up to 1,024 images, (n, 256, 256, 3) uint8, C order
+    PREP/{train,val}/00000.jpg.bin   jpeg: their JPEGs end to end
+    PREP/{train,val}/00000.json      their labels and source files, and the files that could not be read;
+                                     jpeg: where each JPEG starts and ends in the .jpg.bin, and its CRC-32
+    PREP/data_stats.safetensors      the mean image and RGB PCA of PREP/train as read back (data/stats.py)
 
 Random crops, flips, PCA noise and mean subtraction stay per batch, on the training device.
 """
@@ -15,18 +19,22 @@ Random crops, flips, PCA noise and mean subtraction stay per batch, on the train
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from alexnet.data.imageset import SPLITS, Batch, DataSource, ImageSet, Split, labelled_by
+from alexnet.data.jpeg import JpegBatch, checksum, decodes_on
 from alexnet.errors import UserError
 
 MARKER = "alexnet-prepared.json"
 STATS = "data_stats.safetensors"
-FORMAT = 1
+# The marker's format, by store. A raw store is still written as format 1 (a "store" key added), so the
+# versions before the JPEG store, which read format 1 only, keep reading it; they refuse a jpeg store by
+# its format instead of failing on its missing .u8 files.
+FORMATS = {"raw": 1, "jpeg": 2}
 
 
 def is_prepared(path: str | Path) -> bool:
@@ -39,11 +47,13 @@ def is_prepared(path: str | Path) -> bool:
 class _Shard:
     path: Path
     count: int
-    pixels: np.ndarray | None = None
+    offsets: np.ndarray | None = None   # jpeg: (count + 1,) where each image's JPEG starts, then the end
+    crcs: np.ndarray | None = None      # jpeg: (count,) the CRC-32 of each
+    mapped: np.ndarray | None = None
 
 
 class PreparedImages(ImageSet):
-    """One split of a prepared dataset. Batches are copied out of the shards whole; the shards are
+    """One split of a raw prepared store. Batches are copied out of the shards whole; the shards are
     mapped lazily in each process, so DataLoader workers map them themselves instead of receiving copies.
     """
     decodes = False
@@ -56,10 +66,10 @@ class PreparedImages(ImageSet):
         self.stats_file = self.root / STATS
         folder = self.root / split
         shards, labels, samples = [], [], []
-        source = Path(meta["source"]) / split
+        source = Path(meta.get("roots", {}).get(split) or Path(meta["source"]) / split)   # no "roots": folders
         for s in range(meta["splits"][split]["shards"]):
             info = json.loads((folder / f"{s:05d}.json").read_text())
-            shards.append(_Shard(folder / f"{s:05d}.u8", len(info["labels"])))
+            shards.append(self._shard(folder, s, info))
             labels += info["labels"]
             samples += [(source / f, label) for f, label in zip(info["files"], info["labels"])]
         self._shards = shards
@@ -68,6 +78,12 @@ class PreparedImages(ImageSet):
         self.rows = torch.arange(len(labels))          # item -> image in the shards (see subset)
         # The source files, so that statistics' fingerprints, skip reports and pictures work unchanged.
         self.split = Split(root=source, classes=list(meta["classes"]), samples=samples)
+
+    def _shard(self, folder: Path, s: int, info: dict) -> _Shard:
+        return _Shard(folder / f"{s:05d}.u8", len(info["labels"]))
+
+    def _shape(self, s: _Shard) -> tuple[int, ...]:
+        return (s.count, self.size, self.size, 3)
 
     def relabelled(self, classes: list[str]) -> PreparedImages:
         split = labelled_by(self.split, classes)
@@ -82,19 +98,21 @@ class PreparedImages(ImageSet):
                           split=Split(self.split.root, self.split.classes, samples))
 
     def _copy(self, **changes) -> PreparedImages:
-        other = object.__new__(PreparedImages)
+        other = object.__new__(type(self))
         other.__dict__.update(self.__dict__, **changes)
         return other
 
-    def _pixels(self, shard: int) -> np.ndarray:
+    def _mapped(self, shard: int) -> np.ndarray:
+        """The shard's file as uint8 of ``_shape``, mapped on first use in this process, its size checked."""
         s = self._shards[shard]
-        if s.pixels is None:
-            expected = s.count * self.size * self.size * 3
+        if s.mapped is None:
+            shape = self._shape(s)
+            expected = int(np.prod(shape))
             if s.path.stat().st_size != expected:
                 raise UserError(f"{s.path} has {s.path.stat().st_size} bytes, expected {expected}; "
                                 "rerun alexnet prepare into a new folder")
-            s.pixels = np.memmap(s.path, dtype=np.uint8, mode="r", shape=(s.count, self.size, self.size, 3))
-        return s.pixels
+            s.mapped = np.memmap(s.path, dtype=np.uint8, mode="r", shape=shape)
+        return s.mapped
 
     def _locate(self, index: int) -> tuple[int, int]:
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
@@ -102,21 +120,70 @@ class PreparedImages(ImageSet):
 
     def __getitem__(self, index: int):
         shard, offset = self._locate(int(self.rows[index]))
-        return torch.from_numpy(np.array(self._pixels(shard)[offset])), int(self.labels[index]), index, ""
+        return torch.from_numpy(np.array(self._mapped(shard)[offset])), int(self.labels[index]), index, ""
 
     def __getitems__(self, indices: list[int]) -> Batch:
         out = torch.empty(len(indices), self.size, self.size, 3, dtype=torch.uint8)
         view = out.numpy()
         for j, index in enumerate(self.rows[indices].tolist()):
             shard, offset = self._locate(index)
-            view[j] = self._pixels(shard)[offset]
+            view[j] = self._mapped(shard)[offset]
         idx = torch.tensor(indices, dtype=torch.int64)
         return out, self.labels[idx], idx, [""] * len(indices)
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_shards"] = [_Shard(s.path, s.count) for s in self._shards]
+        state["_shards"] = [replace(s, mapped=None) for s in self._shards]
         return state
+
+
+class PreparedJpegs(PreparedImages):
+    """One split of a jpeg store. A batch's JPEGs are read from the mapped shards and checked against
+    their CRC-32 (a damaged one is an unreadable sample, named and skipped like a bad source file), then
+    decoded where the batch is read: in the DataLoader workers. For a consumer that moves batches to a
+    GPU (``for_device``) they are handed over undecoded instead, as a JpegBatch that nvJPEG decodes there.
+    """
+    decodes = True
+    hand_over = False   # batches are JpegBatches, decoded by .to(device)
+
+    def _shard(self, folder: Path, s: int, info: dict) -> _Shard:
+        return _Shard(folder / f"{s:05d}.jpg.bin", len(info["labels"]), np.asarray(info["offsets"], dtype=np.int64),
+                      np.asarray(info["crc32"], dtype=np.int64))
+
+    def _shape(self, s: _Shard) -> tuple[int, ...]:
+        return (int(s.offsets[-1]),)
+
+    def for_device(self, device: torch.device | str) -> PreparedJpegs:
+        # A GPU with nvJPEG decodes a batch in one call; a CPU decodes in the workers, in parallel.
+        return self._copy(hand_over=True) if decodes_on(torch.device(device)) else self
+
+    def __getitem__(self, index: int):
+        images, labels, indices, errors = self._read([index], hand_over=False)
+        return images[0], int(labels[0]), index, errors[0]
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        return self._read(indices, self.hand_over)
+
+    def _read(self, indices: list[int], hand_over: bool) -> Batch:
+        idx = torch.tensor(indices, dtype=torch.int64)
+        blobs, damaged = [], []
+        for row in self.rows[idx].tolist():
+            shard, k = self._locate(row)
+            s = self._shards[shard]
+            blob = self._mapped(shard)[s.offsets[k]:s.offsets[k + 1]]
+            ok = checksum(blob) == s.crcs[k]
+            blobs.append(blob if ok else blob[:0])   # no bytes: not decoded, not handed over
+            damaged.append("" if ok else f"its JPEG in {s.path.parent.name}/{s.path.name} is damaged "
+                                         f"(CRC-32 mismatch); rerun alexnet prepare into a new folder")
+        batch = JpegBatch.join(blobs, self.size)
+        if hand_over:
+            errors = damaged
+        else:
+            batch, decoded = batch.decode("cpu")
+            errors = [d or e for d, e in zip(damaged, decoded)]
+        labels = self.labels[idx].clone()
+        labels[torch.tensor([bool(e) for e in errors], dtype=torch.bool)] = -1
+        return batch, labels, idx, errors
 
 
 def read_meta(root: Path) -> dict:
@@ -129,13 +196,21 @@ def read_meta(root: Path) -> dict:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is unreadable ({e}); run alexnet prepare again") from None
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{root} was prepared in format {meta.get('format')}; this version reads {FORMAT}")
+    store = meta.get("store", "raw")   # format 1 markers before the JPEG store have no "store"
+    if not isinstance(store, str) or FORMATS.get(store) != meta.get("format"):
+        raise UserError(f"{root} was prepared in format {meta.get('format')} ({store} store); this version reads "
+                        + " and ".join(f"format {f} ({kind})" for kind, f in FORMATS.items()))
     return meta
 
 
 def open_prepared(root: str | Path, splits: tuple[str, ...] = SPLITS) -> DataSource:
     root = Path(root).expanduser()
     meta = read_meta(root)
-    sets = {name: PreparedImages(root, name, _meta=meta) for name in splits}
+    sets = {name: prepared_split(root, name, meta) for name in splits}
     return DataSource(root, "prepared", list(meta["classes"]), list(meta["names"]), sets)
+
+
+def prepared_split(root: Path, split: str, meta: dict) -> PreparedImages:
+    """One split of the store at ``root``, as ``meta`` (its marker's contents) describes it."""
+    kind = PreparedJpegs if meta.get("store") == "jpeg" else PreparedImages
+    return kind(root, split, _meta=meta)
