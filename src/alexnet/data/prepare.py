@@ -175,9 +175,9 @@ def _write_shard(folder: Path, shard: int, loader, split: Split, skipped: Skippe
         good = lab >= 0
         for i in torch.nonzero(~good).flatten().tolist():
             bad.append([str(split.samples[int(idx[i])][0].relative_to(split.root)), errors[i]])
-        skipped.keep(images, lab, idx, errors)   # warns once per file
-        writer.add(images[good])
-        labels += lab[good].tolist()
+        kept, kept_labels = skipped.keep(images, lab, idx, errors)   # warns once per file
+        writer.add(kept)
+        labels += kept_labels.tolist()
         files += [str(split.samples[int(i)][0].relative_to(split.root)) for i in idx[good].tolist()]
         bar.update(len(lab))
     index = writer.close()
