@@ -113,8 +113,8 @@ def rss_mb() -> float:
 class PeakAnon(threading.Thread):
     """The highest anonymous RSS of this process and of its largest child, sampled every 20 ms.
 
-    getrusage's peak also counts file pages mapped in: prepare reads its shards back through memory maps
-    (for the mean image), so that figure grows with N whatever the index costs; this one does not."""
+    getrusage's peak also counts file pages mapped in (prepare writes each shard through a map of it, one at
+    a time); this one counts what the process itself holds."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)

@@ -92,6 +92,30 @@ def test_batches_and_augmented_crops_equal_the_jpeg_pipelines(prep):
     assert [int(i) for _, _, idx, _ in val for i in idx] == list(range(1, 15, 2))
 
 
+@pytest.mark.parametrize("rows", [list(range(15)), [3, 4, 5, 6], [7, 6, 5, 4], [2, 2, 3, 3, 4], [14, 0, 13, 1]])
+def test_any_batch_reads_the_images_one_by_one_reading_gives(prep, rows):
+    # Runs of consecutive images are read at once; a run must stop at a shard's end (4 images a shard here).
+    data, out = prep
+    jpeg = FixedSizeImages(discover(data).splits["train"])
+    reference = [jpeg[i][0] for i in range(len(jpeg)) if jpeg[i][1] >= 0]
+    fast = PreparedImages(out, "train")
+    images, labels, idx, _ = fast.__getitems__(rows)
+    assert torch.equal(images, torch.stack([reference[r] for r in rows])) and idx.tolist() == rows
+    picked = fast.subset([5, 6, 7, 8, 1])   # a subset's consecutive items are not consecutive rows
+    assert torch.equal(picked.__getitems__([0, 1, 2, 3, 4])[0], torch.stack([reference[r] for r in (5, 6, 7, 8, 1)]))
+    assert [p.name for p, _ in picked.split.samples] == [fast.path(r).name for r in (5, 6, 7, 8, 1)]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux's /proc/self/maps")
+def test_reading_a_store_maps_none_of_it(prep):
+    # A mapping would count every page read as the reader's memory: a whole store, over an epoch.
+    _, out = prep
+    fast = PreparedImages(out, "train")
+    fast.__getitems__(list(range(15)))
+    maps = open("/proc/self/maps").read()
+    assert str(out) not in maps and fast._shards[0].file is not None
+
+
 def test_the_statistics_are_those_of_the_decoded_training_set(prep):
     data, out = prep
     from alexnet.data.stats import DataStats

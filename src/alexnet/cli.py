@@ -108,7 +108,7 @@ def _run_demo_data(args) -> int:
 def _add_prepare(sub) -> None:
     from alexnet.data.jpeg import QUALITY
 
-    p = sub.add_parser("prepare", help="decode a dataset once into memory-mappable uint8 shards (faster training)",
+    p = sub.add_parser("prepare", help="decode a dataset once into shards of fixed images, raw or JPEG (fast reads)",
                        description="Decode every image of DATA/train and DATA/val once (shorter side 256, centre "
                                    "256x256), in parallel, into uint8 shards in PREP, with the mean image and RGB "
                                    "PCA. PREP is accepted wherever --data DIR is. Interrupted, it resumes where it "

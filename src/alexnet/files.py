@@ -1,4 +1,5 @@
-"""Writing files so that a crash, a kill or a full disk never leaves a half-written one behind."""
+"""Files as the project writes and reads them: written so that a crash, a kill or a full disk never leaves a
+half-written one behind (atomic_write), and read at given offsets from any process (ReadAt)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,54 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+_PREADV = hasattr(os, "preadv")   # straight into the buffer; where it is missing, one copy more
+
+
+class ReadAt:
+    """A file read at given offsets (pread), from any process: each opens it on its first read (DataLoader
+    workers, forked or spawned, start after the object is made), and no file position is shared.
+
+    Reading rather than memory-mapping keeps what was read out of the reader's resident memory: a process
+    that reads a 252 GB store once through maps would count all of it as its own (the kernel may reclaim
+    those pages, but every report of the process's memory, and a container's limit, counts them)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+        self._pid: int | None = None
+
+    def _descriptor(self) -> int:
+        if self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0)), os.getpid()
+        return self._fd
+
+    def read(self, offset: int, size: int, exact: bool = True) -> bytes:
+        data = os.pread(self._descriptor(), size, offset)
+        if exact and len(data) != size:
+            raise OSError(f"{self.path} ends {len(data)} bytes into a read of {size} at byte {offset} "
+                          "(cut short since it was written or indexed?)")
+        return data
+
+    def read_into(self, offset: int, buffer) -> None:
+        """Fill ``buffer`` (a writable, C-contiguous array or memoryview) with the bytes at ``offset``."""
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view):   # a read may return less than asked for; only 0 means the end
+            if _PREADV:
+                n = os.preadv(self._descriptor(), [view[done:]], offset + done)
+            else:
+                data = os.pread(self._descriptor(), len(view) - done, offset + done)
+                n = len(data)
+                view[done:done + n] = data
+            if n == 0:
+                raise OSError(f"{self.path} ends {done} bytes into a read of {len(view)} at byte {offset} "
+                              "(cut short since it was written or indexed?)")
+            done += n
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_fd": None, "_pid": None}
+
+    def __del__(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)

@@ -18,6 +18,7 @@ from torch.utils.data import default_collate
 
 from alexnet.data.decode import FIXED_SIZE, UndecodableImage, load_fixed
 from alexnet.data.imageset import SPLITS, Batch, DataSource, ImageSet, Split, labelled_by
+from alexnet.data.samples import take
 from alexnet.errors import UserError
 
 # torchvision's ImageFolder extensions, plus .gif and .jfif; anything else in a class folder (a README,
@@ -148,7 +149,7 @@ class FixedSizeImages(ImageSet):
         return FixedSizeImages(labelled_by(self.split, classes), self.size, [names.get(c, c) for c in classes])
 
     def subset(self, indices: list[int]) -> FixedSizeImages:
-        split = Split(self.split.root, self.split.classes, [self.split.samples[i] for i in indices])
+        split = Split(self.split.root, self.split.classes, take(self.split.samples, indices))
         return FixedSizeImages(split, self.size, self.names)
 
 

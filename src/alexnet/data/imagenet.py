@@ -21,7 +21,7 @@ import re
 import tarfile
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from alexnet.data.folders import IMAGE_EXTENSIONS, FixedSizeImages, discover, image_files
 from alexnet.data.imageset import SPLITS, DataSource, Split
@@ -61,7 +61,7 @@ def open_archives(path: Path, splits: tuple[str, ...] = SPLITS) -> DataSource:
         for i, name in enumerate(members.names):
             inner, _, _ = name.rpartition("/")
             if inner:
-                by_class[PurePosixPath(inner).name.removesuffix(".tar")].append(i)
+                by_class[inner.rpartition("/")[2].removesuffix(".tar")].append(i)
         if not by_class:
             raise UserError(f"{path / TRAIN_TAR} holds no <wnid>.tar of images")
         classes = sorted(by_class)
@@ -71,7 +71,9 @@ def open_archives(path: Path, splits: tuple[str, ...] = SPLITS) -> DataSource:
     if "val" in splits:
         members = index_tar(path / VAL_TAR, keep=_is_image)
         classes = classes or labels.classes()
-        wnids = labels.val_wnids([PurePosixPath(n).name for n in members.names], path / VAL_TAR, classes)
+        # Plain string splitting: a PurePosixPath each would intern every part, and Python's table of
+        # interned strings never shrinks again.
+        wnids = labels.val_wnids([n.rpartition("/")[2] for n in members.names], path / VAL_TAR, classes)
         rows, targets = _by_class(members.names, wnids, classes)
         sets["val"] = Split(path / VAL_TAR, classes, MemberSamples(members.take(rows), targets))
     return _source(path, "imagenet-archives", classes, labels, sets)
@@ -262,7 +264,7 @@ def _is_archive(path: Path) -> bool:
 
 
 def _is_image(name: str) -> bool:
-    base = PurePosixPath(name).name
+    base = name.rpartition("/")[2]
     return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
 
 

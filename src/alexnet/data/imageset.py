@@ -12,12 +12,14 @@ label -1 and its reason in ``error``, so one bad file never stops a DataLoader (
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
+from alexnet.data.samples import relabelled
 from alexnet.errors import UserError
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]
@@ -29,7 +31,7 @@ class Split:
     """One split's samples: (source path, label) in class order, then file-name order."""
     root: Path
     classes: list[str]
-    samples: list[tuple[Path, int]]
+    samples: Sequence[tuple[Path, int]]   # a list, or compact (data/samples.py)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -48,7 +50,7 @@ def labelled_by(split: Split, classes: list[str]) -> Split:
         known = ", ".join(classes[:3]) + (", ..." if len(classes) > 3 else "")
         raise UserError(f"{split.root} has class folders the network has no output for: "
                         f"{', '.join(unknown[:3])}{more} (it knows {len(classes)} classes: {known})")
-    samples = [(path, index[split.classes[label]]) for path, label in split.samples]
+    samples = relabelled(split.samples, [index[c] for c in split.classes])
     return Split(root=split.root, classes=list(classes), samples=samples)
 
 

@@ -1,5 +1,5 @@
 """A prepared dataset: fixed 256x256 images decoded once (`alexnet prepare`, data/prepare.py), read back
-from memory-mapped shards, raw or as JPEGs.
+from shards, raw or as JPEGs.
 
 Decoding a full-size JPEG costs a few milliseconds of a core, every epoch; copying its 196,608 fixed
 pixels out of the page cache costs microseconds. But raw, ImageNet's training set takes 252 GB, more than
@@ -13,7 +13,10 @@ most machines' memory, and every epoch reads it from disk again: the JPEG store 
                                      jpeg: where each JPEG starts and ends in the .jpg.bin, and its CRC-32
     PREP/data_stats.safetensors      the mean image and RGB PCA of PREP/train as read back (data/stats.py)
 
-Random crops, flips, PCA noise and mean subtraction stay per batch, on the training device.
+Random crops, flips, PCA noise and mean subtraction stay per batch, on the training device. Shards are
+read with pread, not memory-mapped: the page cache holds them either way, but a mapping would count every
+page ever read as the reader's own memory (files.ReadAt). The index of a split, the source name and label
+of each image, is kept compact (data/samples.py): about 60 bytes an image.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import torch
 
 from alexnet.data.imageset import SPLITS, Batch, DataSource, ImageSet, Split, labelled_by
 from alexnet.data.jpeg import JpegBatch, checksum, decodes_on
+from alexnet.data.samples import NamedSamples, take
 from alexnet.errors import UserError
+from alexnet.files import ReadAt
 
 MARKER = "alexnet-prepared.json"
 STATS = "data_stats.safetensors"
@@ -49,12 +54,13 @@ class _Shard:
     count: int
     offsets: np.ndarray | None = None   # jpeg: (count + 1,) where each image's JPEG starts, then the end
     crcs: np.ndarray | None = None      # jpeg: (count,) the CRC-32 of each
-    mapped: np.ndarray | None = None
+    file: ReadAt | None = None          # opened (size checked) on first read
 
 
 class PreparedImages(ImageSet):
-    """One split of a raw prepared store. Batches are copied out of the shards whole; the shards are
-    mapped lazily in each process, so DataLoader workers map them themselves instead of receiving copies.
+    """One split of a raw prepared store. A batch's images are read from the shards straight into the
+    batch, each run of consecutive images in one read; every process (DataLoader workers too) opens the
+    shards itself, on first use.
     """
     decodes = False
 
@@ -65,25 +71,25 @@ class PreparedImages(ImageSet):
         self.names = list(meta["names"])
         self.stats_file = self.root / STATS
         folder = self.root / split
-        shards, labels, samples = [], [], []
+        shards, parts = [], []
         source = Path(meta.get("roots", {}).get(split) or Path(meta["source"]) / split)   # no "roots": folders
         for s in range(meta["splits"][split]["shards"]):
             info = json.loads((folder / f"{s:05d}.json").read_text())
             shards.append(self._shard(folder, s, info))
-            labels += info["labels"]
-            samples += [(source / f, label) for f, label in zip(info["files"], info["labels"])]
+            parts.append(NamedSamples(source, info["files"], info["labels"]))
+        samples = NamedSamples.join(parts)
         self._shards = shards
         self._starts = np.cumsum([0] + [s.count for s in shards])
-        self.labels = torch.tensor(labels, dtype=torch.int64)
-        self.rows = torch.arange(len(labels))          # item -> image in the shards (see subset)
+        self.labels = torch.from_numpy(samples.labels.copy())
+        self.rows = torch.arange(len(samples))          # item -> image in the shards (see subset)
         # The source files, so that statistics' fingerprints, skip reports and pictures work unchanged.
         self.split = Split(root=source, classes=list(meta["classes"]), samples=samples)
 
     def _shard(self, folder: Path, s: int, info: dict) -> _Shard:
         return _Shard(folder / f"{s:05d}.u8", len(info["labels"]))
 
-    def _shape(self, s: _Shard) -> tuple[int, ...]:
-        return (s.count, self.size, self.size, 3)
+    def _bytes(self, s: _Shard) -> int:
+        return s.count * self.size * self.size * 3
 
     def relabelled(self, classes: list[str]) -> PreparedImages:
         split = labelled_by(self.split, classes)
@@ -93,52 +99,52 @@ class PreparedImages(ImageSet):
 
     def subset(self, indices: list[int]) -> PreparedImages:
         idx = torch.as_tensor(indices, dtype=torch.int64)
-        samples = [self.split.samples[i] for i in indices]
         return self._copy(labels=self.labels[idx], rows=self.rows[idx],
-                          split=Split(self.split.root, self.split.classes, samples))
+                          split=Split(self.split.root, self.split.classes, take(self.split.samples, indices)))
 
     def _copy(self, **changes) -> PreparedImages:
         other = object.__new__(type(self))
         other.__dict__.update(self.__dict__, **changes)
         return other
 
-    def _mapped(self, shard: int) -> np.ndarray:
-        """The shard's file as uint8 of ``_shape``, mapped on first use in this process, its size checked."""
+    def _file(self, shard: int) -> ReadAt:
+        """The shard's file, its size checked on first use in this process."""
         s = self._shards[shard]
-        if s.mapped is None:
-            shape = self._shape(s)
-            expected = int(np.prod(shape))
+        if s.file is None:
+            expected = self._bytes(s)
             if s.path.stat().st_size != expected:
                 raise UserError(f"{s.path} has {s.path.stat().st_size} bytes, expected {expected}; "
                                 "rerun alexnet prepare into a new folder")
-            s.mapped = np.memmap(s.path, dtype=np.uint8, mode="r", shape=shape)
-        return s.mapped
+            s.file = ReadAt(s.path)
+        return s.file
 
     def _locate(self, index: int) -> tuple[int, int]:
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
         return shard, index - int(self._starts[shard])
 
-    def __getitem__(self, index: int):
-        shard, offset = self._locate(int(self.rows[index]))
-        return torch.from_numpy(np.array(self._mapped(shard)[offset])), int(self.labels[index]), index, ""
-
     def __getitems__(self, indices: list[int]) -> Batch:
         out = torch.empty(len(indices), self.size, self.size, 3, dtype=torch.uint8)
-        view = out.numpy()
-        for j, index in enumerate(self.rows[indices].tolist()):
-            shard, offset = self._locate(index)
-            view[j] = self._mapped(shard)[offset]
+        view, image = out.numpy(), self.size * self.size * 3
+        rows = self.rows[indices].tolist()
+        j = 0
+        while j < len(rows):   # rows j..k-1: consecutive images of one shard (an evaluation reads in order)
+            shard, offset = self._locate(rows[j])
+            k = j + 1
+            while k < len(rows) and rows[k] == rows[k - 1] + 1 and offset + k - j < self._shards[shard].count:
+                k += 1
+            self._file(shard).read_into(offset * image, view[j:k])
+            j = k
         idx = torch.tensor(indices, dtype=torch.int64)
         return out, self.labels[idx], idx, [""] * len(indices)
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_shards"] = [replace(s, mapped=None) for s in self._shards]
+        state["_shards"] = [replace(s, file=None) for s in self._shards]
         return state
 
 
 class PreparedJpegs(PreparedImages):
-    """One split of a jpeg store. A batch's JPEGs are read from the mapped shards and checked against
+    """One split of a jpeg store. A batch's JPEGs are read from the shards and checked against
     their CRC-32 (a damaged one is an unreadable sample, named and skipped like a bad source file), then
     decoded where the batch is read: in the DataLoader workers. For a consumer that moves batches to a
     GPU (``for_device``) they are handed over undecoded instead, as a JpegBatch that nvJPEG decodes there.
@@ -150,8 +156,8 @@ class PreparedJpegs(PreparedImages):
         return _Shard(folder / f"{s:05d}.jpg.bin", len(info["labels"]), np.asarray(info["offsets"], dtype=np.int64),
                       np.asarray(info["crc32"], dtype=np.int64))
 
-    def _shape(self, s: _Shard) -> tuple[int, ...]:
-        return (int(s.offsets[-1]),)
+    def _bytes(self, s: _Shard) -> int:
+        return int(s.offsets[-1])
 
     def for_device(self, device: torch.device | str) -> PreparedJpegs:
         # A GPU with nvJPEG decodes a batch in one call; a CPU decodes in the workers, in parallel.
@@ -170,7 +176,7 @@ class PreparedJpegs(PreparedImages):
         for row in self.rows[idx].tolist():
             shard, k = self._locate(row)
             s = self._shards[shard]
-            blob = self._mapped(shard)[s.offsets[k]:s.offsets[k + 1]]
+            blob = self._file(shard).read(int(s.offsets[k]), int(s.offsets[k + 1] - s.offsets[k]))
             ok = checksum(blob) == s.crcs[k]
             blobs.append(blob if ok else blob[:0])   # no bytes: not decoded, not handed over
             damaged.append("" if ok else f"its JPEG in {s.path.parent.name}/{s.path.name} is damaged "

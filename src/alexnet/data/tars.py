@@ -18,38 +18,22 @@ import os
 import stat
 import tarfile
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from alexnet.data.samples import Names, Samples
 from alexnet.errors import UserError
+from alexnet.files import ReadAt
 
 BLOCK = tarfile.BLOCKSIZE
 
 
-class Archive:
+class Archive(ReadAt):
     """One archive file, opened lazily by each process that reads it (DataLoader workers are forked or
     spawned after the index is built) and read with pread, which shares no file position."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self._pid: int | None = None
-
-    def read(self, offset: int, size: int, exact: bool = True) -> bytes:
-        if self._pid != os.getpid():
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
-        data = os.pread(self._fd, size, offset)
-        if exact and len(data) != size:
-            raise OSError(f"{self.path} ends {len(data)} bytes into a member of {size} (cut since it was indexed?)")
-        return data
-
-    def __getstate__(self) -> dict:
-        return {"path": self.path, "_fd": None, "_pid": None}
-
-    def __del__(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
-            os.close(self._fd)
 
 
 _ConcretePath = type(Path())   # PosixPath or WindowsPath: pathlib's classes that can be subclassed
@@ -94,40 +78,39 @@ def member_path(path: str, archive: Archive, offset: int, size: int, mtime: int)
 class Members:
     """Where each member's bytes lie in ``archive``; names are relative to it ("n01440764.tar/x.JPEG")."""
     archive: Archive
-    names: list[str]
-    offsets: array
-    sizes: array
-    mtimes: array
+    names: Names
+    offsets: np.ndarray   # int64, where each member's data starts in the archive
+    sizes: np.ndarray
+    mtimes: np.ndarray
 
     def __len__(self) -> int:
         return len(self.names)
 
     def path(self, i: int) -> MemberPath:
-        return member_path(f"{self.archive.path}/{self.names[i]}", self.archive, self.offsets[i],
-                           self.sizes[i], self.mtimes[i])
+        return member_path(f"{self.archive.path}/{self.names[i]}", self.archive, int(self.offsets[i]),
+                           int(self.sizes[i]), int(self.mtimes[i]))
 
-    def take(self, rows: list[int]) -> Members:
+    def take(self, rows) -> Members:
         """These members only, in this order."""
-        return Members(self.archive, [self.names[i] for i in rows], array("q", (self.offsets[i] for i in rows)),
-                       array("q", (self.sizes[i] for i in rows)), array("q", (self.mtimes[i] for i in rows)))
+        rows = np.asarray(rows, dtype=np.int64)
+        return Members(self.archive, self.names.take(rows), self.offsets[rows], self.sizes[rows], self.mtimes[rows])
 
 
-class MemberSamples(Sequence):
+class MemberSamples(Samples):
     """A Split's samples, (MemberPath, label), made when asked for: ImageNet's 1.28M training images then
     cost their index entries, about 100 bytes each, rather than a Path object each."""
 
-    def __init__(self, members: Members, labels: list[int]) -> None:
+    def __init__(self, members: Members, labels) -> None:
         assert len(members) == len(labels)
-        self.members, self.labels = members, array("q", labels)
+        self.members, self.labels = members, np.asarray(labels, dtype=np.int64)
 
-    def __len__(self) -> int:
-        return len(self.labels)
+    def path(self, i: int) -> MemberPath:
+        return self.members.path(i)
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        label = self.labels[i]   # raises IndexError past the end, which ends iteration
-        return self.members.path(i), label
+    def _pick(self, rows: np.ndarray) -> MemberSamples:
+        out = object.__new__(MemberSamples)
+        out.members = self.members.take(rows)
+        return out
 
 
 def index_tar(path: Path, keep: Callable[[str], bool], nested: bool = False) -> Members:
@@ -143,7 +126,9 @@ def index_tar(path: Path, keep: Callable[[str], bool], nested: bool = False) -> 
         size = path.stat().st_size
     except OSError as e:
         raise UserError(f"{path} cannot be read ({e.strerror or e})") from None
-    names, offsets, sizes, mtimes = [], array("q"), array("q"), array("q")
+    # Names go into packed parts as they come: a list of every name at once would cost ImageNet's 1.28M
+    # str objects, freed after but left behind as fragmented memory.
+    parts, names, offsets, sizes, mtimes = [], [], array("q"), array("q"), array("q")
     for name, offset, length, mtime in _members(archive, 0, size, str(path)):
         if nested and name.endswith(".tar"):
             found = [(f"{name}/{m[0]}", *m[1:]) for m in _members(archive, offset, length, f"{path}/{name}")]
@@ -155,7 +140,11 @@ def index_tar(path: Path, keep: Callable[[str], bool], nested: bool = False) -> 
                 offsets.append(member[1])
                 sizes.append(member[2])
                 mtimes.append(member[3])
-    return Members(archive, names, offsets, sizes, mtimes)
+        if len(names) >= 65536:
+            parts.append(Names(names))
+            names = []
+    parts.append(Names(names))
+    return Members(archive, Names.join(parts), *(np.frombuffer(a, dtype=np.int64) for a in (offsets, sizes, mtimes)))
 
 
 def _members(archive: Archive, start: int, length: int, label: str) -> list[tuple[str, int, int, int]]:
