@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.data.folders import SkippedFiles
+from alexnet.data.folders import FixedSizeImages, SkippedFiles, discover
 from alexnet.data.jpeg import QUALITY, JpegBatch, decode, decodes_on
 from alexnet.data.loader import train_loader
 from alexnet.data.prepare import prepare
 from alexnet.data.prepared import open_prepared
-from alexnet.data.stats import DataStats
+from alexnet.data.stats import DataStats, find_stats, fingerprint, load_or_compute_stats
 from alexnet.errors import UserError
 from conftest import run_cli as cli
 
@@ -142,6 +142,23 @@ def test_the_statistics_are_those_of_the_decoded_jpegs(stores):
     pil = torch.stack([pil_decode(blob) for blob, _, _ in stored_jpegs(jpeg / "train")]).double()
     torch.testing.assert_close(saved.mean_image.double(), pil.mean(0), rtol=0, atol=1e-3)
     assert saved.images == 12 and not torch.equal(saved.mean_image, raw_stats.mean_image)
+
+
+def test_a_statistics_cache_of_one_store_is_not_taken_for_the_other(stores, tmp_path):
+    # A run's cache (RUN/data_stats.safetensors) made from the raw store, then a run on the jpeg store of the
+    # same files in that folder: the file lists match, the pixels do not.
+    _, raw, jpeg = stores
+    cache = tmp_path / "data_stats.safetensors"
+    raw_train, jpeg_train = (open_prepared(p).splits["train"] for p in (raw, jpeg))
+    assert load_or_compute_stats(raw_train, cache, workers=0, progress=False).images == 12
+    own = DataStats.load(jpeg / "data_stats.safetensors")
+    got = find_stats(jpeg_train, cache)   # the jpeg store's own statistics, copied over the raw one's
+    assert torch.equal(got.mean_image, own.mean_image) and not torch.equal(got.mean_image, DataStats.load(
+        raw / "data_stats.safetensors").mean_image) and DataStats.load(cache).fingerprint == own.fingerprint
+    # The raw store's pixels are the decoded files': its fingerprint stays theirs (caches made before still match).
+    folder = FixedSizeImages(discover(stores[0]).splits["train"])
+    readable = folder.subset([i for i in range(len(folder)) if folder.path(i).name != "broken.jpg"])
+    assert fingerprint(raw_train) == fingerprint(readable) != fingerprint(jpeg_train)
 
 
 def test_another_store_or_quality_in_out_is_refused(stores, tmp_path):

@@ -65,6 +65,7 @@ class ImageSet(Dataset):
     size: int              # side of the fixed images
     decodes: bool = True   # reading decodes files (worth DataLoader workers); False: copies stored pixels
     stats_file: Path | None = None   # the mean image and RGB PCA computed ahead of time, if any
+    pixels: str = ""       # how its pixels differ from the decoded source files' ("": they do not)
 
     @property
     def classes(self) -> list[str]:

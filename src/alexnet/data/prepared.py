@@ -70,6 +70,8 @@ class PreparedImages(ImageSet):
         self.size = meta["size"]
         self.names = list(meta["names"])
         self.stats_file = self.root / STATS
+        if meta.get("store") == "jpeg":   # statistics of its decoded JPEGs are not those of the raw pixels
+            self.pixels = f"jpeg quality {meta.get('quality')}"
         folder = self.root / split
         shards, parts = [], []
         source = Path(meta.get("roots", {}).get(split) or Path(meta["source"]) / split)   # no "roots": folders

@@ -57,8 +57,11 @@ class DataStats:
 
 
 def fingerprint(dataset: ImageSet) -> str:
-    """Identifies the file list (relative paths and labels) and the fixed size; not the pixels."""
+    """Identifies the file list (relative paths and labels), the fixed size and, where a set's pixels differ
+    from the decoded files' (a jpeg store's), how; not the pixels themselves."""
     h = hashlib.sha256(f"v{STATS_VERSION} size={dataset.size}\n".encode())
+    if dataset.pixels:
+        h.update(f"pixels={dataset.pixels}\n".encode())
     for path, label in dataset.split.samples:
         h.update(f"{path.relative_to(dataset.split.root)}\t{label}\n".encode())
     return h.hexdigest()[:16]
