@@ -158,6 +158,27 @@ def test_an_interrupted_prepare_resumes_without_redoing_finished_shards(prep, tm
     assert not list(out.rglob("*.tmp"))
 
 
+@pytest.mark.parametrize("left", [[], [".00000.u8.tmp"], [".00000.u8.tmp", ".00000.json.k2j4x.tmp"],
+                                  [".00000.jpg.bin.tmp"]])
+def test_a_prepare_killed_in_its_first_shard_resumes(prep, tmp_path, left):
+    # Killed before any shard had its .json: the folder holds empty split folders or prepare's temporary
+    # files only (a 1,024-image split is one shard); from another store's run too.
+    data, _ = prep
+    out = tmp_path / "prep"
+    (out / "train").mkdir(parents=True)
+    (out / "val").mkdir()
+    for name in left:
+        (out / "train" / name).write_bytes(b"\0" * 1000)
+    if left:
+        r = cli("train", "--data", out, "--out", tmp_path / "run")
+        assert r.returncode == 2 and "unfinished `alexnet prepare`" in r.stderr and "Traceback" not in r.stderr
+    r = cli("prepare", "--data", data, "--out", out, "--workers", "0")
+    assert r.returncode == 0, r.stderr
+    splits = json.loads((out / "alexnet-prepared.json").read_text())["splits"]
+    assert not list(out.rglob("*.tmp")) and {k: (v["images"], v["skipped"]) for k, v in splits.items()} == \
+        {"train": (15, 1), "val": (15, 1)}
+
+
 def test_bad_input_is_one_line_and_exit_2(prep, tmp_path):
     data, out = prep
     (tmp_path / "stuff").mkdir()

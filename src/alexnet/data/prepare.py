@@ -24,7 +24,7 @@ from alexnet.data.decode import FIXED_SIZE
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import SPLITS, DataSource, ImageSet, Split
 from alexnet.data.jpeg import QUALITY, JpegBatch, checksum
-from alexnet.data.prepared import FORMATS, MARKER, STATS, is_prepared, prepared_split
+from alexnet.data.prepared import FORMATS, MARKER, PARTIAL, STATS, is_prepared, prepared_split
 from alexnet.data.sources import kind_of, open_data
 from alexnet.data.stats import load_or_compute_stats
 from alexnet.errors import UserError
@@ -78,7 +78,7 @@ def _existing_meta(out: Path, source: DataSource, shard_size: int, store: str, q
             "classes": source.classes, "names": source.names,
             # Where each split's files lie: SOURCE/train for folders, but a tar for ImageNet's archives.
             "roots": {name: str(Path(images.split.root).resolve()) for name, images in source.splits.items()}}
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(out.iterdir()) and not _only_empty_splits(out):
         if not is_prepared(out):
             raise UserError(f"{out} exists and is not a prepared dataset; choose a new --out")
         if (out / MARKER).is_file():
@@ -90,6 +90,11 @@ def _existing_meta(out: Path, source: DataSource, shard_size: int, store: str, q
             raise UserError(f"{out} holds a {_describe(*found)} store, not the {_describe(store, quality)} one asked "
                             f"for; choose a new --out (or ask for {_flags(*found)} to resume or redo it)")
     return meta
+
+
+def _only_empty_splits(out: Path) -> bool:
+    """What a prepare killed before its first image leaves: empty split folders."""
+    return all(f.name in SPLITS and f.is_dir() and not any(f.iterdir()) for f in out.iterdir())
 
 
 def _store_in(out: Path) -> tuple[str, int | None] | None:
@@ -131,6 +136,9 @@ def _prepare_split(images: ImageSet, folder: Path, workers: int, shard_size: int
                             num_workers=workers, collate_fn=ImageSet.collate)
         _write_shard(folder, shard, loader, split, skipped, hi - lo, bar, _sources(split, lo, hi))
     bar.close()
+    for file in folder.iterdir():   # left by a run killed mid-shard (of another store, say): all are done now
+        if PARTIAL.fullmatch(file.name):
+            file.unlink(missing_ok=True)
     counts, bad = 0, 0
     for s in range(shards):
         info = json.loads((folder / f"{s:05d}.json").read_text())

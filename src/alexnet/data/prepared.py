@@ -22,6 +22,7 @@ of each image, is kept compact (data/samples.py): about 60 bytes an image.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -45,7 +46,26 @@ FORMATS = {"raw": 1, "jpeg": 2}
 def is_prepared(path: str | Path) -> bool:
     """PREP rather than image folders (finished or not: an unfinished one is then refused by name)."""
     root = Path(path).expanduser()
-    return (root / MARKER).is_file() or (root / "train" / "00000.json").is_file()
+    return (root / MARKER).is_file() or is_unfinished(root)
+
+
+# What `prepare` writes before a shard is finished: its data (.00000.u8.tmp), then its .json (atomic_write's
+# .00000.json.XXXX.tmp).
+PARTIAL = re.compile(r"\.\d{5}\.(u8|jpg\.bin|json)(\..+)?\.tmp")
+
+
+def is_unfinished(root: Path) -> bool:
+    """A `prepare` into ROOT that has not written its marker: a finished shard, or, killed in its first
+    shard, nothing but split folders holding prepare's temporary files."""
+    if (root / "train" / "00000.json").is_file():
+        return True
+    if not root.is_dir() or (root / MARKER).exists():
+        return False
+    folders = list(root.iterdir())
+    if not folders or not all(f.name in SPLITS and f.is_dir() for f in folders):
+        return False
+    names = [file.name for folder in folders for file in folder.iterdir()]
+    return bool(names) and all(PARTIAL.fullmatch(name) for name in names)
 
 
 @dataclass
@@ -197,7 +217,7 @@ class PreparedJpegs(PreparedImages):
 def read_meta(root: Path) -> dict:
     path = root / MARKER
     if not path.is_file():
-        if (root / "train" / "00000.json").is_file():
+        if is_unfinished(root):
             raise UserError(f"{root} is an unfinished `alexnet prepare`; run it again to complete it")
         raise UserError(f"{root} is not a prepared dataset (no {MARKER})")
     try:
