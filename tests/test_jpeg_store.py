@@ -223,6 +223,19 @@ def test_a_damaged_jpeg_is_named_and_skipped(stores, tmp_path):
     assert str(images.path(2)) in stream.getvalue() and "damaged" in stream.getvalue()
 
 
+@pytest.mark.parametrize("change", [lambda i: i["offsets"].pop(), lambda i: i.pop("crc32"),
+                                    lambda i: i["offsets"].reverse(), lambda i: i.__setitem__("crc32", "x")])
+def test_a_damaged_jpeg_index_is_one_line_naming_the_file(stores, tmp_path, change):
+    _, _, jpeg = stores
+    out = tmp_path / "jpeg"
+    shutil.copytree(jpeg, out)
+    info = json.loads((out / "val" / "00001.json").read_text())
+    change(info)
+    (out / "val" / "00001.json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match=r"val/00001.json is damaged: its JPEG offsets or checksums do not fit"):
+        open_prepared(out)
+
+
 def test_decode_names_what_it_cannot_read_and_decodes_the_rest(stores):
     _, _, jpeg = stores
     (good, _, _), (other, _, _) = stored_jpegs(jpeg / "val")[:2]

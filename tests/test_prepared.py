@@ -3,6 +3,7 @@ accepted wherever a dataset folder is."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -191,6 +192,35 @@ def test_bad_input_is_one_line_and_exit_2(prep, tmp_path):
         r = cli("prepare", *args)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert (tmp_path / "stuff" / "notes.txt").read_text() == "mine"
+
+
+def _damage_json(path, change):
+    info = json.loads(path.read_text())
+    change(info)
+    path.write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda out: (out / "val" / "00001.json").write_text('{"labels": [0, 1'), "val/00001.json is unreadable"),
+    (lambda out: _damage_json(out / "val" / "00000.json", lambda i: i["labels"].__setitem__(0, 7)),
+     "val/00000.json is damaged: its labels are not one class index (0 to 2) per file"),
+    (lambda out: _damage_json(out / "train" / "00002.json", lambda i: i["files"].pop()), "train/00002.json is damaged"),
+    (lambda out: _damage_json(out / "alexnet-prepared.json", lambda m: m["splits"]["val"].__setitem__("shards", 9)),
+     "val/00004.json is missing"),
+    (lambda out: _damage_json(out / "alexnet-prepared.json", lambda m: m.pop("classes")), "alexnet-prepared.json is damaged"),
+    (lambda out: _damage_json(out / "alexnet-prepared.json", lambda m: m.__setitem__("names", ["x"])),
+     "alexnet-prepared.json is damaged"),
+    (lambda out: (out / "train" / "00001.u8").unlink(), "train/00001.u8 cannot be read"),
+    (lambda out: os.truncate(out / "val" / "00003.u8", 1000), "val/00003.u8 has 1000 bytes, expected"),
+])
+def test_a_damaged_store_is_one_line_naming_the_file(prep, tmp_path, damage, message):
+    _, done = prep
+    out = tmp_path / "prep"
+    shutil.copytree(done, out)
+    damage(out)
+    r = cli("train", "--data", out, "--out", tmp_path / "run", "--epochs", "1", "--batch-size", "4")
+    # (train's first line says where it runs; the error is the last)
+    assert r.returncode == 2 and message in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr, r.stderr
 
 
 def test_training_on_prep_ends_with_the_weights_of_training_on_the_folder(tmp_path):

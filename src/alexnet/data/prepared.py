@@ -96,10 +96,12 @@ class PreparedImages(ImageSet):
         shards, parts = [], []
         source = Path(meta.get("roots", {}).get(split) or Path(meta["source"]) / split)   # no "roots": folders
         for s in range(meta["splits"][split]["shards"]):
-            info = json.loads((folder / f"{s:05d}.json").read_text())
+            info = _shard_info(folder / f"{s:05d}.json", len(meta["classes"]))
             shards.append(self._shard(folder, s, info))
             parts.append(NamedSamples(source, info["files"], info["labels"]))
         samples = NamedSamples.join(parts)
+        for shard in shards:   # here, in one line, rather than in a DataLoader worker's traceback
+            self._check_size(shard)
         self._shards = shards
         self._starts = np.cumsum([0] + [s.count for s in shards])
         self.labels = torch.from_numpy(samples.labels.copy())
@@ -130,15 +132,22 @@ class PreparedImages(ImageSet):
         return other
 
     def _file(self, shard: int) -> ReadAt:
-        """The shard's file, its size checked on first use in this process."""
+        """The shard's file, its size checked again on first use in this process."""
         s = self._shards[shard]
         if s.file is None:
-            expected = self._bytes(s)
-            if s.path.stat().st_size != expected:
-                raise UserError(f"{s.path} has {s.path.stat().st_size} bytes, expected {expected}; "
-                                "rerun alexnet prepare into a new folder")
+            self._check_size(s)
             s.file = ReadAt(s.path)
         return s.file
+
+    def _check_size(self, s: _Shard) -> None:
+        expected = self._bytes(s)
+        try:
+            size = s.path.stat().st_size
+        except OSError as e:
+            raise UserError(f"{s.path} cannot be read ({e.strerror or e}); rerun alexnet prepare into a new "
+                            "folder") from None
+        if size != expected:
+            raise UserError(f"{s.path} has {size} bytes, expected {expected}; rerun alexnet prepare into a new folder")
 
     def _locate(self, index: int) -> tuple[int, int]:
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
@@ -175,8 +184,17 @@ class PreparedJpegs(PreparedImages):
     hand_over = False   # batches are JpegBatches, decoded by .to(device)
 
     def _shard(self, folder: Path, s: int, info: dict) -> _Shard:
-        return _Shard(folder / f"{s:05d}.jpg.bin", len(info["labels"]), np.asarray(info["offsets"], dtype=np.int64),
-                      np.asarray(info["crc32"], dtype=np.int64))
+        try:
+            offsets = np.asarray(info["offsets"], dtype=np.int64)
+            crcs = np.asarray(info["crc32"], dtype=np.int64)
+            ok = offsets.shape == (len(info["labels"]) + 1,) and crcs.shape == (len(info["labels"]),) \
+                and offsets[0] == 0 and bool(np.all(np.diff(offsets) >= 0))
+        except (KeyError, TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise UserError(f"{folder / f'{s:05d}.json'} is damaged: its JPEG offsets or checksums do not fit its "
+                            "labels; rerun alexnet prepare into a new folder")
+        return _Shard(folder / f"{s:05d}.jpg.bin", len(info["labels"]), offsets, crcs)
 
     def _bytes(self, s: _Shard) -> int:
         return int(s.offsets[-1])
@@ -214,6 +232,21 @@ class PreparedJpegs(PreparedImages):
         return batch, labels, idx, errors
 
 
+def _shard_info(path: Path, classes: int) -> dict:
+    """A shard's .json, its labels checked against the number of classes: damage is one line naming the file."""
+    try:
+        info = json.loads(path.read_text())
+        labels, files = info["labels"], info["files"]
+        ok = len(labels) == len(files) and all(type(y) is int and 0 <= y < classes for y in labels)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        reason = "missing" if isinstance(e, FileNotFoundError) else f"unreadable ({type(e).__name__}: {e})"
+        raise UserError(f"{path} is {reason}; rerun alexnet prepare into a new folder") from None
+    if not ok:
+        raise UserError(f"{path} is damaged: its labels are not one class index (0 to {classes - 1}) per file; "
+                        "rerun alexnet prepare into a new folder")
+    return info
+
+
 def read_meta(root: Path) -> dict:
     path = root / MARKER
     if not path.is_file():
@@ -224,11 +257,23 @@ def read_meta(root: Path) -> dict:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is unreadable ({e}); run alexnet prepare again") from None
-    store = meta.get("store", "raw")   # format 1 markers before the JPEG store have no "store"
+    store = meta.get("store", "raw") if isinstance(meta, dict) else None   # format 1 before the JPEG store: none
     if not isinstance(store, str) or FORMATS.get(store) != meta.get("format"):
-        raise UserError(f"{root} was prepared in format {meta.get('format')} ({store} store); this version reads "
+        raise UserError(f"{root} was prepared in format {meta.get('format') if isinstance(meta, dict) else None} "
+                        f"({store} store); this version reads "
                         + " and ".join(f"format {f} ({kind})" for kind, f in FORMATS.items()))
+    if not _well_formed(meta):
+        raise UserError(f"{path} is damaged (a field missing or of the wrong kind); run alexnet prepare again")
     return meta
+
+
+def _well_formed(meta: dict) -> bool:
+    classes, names, splits = meta.get("classes"), meta.get("names"), meta.get("splits")
+    return (type(meta.get("size")) is int and meta["size"] > 0 and isinstance(meta.get("source"), str)
+            and isinstance(classes, list) and len(classes) > 0 and all(isinstance(c, str) for c in classes)
+            and isinstance(names, list) and len(names) == len(classes) and all(isinstance(n, str) for n in names)
+            and isinstance(splits, dict) and set(SPLITS) <= set(splits) and all(isinstance(v, dict) and type(v.get("shards")) is int
+                                                 and v["shards"] >= 0 for v in splits.values()))
 
 
 def open_prepared(root: str | Path, splits: tuple[str, ...] = SPLITS) -> DataSource:
