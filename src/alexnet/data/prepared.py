@@ -272,8 +272,8 @@ def _well_formed(meta: dict) -> bool:
     return (type(meta.get("size")) is int and meta["size"] > 0 and isinstance(meta.get("source"), str)
             and isinstance(classes, list) and len(classes) > 0 and all(isinstance(c, str) for c in classes)
             and isinstance(names, list) and len(names) == len(classes) and all(isinstance(n, str) for n in names)
-            and isinstance(splits, dict) and set(SPLITS) <= set(splits) and all(isinstance(v, dict) and type(v.get("shards")) is int
-                                                 and v["shards"] >= 0 for v in splits.values()))
+            and isinstance(splits, dict) and set(SPLITS) <= set(splits)
+            and all(isinstance(v, dict) and type(v.get("shards")) is int and v["shards"] >= 0 for v in splits.values()))
 
 
 def open_prepared(root: str | Path, splits: tuple[str, ...] = SPLITS) -> DataSource:
