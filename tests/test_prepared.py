@@ -211,6 +211,7 @@ def _damage_json(path, change):
      "alexnet-prepared.json is damaged"),
     (lambda out: _damage_json(out / "alexnet-prepared.json", lambda m: m.__setitem__("names", ["x"])),
      "alexnet-prepared.json is damaged"),
+    (lambda out: (out / "alexnet-prepared.json").write_text("[1, 2]"), "alexnet-prepared.json is damaged"),
     (lambda out: (out / "train" / "00001.u8").unlink(), "train/00001.u8 cannot be read"),
     (lambda out: os.truncate(out / "val" / "00003.u8", 1000), "val/00003.u8 has 1000 bytes, expected"),
 ])
