@@ -28,6 +28,7 @@ from alexnet.errors import UserError
 from alexnet.files import atomic_write
 
 STATS_VERSION = "1"
+_CHUNK = 8   # images summed at once in float64: 12 MB at 256x256
 
 
 @dataclass
@@ -92,13 +93,12 @@ def compute_stats(dataset: ImageSet, batch_size: int = 64, workers: int | None =
     for images, labels, idx, errors in tqdm(loader, desc="mean image and RGB PCA", unit="batch",
                                             disable=None if progress else True, leave=False):
         images, _ = skipped.keep(images, labels, idx, errors)
-        if not len(images):
-            continue
-        x = images.double()
-        image_sum += x.sum(0)
-        pixels = x.reshape(-1, 3) / 255.0
-        pixel_sum += pixels.sum(0)
-        outer_sum += pixels.T @ pixels
+        for part in images.split(_CHUNK):   # float64 of a whole batch would be 100 MB (64 images)
+            x = part.double()
+            image_sum += x.sum(0)
+            pixels = x.reshape(-1, 3) / 255.0
+            pixel_sum += pixels.sum(0)
+            outer_sum += pixels.T @ pixels
         count += len(images)
     if all_sum is not None:
         sums = all_sum(torch.cat([image_sum.flatten(), pixel_sum, outer_sum.flatten(),
