@@ -134,7 +134,7 @@ def _prepare_split(images: ImageSet, folder: Path, workers: int, shard_size: int
         part = Subset(images, range(lo, hi))
         loader = DataLoader(part if quality is None else _Encoded(part, quality), batch_size=64,
                             num_workers=workers, collate_fn=ImageSet.collate)
-        _write_shard(folder, shard, loader, split, skipped, hi - lo, bar, _sources(split, lo, hi))
+        _write_shard(folder, shard, loader, split, skipped, bar, _sources(split, lo, hi))
     bar.close()
     for file in folder.iterdir():   # left by a run killed mid-shard (of another store, say): all are done now
         if PARTIAL.fullmatch(file.name):
@@ -172,12 +172,11 @@ class _Encoded(Dataset):
         return JpegBatch.encode(images, self.quality), labels, idx, errors
 
 
-def _write_shard(folder: Path, shard: int, loader, split: Split, skipped: SkippedFiles, n: int, bar,
-                 sources: list) -> None:
+def _write_shard(folder: Path, shard: int, loader, split: Split, skipped: SkippedFiles, bar, sources: list) -> None:
     jpeg = isinstance(loader.dataset, _Encoded)
     data = folder / f"{shard:05d}{'.jpg.bin' if jpeg else '.u8'}"
     tmp = folder / f".{data.name}.tmp"
-    writer = _JpegWriter(tmp, loader.dataset.quality) if jpeg else _RawWriter(tmp, n)
+    writer = _JpegWriter(tmp, loader.dataset.quality) if jpeg else _RawWriter(tmp)
     labels, files, bad = [], [], []
     for images, lab, idx, errors in loader:
         good = lab >= 0
@@ -195,19 +194,16 @@ def _write_shard(folder: Path, shard: int, loader, split: Split, skipped: Skippe
 
 
 class _RawWriter:
-    def __init__(self, tmp: Path, n: int) -> None:
-        self.tmp, self.count = tmp, 0
-        # Raw bytes rather than .npy: nothing to parse, and the .json says what they are.
-        self.buf = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, FIXED_SIZE, FIXED_SIZE, 3))
+    # Raw bytes rather than .npy: nothing to parse, and the .json says what they are. Written, not mapped: a
+    # map of the shard would count its 200 MB as this process's memory.
+    def __init__(self, tmp: Path) -> None:
+        self.file = open(tmp, "wb")
 
     def add(self, images: torch.Tensor) -> None:
-        self.buf[self.count:self.count + len(images)] = images.numpy()
-        self.count += len(images)
+        self.file.write(memoryview(np.ascontiguousarray(images.numpy())).cast("B"))
 
     def close(self) -> dict:
-        self.buf.flush()
-        del self.buf
-        os.truncate(self.tmp, self.count * FIXED_SIZE * FIXED_SIZE * 3)
+        self.file.close()
         return {}
 
 
