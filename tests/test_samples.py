@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from alexnet.data.samples import NamedSamples, Names, relabelled, take
+from alexnet import files
 from alexnet.files import ReadAt
 
 NAMES = ["ant/0.jpg", "ant/1.JPEG", "bee/é.png", "bee/\udcff.jpg", "cow/a b.jpg"]   # non-UTF-8 bytes too
@@ -53,7 +54,12 @@ def test_a_sample_costs_a_few_integers_and_its_names_bytes():
     assert len(pickle.dumps(take(samples, range(0, n, 2)))) < text + 24 * n // 2 + 2000   # the text is shared
 
 
-def test_read_at_reads_the_bytes_at_an_offset_in_any_process(tmp_path):
+@pytest.mark.parametrize("calls", ["preadv", "pread", "seek and read"])   # what the platform offers
+def test_read_at_reads_the_bytes_at_an_offset_in_any_process(tmp_path, monkeypatch, calls):
+    if calls != "preadv":
+        monkeypatch.setattr(files, "_PREADV", False)
+    if calls == "seek and read":
+        monkeypatch.delattr(os, "pread", raising=False)
     data = bytes(range(256)) * 40
     path = tmp_path / "shard.bin"
     path.write_bytes(data)

@@ -37,6 +37,13 @@ def _umask() -> int:
 _PREADV = hasattr(os, "preadv")   # straight into the buffer; where it is missing, one copy more
 
 
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, size, offset)
+    os.lseek(fd, offset, os.SEEK_SET)   # Windows: no pread, but the descriptor is this process's alone
+    return os.read(fd, size)
+
+
 class ReadAt:
     """A file read at given offsets (pread), from any process: each opens it on its first read (DataLoader
     workers, forked or spawned, start after the object is made), and no file position is shared.
@@ -56,7 +63,7 @@ class ReadAt:
         return self._fd
 
     def read(self, offset: int, size: int, exact: bool = True) -> bytes:
-        data = os.pread(self._descriptor(), size, offset)
+        data = _pread(self._descriptor(), size, offset)
         if exact and len(data) != size:
             raise OSError(f"{self.path} ends {len(data)} bytes into a read of {size} at byte {offset} "
                           "(cut short since it was written or indexed?)")
@@ -70,7 +77,7 @@ class ReadAt:
             if _PREADV:
                 n = os.preadv(self._descriptor(), [view[done:]], offset + done)
             else:
-                data = os.pread(self._descriptor(), len(view) - done, offset + done)
+                data = _pread(self._descriptor(), len(view) - done, offset + done)
                 n = len(data)
                 view[done:done + n] = data
             if n == 0:
