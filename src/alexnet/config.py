@@ -176,7 +176,12 @@ def _coerce(key: str, value: Any, type_name: str, where: str) -> Any:
 def resolve(preset: str, overrides: dict[str, Any]) -> TrainConfig:
     """Defaults <- preset file <- overrides (command-line flags that were given), validated."""
     values = preset_values(preset)
-    values.update(_checked({k: v for k, v in overrides.items() if v is not None}, "flags"))
+    given = _checked({k: v for k, v in overrides.items() if v is not None}, "flags")
+    if "epochs" in given and "warmup_epochs" not in given and values.get("warmup_epochs") and values.get("epochs"):
+        # The preset's warm-up keeps its share of the run, as its cosine keeps its shape: `--preset demo
+        # --epochs 1` warms up over a fifth of an epoch, not over more than the run.
+        values["warmup_epochs"] = values["warmup_epochs"] * given["epochs"] / values["epochs"]
+    values.update(given)
     values["preset"] = preset
     return TrainConfig(**values).validate()
 
