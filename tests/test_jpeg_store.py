@@ -17,7 +17,7 @@ from alexnet.data.folders import FixedSizeImages, SkippedFiles, discover
 from alexnet.data.jpeg import QUALITY, JpegBatch, decode, decodes_on
 from alexnet.data.loader import train_loader
 from alexnet.data.prepare import prepare
-from alexnet.data.prepared import open_prepared
+from alexnet.data.prepared import marker_checksum, open_prepared
 from alexnet.data.stats import DataStats, find_stats, fingerprint, load_or_compute_stats
 from alexnet.errors import UserError
 from conftest import run_cli as cli
@@ -109,7 +109,8 @@ def test_labels_classes_names_and_files_are_the_raw_stores(stores):
         assert b.splits[split].split.samples == a.splits[split].split.samples
         assert torch.equal(b.splits[split].labels, a.splits[split].labels)
     ma, mb = (json.loads((p / "alexnet-prepared.json").read_text()) for p in (raw, jpeg))
-    assert ma["splits"] == mb["splits"] and ma["splits"]["train"] == {"images": 12, "shards": 3, "skipped": 1}
+    counts = [{k: {n: v[n] for n in ("images", "shards", "skipped")} for k, v in m["splits"].items()} for m in (ma, mb)]
+    assert counts[0] == counts[1] and counts[0]["train"] == {"images": 12, "shards": 3, "skipped": 1}
     for shard in sorted((raw / "train").glob("*.json")):
         ia, ib = json.loads(shard.read_text()), json.loads((jpeg / "train" / shard.name).read_text())
         assert all(ia[k] == ib[k] for k in ("labels", "files", "skipped", "sources")), shard.name
@@ -194,11 +195,13 @@ def test_markers_of_format_1_still_open_and_unknown_ones_are_refused(stores, tmp
     shutil.copytree(raw, old)
     meta = json.loads((old / "alexnet-prepared.json").read_text())
     assert (meta["format"], meta["store"]) == (1, "raw")   # raw stays format 1: older versions read it
-    del meta["store"]                                      # as those versions wrote it
+    for part in [meta, *meta["splits"].values()]:          # as those versions wrote it: no store, no checksums
+        part.pop("store", None)
+        part.pop("crc32")
     (old / "alexnet-prepared.json").write_text(json.dumps(meta))
     assert torch.equal(open_prepared(old).splits["val"][3][0], open_prepared(raw).splits["val"][3][0])
-    meta = json.loads((jpeg / "alexnet-prepared.json").read_text())
-    (old / "alexnet-prepared.json").write_text(json.dumps(dict(meta, format=1)))
+    meta = dict(json.loads((jpeg / "alexnet-prepared.json").read_text()), format=1)   # intact, but not readable
+    (old / "alexnet-prepared.json").write_text(json.dumps(dict(meta, crc32=marker_checksum(meta))))
     with pytest.raises(UserError, match=r"format 1 \(jpeg store\); this version reads format 1 \(raw\) and format 2"):
         open_prepared(old)
 
@@ -232,6 +235,13 @@ def test_a_damaged_jpeg_index_is_one_line_naming_the_file(stores, tmp_path, chan
     info = json.loads((out / "val" / "00001.json").read_text())
     change(info)
     (out / "val" / "00001.json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match=r"val/00001.json is damaged: it is not the file prepare wrote"):
+        open_prepared(out)
+    # As a store prepared before the marker held checksums sees it:
+    marker = json.loads((out / "alexnet-prepared.json").read_text())
+    for part in [marker, *marker["splits"].values()]:
+        part.pop("crc32")
+    (out / "alexnet-prepared.json").write_text(json.dumps(marker))
     with pytest.raises(UserError, match=r"val/00001.json is damaged: its JPEG offsets or checksums do not fit"):
         open_prepared(out)
 

@@ -3,6 +3,7 @@ accepted wherever a dataset folder is."""
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -19,6 +20,7 @@ from alexnet.data.prepare import prepare
 from alexnet.data.prepared import PreparedImages, open_prepared
 from alexnet.data.stats import compute_stats
 from alexnet.data.transforms import Draws, Normalize, train_views
+from alexnet.errors import UserError
 from alexnet.train import train
 from conftest import run_cli as cli
 
@@ -69,7 +71,7 @@ def test_shards_hold_the_folder_pipelines_pixels_exactly(prep):
 def test_unreadable_files_are_left_out_and_named(prep):
     _, out = prep
     meta = json.loads((out / "alexnet-prepared.json").read_text())
-    assert meta["splits"]["train"] == {"images": 15, "shards": 4, "skipped": 1}
+    assert meta["splits"]["train"] | {"crc32": None} == {"images": 15, "shards": 4, "skipped": 1, "crc32": None}
     assert meta["splits"]["val"]["skipped"] == 1
     skipped = [s for p in sorted((out / "train").glob("*.json")) for s in json.loads(p.read_text())["skipped"]]
     assert [path for path, _ in skipped] == [os.path.join("bee", "broken.jpg")]
@@ -216,13 +218,34 @@ def _damage_json(path, change):
     (lambda out: os.truncate(out / "val" / "00003.u8", 1000), "val/00003.u8 has 1000 bytes, expected"),
 ])
 def test_a_damaged_store_is_one_line_naming_the_file(prep, tmp_path, damage, message):
+    # As a store prepared before checksums (none in its marker) sees it: the checksums would name any of
+    # these first (next test), and the checks behind them still hold.
     _, done = prep
     out = tmp_path / "prep"
     shutil.copytree(done, out)
+    _damage_json(out / "alexnet-prepared.json", lambda m: [m.pop("crc32")] + [v.pop("crc32") for v in m["splits"].values()])
     damage(out)
     r = cli("train", "--data", out, "--out", tmp_path / "run", "--epochs", "1", "--batch-size", "4")
     # (train's first line says where it runs; the error is the last)
     assert r.returncode == 2 and message in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_any_flipped_bit_in_a_label_file_or_the_marker_is_refused_when_opened(prep, tmp_path):
+    _, done = prep
+    out = tmp_path / "prep"
+    shutil.copytree(done, out)
+    rng = np.random.default_rng(0)
+    for name in ("alexnet-prepared.json", "val/00000.json", "train/00003.json"):
+        path = out / name
+        original = path.read_bytes()
+        for bit in rng.choice(8 * len(original), 60, replace=False).tolist():
+            damaged = bytearray(original)
+            damaged[bit // 8] ^= 1 << (bit % 8)
+            path.write_bytes(bytes(damaged))
+            with pytest.raises(UserError, match=re.escape(str(path)) + " is (damaged|unreadable)"):
+                open_prepared(out)
+        path.write_bytes(original)
+    assert len(open_prepared(out).splits["val"]) == 15   # and unharmed, it opens
 
 
 def test_training_on_prep_ends_with_the_weights_of_training_on_the_folder(tmp_path):

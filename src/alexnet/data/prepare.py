@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from alexnet.data.decode import FIXED_SIZE
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import SPLITS, DataSource, ImageSet, Split
 from alexnet.data.jpeg import QUALITY, JpegBatch, checksum
-from alexnet.data.prepared import FORMATS, MARKER, PARTIAL, STATS, is_prepared, prepared_split
+from alexnet.data.prepared import FORMATS, MARKER, PARTIAL, STATS, is_prepared, marker_checksum, prepared_split
 from alexnet.data.sources import kind_of, open_data
 from alexnet.data.stats import load_or_compute_stats
 from alexnet.errors import UserError
@@ -55,6 +56,7 @@ def prepare(data: str | Path, out: str | Path, workers: int | None = None, shard
     train = prepared_split(out, "train", dict(meta, splits=splits))
     load_or_compute_stats(train, out / STATS, workers=workers if train.decodes else 0, progress=progress)
     meta["splits"] = splits
+    meta["crc32"] = marker_checksum(meta)
     atomic_write(out / MARKER, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
     return meta
 
@@ -139,14 +141,16 @@ def _prepare_split(images: ImageSet, folder: Path, workers: int, shard_size: int
     for file in folder.iterdir():   # left by a run killed mid-shard (of another store, say): all are done now
         if PARTIAL.fullmatch(file.name):
             file.unlink(missing_ok=True)
-    counts, bad = 0, 0
+    counts, bad, checks = 0, 0, []
     for s in range(shards):
-        info = json.loads((folder / f"{s:05d}.json").read_text())
+        text = (folder / f"{s:05d}.json").read_bytes()
+        info = json.loads(text)
         counts += len(info["labels"])
         bad += len(info["skipped"])
+        checks.append(zlib.crc32(text))   # the marker vouches for each shard's labels and files
     if counts == 0:
         raise UserError(f"no readable image in {split.root} ({len(split)} files tried)")
-    return {"images": counts, "shards": shards, "skipped": bad}
+    return {"images": counts, "shards": shards, "skipped": bad, "crc32": checks}
 
 
 def _sources(split: Split, lo: int, hi: int) -> list:

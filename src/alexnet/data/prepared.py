@@ -6,7 +6,8 @@ pixels out of the page cache costs microseconds. But raw, ImageNet's training se
 most machines' memory, and every epoch reads it from disk again: the JPEG store keeps each fixed image as a
 256x256 JPEG (about 18 KB, data/jpeg.py), which decodes in a third of a millisecond. The layout:
 
-    PREP/alexnet-prepared.json       what this is: store (raw or jpeg), classes, names, splits, source; written last
+    PREP/alexnet-prepared.json       what this is: store (raw or jpeg), classes, names, splits, source, the CRC-32
+                                     of each shard's .json and of itself; written last
     PREP/{train,val}/00000.u8        raw: up to 1,024 images, (n, 256, 256, 3) uint8, C order
     PREP/{train,val}/00000.jpg.bin   jpeg: their JPEGs end to end
     PREP/{train,val}/00000.json      their labels and source files, and the files that could not be read;
@@ -17,12 +18,18 @@ Random crops, flips, PCA noise and mean subtraction stay per batch, on the train
 read with pread, not memory-mapped: the page cache holds them either way, but a mapping would count every
 page ever read as the reader's own memory (files.ReadAt). The index of a split, the source name and label
 of each image, is kept compact (data/samples.py): about 130 bytes an image, measured.
+
+What is checked when: on opening, the marker and every shard's .json against their CRC-32s (any changed bit
+in a label or a file name is refused, not read as another class), their fields, and each shard file's size
+(a few ms for ImageNet's 1,252 shards, no pixel read); a JPEG against its own CRC-32 each time it is read;
+raw pixels by their shard's size only (a checksum of the 262 GB would be a full read on every start).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -95,8 +102,9 @@ class PreparedImages(ImageSet):
         folder = self.root / split
         shards, parts = [], []
         source = Path(meta.get("roots", {}).get(split) or Path(meta["source"]) / split)   # no "roots": folders
+        checks = meta["splits"][split].get("crc32")   # none in stores prepared before checksums
         for s in range(meta["splits"][split]["shards"]):
-            info = _shard_info(folder / f"{s:05d}.json", len(meta["classes"]))
+            info = _shard_info(folder / f"{s:05d}.json", len(meta["classes"]), checks[s] if checks else None)
             shards.append(self._shard(folder, s, info))
             parts.append(NamedSamples(source, info["files"], info["labels"]))
         samples = NamedSamples.join(parts)
@@ -232,10 +240,15 @@ class PreparedJpegs(PreparedImages):
         return batch, labels, idx, errors
 
 
-def _shard_info(path: Path, classes: int) -> dict:
-    """A shard's .json, its labels checked against the number of classes: damage is one line naming the file."""
+def _shard_info(path: Path, classes: int, crc: int | None) -> dict:
+    """A shard's .json, checked against the CRC-32 the marker holds for it (any changed bit), and its labels
+    against the number of classes: damage is one line naming the file."""
     try:
-        info = json.loads(path.read_text())
+        text = path.read_bytes()
+        if crc is not None and zlib.crc32(text) != crc:
+            raise UserError(f"{path} is damaged: it is not the file prepare wrote (CRC-32 mismatch); rerun alexnet "
+                            "prepare into a new folder")
+        info = json.loads(text)
         labels, files = info["labels"], info["files"]
         ok = len(labels) == len(files) and all(type(y) is int and 0 <= y < classes for y in labels)
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -259,6 +272,12 @@ def read_meta(root: Path) -> dict:
         raise UserError(f"{path} is unreadable ({e}); run alexnet prepare again") from None
     if not isinstance(meta, dict):
         raise UserError(f"{path} is damaged (not a JSON object); run alexnet prepare again")
+    # Stores prepared before checksums have none, in the marker or its splits; a store with either has both.
+    splits = meta.get("splits") if isinstance(meta.get("splits"), dict) else {}
+    checked = "crc32" in meta or any(isinstance(v, dict) and "crc32" in v for v in splits.values())
+    if checked and meta.get("crc32") != marker_checksum(meta):
+        raise UserError(f"{path} is damaged: it is not the file prepare wrote (CRC-32 mismatch); run alexnet "
+                        "prepare again")
     store = meta.get("store", "raw")   # format 1 markers before the JPEG store have no "store"
     if not isinstance(store, str) or FORMATS.get(store) != meta.get("format"):
         raise UserError(f"{root} was prepared in format {meta.get('format')} ({store} store); this version reads "
@@ -268,13 +287,25 @@ def read_meta(root: Path) -> dict:
     return meta
 
 
+def marker_checksum(meta: dict) -> int:
+    """CRC-32 of the marker's contents but itself, in a canonical form (key order and spacing aside)."""
+    return zlib.crc32(json.dumps({k: v for k, v in meta.items() if k != "crc32"}, sort_keys=True).encode())
+
+
 def _well_formed(meta: dict) -> bool:
     classes, names, splits = meta.get("classes"), meta.get("names"), meta.get("splits")
     return (type(meta.get("size")) is int and meta["size"] > 0 and isinstance(meta.get("source"), str)
             and isinstance(classes, list) and len(classes) > 0 and all(isinstance(c, str) for c in classes)
             and isinstance(names, list) and len(names) == len(classes) and all(isinstance(n, str) for n in names)
             and isinstance(splits, dict) and set(SPLITS) <= set(splits)
-            and all(isinstance(v, dict) and type(v.get("shards")) is int and v["shards"] >= 0 for v in splits.values()))
+            and all(isinstance(v, dict) and type(v.get("shards")) is int and v["shards"] >= 0 and _checks_fit(v)
+                    for v in splits.values()))
+
+
+def _checks_fit(split: dict) -> bool:
+    checks = split.get("crc32")   # a CRC-32 per shard .json; none in stores prepared before checksums
+    return checks is None or (isinstance(checks, list) and len(checks) == split["shards"]
+                              and all(type(c) is int for c in checks))
 
 
 def open_prepared(root: str | Path, splits: tuple[str, ...] = SPLITS) -> DataSource:
