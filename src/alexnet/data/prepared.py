@@ -21,8 +21,9 @@ of each image, is kept compact (data/samples.py): about 130 bytes an image, meas
 
 What is checked when: on opening, the marker and every shard's .json against their CRC-32s (any changed bit
 in a label or a file name is refused, not read as another class), their fields, and each shard file's size
-(a few ms for ImageNet's 1,252 shards, no pixel read); a JPEG against its own CRC-32 each time it is read;
-raw pixels by their shard's size only (a checksum of the 262 GB would be a full read on every start).
+(opening 52,000 images took 0.1 s, so about 3 s for ImageNet; no pixel is read); a JPEG against its own
+CRC-32 each time it is read; raw pixels by their shard's size only (a checksum of the 262 GB would be a full
+read on every start).
 """
 
 from __future__ import annotations
