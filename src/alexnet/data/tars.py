@@ -140,7 +140,7 @@ def index_tar(path: Path, keep: Callable[[str], bool], nested: bool = False) -> 
                 offsets.append(member[1])
                 sizes.append(member[2])
                 mtimes.append(member[3])
-        if len(names) >= 65536:
+        if len(names) >= 8192:
             parts.append(Names(names))
             names = []
     parts.append(Names(names))
