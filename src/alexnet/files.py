@@ -34,6 +34,7 @@ def _umask() -> int:
     os.umask(mask)
     return mask
 
+
 _PREADV = hasattr(os, "preadv")   # straight into the buffer; where it is missing, one copy more
 
 
