@@ -1,5 +1,8 @@
 """LRN against a direct loop over the paper's formula, against torch.nn.LocalResponseNorm, and per tower."""
 
+import importlib
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -14,7 +17,7 @@ from alexnet.lrn import LRN_CONVENTIONS, LocalResponseNorm
 def impl(request, monkeypatch):
     """Run a test through the fused C kernel and through the banded-matrix fallback."""
     if request.param == "banded":
-        monkeypatch.setattr(lrn_module, "_native_ok", lambda x: False)
+        monkeypatch.setattr(lrn_module, "_fused_ok", lambda x: False)
     return request.param
 
 
@@ -162,3 +165,69 @@ def test_without_a_compiler_it_falls_back_with_one_warning(monkeypatch, tmp_path
     monkeypatch.setenv("ALEXNET_NATIVE", "0")
     assert build.load.__wrapped__("lrn_cpu") is None
     assert not list(tmp_path.rglob("*.so*"))
+
+
+# The Triton kernels (CUDA's fused path) run here on CPU tensors through Triton's interpreter, which
+# must be on while the kernels are defined and while they run.
+@pytest.fixture(scope="module")
+def triton_lrn():
+    pytest.importorskip("triton")
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        yield importlib.reload(importlib.import_module("alexnet.kernels.lrn_triton"))
+    finally:
+        if old is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+
+
+def triton_against_reference(triton_lrn, lrn, a, grad, dtype):
+    """The Triton forward and backward in ``dtype`` next to the float64 reference of the same inputs."""
+    x, g = a.to(dtype), grad.to(dtype)
+    y = triton_lrn.lrn_forward(x, lrn.size, lrn.alpha, lrn.beta, lrn.k, lrn.towers)
+    dx = triton_lrn.lrn_backward(x, g, lrn.size, lrn.alpha, lrn.beta, lrn.k, lrn.towers)
+    exact_in = x.double().requires_grad_()
+    exact = lrn.reference(exact_in)
+    exact.backward(g.double())
+    assert y.dtype == dx.dtype == dtype and y.stride() == dx.stride() == x.stride()
+    return y.double(), dx.double(), exact.detach(), exact_in.grad
+
+
+# 7 and 13 channels a tower and 5x9 pixels divide no block; even windows lean left as in the reference.
+@pytest.mark.parametrize("size", [5, 3, 7, 4])
+@pytest.mark.parametrize("towers", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_triton_lrn_equals_the_reference_in_float32(triton_lrn, size, towers, channels_last):
+    a = relu_like(2, 14 if towers == 2 else 13, 5, 9, scale=200.0, seed=size).float()
+    if channels_last:
+        a = a.to(memory_format=torch.channels_last)
+    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(size))     # NCHW whatever a's layout
+    lrn = LocalResponseNorm(size=size, alpha=1e-4, beta=0.75, k=2.0, towers=towers)
+    y, dx, exact, exact_grad = triton_against_reference(triton_lrn, lrn, a, g, torch.float32)
+    torch.testing.assert_close(y, exact, rtol=1e-5, atol=1e-6 * exact.abs().max().item())
+    torch.testing.assert_close(dx, exact_grad, rtol=1e-5, atol=1e-6 * exact_grad.abs().max().item())
+
+
+@pytest.mark.parametrize("name", list(LRN_CONVENTIONS))
+def test_triton_lrn_follows_each_convention(triton_lrn, name):
+    a = relu_like(2, 32, 3, 5, scale=300.0, seed=6).float().to(memory_format=torch.channels_last)
+    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(2)).to(memory_format=torch.channels_last)
+    lrn = LocalResponseNorm.from_convention(name, towers=2)
+    y, dx, exact, exact_grad = triton_against_reference(triton_lrn, lrn, a, g, torch.float32)
+    torch.testing.assert_close(y, exact, rtol=1e-5, atol=1e-6 * exact.abs().max().item())
+    torch.testing.assert_close(dx, exact_grad, rtol=1e-5, atol=1e-6 * exact_grad.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_lrn_computes_half_precision_in_float32_and_rounds_once(triton_lrn, dtype):
+    a = relu_like(2, 96, 3, 5, scale=200.0, seed=8).to(memory_format=torch.channels_last)
+    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    lrn = LocalResponseNorm.from_convention("paper", towers=2)
+    y, dx, exact, exact_grad = triton_against_reference(triton_lrn, lrn, a, g, dtype)
+    # Within one ulp of the exact value (2^-7 relative for bf16's 8 significant bits, 2^-10 for fp16's
+    # 11): the interpreter rounds float32 to bf16 towards zero, a GPU to nearest (half an ulp).
+    ulp = 2**-7 if dtype == torch.bfloat16 else 2**-10
+    torch.testing.assert_close(y, exact, rtol=ulp, atol=0)
+    torch.testing.assert_close(dx, exact_grad, rtol=ulp, atol=ulp * exact_grad.abs().max().item())

@@ -68,8 +68,8 @@ class LocalResponseNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] % self.towers:
             raise ValueError(f"LRN over {self.towers} towers needs a channel count divisible by it, got {x.shape[1]}")
-        if _native_ok(x):
-            return _NativeLRN.apply(x, self.size, self.alpha, self.beta, self.k, self.towers)
+        if _fused_ok(x):
+            return lrn_fused(x, self.size, self.alpha, self.beta, self.k, self.towers)
         band = window_matrix(x.shape[1], self.size, self.towers, x.device)
         return _BandedLRN.apply(x, band, self.alpha, self.beta, self.k)
 
@@ -143,15 +143,20 @@ class _BandedLRN(torch.autograd.Function):
         return dx.to(x.dtype), None, None, None, None
 
 
-def _native_ok(x: torch.Tensor) -> bool:
-    """The C kernel takes float32/bf16 CPU tensors in eager mode; exporters and the compiler need ops
-    they can see through, so they get the banded path."""
-    return (x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES and x.dim() == 4
-            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
-            and kernels.lrn_cpu() is not None)
+def _fused_ok(x: torch.Tensor) -> bool:
+    """A fused kernel exists for x: the C kernel for float32/bf16 CPU tensors, the Triton one for CUDA
+    tensors. Exporters get the banded path, whose plain ops ONNX and torch.export can carry."""
+    if x.dim() != 4 or torch.compiler.is_exporting():
+        return False
+    if x.device.type == "cpu":
+        return x.dtype in _CPU_DTYPES and kernels.lrn_cpu() is not None
+    if x.device.type == "cuda":
+        return x.dtype in _CUDA_DTYPES and kernels.lrn_triton() is not None
+    return False
 
 
-_NATIVE_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+_CPU_DTYPES = {torch.float32: 0, torch.bfloat16: 1}          # the C kernel's dtype codes
+_CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -165,35 +170,66 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
-class _NativeLRN(torch.autograd.Function):
-    """The same function as _BandedLRN, one fused C pass forward and one backward (kernels/lrn_cpu.c).
+# The fused kernels as operators of their own (torch.library): torch.compile and its graphs see one node
+# forward and one backward, with shapes from the fake implementations, instead of falling back to ops.
+# Nothing but the input is saved: the backward recomputes the scales, which costs less than storing and
+# re-reading two float32 tensors the size of conv1's output.
 
-    Nothing but the input is saved: the backward recomputes the scales, which costs less than storing
-    and re-reading two float32 tensors the size of conv1's output.
-    """
+@torch.library.custom_op("alexnet::lrn", mutates_args=())
+def lrn_fused(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, towers: int) -> torch.Tensor:
+    """LRN of a 4-D CPU (float32/bf16) or CUDA tensor in one pass of a fused kernel."""
+    x = _dense(x)
+    if x.is_cuda:
+        return kernels.lrn_triton().lrn_forward(x, size, alpha, beta, k, towers)
+    y = torch.empty_like(x)
+    n, c, h, w = x.shape
+    kernels.lrn_cpu().lrn_forward(x.data_ptr(), y.data_ptr(), _CPU_DTYPES[x.dtype], n, c, h * w, *_strides(x),
+                                  towers, size, alpha, beta, k, torch.get_num_threads())
+    return y
 
-    @staticmethod
-    def forward(ctx, x, size, alpha, beta, k, towers):
-        x = _dense(x)
-        y = torch.empty_like(x)
-        n, c, h, w = x.shape
-        kernels.lrn_cpu().lrn_forward(x.data_ptr(), y.data_ptr(), _NATIVE_DTYPES[x.dtype], n, c, h * w,
-                                      *_strides(x), towers, size, alpha, beta, k, torch.get_num_threads())
-        ctx.save_for_backward(x)
-        ctx.args = size, alpha, beta, k, towers
-        return y
 
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        size, alpha, beta, k, towers = ctx.args
-        g = _dense(grad.to(x.dtype))
-        dx = torch.empty_like(x)
-        n, c, h, w = x.shape
-        kernels.lrn_cpu().lrn_backward(x.data_ptr(), g.data_ptr(), dx.data_ptr(), _NATIVE_DTYPES[x.dtype],
-                                       n, c, h * w, *_strides(x), *_strides(g), towers, size, alpha, beta, k,
-                                       torch.get_num_threads())
-        return dx, None, None, None, None, None
+@torch.library.custom_op("alexnet::lrn_backward", mutates_args=())
+def lrn_fused_backward(x: torch.Tensor, grad: torch.Tensor, size: int, alpha: float, beta: float, k: float,
+                       towers: int) -> torch.Tensor:
+    """dL/dx of :func:`lrn_fused`, recomputing the scales from x."""
+    x = _dense(x)
+    if x.is_cuda:
+        return kernels.lrn_triton().lrn_backward(x, _dense(grad), size, alpha, beta, k, towers)
+    g = _dense(grad.to(x.dtype))
+    dx = torch.empty_like(x)
+    n, c, h, w = x.shape
+    kernels.lrn_cpu().lrn_backward(x.data_ptr(), g.data_ptr(), dx.data_ptr(), _CPU_DTYPES[x.dtype],
+                                   n, c, h * w, *_strides(x), *_strides(g), towers, size, alpha, beta, k,
+                                   torch.get_num_threads())
+    return dx
+
+
+def _like_dense(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.preserve_format if x.is_contiguous(
+        memory_format=torch.channels_last) else torch.contiguous_format)
+
+
+@lrn_fused.register_fake
+def _(x, size, alpha, beta, k, towers):
+    return _like_dense(x)
+
+
+@lrn_fused_backward.register_fake
+def _(x, grad, size, alpha, beta, k, towers):
+    return _like_dense(x)
+
+
+def _save_input(ctx, inputs, output):
+    x, *ctx.args = inputs
+    ctx.save_for_backward(x)
+
+
+def _lrn_fused_grad(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return lrn_fused_backward(x, grad, *ctx.args), None, None, None, None, None
+
+
+lrn_fused.register_autograd(_lrn_fused_grad, setup_context=_save_input)
 
 
 def _no_autocast(device: torch.device):

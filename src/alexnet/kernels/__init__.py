@@ -1,10 +1,13 @@
-"""Hand-written C kernels for what PyTorch has no fast single op for on the CPU (LRN, the training crop);
-see build.py for how they are built and when they are not."""
+"""Hand-written kernels for what PyTorch has no fast single op for: LRN and the training crop in C on
+the CPU (build.py says how they are built and when they are not), LRN in Triton on CUDA."""
 
 from __future__ import annotations
 
 import ctypes
+import os
+import warnings
 from functools import cache
+from types import ModuleType
 
 from .build import load
 
@@ -30,3 +33,17 @@ def crop_cpu() -> ctypes.CDLL | None:
                                        _I64, _I64, _PTR, _INT]
         lib.crop_normalize.restype = None
     return lib
+
+
+@cache
+def lrn_triton() -> ModuleType | None:
+    """The Triton LRN kernels, or None (with one warning) where Triton is missing; ALEXNET_NATIVE=0 forces
+    None, as for the C kernels."""
+    if os.environ.get("ALEXNET_NATIVE", "1") == "0":
+        return None
+    try:
+        from . import lrn_triton as module
+    except ImportError as e:
+        warnings.warn(f"Triton is not available ({e}); LRN on CUDA uses the slower PyTorch fallback", stacklevel=2)
+        return None
+    return module

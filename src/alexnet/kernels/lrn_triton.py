@@ -1,0 +1,115 @@
+"""Local response normalisation on CUDA as two Triton kernels, one pass forward and one backward
+(the math is in lrn.py; this is the GPU twin of lrn_cpu.c).
+
+A tensor is seen as (N, C, P) with element strides, as in the C kernel, so one kernel serves NCHW and
+channels_last; each program takes a tile of channels x pixels of one image. The window sums read the
+neighbouring channels again instead of holding a whole tower in registers: those reads hit the cache,
+and the tile stays small whatever the channel count. Arithmetic is float32 whatever the dtype in memory
+(float32, bfloat16, float16). Nothing but the input is kept for the backward pass, which recomputes the
+scales of the channels it needs.
+
+With TRITON_INTERPRET=1 set before this module is imported, the same kernels run on CPU tensors through
+Triton's interpreter: that is how the test suite checks them on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _window_sum(x_ptr, base, c, first, last, inside, sc, LO: tl.constexpr, HI: tl.constexpr,
+                BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    # Sum of squares over channels c-LO .. c+HI of c's tower, in float32.
+    s = tl.full([BLOCK_C, BLOCK_P], 0.0, tl.float32)
+    for j in tl.static_range(LO + HI + 1):
+        cc = c + (j - LO)
+        v = tl.load(x_ptr + base + cc.to(tl.int64) * sc, mask=inside & (cc >= first) & (cc < last),
+                    other=0.0).to(tl.float32)
+        s += v * v
+    return s
+
+
+@triton.jit
+def _tile(C, P, ct, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[:, None]
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
+    first = (c // ct) * ct                                       # c's tower: [first, last)
+    return c, p, first, first + ct, (c < C) & (p < P)
+
+
+@triton.jit
+def _forward(x_ptr, y_ptr, C, P, sn, sc, sp, ct, alpha, beta, k,
+             LO: tl.constexpr, HI: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    c, p, first, last, inside = _tile(C, P, ct, BLOCK_C, BLOCK_P)
+    base = tl.program_id(2).to(tl.int64) * sn + p.to(tl.int64) * sp
+    d = k + alpha * _window_sum(x_ptr, base, c, first, last, inside, sc, LO, HI, BLOCK_C, BLOCK_P)
+    at = base + c.to(tl.int64) * sc
+    x = tl.load(x_ptr + at, mask=inside, other=0.0).to(tl.float32)
+    y = x * tl.exp2(-beta * tl.log2(d))
+    tl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _backward(x_ptr, g_ptr, dx_ptr, C, P, sn, sc, sp, gn, gc, gp, ct, alpha, beta, k,
+              LO: tl.constexpr, HI: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    # dx[j] = g[j] d[j]^-beta - 2 alpha beta x[j] sum_{c: j in window(c)} g[c] x[c] d[c]^(-beta-1),
+    # where j in window(c) means c in j-HI .. j+LO, within j's tower.
+    c, p, first, last, inside = _tile(C, P, ct, BLOCK_C, BLOCK_P)
+    n = tl.program_id(2).to(tl.int64)
+    base = n * sn + p.to(tl.int64) * sp
+    gbase = n * gn + p.to(tl.int64) * gp
+    t = tl.full([BLOCK_C, BLOCK_P], 0.0, tl.float32)
+    for j in tl.static_range(LO + HI + 1):
+        cc = c + (j - HI)
+        ok = inside & (cc >= first) & (cc < last)
+        ccl = cc.to(tl.int64)
+        dc = k + alpha * _window_sum(x_ptr, base, cc, first, last, ok, sc, LO, HI, BLOCK_C, BLOCK_P)
+        xc = tl.load(x_ptr + base + ccl * sc, mask=ok, other=0.0).to(tl.float32)
+        gc_ = tl.load(g_ptr + gbase + ccl * gc, mask=ok, other=0.0).to(tl.float32)
+        t += gc_ * xc * tl.exp2((-beta - 1.0) * tl.log2(dc))
+    d = k + alpha * _window_sum(x_ptr, base, c, first, last, inside, sc, LO, HI, BLOCK_C, BLOCK_P)
+    x = tl.load(x_ptr + base + c.to(tl.int64) * sc, mask=inside, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + gbase + c.to(tl.int64) * gc, mask=inside, other=0.0).to(tl.float32)
+    dx = g * tl.exp2(-beta * tl.log2(d)) - 2.0 * alpha * beta * x * t
+    tl.store(dx_ptr + base + c.to(tl.int64) * sc, dx.to(dx_ptr.dtype.element_ty), mask=inside)
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    # (N, C, P = H W) strides in elements: H and W merge into one run of pixels in both dense layouts.
+    return t.stride(0), t.stride(1), t.stride(3) if t.shape[3] > 1 else t.stride(2)
+
+
+def _blocks(sc: int, channels_per_tower: int) -> tuple[int, int]:
+    # Consecutive threads on consecutive addresses: a wide run of pixels in NCHW, a wide run of channels
+    # in channels_last (as wide as a tower, up to 64).
+    if sc == 1:
+        bc = min(64, triton.next_power_of_2(channels_per_tower))
+        return bc, max(4096 // bc // 4, 4)
+    return 4, 256
+
+
+def _launch(kernel, x: torch.Tensor, tensors: list, strides: tuple, size: int, alpha: float, beta: float, k: float,
+            towers: int) -> None:
+    n, c, h, w = x.shape
+    bc, bp = _blocks(x.stride(1) if w * h > 1 else 1, c // towers)
+    grid = (triton.cdiv(h * w, bp), triton.cdiv(c, bc), n)
+    kernel[grid](*tensors, c, h * w, *strides, c // towers, float(alpha), float(beta), float(k),
+                 LO=size // 2, HI=(size - 1) // 2, BLOCK_C=bc, BLOCK_P=bp, num_warps=4)
+
+
+def lrn_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, towers: int) -> torch.Tensor:
+    """y for a dense 4-D x (NCHW or channels_last); y has x's layout."""
+    y = torch.empty_like(x)
+    _launch(_forward, x, [x, y], _strides(x), size, alpha, beta, k, towers)
+    return y
+
+
+def lrn_backward(x: torch.Tensor, grad: torch.Tensor, size: int, alpha: float, beta: float, k: float,
+                 towers: int) -> torch.Tensor:
+    """dL/dx for dense x and grad (each in either layout); the result has x's layout."""
+    dx = torch.empty_like(x)
+    _launch(_backward, x, [x, grad, dx], _strides(x) + _strides(grad), size, alpha, beta, k, towers)
+    return dx
