@@ -82,6 +82,8 @@ def test_data_compares_the_four_pipelines_on_the_same_files(tmp_path):
     sizes = r["bytes_per_image"]
     assert sizes["raw"] == 256 * 256 * 3 and 0 < sizes["jpeg"] < sizes["raw"] / 5
     assert "jpeg store" in _bench_line(r) and f"quality {r['jpeg_quality']}" in _bench_line(r)
+    # The augmentation draws of Draws.per_sample, timed alone: a per-process ceiling, printed with ours.
+    assert r["draws_per_s"] > 0 and f"{r['draws_per_s']:,.0f} samples/s per process" in _bench_line(r)
     assert not list(tmp_path.iterdir())                                      # its files are cleaned up
 
 

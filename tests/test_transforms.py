@@ -162,17 +162,102 @@ def test_pca_noise_shifts_every_pixel_of_an_image_by_the_same_colour():
     torch.testing.assert_close(per_image.flatten(1), pca.sample(4, g))
 
 
+FIELDS = ("tops", "lefts", "flips", "normal")
+
+
 def test_per_sample_draws_depend_only_on_seed_epoch_and_index():
-    idx = torch.tensor([5, 9, 2, 7])
+    idx = torch.tensor([5, 9, 2, 7, 1_281_166])
     whole = Draws.per_sample(idx, epoch=3, seed=1, height=256, width=256, size=227)
     halves = [Draws.per_sample(idx[:2], 3, 1, 256, 256, 227), Draws.per_sample(idx[2:], 3, 1, 256, 256, 227)]
-    for field in ("tops", "lefts", "flips", "normal"):
+    order = torch.tensor([4, 2, 0, 3, 1])
+    shuffled = Draws.per_sample(idx[order], 3, 1, 256, 256, 227)
+    for field in FIELDS:
         assert torch.equal(getattr(whole, field), torch.cat([getattr(h, field) for h in halves]))
-    other_epoch = Draws.per_sample(idx, epoch=4, seed=1, height=256, width=256, size=227)
-    assert not torch.equal(whole.normal, other_epoch.normal)
-    many = Draws.per_sample(torch.arange(3000), epoch=0, seed=0, height=256, width=256, size=227)
-    assert set(many.tops.tolist()) == set(range(30)) and abs(many.flips.double().mean() - 0.5) < 0.06
-    assert abs(many.normal.std() - 1) < 0.05
+        assert torch.equal(getattr(whole, field)[order], getattr(shuffled, field))
+    for other in (Draws.per_sample(idx, epoch=4, seed=1, height=256, width=256, size=227),
+                  Draws.per_sample(idx, epoch=3, seed=2, height=256, width=256, size=227)):
+        assert not torch.equal(whole.tops, other.tops) and not torch.equal(whole.lefts, other.lefts)
+        assert not (whole.normal == other.normal).any()
+    assert whole.tops.dtype == whole.lefts.dtype == torch.long and whole.flips.dtype == torch.bool
+    assert whole.normal.dtype == torch.float64 and whole.normal.shape == (5, 3)
+    assert not Draws.per_sample(idx, 3, 1, 256, 256, 227, flip=False).flips.any() and whole.flips.any()
+    empty = Draws.per_sample(torch.zeros(0, dtype=torch.int64), 3, 1, 256, 256, 227)
+    assert [tuple(getattr(empty, f).shape) for f in FIELDS] == [(0,), (0,), (0,), (0, 3)]
+    assert empty.tops.dtype == torch.long and empty.flips.dtype == torch.bool and empty.normal.dtype == torch.float64
+    with pytest.raises(ValueError, match="larger than"):
+        Draws.per_sample(idx, 3, 1, 256, 200, 227)
+
+
+MASK, GOLDEN = 2**64 - 1, 0x9E3779B97F4A7C15
+
+
+def mix64(x):
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK
+    return x ^ (x >> 31)
+
+
+def reference_draws(seed, epoch, index, crops=30):
+    """The same hash on Python ints: splitmix64 streams keyed by (seed, epoch, stream), read at ``index``."""
+    key = mix64(((mix64(((seed & MASK) + GOLDEN) & MASK) ^ epoch) + GOLDEN) & MASK)
+    h = [mix64((mix64(((key ^ stream) + GOLDEN) & MASK) + index * GOLDEN) & MASK) for stream in range(9)]
+    radius = [math.sqrt(-2 * math.log(((h[3 + k] >> 11) + 1) / 2**53)) for k in range(3)]
+    normal = [r * math.cos(2 * math.pi * (h[6 + k] >> 11) / 2**53) for k, r in enumerate(radius)]
+    return (h[0] >> 32) * crops >> 32, (h[1] >> 32) * crops >> 32, bool(h[2] >> 63), normal
+
+
+def test_per_sample_draws_equal_an_independent_pure_python_hash():
+    # Pinned: changing these changes every run's augmentation, so resumed runs would not match.
+    pinned = {(0, 0, 0): (15, 23, True, [-1.6149393879368, 0.3353335096724, -0.7935846641182]),
+              (1, 3, 5): (19, 8, False, [0.3645241711370, -1.2998241145452, 1.3246967414037]),
+              (12345, 89, 1_281_166): (12, 26, True, [-0.8220706546673, 0.8010755924402, 0.3739506774918]),
+              (2**40, 0, 7): (11, 25, False, [2.0988141557852, -0.1876065317302, -0.4320703000498])}
+    for (seed, epoch, index), (top, left, flip, normal) in pinned.items():
+        ref = reference_draws(seed, epoch, index)
+        assert ref[:3] == (top, left, flip) and ref[3] == pytest.approx(normal, abs=1e-12)
+    for seed, epoch in ((0, 0), (12345, 89), (2**40, 7)):
+        idx = list(range(0, 2_000_000, 9973)) + [2**40 + 3]
+        d = Draws.per_sample(torch.tensor(idx), epoch, seed, 256, 256, 227)
+        refs = [reference_draws(seed, epoch, i) for i in idx]
+        assert d.tops.tolist() == [r[0] for r in refs] and d.lefts.tolist() == [r[1] for r in refs]
+        assert d.flips.tolist() == [r[2] for r in refs]
+        torch.testing.assert_close(d.normal, torch.tensor([r[3] for r in refs], dtype=torch.float64),
+                                   rtol=1e-12, atol=1e-12)
+
+
+def chi_square(values, k):
+    counts = torch.bincount(values, minlength=k).double()
+    expected = len(values) / k
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def ks_distance(x):
+    """Kolmogorov-Smirnov distance of the sample ``x`` from the standard normal CDF."""
+    x = sorted(x)
+    n = len(x)
+    cdf = [0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x]
+    return max(max((i + 1) / n - c, c - i / n) for i, c in enumerate(cdf))
+
+
+def test_per_sample_draws_have_the_right_distributions():
+    n = 30_000
+    d = Draws.per_sample(torch.arange(n) + 10**9, epoch=2, seed=7, height=256, width=256, size=227)
+    # 30 equally likely positions: chi-square on 29 degrees of freedom is 29 +- 7.6; 70 is p ~ 3e-5.
+    bound = 70
+    for crops in (d.tops, d.lefts):
+        assert set(crops.tolist()) == set(range(30)) and chi_square(crops, 30) < bound
+    # The bound has power: 5 random bits folded onto 30 positions (a modulo bias), or 29 positions, fail it.
+    bits = torch.randint(0, 32, (n,), generator=torch.Generator().manual_seed(0))
+    assert chi_square(bits % 30, 30) > 10 * bound and chi_square(bits * 29 // 32, 30) > 10 * bound
+    assert abs(d.flips.double().mean() - 0.5) < 0.015                   # 5 sd
+    z = d.normal
+    assert z.mean(0).abs().max() < 0.03 and (z.std(0) - 1).abs().max() < 0.02
+    assert max(ks_distance(z[:, k].tolist()) for k in range(3)) < 0.015    # sqrt(n) D = 2.6: p ~ 3e-6
+    assert ks_distance((z[:, 0] * 1.1).tolist()) > 0.015                    # and a 10% wider normal fails it
+    # Nothing drawn for a sample predicts its other draws, or its neighbour's.
+    columns = torch.stack([d.tops.double(), d.lefts.double(), d.flips.double(), *z.T, d.tops.roll(1).double()])
+    corr = torch.corrcoef(columns) - torch.eye(len(columns), dtype=torch.float64)
+    assert corr.abs().max() < 0.03                                          # 1 / sqrt(n) = 0.006
 
 
 def test_wrong_batches_are_clear_errors():

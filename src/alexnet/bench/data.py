@@ -6,7 +6,9 @@
   the paper's crop, flip, PCA noise and normalisation on whole uint8 batches);
 - ours, prepared: the same batches from `alexnet prepare`'s shards, in the main process alone;
 - ours, jpeg store: the same from `alexnet prepare --store jpeg`'s shards (each fixed image a JPEG, decoded
-  again for every batch), also in the main process alone: decode + augment on one core.
+  again for every batch), also in the main process alone: decode + augment on one core;
+- and the augmentation draws alone (Draws.per_sample, batches of 128), per second and process: the main
+  process makes them for every batch, so they cap what one process can feed a GPU.
 
 The files are generated: ImageNet-sized JPEGs (500x375 and 375x500, quality 90, with smooth structure
 and noise, so they compress like photographs rather than flat colour). Per core means divided by the
@@ -67,6 +69,7 @@ def bench_data(images: int = 512, batch_size: int = 64, workers: int = 2, epochs
         try:
             ours = _images_per_second(_our_batches(prepared, stats, batch_size, 0), epochs)
             store = _images_per_second(_our_batches(jpegs, stats, batch_size, 0), epochs)
+            draws = _draws_per_second()
         finally:
             torch.set_num_threads(threads)
         sizes = {kind: sum(f.stat().st_size for f in (path / "train").glob(pattern)) / len(prepared)
@@ -75,10 +78,11 @@ def bench_data(images: int = 512, batch_size: int = 64, workers: int = 2, epochs
     return {"benchmark": "data", "ours": ours, "baseline": base, "ratio": ours / base,
             "per_core": per_core, "per_core_ratio": per_core["ours"] / per_core["baseline"],
             "jpeg_path": jpeg, "images": images, "batch_size": batch_size, "workers": workers,
-            "jpeg_store": store, "jpeg_store_ratio": store / per_core["baseline"],
+            "jpeg_store": store, "jpeg_store_ratio": store / per_core["baseline"], "draws_per_s": draws,
             "bytes_per_image": sizes, "jpeg_quality": QUALITY,
             "machine": describe(torch.device("cpu"), "fp32"),
-            "ours_settings": "alexnet prepare shards, main process, 1 thread: crop 227, flip, PCA noise, mean image",
+            "ours_settings": "alexnet prepare shards, main process, 1 thread: crop 227, flip, PCA noise, mean image; "
+                             f"its augmentation draws alone {draws:,.0f} samples/s per process",
             "jpeg_store_settings": f"alexnet prepare --store jpeg (quality {QUALITY}) shards, the same, plus a "
                                    f"libjpeg-turbo decode of each 256x256 JPEG",
             "baseline_settings": f"torchvision ImageFolder + PIL + transforms, {workers} DataLoader workers"}
@@ -94,6 +98,16 @@ def _images_per_second(make_epoch, epochs: int) -> float:
         if epoch:
             best = max(best, n / (time.perf_counter() - start))
     return best
+
+
+def _draws_per_second(batch: int = 128, seconds: float = 0.3) -> float:
+    """Samples a second through Draws.per_sample, fresh indices each batch as in training."""
+    Draws.per_sample(torch.arange(batch), 0, 0, 256, 256, INPUT_SIZE["paper"])    # warm-up
+    start, n = time.perf_counter(), 0
+    while (elapsed := time.perf_counter() - start) < seconds:
+        Draws.per_sample(torch.arange(n, n + batch), 0, 0, 256, 256, INPUT_SIZE["paper"])
+        n += batch
+    return n / elapsed
 
 
 def _baseline_batches(data: Path, batch_size: int, workers: int):
