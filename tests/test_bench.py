@@ -2,6 +2,8 @@
 here: speed itself is what `alexnet bench` is for, not the tests)."""
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +11,8 @@ from alexnet.bench import run
 from alexnet.model import AlexNet
 from alexnet.summary import summarize
 from conftest import run_cli as cli
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def check_common(r, name):
@@ -98,3 +102,36 @@ def test_cli_json_and_bad_input():
     assert "int8 " in r.stdout and "int8: paper network" in r.stdout
     r = cli("bench", "disk")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "invalid choice" in r.stderr
+
+
+def test_gpu_script_gives_every_figure_in_one_call_at_toy_size(tmp_path):
+    out = tmp_path / "gpu.json"
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(out), "--device", "cpu", "--batches", "2",
+                        "--steps", "1", "--images", "8", "--workers", "1", "--compile-backend", "eager"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(out.read_text())
+    assert not [name for name, v in got.items() if isinstance(v, dict) and "error" in v], got
+    rows = {row["network"]: row for row in got["train"]}
+    assert set(rows) == {"paper", "paper, compiled", "torchvision fp32", "torchvision bf16"}
+    for name, row in rows.items():
+        # Model-FLOP utilisation: 6 multiply-adds' worth of FLOPs per image and pass, over the measured peak.
+        macs = summarize(AlexNet("owt" if "torchvision" in name else "paper").to("meta"))["macs"]
+        peak = got["peak"]["fp32_tflops" if name.endswith("fp32") else "bf16_tflops"] * 1e12
+        assert row["batch"] == 2 and row["img_s"] > 0
+        assert row["mfu"] == pytest.approx(row["img_s"] * 6 * macs / peak)
+        assert row["ms_per_step"] == pytest.approx(2e3 / row["img_s"])
+    lrn = got["lrn"]
+    assert lrn["fused_kernel"] == "c" and set(lrn["ms_per_step"]) == {"fused", "ops", "none"}
+    assert lrn["share"]["fused"] == pytest.approx(1 - lrn["ms_per_step"]["none"] / lrn["ms_per_step"]["fused"])
+    assert got["infer"]["latency_ms"] > 0 and got["infer"]["img_s"] > 0
+    assert got["data"]["raw_img_s"] > 0 and got["data"]["jpeg_img_s"] > 0
+    assert not got["data"]["jpeg_decoded_on_device"]
+    for expected in ("paper, compiled", "torchvision bf16", "LRN at batch 2", "inference: batch 1", "raw store"):
+        assert expected in r.stdout
+    assert "FAILED" not in r.stdout
+
+
+def test_gpu_refuses_bad_batch_lists_in_one_line():
+    r = cli("bench", "gpu", "--batches", "128,x")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "positive integers" in r.stderr

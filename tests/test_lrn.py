@@ -231,3 +231,27 @@ def test_triton_lrn_computes_half_precision_in_float32_and_rounds_once(triton_lr
     ulp = 2**-7 if dtype == torch.bfloat16 else 2**-10
     torch.testing.assert_close(y, exact, rtol=ulp, atol=0)
     torch.testing.assert_close(dx, exact_grad, rtol=ulp, atol=ulp * exact_grad.abs().max().item())
+
+
+def test_compile_keeps_the_fused_lrn_as_one_node_each_way():
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    torch._dynamo.reset()
+    lrn = LocalResponseNorm.from_convention("paper", towers=2)
+    compiled = torch.compile(lrn, backend=aot_autograd(fw_compiler=keep, bw_compiler=keep), fullgraph=True)
+    a = relu_like(2, 96, 9, 9, scale=200.0, seed=9).float().to(memory_format=torch.channels_last)
+    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(3))
+    x, exact_in = a.clone().requires_grad_(), a.double().requires_grad_()
+    compiled(x).backward(g)
+    exact = lrn.reference(exact_in)
+    exact.backward(g.double())
+    ops = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
+    assert ops.count("alexnet.lrn.default") == 1 and ops.count("alexnet.lrn_backward.default") == 1, ops
+    torch.testing.assert_close(x.grad.double(), exact_in.grad, rtol=1e-5, atol=1e-6 * exact_in.grad.abs().max().item())

@@ -281,7 +281,7 @@ def test_crop_handles_a_single_source_image_many_times():
 @pytest.mark.parametrize("with_std", [True, False])
 def test_the_fused_c_crop_equals_slicing_and_the_formula(per_pixel, with_std):
     from alexnet import kernels
-    from alexnet.data.transforms import _crop_native
+    from alexnet.data.transforms import crop_fused
 
     assert kernels.crop_cpu() is not None          # else this would test nothing
     images = batch(5)
@@ -291,7 +291,7 @@ def test_the_fused_c_crop_equals_slicing_and_the_formula(per_pixel, with_std):
     tops, lefts = torch.randint(0, 30, (7,), generator=g), torch.randint(0, 30, (7,), generator=g)
     flips, sources = torch.rand(7, generator=g) < 0.5, torch.randint(0, 5, (7,), generator=g)
     shift = torch.randn(7, 3, generator=g) * 20
-    got = _crop_native(images, mean, tops, lefts, flips, sources, 227, norm, shift)
+    got = crop_fused(images, mean, norm.std, shift, sources, tops, lefts, flips, 227, per_pixel)
     for k in range(7):
         t, l = int(tops[k]), int(lefts[k])
         m = mean[t:t + 227, l:l + 227] if per_pixel else mean
@@ -301,3 +301,23 @@ def test_the_fused_c_crop_equals_slicing_and_the_formula(per_pixel, with_std):
         if with_std:
             expected = expected / norm.std
         torch.testing.assert_close(got[k], expected, rtol=1e-6, atol=1e-4)
+
+
+def test_compile_keeps_the_fused_crop_as_one_node():
+    from alexnet.data.transforms import crop
+
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    images, norm = batch(3), Normalize(torch.rand(256, 256, 3) * 255, torch.tensor([50.0, 60.0, 70.0]))
+    tops, lefts, flips = torch.tensor([0, 7, 29]), torch.tensor([29, 3, 0]), torch.tensor([True, False, True])
+    shift = torch.randn(3, 3)
+    compiled = torch.compile(crop, backend=keep, fullgraph=True)
+    got = compiled(images, tops, lefts, flips, 227, norm, shift=shift)
+    ops = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
+    assert "alexnet.crop.default" in ops, ops
+    torch.testing.assert_close(got, crop(images, tops, lefts, flips, 227, norm, shift=shift))

@@ -147,35 +147,59 @@ def _add_bench(sub) -> None:
                                    "generated ImageNet-sized JPEGs; train: one SGD step of the paper network "
                                    "with our settings vs torchvision alexnet in fp32, and FLOP utilisation; "
                                    "infer: batch-1 latency and batch throughput; towers: the two-tower split "
-                                   "vs one device and data parallelism.")
-    p.add_argument("what", nargs="+", choices=("data", "train", "infer", "towers", "all"), metavar="WHAT",
-                   help="data, train, infer, towers, or all (data, train and infer)")
+                                   "vs one device and data parallelism; gpu: every GPU figure in one call "
+                                   "(train at several batch sizes, eager and compiled, against torchvision in "
+                                   "fp32 and bf16; the LRN's share; inference; data from both stores), written "
+                                   "to --out as JSON.")
+    p.add_argument("what", nargs="+", choices=("data", "train", "infer", "towers", "gpu", "all"), metavar="WHAT",
+                   help="data, train, infer, towers, gpu, or all (data, train and infer)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default: 64)")
-    p.add_argument("--steps", type=positive_int, default=5, help="timed repeats; the median is reported (default: 5)")
-    p.add_argument("--images", type=positive_int, default=512, help="generated JPEGs for `data` (default: 512)")
-    p.add_argument("--workers", type=positive_int, default=2, help="DataLoader workers for the JPEG pipelines")
+    p.add_argument("--steps", type=positive_int, help="timed repeats; the median is reported (default: 5, gpu: 10)")
+    p.add_argument("--images", type=positive_int,
+                   help="generated JPEGs for `data` and `gpu` (default: 512, gpu: 2048)")
+    p.add_argument("--workers", type=positive_int,
+                   help="DataLoader workers for the JPEG pipelines (default: 2, gpu: one per core up to 16)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--compile", action="store_true", help="train: torch.compile our network")
     p.add_argument("--json", action="store_true", help="one JSON object per benchmark")
+    p.add_argument("--batches", type=_batch_list, default=(128, 256, 512), metavar="B,B,...",
+                   help="gpu: the training batch sizes (default: 128,256,512)")
+    p.add_argument("--out", type=Path, default=Path("bench-gpu.json"),
+                   help="gpu: the JSON file, written after each section (default: bench-gpu.json)")
+    p.add_argument("--compile-backend", default="inductor", metavar="NAME",
+                   help="gpu: torch.compile's backend for the compiled rows (default: inductor)")
     p.set_defaults(run=_run_bench)
+
+
+def _batch_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
 
 
 def _run_bench(args) -> int:
     from alexnet.bench import run
 
     names = [n for w in args.what for n in (("data", "train", "infer") if w == "all" else (w,))]
-    options = {"data": dict(images=args.images, batch_size=args.batch_size, workers=args.workers),
-               "train": dict(batch_size=args.batch_size, steps=args.steps, device=args.device, compile=args.compile),
-               "infer": dict(batch_size=args.batch_size, steps=args.steps, device=args.device),
-               "towers": dict(batch_size=args.batch_size, steps=args.steps)}
+    steps = args.steps or 5
+    options = {"data": dict(images=args.images or 512, batch_size=args.batch_size, workers=args.workers or 2),
+               "train": dict(batch_size=args.batch_size, steps=steps, device=args.device, compile=args.compile),
+               "infer": dict(batch_size=args.batch_size, steps=steps, device=args.device),
+               "towers": dict(batch_size=args.batch_size, steps=steps),
+               "gpu": dict(device=args.device, batches=args.batches, steps=args.steps or 10, images=args.images or 2048,
+                           workers=args.workers, out=args.out, compile_backend=args.compile_backend)}
     for name in dict.fromkeys(names):
         result = run(name, **options[name])
         if args.json:
             print(json.dumps(result), flush=True)
-        elif name == "towers":
-            from alexnet.bench.towers import format_report
+        elif name in ("towers", "gpu"):
+            from importlib import import_module
 
-            print(format_report(result), flush=True)
+            print(import_module(f"alexnet.bench.{name}").format_report(result), flush=True)
         else:
             print(_bench_line(result), flush=True)
     return 0

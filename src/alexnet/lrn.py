@@ -149,10 +149,21 @@ def _fused_ok(x: torch.Tensor) -> bool:
     if x.dim() != 4 or torch.compiler.is_exporting():
         return False
     if x.device.type == "cpu":
-        return x.dtype in _CPU_DTYPES and kernels.lrn_cpu() is not None
+        return x.dtype in _CPU_DTYPES and _have_cpu_kernel()
     if x.device.type == "cuda":
-        return x.dtype in _CUDA_DTYPES and kernels.lrn_triton() is not None
+        return x.dtype in _CUDA_DTYPES and _have_cuda_kernel()
     return False
+
+
+# Constants to the compiler, which cannot trace a compiler's run or an import and need not.
+@torch.compiler.assume_constant_result
+def _have_cpu_kernel() -> bool:
+    return kernels.lrn_cpu() is not None
+
+
+@torch.compiler.assume_constant_result
+def _have_cuda_kernel() -> bool:
+    return kernels.lrn_triton() is not None
 
 
 _CPU_DTYPES = {torch.float32: 0, torch.bfloat16: 1}          # the C kernel's dtype codes

@@ -177,8 +177,9 @@ def crop(images: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, flips: t
     """
     sources = torch.arange(len(tops)) if sources is None else sources
     mean = norm.mean.to(images.device)
-    if images.device.type == "cpu" and kernels.crop_cpu() is not None and images.dtype == torch.uint8:
-        x = _crop_native(images, mean, tops, lefts, flips, sources, size, norm, shift)
+    if images.device.type == "cpu" and images.dtype == torch.uint8 and _have_crop_kernel():
+        std = None if norm.std is None else norm.std.float()
+        x = crop_fused(images, mean.float(), std, shift, sources, tops, lefts, flips, size, norm.per_pixel)
         return x.permute(0, 3, 1, 2)
     if images.is_cuda:
         x = _crop_gather(images, mean, tops, lefts, flips, sources, size, norm.per_pixel)
@@ -191,19 +192,35 @@ def crop(images: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, flips: t
     return x.permute(0, 3, 1, 2)                                        # NCHW view, channels_last memory
 
 
-def _crop_native(images, mean, tops, lefts, flips, sources, size, norm, shift):
-    # One pass per output value (kernels/crop_cpu.c), several times the images per second of _crop_loop.
+@torch.compiler.assume_constant_result
+def _have_crop_kernel() -> bool:
+    return kernels.crop_cpu() is not None
+
+
+# An operator of its own (torch.library), so that torch.compile sees the fused crop as one node with a
+# known output instead of a call it cannot trace.
+@torch.library.custom_op("alexnet::crop", mutates_args=(), device_types="cpu")
+def crop_fused(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | None, shift: torch.Tensor | None,
+               sources: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, flips: torch.Tensor, size: int,
+               per_pixel: bool) -> torch.Tensor:
+    """(K, size, size, 3) float32 crops of uint8 NHWC CPU images in one pass per output value
+    (kernels/crop_cpu.c), several times the images per second of _crop_loop."""
     images, mean = images.contiguous(), mean.float().contiguous()
-    std = None if norm.std is None else norm.std.float().contiguous()
+    std = None if std is None else std.float().contiguous()
     shift = None if shift is None else shift.float().contiguous()
     sources, tops, lefts = (t.to(torch.int64).contiguous() for t in (sources, tops, lefts))
     flips = flips.to(torch.uint8).contiguous()
     n, h, w, _ = images.shape
     x = torch.empty(len(tops), size, size, 3)
     kernels.crop_cpu().crop_normalize(
-        images.data_ptr(), h, w, mean.data_ptr(), int(norm.per_pixel), _ptr(std), _ptr(shift), sources.data_ptr(),
+        images.data_ptr(), h, w, mean.data_ptr(), int(per_pixel), _ptr(std), _ptr(shift), sources.data_ptr(),
         tops.data_ptr(), lefts.data_ptr(), flips.data_ptr(), len(tops), size, x.data_ptr(), torch.get_num_threads())
     return x
+
+
+@crop_fused.register_fake
+def _(images, mean, std, shift, sources, tops, lefts, flips, size, per_pixel):
+    return images.new_empty(tops.shape[0], size, size, 3, dtype=torch.float32)
 
 
 def _ptr(t: torch.Tensor | None):

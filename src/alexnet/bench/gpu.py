@@ -1,0 +1,258 @@
+"""`alexnet bench gpu`: every figure of a GPU in one call, written to one JSON file and printed as a table.
+
+    alexnet bench gpu --out gpu.json              (benchmarks/gpu.sh runs this)
+
+- train: the step of `alexnet train` (bf16, channels_last, fused LRN) at each batch size, eager and
+  compiled, against torchvision's alexnet in fp32 and in bf16 in the same run: img/s, model-FLOP
+  utilisation against the matrix-product peak measured here, and peak memory;
+- lrn: the LRN's share of a step: the fused kernel (Triton on CUDA), the PyTorch-ops path, and no LRN;
+- infer: batch-1 latency and large-batch throughput (bf16 weights, channels_last);
+- data: img/s delivered to the device from `alexnet prepare`'s raw store and its jpeg store (decoded on
+  the device where nvJPEG is there), augmented there as training does, with every CPU core as a worker.
+
+Each section is written to the JSON file as soon as it is measured, and one that fails records its error
+instead of ending the run: a GPU lent for minutes should give every figure it can. The same code runs on
+the CPU at toy sizes (the test suite does so, with torch.compile's "eager" backend: graph capture without
+code generation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from alexnet import lrn as lrn_module
+from alexnet.bench.data import write_photos
+from alexnet.bench.timing import matmul_peak, median_seconds
+from alexnet.bench.train import paper_step
+from alexnet.data.loader import train_loader
+from alexnet.data.prepare import prepare
+from alexnet.data.sources import open_split
+from alexnet.data.stats import DataStats
+from alexnet.data.transforms import Draws, Normalize, PCANoise, train_views
+from alexnet.device import pick_device
+from alexnet.machine import describe
+from alexnet.model import INPUT_SIZE, AlexNet
+from alexnet.summary import summarize
+
+BATCHES = (128, 256, 512)
+
+
+def bench_gpu(device: str = "auto", batches: tuple[int, ...] = BATCHES, steps: int = 10, images: int = 2048,
+              workers: int | None = None, out: str | Path | None = None, compile_backend: str = "inductor",
+              matmul_size: int | None = None) -> dict:
+    dev = pick_device(device)
+    # Large enough to reach a GPU's peak; a CPU reaches its own at 1024.
+    matmul_size = matmul_size or (8192 if dev.type == "cuda" else 1024)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    workers = workers if workers is not None else min(16, os.cpu_count() or 1)
+    result: dict = {"benchmark": "gpu", "device": str(dev), "machine": describe(dev, "bf16"),
+                    "versions": _versions(), "batches": list(batches), "steps": steps}
+
+    def section(name: str, measure: Callable[[], object]) -> None:
+        start = time.perf_counter()
+        try:
+            result[name] = measure()
+        except Exception as e:   # one broken section must not cost the others' figures
+            result[name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=6)}
+        result.setdefault("seconds", {})[name] = round(time.perf_counter() - start, 1)
+        if out is not None:
+            _write(out, result)
+
+    section("peak", lambda: {"bf16_tflops": matmul_peak(dev, torch.bfloat16, matmul_size) / 1e12,
+                             "fp32_tflops": matmul_peak(dev, torch.float32, matmul_size) / 1e12})
+    peak = result["peak"] if "error" not in result["peak"] else {"bf16_tflops": float("nan"), "fp32_tflops": float("nan")}
+    section("train", lambda: _train(dev, batches, steps, compile_backend, peak))
+    section("lrn", lambda: _lrn_share(dev, batches[len(batches) // 2], steps))
+    section("infer", lambda: _infer(dev, max(batches) // 2, steps))
+    section("data", lambda: _data(dev, images, min(batches), workers))
+    return result
+
+
+def _versions() -> dict:
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "triton": triton_version,
+            "cuda": torch.version.cuda}
+
+
+def _write(path: str | Path, result: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
+
+
+def _peak_memory(dev: torch.device, run: Callable[[], float]) -> tuple[float, float | None]:
+    """run()'s result and the device memory it peaked at, in GB (None on a CPU)."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+    value = run()
+    return value, (torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None)
+
+
+def _row(name: str, batch: int, seconds: float, flops_per_image: float, peak_tflops: float,
+         memory_gb: float | None) -> dict:
+    ips = batch / seconds
+    return {"network": name, "batch": batch, "img_s": ips, "ms_per_step": seconds * 1e3,
+            "mfu": ips * flops_per_image / (peak_tflops * 1e12), "memory_gb": memory_gb}
+
+
+def _train(dev: torch.device, batches, steps: int, backend: str, peak: dict) -> list[dict]:
+    # Multiply-adds of one forward pass, x2 for FLOPs, x3 for the forward and backward's two products.
+    ours_flops = 6 * summarize(AlexNet("paper").to("meta"))["macs"]
+    tv_flops = 6 * summarize(AlexNet("owt").to("meta"))["macs"]      # torchvision's layout
+    rows = []
+    for batch in batches:
+        for compiled in (False, True):
+            torch._dynamo.reset()
+            wrap = (lambda m: torch.compile(m, backend=backend)) if compiled else None
+            step = paper_step(batch, dev, torch.bfloat16, net_of=wrap)
+            seconds, memory = _peak_memory(dev, lambda: median_seconds(step, steps, warmup=3))
+            rows.append(_row("paper" + (", compiled" if compiled else ""), batch, seconds, ours_flops,
+                             peak["bf16_tflops"], memory))
+        for dtype in (torch.float32, torch.bfloat16):
+            step = _torchvision_step(batch, dev, dtype)
+            seconds, memory = _peak_memory(dev, lambda: median_seconds(step, steps, warmup=3))
+            fp32 = dtype == torch.float32
+            rows.append(_row(f"torchvision {'fp32' if fp32 else 'bf16'}", batch, seconds, tv_flops,
+                             peak["fp32_tflops" if fp32 else "bf16_tflops"], memory))
+    return rows
+
+
+def _torchvision_step(batch: int, dev: torch.device, dtype: torch.dtype):
+    """pytorch/examples' loop (NCHW, eager), in fp32 or under bf16 autocast."""
+    torch.manual_seed(0)
+    net = torchvision.models.alexnet(weights=None).to(dev).train()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
+    x = torch.randn(batch, 3, 224, 224, device=dev)
+    y = torch.randint(0, 1000, (batch,), device=dev)
+
+    def step():
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = nn.functional.cross_entropy(net(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def _lrn_share(dev: torch.device, batch: int, steps: int) -> dict:
+    """ms per step of the paper network's bf16 step with the fused LRN, the ops path, and none."""
+    times = {}
+    fused_ok = lrn_module._fused_ok
+    for variant in ("fused", "ops", "none"):
+        model = AlexNet("paper")
+        if variant == "none":
+            model.features[2] = model.features[6] = nn.Identity()
+        lrn_module._fused_ok = (lambda x: False) if variant == "ops" else fused_ok
+        try:
+            times[variant] = median_seconds(paper_step(batch, dev, torch.bfloat16, model=model), steps, warmup=3)
+        finally:
+            lrn_module._fused_ok = fused_ok
+    return {"batch": batch, "fused_kernel": "triton" if dev.type == "cuda" else "c",
+            "ms_per_step": {k: v * 1e3 for k, v in times.items()},
+            "share": {k: 1 - times["none"] / times[k] for k in ("fused", "ops")}}
+
+
+def _infer(dev: torch.device, batch: int, steps: int) -> dict:
+    model = AlexNet("paper").to(dev, torch.bfloat16, memory_format=torch.channels_last).eval()
+    size = INPUT_SIZE["paper"]
+    out = {"batch": batch}
+    for n, key in ((1, "latency_ms"), (batch, "img_s")):
+        x = torch.randn(n, 3, size, size, device=dev).to(torch.bfloat16, memory_format=torch.channels_last)
+
+        def run():
+            with torch.inference_mode():
+                model(x)
+        seconds = median_seconds(run, max(steps, 20) if n == 1 else steps, warmup=3)
+        out[key] = seconds * 1e3 if n == 1 else n / seconds
+    return out
+
+
+def _data(dev: torch.device, images: int, batch: int, workers: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="alexnet-bench-gpu-") as tmp:
+        data = write_photos(Path(tmp) / "data", images)
+        stores = {"raw": Path(tmp) / "raw", "jpeg": Path(tmp) / "jpeg"}
+        for store, path in stores.items():
+            prepare(data, path, workers=workers, progress=False, store=store)
+        stats = DataStats.load(open_split(stores["raw"], "train").stats_file)
+        norm, pca = Normalize.create("mean-image", stats), PCANoise(stats.eigvals, stats.eigvecs)
+        out = {"images": images, "batch": batch, "workers": workers}
+        for store, path in stores.items():
+            split = open_split(path, "train").for_device(dev)
+            out[f"{store}_img_s"] = _delivered(split, dev, batch, workers, norm, pca)
+            out[f"{store}_decoded_on_device"] = bool(getattr(split, "hand_over", False))
+        return out
+
+
+def _delivered(split, dev: torch.device, batch: int, workers: int, norm, pca, epochs: int = 3) -> float:
+    """Best epoch's img/s after an untimed first: batches as `alexnet train` gets them, on the device,
+    cropped, mirrored, noised and normalised there."""
+    loader = train_loader(split, batch, rank=0, world=1, seed=0, workers=workers, pin_memory=dev.type == "cuda")
+    size = INPUT_SIZE["paper"]
+    rates = []
+    for epoch in range(epochs + 1):
+        loader.sampler.set_position(epoch, 0)
+        start, n = time.perf_counter(), 0
+        for images, _labels, indices, _errors in loader:
+            draws = Draws.per_sample(indices, epoch, 0, images.shape[1], images.shape[2], size)
+            x = train_views(images.to(dev, non_blocking=True), size, norm, pca, draws=draws)
+            n += len(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        if epoch:
+            rates.append(n / (time.perf_counter() - start))
+    return max(rates)
+
+
+def format_report(r: dict) -> str:
+    """The JSON as a table a reader can paste."""
+    lines = [f"alexnet bench gpu on {r['machine'].get('accelerator') or r['machine'].get('cpu')} "
+             f"(torch {r['versions']['torch']}, triton {r['versions']['triton']})"]
+    peak = r.get("peak", {})
+    if "error" not in peak:
+        lines.append(f"matrix-product peak: bf16 {peak['bf16_tflops']:.1f} TFLOP/s, fp32 {peak['fp32_tflops']:.1f}")
+    train = r.get("train")
+    if isinstance(train, list):
+        lines.append(f"{'train step':28s} {'batch':>5s} {'img/s':>9s} {'ms/step':>8s} {'MFU':>6s} {'memory':>8s}")
+        for row in train:
+            mem = f"{row['memory_gb']:.1f} GB" if row["memory_gb"] is not None else "-"
+            lines.append(f"{row['network']:28s} {row['batch']:5d} {row['img_s']:9.0f} {row['ms_per_step']:8.1f} "
+                         f"{row['mfu']:6.1%} {mem:>8s}")
+    lrn = r.get("lrn", {})
+    if "share" in lrn:
+        ms = lrn["ms_per_step"]
+        lines.append(f"LRN at batch {lrn['batch']}: fused ({lrn['fused_kernel']}) {ms['fused']:.1f} ms/step, "
+                     f"{lrn['share']['fused']:.1%} of it; ops path {ms['ops']:.1f} ms, {lrn['share']['ops']:.1%}; "
+                     f"none {ms['none']:.1f} ms")
+    infer = r.get("infer", {})
+    if "img_s" in infer:
+        lines.append(f"inference: batch 1 {infer['latency_ms']:.2f} ms, batch {infer['batch']} "
+                     f"{infer['img_s']:.0f} img/s")
+    data = r.get("data", {})
+    if "raw_img_s" in data:
+        lines.append(f"data to the device ({data['workers']} workers, batch {data['batch']}): raw store "
+                     f"{data['raw_img_s']:.0f} img/s, jpeg store {data['jpeg_img_s']:.0f} img/s "
+                     f"({'decoded on the device' if data['jpeg_decoded_on_device'] else 'decoded in the workers'})")
+    for name, value in r.items():
+        if isinstance(value, dict) and "error" in value:
+            lines.append(f"{name}: FAILED {value['error']}")
+    lines.append("seconds per section: " + ", ".join(f"{k} {v}" for k, v in r.get("seconds", {}).items()))
+    return "\n".join(lines)
+

@@ -1,0 +1,71 @@
+"""The CUDA path where a GPU is present (skipped elsewhere): the Triton LRN chosen by itself and right,
+compile keeping it, and train / evaluate end to end on the device. Elsewhere in the suite the same kernels
+run through Triton's interpreter (test_lrn.py) and the CUDA process group with gloo in NCCL's place."""
+
+import json
+
+import pytest
+import torch
+
+from alexnet import AlexNet
+from alexnet import lrn as lrn_module
+from alexnet.lrn import LocalResponseNorm
+from conftest import run_cli as cli
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def post_relu(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * 200).clamp_min(0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lrn_on_cuda_is_the_triton_kernel_and_equals_the_reference(dtype, channels_last):
+    a = post_relu(8, 96, 27, 27)
+    if channels_last:
+        a = a.to(memory_format=torch.channels_last)
+    lrn = LocalResponseNorm.from_convention("paper", towers=2)
+    x = a.to("cuda", dtype).requires_grad_()
+    assert lrn_module._fused_ok(x)
+    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = lrn(x)
+    y.backward(g.to("cuda", dtype))
+    exact_in = x.detach().double().cpu().requires_grad_()
+    exact = lrn.reference(exact_in)
+    exact.backward(g.to(dtype).double())
+    assert y.dtype == x.grad.dtype == dtype and y.stride() == x.stride()
+    rtol = 2**-8 if dtype == torch.bfloat16 else 1e-5     # bf16: rounded to nearest once, half an ulp
+    torch.testing.assert_close(y.double().cpu(), exact.detach(), rtol=rtol, atol=1e-6)
+    torch.testing.assert_close(x.grad.double().cpu(), exact_in.grad, rtol=rtol,
+                               atol=rtol * exact_in.grad.abs().max().item())
+
+
+def test_the_compiled_network_on_cuda_equals_eager():
+    torch.manual_seed(0)
+    model = AlexNet("paper", num_classes=10).cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 227, 227, device="cuda").to(memory_format=torch.channels_last)
+    eager = model(x)
+    eager.square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(model)(x)
+    compiled.square().sum().backward()
+    torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
+    for got, want in zip((p.grad for p in model.parameters()), grads):
+        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2 * want.abs().max().item())
+
+
+def test_train_and_evaluate_end_to_end_on_cuda(tiny_folders, tmp_path):
+    data, _ = tiny_folders
+    run = tmp_path / "run"
+    r = cli("train", "--data", data, "--out", run, "--epochs", "2", "--batch-size", "2", "--workers", "0",
+            "--device", "cuda", "--lr", "0.001")
+    assert r.returncode == 0, r.stderr
+    assert "cuda" in (run / "config.yaml").read_text()
+    r = cli("evaluate", "--checkpoint", run / "best.pt", "--data", data, "--device", "cuda", "--crops", "10", "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["images"] == 6 and 0 <= got["top1"] <= 1
