@@ -158,7 +158,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--images", type=positive_int,
                    help="generated JPEGs for `data` and `gpu` (default: 512, gpu: 2048)")
     p.add_argument("--workers", type=positive_int,
-                   help="DataLoader workers for the JPEG pipelines (default: 2, gpu: one per core up to 16)")
+                   help="DataLoader workers for the JPEG pipelines (default: 2; gpu: prepare's, one per core up to 16)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--compile", action="store_true", help="train: torch.compile our network")
     p.add_argument("--json", action="store_true", help="one JSON object per benchmark")

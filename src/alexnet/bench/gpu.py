@@ -7,8 +7,9 @@
   utilisation against the matrix-product peak measured here, and peak memory;
 - lrn: the LRN's share of a step: the fused kernel (Triton on CUDA), the PyTorch-ops path, and no LRN;
 - infer: batch-1 latency and large-batch throughput (bf16 weights, channels_last);
-- data: img/s delivered to the device from `alexnet prepare`'s raw store and its jpeg store (decoded on
-  the device where nvJPEG is there), augmented there as training does, with every CPU core as a worker.
+- data: img/s that one loading process delivers to the device from `alexnet prepare`'s raw store and from
+  its jpeg store (decoded on the device where nvJPEG is there), augmented there as training does: divide a
+  GPU's training img/s by it for the loader workers it needs.
 
 Each section is written to the JSON file as soon as it is measured, and one that fails records its error
 instead of ending the run: a GPU lent for minutes should give every figure it can. The same code runs on
@@ -193,18 +194,18 @@ def _data(dev: torch.device, images: int, batch: int, workers: int) -> dict:
             prepare(data, path, workers=workers, progress=False, store=store)
         stats = DataStats.load(open_split(stores["raw"], "train").stats_file)
         norm, pca = Normalize.create("mean-image", stats), PCANoise(stats.eigvals, stats.eigvecs)
-        out = {"images": images, "batch": batch, "workers": workers}
+        out = {"images": images, "batch": batch, "prepare_workers": workers}
         for store, path in stores.items():
             split = open_split(path, "train").for_device(dev)
-            out[f"{store}_img_s"] = _delivered(split, dev, batch, workers, norm, pca)
+            out[f"{store}_img_s"] = _delivered(split, dev, batch, norm, pca)
             out[f"{store}_decoded_on_device"] = bool(getattr(split, "hand_over", False))
         return out
 
 
-def _delivered(split, dev: torch.device, batch: int, workers: int, norm, pca, epochs: int = 3) -> float:
-    """Best epoch's img/s after an untimed first: batches as `alexnet train` gets them, on the device,
-    cropped, mirrored, noised and normalised there."""
-    loader = train_loader(split, batch, rank=0, world=1, seed=0, workers=workers, pin_memory=dev.type == "cuda")
+def _delivered(split, dev: torch.device, batch: int, norm, pca, epochs: int = 3) -> float:
+    """Best epoch's img/s after an untimed first: batches as `alexnet train` gets them, read in this one
+    process (a loader worker's share), then on the device, cropped, mirrored, noised and normalised there."""
+    loader = train_loader(split, batch, rank=0, world=1, seed=0, workers=0, pin_memory=dev.type == "cuda")
     size = INPUT_SIZE["paper"]
     rates = []
     for epoch in range(epochs + 1):
@@ -247,9 +248,9 @@ def format_report(r: dict) -> str:
                      f"{infer['img_s']:.0f} img/s")
     data = r.get("data", {})
     if "raw_img_s" in data:
-        lines.append(f"data to the device ({data['workers']} workers, batch {data['batch']}): raw store "
+        lines.append(f"data to the device, one loading process, batch {data['batch']}: raw store "
                      f"{data['raw_img_s']:.0f} img/s, jpeg store {data['jpeg_img_s']:.0f} img/s "
-                     f"({'decoded on the device' if data['jpeg_decoded_on_device'] else 'decoded in the workers'})")
+                     f"({'decoded on the device' if data['jpeg_decoded_on_device'] else 'decoded on the CPU'})")
     for name, value in r.items():
         if isinstance(value, dict) and "error" in value:
             lines.append(f"{name}: FAILED {value['error']}")
