@@ -255,3 +255,10 @@ def test_compile_keeps_the_fused_lrn_as_one_node_each_way():
     ops = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
     assert ops.count("alexnet.lrn.default") == 1 and ops.count("alexnet.lrn_backward.default") == 1, ops
     torch.testing.assert_close(x.grad.double(), exact_in.grad, rtol=1e-5, atol=1e-6 * exact_in.grad.abs().max().item())
+
+
+def test_the_cuda_kernels_load_by_their_loader():
+    # The loader CUDA tensors go through (a function named like the module would be replaced by it on import).
+    pytest.importorskip("triton")
+    module = kernels.lrn_cuda()
+    assert callable(module.lrn_forward) and callable(module.lrn_backward)

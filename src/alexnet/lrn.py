@@ -163,7 +163,7 @@ def _have_cpu_kernel() -> bool:
 
 @torch.compiler.assume_constant_result
 def _have_cuda_kernel() -> bool:
-    return kernels.lrn_triton() is not None
+    return kernels.lrn_cuda() is not None
 
 
 _CPU_DTYPES = {torch.float32: 0, torch.bfloat16: 1}          # the C kernel's dtype codes
@@ -191,7 +191,7 @@ def lrn_fused(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, t
     """LRN of a 4-D CPU (float32/bf16) or CUDA tensor in one pass of a fused kernel."""
     x = _dense(x)
     if x.is_cuda:
-        return kernels.lrn_triton().lrn_forward(x, size, alpha, beta, k, towers)
+        return kernels.lrn_cuda().lrn_forward(x, size, alpha, beta, k, towers)
     y = torch.empty_like(x)
     n, c, h, w = x.shape
     kernels.lrn_cpu().lrn_forward(x.data_ptr(), y.data_ptr(), _CPU_DTYPES[x.dtype], n, c, h * w, *_strides(x),
@@ -205,7 +205,7 @@ def lrn_fused_backward(x: torch.Tensor, grad: torch.Tensor, size: int, alpha: fl
     """dL/dx of :func:`lrn_fused`, recomputing the scales from x."""
     x = _dense(x)
     if x.is_cuda:
-        return kernels.lrn_triton().lrn_backward(x, _dense(grad), size, alpha, beta, k, towers)
+        return kernels.lrn_cuda().lrn_backward(x, _dense(grad), size, alpha, beta, k, towers)
     g = _dense(grad.to(x.dtype))
     dx = torch.empty_like(x)
     n, c, h, w = x.shape

@@ -36,9 +36,9 @@ def crop_cpu() -> ctypes.CDLL | None:
 
 
 @cache
-def lrn_triton() -> ModuleType | None:
-    """The Triton LRN kernels, or None (with one warning) where Triton is missing; ALEXNET_NATIVE=0 forces
-    None, as for the C kernels."""
+def lrn_cuda() -> ModuleType | None:
+    """The LRN kernels for CUDA tensors (lrn_triton.py), or None (with one warning) where Triton is missing;
+    ALEXNET_NATIVE=0 forces None, as for the C kernels."""
     if os.environ.get("ALEXNET_NATIVE", "1") == "0":
         return None
     try:
