@@ -69,3 +69,34 @@ def test_train_and_evaluate_end_to_end_on_cuda(tiny_folders, tmp_path):
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["images"] == 6 and 0 <= got["top1"] <= 1
+
+
+def test_the_cuda_process_group_takes_cpu_and_cuda_tensors_and_objects():
+    # One process (two NCCL ranks cannot share a GPU): the group exactly as setup() makes it on CUDA.
+    import socket
+
+    import torch.distributed as td
+
+    from alexnet.distributed import backend_for
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    device = torch.device("cuda", 0)
+    td.init_process_group(backend=backend_for(device), init_method=f"tcp://127.0.0.1:{port}", rank=0,
+                          world_size=1, device_id=device)
+    try:
+        for t in (torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0], device=device)):
+            td.all_reduce(t, op=td.ReduceOp.MAX)
+            assert t.tolist() == [1.0, 2.0]
+        out = [None]
+        td.all_gather_object(out, {"rank": 0})
+        assert out == [{"rank": 0}]
+        sub = td.new_group([0])
+        t = torch.ones(3, device=device)
+        td.all_reduce(t, group=sub)
+        td.all_reduce(torch.ones(3), group=sub)
+        td.barrier()
+        assert t.tolist() == [1.0, 1.0, 1.0]
+    finally:
+        td.destroy_process_group()

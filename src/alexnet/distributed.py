@@ -1,10 +1,11 @@
 """One process or many, the same code: torchrun's environment in, a small Dist record out.
 
     alexnet train ...                                          # one process
-    torchrun --nproc_per_node=2 -m alexnet train ...           # DDP on one machine (gloo on CPU, nccl on CUDA)
+    torchrun --nproc_per_node=2 -m alexnet train ...           # DDP on one machine (gloo; on CUDA nccl too)
 
 torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them this is a world of one and no process
-group is created. Rank 0 alone logs and writes files.
+group is created. Rank 0 alone logs and writes files. A process group that is already there (its
+creator's) is used as it is, and left for its creator to destroy.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class Dist:
     # The processes the helpers below span: None for all of them; under --towers, the replicas of this
     # rank's tower (alexnet.parallel), so that sums count each image once.
     group: Any = None
+    # setup() created the default process group, so teardown() destroys it.
+    owns_group: bool = False
 
     @property
     def main(self) -> bool:
@@ -39,6 +42,14 @@ class Dist:
         return self.world > 1
 
 
+def backend_for(device: torch.device) -> str:
+    """The process group's backend for processes on ``device`` (init_process_group's ``backend``)."""
+    # NCCL serves CUDA tensors only, and the processes also exchange CPU tensors and pickled objects
+    # (train's checks and stats, evaluate's sums, RNG states): gloo takes those. Subgroups (new_group)
+    # inherit the string, so --towers' groups serve both devices too.
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
 def setup(device_setting: str = "auto") -> Dist:
     """Join torchrun's process group if there is one; pick this process's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -46,14 +57,16 @@ def setup(device_setting: str = "auto") -> Dist:
     device = pick_device(device_setting, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world > 1 and not td.is_initialized():
-        td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                              device_id=device if device.type == "cuda" else None)
-    return Dist(rank=rank, local_rank=local_rank, world=world, device=device)
+    owns_group = world > 1 and not td.is_initialized()
+    if owns_group:
+        td.init_process_group(backend=backend_for(device), device_id=device if device.type == "cuda" else None)
+    return Dist(rank=rank, local_rank=local_rank, world=world, device=device, owns_group=owns_group)
 
 
 def teardown(dist: Dist) -> None:
-    if dist.active and td.is_initialized():
+    # Only the group setup() made: one that was there before is its maker's, who may use it again (making
+    # a second one in the same processes is unreliable under torchrun: gloo can dial the first one's ports).
+    if dist.owns_group and td.is_initialized():
         td.destroy_process_group()
 
 
@@ -72,11 +85,12 @@ def all_max(dist: Dist, values: torch.Tensor) -> torch.Tensor:
 
 
 def _all_reduce(dist: Dist, values: torch.Tensor, op) -> torch.Tensor:
-    # Through this process's device: NCCL serves CUDA tensors only, and callers hold CPU ones.
-    out = values.to(dist.device, copy=True)
+    # Where the values are: the group serves CPU and CUDA tensors alike (backend_for), and a CPU
+    # tensor needs no trip to the GPU and back.
+    out = values.clone()
     if dist.active:
         td.all_reduce(out, op=op, group=dist.group)
-    return out.to(values.device)
+    return out
 
 
 def gather_objects(dist: Dist, obj):

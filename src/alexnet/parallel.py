@@ -333,7 +333,8 @@ def plan(dist: Dist, towers: int = TOWERS) -> TowerPlan:
                         f"this run has {dist.world}")
     replicas = dist.world // TOWERS
     tower, replica = dist.rank % TOWERS, dist.rank // TOWERS
-    # new_group is collective over all processes: every rank creates every group, in the same order.
+    # new_group is collective over all processes: every rank creates every group, in the same order. Each
+    # takes the default group's backends (distributed.backend_for): CPU tensors and objects pass too.
     pairs = [td.new_group(list(range(k * TOWERS, (k + 1) * TOWERS))) for k in range(replicas)]
     sets = [td.new_group(list(range(t, dist.world, TOWERS))) for t in range(TOWERS)] if replicas > 1 else None
     replica_group = sets[tower] if sets else None
