@@ -166,9 +166,21 @@ def _add_bench(sub) -> None:
                    help="gpu: the training batch sizes (default: 128,256,512)")
     p.add_argument("--out", type=Path, default=Path("bench-gpu.json"),
                    help="gpu: the JSON file, written after each section (default: bench-gpu.json)")
+    p.add_argument("--sections", type=_section_list, default=None, metavar="S,S,...",
+                   help="gpu: only these of train, lrn, infer, data (default: all)")
     p.add_argument("--compile-backend", default="inductor", metavar="NAME",
                    help="gpu: torch.compile's backend for the compiled rows (default: inductor)")
     p.set_defaults(run=_run_bench)
+
+
+def _section_list(text: str) -> tuple[str, ...]:
+    from alexnet.bench.gpu import SECTIONS
+
+    values = tuple(v.strip() for v in text.split(","))
+    unknown = [v for v in values if v not in SECTIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS[1:])}")
+    return values
 
 
 def _batch_list(text: str) -> tuple[int, ...]:
@@ -191,7 +203,8 @@ def _run_bench(args) -> int:
                "infer": dict(batch_size=args.batch_size, steps=steps, device=args.device),
                "towers": dict(batch_size=args.batch_size, steps=steps),
                "gpu": dict(device=args.device, batches=args.batches, steps=args.steps or 10, images=args.images or 2048,
-                           workers=args.workers, out=args.out, compile_backend=args.compile_backend)}
+                           workers=args.workers, out=args.out, compile_backend=args.compile_backend,
+                           **({"sections": args.sections} if args.sections else {}))}
     for name in dict.fromkeys(names):
         result = run(name, **options[name])
         if args.json:

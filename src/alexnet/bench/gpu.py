@@ -46,11 +46,12 @@ from alexnet.model import INPUT_SIZE, AlexNet
 from alexnet.summary import summarize
 
 BATCHES = (128, 256, 512)
+SECTIONS = ("peak", "train", "lrn", "infer", "data")
 
 
 def bench_gpu(device: str = "auto", batches: tuple[int, ...] = BATCHES, steps: int = 10, images: int = 2048,
               workers: int | None = None, out: str | Path | None = None, compile_backend: str = "inductor",
-              matmul_size: int | None = None) -> dict:
+              matmul_size: int | None = None, sections: tuple[str, ...] = SECTIONS) -> dict:
     dev = pick_device(device)
     # Large enough to reach a GPU's peak; a CPU reaches its own at 1024.
     matmul_size = matmul_size or (8192 if dev.type == "cuda" else 1024)
@@ -61,6 +62,8 @@ def bench_gpu(device: str = "auto", batches: tuple[int, ...] = BATCHES, steps: i
                     "versions": _versions(), "batches": list(batches), "steps": steps}
 
     def section(name: str, measure: Callable[[], object]) -> None:
+        if name not in sections and name != "peak":    # the peak is what utilisation is measured against
+            return
         start = time.perf_counter()
         try:
             result[name] = measure()
@@ -123,17 +126,25 @@ def _train(dev: torch.device, batches, steps: int, backend: str, peak: dict) -> 
         for compiled in (False, True):
             torch._dynamo.reset()
             wrap = (lambda m: torch.compile(m, backend=backend)) if compiled else None
-            step = paper_step(batch, dev, torch.bfloat16, net_of=wrap)
-            seconds, memory = _peak_memory(dev, lambda: median_seconds(step, steps, warmup=3))
-            rows.append(_row("paper" + (", compiled" if compiled else ""), batch, seconds, ours_flops,
-                             peak["bf16_tflops"], memory))
+            rows.append(_timed_row("paper" + (", compiled" if compiled else ""), batch, dev, steps, ours_flops,
+                                   peak["bf16_tflops"], lambda: paper_step(batch, dev, torch.bfloat16, net_of=wrap)))
         for dtype in (torch.float32, torch.bfloat16):
-            step = _torchvision_step(batch, dev, dtype)
-            seconds, memory = _peak_memory(dev, lambda: median_seconds(step, steps, warmup=3))
             fp32 = dtype == torch.float32
-            rows.append(_row(f"torchvision {'fp32' if fp32 else 'bf16'}", batch, seconds, tv_flops,
-                             peak["fp32_tflops" if fp32 else "bf16_tflops"], memory))
+            rows.append(_timed_row(f"torchvision {'fp32' if fp32 else 'bf16'}", batch, dev, steps, tv_flops,
+                                   peak["fp32_tflops" if fp32 else "bf16_tflops"],
+                                   lambda: _torchvision_step(batch, dev, dtype)))
     return rows
+
+
+def _timed_row(name: str, batch: int, dev: torch.device, steps: int, flops_per_image: float, peak_tflops: float,
+               make_step: Callable[[], Callable[[], object]]) -> dict:
+    """One row of the train table; a configuration that fails gives its error, not the others' loss."""
+    try:
+        step = make_step()
+        seconds, memory = _peak_memory(dev, lambda: median_seconds(step, steps, warmup=3))
+    except Exception as e:
+        return {"network": name, "batch": batch, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+    return _row(name, batch, seconds, flops_per_image, peak_tflops, memory)
 
 
 def _torchvision_step(batch: int, dev: torch.device, dtype: torch.dtype):
@@ -233,6 +244,9 @@ def format_report(r: dict) -> str:
     if isinstance(train, list):
         lines.append(f"{'train step':28s} {'batch':>5s} {'img/s':>9s} {'ms/step':>8s} {'MFU':>6s} {'memory':>8s}")
         for row in train:
+            if "error" in row:
+                lines.append(f"{row['network']:28s} {row['batch']:5d} FAILED {row['error']}")
+                continue
             mem = f"{row['memory_gb']:.1f} GB" if row["memory_gb"] is not None else "-"
             lines.append(f"{row['network']:28s} {row['batch']:5d} {row['img_s']:9.0f} {row['ms_per_step']:8.1f} "
                          f"{row['mfu']:6.1%} {mem:>8s}")
