@@ -66,6 +66,11 @@ class LocalResponseNorm(nn.Module):
         return cls(size=c.size, alpha=alpha, beta=c.beta, k=c.k, towers=towers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:
+            return _outside_compiled_graphs(self, x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] % self.towers:
             raise ValueError(f"LRN over {self.towers} towers needs a channel count divisible by it, got {x.shape[1]}")
         if _fused_ok(x):
@@ -85,6 +90,15 @@ class LocalResponseNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha:g}, beta={self.beta:g}, k={self.k:g}, towers={self.towers}"
+
+
+@torch.compiler.disable
+def _outside_compiled_graphs(lrn: LocalResponseNorm, x: torch.Tensor) -> torch.Tensor:
+    # On CUDA under bf16 autocast, torch.compile (PyTorch 2.11, an H200) traced the network with the LRN
+    # in it, by any of its paths, with autocast off from the LRN on, and failed at conv2 ("Input type
+    # BFloat16 and bias type float"); with the LRN left out of the graph it compiled and ran. So on CUDA
+    # the compiled graphs end and resume around it, and it runs as in eager mode (the Triton kernel).
+    return lrn._forward(x)
 
 
 _BANDS: dict[tuple, torch.Tensor] = {}
