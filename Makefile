@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 -e '.[test]'
 	touch $@
 
 # The main job on the bundled demo set: generate it, decode it once (alexnet prepare), train the paper

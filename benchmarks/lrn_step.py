@@ -1,6 +1,6 @@
 """Training-step throughput of the paper network with this project's LRN, torch's, and none.
 
-    python benchmarks/lrn_step.py [--batch-size 32] [--steps 5]
+    python benchmarks/lrn_step.py [--batch-size 32] [--steps 5] [--compile]
 
 One process, bf16 autocast and channels_last when the CPU has bf16 (as `alexnet train` does), fused SGD
 with momentum, glibc told to keep freed memory (as every `alexnet` command does); the median of --steps
@@ -21,10 +21,11 @@ from alexnet.memory import reuse_freed_memory
 from alexnet.precision import autocast, autocast_dtype
 
 
-def images_per_second(model: nn.Module, batch: int, steps: int) -> float:
+def images_per_second(model: nn.Module, batch: int, steps: int, compile: bool = False) -> float:
     device = torch.device("cpu")
     dtype = autocast_dtype("auto", device)
     model = model.to(memory_format=torch.channels_last).train()
+    net = torch.compile(model) if compile else model
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, fused=True)
     x = torch.randn(batch, 3, 227, 227).to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
@@ -32,7 +33,7 @@ def images_per_second(model: nn.Module, batch: int, steps: int) -> float:
     for _ in range(steps + 1):
         t = time.perf_counter()
         with autocast(device, dtype):
-            loss = nn.functional.cross_entropy(model(x).float(), y)
+            loss = nn.functional.cross_entropy(net(x).float(), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -44,6 +45,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--compile", action="store_true", help="torch.compile each network (timed after its compile)")
     args = p.parse_args()
     reuse_freed_memory()
     torch.manual_seed(0)
@@ -58,7 +60,9 @@ def main() -> None:
     variants["no LRN"] = m
     for name, model in variants.items():
         lrn_module._fused_ok = (lambda x: False) if "fallback" in name else _fused_ok
-        print(f"{name:45s} {images_per_second(model, args.batch_size, args.steps):6.1f} img/s", flush=True)
+        torch._dynamo.reset()
+        speed = images_per_second(model, args.batch_size, args.steps, args.compile)
+        print(f"{name:45s} {speed:6.1f} img/s", flush=True)
 
 
 if __name__ == "__main__":

@@ -262,3 +262,24 @@ def test_the_cuda_kernels_load_by_their_loader():
     pytest.importorskip("triton")
     module = kernels.lrn_cuda()
     assert callable(module.lrn_forward) and callable(module.lrn_backward)
+
+
+def test_compile_under_autocast_without_the_fused_kernel(monkeypatch):
+    # The PyTorch-ops path, traced under bf16 autocast, once left autocast off for every later layer.
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    monkeypatch.setattr(lrn_module, "_fused_ok", lambda x: False)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), LocalResponseNorm.from_convention("paper", towers=2),
+                        nn.Conv2d(8, 4, 3, groups=2))
+    x = torch.rand(2, 3, 12, 12) * 100
+    torch._dynamo.reset()
+    def boxed(gm, example_inputs):
+        return make_boxed_func(gm.forward)
+
+    compiled = torch.compile(net, backend=aot_autograd(fw_compiler=boxed, bw_compiler=boxed))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager, got = net(x), compiled(x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), eager.float(), rtol=2**-7, atol=2**-7 * eager.abs().max().item())

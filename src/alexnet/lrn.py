@@ -75,6 +75,11 @@ class LocalResponseNorm(nn.Module):
             raise ValueError(f"LRN over {self.towers} towers needs a channel count divisible by it, got {x.shape[1]}")
         if _fused_ok(x):
             return lrn_fused(x, self.size, self.alpha, self.beta, self.k, self.towers)
+        if torch.compiler.is_compiling():
+            # Traced, the Function below switches autocast off inside and the compiler keeps it off for
+            # every later layer (conv2 then fails on bf16 input and float32 weights); the definition in
+            # float32 has no such switch, and the compiler fuses it as well.
+            return self.reference(_wide(x)).to(x.dtype)
         band = window_matrix(x.shape[1], self.size, self.towers, x.device)
         return _BandedLRN.apply(x, band, self.alpha, self.beta, self.k)
 

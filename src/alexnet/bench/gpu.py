@@ -73,14 +73,28 @@ def bench_gpu(device: str = "auto", batches: tuple[int, ...] = BATCHES, steps: i
         if out is not None:
             _write(out, result)
 
-    section("peak", lambda: {"bf16_tflops": matmul_peak(dev, torch.bfloat16, matmul_size) / 1e12,
-                             "fp32_tflops": matmul_peak(dev, torch.float32, matmul_size) / 1e12})
+    section("peak", lambda: _peaks(dev, matmul_size))
     peak = result["peak"] if "error" not in result["peak"] else {"bf16_tflops": float("nan"), "fp32_tflops": float("nan")}
     section("train", lambda: _train(dev, batches, steps, compile_backend, peak))
     section("lrn", lambda: _lrn_share(dev, batches[len(batches) // 2], steps))
     section("infer", lambda: _infer(dev, max(batches) // 2, steps))
     section("data", lambda: _data(dev, images, min(batches), workers))
     return result
+
+
+def _peaks(dev: torch.device, n: int) -> dict:
+    """TFLOP/s of an n x n x n matrix product in bf16 and fp32; on CUDA also with TF32, which cuDNN's
+    float32 convolutions use by default (torch.backends.cudnn.allow_tf32): the fp32 rows' ceiling."""
+    peaks = {"bf16_tflops": matmul_peak(dev, torch.bfloat16, n) / 1e12,
+             "fp32_tflops": matmul_peak(dev, torch.float32, n) / 1e12}
+    if dev.type == "cuda" and torch.backends.cudnn.allow_tf32:
+        before = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            peaks["tf32_tflops"] = matmul_peak(dev, torch.float32, n) / 1e12
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
+    return peaks
 
 
 def _versions() -> dict:
@@ -130,8 +144,9 @@ def _train(dev: torch.device, batches, steps: int, backend: str, peak: dict) -> 
                                    peak["bf16_tflops"], lambda: paper_step(batch, dev, torch.bfloat16, net_of=wrap)))
         for dtype in (torch.float32, torch.bfloat16):
             fp32 = dtype == torch.float32
-            rows.append(_timed_row(f"torchvision {'fp32' if fp32 else 'bf16'}", batch, dev, steps, tv_flops,
-                                   peak["fp32_tflops" if fp32 else "bf16_tflops"],
+            # fp32 on CUDA: cuDNN's convolutions in TF32 (its default), so that is the ceiling.
+            ceiling = peak.get("tf32_tflops", peak["fp32_tflops"]) if fp32 else peak["bf16_tflops"]
+            rows.append(_timed_row(f"torchvision {'fp32' if fp32 else 'bf16'}", batch, dev, steps, tv_flops, ceiling,
                                    lambda: _torchvision_step(batch, dev, dtype)))
     return rows
 
@@ -239,7 +254,9 @@ def format_report(r: dict) -> str:
              f"(torch {r['versions']['torch']}, triton {r['versions']['triton']})"]
     peak = r.get("peak", {})
     if "error" not in peak:
-        lines.append(f"matrix-product peak: bf16 {peak['bf16_tflops']:.1f} TFLOP/s, fp32 {peak['fp32_tflops']:.1f}")
+        lines.append(f"matrix-product peak: bf16 {peak['bf16_tflops']:.1f} TFLOP/s, fp32 {peak['fp32_tflops']:.1f}"
+                     + (f", TF32 {peak['tf32_tflops']:.1f} (the fp32 rows' ceiling: cuDNN convolves in TF32)"
+                        if "tf32_tflops" in peak else ""))
     train = r.get("train")
     if isinstance(train, list):
         lines.append(f"{'train step':28s} {'batch':>5s} {'img/s':>9s} {'ms/step':>8s} {'MFU':>6s} {'memory':>8s}")
