@@ -152,6 +152,40 @@ def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(more_da
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_a_diverged_run_keeps_the_state_before_the_blow_up_and_resumes_with_a_lower_lr(more_data, tmp_path):
+    # lr 10, a checkpoint after every step: step 2's loss is huge but finite, step 3's NaN. The weights
+    # saved after step 2 are the ones that diverged; the run must keep those of step 1 instead.
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLoss, match=r"last.pt \(epoch 1, step 1\) is the last good state") as e:
+        train(config(more_data, run, lr=10, batch_size=2, save_every=1, epochs=1))
+    assert "alexnet train --out" in str(e.value) and "--resume --lr" in str(e.value)
+    assert json.loads((run / "diverged.json").read_text())["step"] == 2
+    assert not (run / ".last-previous.pt").exists()
+    saved = torch.load(run / "last.pt", weights_only=True)
+    assert (saved["epoch"], saved["step_in_epoch"]) == (0, 1)
+    # The remedies the message names are accepted on resume of a diverged run (from weights this blown
+    # up it may diverge again; what matters here is that it is let try).
+    try:
+        train(config(more_data, run, lr=1e-4, batch_size=2, save_every=1, epochs=1), resume=True,
+              given={"lr": 1e-4, "warmup_epochs": 0.5})
+    except NonFiniteLoss:
+        pass
+    resumed = yaml.safe_load((run / "config.yaml").read_text())
+    assert (resumed["lr"], resumed["warmup_epochs"]) == (1e-4, 0.5)
+    # A run that did not diverge still refuses them, and says when they are allowed.
+    healthy = tmp_path / "healthy"
+    train(config(more_data, healthy, batch_size=4, epochs=1))
+    with pytest.raises(UserError, match="a run that diverged may change --lr"):
+        train(config(more_data, healthy, lr=1e-4, batch_size=4, epochs=2), resume=True, given={"lr": 1e-4, "epochs": 2})
+
+
+def test_no_checkpoint_before_the_divergence_is_said_so(more_data, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLoss, match="no checkpoint was saved before it; start again with a lower --lr"):
+        train(config(more_data, run, lr=1e6, batch_size=2, save_every=1, epochs=1))
+    assert not (run / "last.pt").exists() and (run / "diverged.json").exists()
+
+
 def test_unreadable_images_are_skipped_and_counted(data, tmp_path):
     (data / "train" / "red" / "001.png").write_bytes(b"")
     train(config(data, tmp_path / "run", epochs=1))

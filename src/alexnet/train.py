@@ -18,7 +18,9 @@ weights end up as if the run had never stopped. Rank 0 alone prints and writes.
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -41,6 +43,7 @@ from alexnet.data.stats import DataStats, compute_stats, find_stats
 from alexnet.data.transforms import Draws, Normalize, PCANoise, Preprocessing
 from alexnet.errors import UserError
 from alexnet.evaluate import evaluate
+from alexnet.files import atomic_write
 from alexnet.model import AlexNet
 from alexnet.precision import autocast_dtype
 from alexnet.precision import name as precision_name
@@ -50,6 +53,11 @@ from alexnet.step import TrainStep, sgd
 # What may change when a run is resumed; anything else would make it a different run.
 RESUMABLE_CHANGES = {"epochs", "workers", "save_every", "save_every_minutes", "log_every", "tensorboard", "compile",
                      "data", "device", "towers"}
+# What may also change when the run stopped because it diverged (RUN/diverged.json): the remedies.
+DIVERGED_CHANGES = {"lr", "warmup_epochs", "weight_decay"}
+DIVERGED = "diverged.json"
+# Until the step after a save shows its weights give a finite loss, the checkpoint before it is kept here.
+PREVIOUS = ".last-previous.pt"
 # SIGUSR1: what schedulers send ahead of a preemption (SLURM's --signal=USR1@120); handled as SIGTERM.
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 STATS_CACHE = "data_stats.safetensors"
@@ -96,10 +104,14 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
     ckpt = checkpoint.read_resumable(last)
     saved = ckpt.config
     changes = {k: v for k, v in given.items() if k not in ("out", "preset") and getattr(saved, k) != v}
-    refused = sorted(set(changes) - RESUMABLE_CHANGES)
+    diverged = (run / DIVERGED).is_file()
+    refused = sorted(set(changes) - RESUMABLE_CHANGES - (DIVERGED_CHANGES if diverged else set()))
     if refused:
+        remedy = ("" if diverged or not set(refused) & DIVERGED_CHANGES else
+                  "; a run that diverged may change --lr, --warmup-epochs and --weight-decay")
         raise UserError(f"cannot change {', '.join('--' + k.replace('_', '-') for k in refused)} when resuming "
-                        f"(the run was started with {', '.join(f'{k}={getattr(saved, k)!r}' for k in refused)})")
+                        f"(the run was started with {', '.join(f'{k}={getattr(saved, k)!r}' for k in refused)})"
+                        f"{remedy}")
     values = saved.to_dict() | changes | {"out": str(run)}
     return from_dict(values, "resumed run"), ckpt
 
@@ -244,6 +256,9 @@ class _Run:
     best: dict = None
     writer: Any = None
     saved_at: float = 0.0            # time.monotonic() of the last full checkpoint, or of the start
+    # The weights in last.pt have not yet given a finite loss (the save came after the last step), and
+    # PREVIOUS, if there, holds the checkpoint before them.
+    unverified: bool = False
 
     def save_due(self) -> float:
         """1.0 on rank 0 when --save-every-minutes have passed since the last save (the others follow it)."""
@@ -254,22 +269,75 @@ class _Run:
         if self.dist.main:
             tqdm.write(message, file=sys.stderr)
 
-    def checkpoint(self, path: Path, full: bool = True) -> None:
-        """last.pt (full: resumable) or best.pt (weights and meaning); every process takes part."""
+    def checkpoint(self, path: Path, full: bool = True, verified: bool = False) -> None:
+        """last.pt (full: resumable) or best.pt (weights and meaning); every process takes part.
+
+        Non-finite weights are never written: the run stops as diverged instead. Before last.pt is
+        replaced, the checkpoint it held stays as PREVIOUS until a step shows the new weights give a
+        finite loss, so that a run which diverges right after a save keeps the state before; weights
+        already ``verified`` (a finite validation loss at an epoch's end) need no such keeping."""
         rng = distributed.gather_objects(self.dist, _rng_state(self.dist.device)) if full else None
         if full:
             self.saved_at = time.monotonic()
         # Under --towers these gather both towers' halves: every process takes part.
         weights = self.model.state_dict()
+        if not all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()):
+            self.diverged(f"the weights became non-finite at epoch {self.epoch + 1}, step {self.step_in_epoch}")
         optimizer = self.step.optimizer.state_dict() if full else None
+        if full:
+            self.unverified = not verified
         if not self.dist.main:
             return
+        previous = self.folder / PREVIOUS
+        if full and verified:
+            previous.unlink(missing_ok=True)
+            (self.folder / DIVERGED).unlink(missing_ok=True)
+        elif full and path.exists() and not previous.exists():
+            _keep_as_previous(path, previous)
         state = checkpoint.training_state(
             model=weights, config=self.config, classes=self.source.classes, names=self.source.names,
             prep=self.prep, epoch=self.epoch, step_in_epoch=self.step_in_epoch if full else 0, best=self.best,
             **({"optimizer": optimizer, "schedule": self.schedule.state_dict(),
                 "scaler": self.step.scaler.state_dict(), "rng": rng} if full else {}))
         checkpoint.save(path, state)
+
+    def verified(self) -> None:
+        """A step's loss was finite on every process: the weights in last.pt are good."""
+        if self.unverified:
+            self.unverified = False
+            if self.dist.main:
+                (self.folder / PREVIOUS).unlink(missing_ok=True)
+                (self.folder / DIVERGED).unlink(missing_ok=True)
+
+    def diverged(self, what: str) -> None:
+        """Stop: keep the last checkpoint whose weights gave a finite loss, record why for --resume, and
+        say what there is to resume from."""
+        last, previous = self.folder / "last.pt", self.folder / PREVIOUS
+        if self.dist.main:
+            if self.unverified:   # last.pt holds the weights that just diverged
+                if previous.exists():
+                    os.replace(previous, last)
+                else:
+                    last.unlink(missing_ok=True)
+            atomic_write(self.folder / DIVERGED, lambda tmp: Path(tmp).write_text(json.dumps(
+                {"epoch": self.epoch + 1, "step": self.step_in_epoch, "what": what}) + "\n"))
+        distributed.barrier(self.dist)
+        remedy = "a lower --lr, a longer --warmup-epochs or another --weight-decay"
+        if last.exists():
+            saved = checkpoint.read_resumable(last)
+            kept = (f"{last} (epoch {saved.epoch + 1}, step {saved.step_in_epoch}) is the last good state; "
+                    f"resume it with {remedy}: alexnet train --out {self.folder} --resume --lr ...")
+        else:
+            kept = f"no checkpoint was saved before it; start again with {remedy}"
+        raise NonFiniteLoss(f"{what}; stopped, {kept}")
+
+
+def _keep_as_previous(last: Path, previous: Path) -> None:
+    # A second name for the same file (no copy); where links are not allowed, a copy.
+    try:
+        os.link(last, previous)
+    except OSError:
+        shutil.copyfile(last, previous)
 
 
 def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -356,6 +424,9 @@ def _open_folder(folder: Path, config: TrainConfig, resumed: bool, how: str) -> 
     # A process killed while writing a checkpoint leaves its temporary file (hundreds of MB) behind.
     for leftover in list(folder.glob(".last.pt.*.tmp")) + list(folder.glob(".best.pt.*.tmp")):
         leftover.unlink(missing_ok=True)
+    if not resumed:   # a fresh run: nothing of an earlier one is kept
+        (folder / PREVIOUS).unlink(missing_ok=True)
+        (folder / DIVERGED).unlink(missing_ok=True)
     (folder / "config.yaml").write_text(dump_yaml(config))
     tqdm.write(f"alexnet train: {'resuming ' if resumed else ''}{folder} on {how}\n{dump_yaml(config).rstrip()}",
                file=sys.stderr)
@@ -392,6 +463,8 @@ def _restore(run: _Run, ckpt: checkpoint.Resumable) -> None:
     else:
         run.say(f"note: resumed on {run.dist.world} processes, saved on {len(ckpt.rng)}: "
                 f"dropout draws a fresh random stream")
+    # A process stopped between a save and the step after it: last.pt is not yet known to be good.
+    run.unverified = (run.folder / PREVIOUS).exists()
     run.say(f"resuming at epoch {run.epoch + 1}, step {run.step_in_epoch} of {run.steps}")
 
 
@@ -422,9 +495,8 @@ def _train(run: _Run) -> dict[str, Any]:
                     [float(stop.signal is not None), float(not torch.isfinite(loss).item()), run.save_due()])).tolist()
                 if diverged:
                     bar.close()
-                    raise NonFiniteLoss(f"the loss became {loss.item()} at epoch {run.epoch + 1}, step "
-                                        f"{run.step_in_epoch}; stopped without saving, so {run.folder / 'last.pt'} "
-                                        f"is the last good state (try a lower --lr or a longer --warmup-epochs)")
+                    run.diverged(f"the loss became {loss.item()} at epoch {run.epoch + 1}, step {run.step_in_epoch}")
+                run.verified()
                 run.step.update()
                 spent["step"] += time.perf_counter() - started
                 run.step_in_epoch += 1
@@ -484,6 +556,8 @@ def _end_epoch(run: _Run, lr: float, loss_sum: float, seen: int, trained: bool, 
     if metrics["images"] == 0:
         raise UserError(f"no readable image in {run.source.splits['val'].split.root}: every file was skipped")
     evaluated = time.perf_counter() - evaluated
+    if not math.isfinite(metrics["loss"]):
+        run.diverged(f"the validation loss became {metrics['loss']} after epoch {run.epoch + 1}")
     run.epoch += 1
     run.step_in_epoch = 0
     if metrics["top1"] > run.best["top1"]:
@@ -498,7 +572,7 @@ def _end_epoch(run: _Run, lr: float, loss_sum: float, seen: int, trained: bool, 
     if run.dist.main:   # the row before last.pt: a resume drops rows past its checkpoint, none is lost
         with open(run.folder / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-    run.checkpoint(run.folder / "last.pt")
+    run.checkpoint(run.folder / "last.pt", verified=True)
     if run.dist.main:
         if run.writer is not None:
             for key in ("lr", "train_loss", "val_loss", "val_top1", "val_top5", "images_per_sec"):
