@@ -16,7 +16,7 @@ from alexnet.config import resolve
 from alexnet.data.stats import DataStats
 from alexnet.errors import UserError
 from alexnet.train import NonFiniteLoss, train
-from conftest import write_image_folders
+from conftest import run_cli, write_image_folders
 
 FAST = dict(workers=0, precision="fp32", log_every=1)
 
@@ -325,3 +325,35 @@ def test_a_resume_drops_metrics_rows_its_checkpoint_does_not_hold(data, tmp_path
     train(config(data, run, epochs=2), resume=True, given={"epochs": 2})
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["val_loss"] >= 0
+
+
+def test_a_second_run_on_a_busy_folder_is_refused_and_a_killed_ones_hold_is_gone(more_data, tmp_path):
+    run = tmp_path / "run"
+    args = ["--data", more_data, "--out", run, "--batch-size", "2", "--lr", "0.001", "--workers", "0",
+            "--precision", "fp32"]
+
+    def start(*extra):
+        p = subprocess.Popen([sys.executable, "-m", "alexnet", "train", *map(str, args), *extra],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and p.poll() is None:
+            if (run / ".lock").is_file() and (run / ".lock").read_text().strip() == str(p.pid):
+                return p
+            time.sleep(0.05)
+        raise AssertionError(f"the run never held {run}: {p.communicate()[1]}")
+
+    first = start("--epochs", "2")
+    for extra in ([], ["--resume"]):   # a fresh start, and a resume that would have cleared its temporary files
+        second = run_cli("train", *args, "--epochs", "2", *extra)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.strip() == (f"alexnet train: error: {run} is in use by another alexnet train "
+                                         f"(pid {first.pid}); wait for it to finish, or choose another --out")
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert [json.loads(row)["epoch"] for row in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    # kill -9 takes the hold with the process: the next start goes ahead (here, resuming the finished run).
+    third = start("--epochs", "2", "--resume")
+    third.kill()
+    third.wait()
+    last = run_cli("train", *args, "--epochs", "2", "--resume")
+    assert last.returncode == 0 and "in use" not in last.stderr, last.stderr

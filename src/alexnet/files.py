@@ -1,5 +1,6 @@
 """Files as the project writes and reads them: written so that a crash, a kill or a full disk never leaves a
-half-written one behind (atomic_write), and read at given offsets from any process (ReadAt)."""
+half-written one behind (atomic_write), read at given offsets from any process (ReadAt), and a folder held
+by one process at a time (FolderLock)."""
 
 from __future__ import annotations
 
@@ -92,3 +93,55 @@ class ReadAt:
     def __del__(self) -> None:
         if self._fd is not None and self._pid == os.getpid():
             os.close(self._fd)
+
+
+class FolderLock:
+    """An exclusive hold on a folder for one process at a time (``with FolderLock(run): ...``).
+
+    An advisory lock (flock) on FOLDER/.lock, which the system drops when its process ends however it
+    ends, so a run killed with kill -9 leaves nothing stale for the next one to clear. The file keeps the
+    holder's pid for the message of the one refused. A folder this lock had to create and in which nothing
+    else was written is removed again on release. Where flock does not exist (Windows) nothing is held.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.fd: int | None = None
+        self.created = False
+
+    def acquire(self) -> bool:
+        """True if this process now holds the folder, False if another process does."""
+        try:
+            import fcntl
+        except ImportError:
+            return True
+        self.created = not self.folder.exists()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / self.NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return True
+
+    def holder(self) -> str:
+        """The pid written by the process holding the lock, or "" if unknown."""
+        try:
+            return (self.folder / self.NAME).read_text().strip()
+        except OSError:
+            return ""
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        if self.created and [p.name for p in self.folder.iterdir()] == [self.NAME]:
+            (self.folder / self.NAME).unlink(missing_ok=True)
+            self.folder.rmdir()
+        os.close(self.fd)   # closing drops the lock
+        self.fd = None

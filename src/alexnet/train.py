@@ -43,7 +43,7 @@ from alexnet.data.stats import DataStats, compute_stats, find_stats
 from alexnet.data.transforms import Draws, Normalize, PCANoise, Preprocessing
 from alexnet.errors import UserError
 from alexnet.evaluate import evaluate
-from alexnet.files import atomic_write
+from alexnet.files import FolderLock, atomic_write
 from alexnet.model import AlexNet
 from alexnet.precision import autocast_dtype
 from alexnet.precision import name as precision_name
@@ -344,11 +344,25 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
     """Run (or resume: True, or "auto") training as ``config`` says; returns the final epoch's metrics and
     the best top-1."""
     dist = distributed.setup(config.device)
+    lock = FolderLock(config.out)
     try:
+        _hold(lock, dist)
         # No name holds the checkpoint: its tensors (hundreds of MB) are freed once they are loaded.
         return _train(_set_up(*resolve_run(config, resume, given or {}, dist), dist))
     finally:
+        lock.release()
         distributed.teardown(dist)
+
+
+def _hold(lock: FolderLock, dist: distributed.Dist) -> None:
+    """Rank 0 holds the run folder for the whole run; a second `alexnet train` on it is refused, before it
+    reads or writes anything there (decided together, so that no process waits for a refused one)."""
+    held = lock.acquire() if dist.main else True
+    if not distributed.all_max(dist, torch.tensor([float(not held)]))[0]:
+        return
+    who = f" (pid {lock.holder()})" if dist.main and lock.holder() else ""
+    raise UserError(f"{lock.folder} is in use by another alexnet train{who}; wait for it to finish, "
+                    f"or choose another --out")
 
 
 def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distributed.Dist) -> _Run:
