@@ -283,3 +283,24 @@ def test_compile_under_autocast_without_the_fused_kernel(monkeypatch):
         eager, got = net(x), compiled(x)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), eager.float(), rtol=2**-7, atol=2**-7 * eager.abs().max().item())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_c_kernel_keeps_no_residue_after_a_spike(channels_last):
+    # One large activation early in a tower, ordinary ones after it: a running float sum of squares would
+    # carry the spike's rounding residue into every later channel's window.
+    a = relu_like(2, 96, 6, 7, scale=2.0, seed=11)
+    a[:, 3] = 1e4
+    a[:, 50, 2, 3] = 1e4
+    a = a.float()
+    if channels_last:
+        a = a.to(memory_format=torch.channels_last)
+    lrn = LocalResponseNorm.from_convention("paper", towers=2)
+    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(5))
+    x, exact_in = a.clone().requires_grad_(), a.double().requires_grad_()
+    assert lrn_module._fused_ok(x)
+    lrn(x).backward(g)
+    exact = lrn.reference(exact_in)
+    exact.backward(g.double())
+    torch.testing.assert_close(lrn(a).double(), exact, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(x.grad.double(), exact_in.grad, rtol=1e-5, atol=1e-7)
