@@ -357,3 +357,22 @@ def test_a_second_run_on_a_busy_folder_is_refused_and_a_killed_ones_hold_is_gone
     third.wait()
     last = run_cli("train", *args, "--epochs", "2", "--resume")
     assert last.returncode == 0 and "in use" not in last.stderr, last.stderr
+
+
+def test_a_fresh_run_never_writes_over_an_earlier_runs_files(data, tmp_path):
+    run = tmp_path / "run"
+    train(config(data, run, epochs=1))
+    (run / "last.pt").unlink()
+    rows, best = (run / "metrics.jsonl").read_text(), (run / "best.pt").read_bytes()
+    with pytest.raises(UserError, match="holds an earlier run's best.pt and metrics.jsonl but no last.pt"):
+        train(config(data, run, epochs=1))
+    assert (run / "metrics.jsonl").read_text() == rows and (run / "best.pt").read_bytes() == best
+
+
+def test_resume_auto_after_an_attempt_stopped_before_its_first_checkpoint_starts_clean(data, tmp_path):
+    # Killed between epoch 1's metrics row and its last.pt: the restart's row must not follow a stale one.
+    run = tmp_path / "run"
+    train(config(data, run, epochs=1))
+    (run / "last.pt").unlink()
+    train(config(data, run, epochs=1), resume="auto")
+    assert [json.loads(r)["epoch"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [1]

@@ -92,12 +92,19 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
         _check_shared(dist, last)
     if not resume and restarted:
         resume = "auto"   # the group was restarted: what the first attempt saved is this run's
-    if resume == "auto":
+    auto = resume == "auto"
+    if auto:
         resume = last.exists()
     if not resume:
         if last.exists():
             raise UserError(f"{run} already holds a run (last.pt); add --resume to continue it, "
                             f"or choose another --out")
+        outputs = [name for name in ("best.pt", "metrics.jsonl") if (run / name).exists()]
+        # With --resume auto they are this run's own, from an attempt stopped before its first last.pt:
+        # the fresh start drops its rows (_open_folder) and writes best.pt anew.
+        if outputs and not auto:
+            raise UserError(f"{run} holds an earlier run's {' and '.join(outputs)} but no last.pt to resume; "
+                            f"choose another --out, or remove them to start afresh there")
         return config, None
     if not last.exists():
         raise UserError(f"nothing to resume: {last} does not exist")
@@ -438,9 +445,9 @@ def _open_folder(folder: Path, config: TrainConfig, resumed: bool, how: str) -> 
     # A process killed while writing a checkpoint leaves its temporary file (hundreds of MB) behind.
     for leftover in list(folder.glob(".last.pt.*.tmp")) + list(folder.glob(".best.pt.*.tmp")):
         leftover.unlink(missing_ok=True)
-    if not resumed:   # a fresh run: nothing of an earlier one is kept
-        (folder / PREVIOUS).unlink(missing_ok=True)
-        (folder / DIVERGED).unlink(missing_ok=True)
+    if not resumed:   # a fresh run: nothing of an earlier attempt is kept
+        for name in (PREVIOUS, DIVERGED, "metrics.jsonl"):
+            (folder / name).unlink(missing_ok=True)
     (folder / "config.yaml").write_text(dump_yaml(config))
     tqdm.write(f"alexnet train: {'resuming ' if resumed else ''}{folder} on {how}\n{dump_yaml(config).rstrip()}",
                file=sys.stderr)
