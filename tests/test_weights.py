@@ -131,6 +131,10 @@ def test_missing_keys_and_a_wrong_class_count_are_named(tmp_path):
     ({"preprocessing": {"crop": 227, "normalization": "channel", "mean": torch.zeros(5), "std": None}},
      "mean must be a"),
     ({"classes": None}, "class list is missing"),
+    ({"preprocessing": {"crop": 227, "normalization": "channel", "mean": torch.tensor([1.0, float("nan"), 2.0]),
+                        "std": torch.ones(3)}}, "mean holds NaN"),
+    ({"preprocessing": {"crop": 227, "normalization": "channel", "mean": torch.zeros(3),
+                        "std": torch.tensor([1.0, 0.0, 1.0])}}, r"std must be positive and finite, got \[1.0, 0.0, 1.0\]"),
 ])
 def test_broken_meaning_is_refused_clearly(change, message, tmp_path):
     with pytest.raises(UserError, match=message):
@@ -164,3 +168,11 @@ def test_torch_hub_loads_the_network_and_trained_weights_from_a_local_file(paper
     assert torch.equal(model(x), load_model(paper_pt).model(x))
     with pytest.raises(UserError, match="holds the paper network with 2 classes .*not the owt network"):
         torch.hub.load(str(REPO), "alexnet", source="local", variant="owt", num_classes=2, weights=str(paper_pt))
+
+
+def test_non_finite_weights_are_refused_in_one_line(tmp_path):
+    net = AlexNet("paper", num_classes=2, init="pytorch")
+    state = net.state_dict()
+    state["classifier.6.weight"][0, 0] = float("nan")
+    with pytest.raises(UserError, match=r"NaN or infinite values \(classifier.6.weight\)"):
+        load_model(make_checkpoint(tmp_path / "nan.pt", net=net, changes={"model": state}))

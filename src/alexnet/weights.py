@@ -147,6 +147,11 @@ def _assemble(path: Path, state: Any, variant: Any, lrn: Any, classes: Any, name
         raise bad("the normalisation std must be a (3,) tensor")
     if not isinstance(state, dict):
         raise bad("the weights are not a state_dict")
+    # Numbers a network cannot be used with: they would only print "nan%" and "loss nan" later.
+    if not torch.isfinite(mean.float()).all():
+        raise bad("the normalisation mean holds NaN or infinite values")
+    if std is not None and not (torch.isfinite(std.float()).all() and (std.float() > 0).all()):
+        raise bad(f"the normalisation std must be positive and finite, got {[round(v, 4) for v in std.float().tolist()]}")
     model = build_network(state, variant, len(classes), lrn, where=str(path))
     norm = Normalize(mean.float(), None if std is None else std.float())
     return LoadedModel(model, list(classes), list(names), crop, kind, norm, dict(metrics or {}), source)
@@ -169,6 +174,10 @@ def build_network(state: dict[str, Any], variant: str, num_classes: int, lrn: st
         hint = f"; they look like {guess}" if guess else ""
         raise UserError(f"{where}: the weights do not fit the {variant} network with {num_classes} classes "
                         f"({problem}){hint}")
+    bad = next((k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                and v.layout == torch.strided and v.device.type != "meta" and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise UserError(f"{where}: the weights hold NaN or infinite values ({bad}): a diverged run's weights?")
     model.load_state_dict({k: v.float().contiguous() for k, v in state.items()}, assign=True)
     return model.eval()
 
