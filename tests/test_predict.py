@@ -150,3 +150,20 @@ def test_a_classes_file_names_the_class_folders(torchvision_model, tmp_path):
     mapping.write_text("n0 a\n")
     with pytest.raises(UserError, match="names 1 classes; the weights have 1000 outputs"):
         import_torchvision(root / "alexnet-owt-test.pth", mapping)
+
+
+def test_urls_are_not_fetched_and_control_characters_are_not_printed_raw(fixed_outputs, tmp_path):
+    ckpt, images = fixed_outputs
+    model = AlexNet("owt", num_classes=4)
+    names = ["red\x1b[31m", "green", "blue\x07", "grey"]
+    hostile = make_checkpoint(tmp_path / "hostile.pt", variant="owt", classes=CLASSES, names=names, net=model)
+    odd = tmp_path / "odd\x1bname.png"
+    Image.new("RGB", (300, 260), (5, 5, 5)).save(odd)
+    r = cli("predict", "--checkpoint", hostile, "http://example.com/a.jpg", odd, images / "broken.jpg", "--topk", "4")
+    assert r.returncode == 1
+    assert "\x1b" not in r.stdout + r.stderr and "\x07" not in r.stdout
+    assert "red\\x1b[31m" in r.stdout and "blue\\x07" in r.stdout and "odd\\x1bname.png" in r.stdout
+    errors = r.stderr.strip().splitlines()
+    assert errors[0] == ("alexnet predict: error: http://example.com/a.jpg: a URL: nothing is fetched from the "
+                         "network; download the image and give its path")
+    assert errors[1].startswith(f"alexnet predict: error: {images / 'broken.jpg'}: ") and len(errors) == 2

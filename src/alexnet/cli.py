@@ -430,7 +430,7 @@ def _add_predict(sub) -> None:
                                    "and the exit status is 1.",
                        epilog="example:  alexnet predict --checkpoint runs/demo/best.pt photo.jpg photos/ --topk 3")
     _add_checkpoint(p)
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="image files or folders of them")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of them")
     p.add_argument("--topk", type=positive_int, default=5, help="classes per image (default: 5)")
     p.add_argument("--crops", type=int, choices=(1, 10), default=1, help="1: the centre crop; 10: the paper's 10 views")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
@@ -447,7 +447,7 @@ def _add_predict(sub) -> None:
 
 
 def _run_predict(args) -> int:
-    from alexnet.predict import as_dict, expand, format_prediction, predict, setup
+    from alexnet.predict import as_dict, expand, format_prediction, predict, printable, setup
     from alexnet.weights import load_model
 
     if args.calibrate and args.precision != "int8":
@@ -461,7 +461,7 @@ def _run_predict(args) -> int:
                                        device=device, dtype=dtype, model=model)):
         if result.error:
             failed += 1
-            print(f"alexnet predict: error: {result.path}: {result.error}", file=sys.stderr)
+            print(f"alexnet predict: error: {printable(str(result.path))}: {result.error}", file=sys.stderr)
         elif args.json:
             print(json.dumps(as_dict(loaded, result)), flush=True)
         else:
@@ -560,7 +560,7 @@ def _add_viz(sub) -> None:
                                         "an error line on stderr, the others are still drawn, and the exit status "
                                         "is 1.")
     _add_checkpoint(r)
-    r.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="image files or folders of them")
+    r.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of them")
     r.add_argument("--topk", type=positive_int, default=5, help="classes per image (default: 5)")
     r.add_argument("--crops", type=int, choices=(1, 10), default=1, help="1: the centre crop; 10: the paper's 10 views")
     r.add_argument("--max-images", type=positive_int, default=16, help="draw at most this many images (default: 16)")
@@ -627,7 +627,7 @@ def _run_viz_filters(args) -> int:
 
 def _run_viz_predictions(args) -> int:
     from alexnet.device import pick_device
-    from alexnet.predict import expand
+    from alexnet.predict import expand, printable
     from alexnet.viz.predictions import draw_predictions
     from alexnet.weights import load_model
 
@@ -640,7 +640,7 @@ def _run_viz_predictions(args) -> int:
     out, failed = draw_predictions(loaded, paths, args.out or args.checkpoint.parent / "predictions.png",
                                    topk=args.topk, crops=args.crops, device=pick_device(args.device))
     for result in failed:
-        print(f"alexnet viz: error: {result.path}: {result.error}", file=sys.stderr)
+        print(f"alexnet viz: error: {printable(str(result.path))}: {result.error}", file=sys.stderr)
     if out is None:
         print("alexnet viz: error: no readable image, nothing drawn", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ that cannot be read is reported in its place and the rest are still predicted.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +28,17 @@ class Prediction:
     error: str = ""                     # why the file could not be predicted; top is then empty
 
 
-def expand(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given; a directory becomes its image files (recursively, sorted)."""
-    paths: list[Path] = []
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def expand(inputs: Iterable[str | Path]) -> list[Path | str]:
+    """Files as given; a directory becomes its image files (recursively, sorted). A URL stays the string
+    it was (as a Path its "//" would fold), to be reported as not fetched."""
+    paths: list[Path | str] = []
     for item in inputs:
+        if isinstance(item, str) and _URL.match(item):
+            paths.append(item)
+            continue
         item = Path(item)
         if item.is_dir():
             found = image_files(item)
@@ -106,8 +114,10 @@ def int8_model(loaded: LoadedModel, paths: list[Path], images: int | None = None
     return quantize_loaded(loaded, batches())
 
 
-def _load(path: Path) -> torch.Tensor | str:
+def _load(path: Path | str) -> torch.Tensor | str:
     """The fixed 256x256 uint8 image, or the reason it cannot be had."""
+    if isinstance(path, str):
+        return "a URL: nothing is fetched from the network; download the image and give its path"
     if path.is_dir():
         return "no image files in this folder"
     try:
@@ -125,7 +135,7 @@ def as_dict(loaded: LoadedModel, prediction: Prediction) -> dict:
 
 def format_prediction(loaded: LoadedModel, prediction: Prediction) -> str:
     """A readable block: the path, then one ranked line per class."""
-    lines = [str(prediction.path)]
+    lines = [printable(str(prediction.path))]
     width = max(len(_label(loaded, i)) for i, _ in prediction.top)
     for rank, (i, p) in enumerate(prediction.top, 1):
         lines.append(f"  {rank}. {_label(loaded, i):<{width}}  {100 * p:6.2f}%")
@@ -133,5 +143,11 @@ def format_prediction(loaded: LoadedModel, prediction: Prediction) -> str:
 
 
 def _label(loaded: LoadedModel, index: int) -> str:
-    name, folder = loaded.names[index], loaded.classes[index]
+    name, folder = printable(loaded.names[index]), printable(loaded.classes[index])
     return name if name == folder else f"{name} ({folder})"
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters shown as escapes: a class name or file name from a file must not
+    move the cursor or recolour the terminal it is printed to."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
