@@ -176,3 +176,13 @@ def test_non_finite_weights_are_refused_in_one_line(tmp_path):
     state["classifier.6.weight"][0, 0] = float("nan")
     with pytest.raises(UserError, match=r"NaN or infinite values \(classifier.6.weight\)"):
         load_model(make_checkpoint(tmp_path / "nan.pt", net=net, changes={"model": state}))
+
+
+def test_a_plain_pickle_is_refused_in_one_line(tmp_path):
+    import pickle
+
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps({"model": {"w": [1.0]}}, protocol=4))
+    r = cli("predict", "--checkpoint", raw, raw)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "is not a readable checkpoint" in r.stderr

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,11 @@ def torch_load(path: str | Path) -> Any:
     """``torch.load(weights_only=True)`` with every failure as a one-line UserError."""
     path = existing_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # A plain pickle (not torch.save's zip) makes torch warn about its protocol before failing; the
+        # one line below says all that matters.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # Running code from a pickle needs a callable fetched by name, which weights_only reports as an
         # unsupported global; anything else it stumbles on is a damaged or foreign file.
