@@ -186,11 +186,12 @@ def test_no_checkpoint_before_the_divergence_is_said_so(more_data, tmp_path):
     assert not (run / "last.pt").exists() and (run / "diverged.json").exists()
 
 
-def test_unreadable_images_are_skipped_and_counted(data, tmp_path):
+def test_unreadable_images_are_skipped_counted_and_warned_about_once(data, tmp_path, capsys):
     (data / "train" / "red" / "001.png").write_bytes(b"")
     train(config(data, tmp_path / "run", epochs=1))
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
-    assert row["skipped"] == 1
+    assert row["skipped"] == 1    # in the epoch; the statistics pass before it is not counted
+    assert capsys.readouterr().err.count("skipping unreadable image") == 1   # nor warned about again
 
 
 def test_a_split_with_no_readable_image_is_a_user_error(data, tmp_path):

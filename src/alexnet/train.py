@@ -146,16 +146,18 @@ def _open_data(config: TrainConfig, dist: distributed.Dist) -> DataSource:
     return open_data(data)
 
 
-def _preprocessing(config: TrainConfig, train_set: ImageSet, dist: distributed.Dist) -> Preprocessing:
+def _preprocessing(config: TrainConfig, train_set: ImageSet, dist: distributed.Dist,
+                   skips: SkippedFiles | None = None) -> Preprocessing:
     stats: DataStats | None = None
     if config.normalization != "imagenet" or config.pca_noise != "none":
-        stats = _statistics(config, train_set, dist)
+        stats = _statistics(config, train_set, dist, skips)
     norm = Normalize.create(config.normalization, stats)
     pca = None if config.pca_noise == "none" else PCANoise(stats.eigvals, stats.eigvecs, convention=config.pca_noise)
     return Preprocessing(config.crop, norm, pca)
 
 
-def _statistics(config: TrainConfig, train_set: ImageSet, dist: distributed.Dist) -> DataStats:
+def _statistics(config: TrainConfig, train_set: ImageSet, dist: distributed.Dist,
+                skips: SkippedFiles | None = None) -> DataStats:
     """The training set's mean image and PCA on every process. Rank 0 looks in RUN (or takes what
     `prepare` computed) and sends what it found; otherwise every process computes its share and the
     sums are added up, so no process waits on another for long (ImageNet's pass is tens of minutes)."""
@@ -165,7 +167,7 @@ def _statistics(config: TrainConfig, train_set: ImageSet, dist: distributed.Dist
         return distributed.broadcast_object(dist, found)
     stats = compute_stats(train_set, workers=config.workers, max_images=config.stats_images or None,
                           progress=dist.main, rank=dist.rank, world=dist.world,
-                          all_sum=lambda t: distributed.all_sum(dist, t))
+                          all_sum=lambda t: distributed.all_sum(dist, t), skipped=skips)
     if dist.main:
         cache.parent.mkdir(parents=True, exist_ok=True)
         stats.save(cache)
@@ -390,7 +392,10 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     train_set, val_set = source.splits["train"], source.splits["val"]
     if ckpt is not None and ckpt.classes != source.classes:
         raise UserError(f"the data's classes differ from those the run was started with ({config.data})")
-    prep = ckpt.prep if ckpt is not None else _preprocessing(config, train_set, dist)
+    # One record of unreadable training files for the statistics pass and the epochs: each warned once.
+    train_skips = SkippedFiles(train_set)
+    prep = ckpt.prep if ckpt is not None else _preprocessing(config, train_set, dist, train_skips)
+    train_skips.end_epoch()   # the statistics pass is no epoch
     steps = steps_per_epoch(len(train_set), batch_per_rank, shard.world)
     if steps == 0:
         raise UserError(f"{len(train_set)} training images make no full batch of {config.batch_size}; "
@@ -423,7 +428,7 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
                train_loader(train_set.for_device(dist.device), batch_per_rank, shard.rank, shard.world, config.seed,
                             workers, pin),
                eval_loader(val_set.for_device(dist.device), batch_per_rank, shard.rank, shard.world, workers, pin),
-               SkippedFiles(train_set), SkippedFiles(val_set), steps, batch_per_rank, dtype,
+               train_skips, SkippedFiles(val_set), steps, batch_per_rank, dtype,
                best={"top1": -1.0, "epoch": -1}, saved_at=time.monotonic())
     if ckpt is not None:
         _restore(run, ckpt)

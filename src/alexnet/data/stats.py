@@ -70,12 +70,14 @@ def fingerprint(dataset: ImageSet) -> str:
 
 def compute_stats(dataset: ImageSet, batch_size: int = 64, workers: int | None = None,
                   max_images: int | None = None, progress: bool = True, rank: int = 0, world: int = 1,
-                  all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> DataStats:
+                  all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  skipped: SkippedFiles | None = None) -> DataStats:
     """One pass over ``dataset`` (or ``max_images`` of it, evenly spaced) with a progress bar.
 
     Shared out over processes: each of ``world`` takes every world-th image from ``rank`` on, and
     ``all_sum`` (a sum over the processes, float64) adds up their sums, so every process gets the
-    statistics one process would compute, in 1/world of the time."""
+    statistics one process would compute, in 1/world of the time. ``skipped``: the record of unreadable
+    files to warn through (training passes its own, so that each file is warned about once per run)."""
     everything = list(range(len(dataset)))
     if max_images and max_images < len(everything):
         everything = torch.linspace(0, len(everything) - 1, max_images).round().long().unique().tolist()
@@ -83,7 +85,7 @@ def compute_stats(dataset: ImageSet, batch_size: int = 64, workers: int | None =
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers,
                         collate_fn=ImageSet.collate)
-    skipped = SkippedFiles(dataset)
+    skipped = skipped if skipped is not None else SkippedFiles(dataset)
 
     size = dataset.size
     image_sum = torch.zeros(size, size, 3, dtype=torch.float64)
