@@ -87,3 +87,24 @@ def test_bad_files_are_skipped_warned_once_and_counted_per_epoch(tiny_folders):
     lines = log.getvalue().splitlines()
     assert len(lines) == 2  # once per file, not once per epoch
     assert "cat/001.png" in lines[0] and "not an image" in lines[0] and "dog/002.png" in lines[1]
+
+
+def test_links_are_followed_once_and_never_make_a_class_of_the_split(tiny_folders, tmp_path):
+    root, _ = tiny_folders
+    cat = root / "train" / "cat"
+    before = discover(root).splits["train"].samples
+    (cat / "loop").symlink_to(".")                          # a loop inside a class: read once
+    (cat / "up").symlink_to("..")                           # a link up to the split: not into the other class
+    (cat / "dogs").symlink_to(root / "train" / "dog")       # nor straight into it
+    elsewhere = tmp_path / "kept-elsewhere"
+    elsewhere.mkdir()
+    (cat / "001.png").rename(elsewhere / "001.png")
+    (cat / "more").symlink_to(elsewhere)                    # images kept elsewhere: followed
+    samples = discover(root).splits["train"].samples
+    assert len(samples) == len(before)
+    assert sorted(p.relative_to(cat).as_posix() for p, label in samples if label == 0) == ["000.png", "002.png",
+                                                                                           "more/001.png"]
+    (root / "train" / "zloop").symlink_to(".")              # a "class" that is the split itself
+    (root / "val" / "zloop").mkdir()
+    with pytest.raises(UserError, match="zloop links to .* which holds .*train itself"):
+        discover(root)

@@ -62,7 +62,7 @@ def discover(data: str | Path, splits: tuple[str, ...] = SPLITS) -> ImageFolders
     for split in splits:
         samples, empty = [], []
         for label, cls in enumerate(classes):
-            files = image_files(root / split / cls)
+            files = image_files(root / split / cls, split=root / split)
             if not files:
                 empty.append(f"{split}/{cls}")
             samples += [(f, label) for f in files]
@@ -79,13 +79,27 @@ def open_folders(data: str | Path, splits: tuple[str, ...] = SPLITS) -> DataSour
     return DataSource(folders.root, "folders", folders.classes, folders.names, sets)
 
 
-def image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path, split: Path | None = None) -> list[Path]:
     """Image files in ``folder`` and its subfolders (symlinks followed, as ImageFolder does), sorted.
 
-    Hidden files and folders (.DS_Store, .ipynb_checkpoints) are not samples."""
-    found = []
+    Hidden files and folders (.DS_Store, .ipynb_checkpoints) are not samples. A linked folder is followed
+    unless it leads back to a folder already read or above ``folder`` (``ln -s . loop``, ``ln -s .. up``:
+    a loop would multiply the samples), or into another class of ``split`` (its images are that class's),
+    so each image of the split is one sample of one class; links to images kept elsewhere are followed."""
+    top = os.path.realpath(folder)
+    others = os.path.realpath(split) if split is not None else None
+
+    def followed(real: str) -> bool:
+        if real in seen or top == real or top.startswith(real.rstrip(os.sep) + os.sep):
+            return False
+        inside_split = others is not None and (real == others or real.startswith(others + os.sep))
+        return not inside_split or real.startswith(top + os.sep)
+
+    found, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        seen.add(os.path.realpath(dirpath))
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")
+                       and followed(os.path.realpath(os.path.join(dirpath, d)))]
         found += [Path(dirpath, f) for f in filenames
                   if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
     return sorted(found)
@@ -106,7 +120,16 @@ def read_class_names(root: Path, classes: list[str]) -> list[str]:
 
 
 def _class_folders(split_dir: Path) -> list[str]:
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # A class folder may be a link (to images kept elsewhere), but not to the split or a folder above it:
+    # that "class" would hold every other class's images.
+    split_real = os.path.realpath(split_dir)
+    for name in classes:
+        real = os.path.realpath(split_dir / name)
+        if split_real == real or split_real.startswith(real.rstrip(os.sep) + os.sep):
+            raise UserError(f"{split_dir / name} links to {real}, which holds {split_dir} itself: a class folder "
+                            f"cannot contain its own split")
+    return classes
 
 
 def _few(items: list[str], limit: int = 5) -> str:
