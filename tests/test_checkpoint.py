@@ -277,3 +277,26 @@ def test_a_truncated_or_empty_file_is_not_a_readable_checkpoint(state, tmp_path)
         assert "not a readable checkpoint" in str(e.value), (size, str(e.value))
         assert len(str(e.value).splitlines()) == 1 and str(cut) in str(e.value)
     assert os.path.getsize(whole) == len(data)
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),
+                                     RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")])
+def test_a_full_disk_is_one_line_and_the_previous_checkpoint_stays(failure, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from alexnet import checkpoint as ckpt_module
+
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"the previous checkpoint")
+
+    def full_disk(state, f):
+        with open(f, "wb") as out:
+            out.write(b"part of a checkpoint")
+        raise failure
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(ckpt_module.shutil, "disk_usage", lambda p: namedtuple("u", "total used free")(1, 1, 2_000_000))
+    with pytest.raises(UserError, match=r"could not write .*last.pt: no space left on the device \(it needs about "
+                                        r"4 MB, 2 MB are free\); the previous file is unchanged"):
+        ckpt_module.save(path, {"model": {"w": torch.zeros(1_000_000)}})
+    assert path.read_bytes() == b"the previous checkpoint" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
