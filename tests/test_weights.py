@@ -131,6 +131,10 @@ def test_missing_keys_and_a_wrong_class_count_are_named(tmp_path):
     ({"preprocessing": {"crop": 227, "normalization": "channel", "mean": torch.zeros(5), "std": None}},
      "mean must be a"),
     ({"classes": None}, "class list is missing"),
+    ({"preprocessing": {"crop": 100, "normalization": "channel", "mean": torch.zeros(3), "std": torch.ones(3)}},
+     r"crop 100 does not fit the paper network \(expected 227\)"),
+    ({"preprocessing": {"crop": 1, "normalization": "channel", "mean": torch.zeros(3), "std": torch.ones(3)}},
+     r"crop 1 does not fit the paper network"),
     ({"preprocessing": {"crop": 227, "normalization": "channel", "mean": torch.tensor([1.0, float("nan"), 2.0]),
                         "std": torch.ones(3)}}, "mean holds NaN"),
     ({"preprocessing": {"crop": 227, "normalization": "channel", "mean": torch.zeros(3),
@@ -186,3 +190,30 @@ def test_a_plain_pickle_is_refused_in_one_line(tmp_path):
     r = cli("predict", "--checkpoint", raw, raw)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "is not a readable checkpoint" in r.stderr
+
+
+def test_weights_of_the_wrong_kind_are_named_with_their_dtype_or_layout(tmp_path):
+    net = AlexNet("paper", num_classes=2, init="pytorch")
+    for name, value, message in [
+            ("ints", torch.zeros(2, 4096, dtype=torch.int64), r"classifier.6.weight is \(2, 4096\) of torch.int64"),
+            ("sparse", torch.zeros(2, 4096).to_sparse(), "classifier.6.weight is a torch.sparse_coo tensor"),
+            ("meta", torch.empty(2, 4096, device="meta"), "classifier.6.weight is a meta tensor")]:
+        state = net.state_dict()
+        state["classifier.6.weight"] = value
+        with pytest.raises(UserError, match=message):
+            load_model(make_checkpoint(tmp_path / f"{name}.pt", net=net, changes={"model": state}))
+
+
+def test_metrics_of_the_wrong_kind_and_an_owt_crop_too_small_are_refused(paper_pt, tmp_path):
+    save_weights(load_model(paper_pt), tmp_path / "w.safetensors")
+    with safe_open(str(tmp_path / "w.safetensors"), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    for metrics in ("[1, 2]", '"abc"'):
+        save_file(tensors, tmp_path / "m.safetensors", metadata=meta | {"metrics": metrics})
+        with pytest.raises(UserError, match="metrics must map names to values"):
+            load_model(tmp_path / "m.safetensors")
+    owt = make_checkpoint(tmp_path / "owt.pt", variant="owt", net=AlexNet("owt", num_classes=2, init="pytorch"),
+                          changes={"preprocessing": {"crop": 62, "normalization": "channel", "mean": torch.zeros(3),
+                                                     "std": torch.ones(3)}})
+    with pytest.raises(UserError, match="crop 62 does not fit the owt network .expected a size from 63 to 256"):
+        load_model(owt)

@@ -200,10 +200,11 @@ def torch_load(path: str | Path) -> Any:
     """``torch.load(weights_only=True)`` with every failure as a one-line UserError."""
     path = existing_file(path)
     try:
-        # A plain pickle (not torch.save's zip) makes torch warn about its protocol before failing; the
-        # one line below says all that matters.
+        # A plain pickle (not torch.save's zip) makes torch warn about its protocol before failing, and a
+        # sparse tensor about checking it; the one line that follows says all that matters.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            warnings.filterwarnings("ignore", message="Validating sparse tensor", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # Running code from a pickle needs a callable fetched by name, which weights_only reports as an

@@ -257,11 +257,17 @@ def guess_network(state: dict[str, Any]) -> str:
 
 
 def is_float(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) and value.is_floating_point()
+    """A dense floating-point tensor with data (not a sparse one, nor one on the meta device)."""
+    return (isinstance(value, torch.Tensor) and value.is_floating_point() and value.layout == torch.strided
+            and value.device.type != "meta")
 
 
 def _shape(value: Any) -> str:
-    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+    if not isinstance(value, torch.Tensor):
+        return type(value).__name__
+    if value.layout != torch.strided or value.device.type == "meta":
+        return f"a {value.layout if value.layout != torch.strided else 'meta'} tensor without values to load"
+    return str(tuple(value.shape)) + ("" if value.is_floating_point() else f" of {value.dtype} (not floating point)")
 
 
 def _few(items: list[str], limit: int = 3) -> str:

@@ -34,7 +34,9 @@ from alexnet.data.transforms import NORMALIZATIONS, Normalize
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
 from alexnet.lrn import LRN_CONVENTIONS
-from alexnet.model import VARIANTS, AlexNet, guess_network, is_float, state_mismatch
+from alexnet.model import INPUT_SIZE, VARIANTS, AlexNet, guess_network, is_float, state_mismatch
+
+OWT_MIN_CROP = 63   # the smallest input owt's features reduce to at least 1x1 (conv1 stride 4, three 3/2 pools)
 
 FORMAT = "alexnet-weights"
 FORMAT_VERSION = 1
@@ -139,6 +141,8 @@ def _assemble(path: Path, state: Any, variant: Any, lrn: Any, classes: Any, name
         raise bad("the class list is missing or malformed (expected one folder name and one readable name per output)")
     if isinstance(crop, bool) or not isinstance(crop, int) or not 0 < crop <= FIXED_SIZE:
         raise bad(f"crop {crop!r} is not a size between 1 and {FIXED_SIZE}")
+    if not isinstance(metrics, dict) or not all(isinstance(k, str) for k in metrics):
+        raise bad(f"metrics must map names to values, got {type(metrics).__name__}")
     if kind not in NORMALIZATIONS:
         raise bad(f"unknown normalization {kind!r} (expected one of {', '.join(NORMALIZATIONS)})")
     if not isinstance(mean, torch.Tensor) or tuple(mean.shape) not in ((3,), (FIXED_SIZE, FIXED_SIZE, 3)):
@@ -153,6 +157,11 @@ def _assemble(path: Path, state: Any, variant: Any, lrn: Any, classes: Any, name
     if std is not None and not (torch.isfinite(std.float()).all() and (std.float() > 0).all()):
         raise bad(f"the normalisation std must be positive and finite, got {[round(v, 4) for v in std.float().tolist()]}")
     model = build_network(state, variant, len(classes), lrn, where=str(path))
+    # The paper network's fc6 takes exactly 6x6 from pool5 (a 227 crop); owt pools adaptively, from 63 up.
+    low, high = (INPUT_SIZE["paper"],) * 2 if variant == "paper" else (OWT_MIN_CROP, FIXED_SIZE)
+    if not low <= crop <= high:
+        raise bad(f"crop {crop} does not fit the {variant} network (expected " +
+                  (f"{low})" if low == high else f"a size from {low} to {high})"))
     norm = Normalize(mean.float(), None if std is None else std.float())
     return LoadedModel(model, list(classes), list(names), crop, kind, norm, dict(metrics or {}), source)
 
