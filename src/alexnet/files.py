@@ -96,7 +96,7 @@ class ReadAt:
 
 
 class FolderLock:
-    """An exclusive hold on a folder for one process at a time (``with FolderLock(run): ...``).
+    """An exclusive hold on a folder for one process at a time: ``acquire()``, later ``release()``.
 
     An advisory lock (flock) on FOLDER/.lock, which the system drops when its process ends however it
     ends, so a run killed with kill -9 leaves nothing stale for the next one to clear. The file keeps the
@@ -112,7 +112,8 @@ class FolderLock:
         self.created = False
 
     def acquire(self) -> bool:
-        """True if this process now holds the folder, False if another process does."""
+        """True if this process now holds the folder, False if another process does; OSError if the
+        folder cannot be made or written."""
         try:
             import fcntl
         except ImportError:

@@ -366,12 +366,17 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
 def _hold(lock: FolderLock, dist: distributed.Dist) -> None:
     """Rank 0 holds the run folder for the whole run; a second `alexnet train` on it is refused, before it
     reads or writes anything there (decided together, so that no process waits for a refused one)."""
-    held = lock.acquire() if dist.main else True
-    if not distributed.all_max(dist, torch.tensor([float(not held)]))[0]:
-        return
-    who = f" (pid {lock.holder()})" if dist.main and lock.holder() else ""
-    raise UserError(f"{lock.folder} is in use by another alexnet train{who}; wait for it to finish, "
-                    f"or choose another --out")
+    problem = ""
+    if dist.main:
+        try:
+            if not lock.acquire():
+                who = f" (pid {lock.holder()})" if lock.holder() else ""
+                problem = (f"{lock.folder} is in use by another alexnet train{who}; wait for it to finish, "
+                           f"or choose another --out")
+        except OSError as e:
+            problem = f"cannot use {lock.folder} as the run folder ({e.strerror or e})"
+    if distributed.all_max(dist, torch.tensor([float(bool(problem))]))[0]:
+        raise UserError(problem or f"{lock.folder} was refused by rank 0 (its message says why)")
 
 
 def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distributed.Dist) -> _Run:
