@@ -189,11 +189,6 @@ _CPU_DTYPES = {torch.float32: 0, torch.bfloat16: 1}          # the C kernel's dt
 _CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _strides(t: torch.Tensor) -> tuple[int, int, int]:
-    # (N, C, P = H W) strides in elements: H and W merge into one run of pixels in both dense layouts.
-    return t.stride(0), t.stride(1), t.stride(3) if t.shape[3] > 1 else t.stride(2)
-
-
 def _dense(t: torch.Tensor) -> torch.Tensor:
     if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
         return t
@@ -213,8 +208,8 @@ def lrn_fused(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, t
         return kernels.lrn_cuda().lrn_forward(x, size, alpha, beta, k, towers)
     y = torch.empty_like(x)
     n, c, h, w = x.shape
-    kernels.lrn_cpu().lrn_forward(x.data_ptr(), y.data_ptr(), _CPU_DTYPES[x.dtype], n, c, h * w, *_strides(x),
-                                  towers, size, alpha, beta, k, torch.get_num_threads())
+    kernels.lrn_cpu().lrn_forward(x.data_ptr(), y.data_ptr(), _CPU_DTYPES[x.dtype], n, c, h * w,
+                                  *kernels.pixel_strides(x), towers, size, alpha, beta, k, torch.get_num_threads())
     return y
 
 
@@ -229,8 +224,8 @@ def lrn_fused_backward(x: torch.Tensor, grad: torch.Tensor, size: int, alpha: fl
     dx = torch.empty_like(x)
     n, c, h, w = x.shape
     kernels.lrn_cpu().lrn_backward(x.data_ptr(), g.data_ptr(), dx.data_ptr(), _CPU_DTYPES[x.dtype],
-                                   n, c, h * w, *_strides(x), *_strides(g), towers, size, alpha, beta, k,
-                                   torch.get_num_threads())
+                                   n, c, h * w, *kernels.pixel_strides(x), *kernels.pixel_strides(g), towers, size,
+                                   alpha, beta, k, torch.get_num_threads())
     return dx
 
 

@@ -34,7 +34,7 @@ from torch import nn
 from alexnet import lrn as lrn_module
 from alexnet.bench.data import write_photos
 from alexnet.bench.timing import matmul_peak, median_seconds
-from alexnet.bench.train import paper_step
+from alexnet.bench.train import _step, paper_step
 from alexnet.data.loader import train_loader
 from alexnet.data.prepare import prepare
 from alexnet.data.sources import open_split
@@ -74,7 +74,8 @@ def bench_gpu(device: str = "auto", batches: tuple[int, ...] = BATCHES, steps: i
             _write(out, result)
 
     section("peak", lambda: _peaks(dev, matmul_size))
-    peak = result["peak"] if "error" not in result["peak"] else {"bf16_tflops": float("nan"), "fp32_tflops": float("nan")}
+    nan = float("nan")
+    peak = result["peak"] if "error" not in result["peak"] else {"bf16_tflops": nan, "fp32_tflops": nan}
     section("train", lambda: _train(dev, batches, steps, compile_backend, peak))
     section("lrn", lambda: _lrn_share(dev, batches[len(batches) // 2], steps))
     section("infer", lambda: _infer(dev, max(batches) // 2, steps))
@@ -166,17 +167,8 @@ def _torchvision_step(batch: int, dev: torch.device, dtype: torch.dtype):
     """pytorch/examples' loop (NCHW, eager), in fp32 or under bf16 autocast."""
     torch.manual_seed(0)
     net = torchvision.models.alexnet(weights=None).to(dev).train()
-    opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(batch, 3, 224, 224, device=dev)
-    y = torch.randint(0, 1000, (batch,), device=dev)
-
-    def step():
-        with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = nn.functional.cross_entropy(net(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
+    return _step(net, torch.randn(batch, 3, 224, 224, device=dev), torch.randint(0, 1000, (batch,), device=dev),
+                 None if dtype == torch.float32 else dtype)
 
 
 def _lrn_share(dev: torch.device, batch: int, steps: int) -> dict:

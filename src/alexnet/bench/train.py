@@ -77,12 +77,14 @@ def paper_step(batch_size: int, device: torch.device, dtype: torch.dtype | None,
     return lambda: step(images, labels, draws, 1e-4)
 
 
-def _step(net: nn.Module, x: torch.Tensor, y: torch.Tensor):
-    """pytorch/examples' loop: plain fp32 forward and backward, torch.optim.SGD with its defaults."""
+def _step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast_to: torch.dtype | None = None):
+    """pytorch/examples' loop: plain fp32 forward and backward (or under autocast to ``autocast_to``),
+    torch.optim.SGD with its defaults."""
     opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
 
     def step():
-        loss = nn.functional.cross_entropy(net(x), y)
+        with torch.autocast(x.device.type, dtype=autocast_to, enabled=autocast_to is not None):
+            loss = nn.functional.cross_entropy(net(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -14,6 +14,12 @@ from .build import load
 _I64, _INT, _F32, _PTR = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
 
 
+def pixel_strides(t) -> tuple[int, int, int]:
+    """A dense 4-D tensor's (N, C, P = H W) strides in elements, as every kernel here sees it: H and W
+    merge into one run of pixels in both NCHW and channels_last."""
+    return t.stride(0), t.stride(1), t.stride(3) if t.shape[3] > 1 else t.stride(2)
+
+
 @cache
 def lrn_cpu() -> ctypes.CDLL | None:
     lib = load("lrn_cpu")

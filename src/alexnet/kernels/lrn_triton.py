@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from alexnet.kernels import pixel_strides
+
 
 @triton.jit
 def _window_sum(x_ptr, base, c, first, last, inside, sc, LO: tl.constexpr, HI: tl.constexpr,
@@ -77,11 +79,6 @@ def _backward(x_ptr, g_ptr, dx_ptr, C, P, sn, sc, sp, gn, gc, gp, ct, alpha, bet
     tl.store(dx_ptr + base + c.to(tl.int64) * sc, dx.to(dx_ptr.dtype.element_ty), mask=inside)
 
 
-def _strides(t: torch.Tensor) -> tuple[int, int, int]:
-    # (N, C, P = H W) strides in elements: H and W merge into one run of pixels in both dense layouts.
-    return t.stride(0), t.stride(1), t.stride(3) if t.shape[3] > 1 else t.stride(2)
-
-
 def _blocks(sc: int, channels_per_tower: int) -> tuple[int, int]:
     # Consecutive threads on consecutive addresses: a wide run of pixels in NCHW, a wide run of channels
     # in channels_last (as wide as a tower, up to 64).
@@ -103,7 +100,7 @@ def _launch(kernel, x: torch.Tensor, tensors: list, strides: tuple, size: int, a
 def lrn_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, towers: int) -> torch.Tensor:
     """y for a dense 4-D x (NCHW or channels_last); y has x's layout."""
     y = torch.empty_like(x)
-    _launch(_forward, x, [x, y], _strides(x), size, alpha, beta, k, towers)
+    _launch(_forward, x, [x, y], pixel_strides(x), size, alpha, beta, k, towers)
     return y
 
 
@@ -111,5 +108,5 @@ def lrn_backward(x: torch.Tensor, grad: torch.Tensor, size: int, alpha: float, b
                  towers: int) -> torch.Tensor:
     """dL/dx for dense x and grad (each in either layout); the result has x's layout."""
     dx = torch.empty_like(x)
-    _launch(_backward, x, [x, grad, dx], _strides(x) + _strides(grad), size, alpha, beta, k, towers)
+    _launch(_backward, x, [x, grad, dx], pixel_strides(x) + pixel_strides(grad), size, alpha, beta, k, towers)
     return dx
