@@ -1,4 +1,5 @@
-# The README's two commands. Each builds .venv from nothing when it is missing or pyproject.toml changed.
+# The README's two commands. Each builds .venv from nothing when it is missing or pyproject.toml or
+# constraints.txt (the exact torch and torchvision) changed.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -6,9 +7,9 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $@
 
 # The main job on the bundled demo set: generate it, decode it once (alexnet prepare), train the paper

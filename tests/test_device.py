@@ -65,3 +65,26 @@ def test_fp16_on_the_cpu_is_a_user_error():
 
 def test_distributed_uses_the_same_rule():
     assert distributed.pick_device is pick_device
+
+
+@pytest.mark.parametrize("command", [["train"], ["evaluate"], ["predict"], ["features"], ["viz", "neighbors"],
+                                     ["bench", "train"]])
+def test_every_command_takes_the_same_device_settings(command, capsys):
+    from alexnet.cli import build_parser
+
+    parser = build_parser()
+    required = {"evaluate": ["--checkpoint", ".", "--data", "."], "predict": ["--checkpoint", ".", "x.jpg"],
+                "features": ["--checkpoint", ".", "--data", ".", "--out", "f.npz"],
+                "viz": ["--checkpoint", ".", "--data", "."]}.get(command[0], [])
+    for setting in ("auto", "cpu", "cuda", "cuda:1"):
+        assert parser.parse_args([*command, *required, "--device", setting]).device == setting
+    with pytest.raises(SystemExit):
+        parser.parse_args([*command, *required, "--device", "gpu"])
+    assert "unknown device 'gpu'; use auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+def test_one_gpu_for_every_process_of_a_machine_is_refused(two_gpus, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="use --device cuda"):
+        distributed.setup("cuda:1")

@@ -8,6 +8,7 @@ import torch
 
 from alexnet.cli import main
 from alexnet.export import export
+from alexnet.model import AlexNet
 from alexnet.weights import load_model
 from conftest import run_cli as cli
 from test_weights import make_checkpoint
@@ -66,3 +67,123 @@ def test_onnx_model_matches_pytorch(variant, tmp_path):
     assert prep["crop"] == size and prep["normalization"] == "channel"
     assert prep["mean"] == pytest.approx(loaded.norm.mean.tolist())
     assert prep["std"] == pytest.approx(loaded.norm.std.tolist())
+
+
+# ---- ONNX with image input: predict's preprocessing inside the graph ----
+
+def _readme_input(path):
+    """The image-input model's input as the README makes it, with PIL alone (no alexnet code): shorter
+    side to 256 (bilinear), centre 256x256, uint8 (256, 256, 3) RGB."""
+    from PIL import Image, ImageOps
+
+    img = Image.open(path)
+    img.draft(None, (256, 256))   # as predict decodes a JPEG: at the smallest DCT scale that keeps 256
+    img = ImageOps.exif_transpose(img).convert("RGB")
+    w, h = img.size
+    s = min(w, h)
+    box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+    return np.asarray(img.resize((256, 256), Image.Resampling.BILINEAR, box=box))
+
+
+def _photos(folder):
+    """Noisy gradients in different colours (so that a network tells them apart), in shapes that take each
+    branch of the resize: wider, taller, square, smaller than 256 (upsampled), and a JPEG large enough
+    to be decoded at half scale."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    colours = [(200, 40, 40), (40, 200, 60), (30, 60, 220), (230, 230, 230), (120, 90, 40)]
+    sizes = [(320, 260), (240, 400), (256, 256), (150, 120), (640, 560)]
+    paths = []
+    for i, ((w, h), colour) in enumerate(zip(sizes, colours)):
+        ramp = np.linspace(-60, 60, w)[None, :, None] + np.linspace(-30, 30, h)[:, None, None] * [1, -1, 0.5]
+        pixels = np.clip(np.array(colour) + ramp + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+        paths.append(folder / (f"{i}.jpg" if w > 512 else f"{i}.png"))
+        Image.fromarray(pixels).save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module", params=[("paper", "mean-image"), ("owt", "channel")], ids=lambda p: p[1])
+def image_onnx(request, tmp_path_factory):
+    """(checkpoint, .onnx with image input, what `alexnet export` printed), exported through the CLI."""
+    import contextlib
+    import io
+
+    pytest.importorskip("onnxscript")
+    variant, normalization = request.param
+    folder = tmp_path_factory.mktemp(normalization)
+    torch.manual_seed(0)
+    net = AlexNet(variant, num_classes=3, init="pytorch")
+    with torch.no_grad():
+        # Freshly initialised logits are ~0.1 and alike for every image; larger ones make the tolerance
+        # below mean something and the top-1 differ between images.
+        net.classifier[-1].weight *= 100
+    ckpt = make_checkpoint(folder / "best.pt", variant=variant, normalization=normalization,
+                           classes=("cat", "dog", "fox"), net=net)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["export", "--checkpoint", str(ckpt), "--out", str(folder / "m.onnx"), "--image-input"])
+    assert code == 0
+    return ckpt, folder / "m.onnx", out.getvalue()
+
+
+def test_onnx_image_input_reproduces_predict(image_onnx, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from alexnet.data.decode import load_fixed
+    from alexnet.data.transforms import center_view
+    from alexnet.predict import predict
+
+    ckpt, model_file, printed = image_onnx
+    loaded = load_model(ckpt)
+    crop, kind = loaded.crop, loaded.normalization
+    assert printed.strip() == (f"{model_file}: onnx, {loaded.variant} network, 3 classes, uint8 256x256x3 image "
+                               f"input, centre {crop}x{crop} crop and {kind} normalization inside")
+    if kind == "mean-image":  # the point of the option: a mean that varies pixel by pixel
+        assert loaded.norm.per_pixel and loaded.norm.mean.std() > 10
+    paths = _photos(tmp_path)
+    images = np.stack([_readme_input(p) for p in paths])                # batch 5: not the traced 2
+    assert np.array_equal(images, np.stack([load_fixed(p).numpy() for p in paths]))
+
+    # What `alexnet predict` computes: its probabilities, and the logits of its preprocessing.
+    predicted = list(predict(loaded, paths, topk=3))
+    expected_probs = np.zeros((len(paths), 3))
+    for row, prediction in enumerate(predicted):
+        for index, p in prediction.top:
+            expected_probs[row, index] = p
+    with torch.no_grad():
+        expected = loaded.model(center_view(torch.from_numpy(images), crop, loaded.norm)).numpy()
+
+    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.type, i.shape) for i in session.get_inputs()] == \
+           [("images", "tensor(uint8)", ["batch", 256, 256, 3])]
+    logits, probs = session.run(["logits", "probabilities"], {"images": images})
+    scale = np.abs(expected).max()  # the logits' own size: a fixed 1e-4 would hide errors in small logits
+    assert np.abs(logits - expected).max() <= 1e-4 * scale, (np.abs(logits - expected).max(), scale)
+    assert np.abs(probs - expected_probs).max() <= 1e-4, np.abs(probs - expected_probs).max()
+    assert logits.argmax(1).tolist() == [prediction.top[0][0] for prediction in predicted]
+    (one,) = session.run(["logits"], {"images": images[1:2]})
+    assert np.abs(one[0] - logits[1]).max() <= 1e-5 * scale
+
+    meta = {p.key: p.value for p in onnx.load(str(model_file), load_external_data=False).metadata_props}
+    assert json.loads(meta["classes"]) == ["cat", "dog", "fox"] and meta["input"].startswith(
+        "images: uint8 (N, 256, 256, 3) RGB")
+    assert json.loads(meta["preprocessing"])["crop"] == crop
+
+
+def test_onnx_image_input_refuses_other_inputs(image_onnx):
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(image_onnx[1]), providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception, match=r"Unexpected input data type.*tensor\(float\).*tensor\(uint8\)"):
+        session.run(None, {"images": np.zeros((1, 256, 256, 3), np.float32)})   # already scaled to float
+    for shape in [(1, 3, 256, 256), (1, 227, 227, 3), (256, 256, 3)]:           # NCHW, a crop, no batch
+        with pytest.raises(Exception, match="[Ii]nvalid (rank|dimensions) for input: images"):
+            session.run(None, {"images": np.zeros(shape, np.uint8)})
+
+
+def test_image_input_is_an_onnx_option(tmp_path, capsys):
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"")  # refused before the file is read
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "w.safetensors"), "--image-input"]) == 2
+    err = capsys.readouterr().err
+    assert "image input (--image-input) is an ONNX option" in err and err.count("\n") == 1

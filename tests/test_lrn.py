@@ -82,6 +82,20 @@ def test_towers_are_kept_apart():
     assert (single(bumped)[:, 46:48] != single(a)[:, 46:48]).all()
 
 
+def test_the_networks_lrn_is_torchs_within_a_tower_and_over_all_channels_once_towers_is_1(impl):
+    from alexnet import AlexNet
+
+    norm1 = AlexNet(lrn="caffe").layer("norm1")
+    a = relu_like(2, 96, 5, 5, scale=300.0, seed=3).float()
+    caffe = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)   # Caffe's LRN: one window over all 96
+    per_tower = torch.cat([caffe(a[:, :48]), caffe(a[:, 48:])], 1)
+    torch.testing.assert_close(norm1(a), per_tower, rtol=1e-5, atol=1e-6)
+    # The README's table holds within a tower: at the boundary (channels 46-49) the windows differ.
+    assert ((norm1(a)[:, 46:50] - caffe(a)[:, 46:50]).abs() > 1e-3 * caffe(a)[:, 46:50].abs()).any()
+    norm1.towers = 1   # what bvlc_alexnet computed
+    torch.testing.assert_close(norm1(a), caffe(a), rtol=1e-5, atol=1e-6)
+
+
 def test_gradient_matches_finite_differences():
     a = relu_like(2, 8, 3, 3, scale=30.0, seed=3).requires_grad_()
     lrn = LocalResponseNorm(size=5, alpha=1e-2, beta=0.75, k=2.0, towers=2)

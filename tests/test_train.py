@@ -212,6 +212,62 @@ def test_a_finished_run_is_never_overwritten(data, tmp_path):
         train(config(data, tmp_path / "other"), resume=True)
 
 
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("wrong", ["no train folder", "no class folders", "a file for a folder"])
+def test_a_data_error_is_the_first_and_only_line_and_leaves_run_as_it_was(wrong, data, tmp_path, capsys):
+    from alexnet.cli import main
+
+    bad = tmp_path / "bad"
+    if wrong == "no train folder":
+        (bad / "val").mkdir(parents=True)
+    elif wrong == "no class folders":
+        (bad / "train").mkdir(parents=True)
+        (bad / "val").mkdir()
+    else:
+        bad.write_text("not a folder")
+    kept = tmp_path / "kept"          # a folder that already holds a user's file
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    for out in (tmp_path / "new", kept):
+        assert main(["train", "--data", str(bad), "--out", str(out), "--workers", "0"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("alexnet train: error:"), err
+    assert not (tmp_path / "new").exists()
+    assert _files(kept) == {"notes.txt": b"mine"} and [p.name for p in kept.iterdir()] == ["notes.txt"]
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing_until_epochs_grow(data, tmp_path, capsys):
+    from alexnet.cli import main
+
+    run = tmp_path / "run"
+    train(config(data, run, epochs=1))
+    before = _files(run)
+    capsys.readouterr()
+    for resume in (["--resume"], ["--resume", "auto"], ["--resume", str(run / "last.pt")]):
+        assert main(["train", "--out", str(run), *resume]) == 0
+        err = capsys.readouterr().err
+        assert "is complete: 1 of 1 epochs done" in err and "--epochs 2" in err and "resuming at" not in err, err
+        assert _files(run) == before
+    # The pytorch/examples habit names the run by its checkpoint; a larger --epochs trains it on.
+    assert main(["train", "--resume", str(run / "last.pt"), "--epochs", "2"]) == 0
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
+    assert main(["train", "--resume", str(run), "--out", str(tmp_path / "other")]) == 2
+    assert "name the run once" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as end:   # argparse's own refusal, one line
+        main(["train", "--resume", str(tmp_path / "nowhere")])
+    assert end.value.code == 2 and "a run folder holding last.pt" in capsys.readouterr().err
+
+
+def test_the_paper_recipe_on_a_small_set_points_at_the_demo_preset(data, tmp_path, capsys):
+    train(config(data, tmp_path / "paper", epochs=1))
+    assert "--preset demo is made for small sets" in capsys.readouterr().err
+    train(resolve("demo", dict(data=str(data), out=str(tmp_path / "demo"), epochs=1, batch_size=4, **FAST)))
+    assert "--preset demo" not in capsys.readouterr().err
+
+
 def test_two_processes_match_one_with_the_same_global_batch(more_data, tmp_path):
     # Dropout off: its random numbers are per process. Crops, flips and PCA noise are drawn per sample,
     # so they match across process counts by construction.

@@ -46,6 +46,19 @@ def existing_path(text: str) -> Path:
     return path
 
 
+def device_name(text: str) -> str:
+    """auto, cpu, cuda or cuda:N: every command takes the same settings (alexnet.device)."""
+    from alexnet.device import device_setting
+
+    try:
+        return device_setting(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+DEVICE_METAVAR = "{auto,cpu,cuda,cuda:N}"
+
+
 # ---- subcommands ----
 
 def _add_checkpoint(p: argparse.ArgumentParser) -> None:
@@ -159,7 +172,8 @@ def _add_bench(sub) -> None:
                    help="generated JPEGs for `data` and `gpu` (default: 512, gpu: 2048)")
     p.add_argument("--workers", type=positive_int,
                    help="DataLoader workers for the JPEG pipelines (default: 2; gpu: prepare's, one per core up to 16)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device_name, default="auto", metavar=DEVICE_METAVAR,
+                   help="auto: CUDA when present, else CPU")
     p.add_argument("--compile", action="store_true", help="train: torch.compile our network")
     p.add_argument("--json", action="store_true", help="one JSON object per benchmark")
     p.add_argument("--batches", type=_batch_list, default=(128, 256, 512), metavar="B,B,...",
@@ -303,6 +317,8 @@ _KIND_TYPES = {
 def _flag_type(field):
     if field.name == "data":
         return existing_path
+    if field.name == "device":
+        return device_name
     return _KIND_TYPES[field.metadata["kind"], field.type.replace(" | None", "")]
 
 
@@ -313,8 +329,11 @@ def _add_train(sub) -> None:
 
     p = sub.add_parser("train", help="train AlexNet (the paper's recipe, or a preset); resumable; torchrun for DDP",
                        description="Train AlexNet on DATA/train, validating on DATA/val each epoch. Flags override "
-                                   "the preset. Under torchrun it runs data-parallel (DDP).",
+                                   "the preset. Under torchrun it runs data-parallel (DDP). The paper preset is "
+                                   "ImageNet's recipe and stays at chance or diverges on a small folder of your own "
+                                   "(thousands of images): start such a run from --preset demo.",
                        epilog="examples:  alexnet train --preset demo --out runs/demo;  "
+                              "alexnet train --preset demo --data my-images --out runs/mine;  "
                               "alexnet train --data /imagenet --out runs/paper;  "
                               "torchrun --nproc_per_node=2 -m alexnet train --data DIR --out RUN;  "
                               "alexnet train --out RUN --resume")
@@ -325,21 +344,28 @@ def _add_train(sub) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=meta["help"])
             continue
         p.add_argument(flag, type=_flag_type(f), choices=meta["choices"], default=None,
-                       metavar=None if meta["choices"] else f.name.upper(),
+                       metavar=None if meta["choices"] else DEVICE_METAVAR if f.name == "device" else f.name.upper(),
                        help=meta["help"] + ("" if f.default is None else f" (paper default: {f.default})"))
-    p.add_argument("--resume", nargs="?", const=True, default=False, type=_resume_mode, metavar="auto",
-                   help="continue the run in --out from its last.pt; --resume auto: continue it if it holds one, "
-                        "else start it (for jobs a scheduler requeues; a process torchrun restarts does this "
-                        "by itself)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, type=_resume_mode, metavar="auto|RUN",
+                   help="continue the run in --out from its last.pt (--resume RUN or RUN/last.pt also name the "
+                        "run); --resume auto: continue it if it holds one, else start it (for jobs a scheduler "
+                        "requeues; a process torchrun restarts does this by itself). A finished run is extended "
+                        "by resuming it with a larger --epochs")
     p.add_argument("--require-top1", type=_fraction, default=None, metavar="FRACTION",
                    help="exit with status 1 if the best val top-1 ends below this (e.g. 0.9): a run that doubles as a check")
     p.set_defaults(run=_run_train)
 
 
-def _resume_mode(text: str) -> str:
-    if text != "auto":
-        raise argparse.ArgumentTypeError(f"expected nothing or 'auto', got {text!r} (the run is --out's folder)")
-    return text
+def _resume_mode(text: str) -> str | Path:
+    """"auto", or the run to continue named as pytorch/examples users name it: its last.pt, or its folder."""
+    if text == "auto":
+        return text
+    path = Path(text).expanduser()
+    if path.is_dir() and (path / "last.pt").is_file():
+        return path
+    if path.name == "last.pt" and path.is_file():
+        return path.parent
+    raise argparse.ArgumentTypeError(f"expected nothing, 'auto', or a run folder holding last.pt, got {text!r}")
 
 
 def _run_train(args) -> int:
@@ -352,8 +378,13 @@ def _run_train(args) -> int:
     given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if "data" in given:
         given["data"] = str(given["data"])
+    resume = args.resume
+    if isinstance(resume, Path):   # --resume RUN: the run is that folder, which --out may also name
+        if "out" in given and Path(given["out"]).expanduser().resolve() != resume.resolve():
+            raise UserError(f"--resume names {resume} but --out names {given['out']}: name the run once")
+        given["out"], resume = str(resume), True
     config = resolve(given.pop("preset", "paper"), given)
-    result = train(config, resume=args.resume, given=given)
+    result = train(config, resume=resume, given=given)
     if args.require_top1 is not None and result.get("best_top1", -1) < args.require_top1:
         print(f"alexnet train: error: best val top-1 {100 * result['best_top1']:.1f}% is below the required "
               f"{100 * args.require_top1:.1f}%", file=sys.stderr)
@@ -362,8 +393,6 @@ def _run_train(args) -> int:
 
 
 def _add_evaluate(sub) -> None:
-    from alexnet.config import DEVICES
-
     p = sub.add_parser("evaluate", help="top-1/top-5 accuracy of a trained network on DATA/val (1 or 10 views)",
                        description="Top-1 and top-5 accuracy (and error, as the paper reports it) of the network "
                                    "in --checkpoint on DATA/val/<class>/*. With --crops 10 each image's class "
@@ -377,7 +406,7 @@ def _add_evaluate(sub) -> None:
                    help="1: the centre crop; 10: four corners and centre, and their mirror images (default: 1)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch in each process (default: 64)")
     p.add_argument("--workers", type=_non_negative_int, default=2, help="data-loading processes (default: 2)")
-    p.add_argument("--device", choices=DEVICES, default="auto",
+    p.add_argument("--device", type=device_name, default="auto", metavar=DEVICE_METAVAR,
                    help="auto: CUDA when present, else CPU (with --precision int8: the CPU)")
     _add_precision(p, "calibrated on --calibration-images of DATA/train (never on val), centre crops")
     p.add_argument("--json", action="store_true",
@@ -420,8 +449,6 @@ def _run_evaluate(args) -> int:
 
 
 def _add_predict(sub) -> None:
-    from alexnet.config import DEVICES
-
     p = sub.add_parser("predict", help="top-k classes of images, with names and probabilities",
                        description="The most probable classes of each image (a folder stands for its image files, "
                                    "sorted), seen as in training: shorter side to 256, centre 256x256, the "
@@ -434,7 +461,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--topk", type=positive_int, default=5, help="classes per image (default: 5)")
     p.add_argument("--crops", type=int, choices=(1, 10), default=1, help="1: the centre crop; 10: the paper's 10 views")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
-    p.add_argument("--device", choices=DEVICES, default="auto",
+    p.add_argument("--device", type=device_name, default="auto", metavar=DEVICE_METAVAR,
                    help="auto: CUDA when present, else CPU (with --precision int8: the CPU)")
     _add_precision(p, "calibrated on --calibrate, else on the images being predicted (so that then an image's "
                       "probabilities depend a little on the others given with it)")
@@ -477,12 +504,19 @@ def _add_export(sub) -> None:
                                    "metadata (variant, classes and names, preprocessing with its mean/std tensors, "
                                    "measured accuracy); every --checkpoint flag accepts the result. onnx: the "
                                    "network on normalised (N, 3, crop, crop) input, classes and preprocessing in "
-                                   "its metadata (needs the onnx and onnxscript packages).",
-                       epilog="example:  alexnet export --checkpoint runs/demo/best.pt --format onnx --out demo.onnx")
+                                   "its metadata (needs the onnx and onnxscript packages); with --image-input, "
+                                   "the network behind predict's own preprocessing, on uint8 images.",
+                       epilog="example:  alexnet export --checkpoint runs/demo/best.pt --format onnx --out demo.onnx "
+                              "--image-input")
     _add_checkpoint(p)
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="file format (default: from the suffix of --out)")
     p.add_argument("--out", required=True, type=Path, help="file to write")
+    p.add_argument("--image-input", action="store_true",
+                   help="onnx only: take uint8 RGB images (N, 256, 256, 3), NHWC, already resized so the shorter "
+                        "side is 256 (bilinear) and centre-cropped to 256x256; the graph does the rest of "
+                        "predict's 1-view path (centre crop, mean image or mean/std, layout) and outputs logits "
+                        "and probabilities. Default: normalised float (N, 3, crop, crop) input, logits only")
     p.set_defaults(run=_run_export)
 
 
@@ -492,9 +526,11 @@ def _run_export(args) -> int:
     fmt = args.format or args.out.suffix.lstrip(".").lower()
     if fmt not in FORMATS:
         raise UserError(f"cannot tell the format from {args.out}; add --format {' or --format '.join(FORMATS)}")
-    loaded = export(args.checkpoint, fmt, args.out)
-    print(f"{args.out}: {fmt}, {loaded.variant} network, {len(loaded.classes)} classes, "
-          f"{loaded.crop}x{loaded.crop} input, {loaded.normalization} normalization")
+    loaded = export(args.checkpoint, fmt, args.out, image_input=args.image_input)
+    side = loaded.crop
+    what = (f"uint8 256x256x3 image input, centre {side}x{side} crop and {loaded.normalization} normalization "
+            f"inside" if args.image_input else f"{side}x{side} input, {loaded.normalization} normalization")
+    print(f"{args.out}: {fmt}, {loaded.variant} network, {len(loaded.classes)} classes, {what}")
     return 0
 
 
@@ -526,7 +562,6 @@ def _run_import_torchvision(args) -> int:
 # ---- pictures (alexnet viz ...) and features (alexnet features) ----
 
 def _add_viz(sub) -> None:
-    from alexnet.config import DEVICES
     from alexnet.features import DEFAULT_LAYER
 
     p = sub.add_parser("viz", help="PNG pictures: learning curves, conv1 kernels, top-5 predictions, fc7 neighbours",
@@ -564,7 +599,8 @@ def _add_viz(sub) -> None:
     r.add_argument("--topk", type=positive_int, default=5, help="classes per image (default: 5)")
     r.add_argument("--crops", type=int, choices=(1, 10), default=1, help="1: the centre crop; 10: the paper's 10 views")
     r.add_argument("--max-images", type=positive_int, default=16, help="draw at most this many images (default: 16)")
-    r.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when present, else CPU")
+    r.add_argument("--device", type=device_name, default="auto", metavar=DEVICE_METAVAR,
+                   help="auto: CUDA when present, else CPU")
     r.add_argument("--out", type=Path, default=None,
                    help="PNG to write (default: predictions.png beside the checkpoint)")
     r.set_defaults(run=_run_viz_predictions)
@@ -579,13 +615,12 @@ def _add_viz(sub) -> None:
     n.add_argument("--queries", type=positive_int, default=5, help="val images to search for (default: 5)")
     n.add_argument("--k", type=positive_int, default=6, help="neighbours per query (default: 6)")
     # A picture, not a measurement: bf16 where the hardware has it halves the time on this CPU.
-    _add_feature_options(n, DEFAULT_LAYER, DEVICES, precision="auto")
+    _add_feature_options(n, DEFAULT_LAYER, precision="auto")
     n.add_argument("--out", type=Path, default=None, help="PNG to write (default: neighbors.png beside the checkpoint)")
     n.set_defaults(run=_run_viz_neighbors)
 
 
-def _add_feature_options(p: argparse.ArgumentParser, default_layer: str, devices: tuple[str, ...],
-                         precision: str = "fp32") -> None:
+def _add_feature_options(p: argparse.ArgumentParser, default_layer: str, precision: str = "fp32") -> None:
     from alexnet.config import PRECISIONS
 
     p.add_argument("--layer", default=default_layer,
@@ -593,7 +628,8 @@ def _add_feature_options(p: argparse.ArgumentParser, default_layer: str, devices
                         f"{default_layer}, fc7 after its ReLU)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: 64)")
     p.add_argument("--workers", type=_non_negative_int, default=2, help="data-loading processes (default: 2)")
-    p.add_argument("--device", choices=devices, default="auto", help="auto: CUDA when present, else CPU")
+    p.add_argument("--device", type=device_name, default="auto", metavar=DEVICE_METAVAR,
+                   help="auto: CUDA when present, else CPU")
     p.add_argument("--precision", choices=PRECISIONS, default=precision,
                    help=f"fp32, or autocast to bf16/fp16; auto: bf16 where the hardware has it (default: {precision})")
 
@@ -660,7 +696,6 @@ def _run_viz_neighbors(args) -> int:
 
 
 def _add_features(sub) -> None:
-    from alexnet.config import DEVICES
     from alexnet.features import DEFAULT_LAYER
 
     p = sub.add_parser("features", help="a layer's activations (fc7 by default) for every image of a split, as .npz",
@@ -674,7 +709,7 @@ def _add_features(sub) -> None:
     p.add_argument("--data", required=True, type=existing_path, help="dataset folder holding <split>/<class>/<images>")
     p.add_argument("--split", default="val", help="which split folder (default: val)")
     p.add_argument("--out", required=True, type=Path, help=".npz file to write")
-    _add_feature_options(p, DEFAULT_LAYER, DEVICES)
+    _add_feature_options(p, DEFAULT_LAYER)
     p.set_defaults(run=_run_features)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from alexnet.data.transforms import NORMALIZATIONS
-from alexnet.device import DEVICES
+from alexnet.device import device_setting
 from alexnet.errors import UserError
 from alexnet.lrn import LRN_CONVENTIONS
 from alexnet.model import INITS, INPUT_SIZE, VARIANTS
@@ -60,7 +60,8 @@ class TrainConfig:
     dropout: float = _opt(0.5, "dropout probability on fc6 and fc7", kind="fraction")
     dropout_start: int = _opt(1, "the epoch dropout switches on at; none before it (late dropout)", kind="count")
     # the optimiser (paper section 5)
-    epochs: int = _opt(90, "epochs to train", kind="count")
+    epochs: int = _opt(90, "epochs to train; may be raised on --resume to train a finished run further (a "
+                           "cosine schedule is then spread over the new count)", kind="count")
     batch_size: int = _opt(128, "global batch size, split across processes", kind="count")
     lr: float = _opt(0.01, "peak learning rate", kind="positive")
     momentum: float = _opt(0.9, "SGD momentum", kind="fraction")
@@ -80,7 +81,8 @@ class TrainConfig:
     flip: bool = _opt(True, "random horizontal reflections")
     stats_images: int = _opt(0, "images used for the mean image and PCA (0: all)", kind="non-negative")
     # the machine
-    device: str = _opt("auto", "auto: CUDA when present, else CPU", DEVICES)
+    device: str = _opt("auto", "auto: CUDA when present, else CPU; cpu; cuda: this process's GPU (its local rank's "
+                               "under torchrun); cuda:N: GPU N (one process)")
     precision: str = _opt("auto", "auto: bf16 autocast where the hardware has it, else fp32", PRECISIONS)
     channels_last: bool = _opt(True, "channels_last memory format")
     compile: bool = _opt(False, "torch.compile the model")
@@ -105,6 +107,7 @@ class TrainConfig:
             if f.metadata["choices"]:
                 _choice(f.name, value, f.metadata["choices"])
             _check_number(f.name, value, f.metadata["kind"])
+        device_setting(self.device)
         if self.warmup_epochs >= self.epochs:
             raise UserError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than the run ({self.epochs} epochs)")
         if self.dropout and self.dropout_start > self.epochs:

@@ -19,6 +19,7 @@ import torch.distributed as td
 
 # The one device rule lives in device.py; importable from here too.
 from alexnet.device import pick_device
+from alexnet.errors import UserError
 
 
 @dataclass
@@ -54,6 +55,9 @@ def setup(device_setting: str = "auto") -> Dist:
     """Join torchrun's process group if there is one; pick this process's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_setting.startswith("cuda:") and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+        raise UserError(f"--device {device_setting} would put every process of this machine on one GPU; under "
+                        f"torchrun use --device cuda (each process takes its local rank's GPU)")
     device = pick_device(device_setting, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)

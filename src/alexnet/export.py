@@ -1,9 +1,19 @@
 """Weights for use elsewhere: safetensors with their meaning (see weights.py), or an ONNX model.
 
-The ONNX model is the network alone: float32 input (N, 3, crop, crop), already normalised as the
-metadata says, to logits (N, num_classes), with a free batch dimension. Its metadata_props carry the
-classes, names and preprocessing as JSON; a per-pixel mean image is too large for them and stays in
-the safetensors export.
+The ONNX model comes in two forms, both with a free batch dimension and the classes, names and
+preprocessing as JSON in their metadata_props:
+
+  network alone   float32 (N, 3, crop, crop), already normalised as the metadata says -> logits. A
+                  per-pixel mean image is too large for the metadata and stays in the safetensors export:
+                  a mean-image model in this form cannot be fed from its .onnx file alone.
+  image input     uint8 (N, 256, 256, 3) RGB, the fixed preprocessing done (shorter side resized to 256,
+                  bilinear, then the centre 256x256: decode.resize_center) -> logits and probabilities.
+                  The graph holds the rest of what `alexnet predict` does with 1 view: the centre crop,
+                  the mean (the mean image's own centre crop) and std, the NCHW layout.
+
+The image input starts at 256x256, not at the crop, because that is where the mean image's pixels are
+defined: the graph then picks the crop position exactly as predict does (torchvision's rounding, 14 for
+227) and the user has only the resize to reproduce.
 """
 
 from __future__ import annotations
@@ -13,7 +23,10 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from alexnet.data.decode import FIXED_SIZE
+from alexnet.data.transforms import view_positions
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
 from alexnet.weights import LoadedModel, load_model, preprocessing_description, save_weights
@@ -21,39 +34,93 @@ from alexnet.weights import LoadedModel, load_model, preprocessing_description, 
 FORMATS = ("safetensors", "onnx")
 
 
-def export(checkpoint: str | Path, fmt: str, out: str | Path) -> LoadedModel:
-    """Write the network in ``checkpoint`` (training .pt or safetensors) to ``out`` as ``fmt``."""
+def export(checkpoint: str | Path, fmt: str, out: str | Path, image_input: bool = False) -> LoadedModel:
+    """Write the network in ``checkpoint`` (training .pt or safetensors) to ``out`` as ``fmt``.
+
+    image_input: ONNX only; the graph takes uint8 images and preprocesses them itself (see the module doc)."""
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if image_input and fmt != "onnx":
+        raise UserError(f"image input (--image-input) is an ONNX option; {fmt} keeps the preprocessing's tensors "
+                        f"beside the weights instead")
     loaded = load_model(checkpoint)
     if fmt == "safetensors":
         save_weights(loaded, out)
     else:
-        export_onnx(loaded, out)
+        export_onnx(loaded, out, image_input=image_input)
     return loaded
 
 
-def export_onnx(loaded: LoadedModel, out: str | Path, opset: int | None = None) -> None:
+def export_onnx(loaded: LoadedModel, out: str | Path, opset: int | None = None, image_input: bool = False) -> None:
     """``loaded``'s network as one self-contained .onnx file (weights inside, not beside it)."""
     try:
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it; say so before tracing)
     except ImportError:
         raise UserError("ONNX export needs the onnx and onnxscript packages: pip install onnx onnxscript") from None
     model = loaded.model.eval()
-    # Batch 2, not 1: torch.export would take a batch of 1 for a constant and fix it in the graph.
-    example = torch.zeros(2, 3, loaded.crop, loaded.crop)
+    if image_input:
+        model = ImageInput(loaded).eval()
+        # Batch 2, not 1: torch.export would take a batch of 1 for a constant and fix it in the graph.
+        example = torch.zeros(2, FIXED_SIZE, FIXED_SIZE, 3, dtype=torch.uint8)
+        outputs = ["logits", "probabilities"]
+    else:
+        example = torch.zeros(2, 3, loaded.crop, loaded.crop)
+        outputs = ["logits"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals mean nothing to a user
         program = torch.onnx.export(model, (example,), dynamo=True, verbose=False, opset_version=opset,
-                                    input_names=["images"], output_names=["logits"],
+                                    input_names=["images"], output_names=outputs,
                                     dynamic_shapes=({0: torch.export.Dim("batch")},))
+    program.model.metadata_props.update(_metadata(loaded, image_input))
+    atomic_write(out, lambda tmp: program.save(tmp, external_data=False))
+
+
+def _metadata(loaded: LoadedModel, image_input: bool) -> dict[str, str]:
     norm = loaded.norm
     prep = preprocessing_description(loaded)
     if not norm.per_pixel:
         prep["mean"] = norm.mean.tolist()
     prep["std"] = None if norm.std is None else norm.std.tolist()
-    program.model.metadata_props.update({
-        "variant": loaded.variant, "num_classes": str(len(loaded.classes)), "lrn": loaded.lrn or "none",
-        "classes": json.dumps(loaded.classes), "names": json.dumps(loaded.names),
-        "preprocessing": json.dumps(prep), "metrics": json.dumps(loaded.metrics), "source": loaded.source})
-    atomic_write(out, lambda tmp: program.save(tmp, external_data=False))
+    if image_input:
+        top, left, _ = _centre(loaded.crop)
+        prep["in_graph"] = f"centre {loaded.crop}x{loaded.crop} crop at (top {top}, left {left}), mean, std, NCHW"
+        contract = (f"images: uint8 (N, {FIXED_SIZE}, {FIXED_SIZE}, 3) RGB, shorter side resized to {FIXED_SIZE} "
+                    f"(bilinear) and centre-cropped to {FIXED_SIZE}x{FIXED_SIZE}; outputs: logits and "
+                    f"probabilities (N, {len(loaded.classes)})")
+    else:
+        contract = (f"images: float32 (N, 3, {loaded.crop}, {loaded.crop}), normalised as preprocessing says; "
+                    f"output: logits (N, {len(loaded.classes)})")
+    return {"variant": loaded.variant, "num_classes": str(len(loaded.classes)), "lrn": loaded.lrn or "none",
+            "classes": json.dumps(loaded.classes), "names": json.dumps(loaded.names), "input": contract,
+            "preprocessing": json.dumps(prep), "metrics": json.dumps(loaded.metrics), "source": loaded.source}
+
+
+def _centre(crop: int) -> tuple[int, int, bool]:
+    # predict's 1-view test crop (transforms.center_view), so the graph reads the same pixels.
+    return view_positions(FIXED_SIZE, FIXED_SIZE, crop)[4]
+
+
+class ImageInput(nn.Module):
+    """uint8 (N, 256, 256, 3) RGB -> (logits, probabilities): `alexnet predict`'s 1-view path after decoding.
+
+    Only the mean image's pixels under the crop are kept: they are all that predict reads of it.
+    """
+
+    def __init__(self, loaded: LoadedModel):
+        super().__init__()
+        self.network = loaded.model
+        self.crop = loaded.crop
+        self.top, self.left, _ = _centre(loaded.crop)
+        mean = loaded.norm.mean.float()
+        if loaded.norm.per_pixel:
+            mean = mean[self.top:self.top + self.crop, self.left:self.left + self.crop]
+        self.register_buffer("mean", mean.contiguous())
+        # The paper feeds raw 0-255 values minus the mean: no std, so no Div node in the graph either.
+        self.register_buffer("std", None if loaded.norm.std is None else loaded.norm.std.float())
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images[:, self.top:self.top + self.crop, self.left:self.left + self.crop].float() - self.mean
+        if self.std is not None:
+            x = x / self.std
+        logits = self.network(x.permute(0, 3, 1, 2))
+        return logits, logits.softmax(1)

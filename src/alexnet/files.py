@@ -100,8 +100,9 @@ class FolderLock:
 
     An advisory lock (flock) on FOLDER/.lock, which the system drops when its process ends however it
     ends, so a run killed with kill -9 leaves nothing stale for the next one to clear. The file keeps the
-    holder's pid for the message of the one refused. A folder this lock had to create and in which nothing
-    else was written is removed again on release. Where flock does not exist (Windows) nothing is held.
+    holder's pid for the message of the one refused. What the lock made (the file, and the folder if it
+    had to make it and nothing else was written there) is removed on release, so a refused or failed
+    command leaves a folder as it found it. Where flock does not exist (Windows) nothing is held.
     """
 
     NAME = ".lock"
@@ -120,12 +121,22 @@ class FolderLock:
             return True
         self.created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.folder / self.NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        path = self.folder / self.NAME
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+            # The holder before us may have removed the file between our open and our flock: a lock on
+            # that file holds nothing, so take the one that is there now.
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            return False
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
@@ -141,8 +152,9 @@ class FolderLock:
     def release(self) -> None:
         if self.fd is None:
             return
-        if self.created and [p.name for p in self.folder.iterdir()] == [self.NAME]:
-            (self.folder / self.NAME).unlink(missing_ok=True)
+        # Removed while still held: a process that opened it meanwhile sees another file there and retries.
+        (self.folder / self.NAME).unlink(missing_ok=True)
+        if self.created and not any(self.folder.iterdir()):
             self.folder.rmdir()
         os.close(self.fd)   # closing drops the lock
         self.fd = None

@@ -61,6 +61,9 @@ PREVIOUS = ".last-previous.pt"
 # SIGUSR1: what schedulers send ahead of a preemption (SLURM's --signal=USR1@120); handled as SIGTERM.
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 STATS_CACHE = "data_stats.safetensors"
+# Below this many training images the paper's recipe (N(0, 0.01) init, batch 128) is pointed away from:
+# on a few thousand images it stayed at chance or went to NaN (README, "The demo recipe").
+SMALL_DATA = 100_000
 
 
 class NonFiniteLoss(RuntimeError):
@@ -356,11 +359,25 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
     lock = FolderLock(config.out)
     try:
         _hold(lock, dist)
-        # No name holds the checkpoint: its tensors (hundreds of MB) are freed once they are loaded.
-        return _train(_set_up(*resolve_run(config, resume, given or {}, dist), dist))
+        config, ckpt = resolve_run(config, resume, given or {}, dist)
+        if ckpt is not None and ckpt.epoch >= config.epochs:
+            return _complete(config, ckpt, dist)
+        # No name holds the checkpoint once _set_up returns: its tensors (hundreds of MB) are freed.
+        return _train(_set_up(config, ckpt, dist))
     finally:
         lock.release()
         distributed.teardown(dist)
+
+
+def _complete(config: TrainConfig, ckpt: checkpoint.Resumable, dist: distributed.Dist) -> dict[str, Any]:
+    """A resumed run that has done all its epochs: nothing to train, and nothing in RUN changes (a job
+    requeued after it finished ends at once, successfully)."""
+    best = ckpt.best
+    if dist.main:
+        tqdm.write(f"alexnet train: {config.out} is complete: {ckpt.epoch} of {config.epochs} epochs done, best val "
+                   f"top-1 {100 * best['top1']:.1f}% at epoch {best['epoch']}; to train it further, resume with a "
+                   f"larger --epochs (e.g. --epochs {2 * config.epochs})", file=sys.stderr)
+    return {"best_top1": best["top1"], "best_epoch": best["epoch"], "run": str(config.out), "complete": True}
 
 
 def _hold(lock: FolderLock, dist: distributed.Dist) -> None:
@@ -390,21 +407,25 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     dtype = autocast_dtype(config.precision, dist.device)
     if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # every batch has the same shape: pick the fastest kernels once
-    if dist.main:
-        _open_folder(folder, config, resumed=ckpt is not None, how=f"{dist.world} x {dist.device.type}, "
-                                                                  f"{precision_name(dtype)}")
+    # The data is checked before anything is printed or written: a wrong --data leaves RUN as it was.
     source = _open_data(config, dist)
     train_set, val_set = source.splits["train"], source.splits["val"]
     if ckpt is not None and ckpt.classes != source.classes:
         raise UserError(f"the data's classes differ from those the run was started with ({config.data})")
-    # One record of unreadable training files for the statistics pass and the epochs: each warned once.
-    train_skips = SkippedFiles(train_set)
-    prep = ckpt.prep if ckpt is not None else _preprocessing(config, train_set, dist, train_skips)
-    train_skips.end_epoch()   # the statistics pass is no epoch
     steps = steps_per_epoch(len(train_set), batch_per_rank, shard.world)
     if steps == 0:
         raise UserError(f"{len(train_set)} training images make no full batch of {config.batch_size}; "
                         f"use a smaller --batch-size")
+    if dist.main:
+        _open_folder(folder, config, resumed=ckpt is not None, how=f"{dist.world} x {dist.device.type}, "
+                                                                  f"{precision_name(dtype)}")
+        if config.preset == "paper" and config.init == "paper" and len(train_set) < SMALL_DATA:
+            tqdm.write(f"note: the paper's recipe is ImageNet's (1.28M images); on {len(train_set):,} it tends to "
+                       f"stay at chance or diverge: --preset demo is made for small sets", file=sys.stderr)
+    # One record of unreadable training files for the statistics pass and the epochs: each warned once.
+    train_skips = SkippedFiles(train_set)
+    prep = ckpt.prep if ckpt is not None else _preprocessing(config, train_set, dist, train_skips)
+    train_skips.end_epoch()   # the statistics pass is no epoch
 
     torch.manual_seed(config.seed + dist.rank)  # dropout: a different stream on every rank
     if towers:  # every process cuts its tower from the network one process would start from

@@ -1,0 +1,63 @@
+"""FolderLock: one holder at a time, and a folder left as it was found."""
+
+import subprocess
+import sys
+
+from alexnet.files import FolderLock
+
+HOLD = """
+import sys, time
+from alexnet.files import FolderLock
+lock = FolderLock(sys.argv[1])
+print(lock.acquire(), flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_folder_is_held_by_one_process_and_left_as_it_was_found(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("kept")
+    other = subprocess.Popen([sys.executable, "-c", HOLD, str(mine)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "True"
+        refused = FolderLock(mine)
+        assert not refused.acquire() and refused.holder() == str(other.pid)
+    finally:
+        other.kill()
+        other.wait()
+    # The holder was killed (-9): its hold went with it, though its file is still there.
+    lock = FolderLock(mine)
+    assert lock.acquire()
+    lock.release()
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    made = FolderLock(tmp_path / "new" / "run")
+    assert made.acquire() and (tmp_path / "new" / "run" / ".lock").is_file()
+    made.release()
+    assert not (tmp_path / "new" / "run").exists()
+
+
+def test_a_hold_on_a_file_its_holder_removed_is_not_taken_for_the_folders(tmp_path, monkeypatch):
+    # The race release() opens: B opens .lock, A removes it and lets go, B's flock then succeeds on a file
+    # no longer in the folder. B must take a fresh .lock, or C could hold the folder at the same time.
+    import os
+
+    first = FolderLock(tmp_path)
+    assert first.acquire()
+    real_open, opened = os.open, []
+
+    def open_then_lose_the_race(path, *args):
+        fd = real_open(path, *args)
+        if not opened:
+            opened.append(fd)
+            first.release()        # between this open and the flock that follows it
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_lose_the_race)
+    second = FolderLock(tmp_path)
+    assert second.acquire()
+    monkeypatch.undo()
+    assert os.fstat(second.fd).st_ino == os.stat(tmp_path / ".lock").st_ino
+    third = FolderLock(tmp_path)
+    assert not third.acquire()
+    second.release()
