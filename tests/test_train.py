@@ -75,10 +75,11 @@ def test_a_run_writes_config_metrics_and_plain_checkpoints(data, tmp_path):
     assert "optimizer" not in best and best["preprocessing"]["mean"].shape == (256, 256, 3)
 
 
-def test_resume_after_an_epoch_matches_an_uninterrupted_run(data, tmp_path):
-    train(config(data, tmp_path / "a"))
-    train(config(data, tmp_path / "b", epochs=1))
-    train(config(data, tmp_path / "b", epochs=2), resume=True, given={"epochs": 2})
+@pytest.mark.parametrize("opts", [{}, dict(optimizer="lars", lr=0.5, accumulate=2)], ids=["sgd", "lars-accumulated"])
+def test_resume_after_an_epoch_matches_an_uninterrupted_run(opts, data, tmp_path):
+    train(config(data, tmp_path / "a", **opts))
+    train(config(data, tmp_path / "b", epochs=1, **opts))
+    train(config(data, tmp_path / "b", epochs=2, **opts), resume=True, given={"epochs": 2})
     assert_same_weights(weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt"))
     assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2
 
@@ -202,6 +203,12 @@ def test_a_split_with_no_readable_image_is_a_user_error(data, tmp_path):
         train(config(data, tmp_path / "run", epochs=1, normalization="imagenet", pca_noise="none"))
 
 
+def test_parts_that_do_not_split_the_batch_are_refused_before_the_run_starts(data, tmp_path):
+    with pytest.raises(UserError, match="--accumulate 3 does not split each process's 4 images"):
+        train(config(data, tmp_path / "run", accumulate=3))
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_finished_run_is_never_overwritten(data, tmp_path):
     train(config(data, tmp_path / "run", epochs=1))
     with pytest.raises(UserError, match="already holds a run"):
@@ -274,6 +281,8 @@ def test_two_processes_match_one_with_the_same_global_batch(more_data, tmp_path)
     common = ["--data", str(more_data), "--epochs", "1", "--batch-size", "4", "--dropout", "0", "--lr", "0.001",
               "--workers", "0", "--precision", "fp32"]
     train(config(more_data, tmp_path / "one", epochs=1, dropout=0.0))
+    # Each process takes its 2 images in 2 parts (the first without DDP's exchange): the same steps still.
+    common += ["--accumulate", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "-m", "alexnet", "train", *common, "--out", str(tmp_path / "two")],
@@ -293,8 +302,11 @@ def test_two_processes_match_one_with_the_same_global_batch(more_data, tmp_path)
     (["--data", "/no/such/folder"], "does not exist"),
     (["--schedule", "linear"], "invalid choice"),
     (["--resume", "--out", "/tmp/alexnet-no-such-run"], "nothing to resume"),
-    (["--resume", "maybe"], "expected nothing or 'auto'"),
+    (["--resume", "maybe"], "expected nothing, 'auto', or a run folder holding last.pt"),
     (["--save-every-minutes", "nan"], "expected a non-negative number, got nan"),
+    (["--optimizer", "adam"], "invalid choice: 'adam'"),
+    (["--accumulate", "0"], "expected a positive integer, got 0"),
+    (["--lars-eta", "0"], "expected a positive number"),
 ])
 def test_bad_flags_exit_2_with_one_line(args, message):
     r = subprocess.run([sys.executable, "-m", "alexnet", "train", *args], capture_output=True, text=True)

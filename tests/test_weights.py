@@ -174,6 +174,53 @@ def test_torch_hub_loads_the_network_and_trained_weights_from_a_local_file(paper
         torch.hub.load(str(REPO), "alexnet", source="local", variant="owt", num_classes=2, weights=str(paper_pt))
 
 
+
+def test_torch_hub_takes_the_variant_and_class_count_from_the_file(tmp_path):
+    pt = make_checkpoint(tmp_path / "owt3.pt", variant="owt", classes=("ant", "bee", "cow"))
+    st = tmp_path / "owt3.safetensors"
+    save_weights(load_model(pt), st)
+    model = torch.hub.load(str(REPO), "alexnet", source="local", weights=str(st))
+    assert (model.variant, model.num_classes, model.classes) == ("owt", 3, ["ant", "bee", "cow"])
+    assert not model.training and model.preprocessing["crop"] == 224
+    agreeing = torch.hub.load(str(REPO), "alexnet", source="local", variant="owt", num_classes=3, weights=st,
+                              lrn="caffe", dropout=0.2)   # lrn is ignored for owt, as AlexNet ignores it
+    assert [m.p for m in agreeing.modules() if isinstance(m, torch.nn.Dropout)] == [0.2, 0.2]
+    x = torch.randn(1, 3, 224, 224)
+    assert torch.equal(agreeing(x), model(x))
+    with pytest.raises(UserError, match=r"holds the owt network with 3 classes, not the network with 2 classes "
+                                        r"asked for; leave variant, num_classes and lrn out"):
+        torch.hub.load(str(REPO), "alexnet", source="local", num_classes=2, weights=str(st))
+    with pytest.raises(UserError, match="not the paper network asked for"):
+        torch.hub.load(str(REPO), "alexnet", "paper", source="local", weights=str(st))
+
+
+def test_torch_hub_refuses_an_lrn_convention_the_file_was_not_trained_with(paper_pt):
+    with pytest.raises(UserError, match=r"holds the paper network with 2 classes \(LRN paper\), not the network "
+                                        r"\(LRN caffe\) asked for"):
+        torch.hub.load(str(REPO), "alexnet", source="local", weights=str(paper_pt), lrn="caffe")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"pretrained": True}, TypeError, "^pretrained is not supported: nothing is downloaded; "
+                                      "pass weights='path/to/file.safetensors'"),
+    ({"progress": True}, TypeError, "^alexnet\\(\\) got unknown argument progress; it takes variant, num_classes"),
+    ({"colour": 1, "pretrained": False}, TypeError, "unknown argument colour;"),
+    ({"weights": object()}, TypeError, "weights must be the path of a local .pt or .safetensors file"),
+    ({"weights": "missing.safetensors"}, UserError, "missing.safetensors does not exist"),
+    ({"weights": "missing.safetensors", "init": "kaiming"}, TypeError, "init .* does not apply with weights="),
+])
+def test_torch_hub_refuses_what_it_cannot_do_in_one_line(kwargs, error, message):
+    with pytest.raises(error, match=message) as e:
+        torch.hub.load(str(REPO), "alexnet", source="local", num_classes=3, **kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_torch_hub_lets_pretrained_false_through():
+    # torchvision-style code that says pretrained=False asks for the fresh network a plain call gives.
+    model = torch.hub.load(str(REPO), "alexnet", source="local", variant="owt", num_classes=3, pretrained=False)
+    assert (model.variant, model.num_classes) == ("owt", 3)
+
+
 def test_non_finite_weights_are_refused_in_one_line(tmp_path):
     net = AlexNet("paper", num_classes=2, init="pytorch")
     state = net.state_dict()

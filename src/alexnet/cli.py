@@ -725,8 +725,54 @@ def _run_features(args) -> int:
     return 0
 
 
+def _add_plan(sub) -> None:
+    from alexnet.plan import H200_MEASURED_BATCH, H200_PAPER_IMG_S, IMAGENET_TRAIN_IMAGES, PAPER_EPOCHS
+
+    p = sub.add_parser("plan", help="estimate a step and a 90-epoch ImageNet run on N GPUs: compute vs communication",
+                       description="Estimate a training step on N GPUs split into compute and communication (a "
+                                   "ring all-reduce of the fp32 gradients, overlapped with the backward pass; "
+                                   "with --towers also the towers' activations), the time of a 90-epoch ImageNet "
+                                   "run, and the smallest batch whose exposed communication stays under the "
+                                   "compute. Every assumption is printed with the figures.",
+                       epilog="example:  alexnet plan --gpus 8 --link-gbps 400 --batch 2048")
+    p.add_argument("--gpus", required=True, type=positive_int, help="GPUs (one process each)")
+    p.add_argument("--link-gbps", required=True, type=_positive_float, metavar="L",
+                   help="each GPU's link, gigabits per second per direction (e.g. 400 for an InfiniBand NDR "
+                        "port, 3600 for NVLink 4); no default: this project has measured no GPU link")
+    p.add_argument("--per-gpu-img-s", type=_positive_float, default=H200_PAPER_IMG_S, metavar="X",
+                   help=f"one GPU's training speed, img/s (default: {H200_PAPER_IMG_S:,}, the paper step in bf16 "
+                        f"at batch {H200_MEASURED_BATCH} measured on one H200 by alexnet bench gpu)")
+    p.add_argument("--batch", type=positive_int, default=None, metavar="B",
+                   help=f"global batch, a multiple of the replicas (default: {H200_MEASURED_BATCH} per GPU)")
+    p.add_argument("--towers", action="store_true",
+                   help="two towers per replica on 2 GPUs each (--towers 2 of alexnet train); --gpus even")
+    p.add_argument("--variant", choices=VARIANTS, default="paper", help="network (default: paper; towers: paper only)")
+    p.add_argument("--overlap", type=_non_negative_float, default=1.0,
+                   help="share of the backward pass the all-reduce can hide behind, 0 to 1 (default: 1)")
+    p.add_argument("--latency-us", type=_non_negative_float, default=0.0,
+                   help="microseconds per message: 2(R-1) per ring all-reduce, one per tower exchange (default: 0)")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                   help="of the activations the towers exchange (default: bf16); gradients are fp32 either way")
+    p.add_argument("--epochs", type=positive_int, default=PAPER_EPOCHS, help=f"(default: {PAPER_EPOCHS})")
+    p.add_argument("--images", type=positive_int, default=IMAGENET_TRAIN_IMAGES,
+                   help=f"training images per epoch (default: {IMAGENET_TRAIN_IMAGES:,}, ImageNet's)")
+    p.add_argument("--json", action="store_true", help="print the figures and assumptions as JSON")
+    p.set_defaults(run=_run_plan)
+
+
+def _run_plan(args) -> int:
+    from alexnet.plan import Setup, format_plan, plan
+
+    result = plan(Setup(gpus=args.gpus, link_gbps=args.link_gbps, per_gpu_img_s=args.per_gpu_img_s,
+                        batch=args.batch, towers=args.towers, variant=args.variant, overlap=args.overlap,
+                        latency_us=args.latency_us, precision=args.precision, epochs=args.epochs,
+                        images=args.images))
+    print(json.dumps(result, indent=2) if args.json else format_plan(result))
+    return 0
+
+
 SUBCOMMANDS = (_add_summary, _add_demo_data, _add_prepare, _add_train, _add_bench, _add_evaluate, _add_predict, _add_export,
-               _add_import_torchvision, _add_viz, _add_features)
+               _add_import_torchvision, _add_viz, _add_features, _add_plan)
 
 
 

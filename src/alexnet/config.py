@@ -22,8 +22,9 @@ from alexnet.errors import UserError
 from alexnet.lrn import LRN_CONVENTIONS
 from alexnet.model import INITS, INPUT_SIZE, VARIANTS
 
-PRESETS = ("paper", "demo", "torchvision")
+PRESETS = ("paper", "demo", "torchvision", "large-batch")
 SCHEDULES = ("plateau", "step", "cosine")
+OPTIMIZERS = ("sgd", "lars")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Inference adds int8 (quantize.py): post-training quantization, CPU only; training has no int8.
 INFERENCE_PRECISIONS = (*PRECISIONS, "int8")
@@ -66,6 +67,12 @@ class TrainConfig:
     lr: float = _opt(0.01, "peak learning rate", kind="positive")
     momentum: float = _opt(0.9, "SGD momentum", kind="fraction")
     weight_decay: float = _opt(5e-4, "SGD weight decay", kind="non-negative")
+    optimizer: str = _opt("sgd", "sgd: momentum SGD (paper); lars: layer-wise trust ratio for large batches "
+                                 "(You et al. 2017; biases left out)", OPTIMIZERS)
+    lars_eta: float = _opt(1e-3, "lars: trust coefficient eta (a layer moves by about eta x lr of its norm)",
+                           kind="positive")
+    accumulate: int = _opt(1, "take each process's share of the batch in this many parts, gradients added up: "
+                              "the same step in less memory (a large --batch-size on few devices)", kind="count")
     schedule: str = _opt("plateau", "plateau: divide when val top-1 stops improving (paper); step; cosine", SCHEDULES)
     patience: int = _opt(5, "plateau: epochs without improvement before dividing the learning rate", kind="count")
     max_lr_drops: int = _opt(3, "plateau: at most this many divisions (the paper made 3)", kind="non-negative")
@@ -115,6 +122,9 @@ class TrainConfig:
                             f"dropout would never switch on")
         if self.towers not in (1, 2):
             raise UserError(f"towers must be 1 or 2 (the paper network has two), got {self.towers}")
+        if self.towers == 2 and self.optimizer == "lars":
+            raise UserError("--optimizer lars needs whole layers' norms, and with --towers 2 each process holds "
+                            "half of a layer; use data parallelism (--towers 1)")
         if self.towers == 2 and self.variant != "paper":
             raise UserError(f"--towers 2 splits the paper network's two towers; the {self.variant} variant has none")
         return self

@@ -1,12 +1,15 @@
 """One training step as `alexnet train` takes it; the benchmarks time this very step, not a copy.
 
 uint8 images (N, 256, 256, 3) -> the paper's augmentation on the training device (crops, mirrors, PCA
-noise, normalisation) -> forward and backward under autocast -> the SGD update. It comes in two halves
+noise, normalisation) -> forward and backward under autocast (in parts, with gradient accumulation) -> the
+update (SGD, or LARS for large batches). It comes in two halves
 so that the trainer can agree with the other processes (stop? a non-finite loss?) after the backward
 pass and before the weights change; calling the step runs both.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -31,25 +34,41 @@ class TrainStep:
     """
 
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, prep: Preprocessing, device: torch.device,
-                 dtype: torch.dtype | None, batch_per_rank: int, label_smoothing: float = 0.0) -> None:
+                 dtype: torch.dtype | None, batch_per_rank: int, label_smoothing: float = 0.0,
+                 accumulate: int = 1) -> None:
         self.net, self.optimizer, self.prep, self.device, self.dtype = net, optimizer, prep, device, dtype
-        self.batch_per_rank, self.label_smoothing = batch_per_rank, label_smoothing
+        self.batch_per_rank, self.label_smoothing, self.accumulate = batch_per_rank, label_smoothing, accumulate
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     def forward_backward(self, images: torch.Tensor, labels: torch.Tensor, draws: Draws, lr: float) -> torch.Tensor:
-        """Gradients of this batch at learning rate ``lr``; returns the loss (a detached scalar)."""
+        """Gradients of this batch at learning rate ``lr``; returns the loss (a detached scalar).
+
+        With ``accumulate`` K the batch goes through in K parts, one after another, their gradients added
+        up: the same gradients with a K-th of the activations in memory. Under DDP only the last part's
+        backward all-reduces (no_sync), so the exchange is the same as for one part.
+        """
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        parts = [(images, labels, draws)] if self.accumulate == 1 else \
+            [(images[i], labels[i], draws.select(i)) for i in torch.arange(len(labels)).tensor_split(self.accumulate)]
+        total = torch.zeros((), device=self.device)
+        for n, part in enumerate(parts, 1):
+            with contextlib.nullcontext() if n == len(parts) or not hasattr(self.net, "no_sync") else self.net.no_sync():
+                loss = self._loss(*part)
+                self.scaler.scale(loss).backward()
+            total += loss.detach()
+        return total
+
+    def _loss(self, images: torch.Tensor, labels: torch.Tensor, draws: Draws) -> torch.Tensor:
+        # Summed over the samples and divided by the full batch: the parts' losses add up to the batch's.
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         x = train_views(images, self.prep.size, self.prep.norm, self.prep.pca, draws=draws)
         with autocast(self.device, self.dtype):
             logits = self.net(x)
-            loss = nn.functional.cross_entropy(logits.float(), labels, reduction="sum",
+            return nn.functional.cross_entropy(logits.float(), labels, reduction="sum",
                                                label_smoothing=self.label_smoothing) / self.batch_per_rank
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        return loss.detach()
 
     def update(self) -> None:
         self.scaler.step(self.optimizer)

@@ -44,6 +44,7 @@ from alexnet.data.transforms import Draws, Normalize, PCANoise, Preprocessing
 from alexnet.errors import UserError
 from alexnet.evaluate import evaluate
 from alexnet.files import FolderLock, atomic_write
+from alexnet.lars import lars
 from alexnet.model import AlexNet
 from alexnet.precision import autocast_dtype
 from alexnet.precision import name as precision_name
@@ -51,7 +52,7 @@ from alexnet.schedule import LRSchedule
 from alexnet.step import TrainStep, sgd
 
 # What may change when a run is resumed; anything else would make it a different run.
-RESUMABLE_CHANGES = {"epochs", "workers", "save_every", "save_every_minutes", "log_every", "tensorboard", "compile",
+RESUMABLE_CHANGES = {"epochs", "accumulate", "workers", "save_every", "save_every_minutes", "log_every", "tensorboard", "compile",
                      "data", "device", "towers"}
 # What may also change when the run stopped because it diverged (RUN/diverged.json): the remedies.
 DIVERGED_CHANGES = {"lr", "warmup_epochs", "weight_decay"}
@@ -404,6 +405,9 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     if config.batch_size % shard.world:
         raise UserError(f"--batch-size {config.batch_size} does not split evenly over {shard.world} processes")
     batch_per_rank = config.batch_size // shard.world
+    if batch_per_rank % config.accumulate:
+        raise UserError(f"--accumulate {config.accumulate} does not split each process's {batch_per_rank} images "
+                        f"(--batch-size {config.batch_size} over {shard.world}) into equal parts")
     dtype = autocast_dtype(config.precision, dist.device)
     if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # every batch has the same shape: pick the fastest kernels once
@@ -434,7 +438,9 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
         model = build_model(config, len(source.classes)).to(dist.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = sgd(model, config.lr, config.momentum, config.weight_decay, dist.device)
+    optimizer = (lars(model, config.lr, config.momentum, config.weight_decay, config.lars_eta)
+                 if config.optimizer == "lars" else sgd(model, config.lr, config.momentum, config.weight_decay,
+                                                        dist.device))
     if towers:
         model.shard_optimizer(optimizer)  # its state_dict too is the single-device network's
     net: nn.Module = torch.compile(model) if config.compile else model
@@ -442,7 +448,8 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
         net = towers.data_parallel(net, dist.device)
     elif dist.active:
         net = DistributedDataParallel(net, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-    step = TrainStep(net, optimizer, prep, dist.device, dtype, batch_per_rank, config.label_smoothing)
+    step = TrainStep(net, optimizer, prep, dist.device, dtype, batch_per_rank, config.label_smoothing,
+                     config.accumulate)
     schedule = LRSchedule(config.schedule, config.lr, steps, config.epochs, config.warmup_epochs,
                           config.lr_gamma, config.step_epochs, config.patience, config.max_lr_drops)
 
