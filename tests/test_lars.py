@@ -91,6 +91,7 @@ def test_four_parts_accumulated_are_one_step_over_the_whole_batch(optimizer):
     (dict(lars_eta=0.0), "lars_eta"),
     (dict(accumulate=0), "accumulate"),
     (dict(optimizer="lars", towers=2), "--optimizer lars needs whole layers"),
+    (dict(optimizer="lars", zero_init_fc8=True), "add --no-zero-init-fc8"),
 ])
 def test_bad_large_batch_settings_are_refused(values, message):
     with pytest.raises(UserError, match=message):

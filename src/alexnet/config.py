@@ -122,6 +122,9 @@ class TrainConfig:
                             f"dropout would never switch on")
         if self.towers not in (1, 2):
             raise UserError(f"towers must be 1 or 2 (the paper network has two), got {self.towers}")
+        if self.optimizer == "lars" and self.zero_init_fc8:
+            raise UserError("--optimizer lars scales each layer's step by its weights' norm: fc8 started at zero "
+                            "would take the whole learning rate at its first step; add --no-zero-init-fc8")
         if self.towers == 2 and self.optimizer == "lars":
             raise UserError("--optimizer lars needs whole layers' norms, and with --towers 2 each process holds "
                             "half of a layer; use data parallelism (--towers 1)")
