@@ -52,8 +52,8 @@ from alexnet.schedule import LRSchedule
 from alexnet.step import TrainStep, sgd
 
 # What may change when a run is resumed; anything else would make it a different run.
-RESUMABLE_CHANGES = {"epochs", "accumulate", "workers", "save_every", "save_every_minutes", "log_every", "tensorboard", "compile",
-                     "data", "device", "towers"}
+RESUMABLE_CHANGES = {"epochs", "accumulate", "workers", "save_every", "save_every_minutes", "log_every", "tensorboard",
+                     "compile", "data", "device", "towers"}
 # What may also change when the run stopped because it diverged (RUN/diverged.json): the remedies.
 DIVERGED_CHANGES = {"lr", "warmup_epochs", "weight_decay"}
 DIVERGED = "diverged.json"
@@ -377,7 +377,7 @@ def _complete(config: TrainConfig, ckpt: checkpoint.Resumable, dist: distributed
     if dist.main:
         tqdm.write(f"alexnet train: {config.out} is complete: {ckpt.epoch} of {config.epochs} epochs done, best val "
                    f"top-1 {100 * best['top1']:.1f}% at epoch {best['epoch']}; to train it further, resume with a "
-                   f"larger --epochs (e.g. --epochs {2 * config.epochs})", file=sys.stderr)
+                   f"larger --epochs (e.g. --epochs {2 * ckpt.epoch})", file=sys.stderr)
     return {"best_top1": best["top1"], "best_epoch": best["epoch"], "run": str(config.out), "complete": True}
 
 
