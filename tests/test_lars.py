@@ -102,3 +102,36 @@ def test_the_large_batch_preset_is_lars_with_a_warm_up_and_a_cosine():
     c = resolve("large-batch", {})
     assert (c.optimizer, c.schedule, c.variant) == ("lars", "cosine", "paper") and c.warmup_epochs > 0
     assert c.batch_size >= 4096
+
+
+def test_only_the_last_part_all_reduces_under_ddp(tmp_path):
+    # A world of one is enough to count: DDP calls its communication hook once per gradient bucket of every
+    # backward that synchronises, and not at all under no_sync.
+    import torch.distributed as td
+    from torch.nn.parallel import DistributedDataParallel
+
+    td.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        counts = {}
+        for accumulate in (1, 4):
+            torch.manual_seed(0)
+            calls = []
+
+            def hook(state, bucket):
+                calls.append(bucket.index())
+                fut = torch.futures.Future()
+                fut.set_result(bucket.buffer())
+                return fut
+
+            net = DistributedDataParallel(AlexNet("paper", num_classes=5, dropout=0.0))
+            net.register_comm_hook(None, hook)
+            step = TrainStep(net, sgd(net.module, 0.01, 0.9, 5e-4, torch.device("cpu")),
+                             Preprocessing(227, Normalize(torch.full((256, 256, 3), 118.0)), None),
+                             torch.device("cpu"), None, 8, accumulate=accumulate)
+            g = torch.Generator().manual_seed(1)
+            images = torch.randint(0, 256, (8, 256, 256, 3), generator=g, dtype=torch.uint8)
+            step(images, torch.randint(0, 5, (8,), generator=g), Draws.from_generator(8, 256, 256, 227, g), 0.01)
+            counts[accumulate] = sorted(calls)
+        assert counts[1] and counts[4] == counts[1]   # the same buckets, once each: one exchange per step
+    finally:
+        td.destroy_process_group()
