@@ -79,10 +79,8 @@ def alexnet(variant=None, num_classes=None, weights=None, **kwargs):
 def _set_dropout(model, p):
     """The loaded network was built with the default 0.5 (files do not record dropout); fine-tuning may want
     another, and ignoring the argument would hide that it did nothing."""
-    import torch
+    from alexnet.train import set_dropout
 
     if not 0.0 <= p < 1.0:   # AlexNet(dropout=)'s rule
         raise ValueError(f"dropout must be in [0, 1), got {p!r}")
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = float(p)
+    set_dropout(model, float(p))
