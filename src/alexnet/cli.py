@@ -39,6 +39,34 @@ def positive_int(text: str) -> int:
     return value
 
 
+def view_kind(text: str) -> int | str:
+    """--views: 1 and 10 crops as numbers, "dense" as itself."""
+    if text in ("1", "10", "dense"):
+        return text if text == "dense" else int(text)
+    raise argparse.ArgumentTypeError(f"expected 1, 10 or dense, got {text!r}")
+
+
+def _add_views(p: argparse.ArgumentParser) -> None:
+    """--views (and its old name --crops) and --scales, shared by evaluate and predict."""
+    from alexnet.dense import SCALES
+
+    p.add_argument("--views", "--crops", dest="crops", type=view_kind, default=1, metavar="{1,10,dense}",
+                   help="1: the centre crop (default); 10: four corners and centre, and their mirror images; "
+                        "dense: the whole image at each --scales and its mirror, through the network made "
+                        "fully convolutional, the softmax averaged over every position (--crops: its old name)")
+    p.add_argument("--scales", default=None, metavar="S,S,...",
+                   help=f"with --views dense: shorter sides to scale each image to (default: "
+                        f"{','.join(map(str, SCALES))})")
+
+
+def _scales(args):
+    from alexnet.dense import SCALES
+
+    if args.scales is not None and args.crops != "dense":
+        raise UserError("--scales is for --views dense")
+    return SCALES if args.scales is None else args.scales
+
+
 def existing_path(text: str) -> Path:
     path = Path(text).expanduser()
     if not path.exists():
@@ -393,24 +421,28 @@ def _run_train(args) -> int:
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="top-1/top-5 accuracy of a trained network on DATA/val (1 or 10 views)",
+    p = sub.add_parser("evaluate", help="top-1/top-5 accuracy of a trained network on DATA/val (1, 10 or dense views)",
                        description="Top-1 and top-5 accuracy (and error, as the paper reports it) of the network "
-                                   "in --checkpoint on DATA/val/<class>/*. With --crops 10 each image's class "
-                                   "probabilities are the mean softmax over the paper's 10 views. Under torchrun "
-                                   "each process evaluates a shard and the numbers are the single-process ones.",
-                       epilog="examples:  alexnet evaluate --checkpoint runs/demo/best.pt --data DIR --crops 10;  "
+                                   "in --checkpoint on DATA/val/<class>/*. With --views 10 each image's class "
+                                   "probabilities are the mean softmax over the paper's 10 views; with --views "
+                                   "dense, over every position of the fully-convolutional network's score maps of "
+                                   "the whole image and its mirror at each of --scales (read from the source image "
+                                   "files: a prepared store keeps only their centre 256x256). Under torchrun each "
+                                   "process evaluates a shard and the numbers are the single-process ones.",
+                       epilog="examples:  alexnet evaluate --checkpoint runs/demo/best.pt --data DIR --views 10;  "
+                              "alexnet evaluate --checkpoint F --data DIR --views dense --scales 256,384;  "
                               "torchrun --nproc_per_node=8 -m alexnet evaluate --checkpoint F --data /imagenet")
     _add_checkpoint(p)
     p.add_argument("--data", required=True, type=existing_path, help="dataset folder holding val/<class>/<images>")
-    p.add_argument("--crops", type=int, choices=(1, 10), default=1,
-                   help="1: the centre crop; 10: four corners and centre, and their mirror images (default: 1)")
+    _add_views(p)
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch in each process (default: 64)")
     p.add_argument("--workers", type=_non_negative_int, default=2, help="data-loading processes (default: 2)")
     p.add_argument("--device", type=device_name, default="auto", metavar=DEVICE_METAVAR,
                    help="auto: CUDA when present, else CPU (with --precision int8: the CPU)")
     _add_precision(p, "calibrated on --calibration-images of DATA/train (never on val), centre crops")
     p.add_argument("--json", action="store_true",
-                   help='print {"top1", "top5", "loss", "images", "crops", "skipped"} (fractions) instead of text')
+                   help='print {"top1", "top5", "loss", "images", "crops", "skipped", "seconds"} (fractions; '
+                        '"scales" too with --views dense) instead of text')
     p.set_defaults(run=_run_evaluate)
 
 
@@ -433,15 +465,18 @@ def _run_evaluate(args) -> int:
 
     m = evaluate_checkpoint(args.checkpoint, args.data, crops=args.crops, batch_size=args.batch_size,
                             workers=args.workers, device=args.device, precision=args.precision,
-                            calibration_images=args.calibration_images)
+                            calibration_images=args.calibration_images, scales=_scales(args))
     if m is None:  # not rank 0: rank 0 reports for everyone
         return 0
     if args.json:
-        print(json.dumps({k: m[k] for k in ("top1", "top5", "loss", "images", "crops", "skipped")}))
+        print(json.dumps({k: m[k] for k in ("top1", "top5", "loss", "images", "crops", "scales", "skipped",
+                                             "seconds") if k in m}))
         return 0
-    views = "1 view (centre crop)" if m["crops"] == 1 else "10 views"
+    views = {1: "1 view (centre crop)", 10: "10 views"}.get(m["crops"]) or \
+        f"dense at scale{'s' if len(m['scales']) > 1 else ''} {','.join(map(str, m['scales']))}"
     skipped = f", {m['skipped']} unreadable skipped" if m["skipped"] else ""
-    print(f"{args.checkpoint} on {args.data} (val): {m['images']} images{skipped}, {views}\n"
+    speed = f", {1000 * m['seconds'] / m['images']:.1f} ms per image" if m["images"] else ""
+    print(f"{args.checkpoint} on {args.data} (val): {m['images']} images{skipped}, {views}{speed}\n"
           f"top-1 accuracy {100 * m['top1']:6.2f}%   error {100 * (1 - m['top1']):6.2f}%\n"
           f"top-5 accuracy {100 * m['top5']:6.2f}%   error {100 * (1 - m['top5']):6.2f}%\n"
           f"loss {m['loss']:.4f}")
@@ -452,14 +487,15 @@ def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="top-k classes of images, with names and probabilities",
                        description="The most probable classes of each image (a folder stands for its image files, "
                                    "sorted), seen as in training: shorter side to 256, centre 256x256, the "
-                                   "network's normalisation, then the centre crop or the paper's 10 views. An "
+                                   "network's normalisation, then the centre crop or the paper's 10 views (or, "
+                                   "with --views dense, the whole image at each of --scales). An "
                                    "unreadable file gets an error line on stderr, the others are still predicted, "
                                    "and the exit status is 1.",
                        epilog="example:  alexnet predict --checkpoint runs/demo/best.pt photo.jpg photos/ --topk 3")
     _add_checkpoint(p)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of them")
     p.add_argument("--topk", type=positive_int, default=5, help="classes per image (default: 5)")
-    p.add_argument("--crops", type=int, choices=(1, 10), default=1, help="1: the centre crop; 10: the paper's 10 views")
+    _add_views(p)
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--device", type=device_name, default="auto", metavar=DEVICE_METAVAR,
                    help="auto: CUDA when present, else CPU (with --precision int8: the CPU)")
@@ -479,13 +515,17 @@ def _run_predict(args) -> int:
 
     if args.calibrate and args.precision != "int8":
         raise UserError("--calibrate is for --precision int8")
+    if args.crops == "dense" and args.precision == "int8":
+        raise UserError("--views dense needs the float network (its fc layers become convolutions); "
+                        "use --precision fp32, bf16 or auto")
+    scales = _scales(args)
     loaded = load_model(args.checkpoint)
     paths = expand(args.images)
     device, dtype, model = setup(loaded, args.device, args.precision, expand(args.calibrate or []) or paths,
                                  args.calibration_images, args.batch_size)
     failed = 0
     for n, result in enumerate(predict(loaded, paths, topk=args.topk, crops=args.crops, batch_size=args.batch_size,
-                                       device=device, dtype=dtype, model=model)):
+                                       device=device, dtype=dtype, model=model, scales=scales)):
         if result.error:
             failed += 1
             print(f"alexnet predict: error: {printable(str(result.path))}: {result.error}", file=sys.stderr)
@@ -564,12 +604,14 @@ def _run_import_torchvision(args) -> int:
 def _add_viz(sub) -> None:
     from alexnet.features import DEFAULT_LAYER
 
-    p = sub.add_parser("viz", help="PNG pictures: learning curves, conv1 kernels, top-5 predictions, fc7 neighbours",
+    p = sub.add_parser("viz", help="PNG pictures: learning curves, conv1 kernels, top-5 predictions, fc7 neighbours, "
+                                   "score maps",
                        description="Draw a picture of a run or a trained network as a PNG file (matplotlib, no "
                                    "display needed) and print its path.",
                        epilog="examples:  alexnet viz curves --run runs/demo;  alexnet viz filters --checkpoint "
                               "runs/demo/best.pt;  alexnet viz predictions --checkpoint runs/demo/best.pt a.jpg b.jpg;  "
-                              "alexnet viz neighbors --checkpoint runs/demo/best.pt --data data/demo")
+                              "alexnet viz neighbors --checkpoint runs/demo/best.pt --data data/demo;  "
+                              "alexnet viz scoremap --checkpoint runs/demo/best.pt a.jpg")
     pictures = p.add_subparsers(title="pictures", metavar="PICTURE", dest="picture", required=True)
 
     c = pictures.add_parser("curves", help="loss and top-1/top-5 error against epoch, learning-rate drops marked",
@@ -618,6 +660,25 @@ def _add_viz(sub) -> None:
     _add_feature_options(n, DEFAULT_LAYER, precision="auto")
     n.add_argument("--out", type=Path, default=None, help="PNG to write (default: neighbors.png beside the checkpoint)")
     n.set_defaults(run=_run_viz_neighbors)
+
+    s = pictures.add_parser("scoremap", help="where in each image the network sees its class: the score map over it",
+                            description="Each image (a folder stands for its images) scaled to --scale on its "
+                                        "shorter side, the network slid over it in one pass (fully convolutional), "
+                                        "and over it the probability of its top class at every position of the "
+                                        "score map (stride 32). When the image's folder is named after a class that "
+                                        "is not the top one, a second panel shows that true class. An unreadable "
+                                        "file gets an error line on stderr, the others are still drawn, and the "
+                                        "exit status is 1 (2 when none can be read).")
+    _add_checkpoint(s)
+    s.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of them")
+    s.add_argument("--scale", type=positive_int, default=384,
+                   help="the image's shorter side in pixels, at least the network's input (default: 384)")
+    s.add_argument("--max-images", type=positive_int, default=16, help="draw at most this many images (default: 16)")
+    s.add_argument("--device", type=device_name, default="auto", metavar=DEVICE_METAVAR,
+                   help="auto: CUDA when present, else CPU")
+    s.add_argument("--out", type=Path, default=None,
+                   help="PNG to write (default: scoremap.png beside the checkpoint)")
+    s.set_defaults(run=_run_viz_scoremap)
 
 
 def _add_feature_options(p: argparse.ArgumentParser, default_layer: str, precision: str = "fp32") -> None:
@@ -693,6 +754,30 @@ def _run_viz_neighbors(args) -> int:
                                    **_feature_kwargs(args))
     print(draw_neighbours(found, names, args.out or args.checkpoint.parent / "neighbors.png", loaded.crop, args.layer))
     return 0
+
+
+def _run_viz_scoremap(args) -> int:
+    from alexnet.device import pick_device
+    from alexnet.predict import expand, printable
+    from alexnet.viz.scoremap import draw_scoremaps
+    from alexnet.weights import load_model
+
+    loaded = load_model(args.checkpoint)
+    paths = expand(args.images)
+    if len(paths) > args.max_images:
+        print(f"alexnet viz: drawing the first {args.max_images} of {len(paths)} images (see --max-images)",
+              file=sys.stderr)
+        paths = paths[:args.max_images]
+    out, _, failed = draw_scoremaps(loaded, paths, args.out or args.checkpoint.parent / "scoremap.png",
+                                    scale=args.scale, device=pick_device(args.device))
+    if out is None:
+        path, reason = failed[0]
+        more = f" (and {len(failed) - 1} more unreadable)" if len(failed) > 1 else ""
+        raise UserError(f"no image could be read, nothing drawn: {printable(str(path))}: {reason}{more}")
+    for path, reason in failed:
+        print(f"alexnet viz: error: {printable(str(path))}: {reason}", file=sys.stderr)
+    print(out)
+    return 1 if failed else 0
 
 
 def _add_features(sub) -> None:

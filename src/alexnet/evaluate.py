@@ -1,7 +1,9 @@
-"""Top-1 and top-5 accuracy with 1 view (the centre crop) or the paper's 10 views, exact under DDP.
+"""Top-1 and top-5 accuracy with 1 view (the centre crop), the paper's 10 views, or dense evaluation
+over whole images at several scales (dense.py), exact under DDP.
 
 With 10 views, each image's class probabilities are the mean of the softmax over its views (paper
-section 4.1), and its loss is the cross-entropy of that mean. Under torchrun every process evaluates
+section 4.1), and its loss is the cross-entropy of that mean; dense views average the softmax over the
+positions of the score map, mirrors and scales. Under torchrun every process evaluates
 its own shard (no sample padded or repeated) and the sums are added up, so the numbers are those a
 single process would give.
 """
@@ -15,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from alexnet import distributed
+from alexnet.dense import SCALES, DenseImages, dense_probabilities, parse_scales
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.transforms import Normalize, center_view, ten_views
 from alexnet.errors import UserError
@@ -36,13 +39,20 @@ def class_probabilities(model: nn.Module, images: torch.Tensor, size: int, norm:
     return logits.float().softmax(1).reshape(n, 10, -1).mean(1)
 
 
+VIEWS = (1, 10, "dense")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, skipped: SkippedFiles, size: int, norm: Normalize,
-             dist: distributed.Dist, crops: int = 1, dtype: torch.dtype | None = None,
-             progress: bool = False) -> dict:
-    """{"loss", "top1", "top5" (fractions), "images", "skipped"} over the loader's samples on all ranks."""
+             dist: distributed.Dist, crops: int | str = 1, dtype: torch.dtype | None = None,
+             progress: bool = False, batch_size: int = 64) -> dict:
+    """{"loss", "top1", "top5" (fractions), "images", "skipped"} over the loader's samples on all ranks.
+
+    crops: 1, 10, or "dense" (then the loader gives DenseImages batches; batch_size caps the images of
+    one size in a forward pass)."""
     was_training = model.training
     model.eval()
+    fcn = model.to_fully_convolutional().eval() if crops == "dense" else None
     device = dist.device
     sums = torch.zeros(4, dtype=torch.float64, device=device)   # loss, top-1 hits, top-5 hits, images
     skipped_before = skipped.this_epoch
@@ -51,9 +61,11 @@ def evaluate(model: nn.Module, loader, skipped: SkippedFiles, size: int, norm: N
         images, labels = skipped.keep(images, labels, indices, errors)
         if not len(labels):
             continue
-        images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        probs = class_probabilities(model, images, size, norm, crops, dtype)
+        if fcn is not None:
+            probs = dense_probabilities(fcn, images, norm, device, dtype, batch_size)
+        else:
+            probs = class_probabilities(model, images.to(device, non_blocking=True), size, norm, crops, dtype)
         top = probs.topk(min(5, probs.shape[1]), dim=1).indices
         hits = top == labels[:, None]
         sums += torch.stack([
@@ -67,25 +79,35 @@ def evaluate(model: nn.Module, loader, skipped: SkippedFiles, size: int, norm: N
     return {"loss": loss / n_safe, "top1": top1 / n_safe, "top5": top5 / n_safe, "images": int(n), "skipped": int(bad)}
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int = 1, batch_size: int = 64,
+def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | str = 1, batch_size: int = 64,
                         workers: int = 2, device: str = "auto", precision: str = "fp32",
-                        calibration_images: int | None = None, progress: bool = True) -> dict | None:
+                        calibration_images: int | None = None, progress: bool = True,
+                        scales: str | tuple[int, ...] = SCALES) -> dict | None:
     """Accuracy of the network in ``checkpoint`` (training .pt or safetensors) on ``data``/val.
+
+    crops: 1 (the centre crop), 10 (the paper's views) or "dense" (whole images at ``scales``, read from
+    the source files: a prepared store's own pixels are only the centre 256x256).
 
     precision "int8" evaluates the network quantized on the CPU ("auto" device means the CPU then),
     calibrated on ``calibration_images`` of ``data``/train. Under torchrun each process evaluates its own
     shard and the counts are summed, so the numbers are the single-process ones. Returns the metrics
-    (plus "crops") on rank 0, None on the other ranks.
+    (plus "crops", "scales" when dense, and "seconds": the wall time of the evaluation loop) on rank 0,
+    None on the other ranks.
     """
+    import time
+
     from alexnet.data.loader import eval_loader
     from alexnet.data.sources import open_split
     from alexnet.precision import autocast_dtype
     from alexnet.quantize import require_cpu
     from alexnet.weights import load_model
 
-    if crops not in (1, 10):
-        raise UserError(f"--crops must be 1 or 10, got {crops}")
+    if crops not in VIEWS:
+        raise UserError(f"--views must be 1, 10 or dense, got {crops}")
     int8 = precision == "int8"
+    if int8 and crops == "dense":
+        raise UserError("--views dense needs the float network (its fc layers become convolutions); "
+                        "use --precision fp32, bf16 or auto")
     dist = distributed.setup("cpu" if int8 and device == "auto" else device)
     try:
         if int8:
@@ -93,15 +115,24 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int = 1
         loaded = load_model(checkpoint)
         val = open_split(data, "val", classes=loaded.classes)
         dtype = None if int8 else autocast_dtype(precision, dist.device)
-        loader = eval_loader(val.for_device(dist.device), batch_size, dist.rank, dist.world, workers,
-                             pin_memory=dist.device.type == "cuda")
+        extra = {"crops": crops}
+        if crops == "dense":
+            extra["scales"] = parse_scales(scales, loaded.crop)
+            val = DenseImages(val, extra["scales"], loaded.crop, getattr(loaded, "small", "upscale"))
+            loader = eval_loader(val, batch_size, dist.rank, dist.world, workers, pin_memory=False,
+                                 collate=DenseImages.collate)
+        else:
+            loader = eval_loader(val.for_device(dist.device), batch_size, dist.rank, dist.world, workers,
+                                 pin_memory=dist.device.type == "cuda")
         if int8:
             model = int8_model(loaded, data, calibration_images, batch_size, workers)
         else:
             model = loaded.model.to(dist.device)
+        start = time.perf_counter()
         metrics = evaluate(model, loader, SkippedFiles(val), loaded.crop, loaded.norm, dist, crops=crops,
-                           dtype=dtype, progress=progress and dist.main)
-        return metrics | {"crops": crops} if dist.main else None
+                           dtype=dtype, progress=progress and dist.main, batch_size=batch_size)
+        extra["seconds"] = time.perf_counter() - start
+        return metrics | extra if dist.main else None
     finally:
         distributed.teardown(dist)
 

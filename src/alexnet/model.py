@@ -225,6 +225,13 @@ class AlexNet(nn.Module):
         """Images (N, 3, H, W), already normalised -> logits (N, num_classes)."""
         return self.forward_head(self.forward_features(x))
 
+    def to_fully_convolutional(self) -> nn.Module:
+        """A copy of this network with fc6-fc8 as convolutions (fully_convolutional.py): the same logits at
+        the native input size, a (classes, h, w) map of scores over a larger image."""
+        from alexnet.fully_convolutional import FullyConvolutionalAlexNet
+
+        return FullyConvolutionalAlexNet(self)
+
     def extra_repr(self) -> str:
         lrn = f", lrn={self.lrn!r}" if self.variant == "paper" else ""
         return f"variant={self.variant!r}, num_classes={self.num_classes}, init={self.init!r}{lrn}"

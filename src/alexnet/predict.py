@@ -1,8 +1,9 @@
 """Top-k classes of single images, by name, with probabilities.
 
 Each image goes through the fixed preprocessing training used (shorter side to 256, centre 256x256)
-and the network's own normalisation, then 1 view (the centre crop) or the paper's 10 views. A file
-that cannot be read is reported in its place and the rest are still predicted.
+and the network's own normalisation, then 1 view (the centre crop) or the paper's 10 views; or, dense,
+the whole image at several scales through the fully-convolutional network (dense.py). A file that
+cannot be read is reported in its place and the rest are still predicted.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 
 from alexnet.data.decode import UndecodableImage, load_fixed
 from alexnet.data.folders import image_files
+from alexnet.dense import SCALES, dense_probabilities, load_scaled, parse_scales
 from alexnet.evaluate import class_probabilities
 from alexnet.weights import LoadedModel
 
@@ -49,24 +51,37 @@ def expand(inputs: Iterable[str | Path]) -> list[Path | str]:
     return paths
 
 
-def predict(loaded: LoadedModel, paths: Iterable[Path], topk: int = 5, crops: int = 1, batch_size: int = 32,
+def predict(loaded: LoadedModel, paths: Iterable[Path], topk: int = 5, crops: int | str = 1, batch_size: int = 32,
             device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-            model: nn.Module | None = None) -> Iterator[Prediction]:
+            model: nn.Module | None = None, scales: str | Sequence[int] = SCALES) -> Iterator[Prediction]:
     """One Prediction per path, in order; decoding and the forward pass run a batch at a time.
 
-    dtype: autocast to it (None: fp32); model: a stand-in for loaded.model (its int8 copy, say)."""
+    crops: 1, 10 or "dense" (whole images at ``scales``); dtype: autocast to it (None: fp32); model: a
+    stand-in for loaded.model (its int8 copy, say)."""
     model = (model or loaded.model).to(device).eval()
     k = min(topk, len(loaded.classes))
-    batch: list[tuple[Path, torch.Tensor | str]] = []
+    batch: list[tuple[Path, torch.Tensor | list[torch.Tensor] | str]] = []
+    if crops == "dense":
+        fcn = model.to_fully_convolutional().eval()
+        scales = parse_scales(scales, loaded.crop)
+
+    def load(path: Path | str) -> torch.Tensor | list[torch.Tensor] | str:
+        if crops != "dense":
+            return _load(path)
+        return _load(path, lambda p: load_scaled(p, scales, loaded.crop, getattr(loaded, "small", "upscale")))
+
+    def probabilities(good: list) -> torch.Tensor:
+        if crops == "dense":
+            return dense_probabilities(fcn, good, loaded.norm, torch.device(device), dtype, batch_size)
+        return class_probabilities(model, torch.stack(good).to(device), loaded.crop, loaded.norm, crops, dtype)
 
     def flush() -> Iterator[Prediction]:
-        good = [image for _, image in batch if isinstance(image, torch.Tensor)]
+        good = [image for _, image in batch if not isinstance(image, str)]
         if good:
-            probs = class_probabilities(model, torch.stack(good).to(device), loaded.crop, loaded.norm, crops, dtype)
-            values, indices = probs.topk(k, dim=1)
+            values, indices = probabilities(good).topk(k, dim=1)
             rows = iter(zip(indices.tolist(), values.tolist(), strict=True))
         for path, image in batch:
-            if isinstance(image, torch.Tensor):
+            if not isinstance(image, str):
                 idx, p = next(rows)
                 yield Prediction(path, list(zip(idx, p, strict=True)))
             else:
@@ -74,7 +89,7 @@ def predict(loaded: LoadedModel, paths: Iterable[Path], topk: int = 5, crops: in
         batch.clear()
 
     for path in paths:
-        batch.append((path, _load(path)))
+        batch.append((path, load(path)))
         if len(batch) == batch_size:
             yield from flush()
     yield from flush()
@@ -114,14 +129,14 @@ def int8_model(loaded: LoadedModel, paths: list[Path], images: int | None = None
     return quantize_loaded(loaded, batches())
 
 
-def _load(path: Path | str) -> torch.Tensor | str:
-    """The fixed 256x256 uint8 image, or the reason it cannot be had."""
+def _load(path: Path | str, read=load_fixed):
+    """``read(path)`` (the fixed 256x256 uint8 image), or the reason it cannot be had."""
     if isinstance(path, str):
         return "a URL: nothing is fetched from the network; download the image and give its path"
     if path.is_dir():
         return "no image files in this folder"
     try:
-        return load_fixed(path)
+        return read(path)
     except UndecodableImage as e:  # also a missing or unreadable file: open_rgb says which
         return str(e)
 

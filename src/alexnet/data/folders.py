@@ -195,6 +195,8 @@ class SkippedFiles:
                 self.reasons[index] = errors[i]
                 self._warn(f"warning: skipping unreadable image {self.dataset.path(index)}: {errors[i]}")
         self.this_epoch += int(bad.sum())
+        if isinstance(images, list):   # dense evaluation's images: each its own size, one list per sample
+            return [image for image, b in zip(images, bad.tolist()) if not b], labels[~bad]
         return images[~bad], labels[~bad]
 
     def end_epoch(self) -> int:

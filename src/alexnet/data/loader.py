@@ -66,9 +66,10 @@ def train_loader(dataset: ImageSet, batch_per_rank: int, rank: int, world: int, 
                       generator=torch.Generator().manual_seed(seed))
 
 
-def eval_loader(dataset: ImageSet, batch_size: int, rank: int, world: int, workers: int,
-                pin_memory: bool) -> DataLoader:
+def eval_loader(dataset, batch_size: int, rank: int, world: int, workers: int,
+                pin_memory: bool, collate=ImageSet.collate) -> DataLoader:
+    """An ImageSet's batches (or, with its ``collate``, any map-style dataset's) sharded by ShardSampler."""
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world),
                       num_workers=workers, pin_memory=pin_memory, generator=torch.Generator().manual_seed(0),
-                      collate_fn=ImageSet.collate)
+                      collate_fn=collate)
 

@@ -1,0 +1,92 @@
+"""AlexNet as a fully-convolutional network: one pass over a whole image gives a map of class scores.
+
+A fully-connected layer is a convolution whose filter covers its whole input (cs231n, "Converting FC
+layers to CONV layers"): fc6 reads all 256x6x6 of pool5, so it is a 6x6 convolution with 4,096 filters,
+its weight row for output j being that filter laid out as flatten() lays out pool5 (channel, row,
+column); fc7 and fc8 are 1x1 convolutions. The features keep their towers (grouped conv2, conv4, conv5
+and the per-tower LRN) unchanged; fc6, as in the paper, sees both towers.
+
+At the native input (227 paper, 224 owt) pool5 is 6x6 and the map is 1x1: the original logits. Each
+extra 32 pixels (the product of the strides, 4 x 2 x 2 x 2) add one row or column of pool5 and so of the
+map, position (i, j) scoring the window of ``input_size`` pixels whose top-left corner is (32 i, 32 j):
+what the original network gives for that crop, except that the zero padding of the convolutions sees the
+window's real surroundings instead of zeros (so the two agree in spirit, not to rounding). owt's
+adaptive average pool, an identity at 224, is left out: it would squeeze a larger pool5 back to 6x6
+instead of sliding.
+
+    fcn = model.to_fully_convolutional().eval()
+    scores = fcn(images)                        # (N, classes, h, w); h = (H - input_size) // 32 + 1
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+STRIDE = 32            # input pixels per step of the score map: conv1's 4 times three 2-pixel pools
+POOL5 = 6              # pool5's side at the native input, fc6's filter size
+
+
+def map_side(side: int, input_size: int) -> int:
+    """Score-map positions along an input side of ``side`` pixels (0 when it is under ``input_size``)."""
+    return 0 if side < input_size else (side - input_size) // STRIDE + 1
+
+
+def fitted_side(side: int, input_size: int) -> int:
+    """The largest side ``input_size + 32 k`` not above ``side``: the pixels the score map uses whole.
+    The rest, under 32 pixels, only reach the map through positions that floor() in the pools drops."""
+    return input_size + (side - input_size) // STRIDE * STRIDE if side >= input_size else side
+
+
+class FullyConvolutionalAlexNet(nn.Module):
+    """An AlexNet whose fc6, fc7 and fc8 are convolutions (see the module docstring). Built by
+    ``AlexNet.to_fully_convolutional()``; its weights are a copy, so the two networks train apart.
+
+    The module tree keeps the original's names and indices (``features``, ``classifier``; fc6 is
+    ``classifier.0`` in the paper variant, ``classifier.1`` in owt), with 4-d weights in the classifier.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.variant, self.num_classes, self.input_size = model.variant, model.num_classes, model.input_size
+        self.stride = STRIDE
+        self.features = copy.deepcopy(model.features)
+        self.classifier = nn.Sequential(*(_as_conv(m) for m in model.classifier))
+        self.train(model.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W), normalised, H and W at least input_size -> scores (N, classes, h, w)."""
+        if min(x.shape[-2:]) < self.input_size:
+            raise ValueError(f"the fully-convolutional {self.variant} network needs images of at least "
+                             f"{self.input_size}x{self.input_size}, got {x.shape[-2]}x{x.shape[-1]}")
+        return self.classifier(self.features(x))
+
+    def map_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) of the score map for an input of ``height`` x ``width``."""
+        return map_side(height, self.input_size), map_side(width, self.input_size)
+
+    def window(self, i: int, j: int) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right) input pixels that map position (i, j) scores."""
+        top, left = STRIDE * i, STRIDE * j
+        return top, left, top + self.input_size, left + self.input_size
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant!r}, num_classes={self.num_classes}, stride={self.stride}"
+
+
+def _as_conv(module: nn.Module) -> nn.Module:
+    """A Linear as the convolution it is, the first one (fc6) over pool5's 256x6x6 and the others 1x1;
+    anything else (ReLU, Dropout) as it is."""
+    if not isinstance(module, nn.Linear):
+        return copy.deepcopy(module)
+    side = POOL5 if module.in_features == 256 * POOL5 * POOL5 else 1
+    channels = module.in_features // (side * side)
+    w = module.weight
+    conv = nn.Conv2d(channels, module.out_features, kernel_size=side, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        # flatten() read pool5 as (channel, row, column): the same order view() gives the filter.
+        conv.weight.copy_(w.view(module.out_features, channels, side, side))
+        conv.bias.copy_(module.bias)
+    return conv

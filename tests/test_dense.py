@@ -1,0 +1,174 @@
+"""Dense evaluation: scaling, the averaged probabilities against the original network on pool5's windows,
+evaluate and predict with --views dense, exact under 2-process DDP, and its errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet import AlexNet
+from alexnet.data.transforms import Normalize
+from alexnet.dense import dense_probabilities, load_scaled, scaled
+from alexnet.weights import LoadedModel, save_weights
+from conftest import run_cli as cli
+
+# (width, height): landscape, portrait, square, a panorama; sides from 90 to 700 pixels.
+SIZES = [(300, 200), (180, 260), (256, 256), (700, 240), (90, 120)]
+
+
+def noise_image(path, size, seed):
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (size[1] // 10 + 1, size[0] // 10 + 1, 3), dtype=np.uint8)
+    Image.fromarray(small).resize(size, Image.Resampling.BILINEAR).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """val/<a|b|c>/ with images of the SIZES, and a safetensors network for 3 classes."""
+    root = tmp_path_factory.mktemp("dense")
+    for c, cls in enumerate("abc"):
+        (root / "val" / cls).mkdir(parents=True)
+        for i, size in enumerate(SIZES[c:] + SIZES[:c]):
+            noise_image(root / "val" / cls / f"{i}.png", size, 10 * c + i)
+    torch.manual_seed(0)
+    model = AlexNet("paper", num_classes=3, init="kaiming").eval()
+    norm = Normalize(torch.tensor([120.0, 110.0, 100.0]), torch.tensor([60.0, 60.0, 60.0]))
+    loaded = LoadedModel(model, ["a", "b", "c"], ["a", "b", "c"], 227, "channel", norm)
+    save_weights(loaded, root / "net.safetensors")
+    return root, loaded
+
+
+def test_an_image_is_scaled_to_its_shorter_side_and_trimmed_to_whole_strides():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8))
+    # 300x200 at 384: 576x384, trimmed to 227 + 32k: 547 wide (k=10), 355 high (k=4).
+    x = scaled(img, 384, 227)
+    assert tuple(x.shape) == (355, 547, 3) and x.dtype == torch.uint8
+    # The same pixels as resizing the whole image and cropping its centre, within resampling noise.
+    whole = np.asarray(img.resize((576, 384), Image.Resampling.BILINEAR)).astype(int)
+    top, left = (384 - 355) // 2, (576 - 547) // 2
+    diff = np.abs(x.numpy().astype(int) - whole[top:top + 355, left:left + 547])
+    assert diff.mean() < 2 and np.percentile(diff, 99) <= 12
+    # owt's native side is 224: 224 + 32k.
+    assert tuple(scaled(img, 256, 224).shape) == (256, 384, 3)
+    assert tuple(scaled(img, 256, 227).shape) == (227, 355, 3)
+
+
+def by_windows(model, image, norm):
+    """The mean softmax over the original network applied to each 6x6 window of pool5: the definition of
+    the dense score, without the fully-convolutional network."""
+    x = ((image.float() - norm.mean) / norm.std).permute(2, 0, 1)[None]
+    pool5 = model.features(x)
+    h, w = pool5.shape[-2:]
+    windows = [pool5[:, :, i:i + 6, j:j + 6] for i in range(h - 5) for j in range(w - 5)]
+    logits = torch.cat([model.classifier(torch.flatten(p, 1)) for p in windows])
+    return logits.softmax(1).mean(0)
+
+
+def test_dense_probabilities_are_the_mean_softmax_over_windows_mirrors_and_scales(folders):
+    root, loaded = folders
+    scales = (256, 320)
+    paths = sorted((root / "val").rglob("*.png"))[:6]
+    views = [load_scaled(p, scales, 227) for p in paths]
+    got = dense_probabilities(loaded.model.to_fully_convolutional().eval(), views, loaded.norm,
+                              torch.device("cpu"), batch_size=2)
+    with torch.no_grad():
+        expected = torch.stack([
+            sum(by_windows(loaded.model, x, loaded.norm) + by_windows(loaded.model, x.flip(1), loaded.norm)
+                for x in image) / (2 * len(scales)) for image in views])
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    assert torch.allclose(got.sum(1), torch.ones(len(paths)), atol=1e-5)
+
+
+def test_evaluate_and_predict_agree_on_dense_views(folders):
+    root, _ = folders
+    net = root / "net.safetensors"
+    r = cli("evaluate", "--checkpoint", net, "--data", root, "--workers", 0, "--views", "dense",
+            "--scales", "256,320", "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert (m["images"], m["crops"], m["scales"], m["skipped"]) == (15, "dense", [256, 320], 0)
+
+    paths = sorted((root / "val").rglob("*.png"))
+    r = cli("predict", "--checkpoint", net, "--views", "dense", "--scales", "256,320", "--json", "--topk", 3,
+            *paths)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    truth = [p.parent.name for p in paths]
+    top1 = sum(row["predictions"][0]["class"] == t for row, t in zip(rows, truth)) / len(paths)
+    assert m["top1"] == pytest.approx(top1)
+    loss = -np.mean([np.log(next(x["probability"] for x in row["predictions"] if x["class"] == t))
+                     for row, t in zip(rows, truth)])
+    assert m["loss"] == pytest.approx(loss, rel=1e-4)
+
+    r = cli("evaluate", "--checkpoint", net, "--data", root, "--workers", 0, "--views", "dense", "--scales", "256")
+    assert r.returncode == 0 and "15 images, dense at scale 256" in r.stdout and "ms per image" in r.stdout
+
+
+def test_two_processes_give_the_single_process_dense_numbers(folders):
+    root, _ = folders
+    args = ["evaluate", "--checkpoint", root / "net.safetensors", "--data", root, "--workers", 0,
+            "--views", "dense", "--scales", "256,288", "--json"]
+    one = cli(*args)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "alexnet", *map(str, args), "--batch-size", "2"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    assert (b["images"], b["top1"], b["top5"], b["skipped"]) == (a["images"], a["top1"], a["top5"], a["skipped"])
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+
+
+def test_an_unreadable_image_is_skipped_and_counted(folders, tmp_path):
+    root, _ = folders
+    for cls in "ab":
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        noise_image(tmp_path / "val" / cls / "0.png", (260, 240), 7)
+    (tmp_path / "val" / "b" / "1.png").write_bytes(b"not a png")
+    r = cli("evaluate", "--checkpoint", root / "net.safetensors", "--data", tmp_path, "--workers", 0,
+            "--views", "dense", "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert (m["images"], m["skipped"], m["scales"]) == (2, 1, [256, 320, 384])
+    assert "1.png" in r.stderr
+
+
+def test_a_prepared_store_without_its_source_files_is_one_line(folders, tmp_path):
+    root, _ = folders
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(root / "val", src / "val")
+    shutil.copytree(root / "val", src / "train")
+    r = cli("prepare", "--data", src, "--out", tmp_path / "prep", "--workers", 0)
+    assert r.returncode == 0, r.stderr
+    args = ["evaluate", "--checkpoint", root / "net.safetensors", "--data", tmp_path / "prep", "--workers", 0,
+            "--views", "dense", "--scales", "256", "--json"]
+    r = cli(*args)
+    assert r.returncode == 0 and json.loads(r.stdout)["images"] == 15, r.stderr   # read from the sources
+    shutil.rmtree(src)
+    r = cli(*args)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "source files" in r.stderr and "prepared" in r.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--views", "dense", "--scales", "200"], "at least 227"),
+    (["--views", "dense", "--scales", "256,x"], "separated by commas"),
+    (["--views", "dense", "--scales", "256,256"], "distinct"),
+    (["--scales", "256"], "--scales is for --views dense"),
+    (["--views", "dense", "--precision", "int8"], "float network"),
+    (["--views", "5"], "expected 1, 10 or dense"),
+])
+def test_bad_dense_settings_are_one_line(folders, flags, message):
+    root, _ = folders
+    for command in (["evaluate", "--data", root], ["predict", root / "val" / "a" / "0.png"]):
+        r = cli(*command, "--checkpoint", root / "net.safetensors", *flags)
+        assert r.returncode == 2 and message in r.stderr, (command, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 or "usage:" in r.stderr
