@@ -35,6 +35,7 @@ from alexnet.reference import (
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
 )
+from alexnet.reference import FULLY_CONVOLUTIONAL_LAYERS, LAYERS
 from alexnet.reference import AlexNet as ReferenceAlexNet
 
 GRAD_TOL = 1e-6
@@ -328,3 +329,26 @@ def test_network_rejects_wrong_weights_and_input_size(networks):
         ReferenceAlexNet(dict(weights, **{"features.4.weight": np.zeros((256, 96, 5, 5))}))
     with pytest.raises(ValueError, match="227"):
         networks["net"].forward(networks["x"][:1, :, :224, :224])
+
+
+# --------------------------------------------------------------------------- the fully-convolutional form
+
+def test_fully_convolutional_layers_are_the_layers_without_flatten_and_with_fc_as_conv():
+    fc_as_conv = [(n, "conv" if k == "fc" else k, key) for n, k, key, _ in LAYERS if k != "flatten"]
+    assert [(n, k, key) for n, k, key, _ in FULLY_CONVOLUTIONAL_LAYERS] == fc_as_conv
+    # A filter as large as its input, at every offset: no stride to skip, no padding to invent.
+    assert all(hp == dict(stride=1, pad=0, groups=1) for n, _, _, hp in FULLY_CONVOLUTIONAL_LAYERS if n[:2] == "fc")
+
+
+def test_fully_convolutional_map_at_227_is_the_networks_logits(networks):
+    net, x = networks["net"], networks["x"]
+    fcn = net.to_fully_convolutional()
+    scores = fcn.forward(x)
+    assert scores.shape == (2, net.num_classes, 1, 1)
+    # fc as a matrix product against fc as an unfolded 1x1 (or 6x6) convolution: float64 rounding apart.
+    assert rel_err(scores[:, :, 0, 0], networks["numpy"][1]) <= 1e-12
+    # Its weights are a copy: neither network sees the other change.
+    assert not any(np.shares_memory(fcn.params[k], net.params[k]) for k in net.params)
+    assert fcn.params["classifier.0.weight"].shape == (4096, 256, 6, 6)
+    # Filter entry (o, c, r, k) weighs what flatten() put at c * 36 + r * 6 + k: pool5[c, r, k].
+    assert fcn.params["classifier.0.weight"][9, 17, 4, 2] == net.params["classifier.0.weight"][9, 17 * 36 + 4 * 6 + 2]

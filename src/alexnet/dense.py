@@ -7,16 +7,16 @@ mirror image give a map of class scores; the softmax at every position is averag
 mirrors and scales.
 
 Images of one size go through the network together. Each side is trimmed, centred, to the largest
-``input_size + 32 k`` it holds (under 32 pixels, which the map's positions do not use whole anyway): so
-images of similar shapes share a size and a batch, and no padding, which would change the scores near
-the border, is ever added. Normalisation subtracts the mean colour (a mean image's average over its
+``input_size + 32 k`` it holds: under 32 pixels, which add no position to the score map. So images of
+similar shapes share a size and a batch (DenseBatches gathers them across loader batches), and no padding,
+which would change the scores near the border, is ever added. Normalisation subtracts the mean colour (a mean image's average over its
 pixels: the mean image itself is 256x256 and has no value at other sizes) and divides by the std.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -137,24 +137,74 @@ def score_maps(fcn: torch.nn.Module, images: torch.Tensor, norm: Normalize,
         return fcn(normalized(images, norm)).float()
 
 
+class DenseBatches:
+    """Dense probabilities for a stream of images, each size's images gathered into full batches across
+    the loader's batches: a CPU runs AlexNet 5-8x slower per image at batch 2 than at 32 (weights are
+    re-laid out per call, measured on a Zen 4 CPU), and a loader batch of varied photos holds few of any
+    one size. An image's probabilities come out once all its scales have been through the network.
+
+        batches = DenseBatches(fcn, norm, device, dtype, batch_size)
+        for views, labels in loader: for probs, labels in batches.add(views, labels): ...
+        for probs, labels in batches.finish(): ...
+    """
+
+    def __init__(self, fcn: torch.nn.Module, norm: Normalize, device: torch.device,
+                 dtype: torch.dtype | None = None, batch_size: int = 64) -> None:
+        self.fcn, self.norm, self.device, self.dtype, self.batch_size = fcn, norm, device, dtype, batch_size
+        self.waiting: dict[tuple, list[tuple[int, torch.Tensor]]] = defaultdict(list)   # size -> (slot, image)
+        self.sums: dict[int, torch.Tensor] = {}       # slot -> summed softmax means so far
+        self.scales: dict[int, int] = {}              # slot -> its number of scales
+        self.left: dict[int, int] = {}                # slot -> scales still to run
+        self.labels: dict[int, torch.Tensor] = {}
+        self.next_slot = 0
+
+    def add(self, views: list[list[torch.Tensor]], labels: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Queue images (each a list, one per scale) and their labels; yield (probs, labels) of finished ones."""
+        for image, label in zip(views, labels):
+            slot, self.next_slot = self.next_slot, self.next_slot + 1
+            self.scales[slot] = self.left[slot] = len(image)
+            self.labels[slot] = label
+            for s, view in enumerate(image):
+                queue = self.waiting[(s, *view.shape)]
+                queue.append((slot, view))
+                if len(queue) == self.batch_size:
+                    yield from self._run(self.waiting.pop((s, *view.shape)))
+
+    def finish(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Run what is still queued; yield the rest."""
+        while self.waiting:
+            yield from self._run(self.waiting.pop(next(iter(self.waiting))))
+
+    def _run(self, queue: list[tuple[int, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        slots = [slot for slot, _ in queue]
+        images = torch.stack([view for _, view in queue]).to(self.device, non_blocking=True)
+        maps = score_maps(self.fcn, torch.cat([images, images.flip(2)]), self.norm, self.dtype)   # mirrors too
+        p = maps.softmax(1).mean((2, 3))
+        done = []
+        for k, slot in enumerate(slots):
+            pair = p[k] + p[k + len(slots)]
+            self.sums[slot] = self.sums[slot] + pair if slot in self.sums else pair
+            self.left[slot] -= 1
+            if not self.left[slot]:
+                done.append(slot)
+        if done:
+            # Each scale's pair (the image and its mirror) was summed: the mean is over 2 x scales.
+            probs = torch.stack([self.sums.pop(slot) / (2 * self.scales.pop(slot)) for slot in done])
+            labels = torch.stack([torch.as_tensor(self.labels.pop(slot)) for slot in done])
+            for slot in done:
+                del self.left[slot]
+            yield probs, labels.to(self.device)
+
+
 @torch.no_grad()
 def dense_probabilities(fcn: torch.nn.Module, views: list[list[torch.Tensor]], norm: Normalize,
                         device: torch.device, dtype: torch.dtype | None = None,
                         batch_size: int = 64) -> torch.Tensor:
     """Class probabilities (N, K) of N images, ``views[n]`` holding image n at each scale: the softmax at
     every position of the score map, averaged over positions, the image and its mirror, and scales."""
-    scales = len(views[0])
-    probs = torch.zeros(len(views), fcn.num_classes, dtype=torch.float32, device=device)
-    for s in range(scales):
-        by_size = defaultdict(list)
-        for n, image in enumerate(views):
-            by_size[tuple(image[s].shape)].append(n)
-        for members in by_size.values():
-            for start in range(0, len(members), batch_size):
-                chunk = members[start:start + batch_size]
-                images = torch.stack([views[n][s] for n in chunk]).to(device, non_blocking=True)
-                mirrored = images.flip(2)
-                maps = score_maps(fcn, torch.cat([images, mirrored]), norm, dtype)   # (2B, K, h, w)
-                p = maps.softmax(1).mean((2, 3))
-                probs[torch.tensor(chunk, device=device)] += (p[:len(chunk)] + p[len(chunk):]) / (2 * scales)
+    batches = DenseBatches(fcn, norm, device, dtype, batch_size)
+    labels = torch.arange(len(views))         # the images' own order, to put the results back in
+    probs = torch.empty(len(views), fcn.num_classes, device=device)
+    for p, order in [*batches.add(views, labels), *batches.finish()]:
+        probs[order] = p
     return probs

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from alexnet import distributed
-from alexnet.dense import SCALES, DenseImages, dense_probabilities, parse_scales
+from alexnet.dense import SCALES, DenseBatches, DenseImages, parse_scales
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.transforms import Normalize, center_view, ten_views
 from alexnet.errors import UserError
@@ -52,8 +52,9 @@ def evaluate(model: nn.Module, loader, skipped: SkippedFiles, size: int, norm: N
     one size in a forward pass)."""
     was_training = model.training
     model.eval()
-    fcn = model.to_fully_convolutional().eval() if crops == "dense" else None
     device = dist.device
+    dense = DenseBatches(model.to_fully_convolutional().eval(), norm, device, dtype, batch_size) \
+        if crops == "dense" else None
     sums = torch.zeros(4, dtype=torch.float64, device=device)   # loss, top-1 hits, top-5 hits, images
     skipped_before = skipped.this_epoch
     for images, labels, indices, errors in tqdm(loader, desc="evaluate", unit="batch", leave=False,
@@ -61,22 +62,29 @@ def evaluate(model: nn.Module, loader, skipped: SkippedFiles, size: int, norm: N
         images, labels = skipped.keep(images, labels, indices, errors)
         if not len(labels):
             continue
-        labels = labels.to(device, non_blocking=True)
-        if fcn is not None:
-            probs = dense_probabilities(fcn, images, norm, device, dtype, batch_size)
+        if dense is not None:
+            for probs, done in dense.add(images, labels):
+                sums += _tally(probs, done)
         else:
             probs = class_probabilities(model, images.to(device, non_blocking=True), size, norm, crops, dtype)
-        top = probs.topk(min(5, probs.shape[1]), dim=1).indices
-        hits = top == labels[:, None]
-        sums += torch.stack([
-            -probs.gather(1, labels[:, None]).clamp_min(1e-12).log().sum().double(),
-            hits[:, 0].sum().double(), hits.any(1).sum().double(), torch.tensor(len(labels), device=device).double()])
+            sums += _tally(probs, labels.to(device, non_blocking=True))
+    for probs, done in dense.finish() if dense is not None else ():
+        sums += _tally(probs, done)
     model.train(was_training)
     skipped_here = torch.tensor([skipped.this_epoch - skipped_before], dtype=torch.float64, device=device)
     total = distributed.all_sum(dist, torch.cat([sums, skipped_here]))
     loss, top1, top5, n, bad = total.tolist()
     n_safe = max(n, 1.0)
     return {"loss": loss / n_safe, "top1": top1 / n_safe, "top5": top5 / n_safe, "images": int(n), "skipped": int(bad)}
+
+
+def _tally(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(loss, top-1 hits, top-5 hits, images) of one batch, summed, float64."""
+    top = probs.topk(min(5, probs.shape[1]), dim=1).indices
+    hits = top == labels[:, None]
+    return torch.stack([-probs.gather(1, labels[:, None]).clamp_min(1e-12).log().sum().double(),
+                        hits[:, 0].sum().double(), hits.any(1).sum().double(),
+                        torch.tensor(len(labels), device=probs.device).double()])
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | str = 1, batch_size: int = 64,

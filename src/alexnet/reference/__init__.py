@@ -20,10 +20,11 @@ from .layers import (
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
 )
-from .network import LAYERS, LRN_CONVENTIONS, AlexNet
+from .network import FULLY_CONVOLUTIONAL_LAYERS, LAYERS, LRN_CONVENTIONS, AlexNet, FullyConvolutionalAlexNet
 
 __all__ = [
-    "AlexNet", "LAYERS", "LRN_CONVENTIONS", "DROPOUT_FORMS",
+    "AlexNet", "FullyConvolutionalAlexNet", "LAYERS", "FULLY_CONVOLUTIONAL_LAYERS", "LRN_CONVENTIONS",
+    "DROPOUT_FORMS",
     "fc_forward", "fc_backward", "conv_forward", "conv_backward", "relu_forward", "relu_backward",
     "lrn_forward", "lrn_backward", "maxpool_forward", "maxpool_backward", "dropout_forward", "dropout_backward",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",

@@ -6,6 +6,9 @@ the project's oracle: the tests hold its logits and every parameter gradient equ
     net = AlexNet({k: v.double().numpy() for k, v in model.state_dict().items()})
     logits = net.forward(x)                 # x: (N, 3, 227, 227)
     grads = net.backward(dlogits)           # {"features.0.weight": ..., ...}, the state_dict's keys
+
+    fcn = net.to_fully_convolutional()      # fc6-fc8 as convolutions, as alexnet.fully_convolutional
+    scores = fcn.forward(images)            # (N, 3, H, W), H, W >= 227 -> (N, classes, h, w)
 """
 
 from __future__ import annotations
@@ -49,6 +52,21 @@ LAYERS = (
     ("drop7", "dropout", None, {}),
     ("fc8", "fc", "classifier.6", {}),                                  # -> num_classes
 )
+
+# The same network fully convolutional (alexnet.fully_convolutional): no flatten, and each fc layer a
+# convolution whose filter covers its whole input, fc6's 6x6 over pool5 and fc7's and fc8's 1x1. For pool5
+# of (h + 5) x (w + 5) the map is h x w; at 227x227 pool5 is 6x6 and the map one position.
+FULLY_CONVOLUTIONAL_LAYERS = LAYERS[:15] + (
+    ("fc6", "conv", "classifier.0", dict(stride=1, pad=0, groups=1)),  # -> 4096 x h x w, sees both towers
+    ("relu6", "relu", None, {}),
+    ("drop6", "dropout", None, {}),
+    ("fc7", "conv", "classifier.3", dict(stride=1, pad=0, groups=1)),  # -> 4096 x h x w
+    ("relu7", "relu", None, {}),
+    ("drop7", "dropout", None, {}),
+    ("fc8", "conv", "classifier.6", dict(stride=1, pad=0, groups=1)),  # -> num_classes x h x w
+)
+INPUT_SIZE = 227       # the smallest side that leaves pool5 6x6
+STRIDE = 32            # input pixels per map position: conv1's stride 4 times three pools' 2
 
 # Weight shapes; fc8's row count is the number of classes and is read from the weights.
 WEIGHT_SHAPES = {
@@ -107,24 +125,14 @@ class AlexNet:
     def forward(self, x, train=False):
         """Images (N, 3, 227, 227) -> logits (N, num_classes); keeps what backward needs."""
         caches = []
-        for name, kind, key, hp in LAYERS:
-            if kind == "conv":
-                x, cache = L.conv_forward(x, self.params[f"{key}.weight"], self.params[f"{key}.bias"], **hp)
-            elif kind == "fc":
-                x, cache = L.fc_forward(x, self.params[f"{key}.weight"], self.params[f"{key}.bias"])
-            elif kind == "relu":
-                x, cache = L.relu_forward(x)
-            elif kind == "lrn":
-                x, cache = L.lrn_forward(x, towers=2, **self.lrn)
-            elif kind == "pool":
-                x, cache = L.maxpool_forward(x, size=3, stride=2)
-            elif kind == "dropout":
-                x, cache = L.dropout_forward(x, self.dropout, train=train, form=self.dropout_form, rng=self.rng)
-            else:  # flatten
+        for _, kind, key, hp in LAYERS:
+            if kind == "flatten":
                 if x.shape[1:] != (256, 6, 6):
                     raise ValueError(f"pool5 is {x.shape[1:]}, not (256, 6, 6): the paper network needs "
                                      f"(N, 3, 227, 227) input")
                 cache, x = x.shape, x.reshape(x.shape[0], -1)
+            else:
+                x, cache = _layer_forward(self, kind, key, hp, x, train, self.rng)
             caches.append(cache)
         self._caches = caches
         return x
@@ -151,3 +159,66 @@ class AlexNet:
             else:
                 d = d.reshape(cache)
         return {k: grads[k] for k in self.params}
+
+    def to_fully_convolutional(self):
+        """A copy of this network with fc6-fc8 as convolutions (FullyConvolutionalAlexNet)."""
+        return FullyConvolutionalAlexNet(self)
+
+
+class FullyConvolutionalAlexNet:
+    """The paper network with fc6, fc7 and fc8 as convolutions (FULLY_CONVOLUTIONAL_LAYERS), evaluation only:
+    images (N, 3, H, W), H and W at least 227 -> class scores (N, num_classes, h, w), h = (H - 227) // 32 + 1.
+    At 227x227 the map is the logits of ``AlexNet.forward``.
+
+    Built by ``AlexNet.to_fully_convolutional()`` from a copy of its weights, fc6's row for output o reshaped
+    to the (256, 6, 6) filter it is: flatten() lays pool5 out as (channel, row, column), and so does reshape().
+    LRN convention and dropout (at its test-time form) are the network's.
+    """
+
+    def __init__(self, net):
+        self.params = {k: _as_conv(v).copy() for k, v in net.params.items()}
+        self.num_classes, self.lrn = net.num_classes, dict(net.lrn)
+        self.dropout, self.dropout_form = net.dropout, net.dropout_form
+
+    def forward(self, x):
+        """Images (N, 3, H, W) -> scores (N, num_classes, h, w); nothing is kept for a backward."""
+        if min(x.shape[-2:]) < INPUT_SIZE:
+            raise ValueError(f"the fully-convolutional network needs images of at least {INPUT_SIZE}x{INPUT_SIZE} "
+                             f"(pool5 6x6), got {x.shape[-2]}x{x.shape[-1]}")
+        for _, kind, key, hp in FULLY_CONVOLUTIONAL_LAYERS:
+            x, _ = _layer_forward(self, kind, key, hp, x, train=False)
+        return x
+
+    def map_size(self, height, width):
+        """(h, w) of the score map for an input of ``height`` x ``width``; 0 along a side under 227."""
+        return _map_side(height), _map_side(width)
+
+
+def _map_side(side):
+    # Each 32 pixels past 227 add a row of pool5 (its 6 rows become 7) and so a row of the map.
+    return 0 if side < INPUT_SIZE else (side - INPUT_SIZE) // STRIDE + 1
+
+
+def _as_conv(w):
+    """A 2-d fc weight as its convolution filters: fc6's over pool5's 256 x 6 x 6, fc7's and fc8's 1x1.
+    Anything else (conv weights, biases) as it is."""
+    if w.ndim != 2:
+        return w
+    return w.reshape(w.shape[0], 256, 6, 6) if w.shape[1] == 256 * 6 * 6 else w.reshape(*w.shape, 1, 1)
+
+
+def _layer_forward(net, kind, key, hp, x, train, rng=None):
+    """One row of a layer table (not flatten) with ``net``'s parameters and settings: (y, cache)."""
+    if kind == "conv":
+        return L.conv_forward(x, net.params[f"{key}.weight"], net.params[f"{key}.bias"], **hp)
+    if kind == "fc":
+        return L.fc_forward(x, net.params[f"{key}.weight"], net.params[f"{key}.bias"])
+    if kind == "relu":
+        return L.relu_forward(x)
+    if kind == "lrn":
+        return L.lrn_forward(x, towers=2, **net.lrn)
+    if kind == "pool":
+        return L.maxpool_forward(x, size=3, stride=2)
+    if kind == "dropout":
+        return L.dropout_forward(x, net.dropout, train=train, form=net.dropout_form, rng=rng)
+    raise ValueError(f"unknown layer kind {kind!r}")
