@@ -112,3 +112,20 @@ def test_compile_under_bf16_autocast_trains_on_cuda():
     step = paper_step(8, torch.device("cuda"), torch.bfloat16, net_of=torch.compile)
     losses = [float(step()) for _ in range(3)]
     assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_dense_views_on_cuda_equal_the_cpus():
+    from alexnet.data.transforms import Normalize
+    from alexnet.dense import dense_probabilities
+
+    torch.manual_seed(0)
+    model = AlexNet("paper", num_classes=5, init="kaiming").eval()
+    norm = Normalize(torch.full((256, 256, 3), 110.0), torch.tensor([60.0, 60.0, 60.0]))   # a mean image
+    g = torch.Generator().manual_seed(0)
+    views = [[torch.randint(0, 256, (227 + 32 * (n % 2), 259, 3), generator=g, dtype=torch.uint8),
+              torch.randint(0, 256, (291, 291 + 32 * n, 3), generator=g, dtype=torch.uint8)] for n in range(3)]
+    cpu = dense_probabilities(model.to_fully_convolutional().eval(), views, norm, torch.device("cpu"), batch_size=2)
+    gpu = dense_probabilities(model.to("cuda").to_fully_convolutional().eval(), views, norm, torch.device("cuda"),
+                              batch_size=2)
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-4)   # TF32 is off by default for matmuls
