@@ -181,7 +181,7 @@ def read_resumable(path: str | Path) -> Resumable:
 
 def meaning(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
     """What a checkpoint's weights mean, for weights.load_model: variant, lrn, classes, names, crop,
-    normalization, mean, std, metrics (checked there, with the same rules as a safetensors file's)."""
+    normalization, mean, std, metrics, small (checked there, with the same rules as a safetensors file's)."""
     try:
         variant, classes, prep = ckpt["variant"], ckpt["classes"], ckpt["preprocessing"]
         crop, kind, mean, std = prep["crop"], prep["normalization"], prep["mean"], prep.get("std")
@@ -193,7 +193,7 @@ def meaning(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
         best.get("top1", -1) >= 0 else {}
     return {"state": ckpt["model"], "variant": variant, "lrn": config.get("lrn", "paper") if variant == "paper" else None,
             "classes": classes, "names": ckpt.get("names") or classes, "crop": crop, "kind": kind, "mean": mean,
-            "std": std, "metrics": metrics}
+            "std": std, "metrics": metrics, "small": config.get("small", "upscale")}
 
 
 def torch_load(path: str | Path) -> Any:

@@ -166,13 +166,24 @@ def _add_prepare(sub) -> None:
     p.add_argument("--quality", type=positive_int, default=None, metavar="Q",
                    help=f"with --store jpeg: JPEG quality, 1-100 (default: {QUALITY}, on average 3.1 levels of "
                         f"255 from the raw pixels)")
+    _add_small(p, "upscale", "recorded in the store; a run with another setting is refused")
     p.set_defaults(run=_run_prepare)
+
+
+def _add_small(p: argparse.ArgumentParser, default: str | None, recorded: str) -> None:
+    from alexnet.data.decode import SMALL
+
+    p.add_argument("--small", choices=SMALL, default=default,
+                   help="an image whose shorter side is under 256: upscale (the paper), or pad: placed unscaled at "
+                        "the centre of a 256x256 canvas of ImageNet's mean colour (default: "
+                        f"{default or 'what the network was trained with'}; {recorded})")
 
 
 def _run_prepare(args) -> int:
     from alexnet.data.prepare import prepare
 
-    meta = prepare(args.data, args.out, workers=args.workers, store=args.store, quality=args.quality)
+    meta = prepare(args.data, args.out, workers=args.workers, store=args.store, quality=args.quality,
+                   small=args.small)
     counts = ", ".join(f"{name} {s['images']} images ({s['skipped']} unreadable left out)"
                        for name, s in meta["splits"].items())
     store = f" (jpeg store, quality {meta['quality']})" if meta["store"] == "jpeg" else ""
@@ -440,6 +451,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--device", type=device_name, default="auto", metavar=DEVICE_METAVAR,
                    help="auto: CUDA when present, else CPU (with --precision int8: the CPU)")
     _add_precision(p, "calibrated on --calibration-images of DATA/train (never on val), centre crops")
+    _add_small(p, None, "a prepared store made with the other is refused")
     p.add_argument("--json", action="store_true",
                    help='print {"top1", "top5", "loss", "images", "crops", "skipped", "seconds"} (fractions; '
                         '"scales" too with --views dense) instead of text')
@@ -465,7 +477,7 @@ def _run_evaluate(args) -> int:
 
     m = evaluate_checkpoint(args.checkpoint, args.data, crops=args.crops, batch_size=args.batch_size,
                             workers=args.workers, device=args.device, precision=args.precision,
-                            calibration_images=args.calibration_images, scales=_scales(args))
+                            calibration_images=args.calibration_images, scales=_scales(args), small=args.small)
     if m is None:  # not rank 0: rank 0 reports for everyone
         return 0
     if args.json:
@@ -501,6 +513,7 @@ def _add_predict(sub) -> None:
                    help="auto: CUDA when present, else CPU (with --precision int8: the CPU)")
     _add_precision(p, "calibrated on --calibrate, else on the images being predicted (so that then an image's "
                       "probabilities depend a little on the others given with it)")
+    _add_small(p, None, "given, it overrides the network's")
     p.add_argument("--calibrate", action="append", type=existing_path, default=None, metavar="IMAGE_OR_DIR",
                    help="with --precision int8: images (a folder stands for its image files) like those to be "
                         "predicted, e.g. some of the training set, to calibrate on; may be repeated")
@@ -520,6 +533,7 @@ def _run_predict(args) -> int:
                         "use --precision fp32, bf16 or auto")
     scales = _scales(args)
     loaded = load_model(args.checkpoint)
+    loaded.small = args.small or loaded.small
     paths = expand(args.images)
     device, dtype, model = setup(loaded, args.device, args.precision, expand(args.calibrate or []) or paths,
                                  args.calibration_images, args.batch_size)
@@ -752,7 +766,8 @@ def _run_viz_neighbors(args) -> int:
     loaded = load_model(args.checkpoint)
     found, names = find_neighbours(loaded, args.data, queries=args.queries, k=args.k, layer=args.layer,
                                    **_feature_kwargs(args))
-    print(draw_neighbours(found, names, args.out or args.checkpoint.parent / "neighbors.png", loaded.crop, args.layer))
+    print(draw_neighbours(found, names, args.out or args.checkpoint.parent / "neighbors.png", loaded.crop, args.layer,
+                          loaded.small))
     return 0
 
 
@@ -803,7 +818,7 @@ def _run_features(args) -> int:
     from alexnet.weights import load_model
 
     loaded = load_model(args.checkpoint)
-    f = extract_features(loaded, split_images(args.data, args.split), args.layer, **_feature_kwargs(args))
+    f = extract_features(loaded, split_images(args.data, args.split, loaded.small), args.layer, **_feature_kwargs(args))
     save_features(f, args.out)
     skipped = f", {f.skipped} unreadable skipped" if f.skipped else ""
     print(f"{args.out}: {args.layer} of {len(f.paths)} images{skipped}, {f.features.shape[1]} values each")

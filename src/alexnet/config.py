@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from alexnet.data.decode import SMALL
 from alexnet.data.transforms import NORMALIZATIONS
 from alexnet.device import device_setting
 from alexnet.errors import UserError
@@ -86,6 +87,9 @@ class TrainConfig:
     pca_noise: str = _opt("paper", "PCA colour noise: paper (alpha lambda), cuda-convnet (alpha sqrt(lambda)), none",
                           PCA_CHOICES)
     flip: bool = _opt(True, "random horizontal reflections")
+    small: str = _opt("upscale", "images whose shorter side is under 256: upscale (paper), or pad: placed unscaled "
+                                 "at the centre of a 256x256 canvas of ImageNet's mean colour; a prepared store "
+                                 "made with the other is refused", SMALL)
     stats_images: int = _opt(0, "images used for the mean image and PCA (0: all)", kind="non-negative")
     # the machine
     device: str = _opt("auto", "auto: CUDA when present, else CPU; cpu; cuda: this process's GPU (its local rank's "

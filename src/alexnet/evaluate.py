@@ -90,11 +90,13 @@ def _tally(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | str = 1, batch_size: int = 64,
                         workers: int = 2, device: str = "auto", precision: str = "fp32",
                         calibration_images: int | None = None, progress: bool = True,
-                        scales: str | tuple[int, ...] = SCALES) -> dict | None:
+                        scales: str | tuple[int, ...] = SCALES, small: str | None = None) -> dict | None:
     """Accuracy of the network in ``checkpoint`` (training .pt or safetensors) on ``data``/val.
 
     crops: 1 (the centre crop), 10 (the paper's views) or "dense" (whole images at ``scales``, read from
-    the source files: a prepared store's own pixels are only the centre 256x256).
+    the source files: a prepared store's own pixels are only the centre 256x256). small: what to do with
+    images under 256 (decode.SMALL; default: what the network was trained with); a prepared store made
+    otherwise is refused.
 
     precision "int8" evaluates the network quantized on the CPU ("auto" device means the CPU then),
     calibrated on ``calibration_images`` of ``data``/train. Under torchrun each process evaluates its own
@@ -121,12 +123,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | s
         if int8:
             require_cpu(dist.device)
         loaded = load_model(checkpoint)
-        val = open_split(data, "val", classes=loaded.classes)
+        loaded.small = small or loaded.small
+        val = open_split(data, "val", classes=loaded.classes, small=loaded.small)
         dtype = None if int8 else autocast_dtype(precision, dist.device)
         extra = {"crops": crops}
         if crops == "dense":
             extra["scales"] = parse_scales(scales, loaded.crop)
-            val = DenseImages(val, extra["scales"], loaded.crop, getattr(loaded, "small", "upscale"))
+            val = DenseImages(val, extra["scales"], loaded.crop, loaded.small)
             loader = eval_loader(val, batch_size, dist.rank, dist.world, workers, pin_memory=False,
                                  collate=DenseImages.collate)
         else:
@@ -152,7 +155,7 @@ def int8_model(loaded, data: str | Path, images: int | None = None, batch_size: 
     from alexnet.data.sources import open_split
     from alexnet.quantize import CALIBRATION_IMAGES, quantize_loaded, spread
 
-    train = open_split(data, "train", classes=loaded.classes)
+    train = open_split(data, "train", classes=loaded.classes, small=loaded.small)
     subset = train.subset(spread(len(train), images or CALIBRATION_IMAGES))
     skipped = SkippedFiles(subset)
     loader = eval_loader(subset, batch_size, 0, 1, workers, pin_memory=False)

@@ -74,11 +74,12 @@ def activations(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
     raise KeyError(f"no layer {layer!r} in the {model.variant} network")
 
 
-def split_images(data: str | Path, split: str = "val") -> ImageSet:
-    """DATA's ``split`` (any kind of data: data/sources.py), labelled by the data's own classes."""
+def split_images(data: str | Path, split: str = "val", small: str | None = None) -> ImageSet:
+    """DATA's ``split`` (any kind of data: data/sources.py), labelled by the data's own classes; with
+    ``small``, its images under 256 treated as a network was trained (decode.SMALL)."""
     from alexnet.data.sources import open_split
 
-    return open_split(data, split)
+    return open_split(data, split, small=small)
 
 
 @torch.no_grad()

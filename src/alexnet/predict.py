@@ -67,8 +67,8 @@ def predict(loaded: LoadedModel, paths: Iterable[Path], topk: int = 5, crops: in
 
     def load(path: Path | str) -> torch.Tensor | list[torch.Tensor] | str:
         if crops != "dense":
-            return _load(path)
-        return _load(path, lambda p: load_scaled(p, scales, loaded.crop, getattr(loaded, "small", "upscale")))
+            return _load(path, lambda p: load_fixed(p, small=loaded.small))
+        return _load(path, lambda p: load_scaled(p, scales, loaded.crop, loaded.small))
 
     def probabilities(good: list) -> torch.Tensor:
         if crops == "dense":
@@ -122,15 +122,16 @@ def int8_model(loaded: LoadedModel, paths: list[Path], images: int | None = None
 
     def batches() -> Iterator[torch.Tensor]:
         for start in range(0, len(chosen), batch_size):
-            good = [x for x in map(_load, chosen[start:start + batch_size]) if isinstance(x, torch.Tensor)]
+            good = [x for p in chosen[start:start + batch_size]
+                    if isinstance(x := _load(p, lambda f: load_fixed(f, small=loaded.small)), torch.Tensor)]
             if good:
                 yield torch.stack(good)
 
     return quantize_loaded(loaded, batches())
 
 
-def _load(path: Path | str, read=load_fixed):
-    """``read(path)`` (the fixed 256x256 uint8 image), or the reason it cannot be had."""
+def _load(path: Path | str, read):
+    """``read(path)`` (the fixed 256x256 uint8 image, say), or the reason it cannot be had."""
     if isinstance(path, str):
         return "a URL: nothing is fetched from the network; download the image and give its path"
     if path.is_dir():

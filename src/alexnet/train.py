@@ -147,7 +147,7 @@ def _open_data(config: TrainConfig, dist: distributed.Dist) -> DataSource:
             from alexnet.data.demo import write_demo_set
             write_demo_set(data, seed=0, progress=dist.main)
         distributed.barrier(dist)
-    return open_data(data)
+    return open_data(data, small=config.small)
 
 
 def _preprocessing(config: TrainConfig, train_set: ImageSet, dist: distributed.Dist,

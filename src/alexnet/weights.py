@@ -29,7 +29,7 @@ import torch
 
 from alexnet import checkpoint
 from alexnet.checkpoint import existing_file
-from alexnet.data.decode import FIXED_SIZE
+from alexnet.data.decode import FIXED_SIZE, SMALL
 from alexnet.data.transforms import NORMALIZATIONS, Normalize
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
@@ -57,6 +57,7 @@ class LoadedModel:
     norm: Normalize                         # in 0-255 units
     metrics: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    small: str = "upscale"                  # images under 256: "upscale" (paper) or "pad" (decode.pad_small)
 
     @property
     def variant(self) -> str:
@@ -92,7 +93,7 @@ def _is_safetensors(path: Path) -> bool:
 def _from_checkpoint(path: Path) -> LoadedModel:
     m = checkpoint.meaning(checkpoint.read(path), path)
     return _assemble(path, m["state"], m["variant"], m["lrn"], m["classes"], m["names"], m["crop"], m["kind"],
-                     m["mean"], m["std"], m["metrics"], str(path))
+                     m["mean"], m["std"], m["metrics"], str(path), m["small"])
 
 
 def _from_safetensors(path: Path) -> LoadedModel:
@@ -124,11 +125,11 @@ def _from_safetensors(path: Path) -> LoadedModel:
         raise UserError(f"{path} has no {RESERVED_PREFIX}mean tensor")
     lrn = None if variant != "paper" else lrn
     return _assemble(path, tensors, variant, lrn, classes, names, crop, kind, mean, std, metrics,
-                     meta.get("source", str(path)))
+                     meta.get("source", str(path)), prep.get("small", "upscale"))
 
 
 def _assemble(path: Path, state: Any, variant: Any, lrn: Any, classes: Any, names: Any, crop: Any, kind: Any,
-              mean: Any, std: Any, metrics: Any, source: str) -> LoadedModel:
+              mean: Any, std: Any, metrics: Any, source: str, small: Any = "upscale") -> LoadedModel:
     """Check every piece of meaning, then build the network it describes and load the weights into it."""
     def bad(what: str) -> UserError:
         return UserError(f"{path}: {what}")
@@ -145,6 +146,8 @@ def _assemble(path: Path, state: Any, variant: Any, lrn: Any, classes: Any, name
         raise bad(f"metrics must map names to values, got {type(metrics).__name__}")
     if kind not in NORMALIZATIONS:
         raise bad(f"unknown normalization {kind!r} (expected one of {', '.join(NORMALIZATIONS)})")
+    if small not in SMALL:
+        raise bad(f"unknown small-image setting {small!r} (expected one of {', '.join(SMALL)})")
     if not isinstance(mean, torch.Tensor) or tuple(mean.shape) not in ((3,), (FIXED_SIZE, FIXED_SIZE, 3)):
         raise bad(f"the normalisation mean must be a (3,) or ({FIXED_SIZE}, {FIXED_SIZE}, 3) tensor")
     if std is not None and (not isinstance(std, torch.Tensor) or tuple(std.shape) != (3,)):
@@ -163,7 +166,7 @@ def _assemble(path: Path, state: Any, variant: Any, lrn: Any, classes: Any, name
         raise bad(f"crop {crop} does not fit the {variant} network (expected " +
                   (f"{low})" if low == high else f"a size from {low} to {high})"))
     norm = Normalize(mean.float(), None if std is None else std.float())
-    return LoadedModel(model, list(classes), list(names), crop, kind, norm, dict(metrics or {}), source)
+    return LoadedModel(model, list(classes), list(names), crop, kind, norm, dict(metrics or {}), source, small)
 
 
 def _strings(values: Any) -> bool:
@@ -212,7 +215,7 @@ def save_weights(loaded: LoadedModel, path: str | Path) -> None:
 
 def preprocessing_description(loaded: LoadedModel) -> dict[str, Any]:
     """What a user of the weights must do to an image, in words and numbers (the tensors travel apart)."""
-    return {"resize": FIXED_SIZE, "crop": loaded.crop, "normalization": loaded.normalization,
+    return {"resize": FIXED_SIZE, "small": loaded.small, "crop": loaded.crop, "normalization": loaded.normalization,
             "scale": "RGB 0-255; input = (crop - mean) / std, std 1 when absent",
             "mean": "per-pixel (256, 256, 3), read at the crop's pixels" if loaded.norm.per_pixel else "per channel"}
 

@@ -4,6 +4,9 @@ Real datasets hold CMYK JPEGs (22 in ImageNet's train set), PNGs named .JPEG, gr
 RGBA images, 16-bit PNGs, broken EXIF, truncated and zero-byte files, and the odd decompression bomb.
 `load_fixed` turns each decodable file into the paper's fixed preprocessing (shorter side to 256,
 centre 256x256) as uint8 (H, W, 3), and raises UndecodableImage for the rest, so the caller can skip it.
+
+Images smaller than 256 are upscaled (the paper), or with ``small="pad"`` placed unscaled at the centre of
+a canvas of the mean colour (the seed's rule; see pad_small).
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ FIXED_SIZE = 256
 # PIL's own decompression-bomb threshold (about 9,500 x 9,500): larger images are refused, not decoded.
 MAX_PIXELS = 89_478_485
 TRANSPARENT_BACKGROUND = (255, 255, 255)  # what a viewer shows behind transparent pixels
+SMALL = ("upscale", "pad")   # what happens to an image whose shorter side is under 256
+# The border of a padded small image: ImageNet's mean colour, which torchvision's normalisation maps to
+# zero. A data set's own mean is not known when its images are decoded (its statistics are computed from
+# the decoded images), so a network normalised by its own mean sees the border as nearly, not exactly, 0.
+PAD_FILL = (124, 116, 104)
 
 _SRGB = ImageCms.createProfile("sRGB")
 
@@ -55,10 +63,25 @@ def open_rgb(path: str | Path, min_side: int | None = None, max_pixels: int = MA
         raise UndecodableImage(_reason(e)) from None
 
 
-def load_fixed(path: str | Path, size: int = FIXED_SIZE) -> torch.Tensor:
-    """The paper's fixed preprocessing: shorter side to ``size``, centre ``size`` x ``size``; uint8 (H, W, 3)."""
-    img = open_rgb(path, min_side=size)
+def load_fixed(path: str | Path, size: int = FIXED_SIZE, small: str = "upscale") -> torch.Tensor:
+    """The paper's fixed preprocessing: shorter side to ``size``, centre ``size`` x ``size``; uint8 (H, W, 3).
+    With ``small`` "pad", a shorter side under ``size`` is padded to it instead of scaled (pad_small)."""
+    img = open_rgb(path, min_side=size)   # draft mode keeps both sides >= size, so a small image stays whole
+    if small == "pad":
+        img = pad_small(img, size)
     return torch.from_numpy(np.asarray(resize_center(img, size)).copy())
+
+
+def pad_small(img: Image.Image, size: int = FIXED_SIZE) -> Image.Image:
+    """``img`` at the centre of a PAD_FILL canvas at least ``size`` on each side, its pixels unscaled;
+    ``img`` itself when both sides are already ``size`` or more. A 100x60 image becomes the middle of a
+    256x256 one; a 100x400 image keeps its height, and the fixed preprocessing then takes its centre rows."""
+    w, h = img.size
+    if min(w, h) >= size:
+        return img
+    canvas = Image.new("RGB", (max(w, size), max(h, size)), PAD_FILL)
+    canvas.paste(img, ((canvas.width - w) // 2, (canvas.height - h) // 2))
+    return canvas
 
 
 def resize_center(img: Image.Image, size: int = FIXED_SIZE) -> Image.Image:

@@ -146,14 +146,15 @@ class FixedSizeImages(ImageSet):
     a DataLoader; the main process drops it from the batch and reports it once (SkippedFiles).
     """
 
-    def __init__(self, split: Split, size: int = FIXED_SIZE, names: list[str] | None = None) -> None:
-        self.split, self.size = split, size
+    def __init__(self, split: Split, size: int = FIXED_SIZE, names: list[str] | None = None,
+                 small: str = "upscale") -> None:
+        self.split, self.size, self.small = split, size, small
         self.names = list(split.classes) if names is None else list(names)
 
     def _item(self, index: int):
         path, label = self.split.samples[index]
         try:
-            return load_fixed(path, self.size), label, index, ""
+            return load_fixed(path, self.size, self.small), label, index, ""
         except UndecodableImage as e:
             return torch.zeros(self.size, self.size, 3, dtype=torch.uint8), -1, index, str(e)
         except OSError as e:  # the file vanished or can't be read at all; still not worth stopping a run
@@ -169,11 +170,15 @@ class FixedSizeImages(ImageSet):
 
     def relabelled(self, classes: list[str]) -> FixedSizeImages:
         names = dict(zip(self.classes, self.names))
-        return FixedSizeImages(labelled_by(self.split, classes), self.size, [names.get(c, c) for c in classes])
+        return FixedSizeImages(labelled_by(self.split, classes), self.size, [names.get(c, c) for c in classes],
+                               self.small)
 
     def subset(self, indices: list[int]) -> FixedSizeImages:
         split = Split(self.split.root, self.split.classes, take(self.split.samples, indices))
-        return FixedSizeImages(split, self.size, self.names)
+        return FixedSizeImages(split, self.size, self.names, self.small)
+
+    def with_small(self, small: str) -> FixedSizeImages:
+        return FixedSizeImages(self.split, self.size, self.names, small)
 
 
 class SkippedFiles:

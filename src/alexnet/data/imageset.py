@@ -66,6 +66,7 @@ class ImageSet(Dataset):
     decodes: bool = True   # reading decodes files (worth DataLoader workers); False: copies stored pixels
     stats_file: Path | None = None   # the mean image and RGB PCA computed ahead of time, if any
     pixels: str = ""       # how its pixels differ from the decoded source files' ("": they do not)
+    small: str = "upscale"  # what became of images under 256 (decode.SMALL): upscaled, or padded
 
     @property
     def classes(self) -> list[str]:
@@ -91,6 +92,16 @@ class ImageSet(Dataset):
     def subset(self, indices: list[int]) -> ImageSet:
         """These samples only, in this order (a few query images, say)."""
         raise NotImplementedError
+
+    def with_small(self, small: str) -> ImageSet:
+        """This set with images under 256 treated as ``small`` says (decode.SMALL). A set that decodes its
+        files can do either; one that stores decoded pixels (a prepared store) only what it was made with."""
+        if small != self.small:
+            raise UserError(f"{getattr(self, 'root', self.split.root)} holds images prepared with --small "
+                            f"{self.small}, and this run "
+                            f"uses --small {small}; prepare the data again with --small {small} (into another "
+                            f"folder), or give the image folders themselves")
+        return self
 
     def for_device(self, device: torch.device | str) -> ImageSet:
         """This set for a loop that drops a batch's unreadable samples (SkippedFiles.keep) and then only

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from alexnet.data.decode import FIXED_SIZE
+from alexnet.data.decode import FIXED_SIZE, SMALL
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import SPLITS, DataSource, ImageSet, Split
 from alexnet.data.jpeg import QUALITY, JpegBatch, checksum
@@ -36,16 +36,19 @@ STORES = tuple(FORMATS)
 
 
 def prepare(data: str | Path, out: str | Path, workers: int | None = None, shard_size: int = SHARD,
-            progress: bool = True, store: str = "raw", quality: int | None = None) -> dict:
+            progress: bool = True, store: str = "raw", quality: int | None = None, small: str = "upscale") -> dict:
     """Decode DATA's train and val once into OUT, as raw pixels or JPEGs of ``quality`` (default
-    jpeg.QUALITY); resumable. Returns the marker's contents."""
+    jpeg.QUALITY), images under 256 upscaled or padded as ``small`` says; resumable. Returns the marker's
+    contents."""
     data, out = Path(data).expanduser(), Path(out).expanduser()
     store, quality = _check_store(store, quality)
+    if small not in SMALL:
+        raise UserError(f"unknown --small {small!r}; choose from {', '.join(SMALL)}")
     if kind_of(data).name == "prepared":   # finished or not
         raise UserError(f"{data} is already a prepared dataset; give the image folders it was made from")
-    source = open_data(data)
+    source = open_data(data, small=small)
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    meta = _existing_meta(out, source, shard_size, store, quality)
+    meta = _existing_meta(out, source, shard_size, store, quality, small)
     out.mkdir(parents=True, exist_ok=True)
     splits = {}
     for name in SPLITS:
@@ -74,8 +77,9 @@ def _check_store(store: str, quality: int | None) -> tuple[str, int | None]:
     return store, quality
 
 
-def _existing_meta(out: Path, source: DataSource, shard_size: int, store: str, quality: int | None) -> dict:
-    meta = {"format": FORMATS[store], "store": store, **({"quality": quality} if quality else {}),
+def _existing_meta(out: Path, source: DataSource, shard_size: int, store: str, quality: int | None,
+                   small: str = "upscale") -> dict:
+    meta = {"format": FORMATS[store], "store": store, **({"quality": quality} if quality else {}), "small": small,
             "size": FIXED_SIZE, "shard_size": shard_size, "source": str(source.root.resolve()),
             "classes": source.classes, "names": source.names,
             # Where each split's files lie: SOURCE/train for folders, but a tar for ImageNet's archives.
@@ -91,6 +95,10 @@ def _existing_meta(out: Path, source: DataSource, shard_size: int, store: str, q
         if found is not None and found != (store, quality):
             raise UserError(f"{out} holds a {_describe(*found)} store, not the {_describe(store, quality)} one asked "
                             f"for; choose a new --out (or ask for {_flags(*found)} to resume or redo it)")
+        held = _small_in(out)
+        if held is not None and held != small:
+            raise UserError(f"{out} holds images prepared with --small {held}, not --small {small}; choose a new "
+                            f"--out (or ask for --small {held} to resume or redo it)")
     return meta
 
 
@@ -106,6 +114,12 @@ def _store_in(out: Path) -> tuple[str, int | None] | None:
         return None
     info = json.loads(found[0].read_text())
     return info.get("store", "raw"), info.get("quality")   # format 1 has neither: raw
+
+
+def _small_in(out: Path) -> str | None:
+    """What OUT did with images under 256 (its marker's, else its first finished shard's "small")."""
+    found = [out / MARKER] if (out / MARKER).is_file() else sorted(out.glob("*/[0-9]*.json"))[:1]
+    return json.loads(found[0].read_text()).get("small", "upscale") if found else None
 
 
 def _describe(store: str, quality: int | None) -> str:
@@ -136,7 +150,7 @@ def _prepare_split(images: ImageSet, folder: Path, workers: int, shard_size: int
         part = Subset(images, range(lo, hi))
         loader = DataLoader(part if quality is None else _Encoded(part, quality), batch_size=64,
                             num_workers=workers, collate_fn=ImageSet.collate)
-        _write_shard(folder, shard, loader, split, skipped, bar, _sources(split, lo, hi))
+        _write_shard(folder, shard, loader, split, skipped, bar, _sources(split, lo, hi), images.small)
     bar.close()
     for file in folder.iterdir():   # left by a run killed mid-shard (of another store, say): all are done now
         if PARTIAL.fullmatch(file.name):
@@ -176,7 +190,8 @@ class _Encoded(Dataset):
         return JpegBatch.encode(images, self.quality), labels, idx, errors
 
 
-def _write_shard(folder: Path, shard: int, loader, split: Split, skipped: SkippedFiles, bar, sources: list) -> None:
+def _write_shard(folder: Path, shard: int, loader, split: Split, skipped: SkippedFiles, bar, sources: list,
+                 small: str = "upscale") -> None:
     jpeg = isinstance(loader.dataset, _Encoded)
     data = folder / f"{shard:05d}{'.jpg.bin' if jpeg else '.u8'}"
     tmp = folder / f".{data.name}.tmp"
@@ -193,7 +208,7 @@ def _write_shard(folder: Path, shard: int, loader, split: Split, skipped: Skippe
         bar.update(len(lab))
     index = writer.close()
     os.replace(tmp, data)
-    info = {"labels": labels, "files": files, "skipped": bad, "sources": sources, **index}
+    info = {"labels": labels, "files": files, "skipped": bad, "sources": sources, "small": small, **index}
     atomic_write(folder / f"{shard:05d}.json", lambda t: Path(t).write_text(json.dumps(info) + "\n"))
 
 

@@ -6,7 +6,8 @@ pixels out of the page cache costs microseconds. But raw, ImageNet's training se
 most machines' memory, and every epoch reads it from disk again: the JPEG store keeps each fixed image as a
 256x256 JPEG (about 18 KB, data/jpeg.py), which decodes in a third of a millisecond. The layout:
 
-    PREP/alexnet-prepared.json       what this is: store (raw or jpeg), classes, names, splits, source, the CRC-32
+    PREP/alexnet-prepared.json       what this is: store (raw or jpeg), small (upscale or pad: images under 256),
+                                     classes, names, splits, source, the CRC-32
                                      of each shard's .json and of itself; written last
     PREP/{train,val}/00000.u8        raw: up to 1,024 images, (n, 256, 256, 3) uint8, C order
     PREP/{train,val}/00000.jpg.bin   jpeg: their JPEGs end to end
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alexnet.data.decode import SMALL
 from alexnet.data.imageset import SPLITS, Batch, DataSource, ImageSet, Split, labelled_by
 from alexnet.data.jpeg import JpegBatch, checksum, decodes_on
 from alexnet.data.samples import NamedSamples, take
@@ -98,6 +100,7 @@ class PreparedImages(ImageSet):
         self.size = meta["size"]
         self.names = list(meta["names"])
         self.stats_file = self.root / STATS
+        self.small = meta.get("small", "upscale")   # stores from before --small upscaled
         if meta.get("store") == "jpeg":   # statistics of its decoded JPEGs are not those of the raw pixels
             self.pixels = f"jpeg quality {meta.get('quality')}"
         folder = self.root / split
@@ -296,6 +299,7 @@ def marker_checksum(meta: dict) -> int:
 def _well_formed(meta: dict) -> bool:
     classes, names, splits = meta.get("classes"), meta.get("names"), meta.get("splits")
     return (type(meta.get("size")) is int and meta["size"] > 0 and isinstance(meta.get("source"), str)
+            and meta.get("small", "upscale") in SMALL
             and isinstance(classes, list) and len(classes) > 0 and all(isinstance(c, str) for c in classes)
             and isinstance(names, list) and len(names) == len(classes) and all(isinstance(n, str) for n in names)
             and isinstance(splits, dict) and set(SPLITS) <= set(splits)

@@ -46,13 +46,18 @@ def kind_of(path: str | Path) -> Kind:
     return next(kind for kind in KINDS if kind.detect(path))
 
 
-def open_data(path: str | Path, splits: tuple[str, ...] = SPLITS) -> DataSource:
-    """The dataset at ``path`` with the ``splits`` asked for; a one-line UserError if it is not one."""
+def open_data(path: str | Path, splits: tuple[str, ...] = SPLITS, small: str | None = None) -> DataSource:
+    """The dataset at ``path`` with the ``splits`` asked for; a one-line UserError if it is not one.
+    With ``small`` (decode.SMALL), its images under 256 are treated so, or it is refused if it cannot."""
     path = Path(path).expanduser()
-    return kind_of(path).open(path, splits)
+    source = kind_of(path).open(path, splits)
+    if small is not None:
+        source.splits = {name: images.with_small(small) for name, images in source.splits.items()}
+    return source
 
 
-def open_split(path: str | Path, split: str = "val", classes: list[str] | None = None) -> ImageSet:
+def open_split(path: str | Path, split: str = "val", classes: list[str] | None = None,
+               small: str | None = None) -> ImageSet:
     """One split; with ``classes`` (a network's outputs), labelled by their index among them."""
-    images = open_data(path, (split,)).splits[split]
+    images = open_data(path, (split,), small).splits[split]
     return images if classes is None else images.relabelled(classes)

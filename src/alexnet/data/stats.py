@@ -58,11 +58,13 @@ class DataStats:
 
 
 def fingerprint(dataset: ImageSet) -> str:
-    """Identifies the file list (relative paths and labels), the fixed size and, where a set's pixels differ
-    from the decoded files' (a jpeg store's), how; not the pixels themselves."""
+    """Identifies the file list (relative paths and labels), the fixed size, what became of small images and,
+    where a set's pixels differ from the decoded files' (a jpeg store's), how; not the pixels themselves."""
     h = hashlib.sha256(f"v{STATS_VERSION} size={dataset.size}\n".encode())
     if dataset.pixels:
         h.update(f"pixels={dataset.pixels}\n".encode())
+    if dataset.small != "upscale":   # padded small images are other pixels (upscaled: as before --small)
+        h.update(f"small={dataset.small}\n".encode())
     for path, label in dataset.split.samples:
         h.update(f"{path.relative_to(dataset.split.root)}\t{label}\n".encode())
     return h.hexdigest()[:16]

@@ -81,7 +81,7 @@ def find_neighbours(loaded: LoadedModel, data: str | Path, queries: int = QUERIE
     """
     check_layer(loaded, layer)
     # Any kind of data (data/sources.py); tiles are drawn from the source files.
-    source = open_data(data)
+    source = open_data(data, small=loaded.small)
     val, train, names = source.splits["val"], source.splits["train"], source.names
     chosen = val.subset(query_indices(len(val), queries))
     query = extract_features(loaded, chosen, layer, **(kwargs | {"progress": False}))
@@ -104,8 +104,10 @@ def figure_size(queries: int, k: int) -> tuple[int, int]:
     return width, height
 
 
-def draw_neighbours(found: list[Query], names: list[str], out: str | Path, crop: int, layer: str = DEFAULT_LAYER) -> Path:
-    """Each query (left) beside its neighbours, nearest first; a caption is green when the class matches."""
+def draw_neighbours(found: list[Query], names: list[str], out: str | Path, crop: int, layer: str = DEFAULT_LAYER,
+                    small: str = "upscale") -> Path:
+    """Each query (left) beside its neighbours, nearest first; a caption is green when the class matches.
+    ``small``: what the network's training did with images under 256 (decode.SMALL), to show them so."""
     k = max(len(q.neighbours) for q in found)
     fig = new_figure(*figure_size(len(found), k))
     fig.text(MARGIN / fig.bbox.width, 1 - (MARGIN + TITLE / 2) / fig.bbox.height,
@@ -113,18 +115,19 @@ def draw_neighbours(found: list[Query], names: list[str], out: str | Path, crop:
              va="center", fontsize=11)
     for row, q in enumerate(found):
         top = MARGIN + TITLE + row * (TILE + LABEL + GAP)
-        _tile(fig, q.path, crop, MARGIN, top, f"{shorten(names[q.label], 22)}", "black", bold=True)
+        _tile(fig, q.path, crop, MARGIN, top, f"{shorten(names[q.label], 22)}", "black", small, bold=True)
         for col, n in enumerate(q.neighbours):
             left = MARGIN + (col + 1) * (TILE + GAP) + QUERY_GAP
             colour = SAME if n.label == q.label else DIFFERENT
-            _tile(fig, n.path, crop, left, top, f"{shorten(names[n.label], 16)}  d={n.distance:.3g}", colour)
+            _tile(fig, n.path, crop, left, top, f"{shorten(names[n.label], 16)}  d={n.distance:.3g}", colour, small)
     return save(fig, out)
 
 
-def _tile(fig, path: Path, crop: int, left: float, top: float, caption: str, colour: str, bold: bool = False) -> None:
+def _tile(fig, path: Path, crop: int, left: float, top: float, caption: str, colour: str, small: str = "upscale",
+          bold: bool = False) -> None:
     ax = axes_at(fig, left, top, TILE, TILE)
     try:
-        show_image(ax, center_crop(load_fixed(path), crop))
+        show_image(ax, center_crop(load_fixed(path, small=small), crop))
     except (UndecodableImage, OSError):  # read a moment ago for its features; leave the tile blank
         show_image(ax, torch.full((crop, crop, 3), 255, dtype=torch.uint8))
     ax.set_xlabel(caption, fontsize=8, color=colour, fontweight="bold" if bold else "normal", labelpad=3)

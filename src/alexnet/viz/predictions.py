@@ -50,7 +50,7 @@ def draw_predictions(loaded: LoadedModel, paths: Iterable[Path], out: str | Path
     for result in predict(loaded, list(paths), topk=topk, crops=crops, device=device):
         if not result.error:
             try:
-                shown.append((result, center_crop(load_fixed(result.path), loaded.crop)))
+                shown.append((result, center_crop(load_fixed(result.path, small=loaded.small), loaded.crop)))
                 continue
             except (UndecodableImage, OSError) as e:  # changed since predict read it
                 result = Prediction(result.path, [], str(e))

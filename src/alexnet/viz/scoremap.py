@@ -81,7 +81,7 @@ def score_map_of(loaded: LoadedModel, fcn: torch.nn.Module, path: Path | str, sc
         raise UndecodableImage("a URL: nothing is fetched from the network; download the image and give its path")
     if path.is_dir():
         raise UndecodableImage("no image files in this folder")
-    small = getattr(loaded, "small", "upscale")   # how training saw images under 256 pixels, where known
+    small = loaded.small   # how training saw images under 256 pixels
     image = load_scaled(path, [scale], fcn.input_size, small)[0]
     return ScoreMap(path, image, probability_maps(fcn, image, loaded, device), fcn.input_size,
                     true_class(loaded, path))

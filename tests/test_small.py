@@ -1,0 +1,148 @@
+"""--small pad: images under 256 placed unscaled on a mean-coloured canvas, recorded in prepared stores, runs
+and weights files, and a mismatch between a store and a run refused in one line."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from alexnet import AlexNet
+from alexnet.config import resolve
+from alexnet.data.decode import PAD_FILL, load_fixed, resize_center
+from alexnet.data.sources import open_split
+from alexnet.data.transforms import Normalize
+from alexnet.evaluate import class_probabilities
+from alexnet.predict import predict
+from alexnet.train import train
+from alexnet.weights import LoadedModel, load_model
+from conftest import run_cli as cli
+from conftest import write_image_folders
+
+
+def noise(path, width, height, seed=0, **save):
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, **save)
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_a_100x60_image_sits_unscaled_at_the_centre_with_mean_coloured_borders(tmp_path):
+    src = noise(tmp_path / "small.png", 100, 60)
+    x = load_fixed(tmp_path / "small.png", small="pad").numpy()
+    top, left = (256 - 60) // 2, (256 - 100) // 2
+    assert x.shape == (256, 256, 3)
+    assert np.array_equal(x[top:top + 60, left:left + 100], src)
+    border = np.ones((256, 256), bool)
+    border[top:top + 60, left:left + 100] = False
+    assert (x[border] == PAD_FILL).all() and PAD_FILL == tuple(round(255 * m) for m in (0.485, 0.456, 0.406))
+    # The default is the paper's rule, unchanged: the central 60x60 scaled up to 256x256.
+    up = load_fixed(tmp_path / "small.png").numpy()
+    assert np.array_equal(up, np.asarray(resize_center(Image.open(tmp_path / "small.png").convert("RGB"))))
+
+
+def test_only_the_short_side_is_padded_and_large_images_are_untouched(tmp_path):
+    src = noise(tmp_path / "tall.png", 100, 400)
+    x = load_fixed(tmp_path / "tall.png", small="pad").numpy()
+    assert np.array_equal(x[:, 78:178], src[72:328]) and (x[:, :78] == PAD_FILL).all()
+    noise(tmp_path / "big.png", 300, 260)
+    assert torch.equal(load_fixed(tmp_path / "big.png", small="pad"), load_fixed(tmp_path / "big.png"))
+    # A small JPEG is decoded whole (no reduced DCT scale) before it is placed.
+    jpeg = noise(tmp_path / "small.jpg", 120, 90, quality=95)
+    assert np.array_equal(load_fixed(tmp_path / "small.jpg", small="pad").numpy()[83:173, 68:188], jpeg)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    return write_image_folders(root / "data", {"cat": [(200, 40, 40), (180, 60, 20), (220, 90, 70)],
+                                               "dog": [(30, 60, 200), (50, 90, 170), (40, 70, 210)]}, size=(100, 60))
+
+
+@pytest.fixture(scope="module")
+def stores(folders, tmp_path_factory):
+    root = tmp_path_factory.mktemp("stores")
+    for small in ("pad", "upscale"):
+        r = cli("prepare", "--data", folders, "--out", root / small, "--workers", 0, "--small", small)
+        assert r.returncode == 0, r.stderr
+    return root
+
+
+def test_prepare_records_the_setting_and_stores_padded_images(folders, stores):
+    meta = json.loads((stores / "pad" / "alexnet-prepared.json").read_text())
+    assert meta["small"] == "pad"
+    val = open_split(stores / "pad", "val")
+    images, _, _, _ = val.__getitems__([0])
+    assert val.small == "pad" and torch.equal(images[0], load_fixed(val.path(0), small="pad"))
+    assert (images[0][0, 0] == torch.tensor(PAD_FILL, dtype=torch.uint8)).all()
+    # Asked again with the other setting, into the same folder: refused, the store unchanged.
+    r = cli("prepare", "--data", folders, "--out", stores / "pad", "--workers", 0)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--small pad" in r.stderr and "--small upscale" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def pad_run(stores, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    train(resolve("paper", dict(data=str(stores / "pad"), out=str(out), epochs=1, batch_size=3, workers=0,
+                                precision="fp32", small="pad")))
+    return out
+
+
+def test_a_run_records_its_setting_and_its_network_carries_it(pad_run, tmp_path):
+    assert yaml.safe_load((pad_run / "config.yaml").read_text())["small"] == "pad"
+    assert load_model(pad_run / "best.pt").small == "pad"
+    r = cli("export", "--checkpoint", pad_run / "best.pt", "--format", "safetensors", "--out", tmp_path / "w.safetensors")
+    assert r.returncode == 0, r.stderr
+    assert load_model(tmp_path / "w.safetensors").small == "pad"
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_a_store_and_a_run_that_disagree_are_one_line(stores, pad_run, tmp_path, command):
+    if command == "train":   # a pad store, and the default (upscale) run
+        r = cli("train", "--preset", "demo", "--data", stores / "pad", "--out", tmp_path / "r", "--epochs", 1)
+    else:                    # a pad network on an upscale store
+        r = cli("evaluate", "--checkpoint", pad_run / "best.pt", "--data", stores / "upscale", "--workers", 0)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--small pad" in r.stderr and "--small upscale" in r.stderr and "prepare" in r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_and_predict_see_images_as_the_network_was_trained(folders, stores, pad_run):
+    on_store = cli("evaluate", "--checkpoint", pad_run / "best.pt", "--data", stores / "pad", "--workers", 0, "--json")
+    on_files = cli("evaluate", "--checkpoint", pad_run / "best.pt", "--data", folders, "--workers", 0, "--json")
+    assert on_store.returncode == on_files.returncode == 0, on_store.stderr + on_files.stderr
+    a, b = json.loads(on_store.stdout), json.loads(on_files.stdout)
+    assert a["top1"] == b["top1"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+
+def test_predict_pads_for_a_network_trained_so(tmp_path):
+    torch.manual_seed(0)
+    model = AlexNet("paper", num_classes=4, init="kaiming").eval()
+    norm = Normalize(torch.tensor([120.0, 110.0, 100.0]), torch.tensor([60.0, 60.0, 60.0]))
+    loaded = LoadedModel(model, list("abcd"), list("abcd"), 227, "channel", norm, small="pad")
+    noise(tmp_path / "x.png", 100, 60)
+    with torch.no_grad():
+        expected = {small: class_probabilities(model, load_fixed(tmp_path / "x.png", small=small)[None], 227, norm)[0]
+                    for small in ("pad", "upscale")}
+    assert not torch.allclose(expected["pad"], expected["upscale"], rtol=1e-3)
+    for small in ("pad", "upscale"):
+        loaded.small = small
+        got = next(predict(loaded, [tmp_path / "x.png"], topk=4))
+        assert [i for i, _ in got.top] == expected[small].argsort(descending=True).tolist()
+        assert [p for _, p in got.top] == pytest.approx(expected[small].sort(descending=True).values.tolist(),
+                                                        rel=1e-5)
+
+
+def test_dense_views_pad_a_small_image_before_scaling_it(tmp_path):
+    from alexnet.dense import load_scaled
+
+    src = noise(tmp_path / "x.png", 100, 60)
+    at256, at320 = load_scaled(tmp_path / "x.png", (256, 320), 227, small="pad")
+    # The 256x256 canvas, trimmed to 227x227 (14 pixels off the top and left): the image unscaled inside.
+    assert tuple(at256.shape) == (227, 227, 3) and np.array_equal(at256.numpy()[84:144, 64:164], src)
+    assert (at256[0, 0] == torch.tensor(PAD_FILL, dtype=torch.uint8)).all()
+    assert tuple(at320.shape) == (291, 291, 3)   # the canvas scaled to 320, trimmed to 227 + 2 x 32
+    assert tuple(load_scaled(tmp_path / "x.png", (256,), 227)[0].shape) == (227, 419, 3)   # upscaled: 427x256
