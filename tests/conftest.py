@@ -1,4 +1,4 @@
-"""Small datasets the tests write themselves, and the `alexnet` command as a subprocess."""
+"""Small datasets the tests write themselves, and the `alexnet` command as a subprocess or in-process."""
 
 import subprocess
 import sys
@@ -7,6 +7,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+
+def run_main(*args) -> subprocess.CompletedProcess:
+    """`alexnet ARGS...` in this process (3 s quicker than a fresh interpreter), output captured as text;
+    for commands that start no processes of their own (give them --workers 0)."""
+    import contextlib
+    import io
+
+    from alexnet.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:   # argparse's refusals
+            code = e.code
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def run_cli(*args, timeout=600, **kw) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ from alexnet import AlexNet
 from alexnet.data.transforms import Normalize
 from alexnet.dense import dense_probabilities, load_scaled, scaled
 from alexnet.weights import LoadedModel, save_weights
-from conftest import run_cli as cli
+from conftest import run_cli, run_main
 
 # (width, height): landscape, portrait, square, a panorama; sides from 90 to 700 pixels.
 SIZES = [(300, 200), (180, 260), (256, 256), (700, 240), (90, 120)]
@@ -88,14 +88,14 @@ def test_dense_probabilities_are_the_mean_softmax_over_windows_mirrors_and_scale
 def test_evaluate_and_predict_agree_on_dense_views(folders):
     root, _ = folders
     net = root / "net.safetensors"
-    r = cli("evaluate", "--checkpoint", net, "--data", root, "--workers", 0, "--views", "dense",
+    r = run_main("evaluate", "--checkpoint", net, "--data", root, "--workers", 0, "--views", "dense",
             "--scales", "256,320", "--json")
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout)
     assert (m["images"], m["crops"], m["scales"], m["skipped"]) == (15, "dense", [256, 320], 0)
 
     paths = sorted((root / "val").rglob("*.png"))
-    r = cli("predict", "--checkpoint", net, "--views", "dense", "--scales", "256,320", "--json", "--topk", 3,
+    r = run_main("predict", "--checkpoint", net, "--views", "dense", "--scales", "256,320", "--json", "--topk", 3,
             *paths)
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
@@ -106,7 +106,7 @@ def test_evaluate_and_predict_agree_on_dense_views(folders):
                      for row, t in zip(rows, truth)])
     assert m["loss"] == pytest.approx(loss, rel=1e-4)
 
-    r = cli("evaluate", "--checkpoint", net, "--data", root, "--workers", 0, "--views", "dense", "--scales", "256")
+    r = run_main("evaluate", "--checkpoint", net, "--data", root, "--workers", 0, "--views", "dense", "--scales", "256")
     assert r.returncode == 0 and "15 images, dense at scale 256" in r.stdout and "ms per image" in r.stdout
 
 
@@ -114,7 +114,7 @@ def test_two_processes_give_the_single_process_dense_numbers(folders):
     root, _ = folders
     args = ["evaluate", "--checkpoint", root / "net.safetensors", "--data", root, "--workers", 0,
             "--views", "dense", "--scales", "256,288", "--json"]
-    one = cli(*args)
+    one = run_main(*args)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "alexnet", *map(str, args), "--batch-size", "2"],
@@ -131,7 +131,7 @@ def test_an_unreadable_image_is_skipped_and_counted(folders, tmp_path):
         (tmp_path / "val" / cls).mkdir(parents=True)
         noise_image(tmp_path / "val" / cls / "0.png", (260, 240), 7)
     (tmp_path / "val" / "b" / "1.png").write_bytes(b"not a png")
-    r = cli("evaluate", "--checkpoint", root / "net.safetensors", "--data", tmp_path, "--workers", 0,
+    r = run_main("evaluate", "--checkpoint", root / "net.safetensors", "--data", tmp_path, "--workers", 0,
             "--views", "dense", "--json")
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout)
@@ -146,14 +146,14 @@ def test_a_prepared_store_without_its_source_files_is_one_line(folders, tmp_path
     src = tmp_path / "src"
     shutil.copytree(root / "val", src / "val")
     shutil.copytree(root / "val", src / "train")
-    r = cli("prepare", "--data", src, "--out", tmp_path / "prep", "--workers", 0)
+    r = run_main("prepare", "--data", src, "--out", tmp_path / "prep", "--workers", 0)
     assert r.returncode == 0, r.stderr
     args = ["evaluate", "--checkpoint", root / "net.safetensors", "--data", tmp_path / "prep", "--workers", 0,
             "--views", "dense", "--scales", "256", "--json"]
-    r = cli(*args)
+    r = run_main(*args)
     assert r.returncode == 0 and json.loads(r.stdout)["images"] == 15, r.stderr   # read from the sources
     shutil.rmtree(src)
-    r = cli(*args)
+    r = run_main(*args)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "source files" in r.stderr and "prepared" in r.stderr
 
@@ -169,6 +169,6 @@ def test_a_prepared_store_without_its_source_files_is_one_line(folders, tmp_path
 def test_bad_dense_settings_are_one_line(folders, flags, message):
     root, _ = folders
     for command in (["evaluate", "--data", root], ["predict", root / "val" / "a" / "0.png"]):
-        r = cli(*command, "--checkpoint", root / "net.safetensors", *flags)
+        r = run_main(*command, "--checkpoint", root / "net.safetensors", *flags)
         assert r.returncode == 2 and message in r.stderr, (command, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 or "usage:" in r.stderr

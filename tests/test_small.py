@@ -18,7 +18,7 @@ from alexnet.evaluate import class_probabilities
 from alexnet.predict import predict
 from alexnet.train import train
 from alexnet.weights import LoadedModel, load_model
-from conftest import run_cli as cli
+from conftest import run_main as cli
 from conftest import write_image_folders
 
 
