@@ -15,7 +15,7 @@ from alexnet import AlexNet
 from alexnet.data.transforms import Normalize
 from alexnet.dense import dense_probabilities, load_scaled, scaled
 from alexnet.weights import LoadedModel, save_weights
-from conftest import run_cli, run_main
+from conftest import run_main
 
 # (width, height): landscape, portrait, square, a panorama; sides from 90 to 700 pixels.
 SIZES = [(300, 200), (180, 260), (256, 256), (700, 240), (90, 120)]
