@@ -8,7 +8,8 @@
 
 With weights, the variant, class count and LRN convention are the file's (given ones must agree), and the
 model is in eval mode and carries ``classes``, ``names`` and ``preprocessing`` (crop, normalization, mean,
-std in 0-255 units) from the file. ``pretrained=True`` and unknown arguments are refused in one line.
+std in 0-255 units, small: what became of images under 256) from the file. ``pretrained=True`` and unknown
+arguments are refused in one line.
 """
 
 import os
@@ -72,7 +73,7 @@ def alexnet(variant=None, num_classes=None, weights=None, **kwargs):
         _set_dropout(model, kwargs["dropout"])
     model.classes, model.names = loaded.classes, loaded.names
     model.preprocessing = {"crop": loaded.crop, "normalization": loaded.normalization,
-                           "mean": loaded.norm.mean, "std": loaded.norm.std}
+                           "mean": loaded.norm.mean, "std": loaded.norm.std, "small": loaded.small}
     return model
 
 

@@ -2,6 +2,7 @@
 and weights files, and a mismatch between a store and a run refused in one line."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from alexnet.data.decode import PAD_FILL, load_fixed, resize_center
 from alexnet.data.sources import open_split
 from alexnet.data.transforms import Normalize
 from alexnet.evaluate import class_probabilities
+from alexnet.export import _metadata
 from alexnet.predict import predict
 from alexnet.train import train
 from alexnet.weights import LoadedModel, load_model
@@ -93,9 +95,14 @@ def pad_run(stores, tmp_path_factory):
 def test_a_run_records_its_setting_and_its_network_carries_it(pad_run, tmp_path):
     assert yaml.safe_load((pad_run / "config.yaml").read_text())["small"] == "pad"
     assert load_model(pad_run / "best.pt").small == "pad"
-    r = cli("export", "--checkpoint", pad_run / "best.pt", "--format", "safetensors", "--out", tmp_path / "w.safetensors")
+    r = cli("export", "--checkpoint", pad_run / "best.pt", "--format", "safetensors",
+            "--out", tmp_path / "w.safetensors")
     assert r.returncode == 0, r.stderr
     assert load_model(tmp_path / "w.safetensors").small == "pad"
+    # torch.hub's model and an image-input ONNX file's contract say so too (the graph itself cannot pad).
+    hub = torch.hub.load(str(Path(__file__).parents[1]), "alexnet", source="local", weights=str(pad_run / "best.pt"))
+    assert hub.preprocessing["small"] == "pad"
+    assert "padded with (124, 116, 104)" in _metadata(load_model(pad_run / "best.pt"), image_input=True)["input"]
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate"])

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from alexnet.data.decode import FIXED_SIZE
+from alexnet.data.decode import FIXED_SIZE, PAD_FILL
 from alexnet.data.transforms import view_positions
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
@@ -84,8 +84,11 @@ def _metadata(loaded: LoadedModel, image_input: bool) -> dict[str, str]:
     if image_input:
         top, left, _ = _centre(loaded.crop)
         prep["in_graph"] = f"centre {loaded.crop}x{loaded.crop} crop at (top {top}, left {left}), mean, std, NCHW"
+        # A network trained on padded small images must be fed them padded, or it sees other pictures.
+        pad = (f" (shorter side under {FIXED_SIZE}: padded with {PAD_FILL} instead, unscaled, as "
+               f"decode.pad_small does)") if loaded.small == "pad" else ""
         contract = (f"images: uint8 (N, {FIXED_SIZE}, {FIXED_SIZE}, 3) RGB, shorter side resized to {FIXED_SIZE} "
-                    f"(bilinear) and centre-cropped to {FIXED_SIZE}x{FIXED_SIZE}; outputs: logits and "
+                    f"(bilinear){pad} and centre-cropped to {FIXED_SIZE}x{FIXED_SIZE}; outputs: logits and "
                     f"probabilities (N, {len(loaded.classes)})")
     else:
         contract = (f"images: float32 (N, 3, {loaded.crop}, {loaded.crop}), normalised as preprocessing says; "
