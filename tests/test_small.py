@@ -114,6 +114,10 @@ def test_a_store_and_a_run_that_disagree_are_one_line(stores, pad_run, tmp_path,
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "--small pad" in r.stderr and "--small upscale" in r.stderr and "prepare" in r.stderr
     assert not (tmp_path / "r").exists()
+    if command == "evaluate":   # dense views read the source files, so the store's setting does not matter
+        r = cli("evaluate", "--checkpoint", pad_run / "best.pt", "--data", stores / "upscale", "--workers", 0,
+                "--views", "dense", "--scales", "256", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["images"] == 6, r.stderr
 
 
 def test_evaluate_and_predict_see_images_as_the_network_was_trained(folders, stores, pad_run):

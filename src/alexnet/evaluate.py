@@ -124,7 +124,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | s
             require_cpu(dist.device)
         loaded = load_model(checkpoint)
         loaded.small = small or loaded.small
-        val = open_split(data, "val", classes=loaded.classes, small=loaded.small)
+        # Dense views decode the source files themselves, whatever a prepared store did with small images.
+        val = open_split(data, "val", classes=loaded.classes, small=None if crops == "dense" else loaded.small)
         dtype = None if int8 else autocast_dtype(precision, dist.device)
         extra = {"crops": crops}
         if crops == "dense":
