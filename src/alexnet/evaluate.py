@@ -95,8 +95,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | s
 
     crops: 1 (the centre crop), 10 (the paper's views) or "dense" (whole images at ``scales``, read from
     the source files: a prepared store's own pixels are only the centre 256x256). small: what to do with
-    images under 256 (decode.SMALL; default: what the network was trained with); a prepared store made
-    otherwise is refused.
+    images under 256 (decode.SMALL; default: what the network was trained with); with 1 or 10 views a
+    prepared store made otherwise is refused.
 
     precision "int8" evaluates the network quantized on the CPU ("auto" device means the CPU then),
     calibrated on ``calibration_images`` of ``data``/train. Under torchrun each process evaluates its own
