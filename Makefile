@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/alexnet prepare --data $(DEMO_DATA) --out $(DEMO_PREP)
 	rm -rf $(DEMO_RUN)
 	$(BIN)/alexnet train --preset demo --data $(DEMO_PREP) --out $(DEMO_RUN) --require-top1 0.9
-	$(BIN)/alexnet evaluate --checkpoint $(DEMO_RUN)/best.pt --data $(DEMO_PREP) --crops 10
+	$(BIN)/alexnet evaluate --checkpoint $(DEMO_RUN)/best.pt --data $(DEMO_PREP) --views 10
 	$(BIN)/alexnet predict --checkpoint $(DEMO_RUN)/best.pt --topk 3 \
 		$(DEMO_DATA)/val/checker/checker_0000.jpg $(DEMO_DATA)/val/rings/rings_0000.jpg \
 		$(DEMO_DATA)/val/zigzag/zigzag_0000.jpg
