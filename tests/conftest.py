@@ -26,6 +26,21 @@ def run_main(*args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
+def evaluate_on_one_and_two(*args) -> tuple[dict, dict]:
+    """`alexnet evaluate ARGS... --json` in one process and under torchrun with 2 (one thread each, batches
+    of 2): the two JSON results, rank 0's for the pair."""
+    import json
+    import os
+
+    args = ["evaluate", *map(str, args), "--json"]
+    one = run_cli(*args)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "alexnet", *args, "--batch-size", "2"],
+                         capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
+    return json.loads(one.stdout), json.loads(two.stdout)
+
+
 def run_cli(*args, timeout=600, **kw) -> subprocess.CompletedProcess:
     """`python -m alexnet ARGS...` in a fresh interpreter, output captured as text."""
     return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], capture_output=True, text=True,

@@ -2,9 +2,6 @@
 evaluate and predict with --views dense, exact under 2-process DDP, and its errors."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +12,7 @@ from alexnet import AlexNet
 from alexnet.data.transforms import Normalize
 from alexnet.dense import dense_probabilities, load_scaled, scaled
 from alexnet.weights import LoadedModel, save_weights
-from conftest import run_main
+from conftest import evaluate_on_one_and_two, run_main
 
 # (width, height): landscape, portrait, square, a panorama; sides from 90 to 700 pixels.
 SIZES = [(300, 200), (180, 260), (256, 256), (700, 240), (90, 120)]
@@ -112,15 +109,8 @@ def test_evaluate_and_predict_agree_on_dense_views(folders):
 
 def test_two_processes_give_the_single_process_dense_numbers(folders):
     root, _ = folders
-    args = ["evaluate", "--checkpoint", root / "net.safetensors", "--data", root, "--workers", 0,
-            "--views", "dense", "--scales", "256,288", "--json"]
-    one = run_main(*args)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "alexnet", *map(str, args), "--batch-size", "2"],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
-    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    a, b = evaluate_on_one_and_two("--checkpoint", root / "net.safetensors", "--data", root, "--workers", 0,
+                                   "--views", "dense", "--scales", "256,288")
     assert (b["images"], b["top1"], b["top5"], b["skipped"]) == (a["images"], a["top1"], a["top5"], a["skipped"])
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
 

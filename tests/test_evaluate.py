@@ -2,10 +2,7 @@
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,6 +14,7 @@ from alexnet.data.folders import SkippedFiles
 from alexnet.data.transforms import Normalize
 from alexnet.evaluate import evaluate
 from alexnet.train import train
+from conftest import evaluate_on_one_and_two
 from conftest import run_cli as cli
 from conftest import write_image_folders
 
@@ -142,14 +140,7 @@ def test_cli_evaluate_of_a_trained_checkpoint_matches_the_runs_own_validation(ru
 
 def test_two_processes_give_the_single_process_numbers(run_dir):
     data, run = run_dir
-    args = ["evaluate", "--checkpoint", run / "best.pt", "--data", data, "--workers", 0, "--crops", 10, "--json"]
-    one = cli(*args)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "alexnet", *map(str, args), "--batch-size", "2"],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
-    a, b = json.loads(one.stdout), json.loads(two.stdout)   # rank 0 alone prints
+    a, b = evaluate_on_one_and_two("--checkpoint", run / "best.pt", "--data", data, "--workers", 0, "--crops", 10)
     assert (b["images"], b["top1"], b["top5"], b["skipped"]) == (a["images"], a["top1"], a["top5"], a["skipped"])
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
 

@@ -736,18 +736,25 @@ def _run_viz_filters(args) -> int:
     return 0
 
 
-def _run_viz_predictions(args) -> int:
-    from alexnet.device import pick_device
-    from alexnet.predict import expand, printable
-    from alexnet.viz.predictions import draw_predictions
+def _network_and_images(args):
+    """The network of --checkpoint and the images to draw (folders expanded), at most --max-images of them."""
+    from alexnet.predict import expand
     from alexnet.weights import load_model
 
-    loaded = load_model(args.checkpoint)
-    paths = expand(args.images)
+    loaded, paths = load_model(args.checkpoint), expand(args.images)
     if len(paths) > args.max_images:
         print(f"alexnet viz: drawing the first {args.max_images} of {len(paths)} images (see --max-images)",
               file=sys.stderr)
         paths = paths[:args.max_images]
+    return loaded, paths
+
+
+def _run_viz_predictions(args) -> int:
+    from alexnet.device import pick_device
+    from alexnet.predict import printable
+    from alexnet.viz.predictions import draw_predictions
+
+    loaded, paths = _network_and_images(args)
     out, failed = draw_predictions(loaded, paths, args.out or args.checkpoint.parent / "predictions.png",
                                    topk=args.topk, crops=args.crops, device=pick_device(args.device))
     for result in failed:
@@ -773,16 +780,10 @@ def _run_viz_neighbors(args) -> int:
 
 def _run_viz_scoremap(args) -> int:
     from alexnet.device import pick_device
-    from alexnet.predict import expand, printable
+    from alexnet.predict import printable
     from alexnet.viz.scoremap import draw_scoremaps
-    from alexnet.weights import load_model
 
-    loaded = load_model(args.checkpoint)
-    paths = expand(args.images)
-    if len(paths) > args.max_images:
-        print(f"alexnet viz: drawing the first {args.max_images} of {len(paths)} images (see --max-images)",
-              file=sys.stderr)
-        paths = paths[:args.max_images]
+    loaded, paths = _network_and_images(args)
     out, _, failed = draw_scoremaps(loaded, paths, args.out or args.checkpoint.parent / "scoremap.png",
                                     scale=args.scale, device=pick_device(args.device))
     if out is None:
