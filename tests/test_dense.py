@@ -56,6 +56,18 @@ def test_an_image_is_scaled_to_its_shorter_side_and_trimmed_to_whole_strides():
     assert tuple(scaled(img, 256, 227).shape) == (227, 355, 3)
 
 
+def test_a_panorama_keeps_its_centre_at_four_times_the_scale():
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (100, 2000, 3), dtype=np.uint8))
+    x = scaled(img, 256, 227)
+    # 5120x256 in full; at most 4 x 256 = 1024 wide, trimmed to 227 + 32k: 995 x 227, from the centre.
+    assert tuple(x.shape) == (227, 995, 3)
+    whole = np.asarray(img.resize((5120, 256), Image.Resampling.BILINEAR)).astype(int)
+    top, left = round((256 - 227) / 2), round((1024 - 995) / 2) + (5120 - 1024) // 2
+    assert np.abs(x.numpy().astype(int) - whole[top:top + 227, left:left + 995]).max() <= 1
+    strip = Image.new("RGB", (1, 5000), (10, 20, 30))   # 1 x 5000: not 256 x 1,280,000
+    assert tuple(scaled(strip, 256, 227).shape) == (995, 227, 3)
+
+
 def by_windows(model, image, norm):
     """The mean softmax over the original network applied to each 6x6 window of pool5: the definition of
     the dense score, without the fully-convolutional network."""

@@ -32,6 +32,9 @@ from alexnet.fully_convolutional import fitted_side
 from alexnet.precision import autocast
 
 SCALES = (256, 320, 384)
+# The longer side is kept to at most this many times the shorter (the centre of a wider panorama): a 1x5000
+# strip at scale 256 would otherwise be 256 x 1,280,000 pixels, and its activations tens of gigabytes.
+MAX_ASPECT = 4
 
 
 def parse_scales(text: str | Sequence[int], input_size: int) -> tuple[int, ...]:
@@ -47,12 +50,14 @@ def parse_scales(text: str | Sequence[int], input_size: int) -> tuple[int, ...]:
 
 
 def scaled(img: Image.Image, scale: int, input_size: int) -> torch.Tensor:
-    """``img`` with its shorter side ``scale``, each side trimmed (centred) to ``input_size + 32 k``:
-    uint8 (H, W, 3), resampled once from only the pixels kept (as decode.resize_center does)."""
+    """``img`` with its shorter side ``scale``, each side trimmed (centred) to ``input_size + 32 k``, the
+    longer to at most MAX_ASPECT x ``scale``: uint8 (H, W, 3), resampled once from only the pixels kept
+    (as decode.resize_center does)."""
     w, h = img.size
     factor = scale / min(w, h)
     full_w, full_h = max(scale, round(w * factor)), max(scale, round(h * factor))
-    out_w, out_h = fitted_side(full_w, input_size), fitted_side(full_h, input_size)
+    longest = MAX_ASPECT * scale
+    out_w, out_h = fitted_side(min(full_w, longest), input_size), fitted_side(min(full_h, longest), input_size)
     # Whole pixels of the full resize, centred as torchvision's center_crop rounds, and the source
     # rectangle they come from.
     left, top = round((full_w - out_w) / 2), round((full_h - out_h) / 2)
