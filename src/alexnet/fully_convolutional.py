@@ -15,7 +15,7 @@ adaptive average pool, an identity at 224, is left out: it would squeeze a large
 instead of sliding.
 
     fcn = model.to_fully_convolutional().eval()
-    scores = fcn(images)                        # (N, classes, h, w); h = (H - input_size) // 32 + 1
+    scores = fcn(images)                        # (N, classes, h, w); (h, w) = fcn.map_size(H, W)
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ def map_side(side: int, input_size: int, padding: int = 0) -> int:
 
 
 def fitted_side(side: int, input_size: int) -> int:
-    """The largest side ``input_size + 32 k`` not above ``side``: each further pixel, up to 31, adds no
-    position to the score map (it only changes what the zero padding of conv2-conv5 sees at the edge)."""
+    """The largest side ``input_size + 32 k`` not above ``side``: the further pixels, up to 31, add no
+    position to the paper network's score map (only what the zero padding of conv2-conv5 sees at the edge);
+    owt's padded conv1 gains one with the 31st, which trimming gives up for sizes shared with the paper's."""
     return input_size + (side - input_size) // STRIDE * STRIDE if side >= input_size else side
 
 
