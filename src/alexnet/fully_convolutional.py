@@ -44,7 +44,7 @@ def map_side(side: int, input_size: int, padding: int = 0) -> int:
 def fitted_side(side: int, input_size: int) -> int:
     """The largest side ``input_size + 32 k`` not above ``side``: the further pixels, up to 31, add no
     position to the paper network's score map (only what the zero padding of conv2-conv5 sees at the edge);
-    owt's padded conv1 gains one with the 31st, which trimming gives up for sizes shared with the paper's."""
+    owt's padded conv1 would gain one more with the 31st, which trimming to 224 + 32 k gives up."""
     return input_size + (side - input_size) // STRIDE * STRIDE if side >= input_size else side
 
 
