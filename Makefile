@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(BIN)/alexnet evaluate --checkpoint $(DEMO_RUN)/best.pt --data $(DEMO_PREP) --views 10
 	$(BIN)/alexnet predict --checkpoint $(DEMO_RUN)/best.pt --topk 3 \
 		$(DEMO_DATA)/val/checker/checker_0000.jpg $(DEMO_DATA)/val/rings/rings_0000.jpg \
-		$(DEMO_DATA)/val/zigzag/zigzag_0000.jpg
+		$(DEMO_DATA)/val/rays/rays_0000.jpg
 	$(BIN)/alexnet viz curves --run $(DEMO_RUN)
 	$(BIN)/alexnet viz filters --checkpoint $(DEMO_RUN)/best.pt
 	$(BIN)/alexnet viz predictions --checkpoint $(DEMO_RUN)/best.pt $(DEMO_DATA)/val/*/*_0000.jpg

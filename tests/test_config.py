@@ -54,11 +54,11 @@ def test_every_number_setting_has_a_kind():
 
 
 def test_flags_override_the_preset_and_none_means_not_given():
-    c = resolve("demo", {"epochs": 3, "lr": None, "out": "x"})
-    assert c.epochs == 3 and c.lr == preset_values("demo")["lr"] and c.out == "x" and c.preset == "demo"
+    c = resolve("demo", {"epochs": 6, "lr": None, "out": "x"})
+    assert c.epochs == 6 and c.lr == preset_values("demo")["lr"] and c.out == "x" and c.preset == "demo"
     demo = preset_values("demo")
-    assert demo["warmup_epochs"] / demo["epochs"] == 0.2 and c.warmup_epochs == pytest.approx(0.6)
-    assert resolve("demo", {"epochs": 1}).warmup_epochs == pytest.approx(0.2)        # a shorter run: its share
+    assert (demo["warmup_epochs"], demo["epochs"]) == (1, 3) and c.warmup_epochs == pytest.approx(2)
+    assert resolve("demo", {"epochs": 1}).warmup_epochs == pytest.approx(1 / 3)      # a shorter run: its share
     assert resolve("demo", {}).warmup_epochs == demo["warmup_epochs"]
     assert resolve("demo", {"epochs": 1, "warmup_epochs": 0.5}).warmup_epochs == 0.5   # given: kept
     assert resolve("paper", {"epochs": 5}).warmup_epochs == 0                        # none to scale
