@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 # network with the demo preset (it fails if val top-1 ends below 90%), evaluate with the paper's 10
 # views, name a few val images, and draw the five pictures of `alexnet viz` into the run folder.
 # A demo set rewritten by a newer generator makes its decoded copy stale: that copy is decoded afresh.
-# The score maps are drawn at scale 288: the demo network knows one scale (256; dense top-1 89% at 288,
+# The score maps are drawn at scale 288: the demo network knows one scale (256; dense top-1 90% at 288,
 # 78% at 320), and 288 still gives two rows of positions.
 DEMO_DATA := data/demo
 DEMO_PREP := data/demo-prepared

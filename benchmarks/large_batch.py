@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PART = 32   # images per forward pass, as in the demo preset
+PART = 32   # images per forward pass: the demo preset's batch when the README table was measured
 
 
 def runs(batches: list[int], sgd_base: float, lars_base: float) -> list[dict]:
@@ -67,7 +67,8 @@ def main() -> None:
     p.add_argument("--data", required=True, help="the demo set, prepared (alexnet prepare)")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batches", default="32,256,1024", help="global batches, comma-separated")
-    p.add_argument("--sgd-lr", type=float, default=0.01, help="SGD's lr at batch 32 (the demo preset's)")
+    p.add_argument("--sgd-lr", type=float, default=0.01, help="SGD's lr at batch 32 "
+                   "(the demo preset's when the README table was measured)")
     p.add_argument("--lars-lr", type=float, default=0.125, help="LARS's lr at batch 32 (best of 3 tried at 256)")
     p.add_argument("--out", type=Path, default=Path("runs/large-batch"))
     p.add_argument("--only", default="", help="run only these rows (names such as lars-256, comma-separated)")
