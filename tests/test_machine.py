@@ -14,10 +14,14 @@ GRAVITON = {"Features": "fp asimd evtstrm aes sve bf16"}
 
 
 def test_cpu_names_say_the_core_where_the_model_name_does_not():
-    # Virtual machines often report "AMD EPYC" alone; family 25 is Zen 3 or Zen 4, told apart by AVX-512.
+    # Virtual machines often report "AMD EPYC" or "Intel(R) Xeon(R) Processor" alone; AMD's family 25 is Zen 3 or
+    # Zen 4, told apart by AVX-512; Intel's family 6 models name the core.
     assert cpu_name(ZEN3) == "AMD EPYC 7763 64-Core Processor (family 25, model 1: Zen 3)"
     assert cpu_name(ZEN4) == "AMD EPYC (family 25, model 17: Zen 4)"
-    assert cpu_name(INTEL) == "Intel(R) Xeon(R) Platinum 8480+"
+    assert cpu_name(INTEL) == "Intel(R) Xeon(R) Platinum 8480+ (family 6, model 143: Sapphire Rapids)"
+    hidden = dict(INTEL, model="207", **{"model name": "Intel(R) Xeon(R) Processor"})
+    assert cpu_name(hidden) == "Intel(R) Xeon(R) Processor (family 6, model 207: Emerald Rapids)"
+    assert cpu_name(dict(INTEL, model="999")) == "Intel(R) Xeon(R) Platinum 8480+ (family 6, model 999)"
     assert cpu_name(GRAVITON)   # no model name: still a name, never an error
 
 

@@ -24,6 +24,9 @@ EXTENSIONS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni"
               "asimd", "sve", "bf16")
 # AMD's families by (family, whether AVX-512 is present): the model numbers overlap within family 25.
 _AMD_CORES = {(23, False): "Zen/Zen 2", (25, False): "Zen 3", (25, True): "Zen 4", (26, True): "Zen 5"}
+# Intel's server cores by model number (family 6), for the virtual machines that say "Intel(R) Xeon(R) Processor".
+_INTEL_CORES = {85: "Skylake/Cascade Lake", 106: "Ice Lake", 143: "Sapphire Rapids", 207: "Emerald Rapids",
+                173: "Granite Rapids", 175: "Sierra Forest"}
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -49,6 +52,9 @@ def cpu_name(info: dict[str, str] | None = None) -> str:
     if info.get("vendor_id") == "AuthenticAMD" and family.isdigit():
         core = _AMD_CORES.get((int(family), "avx512f" in flags))
         return f"{model} (family {family}, model {number}" + (f": {core})" if core else ")")
+    if info.get("vendor_id") == "GenuineIntel" and family == "6" and number.isdigit():
+        core = _INTEL_CORES.get(int(number))
+        return f"{model} (family 6, model {number}" + (f": {core})" if core else ")")
     return model
 
 
