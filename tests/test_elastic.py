@@ -22,11 +22,11 @@ import torch
 
 from alexnet.config import resolve
 from alexnet.train import train
-from conftest import write_image_folders
+from conftest import assert_same_run, write_image_folders
 
 # Dropout off (its random numbers are per process); the rest is drawn per sample, so a global batch of 4
-# holds the same images on one process or two.
-FLAGS = ["--batch-size", "4", "--dropout", "0", "--lr", "0.001", "--workers", "0", "--precision", "fp32"]
+# holds the same images on one process or two. float64: see conftest.SAME_RUN.
+FLAGS = ["--batch-size", "4", "--dropout", "0", "--lr", "0.001", "--workers", "0", "--precision", "fp64"]
 WAIT = 300   # seconds: generous, for a loaded 2-core machine
 
 
@@ -46,7 +46,7 @@ def one_process(more_data, tmp_path_factory):
     saved = {}
     for epochs in (1, 2, 3):
         config = resolve("paper", dict(data=str(more_data), out=str(run), epochs=epochs, batch_size=4, lr=0.001,
-                                       dropout=0.0, workers=0, precision="fp32"))
+                                       dropout=0.0, workers=0, precision="fp64"))
         train(config, resume=epochs > 1, given={"epochs": epochs})
         saved[epochs] = run.parent / f"epoch{epochs}.pt"
         torch.save(weights(run / "last.pt"), saved[epochs])
@@ -55,12 +55,6 @@ def one_process(more_data, tmp_path_factory):
 
 def weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
-
-
-def assert_close_weights(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
 def free_port() -> int:
@@ -187,7 +181,7 @@ def test_two_nodes_on_one_machine_match_one_process(more_data, one_process, tmp_
     out = output(*nodes)
     assert "on 2 x cpu" in out and out.count("group_world_size=2") == 2   # two nodes, one process each
     assert epochs_in(run) == [1]
-    assert_close_weights(torch.load(one_process[1], weights_only=True), weights(run / "last.pt"))
+    assert_same_run(torch.load(one_process[1], weights_only=True), weights(run / "last.pt"))
 
 
 def test_a_worker_killed_mid_epoch_is_restarted_and_ends_with_the_uninterrupted_weights(more_data, one_process,
@@ -215,7 +209,7 @@ def test_a_worker_killed_mid_epoch_is_restarted_and_ends_with_the_uninterrupted_
     for path in run.glob("*.pt"):
         torch.load(path, weights_only=True)
     assert not list(run.glob(".*.tmp"))          # a write cut short is cleared by the restart
-    assert_close_weights(torch.load(one_process[2], weights_only=True), weights(run / "last.pt"))
+    assert_same_run(torch.load(one_process[2], weights_only=True), weights(run / "last.pt"))
 
 
 def test_elastic_membership_goes_on_with_the_node_that_is_left(more_data, one_process, tmp_path, launch):
@@ -247,4 +241,4 @@ def test_elastic_membership_goes_on_with_the_node_that_is_left(more_data, one_pr
     assert "group_world_size=1" in out, log(*nodes)                       # it went on alone
     assert f"alexnet train: resuming {run} on 1 x cpu" in out, log(*nodes)
     assert epochs_in(run) == [1, 2, 3], log(*nodes)
-    assert_close_weights(torch.load(one_process[3], weights_only=True), weights(run / "last.pt"))
+    assert_same_run(torch.load(one_process[3], weights_only=True), weights(run / "last.pt"))

@@ -16,7 +16,7 @@ from alexnet.config import resolve
 from alexnet.data.stats import DataStats
 from alexnet.errors import UserError
 from alexnet.train import NonFiniteLoss, train
-from conftest import run_cli, write_image_folders
+from conftest import assert_same_run, run_cli, write_image_folders
 
 FAST = dict(workers=0, precision="fp32", log_every=1)
 
@@ -44,13 +44,10 @@ def weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
-def assert_same_weights(a, b, exact=True):
+def assert_same_weights(a, b):
     assert a.keys() == b.keys()
     for k in a:
-        if exact:
-            assert torch.equal(a[k], b[k]), k
-        else:
-            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+        assert torch.equal(a[k], b[k]), k
 
 
 def cli(*args, **kw):
@@ -279,8 +276,8 @@ def test_two_processes_match_one_with_the_same_global_batch(more_data, tmp_path)
     # Dropout off: its random numbers are per process. Crops, flips and PCA noise are drawn per sample,
     # so they match across process counts by construction.
     common = ["--data", str(more_data), "--epochs", "1", "--batch-size", "4", "--dropout", "0", "--lr", "0.001",
-              "--workers", "0", "--precision", "fp32"]
-    train(config(more_data, tmp_path / "one", epochs=1, dropout=0.0))
+              "--workers", "0", "--precision", "fp64"]   # float64: conftest.SAME_RUN
+    train(config(more_data, tmp_path / "one", epochs=1, dropout=0.0, precision="fp64"))
     # Each process takes its 2 images in 2 parts (the first without DDP's exchange): the same steps still.
     common += ["--accumulate", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -288,7 +285,7 @@ def test_two_processes_match_one_with_the_same_global_batch(more_data, tmp_path)
                         "-m", "alexnet", "train", *common, "--out", str(tmp_path / "two")],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert_same_weights(weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt"), exact=False)
+    assert_same_run(weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt"))
     # The mean image and PCA were shared out over the two processes (each summed half the images).
     one, two = (DataStats.load(tmp_path / run / "data_stats.safetensors") for run in ("one", "two"))
     assert one.images == two.images == 16

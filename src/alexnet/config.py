@@ -27,6 +27,7 @@ PRESETS = ("paper", "demo", "torchvision", "large-batch")
 SCHEDULES = ("plateau", "step", "cosine")
 OPTIMIZERS = ("sgd", "lars")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TRAIN_PRECISIONS = (*PRECISIONS, "fp64")   # fp64: a float64 reference run (precision.py)
 # Inference adds int8 (quantize.py): post-training quantization, CPU only; training has no int8.
 INFERENCE_PRECISIONS = (*PRECISIONS, "int8")
 PCA_CHOICES = ("paper", "cuda-convnet", "none")
@@ -94,7 +95,8 @@ class TrainConfig:
     # the machine
     device: str = _opt("auto", "auto: CUDA when present, else CPU; cpu; cuda: this process's GPU (its local rank's "
                                "under torchrun); cuda:N: GPU N (one process)")
-    precision: str = _opt("auto", "auto: bf16 autocast where the hardware has it, else fp32", PRECISIONS)
+    precision: str = _opt("auto", "auto: bf16 autocast where the hardware has it, else fp32; fp64: float64 weights "
+                                  "and arithmetic, slow, a reference free of float32 rounding", TRAIN_PRECISIONS)
     channels_last: bool = _opt(True, "channels_last memory format")
     compile: bool = _opt(False, "torch.compile the model")
     towers: int = _opt(1, "2: the paper network's towers on two processes, as on the paper's two GPUs "

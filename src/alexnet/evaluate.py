@@ -21,7 +21,7 @@ from alexnet.dense import SCALES, DenseBatches, DenseImages, parse_scales
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.transforms import Normalize, center_view, ten_views
 from alexnet.errors import UserError
-from alexnet.precision import autocast
+from alexnet.precision import autocast, input_dtype
 
 
 @torch.no_grad()
@@ -32,8 +32,8 @@ def class_probabilities(model: nn.Module, images: torch.Tensor, size: int, norm:
         raise ValueError(f"crops must be 1 or 10, got {crops}")
     with autocast(images.device, dtype):
         if crops == 1:
-            return model(center_view(images, size, norm)).float().softmax(1)
-        views = ten_views(images, size, norm)                      # (N, 10, 3, S, S)
+            return model(center_view(images, size, norm).to(input_dtype(model))).float().softmax(1)
+        views = ten_views(images, size, norm).to(input_dtype(model))   # (N, 10, 3, S, S)
         n = views.shape[0]
         logits = model(views.flatten(0, 1).contiguous(memory_format=torch.channels_last))
     return logits.float().softmax(1).reshape(n, 10, -1).mean(1)

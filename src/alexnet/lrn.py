@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
+from .precision import widen
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class LocalResponseNorm(nn.Module):
             # Traced, the Function below switches autocast off inside and the compiler keeps it off for
             # every later layer (conv2 then fails on bf16 input and float32 weights); the definition in
             # float32 has no such switch, and the compiler fuses it as well.
-            return self.reference(_wide(x)).to(x.dtype)
+            return self.reference(widen(x)).to(x.dtype)
         band = window_matrix(x.shape[1], self.size, self.towers, x.device)
         return _BandedLRN.apply(x, band, self.alpha, self.beta, self.k)
 
@@ -142,7 +143,7 @@ class _BandedLRN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, band, alpha, beta, k):
         with _no_autocast(x.device):
-            a = _wide(x)
+            a = widen(x)
             band = band.to(a.dtype)
             d = _window(a * a, band).mul_(alpha).add_(k)
             scale = d.pow(-beta)
@@ -156,7 +157,7 @@ class _BandedLRN(torch.autograd.Function):
     def backward(ctx, grad):
         x, scale, ratio, band = ctx.saved_tensors
         with _no_autocast(x.device):
-            a, g = _wide(x), _wide(grad)
+            a, g = widen(x), widen(grad)
             t = _window((g * a).mul_(ratio), band.T)
             dx = (g * scale).addcmul_(a, t, value=-2 * ctx.alpha * ctx.beta)
         return dx.to(x.dtype), None, None, None, None
@@ -262,11 +263,6 @@ def _no_autocast(device: torch.device):
     if device.type in ("cpu", "cuda"):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()  # e.g. the meta device, which summary() uses
-
-
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    # bf16 has 8 bits of mantissa: sums of squares and powers in it would shift the output visibly.
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _window(v: torch.Tensor, band: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,9 @@
-"""Numeric precision as a setting: which autocast dtype a device gets, and whether a loss scaler is needed."""
+"""Numeric precision as a setting: which autocast dtype a device gets, and whether a loss scaler is needed.
+
+Training also takes fp64: float64 weights and arithmetic, no autocast. It is no speed setting (oneDNN has
+no float64 kernels) but a reference: two set-ups that should compute the same run (one process or two,
+one node or two, resumed or not) agree in float64 to about 1e-12, where in float32 the max-pool and ReLU
+decisions of a few steps can turn a rounding difference into 1e-3."""
 
 from __future__ import annotations
 
@@ -19,7 +24,10 @@ def cpu_has_bf16() -> bool:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None means plain fp32. "auto": bf16 where the hardware computes it natively, else fp32."""
+    """None means no autocast (fp32, or fp64's float64 weights). "auto": bf16 where the hardware computes it
+    natively, else fp32."""
+    if precision == "fp64":
+        return None
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -35,5 +43,23 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def name(dtype: torch.dtype | None) -> str:
+def weights_dtype(precision: str) -> torch.dtype:
+    """The dtype of the network's weights: float64 for fp64, else float32 (autocast lowers the arithmetic)."""
+    return torch.float64 if precision == "fp64" else torch.float32
+
+
+def input_dtype(model: torch.nn.Module) -> torch.dtype:
+    """What a batch is cast to before ``model``: float64 for a float64 network, else float32."""
+    p = next(model.parameters(), None)
+    return torch.float64 if p is not None and p.dtype == torch.float64 else torch.float32
+
+
+def widen(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 -> float32 (8 or 11 bits of mantissa are too few for sums and losses); others unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def name(dtype: torch.dtype | None, precision: str = "") -> str:
+    if precision == "fp64":
+        return "fp64"
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from alexnet.data.transforms import Draws, Preprocessing, train_views
-from alexnet.precision import autocast
+from alexnet.precision import autocast, input_dtype, widen
 
 
 def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float, device: torch.device) -> torch.optim.SGD:
@@ -66,8 +66,8 @@ class TrainStep:
         labels = labels.to(self.device, non_blocking=True)
         x = train_views(images, self.prep.size, self.prep.norm, self.prep.pca, draws=draws)
         with autocast(self.device, self.dtype):
-            logits = self.net(x)
-            return nn.functional.cross_entropy(logits.float(), labels, reduction="sum",
+            logits = self.net(x.to(input_dtype(self.net)))
+            return nn.functional.cross_entropy(widen(logits), labels, reduction="sum",
                                                label_smoothing=self.label_smoothing) / self.batch_per_rank
 
     def update(self) -> None:

@@ -46,7 +46,7 @@ from alexnet.evaluate import evaluate
 from alexnet.files import FolderLock, atomic_write
 from alexnet.lars import lars
 from alexnet.model import AlexNet
-from alexnet.precision import autocast_dtype
+from alexnet.precision import autocast_dtype, weights_dtype
 from alexnet.precision import name as precision_name
 from alexnet.schedule import LRSchedule
 from alexnet.step import TrainStep, sgd
@@ -422,7 +422,7 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
                         f"use a smaller --batch-size")
     if dist.main:
         _open_folder(folder, config, resumed=ckpt is not None, how=f"{dist.world} x {dist.device.type}, "
-                                                                  f"{precision_name(dtype)}")
+                                                                  f"{precision_name(dtype, config.precision)}")
         if config.preset == "paper" and config.init == "paper" and len(train_set) < SMALL_DATA:
             tqdm.write(f"note: the paper's recipe is ImageNet's (1.28M images); on {len(train_set):,} it tends to "
                        f"stay at chance or diverge: --preset demo is made for small sets", file=sys.stderr)
@@ -433,9 +433,11 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
 
     torch.manual_seed(config.seed + dist.rank)  # dropout: a different stream on every rank
     if towers:  # every process cuts its tower from the network one process would start from
-        model = parallel.build(lambda: build_model(config, len(source.classes)), config.seed, towers).to(dist.device)
+        model = parallel.build(lambda: build_model(config, len(source.classes)), config.seed, towers)
     else:
-        model = build_model(config, len(source.classes)).to(dist.device)
+        model = build_model(config, len(source.classes))
+    # fp64: initialised in float32 as always, then widened, so that fp32 and fp64 runs start from one network.
+    model = model.to(dist.device, weights_dtype(config.precision))
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = (lars(model, config.lr, config.momentum, config.weight_decay, config.lars_eta)
