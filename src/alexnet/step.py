@@ -37,6 +37,7 @@ class TrainStep:
                  dtype: torch.dtype | None, batch_per_rank: int, label_smoothing: float = 0.0,
                  accumulate: int = 1) -> None:
         self.net, self.optimizer, self.prep, self.device, self.dtype = net, optimizer, prep, device, dtype
+        self.input_dtype = input_dtype(net)   # float64 for an fp64 run; the weights keep their dtype
         self.batch_per_rank, self.label_smoothing, self.accumulate = batch_per_rank, label_smoothing, accumulate
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
@@ -66,7 +67,7 @@ class TrainStep:
         labels = labels.to(self.device, non_blocking=True)
         x = train_views(images, self.prep.size, self.prep.norm, self.prep.pca, draws=draws)
         with autocast(self.device, self.dtype):
-            logits = self.net(x.to(input_dtype(self.net)))
+            logits = self.net(x.to(self.input_dtype))
             return nn.functional.cross_entropy(widen(logits), labels, reduction="sum",
                                                label_smoothing=self.label_smoothing) / self.batch_per_rank
 
