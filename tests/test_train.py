@@ -16,7 +16,7 @@ from alexnet.config import resolve
 from alexnet.data.stats import DataStats
 from alexnet.errors import UserError
 from alexnet.train import NonFiniteLoss, train
-from conftest import assert_same_run, run_cli, write_image_folders
+from conftest import assert_same_run, run_cli, run_main, write_image_folders
 
 FAST = dict(workers=0, precision="fp32", log_every=1)
 
@@ -393,9 +393,9 @@ def test_a_resume_drops_metrics_rows_its_checkpoint_does_not_hold(data, tmp_path
     assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["val_loss"] >= 0
 
 
-def test_a_second_run_on_a_busy_folder_is_refused_and_a_killed_ones_hold_is_gone(more_data, tmp_path):
+def test_a_second_run_on_a_busy_folder_is_refused_and_a_killed_ones_hold_is_gone(data, tmp_path):
     run = tmp_path / "run"
-    args = ["--data", more_data, "--out", run, "--batch-size", "2", "--lr", "0.001", "--workers", "0",
+    args = ["--data", data, "--out", run, "--batch-size", "2", "--lr", "0.001", "--workers", "0",
             "--precision", "fp32"]
 
     def start(*extra):
@@ -408,20 +408,27 @@ def test_a_second_run_on_a_busy_folder_is_refused_and_a_killed_ones_hold_is_gone
             time.sleep(0.05)
         raise AssertionError(f"the run never held {run}: {p.communicate()[1]}")
 
-    first = start("--epochs", "2")
-    for extra in ([], ["--resume"]):   # a fresh start, and a resume that would have cleared its temporary files
-        second = run_cli("train", *args, "--epochs", "2", *extra)
-        assert second.returncode == 2, second.stderr
-        assert second.stderr.strip() == (f"alexnet train: error: {run} is in use by another alexnet train "
-                                         f"(pid {first.pid}); wait for it to finish, or choose another --out")
+    first = start("--epochs", "1")
+    # Paused while it holds the folder, however fast this CPU would have finished its 4 steps; a stopped
+    # process keeps its lock.
+    first.send_signal(signal.SIGSTOP)
+    try:
+        for extra in ([], ["--resume"]):   # a fresh start, and a resume that would have cleared its temporary files
+            second = run_main("train", *args, "--epochs", "1", *extra)
+            assert second.returncode == 2, second.stderr
+            assert second.stderr.strip() == (f"alexnet train: error: {run} is in use by another alexnet train "
+                                             f"(pid {first.pid}); wait for it to finish, or choose another --out")
+    finally:
+        first.send_signal(signal.SIGCONT)
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
-    assert [json.loads(row)["epoch"] for row in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    # kill -9 takes the hold with the process: the next start goes ahead (here, resuming the finished run).
+    assert [json.loads(row)["epoch"] for row in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    # kill -9 takes the hold with the process: the next start goes ahead. A second epoch keeps it holding the
+    # folder for an epoch (resuming a finished run lets go at once, before the test may have seen it hold).
     third = start("--epochs", "2", "--resume")
     third.kill()
     third.wait()
-    last = run_cli("train", *args, "--epochs", "2", "--resume")
+    last = run_main("train", *args, "--epochs", "2", "--resume")
     assert last.returncode == 0 and "in use" not in last.stderr, last.stderr
 
 
