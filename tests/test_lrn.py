@@ -271,6 +271,18 @@ def test_compile_keeps_the_fused_lrn_as_one_node_each_way():
     torch.testing.assert_close(x.grad.double(), exact_in.grad, rtol=1e-5, atol=1e-6 * exact_in.grad.abs().max().item())
 
 
+def test_the_kernel_checks_are_constants_to_the_compiler_as_torch_marks_them():
+    def ours():
+        return True
+
+    def torchs():
+        return True
+
+    kernels.constant_to_the_compiler(ours)
+    torch.compiler.assume_constant_result(torchs)
+    assert vars(ours) == vars(torchs) != {}
+
+
 def test_the_cuda_kernels_load_by_their_loader():
     # The loader CUDA tensors go through (a function named like the module would be replaced by it on import).
     pytest.importorskip("triton")

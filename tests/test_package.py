@@ -86,6 +86,16 @@ assert not leaked, leaked
     assert result.returncode == 0, result.stderr
 
 
+def test_commands_that_compile_nothing_do_not_import_the_compiler():
+    # torch._dynamo's import is a second of every command's start (torch.compile and optimisers import it).
+    result = run_python("""
+import sys
+import alexnet.cli, alexnet.predict, alexnet.evaluate, alexnet.features, alexnet.data.prepare, alexnet.viz
+assert "torch" in sys.modules and "torch._dynamo" not in sys.modules
+""")
+    assert result.returncode == 0, result.stderr
+
+
 def test_the_public_names_are_the_modules_own():
     from alexnet import AlexNet, LocalResponseNorm, summarize
     from alexnet.lrn import LocalResponseNorm as lrn_module_class

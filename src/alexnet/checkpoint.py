@@ -27,6 +27,7 @@ import math
 import pickle
 import shutil
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,7 +206,10 @@ def torch_load(path: str | Path) -> Any:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             warnings.filterwarnings("ignore", message="Validating sparse tensor", category=UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            # Mapped, not read: a resume copies the tensors into the network and momentum once, instead
+            # of holding a second copy of them in memory on every process (1 GB per process for a
+            # float64 paper run). Only torch.save's zip format can be mapped.
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         # Running code from a pickle needs a callable fetched by name, which weights_only reports as an
         # unsupported global; anything else it stumbles on is a damaged or foreign file.

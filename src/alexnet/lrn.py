@@ -98,7 +98,9 @@ class LocalResponseNorm(nn.Module):
         return f"size={self.size}, alpha={self.alpha:g}, beta={self.beta:g}, k={self.k:g}, towers={self.towers}"
 
 
-@torch.compiler.disable
+# torch._disable_dynamo, not torch.compiler.disable: the same wrapper, which imports torch._dynamo (a second
+# of every command's start) at the first call instead of here; only CUDA tensors come here.
+@torch._disable_dynamo
 def _outside_compiled_graphs(lrn: LocalResponseNorm, x: torch.Tensor) -> torch.Tensor:
     # On CUDA under bf16 autocast, torch.compile (PyTorch 2.11, an H200) traced the network with the LRN
     # in it, by any of its paths, with autocast off from the LRN on, and failed at conv2 ("Input type
@@ -176,12 +178,12 @@ def _fused_ok(x: torch.Tensor) -> bool:
 
 
 # Constants to the compiler, which cannot trace a compiler's run or an import and need not.
-@torch.compiler.assume_constant_result
+@kernels.constant_to_the_compiler
 def _have_cpu_kernel() -> bool:
     return kernels.lrn_cpu() is not None
 
 
-@torch.compiler.assume_constant_result
+@kernels.constant_to_the_compiler
 def _have_cuda_kernel() -> bool:
     return kernels.lrn_cuda() is not None
 

@@ -192,7 +192,7 @@ def crop(images: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, flips: t
     return x.permute(0, 3, 1, 2)                                        # NCHW view, channels_last memory
 
 
-@torch.compiler.assume_constant_result
+@kernels.constant_to_the_compiler
 def _have_crop_kernel() -> bool:
     return kernels.crop_cpu() is not None
 

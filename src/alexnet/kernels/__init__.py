@@ -20,6 +20,14 @@ def pixel_strides(t) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(3) if t.shape[3] > 1 else t.stride(2)
 
 
+def constant_to_the_compiler(fn):
+    """torch.compiler.assume_constant_result, for the checks of whether a kernel is there: the same mark
+    on the function (tests/test_lrn.py holds them equal), without that function's import of torch._dynamo,
+    which would add a second to every command's start for a mark only a compiler run reads."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 @cache
 def lrn_cpu() -> ctypes.CDLL | None:
     lib = load("lrn_cpu")
