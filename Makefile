@@ -41,8 +41,13 @@ demo: $(STAMP)
 	@echo "pictures: $(DEMO_RUN)/curves.png $(DEMO_RUN)/filters.png $(DEMO_RUN)/predictions.png $(DEMO_RUN)/neighbors.png \
 	$(DEMO_RUN)/scoremap.png"
 
+# The tests in two rounds: those that run in one process spread over the cores (pytest-xdist, a file per
+# worker, so module fixtures are made once), then those whose processes compute together (the `processes`
+# mark: torchrun, DDP, towers), one at a time with every core and all the memory. Both rounds always run.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile -m "not processes"; one=$$?; \
+	$(BIN)/python -m pytest -m processes; together=$$?; \
+	test $$one -eq 0 && test $$together -eq 0
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

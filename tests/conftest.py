@@ -1,6 +1,7 @@
 """Small datasets the tests write themselves, the `alexnet` command as a subprocess or in-process, and the
 comparison of two training runs that should be one."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,27 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+# `make test` runs the tests without the `processes` mark on pytest-xdist workers, one per core (fewer where
+# memory is short: a test's paper networks and checkpoints take up to about 5 GB), then the `processes`
+# tests one at a time with every core. A worker, and every process its tests start, computes on its share
+# of the cores: two workers each running a thread per core would fight over them.
+GB_PER_WORKER = 5
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    THREADS = max(1, CORES // WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+    torch.set_num_threads(THREADS)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker per core this process may use, as many as memory holds."""
+    try:
+        gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):   # not said on this system: cores alone decide
+        gb = GB_PER_WORKER * CORES
+    return max(1, min(CORES, int(gb // GB_PER_WORKER)))
 
 # Runs that should compute the same training (one process or two, one node or two, interrupted or not)
 # are compared in float64 (`--precision fp64`). In float32 they drift apart: the elastic test's 12 steps

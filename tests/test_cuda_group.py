@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from alexnet import distributed
@@ -63,6 +64,7 @@ def _worker(data: Path, out: Path) -> None:
     td.destroy_process_group()
 
 
+@pytest.mark.processes
 def test_a_cuda_runs_process_group_carries_train_evaluate_features_and_towers(tmp_path):
     rng = np.random.default_rng(0)
     colours = {c: [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(4)] for c in ("red", "blue")}

@@ -119,6 +119,7 @@ def test_evaluate_and_predict_agree_on_dense_views(folders):
     assert r.returncode == 0 and "15 images, dense at scale 256" in r.stdout and "ms per image" in r.stdout
 
 
+@pytest.mark.processes
 def test_two_processes_give_the_single_process_dense_numbers(folders):
     root, _ = folders
     a, b = evaluate_on_one_and_two("--checkpoint", root / "net.safetensors", "--data", root, "--workers", 0,

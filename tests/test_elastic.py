@@ -24,6 +24,8 @@ from alexnet.config import resolve
 from alexnet.train import train
 from conftest import assert_same_run, write_image_folders
 
+pytestmark = pytest.mark.processes
+
 # Dropout off (its random numbers are per process); the rest is drawn per sample, so a global batch of 4
 # holds the same images on one process or two. float64: see conftest.SAME_RUN.
 FLAGS = ["--batch-size", "4", "--dropout", "0", "--lr", "0.001", "--workers", "0", "--precision", "fp64"]

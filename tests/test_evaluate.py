@@ -138,6 +138,7 @@ def test_cli_evaluate_of_a_trained_checkpoint_matches_the_runs_own_validation(ru
     assert "5 images, 10 views" in r.stdout and "top-1 accuracy" in r.stdout and "error" in r.stdout
 
 
+@pytest.mark.processes
 def test_two_processes_give_the_single_process_numbers(run_dir):
     data, run = run_dir
     a, b = evaluate_on_one_and_two("--checkpoint", run / "best.pt", "--data", data, "--workers", 0, "--crops", 10)

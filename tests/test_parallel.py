@@ -17,6 +17,8 @@ from alexnet.parallel import exchange_bytes
 from alexnet.train import train
 from conftest import assert_same_run, write_image_folders
 
+pytestmark = pytest.mark.processes
+
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 

@@ -272,6 +272,7 @@ def test_the_paper_recipe_on_a_small_set_points_at_the_demo_preset(data, tmp_pat
     assert "--preset demo" not in capsys.readouterr().err
 
 
+@pytest.mark.processes
 def test_two_processes_match_one_with_the_same_global_batch(more_data, tmp_path):
     # Dropout off: its random numbers are per process. Crops, flips and PCA noise are drawn per sample,
     # so they match across process counts by construction.
@@ -368,6 +369,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.processes
 def test_a_run_folder_not_every_node_sees_is_refused_in_one_line(data, tmp_path):
     train(config(data, tmp_path / "node0" / "run", epochs=1))   # only "node" 0 holds the run
     script = tmp_path / "node.py"
