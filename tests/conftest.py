@@ -32,6 +32,7 @@ def pytest_xdist_auto_num_workers(config) -> int:
         gb = GB_PER_WORKER * CORES
     return max(1, min(CORES, int(gb // GB_PER_WORKER)))
 
+
 # Runs that should compute the same training (one process or two, one node or two, interrupted or not)
 # are compared in float64 (`--precision fp64`). In float32 they drift apart: the elastic test's 12 steps
 # ended 2e-3 (relative) from the uninterrupted run on AVX-512 kernels and up to 7e-3 on AVX2 ones, because

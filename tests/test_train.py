@@ -16,7 +16,7 @@ from alexnet.config import resolve
 from alexnet.data.stats import DataStats
 from alexnet.errors import UserError
 from alexnet.train import NonFiniteLoss, train
-from conftest import assert_same_run, run_cli, run_main, write_image_folders
+from conftest import assert_same_run, run_main, write_image_folders
 
 FAST = dict(workers=0, precision="fp32", log_every=1)
 
