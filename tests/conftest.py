@@ -2,6 +2,7 @@
 comparison of two training runs that should be one."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,20 @@ def pytest_xdist_auto_num_workers(config) -> int:
     except (ValueError, OSError, AttributeError):   # not said on this system: cores alone decide
         gb = GB_PER_WORKER * CORES
     return max(1, min(CORES, int(gb // GB_PER_WORKER)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_folders_removed(request, tmp_path_factory):
+    """A module's folders (its fixtures' data, runs and paper-sized checkpoints: up to 1.3 GB) are removed when
+    it ends with every test passed; pytest alone would keep them all to the end of the session, 5 GB on disk
+    for a whole `make test` (a full /tmp failed it). A module that failed keeps them to look at. Sound
+    because there are no session-wide folders and a process runs one module at a time (xdist's loadfile)."""
+    base = tmp_path_factory.getbasetemp()
+    before, failed = set(base.iterdir()), request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for folder in set(base.iterdir()) - before:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 # Runs that should compute the same training (one process or two, one node or two, interrupted or not)
