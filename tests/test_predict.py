@@ -9,11 +9,13 @@ import torch
 import torchvision
 from PIL import Image
 
+from alexnet.data.decode import _reason
 from alexnet.errors import UserError
 from alexnet.model import AlexNet
 from alexnet.predict import expand, predict
 from alexnet.weights import import_torchvision, load_model
 from conftest import run_cli as cli
+from conftest import run_main
 from test_weights import make_checkpoint
 
 CLASSES, NAMES = ["a", "b", "c", "d"], ["apple", "banana", "cherry", "date"]
@@ -83,7 +85,19 @@ def test_an_unreadable_file_is_named_and_the_others_are_still_predicted(fixed_ou
     errors = r.stderr.strip().splitlines()
     assert len(errors) == 2 and "Traceback" not in r.stderr
     assert errors[0].startswith(f"alexnet predict: error: {images / 'broken.jpg'}: ")
-    assert errors[1].startswith(f"alexnet predict: error: {tmp_path / 'missing.png'}: ")
+    assert errors[1] == f"alexnet predict: error: {tmp_path / 'missing.png'}: no such file or directory"
+
+
+def test_when_no_image_can_be_read_the_exit_status_is_2(fixed_outputs, tmp_path):
+    ckpt, images = fixed_outputs
+    r = run_main("predict", "--checkpoint", ckpt, tmp_path / "missing.png", images / "broken.jpg")
+    assert r.returncode == 2 and r.stdout == ""
+    errors = r.stderr.splitlines()
+    assert errors[0] == f"alexnet predict: error: {tmp_path / 'missing.png'}: no such file or directory"
+    assert errors[1].startswith(f"alexnet predict: error: {images / 'broken.jpg'}: ") and len(errors) == 2
+    # the file system's words for the other errors it gives (as root, a file without permissions is read)
+    assert _reason(PermissionError(13, "Permission denied")) == "permission denied"
+    assert _reason(OSError("image file is truncated")) == "OSError: image file is truncated"
 
 
 # ---- torchvision's weights ----

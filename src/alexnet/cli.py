@@ -502,7 +502,7 @@ def _add_predict(sub) -> None:
                                    "network's normalisation, then the centre crop or the paper's 10 views (or, "
                                    "with --views dense, the whole image at each of --scales). An "
                                    "unreadable file gets an error line on stderr, the others are still predicted, "
-                                   "and the exit status is 1.",
+                                   "and the exit status is 1 (2 when none can be read).",
                        epilog="example:  alexnet predict --checkpoint runs/demo/best.pt photo.jpg photos/ --topk 3")
     _add_checkpoint(p)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of them")
@@ -537,7 +537,7 @@ def _run_predict(args) -> int:
     paths = expand(args.images)
     device, dtype, model = setup(loaded, args.device, args.precision, expand(args.calibrate or []) or paths,
                                  args.calibration_images, args.batch_size)
-    failed = 0
+    failed = n = 0
     for n, result in enumerate(predict(loaded, paths, topk=args.topk, crops=args.crops, batch_size=args.batch_size,
                                        device=device, dtype=dtype, model=model, scales=scales)):
         if result.error:
@@ -547,6 +547,8 @@ def _run_predict(args) -> int:
             print(json.dumps(as_dict(loaded, result)), flush=True)
         else:
             print(("\n" if n else "") + format_prediction(loaded, result), flush=True)
+    if failed and failed == n + 1:   # not one image read: nothing was predicted, as for a wrong path
+        return EXIT_USAGE
     return 1 if failed else 0
 
 
@@ -649,7 +651,7 @@ def _add_viz(sub) -> None:
                                         "its top-k classes as bars; when the image's folder is named after a class, "
                                         "that class is the true one and is marked in red. An unreadable file gets "
                                         "an error line on stderr, the others are still drawn, and the exit status "
-                                        "is 1.")
+                                        "is 1 (2 when none can be read).")
     _add_checkpoint(r)
     r.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of them")
     r.add_argument("--topk", type=positive_int, default=5, help="classes per image (default: 5)")
@@ -761,7 +763,7 @@ def _run_viz_predictions(args) -> int:
         print(f"alexnet viz: error: {printable(str(result.path))}: {result.error}", file=sys.stderr)
     if out is None:
         print("alexnet viz: error: no readable image, nothing drawn", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
     print(out)
     return 1 if failed else 0
 

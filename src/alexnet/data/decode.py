@@ -145,4 +145,6 @@ def _reason(e: Exception) -> str:
     name = type(e).__name__
     if name == "UnidentifiedImageError":
         return "not an image (or an unsupported format)"
+    if isinstance(e, OSError) and e.strerror:   # the file system's own words: no such file, permission denied
+        return e.strerror[0].lower() + e.strerror[1:]
     return f"{name}: {text}" if text else name
