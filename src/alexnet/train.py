@@ -638,7 +638,7 @@ def _end_epoch(run: _Run, lr: float, loss_sum: float, seen: int, trained: bool, 
         if run.writer is not None:
             for key in ("lr", "train_loss", "val_loss", "val_top1", "val_top5", "images_per_sec"):
                 run.writer.add_scalar(key, row[key], run.epoch)
-        skipped = f", {row['skipped']} unreadable images skipped" if row["skipped"] else ""
+        skipped = f", {row['skipped']} unreadable image{'s' * (row['skipped'] != 1)} skipped" if row["skipped"] else ""
         run.say(f"epoch {run.epoch}/{run.config.epochs}: lr {lr:.3g}, train loss {row['train_loss']:.3f}, "
                 f"val loss {row['val_loss']:.3f}, val top-1 {100 * row['val_top1']:.1f}%, "
                 f"top-5 {100 * row['val_top5']:.1f}%, {row['images_per_sec']:.0f} img/s, "
