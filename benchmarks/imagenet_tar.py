@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from alexnet.cores import usable_cores
+
 
 IMAGENET_IMAGES = 1_281_167 + 50_000
 SIZE = (80, 64)
@@ -187,7 +189,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000], help="training images per run")
     parser.add_argument("--classes", type=int, default=1000, help="inner tars (WordNet ids); default 1000")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding processes")
+    parser.add_argument("--workers", type=int, default=min(8, usable_cores()), help="decoding processes")
     parser.add_argument("--folders", action="store_true", help="also prepare the same images as class folders")
     parser.add_argument("--image-size", default="80x64", metavar="WxH", help="generated images' size (80x64)")
     parser.add_argument("--store", nargs="+", choices=("raw", "jpeg"), default=["raw"], help="prepare's stores")
@@ -201,8 +203,9 @@ def main() -> None:
         return
 
     from alexnet.machine import cpu_name
-    print(f"CPU: {cpu_name()}; {os.cpu_count()} logical CPUs; --workers {args.workers}", flush=True)
-    cores = max(1, min(args.workers, os.cpu_count() or 1))
+    print(f"CPU: {cpu_name()}; {os.cpu_count()} logical CPUs, {usable_cores()} usable; --workers {args.workers}",
+          flush=True)
+    cores = max(1, min(args.workers, usable_cores()))
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="imagenet_tar_"))
     print("index: the train tar's alone (MB: its growth of RSS); open: open_data (both tars and the devkit); "
           "img/s: train + val over prepare's time (decode, write, mean image and PCA); peak: getrusage's RSS "

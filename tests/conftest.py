@@ -12,12 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
+from alexnet.cores import usable_cores
+
 # `make test` runs the tests without the `processes` mark on pytest-xdist workers, one per core (fewer where
 # memory is short: a test's paper networks and checkpoints take up to about 5 GB), then the `processes`
 # tests one at a time with every core. A worker, and every process its tests start, computes on its share
 # of the cores: two workers each running a thread per core would fight over them.
 GB_PER_WORKER = 5
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+CORES = usable_cores()
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if WORKERS > 1:
     THREADS = max(1, CORES // WORKERS)

@@ -1,5 +1,10 @@
 """machine.py: what every speed figure names beside it, read from /proc/cpuinfo's fields and PyTorch."""
 
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
 
 from alexnet.machine import EXTENSIONS, cpu_extensions, cpu_name, describe, one_line
@@ -42,3 +47,13 @@ def test_this_machine_described_as_pytorch_sees_it():
     line = one_line(facts)
     assert facts["cpu"] in line and "precision fp32" in line and f"PyTorch kernels {facts['kernels']}" in line
     assert len(line.splitlines()) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or os.cpu_count() < 2, reason="needs Linux and 2 CPUs")
+def test_usable_cores_are_the_ones_the_process_is_bound_to():
+    # A process bound to one core (taskset, a SLURM job's cpuset) sees the machine's count in os.cpu_count().
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from alexnet.cores import usable_cores; print(usable_cores(), os.cpu_count())")
+    one, machine = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                           check=True).stdout.split())
+    assert one == 1 and machine == os.cpu_count() >= 2

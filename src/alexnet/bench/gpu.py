@@ -35,6 +35,7 @@ from alexnet import lrn as lrn_module
 from alexnet.bench.data import write_photos
 from alexnet.bench.timing import matmul_peak, median_seconds
 from alexnet.bench.train import _step, paper_step
+from alexnet.cores import usable_cores
 from alexnet.data.loader import train_loader
 from alexnet.data.prepare import prepare
 from alexnet.data.sources import open_split
@@ -57,7 +58,7 @@ def bench_gpu(device: str = "auto", batches: tuple[int, ...] = BATCHES, steps: i
     matmul_size = matmul_size or (8192 if dev.type == "cuda" else 1024)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    workers = workers if workers is not None else min(16, os.cpu_count() or 1)
+    workers = workers if workers is not None else min(16, usable_cores())
     result: dict = {"benchmark": "gpu", "device": str(dev), "machine": describe(dev, "bf16"),
                     "versions": _versions(), "batches": list(batches), "steps": steps}
 

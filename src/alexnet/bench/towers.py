@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from alexnet.cores import usable_cores
 from alexnet.machine import describe, one_line
 
 PARAMS = 60_965_224
@@ -127,7 +128,7 @@ def bench_towers(batch_size: int = 32, steps: int = 3) -> dict:
     if torch.cuda.is_available() and torch.cuda.device_count() < 2:
         raise RuntimeError("bench towers needs two devices for its two-process runs: 2 GPUs, or a machine "
                            "without CUDA (then CPU cores)")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-towers-") as folder:
         measured = {mode: _launch(mode, batch_size, steps, Path(folder), cores) for mode in MODES}
     element = 2 if measured["towers"]["precision"] in ("bf16", "fp16") else 4

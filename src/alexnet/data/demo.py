@@ -60,6 +60,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
+from alexnet.cores import usable_cores
 from alexnet.errors import UserError
 
 # Bump when the pictures change, so a cached set made by an older generator is rebuilt.
@@ -349,7 +350,7 @@ def _generate(root: Path, seed: int, counts: dict[str, int], progress: bool) -> 
             (root / split / slug).mkdir(parents=True)
             items += [(split, c, i) for i in range(n)]
     chunks = [items[k:k + 25] for k in range(0, len(items), 25)]
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = usable_cores()
     workers = min(cpus, len(chunks))
     with tqdm(total=len(items), desc="demo set", unit="img", disable=None if progress else True) as bar:
         if workers < 2 or len(items) < PARALLEL_FROM:

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from alexnet.cores import usable_cores
 from alexnet.data.decode import FIXED_SIZE, SMALL
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import SPLITS, DataSource, ImageSet, Split
@@ -47,7 +48,7 @@ def prepare(data: str | Path, out: str | Path, workers: int | None = None, shard
     if kind_of(data).name == "prepared":   # finished or not
         raise UserError(f"{data} is already a prepared dataset; give the image folders it was made from")
     source = open_data(data, small=small)
-    workers = min(8, os.cpu_count() or 1) if workers is None else workers
+    workers = min(8, usable_cores()) if workers is None else workers
     meta = _existing_meta(out, source, shard_size, store, quality, small)
     out.mkdir(parents=True, exist_ok=True)
     splits = {}

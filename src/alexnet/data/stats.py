@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from alexnet.cores import usable_cores
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import ImageSet
 from alexnet.errors import UserError
@@ -84,7 +84,7 @@ def compute_stats(dataset: ImageSet, batch_size: int = 64, workers: int | None =
     if max_images and max_images < len(everything):
         everything = torch.linspace(0, len(everything) - 1, max_images).round().long().unique().tolist()
     indices = everything[rank::world]
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    workers = min(4, usable_cores()) if workers is None else workers
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers,
                         collate_fn=ImageSet.collate)
     skipped = skipped if skipped is not None else SkippedFiles(dataset)
