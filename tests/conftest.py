@@ -36,6 +36,24 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return max(1, min(CORES, int(gb // GB_PER_WORKER)))
 
 
+# The `processes` tests write float64 runs of the paper network (1 GB a checkpoint) and held up to 4.8 GB
+# of pytest's folders at once; with less free space they would fail one by one, each on a full disk.
+GB_FREE_FOR_PROCESSES = 5
+
+
+def pytest_collection_finish(session) -> None:
+    if hasattr(session.config, "workerinput") or not any(i.get_closest_marker("processes") for i in session.items):
+        return
+    import tempfile
+    where = Path(session.config.option.basetemp or os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir())
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free / 2**30
+    if free < GB_FREE_FOR_PROCESSES:
+        pytest.exit(f"the `processes` tests need about {GB_FREE_FOR_PROCESSES} GB free in {where} for their runs' "
+                    f"checkpoints; {free:.1f} GB are free (set TMPDIR, or --basetemp, to a larger disk)", returncode=2)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _module_folders_removed(request, tmp_path_factory):
     """A module's folders (its fixtures' data, runs and paper-sized checkpoints: up to 1.3 GB) are removed when
