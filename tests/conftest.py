@@ -27,6 +27,7 @@ if WORKERS > 1:
     torch.set_num_threads(THREADS)
 
 
+@pytest.hookimpl(optionalhook=True)   # pytest-xdist's hook: `-p no:xdist` still runs
 def pytest_xdist_auto_num_workers(config) -> int:
     """`-n auto`: one worker per core this process may use, as many as memory holds."""
     try:
@@ -52,6 +53,19 @@ def pytest_collection_finish(session) -> None:
     if free < GB_FREE_FOR_PROCESSES:
         pytest.exit(f"the `processes` tests need about {GB_FREE_FOR_PROCESSES} GB free in {where} for their runs' "
                     f"checkpoints; {free:.1f} GB are free (set TMPDIR, or --basetemp, to a larger disk)", returncode=2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torchrun_logs_here(tmp_path_factory):
+    """torchrun makes a log folder in /tmp for every job it starts (torchelastic_*; dozens a session) and
+    leaves it: PET_LOG_DIR (its --log-dir) puts them among this session's folders instead."""
+    before = os.environ.get("PET_LOG_DIR")
+    os.environ["PET_LOG_DIR"] = str(tmp_path_factory.mktemp("torchrun-logs"))
+    yield
+    if before is None:
+        del os.environ["PET_LOG_DIR"]
+    else:
+        os.environ["PET_LOG_DIR"] = before
 
 
 @pytest.fixture(scope="module", autouse=True)

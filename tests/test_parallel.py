@@ -19,12 +19,10 @@ from conftest import assert_same_run, write_image_folders
 
 pytestmark = pytest.mark.processes
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
-
-
 def torchrun(*args, nproc=2, timeout=600):
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                           *args], capture_output=True, text=True, env=ENV, timeout=timeout)
+                           *args], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          timeout=timeout)
 
 
 # ---- the worker: run by torchrun as `python tests/test_parallel.py OUT` ----
@@ -35,6 +33,7 @@ def _worker(out: Path) -> None:
     import torch.distributed as td
 
     from alexnet import parallel
+    from alexnet.distributed import Dist, everywhere
     from alexnet.model import AlexNet
 
     td.init_process_group("gloo")
@@ -109,6 +108,21 @@ def _worker(out: Path) -> None:
     for i, s in saved_full["state"].items():
         torch.testing.assert_close(saved_tower["state"][i]["momentum_buffer"], s["momentum_buffer"], **close,
                                    msg=f"momentum of parameter {i}")
+    # Gathered for one writer (train.py's checkpoints): rank 0 gets exactly what both got above, its partner
+    # keeps its own rows and receives nothing; after, both gather again.
+    with tower.gathered_on(0):
+        one_state, one_saved = tower.state_dict(), opt_tower.state_dict()
+    own_momentum = [opt_tower.state[p]["momentum_buffer"] for p in tower.parameters()]
+    for i, k in enumerate(state):
+        expected = tower_state[k] if rank == 0 else rows(tower_state[k])
+        assert torch.equal(one_state[k], expected), k
+        momentum = one_saved["state"][i]["momentum_buffer"]
+        assert torch.equal(momentum, saved_tower["state"][i]["momentum_buffer"] if rank == 0 else own_momentum[i])
+    assert all(torch.equal(v, tower_state[k]) for k, v in tower.state_dict().items())
+    report["gathered_on"] = len(one_state)
+    # Each then checks what it holds, and they agree (train.py stops every process if any saw a NaN).
+    world = Dist(rank=rank, world=2)
+    assert (everywhere(world, True), everywhere(world, rank == 0), everywhere(world, rank == 1)) == (True, False, False)
 
     # Checkpoints both ways (model and optimizer; in memory: train.py's files are tested below): the
     # single-device network's into a fresh tower pair, and the pair's into a fresh single-device network.
@@ -143,7 +157,8 @@ def test_two_towers_compute_the_single_device_network_and_share_its_checkpoints(
     r = torchrun(__file__, str(tmp_path))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report == {"bytes": exchange_bytes(2, 5, element_size=8)["total"], "grads": 16, "checkpoints": "both ways"}
+    assert report == {"bytes": exchange_bytes(2, 5, element_size=8)["total"], "grads": 16, "gathered_on": 16,
+                      "checkpoints": "both ways"}
 
 
 def test_exchange_bytes_are_the_activations_the_paper_sends_between_gpus():

@@ -97,6 +97,15 @@ def _all_reduce(dist: Dist, values: torch.Tensor, op) -> torch.Tensor:
     return out
 
 
+def everywhere(dist: Dist, flag: bool) -> bool:
+    """Whether ``flag`` holds on every process of the job (all of them, whatever ``dist.group``)."""
+    if not dist.active:
+        return flag
+    out = torch.tensor([int(flag)])   # a CPU tensor: the group serves it on CPU and CUDA runs alike
+    td.all_reduce(out, op=td.ReduceOp.MIN)
+    return bool(out.item())
+
+
 def gather_objects(dist: Dist, obj):
     """Every process's ``obj``, in rank order (a list of one without a process group)."""
     if not dist.active:

@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,6 +175,7 @@ class TowerAlexNet(nn.Module):
         self.tower, self.group, self.num_classes, self.lrn, self.init = tower, group, num_classes, lrn, init
         # Rows of each full tensor this tower holds; tensor_split puts the odd class (if any) in tower 0.
         self.share = -(-num_classes // TOWERS)
+        self._receiver: int | None = None    # gathered_on's process; None: every tower gets the full tensors
         classes = len(torch.tensor_split(torch.arange(num_classes), TOWERS)[tower])
 
         def norm() -> LocalResponseNorm:
@@ -228,7 +230,8 @@ class TowerAlexNet(nn.Module):
     # -- one checkpoint format: the single-device network's tensors --
 
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
-        """The single-device network's state_dict (both towers must call this: it gathers the halves)."""
+        """The single-device network's state_dict (both towers must call this: it gathers the halves;
+        on one process alone within :meth:`gathered_on`)."""
         out = OrderedDict() if destination is None else destination
         for key, value in super().state_dict().items():
             out[prefix + key] = self._gather_rows(value.detach(), self._full_rows[key])
@@ -245,11 +248,34 @@ class TowerAlexNet(nn.Module):
             return value  # not one of ours, or the wrong size: load_state_dict will say so
         return torch.tensor_split(value, TOWERS)[self.tower]
 
+    @contextmanager
+    def gathered_on(self, rank: int) -> Iterator[None]:
+        """Within, ``state_dict()`` (and a sharded optimizer's) gathers the full tensors on process ``rank``
+        (a global rank) alone: its tower partner sends its rows and keeps no copy, and the towers of other
+        replicas exchange nothing. Elsewhere the dict holds this tower's own rows: no network's state.
+        For a checkpoint that one process writes: every other process is spared a full copy of the weights
+        and momentum (1 GB per process for a float64 paper run)."""
+        self._receiver = rank
+        try:
+            yield
+        finally:
+            self._receiver = None
+
     def _gather_rows(self, value: torch.Tensor, full_rows: int) -> torch.Tensor:
+        receiver = self._receiver
+        if receiver is not None and receiver not in td.get_process_group_ranks(self.group):
+            return value
         rows = -(-full_rows // TOWERS)                                        # tower 0's, the larger
-        value = F.pad(value, (0, 0) * (value.dim() - 1) + (0, rows - value.shape[0])).contiguous()
+        padded = F.pad(value, (0, 0) * (value.dim() - 1) + (0, rows - value.shape[0])).contiguous()
+        if receiver is None:
+            out = value.new_empty((TOWERS * rows, *value.shape[1:]))
+            _all_gather(out, padded, group=self.group)
+            return out[:full_rows]
+        if td.get_rank() != receiver:
+            td.gather(padded, None, dst=receiver, group=self.group)
+            return value
         out = value.new_empty((TOWERS * rows, *value.shape[1:]))
-        _all_gather(out, value, group=self.group)
+        td.gather(padded, list(out.split(rows)), dst=receiver, group=self.group)
         return out[:full_rows]
 
     def shard_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

@@ -24,6 +24,7 @@ import shutil
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -292,11 +293,15 @@ class _Run:
         rng = distributed.gather_objects(self.dist, _rng_state(self.dist.device)) if full else None
         if full:
             self.saved_at = time.monotonic()
-        # Under --towers these gather both towers' halves: every process takes part.
-        weights = self.model.state_dict()
-        if not all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()):
+        # Under --towers these gather both towers' halves onto this (rank 0's) process; every process takes
+        # part, and each checks what it holds (all of it, or its tower's rows) before all agree.
+        gathered = self.model.gathered_on(0) if isinstance(self.model, parallel.TowerAlexNet) else nullcontext()
+        with gathered:
+            weights = self.model.state_dict()
+            optimizer = self.step.optimizer.state_dict() if full else None
+        finite = all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+        if not distributed.everywhere(self.dist, finite):
             self.diverged(f"the weights became non-finite at epoch {self.epoch + 1}, step {self.step_in_epoch}")
-        optimizer = self.step.optimizer.state_dict() if full else None
         if full:
             self.unverified = not verified
         if not self.dist.main:
@@ -363,8 +368,11 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
         config, ckpt = resolve_run(config, resume, given or {}, dist)
         if ckpt is not None and ckpt.epoch >= config.epochs:
             return _complete(config, ckpt, dist)
-        # No name holds the checkpoint once _set_up returns: its tensors (hundreds of MB) are freed.
-        return _train(_set_up(config, ckpt, dist))
+        run = _set_up(config, ckpt, dist)
+        # Its tensors are mapped from last.pt: once copied into the network and momentum, the pages they
+        # read (up to the checkpoint's size, 1 GB for a float64 paper run) leave this process.
+        del ckpt
+        return _train(run)
     finally:
         lock.release()
         distributed.teardown(dist)

@@ -110,7 +110,9 @@ def _launch(mode: str, batch: int, steps: int, folder: Path, cores: int) -> dict
     args = ["-m", "alexnet.bench.towers", "--worker", mode, "--batch-size", str(batch), "--steps", str(steps),
             "--out", str(out)]
     if procs > 1:
-        args = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", *args]
+        # Its log folder in ours, so that it goes with it (torchrun's default is a new one in /tmp every run).
+        args = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+                f"--log-dir={folder / mode}", *args]
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores // procs)))
     r = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env)
     if r.returncode != 0 or not out.exists():
