@@ -268,6 +268,7 @@ def test_batches_handed_over_encoded_decode_to_the_same_pixels(stores, monkeypat
     # What a loop on a GPU with nvJPEG gets (here pretended): the JPEGs, decoded by moving them to the device.
     monkeypatch.setattr(prepared, "decodes_on", lambda device: device.type == "cuda")
     handed = images.for_device(torch.device("cuda"))
+    assert not handed.decodes and images.decodes   # its loader's workers only read bytes (train.loader_workers)
     a = list(train_loader(handed, 4, rank=0, world=1, seed=5, workers=2, pin_memory=False))
     b = list(train_loader(images, 4, rank=0, world=1, seed=5, workers=0, pin_memory=False))
     assert len(a) == len(b) == 3

@@ -451,3 +451,25 @@ def test_resume_auto_after_an_attempt_stopped_before_its_first_checkpoint_starts
     (run / "last.pt").unlink()
     train(config(data, run, epochs=1), resume="auto")
     assert [json.loads(r)["epoch"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+@pytest.mark.parametrize("device, decodes, cores, per_node, expected", [
+    ("cuda", True, 16, 1, 15),    # one GPU, 16 cores: every core but the training process's decodes
+    ("cuda", True, 96, 8, 11),    # 8 GPUs share 96 cores: 12 each, less the process itself
+    ("cuda", True, 64, 1, 16),    # capped
+    ("cuda", True, 2, 1, 2),      # never under 2
+    ("cuda", False, 16, 1, 2),    # stored pixels (or JPEGs nvJPEG decodes): nothing to decode in workers
+    ("cpu", True, 16, 1, 2),      # the CPU trains too: the step needs the cores
+    ("cpu", False, 16, 1, 0),     # stored pixels on a CPU: a worker would only add a copy
+])
+def test_default_loader_workers_follow_where_decoding_happens(monkeypatch, device, decodes, cores, per_node,
+                                                              expected):
+    from types import SimpleNamespace
+
+    import alexnet.train as t
+
+    monkeypatch.setattr(t, "usable_cores", lambda: cores)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(per_node))
+    images = SimpleNamespace(decodes=decodes)
+    assert t.loader_workers(SimpleNamespace(workers=None), images, torch.device(device)) == expected
+    assert t.loader_workers(SimpleNamespace(workers=3), images, torch.device(device)) == 3   # --workers decides

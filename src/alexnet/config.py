@@ -101,8 +101,10 @@ class TrainConfig:
     compile: bool = _opt(False, "torch.compile the model")
     towers: int = _opt(1, "2: the paper network's towers on two processes, as on the paper's two GPUs "
                           "(torchrun with a multiple of 2 processes: towers x data-parallel replicas)", kind="count")
-    workers: int | None = _opt(None, "data-loading processes per training process (default: 2 where images are decoded "
-                                       "or a GPU is fed, 0 for prepared data on a CPU)", kind="non-negative")
+    workers: int | None = _opt(None, "data-loading processes per training process (default: where they decode "
+                                       "images for a GPU, the process's share of the cores less one, 2 to 16; 2 "
+                                       "where images are decoded on a CPU or stored pixels feed a GPU; 0 for "
+                                       "prepared data on a CPU)", kind="non-negative")
     seed: int = _opt(0, "random seed (each process adds its rank)", kind="non-negative")
     # bookkeeping
     save_every: int = _opt(0, "also write last.pt every this many steps (0: at the end of each epoch only)",

@@ -213,7 +213,7 @@ class PreparedJpegs(PreparedImages):
 
     def for_device(self, device: torch.device | str) -> PreparedJpegs:
         # A GPU with nvJPEG decodes a batch in one call; a CPU decodes in the workers, in parallel.
-        return self._copy(hand_over=True) if decodes_on(torch.device(device)) else self
+        return self._copy(hand_over=True, decodes=False) if decodes_on(torch.device(device)) else self
 
     def __getitem__(self, index: int):
         images, labels, indices, errors = self._read([index], hand_over=False)
