@@ -117,7 +117,7 @@ def test_16_bit_rgb_png(tmp_path):
 
 
 @pytest.mark.parametrize("name,content,reason", [
-    ("empty.jpg", b"", "not an image"),
+    ("empty.jpg", b"", r"an empty file \(0 bytes\)"),
     ("notes.jpg", b"these are my notes, not a picture\n", "not an image"),
 ])
 def test_files_that_are_not_images_are_refused(tmp_path, name, content, reason):

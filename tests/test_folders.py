@@ -86,7 +86,7 @@ def test_bad_files_are_skipped_warned_once_and_counted_per_epoch(tiny_folders):
         assert kept == 4 and skipped.end_epoch() == 2
     lines = log.getvalue().splitlines()
     assert len(lines) == 2  # once per file, not once per epoch
-    assert "cat/001.png" in lines[0] and "not an image" in lines[0] and "dog/002.png" in lines[1]
+    assert "cat/001.png" in lines[0] and "an empty file" in lines[0] and "dog/002.png" in lines[1]
 
 
 def test_links_are_followed_once_and_never_make_a_class_of_the_split(tiny_folders, tmp_path):

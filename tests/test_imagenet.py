@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from alexnet.data.decode import UndecodableImage, open_rgb
 from alexnet.data.prepare import prepare
 from alexnet.data.prepared import read_meta
 from alexnet.data.sources import kind_of, open_data
@@ -360,3 +361,20 @@ def test_every_tar_format_is_indexed_as_tarfile_lists_it(form, long_names, tmp_p
     assert list(members.offsets) == [m.offset_data for m in listed]
     assert list(members.sizes) == [m.size for m in listed] and set(members.mtimes) == {1_234_567_890}
     assert [members.path(i).read_bytes() for i in range(len(members))] == list(files.values())
+
+
+def test_an_empty_member_of_an_archive_is_named_empty_and_a_foreign_one_not_an_image(tmp_path):
+    # decode asks the member (not the disk, where no such file is) for its size.
+    path = tmp_path / "t.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in {"empty.JPEG": b"", "notes.JPEG": b"not a picture"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    archive = Archive(path)
+    empty, notes = (member_path(f"{path}/{m.name}", archive, m.offset_data, m.size, int(m.mtime))
+                    for m in tar_members(path))
+    with pytest.raises(UndecodableImage, match=r"an empty file \(0 bytes\)"):
+        open_rgb(empty)
+    with pytest.raises(UndecodableImage, match="not an image"):
+        open_rgb(notes)

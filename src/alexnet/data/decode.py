@@ -60,7 +60,7 @@ def open_rgb(path: str | Path, min_side: int | None = None, max_pixels: int = MA
     except UndecodableImage:
         raise
     except Exception as e:  # decoders raise OSError, SyntaxError, ValueError, zlib.error, EOFError, ...
-        raise UndecodableImage(_reason(e)) from None
+        raise UndecodableImage(_reason(e, path)) from None
 
 
 def load_fixed(path: str | Path, size: int = FIXED_SIZE, small: str = "upscale") -> torch.Tensor:
@@ -140,11 +140,20 @@ def _deep_to_rgb(img: Image.Image) -> Image.Image:
     return Image.fromarray(a, mode="L").convert("RGB")
 
 
-def _reason(e: Exception) -> str:
+def _reason(e: Exception, path: str | Path) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     name = type(e).__name__
     if name == "UnidentifiedImageError":
-        return "not an image (or an unsupported format)"
+        # An empty file is a copy or download cut short, not a format to look for.
+        return "an empty file (0 bytes)" if _size(path) == 0 else "not an image (or an unsupported format)"
     if isinstance(e, OSError) and e.strerror:   # the file system's own words: no such file, permission denied
         return e.strerror[0].lower() + e.strerror[1:]
     return f"{name}: {text}" if text else name
+
+
+def _size(path: str | Path) -> int | None:
+    try:
+        # As given: an archive's member (data/tars.py) is a Path whose stat() gives the member's size.
+        return (path if isinstance(path, Path) else Path(path)).stat().st_size
+    except (OSError, TypeError, ValueError):
+        return None
