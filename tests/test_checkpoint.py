@@ -279,6 +279,19 @@ def test_a_truncated_or_empty_file_is_not_a_readable_checkpoint(state, tmp_path)
     assert os.path.getsize(whole) == len(data)
 
 
+def test_a_run_folder_or_another_file_of_the_run_given_as_the_checkpoint_says_what_to_give(state, tmp_path):
+    checkpoint.save(tmp_path / "run" / "best.pt", state)
+    checkpoint.save(tmp_path / "run" / "last.pt", state)
+    (tmp_path / "run" / "config.yaml").write_text("epochs: 3\n")
+    with pytest.raises(UserError, match=r"run is a folder; give a checkpoint file \(.*run/best.pt, .*run/last.pt\)"):
+        checkpoint.read(tmp_path / "run")
+    with pytest.raises(UserError, match=r"config.yaml is not a readable checkpoint \(neither a file torch.save"):
+        checkpoint.read(tmp_path / "run" / "config.yaml")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "run" / "best.pt").read_bytes()[:4096])
+    with pytest.raises(UserError, match=r"cut.pt is not a readable checkpoint \(cut short or damaged"):
+        checkpoint.read(tmp_path / "cut.pt")
+
+
 @pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),
                                      RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")])
 def test_a_full_disk_is_one_line_and_the_previous_checkpoint_stays(failure, tmp_path, monkeypatch):

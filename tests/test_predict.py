@@ -96,8 +96,8 @@ def test_when_no_image_can_be_read_the_exit_status_is_2(fixed_outputs, tmp_path)
     assert errors[0] == f"alexnet predict: error: {tmp_path / 'missing.png'}: no such file or directory"
     assert errors[1].startswith(f"alexnet predict: error: {images / 'broken.jpg'}: ") and len(errors) == 2
     # the file system's words for the other errors it gives (as root, a file without permissions is read)
-    assert _reason(PermissionError(13, "Permission denied")) == "permission denied"
-    assert _reason(OSError("image file is truncated")) == "OSError: image file is truncated"
+    assert _reason(PermissionError(13, "Permission denied"), images / "broken.jpg") == "permission denied"
+    assert _reason(OSError("image file is truncated"), images / "broken.jpg") == "OSError: image file is truncated"
 
 
 # ---- torchvision's weights ----

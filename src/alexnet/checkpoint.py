@@ -216,17 +216,36 @@ def torch_load(path: str | Path) -> Any:
         if "unsupported global" in str(e).lower():
             raise UserError(f"{path} holds Python objects that would run code when loaded; refusing to load it "
                             f"(only tensors and plain data are accepted)") from None
+        if not _written_by_torch(path):   # a YAML, a log: the unpickler's complaint would say nothing
+            raise UserError(f"{path} is not a readable checkpoint (neither a file torch.save writes nor "
+                            f"safetensors)") from None
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         after = [b for a, b in zip(lines, lines[1:]) if a.endswith("WeightsUnpickler error:")]
         detail = after[0] if after else (lines[0] if lines else type(e).__name__)
         raise UserError(f"{path} is not a readable checkpoint ({detail})") from None
     except Exception as e:  # truncated zip, wrong format, ...
+        if not _written_by_torch(path):
+            raise UserError(f"{path} is not a readable checkpoint (neither a file torch.save writes nor "
+                            f"safetensors)") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "central directory" in first:   # miniz's paragraph about it, for a zip without its end
+            first = "cut short or damaged: the zip's directory at its end is missing"
         raise UserError(f"{path} is not a readable checkpoint ({first})") from None
+
+
+def _written_by_torch(path: Path) -> bool:
+    """Starts as torch.save's files do (whole or cut short): a zip, or before PyTorch 1.6 a pickle of
+    protocol 2 or later."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head[:1] == b"\x80" or head == b"PK\x03\x04"
 
 
 def existing_file(path: str | Path) -> Path:
     path = Path(path)
+    if path.is_dir():   # most likely a run folder: name the checkpoints in it
+        inside = sorted(str(p) for p in path.glob("*.pt") if p.is_file())
+        raise UserError(f"{path} is a folder; give a checkpoint file" + (f" ({', '.join(inside)})" if inside else ""))
     if not path.is_file():
         raise UserError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
     return path
