@@ -283,7 +283,7 @@ def test_a_run_folder_or_another_file_of_the_run_given_as_the_checkpoint_says_wh
     checkpoint.save(tmp_path / "run" / "best.pt", state)
     checkpoint.save(tmp_path / "run" / "last.pt", state)
     (tmp_path / "run" / "config.yaml").write_text("epochs: 3\n")
-    with pytest.raises(UserError, match=r"run is a folder; give a checkpoint file \(.*run/best.pt, .*run/last.pt\)"):
+    with pytest.raises(UserError, match=r"run is a folder; give a checkpoint file \(\S*run/best.pt, \S*run/last.pt\)"):
         checkpoint.read(tmp_path / "run")
     with pytest.raises(UserError, match=r"config.yaml is not a readable checkpoint \(neither a file torch.save"):
         checkpoint.read(tmp_path / "run" / "config.yaml")
