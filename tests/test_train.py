@@ -294,6 +294,17 @@ def test_two_processes_match_one_with_the_same_global_batch(more_data, tmp_path)
         torch.testing.assert_close(getattr(two, key), getattr(one, key), rtol=1e-6, atol=1e-6, msg=key)
 
 
+@pytest.mark.processes
+def test_a_data_parallel_run_that_diverges_stops_every_process_and_says_so_once(data, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "alexnet", "train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1",
+                        "--batch-size", "4", "--lr", "1e38", "--workers", "0", "--precision", "fp32"],
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    errors = [line for line in r.stderr.splitlines() if line.startswith("alexnet train: error:")]
+    assert r.returncode != 0 and len(errors) == 1 and "became n" in errors[0], r.stderr[-3000:]
+    assert (tmp_path / "run" / "diverged.json").exists()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--batch-size", "0"], "expected a positive integer"),
     (["--lr", "-1"], "expected a positive number"),

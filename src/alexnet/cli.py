@@ -915,7 +915,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, Stopped):
             return e.exit_code
         if isinstance(e, NonFiniteLoss):
-            print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
+            # Every process stops on the same finding: one line for the job, from rank 0.
+            if os.environ.get("RANK", "0") == "0":
+                print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
             return 1
         raise
     except KeyboardInterrupt:
