@@ -90,6 +90,24 @@ def _module_folders_removed(request, tmp_path_factory):
 SAME_RUN = dict(rtol=1e-9, atol=1e-12)
 
 
+def interpreted(module: str):
+    """``module`` (a Triton kernel file) loaded with Triton's interpreter on, which must be on while its kernels
+    are defined and while they run: CUDA's kernels on CPU tensors, on machines without a GPU. A generator for
+    a module-scoped fixture to yield from."""
+    import importlib
+
+    pytest.importorskip("triton")
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        yield importlib.reload(importlib.import_module(module))
+    finally:
+        if old is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+
+
 def assert_same_run(a: dict, b: dict) -> None:
     """Two state_dicts of float64 runs hold the same weights, to float64 rounding."""
     assert a.keys() == b.keys()

@@ -1,6 +1,7 @@
-"""The CUDA path where a GPU is present (skipped elsewhere): the Triton LRN chosen by itself and right,
-compile keeping it, and train / evaluate end to end on the device. Elsewhere in the suite the same kernels
-run through Triton's interpreter (test_lrn.py) and the CUDA process group with gloo in NCCL's place."""
+"""The CUDA path where a GPU is present (skipped elsewhere): the Triton LRN and crop chosen by themselves and
+right, compile keeping them, and train / evaluate end to end on the device. Elsewhere in the suite the same
+kernels run through Triton's interpreter (test_lrn.py, test_transforms.py) and the CUDA process group with
+gloo in NCCL's place."""
 
 import json
 
@@ -40,6 +41,27 @@ def test_lrn_on_cuda_is_the_triton_kernel_and_equals_the_reference(dtype, channe
     torch.testing.assert_close(y.double().cpu(), exact.detach(), rtol=rtol, atol=1e-6)
     torch.testing.assert_close(x.grad.double().cpu(), exact_in.grad, rtol=rtol,
                                atol=rtol * exact_in.grad.abs().max().item())
+
+
+@pytest.mark.parametrize("per_pixel", [True, False])
+def test_the_training_crop_on_cuda_is_the_triton_kernel_and_equals_the_cpus(per_pixel, monkeypatch):
+    from alexnet.data import transforms
+    from alexnet.data.transforms import Normalize, crop
+
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (5, 256, 256, 3), generator=g, dtype=torch.uint8)
+    mean = torch.rand(256, 256, 3, generator=g) * 255 if per_pixel else torch.tensor([100.0, 110.0, 120.0])
+    norm = Normalize(mean, torch.tensor([50.0, 60.0, 70.0]))
+    tops, lefts = torch.randint(0, 30, (9,), generator=g), torch.randint(0, 30, (9,), generator=g)
+    flips, sources = torch.arange(9) % 2 == 0, torch.randint(0, 5, (9,), generator=g)
+    shift = torch.randn(9, 3, generator=g) * 20
+    args = (tops, lefts, flips, 227, norm, sources, shift)
+    on_cpu = crop(images, *args)
+    kernel, calls = transforms.kernels.crop_cuda(), []
+    monkeypatch.setattr(kernel, "crop", lambda *a, triton_crop=kernel.crop: calls.append(1) or triton_crop(*a))
+    on_gpu = crop(images.cuda(), *args)
+    assert calls and on_gpu.is_cuda and on_gpu.shape == on_cpu.shape == (9, 3, 227, 227)
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-6, atol=1e-4)
 
 
 def test_the_compiled_network_on_cuda_equals_eager(monkeypatch):

@@ -1,8 +1,5 @@
 """LRN against a direct loop over the paper's formula, against torch.nn.LocalResponseNorm, and per tower."""
 
-import importlib
-import os
-
 import pytest
 import torch
 from torch import nn
@@ -11,6 +8,7 @@ from alexnet import kernels
 from alexnet import lrn as lrn_module
 from alexnet.kernels import build
 from alexnet.lrn import LRN_CONVENTIONS, LocalResponseNorm
+from conftest import interpreted
 
 
 @pytest.fixture(params=["native", "banded"])
@@ -181,20 +179,10 @@ def test_without_a_compiler_it_falls_back_with_one_warning(monkeypatch, tmp_path
     assert not list(tmp_path.rglob("*.so*"))
 
 
-# The Triton kernels (CUDA's fused path) run here on CPU tensors through Triton's interpreter, which
-# must be on while the kernels are defined and while they run.
+# The Triton kernels (CUDA's fused path) run here on CPU tensors through Triton's interpreter.
 @pytest.fixture(scope="module")
 def triton_lrn():
-    pytest.importorskip("triton")
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        yield importlib.reload(importlib.import_module("alexnet.kernels.lrn_triton"))
-    finally:
-        if old is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = old
+    yield from interpreted("alexnet.kernels.lrn_triton")
 
 
 def triton_against_reference(triton_lrn, lrn, a, grad, dtype):

@@ -8,6 +8,7 @@ import torchvision.transforms.v2.functional as TF
 
 from alexnet.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, Draws, Normalize, PCANoise, _crop_gather, _crop_loop,
                                      center_view, crop, ten_views, train_views)
+from conftest import interpreted
 
 ZERO = Normalize(torch.zeros(3))
 
@@ -277,13 +278,23 @@ def test_crop_handles_a_single_source_image_many_times():
     assert torch.equal(out[1], nchw(images)[0, :, 29:, 29:].flip(-1))
 
 
+@pytest.fixture(scope="module")
+def triton_crop():
+    """CUDA's crop kernel, run here on CPU tensors through Triton's interpreter."""
+    yield from interpreted("alexnet.kernels.crop_triton")
+
+
+@pytest.mark.parametrize("kernel", ["c", "triton"])
 @pytest.mark.parametrize("per_pixel", [True, False])
 @pytest.mark.parametrize("with_std", [True, False])
-def test_the_fused_c_crop_equals_slicing_and_the_formula(per_pixel, with_std):
+def test_the_fused_crops_equal_slicing_and_the_formula(kernel, per_pixel, with_std, request):
     from alexnet import kernels
     from alexnet.data.transforms import crop_fused
 
-    assert kernels.crop_cpu() is not None          # else this would test nothing
+    if kernel == "c":
+        assert kernels.crop_cpu() is not None          # else this would test nothing
+    else:
+        crop_fused = request.getfixturevalue("triton_crop").crop
     images = batch(5)
     g = torch.Generator().manual_seed(8)
     mean = torch.rand(256, 256, 3, generator=g) * 255 if per_pixel else torch.tensor([100.0, 110.0, 120.0])

@@ -177,7 +177,8 @@ def crop(images: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, flips: t
     """
     sources = torch.arange(len(tops)) if sources is None else sources
     mean = norm.mean.to(images.device)
-    if images.device.type == "cpu" and images.dtype == torch.uint8 and _have_crop_kernel():
+    if images.dtype == torch.uint8 and (_have_crop_kernel() if images.device.type == "cpu" else
+                                        images.is_cuda and _have_cuda_crop_kernel()):
         std = None if norm.std is None else norm.std.float()
         x = crop_fused(images, mean.float(), std, shift, sources, tops, lefts, flips, size, norm.per_pixel)
         return x.permute(0, 3, 1, 2)
@@ -197,14 +198,19 @@ def _have_crop_kernel() -> bool:
     return kernels.crop_cpu() is not None
 
 
+@kernels.constant_to_the_compiler
+def _have_cuda_crop_kernel() -> bool:
+    return kernels.crop_cuda() is not None
+
+
 # An operator of its own (torch.library), so that torch.compile sees the fused crop as one node with a
-# known output instead of a call it cannot trace.
+# known output instead of a call it cannot trace; its CUDA kernel is Triton's.
 @torch.library.custom_op("alexnet::crop", mutates_args=(), device_types="cpu")
 def crop_fused(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | None, shift: torch.Tensor | None,
                sources: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, flips: torch.Tensor, size: int,
                per_pixel: bool) -> torch.Tensor:
-    """(K, size, size, 3) float32 crops of uint8 NHWC CPU images in one pass per output value
-    (kernels/crop_cpu.c), several times the images per second of _crop_loop."""
+    """(K, size, size, 3) float32 crops of uint8 NHWC images in one pass per output value: on a CPU
+    kernels/crop_cpu.c, several times the images per second of _crop_loop; on CUDA kernels/crop_triton.py."""
     images, mean = images.contiguous(), mean.float().contiguous()
     std = None if std is None else std.float().contiguous()
     shift = None if shift is None else shift.float().contiguous()
@@ -216,6 +222,12 @@ def crop_fused(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | Non
         images.data_ptr(), h, w, mean.data_ptr(), int(per_pixel), _ptr(std), _ptr(shift), sources.data_ptr(),
         tops.data_ptr(), lefts.data_ptr(), flips.data_ptr(), len(tops), size, x.data_ptr(), torch.get_num_threads())
     return x
+
+
+@crop_fused.register_kernel("cuda")
+def _(images, mean, std, shift, sources, tops, lefts, flips, size, per_pixel):
+    # The same values in one Triton kernel (kernels/crop_triton.py), the draws moved to the GPU.
+    return kernels.crop_cuda().crop(images, mean, std, shift, sources, tops, lefts, flips, size, per_pixel)
 
 
 @crop_fused.register_fake

@@ -1,9 +1,10 @@
 """Hand-written kernels for what PyTorch has no fast single op for: LRN and the training crop in C on
-the CPU (build.py says how they are built and when they are not), LRN in Triton on CUDA."""
+the CPU (build.py says how they are built and when they are not), and both in Triton on CUDA."""
 
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 import warnings
 from functools import cache
@@ -49,15 +50,25 @@ def crop_cpu() -> ctypes.CDLL | None:
     return lib
 
 
-@cache
-def lrn_cuda() -> ModuleType | None:
-    """The LRN kernels for CUDA tensors (lrn_triton.py), or None (with one warning) where Triton is missing;
-    ALEXNET_NATIVE=0 forces None, as for the C kernels."""
+def _triton(name: str, fallback: str) -> ModuleType | None:
+    # ALEXNET_NATIVE=0 forces the fallback, as for the C kernels.
     if os.environ.get("ALEXNET_NATIVE", "1") == "0":
         return None
     try:
-        from . import lrn_triton as module
+        import triton  # noqa: F401
     except ImportError as e:
-        warnings.warn(f"Triton is not available ({e}); LRN on CUDA uses the slower PyTorch fallback", stacklevel=2)
+        warnings.warn(f"Triton is not available ({e}); {fallback}", stacklevel=3)
         return None
-    return module
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+@cache
+def lrn_cuda() -> ModuleType | None:
+    """The LRN kernels for CUDA tensors (lrn_triton.py), or None (with one warning) where Triton is missing."""
+    return _triton("lrn_triton", "LRN on CUDA uses the slower PyTorch fallback")
+
+
+@cache
+def crop_cuda() -> ModuleType | None:
+    """The training crop for CUDA tensors (crop_triton.py), or None (with one warning) where Triton is missing."""
+    return _triton("crop_triton", "the training crop on CUDA uses PyTorch's ops")

@@ -1,12 +1,14 @@
-"""Local response normalisation on CUDA as two Triton kernels, one pass forward and one backward
+"""Local response normalisation on CUDA as Triton kernels, one pass forward and two backward
 (the math is in lrn.py; this is the GPU twin of lrn_cpu.c).
 
 A tensor is seen as (N, C, P) with element strides, as in the C kernel, so one kernel serves NCHW and
 channels_last; each program takes a tile of channels x pixels of one image. The window sums read the
 neighbouring channels again instead of holding a whole tower in registers: those reads hit the cache,
 and the tile stays small whatever the channel count. Arithmetic is float32 whatever the dtype in memory
-(float32, bfloat16, float16). Nothing but the input is kept for the backward pass, which recomputes the
-scales of the channels it needs.
+(float32, bfloat16, float16). Nothing but the input is kept for the backward pass. It takes two passes:
+the first writes each channel's term g x d^(-beta-1) (float32, the size of x), the second sums them over the
+window; one pass recomputing the neighbours' scales read x 36 times an element and took 7 times the forward's
+time (2.9 ms of a 15 ms paper step at batch 256 on an H100).
 
 With TRITON_INTERPRET=1 set before this module is imported, the same kernels run on CPU tensors through
 Triton's interpreter: that is how the test suite checks them on machines without a GPU.
@@ -55,28 +57,37 @@ def _forward(x_ptr, y_ptr, C, P, sn, sc, sp, ct, alpha, beta, k,
 
 
 @triton.jit
-def _backward(x_ptr, g_ptr, dx_ptr, C, P, sn, sc, sp, gn, gc, gp, ct, alpha, beta, k,
+def _backward_terms(x_ptr, g_ptr, r_ptr, C, P, sn, sc, sp, gn, gc, gp, ct, alpha, beta, k,
+                    LO: tl.constexpr, HI: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    # r[c] = g[c] x[c] d[c]^(-beta-1), in float32 and in x's layout: each channel's scale computed once.
+    c, p, first, last, inside = _tile(C, P, ct, BLOCK_C, BLOCK_P)
+    n = tl.program_id(2).to(tl.int64)
+    base = n * sn + p.to(tl.int64) * sp
+    at = base + c.to(tl.int64) * sc
+    d = k + alpha * _window_sum(x_ptr, base, c, first, last, inside, sc, LO, HI, BLOCK_C, BLOCK_P)
+    x = tl.load(x_ptr + at, mask=inside, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + n * gn + p.to(tl.int64) * gp + c.to(tl.int64) * gc, mask=inside, other=0.0).to(tl.float32)
+    tl.store(r_ptr + at, g * x * tl.exp2((-beta - 1.0) * tl.log2(d)), mask=inside)
+
+
+@triton.jit
+def _backward(x_ptr, g_ptr, r_ptr, dx_ptr, C, P, sn, sc, sp, gn, gc, gp, ct, alpha, beta, k,
               LO: tl.constexpr, HI: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    # dx[j] = g[j] d[j]^-beta - 2 alpha beta x[j] sum_{c: j in window(c)} g[c] x[c] d[c]^(-beta-1),
+    # dx[j] = g[j] d[j]^-beta - 2 alpha beta x[j] sum_{c: j in window(c)} r[c],
     # where j in window(c) means c in j-HI .. j+LO, within j's tower.
     c, p, first, last, inside = _tile(C, P, ct, BLOCK_C, BLOCK_P)
     n = tl.program_id(2).to(tl.int64)
     base = n * sn + p.to(tl.int64) * sp
-    gbase = n * gn + p.to(tl.int64) * gp
+    at = base + c.to(tl.int64) * sc
     t = tl.full([BLOCK_C, BLOCK_P], 0.0, tl.float32)
     for j in tl.static_range(LO + HI + 1):
         cc = c + (j - HI)
-        ok = inside & (cc >= first) & (cc < last)
-        ccl = cc.to(tl.int64)
-        dc = k + alpha * _window_sum(x_ptr, base, cc, first, last, ok, sc, LO, HI, BLOCK_C, BLOCK_P)
-        xc = tl.load(x_ptr + base + ccl * sc, mask=ok, other=0.0).to(tl.float32)
-        gc_ = tl.load(g_ptr + gbase + ccl * gc, mask=ok, other=0.0).to(tl.float32)
-        t += gc_ * xc * tl.exp2((-beta - 1.0) * tl.log2(dc))
+        t += tl.load(r_ptr + base + cc.to(tl.int64) * sc, mask=inside & (cc >= first) & (cc < last), other=0.0)
     d = k + alpha * _window_sum(x_ptr, base, c, first, last, inside, sc, LO, HI, BLOCK_C, BLOCK_P)
-    x = tl.load(x_ptr + base + c.to(tl.int64) * sc, mask=inside, other=0.0).to(tl.float32)
-    g = tl.load(g_ptr + gbase + c.to(tl.int64) * gc, mask=inside, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + at, mask=inside, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + n * gn + p.to(tl.int64) * gp + c.to(tl.int64) * gc, mask=inside, other=0.0).to(tl.float32)
     dx = g * tl.exp2(-beta * tl.log2(d)) - 2.0 * alpha * beta * x * t
-    tl.store(dx_ptr + base + c.to(tl.int64) * sc, dx.to(dx_ptr.dtype.element_ty), mask=inside)
+    tl.store(dx_ptr + at, dx.to(dx_ptr.dtype.element_ty), mask=inside)
 
 
 def _blocks(sc: int, channels_per_tower: int) -> tuple[int, int]:
@@ -107,6 +118,10 @@ def lrn_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
 def lrn_backward(x: torch.Tensor, grad: torch.Tensor, size: int, alpha: float, beta: float, k: float,
                  towers: int) -> torch.Tensor:
     """dL/dx for dense x and grad (each in either layout); the result has x's layout."""
+    # The terms r take x's strides (empty_like keeps a dense tensor's layout), so one offset serves both.
+    r = torch.empty_like(x, dtype=torch.float32)
     dx = torch.empty_like(x)
-    _launch(_backward, x, [x, grad, dx], pixel_strides(x) + pixel_strides(grad), size, alpha, beta, k, towers)
+    strides = pixel_strides(x) + pixel_strides(grad)
+    _launch(_backward_terms, x, [x, grad, r], strides, size, alpha, beta, k, towers)
+    _launch(_backward, x, [x, grad, r, dx], strides, size, alpha, beta, k, towers)
     return dx
