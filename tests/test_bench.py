@@ -135,3 +135,22 @@ def test_gpu_script_gives_every_figure_in_one_call_at_toy_size(tmp_path):
 def test_gpu_refuses_bad_batch_lists_in_one_line():
     r = cli("bench", "gpu", "--batches", "128,x")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "positive integers" in r.stderr
+
+
+def test_the_step_parts_study_takes_away_exactly_the_part_it_names():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("step_parts", ROOT / "benchmarks" / "step_parts.py")
+    parts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parts)
+    paper = summarize(AlexNet("paper").to("meta"))
+    layers = {layer["name"]: layer for layer in paper["layers"]}
+    merged = summarize(parts.ungrouped(AlexNet("paper")).to("meta"))
+    # The towers merged: conv2, conv4 and conv5 see every input channel, twice the multiply-adds of the
+    # two towers that see half each; every output shape stays.
+    doubled = sum(layers[name]["macs"] for name in ("conv2", "conv4", "conv5"))
+    assert merged["macs"] == paper["macs"] + doubled
+    assert [la["output_shape"] for la in merged["layers"]] == [la["output_shape"] for la in paper["layers"]]
+    plain = parts.without_lrn(AlexNet("paper"))
+    assert [type(m).__name__ for m in plain.features].count("Identity") == 2
+    assert summarize(plain.to("meta"))["macs"] == paper["macs"]

@@ -57,9 +57,10 @@ def bench_train(batch_size: int = 64, steps: int = 5, device: str = "auto", comp
 
 
 def paper_step(batch_size: int, device: torch.device, dtype: torch.dtype | None, compile: bool = False,
-               net_of=None, model: AlexNet | None = None, seed: int = 0):
+               net_of=None, model: AlexNet | None = None, seed: int = 0, pin: bool = True, on_device: bool = False):
     """alexnet train's own step (step.TrainStep) on a fixed uint8 batch of the paper network's input:
-    a callable for the timers. ``net_of(model)`` wraps the model (DDP, say) after its layout is set."""
+    a callable for the timers. ``net_of(model)`` wraps the model (DDP, say) after its layout is set. The
+    batch is pinned for a GPU as the loader pins it (``pin``), or put on the device beforehand (``on_device``)."""
     model = (model or AlexNet("paper")).to(device, memory_format=torch.channels_last).train()
     net = torch.compile(model) if compile else model
     net = net_of(net) if net_of else net
@@ -67,7 +68,9 @@ def paper_step(batch_size: int, device: torch.device, dtype: torch.dtype | None,
     size = INPUT_SIZE["paper"]
     images = torch.randint(0, 256, (batch_size, 256, 256, 3), generator=gen, dtype=torch.uint8)
     labels = torch.randint(0, 1000, (batch_size,), generator=gen)
-    if device.type == "cuda":   # as the loader hands batches to a GPU; a pageable copy took a quarter of a step
+    if on_device:
+        images, labels = images.to(device), labels.to(device)
+    elif pin and device.type == "cuda":   # a pageable copy took a quarter of a step (H100, batch 256)
         images, labels = images.pin_memory(), labels.pin_memory()
     draws = Draws.from_generator(batch_size, 256, 256, size, gen)
     # The paper's input: the mean image subtracted, PCA noise (ImageNet's published eigenpairs, docs/paper-numbers.md).
