@@ -472,15 +472,47 @@ def test_resume_auto_after_an_attempt_stopped_before_its_first_checkpoint_starts
     ("cuda", False, 16, 1, 2),    # stored pixels (or JPEGs nvJPEG decodes): nothing to decode in workers
     ("cpu", True, 16, 1, 2),      # the CPU trains too: the step needs the cores
     ("cpu", False, 16, 1, 0),     # stored pixels on a CPU: a worker would only add a copy
+    ("cuda", None, 16, 1, 15),    # a set that does not say (dense views' whole images) decodes
 ])
 def test_default_loader_workers_follow_where_decoding_happens(monkeypatch, device, decodes, cores, per_node,
                                                               expected):
     from types import SimpleNamespace
 
-    import alexnet.train as t
+    from alexnet.data import loader
 
-    monkeypatch.setattr(t, "usable_cores", lambda: cores)
+    monkeypatch.setattr(loader, "usable_cores", lambda: cores)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(per_node))
-    images = SimpleNamespace(decodes=decodes)
-    assert t.loader_workers(SimpleNamespace(workers=None), images, torch.device(device)) == expected
-    assert t.loader_workers(SimpleNamespace(workers=3), images, torch.device(device)) == 3   # --workers decides
+    images = SimpleNamespace() if decodes is None else SimpleNamespace(decodes=decodes)
+    assert loader.default_workers(images, torch.device(device)) == expected
+    # Evaluation's batches are quick: reading the next beside them pays even for stored pixels on a CPU.
+    evaluating = 2 if (device, decodes) == ("cpu", False) else expected
+    assert loader.default_workers(images, torch.device(device), training=False) == evaluating
+
+
+def test_train_evaluate_and_features_take_the_default_workers_unless_told(tiny_folders, tmp_path, monkeypatch):
+    """--workers absent: every command asks loader.default_workers about the set it reads; given: it decides."""
+    import alexnet.train as t
+    from alexnet import cli
+    from alexnet.data import loader
+
+    data, _ = tiny_folders
+    asked = []
+    real = loader.default_workers
+    def counted(images, device, training=True):
+        asked.append((images.decodes, training))
+        return real(images, device, training)
+    monkeypatch.setattr(loader, "default_workers", counted)
+    monkeypatch.setattr(t, "default_workers", counted)      # train imported it by name
+    common = ["--device", "cpu", "--precision", "fp32"]
+    train = ["train", "--data", data, "--epochs", "1", "--batch-size", "4", "--lr", "0.001", *common]
+    assert cli.main([str(a) for a in [*train, "--out", tmp_path / "run"]]) == 0
+    assert asked == [(True, True)]          # image folders decode, on the CPU: 2 workers
+    best = tmp_path / "run" / "best.pt"
+    assert cli.main([str(a) for a in ["evaluate", "--checkpoint", best, "--data", data, "--json", *common]]) == 0
+    assert cli.main([str(a) for a in ["features", "--checkpoint", best, "--data", data,
+                                      "--out", tmp_path / "f.npz", *common]]) == 0
+    assert asked == [(True, True), (True, False), (True, False)]
+    for command in ([*train, "--out", tmp_path / "run2"],
+                    ["evaluate", "--checkpoint", best, "--data", data, "--json", *common]):
+        assert cli.main([str(a) for a in [*command, "--workers", "0"]]) == 0
+    assert len(asked) == 3                  # --workers given: nobody asked

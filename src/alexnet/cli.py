@@ -447,7 +447,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--data", required=True, type=existing_path, help="dataset folder holding val/<class>/<images>")
     _add_views(p)
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch in each process (default: 64)")
-    p.add_argument("--workers", type=_non_negative_int, default=2, help="data-loading processes (default: 2)")
+    p.add_argument("--workers", type=_non_negative_int, default=None,
+                   help="data-loading processes (default: where images are decoded for a GPU, one per core less "
+                        "one, up to 16; else 2)")
     p.add_argument("--device", type=device_name, default="auto", metavar=DEVICE_METAVAR,
                    help="auto: CUDA when present, else CPU (with --precision int8: the CPU)")
     _add_precision(p, "calibrated on --calibration-images of DATA/train (never on val), centre crops")
@@ -704,7 +706,9 @@ def _add_feature_options(p: argparse.ArgumentParser, default_layer: str, precisi
                    help=f"layer whose output is the feature vector, by paper name (conv1 ... fc8; default: "
                         f"{default_layer}, fc7 after its ReLU)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: 64)")
-    p.add_argument("--workers", type=_non_negative_int, default=2, help="data-loading processes (default: 2)")
+    p.add_argument("--workers", type=_non_negative_int, default=None,
+                   help="data-loading processes (default: where images are decoded for a GPU, one per core less "
+                        "one, up to 16; else 2)")
     p.add_argument("--device", type=device_name, default="auto", metavar=DEVICE_METAVAR,
                    help="auto: CUDA when present, else CPU")
     p.add_argument("--precision", choices=PRECISIONS, default=precision,

@@ -88,7 +88,7 @@ def _tally(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | str = 1, batch_size: int = 64,
-                        workers: int = 2, device: str = "auto", precision: str = "fp32",
+                        workers: int | None = None, device: str = "auto", precision: str = "fp32",
                         calibration_images: int | None = None, progress: bool = True,
                         scales: str | tuple[int, ...] = SCALES, small: str | None = None) -> dict | None:
     """Accuracy of the network in ``checkpoint`` (training .pt or safetensors) on ``data``/val.
@@ -106,7 +106,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | s
     """
     import time
 
-    from alexnet.data.loader import eval_loader
+    from alexnet.data.loader import default_workers, eval_loader
     from alexnet.data.sources import open_split
     from alexnet.precision import autocast_dtype
     from alexnet.quantize import require_cpu
@@ -131,10 +131,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | s
         if crops == "dense":
             extra["scales"] = parse_scales(scales, loaded.crop)
             val = DenseImages(val, extra["scales"], loaded.crop, loaded.small)
+            workers = default_workers(val, dist.device, training=False) if workers is None else workers
             loader = eval_loader(val, batch_size, dist.rank, dist.world, workers, pin_memory=False,
                                  collate=DenseImages.collate)
         else:
-            loader = eval_loader(val.for_device(dist.device), batch_size, dist.rank, dist.world, workers,
+            feed = val.for_device(dist.device)
+            workers = default_workers(feed, dist.device, training=False) if workers is None else workers
+            loader = eval_loader(feed, batch_size, dist.rank, dist.world, workers,
                                  pin_memory=dist.device.type == "cuda")
         if int8:
             model = int8_model(loaded, data, calibration_images, batch_size, workers)

@@ -84,18 +84,20 @@ def split_images(data: str | Path, split: str = "val", small: str | None = None)
 
 @torch.no_grad()
 def iter_features(loaded: LoadedModel, images: ImageSet, layer: str = DEFAULT_LAYER, batch_size: int = 64,
-                  workers: int = 2, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+                  workers: int | None = None, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
                   progress: bool = True, skipped: SkippedFiles | None = None,
                   desc: str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(indices into ``images``, (B, D) features on the CPU) a batch at a time; unreadable images are
-    warned about once (``skipped`` counts them) and left out."""
-    from alexnet.data.loader import eval_loader
+    warned about once (``skipped`` counts them) and left out. ``workers`` None: loader.default_workers."""
+    from alexnet.data.loader import default_workers, eval_loader
 
     check_layer(loaded, layer)
     device = torch.device(device)
     model = loaded.model.to(device).eval()
     skipped = skipped or SkippedFiles(images)
-    loader = eval_loader(images.for_device(device), batch_size, rank=0, world=1, workers=workers,
+    feed = images.for_device(device)
+    loader = eval_loader(feed, batch_size, rank=0, world=1,
+                         workers=default_workers(feed, device, training=False) if workers is None else workers,
                          pin_memory=device.type == "cuda")
     for batch, labels, indices, errors in tqdm(loader, desc=desc or f"{layer} features", unit="batch",
                                                disable=None if progress else True, leave=False):

@@ -36,10 +36,9 @@ from tqdm import tqdm
 
 from alexnet import checkpoint, distributed, parallel
 from alexnet.config import TrainConfig, dump_yaml, from_dict
-from alexnet.cores import usable_cores
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import DataSource, ImageSet
-from alexnet.data.loader import eval_loader, steps_per_epoch, train_loader
+from alexnet.data.loader import default_workers, eval_loader, steps_per_epoch, train_loader
 from alexnet.data.sources import open_data
 from alexnet.data.stats import DataStats, compute_stats, find_stats
 from alexnet.data.transforms import Draws, Normalize, PCANoise, Preprocessing
@@ -468,7 +467,7 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     # for_device: the loop drops unreadable samples, then moves batches to the device (a jpeg store's
     # batches are then decoded there, by nvJPEG on a GPU).
     feed = train_set.for_device(dist.device)
-    workers = loader_workers(config, feed, dist.device)
+    workers = config.workers if config.workers is not None else default_workers(feed, dist.device)
     run = _Run(config, dist, shard, folder, source, prep, model, net, step, schedule,
                train_loader(feed, batch_per_rank, shard.rank, shard.world, config.seed, workers, pin),
                eval_loader(val_set.for_device(dist.device), batch_per_rank, shard.rank, shard.world, workers, pin),
@@ -482,26 +481,6 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
 
 
 # At most this many loader processes by default (as bench gpu): beyond, each adds memory and start-up time.
-MAX_DEFAULT_WORKERS = 16
-
-
-def loader_workers(config: TrainConfig, images: ImageSet, device: torch.device) -> int:
-    """--workers, or by default:
-
-    - files decoded on their way to a GPU: this process's share of the cores, less its own (at least 2, at
-      most 16). A core decodes and resizes 250-350 photo-sized JPEGs a second (bench data), and one GPU
-      trains thousands (11,000 img/s on an H200, README).
-    - 2 where a CPU both decodes and trains (the step needs the cores), or stored pixels feed a GPU;
-    - 0 for stored pixels on a CPU (nothing to decode: a worker would only add a copy through shared memory).
-    """
-    if config.workers is not None:
-        return config.workers
-    if images.decodes and device.type == "cuda":
-        share = usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        return max(2, min(MAX_DEFAULT_WORKERS, share - 1))
-    return 2 if images.decodes or device.type == "cuda" else 0
-
-
 def _open_folder(folder: Path, config: TrainConfig, resumed: bool, how: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     # A process killed while writing a checkpoint leaves its temporary file (hundreds of MB) behind.
