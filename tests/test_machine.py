@@ -49,6 +49,17 @@ def test_this_machine_described_as_pytorch_sees_it():
     assert len(line.splitlines()) == 1
 
 
+def test_caps_on_the_kernel_libraries_instructions_are_named(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("FBGEMM_ENABLE_INSTRUCTIONS", "AVX2")
+    line = one_line(describe(torch.device("cpu"), "fp32"))
+    assert "oneDNN up to AVX2" in line and "fbgemm (int8) AVX2" in line
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.delenv("FBGEMM_ENABLE_INSTRUCTIONS")
+    line = one_line(describe(torch.device("cpu"), "fp32"))
+    assert "oneDNN" not in line and "fbgemm" not in line
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or os.cpu_count() < 2, reason="needs Linux and 2 CPUs")
 def test_usable_cores_are_the_ones_the_process_is_bound_to():
     # A process bound to one core (taskset, a SLURM job's cpuset) sees the machine's count in os.cpu_count().

@@ -70,8 +70,12 @@ def describe(device: torch.device, precision: str) -> dict:
     facts = {"cpu": cpu_name(info), "threads": torch.get_num_threads(), "extensions": cpu_extensions(info),
              "kernels": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_bf16(),
              "precision": precision, "accelerator": None}
+    # Caps a user may set on the kernel libraries' own choice of instructions (oneDNN: convolutions and
+    # products; fbgemm: int8), which decide the figures as much as the CPU does.
     if os.environ.get("ONEDNN_MAX_CPU_ISA"):
         facts["onednn_max_isa"] = os.environ["ONEDNN_MAX_CPU_ISA"]
+    if os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS"):
+        facts["fbgemm_isa"] = os.environ["FBGEMM_ENABLE_INSTRUCTIONS"]
     if device.type == "cuda":
         facts["accelerator"] = torch.cuda.get_device_name(device)
     return facts
@@ -83,5 +87,6 @@ def one_line(facts: dict) -> str:
     threads = f"{facts['threads']} thread{'' if facts['threads'] == 1 else 's'}"
     line = (f"{facts['cpu']}, {threads} [{extensions}]; PyTorch kernels {facts['kernels']}"
             + (f", oneDNN up to {facts['onednn_max_isa']}" if facts.get("onednn_max_isa") else "")
+            + (f", fbgemm (int8) {facts['fbgemm_isa']}" if facts.get("fbgemm_isa") else "")
             + f", native bf16 {'yes' if facts['native_bf16'] else 'no'}; precision {facts['precision']}")
     return line + (f"; on {facts['accelerator']}" if facts["accelerator"] else "")
