@@ -1,5 +1,7 @@
 """LRN against a direct loop over the paper's formula, against torch.nn.LocalResponseNorm, and per tower."""
 
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -271,11 +273,20 @@ def test_the_kernel_checks_are_constants_to_the_compiler_as_torch_marks_them():
     assert vars(ours) == vars(torchs) != {}
 
 
-def test_the_cuda_kernels_load_by_their_loader():
-    # The loader CUDA tensors go through (a function named like the module would be replaced by it on import).
+def test_the_cuda_kernels_load_by_their_loaders_or_say_why_not(monkeypatch, recwarn):
+    # The loaders CUDA tensors go through (a function named like the module would be replaced by it on import).
     pytest.importorskip("triton")
-    module = kernels.lrn_cuda()
-    assert callable(module.lrn_forward) and callable(module.lrn_backward)
+    lrn, crop = kernels.lrn_cuda(), kernels.crop_cuda()
+    assert callable(lrn.lrn_forward) and callable(lrn.lrn_backward) and callable(crop.crop)
+    monkeypatch.setitem(sys.modules, "triton", None)          # as where Triton is not installed
+    with pytest.warns(UserWarning, match="Triton is not available .*; the training crop on CUDA uses PyTorch's ops"):
+        assert kernels.crop_cuda.__wrapped__() is None
+    with pytest.warns(UserWarning, match="Triton is not available .*; LRN on CUDA uses the slower PyTorch fallback"):
+        assert kernels.lrn_cuda.__wrapped__() is None
+    monkeypatch.setenv("ALEXNET_NATIVE", "0")                 # the fallbacks asked for: no warning
+    recwarn.clear()
+    assert kernels.crop_cuda.__wrapped__() is None and kernels.lrn_cuda.__wrapped__() is None
+    assert not recwarn.list
 
 
 def test_compile_under_autocast_without_the_fused_kernel(monkeypatch):
