@@ -93,7 +93,8 @@ SAME_RUN = dict(rtol=1e-9, atol=1e-12)
 def interpreted(module: str):
     """``module`` (a Triton kernel file) loaded with Triton's interpreter on, which must be on while its kernels
     are defined and while they run: CUDA's kernels on CPU tensors, on machines without a GPU. A generator for
-    a module-scoped fixture to yield from."""
+    a module-scoped fixture to yield from; afterwards the module is loaded again as it was, so that later
+    tests in the process (on a GPU, tests/test_cuda.py) get compiled kernels."""
     import importlib
 
     pytest.importorskip("triton")
@@ -106,6 +107,7 @@ def interpreted(module: str):
             del os.environ["TRITON_INTERPRET"]
         else:
             os.environ["TRITON_INTERPRET"] = old
+        importlib.reload(importlib.import_module(module))
 
 
 def assert_same_run(a: dict, b: dict) -> None:
