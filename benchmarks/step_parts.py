@@ -13,6 +13,7 @@ The command behind the located GPU step in the README ("On a GPU"); it runs on a
 """
 
 import argparse
+import sys
 
 import torch
 import torchvision
@@ -20,7 +21,9 @@ from torch import nn
 
 from alexnet.bench.timing import median_seconds
 from alexnet.bench.train import _step, paper_step
+from alexnet.cli import positive_int
 from alexnet.device import pick_device
+from alexnet.errors import UserError
 from alexnet.lrn import LocalResponseNorm
 from alexnet.model import AlexNet
 from alexnet.precision import autocast_dtype
@@ -42,9 +45,9 @@ def without_lrn(model: AlexNet) -> AlexNet:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", default="auto")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=positive_int, default=10)
     p.add_argument("--profile", action="store_true")
     args = p.parse_args()
     dev, batch = pick_device(args.device), args.batch_size
@@ -94,4 +97,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:
+        print(f"step_parts: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
