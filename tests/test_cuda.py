@@ -64,6 +64,17 @@ def test_the_training_crop_on_cuda_is_the_triton_kernel_and_equals_the_cpus(per_
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-6, atol=1e-4)
 
 
+def test_copies_to_the_gpu_keep_their_values_and_a_normalisation_goes_once():
+    from alexnet.data.transforms import Normalize, to_device
+
+    dev = torch.device("cuda", torch.cuda.current_device())
+    t = torch.arange(10)
+    on = to_device(t, dev)                         # through pinned memory, not waited for
+    assert on.device == dev and torch.equal(on.cpu(), t)
+    norm = Normalize(torch.rand(8, 8, 3) * 255, torch.tensor([50.0, 60.0, 70.0]))
+    assert norm.on(dev) is norm.on(dev) and torch.equal(norm.on(dev).mean.cpu(), norm.mean)
+
+
 def test_the_compiled_network_on_cuda_equals_eager(monkeypatch):
     # Full float32 products on both sides (cuDNN would otherwise take TF32 where it likes).
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)

@@ -332,3 +332,16 @@ def test_compile_keeps_the_fused_crop_as_one_node():
     ops = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
     assert "alexnet.crop.default" in ops, ops
     torch.testing.assert_close(got, crop(images, tops, lefts, flips, 227, norm, shift=shift))
+
+
+def test_a_normalisation_is_copied_to_a_device_once():
+    from alexnet.data.transforms import to_device
+
+    norm = Normalize(torch.rand(256, 256, 3) * 255, torch.tensor([50.0, 60.0, 70.0]))
+    assert norm.on(torch.device("cpu")) is norm
+    meta = torch.device("meta")
+    moved = norm.on(meta)
+    assert moved is norm.on(meta)                  # every later batch finds it there
+    assert moved.mean.device == moved.std.device == meta and moved.mean.shape == (256, 256, 3)
+    assert norm.mean.device.type == "cpu" and moved.per_pixel
+    assert to_device(norm.std, torch.device("cpu")) is norm.std and to_device(norm.std, meta).device == meta

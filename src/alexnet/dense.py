@@ -128,9 +128,10 @@ def mean_colour(norm: Normalize) -> torch.Tensor:
 
 def normalized(images: torch.Tensor, norm: Normalize) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) minus the mean colour, over the std; channels_last."""
-    x = images.float() - mean_colour(norm).to(images.device)
+    norm = norm.on(images.device)
+    x = images.float() - mean_colour(norm)
     if norm.std is not None:
-        x /= norm.std.to(images.device)
+        x /= norm.std
     return x.permute(0, 3, 1, 2)
 
 

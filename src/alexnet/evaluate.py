@@ -84,7 +84,7 @@ def _tally(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     hits = top == labels[:, None]
     return torch.stack([-probs.gather(1, labels[:, None]).clamp_min(1e-12).log().sum().double(),
                         hits[:, 0].sum().double(), hits.any(1).sum().double(),
-                        torch.tensor(len(labels), device=probs.device).double()])
+                        probs.new_full((), len(labels), dtype=torch.float64)])
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | str = 1, batch_size: int = 64,

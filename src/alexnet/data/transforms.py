@@ -14,7 +14,7 @@ Outputs are float32 (N, 3, S, S) in channels_last memory (a free permute of the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -127,6 +127,17 @@ def _below(h: np.ndarray, n: int) -> np.ndarray:
     return ((h >> 32) * n >> 32).astype(np.int64)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``. A CPU tensor bound for a GPU goes through pinned memory and does not wait: CUDA
+    syncs the stream before a copy from pageable memory, which would hold the host back, every batch, until
+    the GPU had finished all it was given."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 @dataclass
 class Normalize:
     """x -> (x - mean) / std, with mean a per-pixel image (the paper) or per channel (torchvision).
@@ -136,6 +147,16 @@ class Normalize:
     """
     mean: torch.Tensor
     std: torch.Tensor | None = None
+    _copies: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def on(self, device: torch.device) -> Normalize:
+        """This normalisation with its tensors on ``device``: copied there once, not with every batch."""
+        if self.mean.device == device:
+            return self
+        if device not in self._copies:
+            self._copies[device] = Normalize(to_device(self.mean, device),
+                                             None if self.std is None else to_device(self.std, device))
+        return self._copies[device]
 
     @classmethod
     def create(cls, kind: str, stats=None) -> Normalize:
@@ -176,7 +197,8 @@ def crop(images: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, flips: t
     exactly "subtract the mean image, then crop and flip".
     """
     sources = torch.arange(len(tops)) if sources is None else sources
-    mean = norm.mean.to(images.device)
+    norm = norm.on(images.device)
+    mean = norm.mean
     if images.dtype == torch.uint8 and (_have_crop_kernel() if images.device.type == "cpu" else
                                         images.is_cuda and _have_cuda_crop_kernel()):
         std = None if norm.std is None else norm.std.float()
@@ -187,9 +209,9 @@ def crop(images: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, flips: t
     else:
         x = _crop_loop(images, mean, tops, lefts, flips, sources, size, norm.per_pixel)
     if shift is not None:
-        x += shift.to(x.device)[:, None, None, :]
+        x += to_device(shift, x.device)[:, None, None, :]
     if norm.std is not None:
-        x /= norm.std.to(images.device)
+        x /= norm.std
     return x.permute(0, 3, 1, 2)                                        # NCHW view, channels_last memory
 
 
@@ -227,7 +249,9 @@ def crop_fused(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | Non
 @crop_fused.register_kernel("cuda")
 def _(images, mean, std, shift, sources, tops, lefts, flips, size, per_pixel):
     # The same values in one Triton kernel (kernels/crop_triton.py), the draws moved to the GPU.
-    return kernels.crop_cuda().crop(images, mean, std, shift, sources, tops, lefts, flips, size, per_pixel)
+    moved = [None if t is None else to_device(t, images.device)
+             for t in (mean, std, shift, sources, tops, lefts, flips)]
+    return kernels.crop_cuda().crop(images, *moved, size, per_pixel)
 
 
 @crop_fused.register_fake
@@ -254,11 +278,12 @@ def _crop_loop(images, mean, tops, lefts, flips, sources, size, per_pixel):
 def _crop_gather(images, mean, tops, lefts, flips, sources, size, per_pixel):
     # On a GPU, one gather for the whole batch instead of a few small kernels per image.
     device = images.device
+    tops, lefts, flips, sources = (to_device(t, device) for t in (tops, lefts, flips, sources))
     offsets = torch.arange(size, device=device)
-    rows = (tops.to(device)[:, None] + offsets)[:, :, None]             # (K, S, 1)
-    cols = lefts.to(device)[:, None] + offsets                          # (K, S)
-    cols = torch.where(flips.to(device)[:, None], cols.flip(1), cols)[:, None, :]
-    x = images[sources.to(device)[:, None, None], rows, cols].float()   # (K, S, S, 3)
+    rows = (tops[:, None] + offsets)[:, :, None]                        # (K, S, 1)
+    cols = lefts[:, None] + offsets                                     # (K, S)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)[:, None, :]
+    x = images[sources[:, None, None], rows, cols].float()              # (K, S, S, 3)
     return x - (mean[rows, cols] if per_pixel else mean)
 
 
