@@ -17,6 +17,7 @@ weights end up as if the run had never stopped. Rank 0 alone prints and writes.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -372,7 +373,14 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
         # Its tensors are mapped from last.pt: once copied into the network and momentum, the pages they
         # read (up to the checkpoint's size, 1 GB for a float64 paper run) leave this process.
         del ckpt
-        return _train(run)
+        try:
+            return _train(run)
+        finally:
+            # DDP holds the process group and sits in reference cycles, so it outlived the group's teardown
+            # until the interpreter's exit, where gloo's threads met a half-finalised interpreter: SIGABRT
+            # ("terminate called without an active exception") in 2 of 12 two-process runs. Let it go here.
+            del run
+            gc.collect()
     finally:
         lock.release()
         distributed.teardown(dist)
