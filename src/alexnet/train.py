@@ -17,7 +17,6 @@ weights end up as if the run had never stopped. Rank 0 alone prints and writes.
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import os
@@ -376,11 +375,7 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
         try:
             return _train(run)
         finally:
-            # DDP holds the process group and sits in reference cycles, so it outlived the group's teardown
-            # until the interpreter's exit, where gloo's threads met a half-finalised interpreter: SIGABRT
-            # ("terminate called without an active exception") in 2 of 12 two-process runs. Let it go here.
-            del run
-            gc.collect()
+            del run   # its DDP holds the process group: gone before the teardown (distributed.teardown says why)
     finally:
         lock.release()
         distributed.teardown(dist)

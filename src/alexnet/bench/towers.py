@@ -35,73 +35,80 @@ MODES = ("single", "data-parallel", "towers")
 
 def _worker(mode: str, batch: int, steps: int, out: Path) -> None:
     """One process of one mode (under torchrun for the two-process modes); rank 0 writes ``out``."""
-    from alexnet import distributed, parallel
-    from alexnet.bench.timing import median_seconds
-    from alexnet.bench.train import paper_step
+    from alexnet import distributed
     from alexnet.memory import reuse_freed_memory
-    from alexnet.model import AlexNet
-    from alexnet.precision import autocast_dtype
-    from alexnet.precision import name as precision_name
 
     reuse_freed_memory()   # what every `alexnet` command does, so the modes are timed as train runs them
     dist = distributed.setup("auto")
     try:
-        device, dtype = dist.device, autocast_dtype("auto", dist.device)
-
-        def make() -> AlexNet:
-            return AlexNet("paper", init="kaiming")
-
-        grad_bytes = [0]
-
-        def ddp(net):   # wraps the model after it took its channels_last layout, as alexnet train does
-            from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-            from torch.nn.parallel import DistributedDataParallel
-
-            wrapped = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-
-            def counted(state, bucket):
-                grad_bytes[0] += bucket.buffer().nbytes
-                return allreduce_hook(state, bucket)
-
-            wrapped.register_comm_hook(None, counted)
-            return wrapped
-
-        if mode == "towers":   # each tower sees its replica's whole batch
-            model = parallel.build(make, 0, parallel.plan(dist))
-            train_step = paper_step(batch, device, dtype, model=model, seed=dist.rank // 2)
-        else:
-            torch.manual_seed(0)
-            model = make()
-            train_step = paper_step(batch // dist.world, device, dtype, model=model, seed=dist.rank,
-                                    net_of=ddp if dist.active else None)
-
-        def step() -> None:
-            train_step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-
-        step()  # warm-up: first-call allocations, DDP's bucket rebuild
-        distributed.barrier(dist)
-        parallel.TRAFFIC.reset()
-        grad_bytes[0] = 0
-        # Each process's median; the step took as long as its slowest process.
-        median = median_seconds(step, steps, warmup=0)
-        median = float(distributed.all_max(dist, torch.tensor([median], dtype=torch.float64))[0])
-        held = sum(p.numel() for p in model.parameters())
-        if dist.main:
-            out.write_text(json.dumps({
-                "mode": mode, "processes": dist.world, "device": device.type, "precision": precision_name(dtype),
-                "batch_size": batch, "seconds_per_step": median, "images_per_sec": batch / median,
-                "params_per_process": held,
-                "bytes_per_step": {"towers_forward": parallel.TRAFFIC.forward // steps,
-                                   "towers_backward": parallel.TRAFFIC.backward // steps,
-                                   "towers": parallel.TRAFFIC.total // steps,
-                                   "gradients_all_reduced": grad_bytes[0] // steps},
-                # Moving bytes and waiting for the other tower (on CUDA: only launching the collectives).
-                "exchange_seconds_per_step": parallel.TRAFFIC.seconds / steps,
-            }))
+        # In a function of its own: its DDP is gone by the teardown (distributed.teardown says why).
+        _measure(dist, mode, batch, steps, out)
     finally:
         distributed.teardown(dist)
+
+
+def _measure(dist, mode: str, batch: int, steps: int, out: Path) -> None:
+    from alexnet import distributed, parallel
+    from alexnet.bench.timing import median_seconds
+    from alexnet.bench.train import paper_step
+    from alexnet.model import AlexNet
+    from alexnet.precision import autocast_dtype
+    from alexnet.precision import name as precision_name
+
+    device, dtype = dist.device, autocast_dtype("auto", dist.device)
+
+    def make() -> AlexNet:
+        return AlexNet("paper", init="kaiming")
+
+    grad_bytes = [0]
+
+    def ddp(net):   # wraps the model after it took its channels_last layout, as alexnet train does
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+        def counted(state, bucket):
+            grad_bytes[0] += bucket.buffer().nbytes
+            return allreduce_hook(state, bucket)
+
+        wrapped.register_comm_hook(None, counted)
+        return wrapped
+
+    if mode == "towers":   # each tower sees its replica's whole batch
+        model = parallel.build(make, 0, parallel.plan(dist))
+        train_step = paper_step(batch, device, dtype, model=model, seed=dist.rank // 2)
+    else:
+        torch.manual_seed(0)
+        model = make()
+        train_step = paper_step(batch // dist.world, device, dtype, model=model, seed=dist.rank,
+                                net_of=ddp if dist.active else None)
+
+    def step() -> None:
+        train_step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    step()  # warm-up: first-call allocations, DDP's bucket rebuild
+    distributed.barrier(dist)
+    parallel.TRAFFIC.reset()
+    grad_bytes[0] = 0
+    # Each process's median; the step took as long as its slowest process.
+    median = median_seconds(step, steps, warmup=0)
+    median = float(distributed.all_max(dist, torch.tensor([median], dtype=torch.float64))[0])
+    held = sum(p.numel() for p in model.parameters())
+    if dist.main:
+        out.write_text(json.dumps({
+            "mode": mode, "processes": dist.world, "device": device.type, "precision": precision_name(dtype),
+            "batch_size": batch, "seconds_per_step": median, "images_per_sec": batch / median,
+            "params_per_process": held,
+            "bytes_per_step": {"towers_forward": parallel.TRAFFIC.forward // steps,
+                               "towers_backward": parallel.TRAFFIC.backward // steps,
+                               "towers": parallel.TRAFFIC.total // steps,
+                               "gradients_all_reduced": grad_bytes[0] // steps},
+            # Moving bytes and waiting for the other tower (on CUDA: only launching the collectives).
+            "exchange_seconds_per_step": parallel.TRAFFIC.seconds / steps,
+        }))
 
 
 def _launch(mode: str, batch: int, steps: int, folder: Path, cores: int) -> dict:
