@@ -16,6 +16,7 @@ from alexnet.evaluate import evaluate
 from alexnet.train import train
 from conftest import evaluate_on_one_and_two
 from conftest import run_cli as cli
+from conftest import run_main
 from conftest import write_image_folders
 
 # ---- a model whose every output can be worked out on paper ----
@@ -125,7 +126,7 @@ def run_dir(tmp_path_factory):
 
 def test_cli_evaluate_of_a_trained_checkpoint_matches_the_runs_own_validation(run_dir):
     data, run = run_dir
-    r = cli("evaluate", "--checkpoint", run / "best.pt", "--data", data, "--workers", 0, "--json")
+    r = run_main("evaluate", "--checkpoint", run / "best.pt", "--data", data, "--workers", 0, "--json")
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
@@ -133,7 +134,7 @@ def test_cli_evaluate_of_a_trained_checkpoint_matches_the_runs_own_validation(ru
     assert got["top1"] == pytest.approx(logged["val_top1"]) and got["top5"] == pytest.approx(logged["val_top5"])
     assert got["loss"] == pytest.approx(logged["val_loss"], rel=1e-5)
 
-    r = cli("evaluate", "--checkpoint", run / "best.pt", "--data", data, "--workers", 0, "--crops", 10)
+    r = run_main("evaluate", "--checkpoint", run / "best.pt", "--data", data, "--workers", 0, "--crops", 10)
     assert r.returncode == 0, r.stderr
     assert "5 images, 10 views" in r.stdout and "top-1 accuracy" in r.stdout and "error" in r.stdout
 

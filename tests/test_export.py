@@ -10,7 +10,7 @@ from alexnet.cli import main
 from alexnet.export import export
 from alexnet.model import AlexNet
 from alexnet.weights import load_model
-from conftest import run_cli as cli
+from conftest import run_main
 from test_weights import make_checkpoint
 
 
@@ -18,13 +18,13 @@ def test_cli_export_to_safetensors_predicts_as_the_checkpoint_does(tmp_path):
     from PIL import Image
 
     ckpt = make_checkpoint(tmp_path / "best.pt", normalization="mean-image", names=("a cat", "a dog"))
-    r = cli("export", "--checkpoint", ckpt, "--out", tmp_path / "w.safetensors")   # format from the suffix
+    r = run_main("export", "--checkpoint", ckpt, "--out", tmp_path / "w.safetensors")   # format from the suffix
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == (f"{tmp_path / 'w.safetensors'}: safetensors, paper network, 2 classes, "
                                 f"227x227 input, mean-image normalization")
     Image.new("RGB", (320, 280), (90, 140, 200)).save(tmp_path / "x.png")
-    a = cli("predict", "--checkpoint", ckpt, tmp_path / "x.png", "--json")
-    b = cli("predict", "--checkpoint", tmp_path / "w.safetensors", tmp_path / "x.png", "--json")
+    a = run_main("predict", "--checkpoint", ckpt, tmp_path / "x.png", "--json")
+    b = run_main("predict", "--checkpoint", tmp_path / "w.safetensors", tmp_path / "x.png", "--json")
     assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
 
 

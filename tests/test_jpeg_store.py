@@ -21,6 +21,7 @@ from alexnet.data.prepared import marker_checksum, open_prepared
 from alexnet.data.stats import DataStats, find_stats, fingerprint, load_or_compute_stats
 from alexnet.errors import UserError
 from conftest import run_cli as cli
+from conftest import run_main
 
 RAW_BYTES = 256 * 256 * 3
 
@@ -295,7 +296,7 @@ def test_nvjpeg_decodes_within_a_level_of_libjpeg(stores):
 def test_cli_prepare_jpeg_then_train_and_evaluate(tmp_path):
     data = write_pictures(tmp_path / "data", per_class=2, classes=("ant", "bee"))
     prep = tmp_path / "prep"
-    r = cli("prepare", "--data", data, "--out", prep, "--store", "jpeg", "--quality", 85, "--workers", 0)
+    r = run_main("prepare", "--data", data, "--out", prep, "--store", "jpeg", "--quality", 85, "--workers", 0)
     assert r.returncode == 0, r.stderr
     assert "(jpeg store, quality 85): train 4 images (1 unreadable left out)" in r.stdout
     r = cli("train", "--preset", "demo", "--data", prep, "--out", tmp_path / "run", "--epochs", 1,

@@ -46,7 +46,7 @@ def softmax(z):
 
 def test_top_k_gives_class_names_and_probabilities(fixed_outputs):
     ckpt, images = fixed_outputs
-    r = cli("predict", "--checkpoint", ckpt, images / "a.png", "--topk", 3, "--json")
+    r = run_main("predict", "--checkpoint", ckpt, images / "a.png", "--topk", 3, "--json")
     assert r.returncode == 0, r.stderr
     (line,) = r.stdout.splitlines()
     got = json.loads(line)
@@ -55,7 +55,7 @@ def test_top_k_gives_class_names_and_probabilities(fixed_outputs):
     assert [(q["class"], q["name"]) for q in got["predictions"]] == [("d", "date"), ("c", "cherry"), ("b", "banana")]
     assert [q["probability"] for q in got["predictions"]] == pytest.approx([p[3], p[2], p[1]], abs=1e-6)
 
-    r = cli("predict", "--checkpoint", ckpt, images / "a.png", "--topk", 9)   # more than there are classes
+    r = run_main("predict", "--checkpoint", ckpt, images / "a.png", "--topk", 9)   # more than there are classes
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == str(images / "a.png") and len(lines) == 5
@@ -135,7 +135,7 @@ def test_imported_torchvision_weights_predict_torchvisions_top5(torchvision_mode
     model, root = torchvision_model
     out = root / "imported.safetensors"
     if not out.exists():
-        r = cli("import-torchvision", "--weights", root / "alexnet-owt-test.pth", "--out", out)
+        r = run_main("import-torchvision", "--weights", root / "alexnet-owt-test.pth", "--out", out)
         assert r.returncode == 0, r.stderr
         assert "1000 classes, 224x224 input, imagenet normalization" in r.stdout
     image = root / f"{size[0]}x{size[1]}.png"
@@ -147,7 +147,7 @@ def test_imported_torchvision_weights_predict_torchvisions_top5(torchvision_mode
     values, indices = expected.topk(5)
     assert values[0] > 0.1  # outputs spread enough for the top-5 to mean something
 
-    r = cli("predict", "--checkpoint", out, image, "--json")
+    r = run_main("predict", "--checkpoint", out, image, "--json")
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)["predictions"]
     assert [q["name"] for q in got] == [weights.meta["categories"][i] for i in indices.tolist()]

@@ -23,6 +23,7 @@ from alexnet.data.transforms import Draws, Normalize, train_views
 from alexnet.errors import UserError
 from alexnet.train import train
 from conftest import run_cli as cli
+from conftest import run_main
 
 
 def write_photos(root, per_class=5, classes=("ant", "bee", "cow")):
@@ -262,9 +263,9 @@ def test_training_on_prep_ends_with_the_weights_of_training_on_the_folder(tmp_pa
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
 
-    r = cli("evaluate", "--checkpoint", tmp_path / "b" / "best.pt", "--data", tmp_path / "prep", "--json",
-            "--workers", 0)
-    r2 = cli("evaluate", "--checkpoint", tmp_path / "b" / "best.pt", "--data", data, "--json", "--workers", 0)
+    r = run_main("evaluate", "--checkpoint", tmp_path / "b" / "best.pt", "--data", tmp_path / "prep", "--json",
+                 "--workers", 0)
+    r2 = run_main("evaluate", "--checkpoint", tmp_path / "b" / "best.pt", "--data", data, "--json", "--workers", 0)
     assert r.returncode == r2.returncode == 0, r.stderr + r2.stderr
     a, b = json.loads(r.stdout), json.loads(r2.stdout)
     assert a.pop("seconds") > 0 and b.pop("seconds") > 0 and a == b   # the same numbers, at their own speeds

@@ -26,6 +26,7 @@ from alexnet.errors import UserError
 from alexnet.model import AlexNet
 from alexnet.quantize import quantize_int8, require_cpu
 from conftest import run_cli as cli
+from conftest import run_main
 from test_weights import make_checkpoint
 
 MEAN_TOLERANCE, MAX_TOLERANCE = 0.08, 0.30     # of the float logits' standard deviation; see the docstring
@@ -147,7 +148,7 @@ def cli_data(tmp_path_factory):
 
 def test_cli_evaluate_int8_gives_the_fp32_accuracy(cli_data):
     ckpt, data = cli_data
-    runs = {p: cli("evaluate", "--checkpoint", ckpt, "--data", data, "--workers", 0, "--json", "--precision", p,
+    runs = {p: run_main("evaluate", "--checkpoint", ckpt, "--data", data, "--workers", 0, "--json", "--precision", p,
                    "--calibration-images", 8) for p in ("fp32", "int8")}
     for r in runs.values():
         assert r.returncode == 0, r.stderr
@@ -168,7 +169,7 @@ def test_cli_evaluate_int8_calibrates_on_train_never_on_val(cli_data, tmp_path):
 def test_cli_predict_int8_gives_the_fp32_probabilities(cli_data):
     ckpt, data = cli_data
     images = data / "val"
-    runs = {p: cli("predict", "--checkpoint", ckpt, images, "--json", "--topk", 4, "--precision", p,
+    runs = {p: run_main("predict", "--checkpoint", ckpt, images, "--json", "--topk", 4, "--precision", p,
                    *(("--calibrate", data / "train") if p == "int8" else ())) for p in ("fp32", "int8")}
     for r in runs.values():
         assert r.returncode == 0, r.stderr
@@ -182,7 +183,7 @@ def test_cli_predict_int8_gives_the_fp32_probabilities(cli_data):
         assert pb == pytest.approx(pa, abs=0.05)
 
     # Without --calibrate it calibrates on the images it predicts; --calibrate alone is refused.
-    r = cli("predict", "--checkpoint", ckpt, images / "a", "--precision", "int8")
+    r = run_main("predict", "--checkpoint", ckpt, images / "a", "--precision", "int8")
     assert r.returncode == 0, r.stderr
     r = cli("predict", "--checkpoint", ckpt, images / "a", "--calibrate", data / "train")
     assert r.returncode == 2 and "--calibrate is for --precision int8" in r.stderr

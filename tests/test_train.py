@@ -21,18 +21,22 @@ from conftest import assert_same_run, run_main, write_image_folders
 FAST = dict(workers=0, precision="fp32", log_every=1)
 
 
+def flat_colours(root, seed, per_class):
+    rng = np.random.default_rng(seed)
+    colours = {c: [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(per_class)] for c in ("red", "blue")}
+    return write_image_folders(root, colours, size=(48, 40))
+
+
 @pytest.fixture
 def data(tmp_path):
-    rng = np.random.default_rng(0)
-    colours = {c: [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(4)] for c in ("red", "blue")}
-    return write_image_folders(tmp_path / "data", colours, size=(48, 40))
+    """8 images: 2 steps an epoch in batches of 4. A test's own copy: some write into it."""
+    return flat_colours(tmp_path / "data", 0, 4)
 
 
 @pytest.fixture
 def more_data(tmp_path):
-    rng = np.random.default_rng(1)
-    colours = {c: [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(8)] for c in ("red", "blue")}
-    return write_image_folders(tmp_path / "more", colours, size=(48, 40))
+    """16 images: 8 steps an epoch in batches of 2."""
+    return flat_colours(tmp_path / "more", 1, 8)
 
 
 def config(data, out, **kw):
@@ -42,6 +46,24 @@ def config(data, out, **kw):
 
 def weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+# Uninterrupted runs that several tests compare against, trained once per module on copies of `data` and
+# `more_data` (the same pixels in another folder: the weights depend on the images, not on where they are).
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+    """last.pt's weights of config(data, ...) after 2 epochs, uninterrupted."""
+    root = tmp_path_factory.mktemp("two_epochs")
+    train(config(flat_colours(root / "data", 0, 4), root / "run"))
+    return weights(root / "run" / "last.pt")
+
+
+@pytest.fixture(scope="module")
+def one_epoch_in_pairs(tmp_path_factory):
+    """last.pt's weights of one epoch on more_data in batches of 2 (8 steps), uninterrupted."""
+    root = tmp_path_factory.mktemp("one_epoch_in_pairs")
+    train(config(flat_colours(root / "more", 1, 8), root / "run", epochs=1, batch_size=2))
+    return weights(root / "run" / "last.pt")
 
 
 def assert_same_weights(a, b):
@@ -73,11 +95,13 @@ def test_a_run_writes_config_metrics_and_plain_checkpoints(data, tmp_path):
 
 
 @pytest.mark.parametrize("opts", [{}, dict(optimizer="lars", lr=0.5, accumulate=2)], ids=["sgd", "lars-accumulated"])
-def test_resume_after_an_epoch_matches_an_uninterrupted_run(opts, data, tmp_path):
-    train(config(data, tmp_path / "a", **opts))
+def test_resume_after_an_epoch_matches_an_uninterrupted_run(opts, data, tmp_path, two_epochs):
+    if opts:
+        train(config(data, tmp_path / "a", **opts))
+    uninterrupted = weights(tmp_path / "a" / "last.pt") if opts else two_epochs
     train(config(data, tmp_path / "b", epochs=1, **opts))
     train(config(data, tmp_path / "b", epochs=2, **opts), resume=True, given={"epochs": 2})
-    assert_same_weights(weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt"))
+    assert_same_weights(uninterrupted, weights(tmp_path / "b" / "last.pt"))
     assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
@@ -86,7 +110,7 @@ def test_late_dropout_is_off_until_its_epoch(data, tmp_path):
     # the last bit, and epoch 2 is not.
     losses = {}
     for name, kw in {"none": dict(dropout=0.0), "late": dict(dropout=0.5, dropout_start=2),
-                     "always": dict(dropout=0.5)}.items():
+                     "always": dict(dropout=0.5, epochs=1)}.items():
         train(config(data, tmp_path / name, **kw))
         rows = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         losses[name] = [json.loads(row)["train_loss"] for row in rows]
@@ -97,10 +121,9 @@ def test_late_dropout_is_off_until_its_epoch(data, tmp_path):
 @pytest.mark.parametrize("signum,save", [(signal.SIGTERM, ["--save-every", "1"]),
                                          # a scheduler's notice; checkpoints by the clock (every 6 ms here)
                                          (signal.SIGUSR1, ["--save-every-minutes", "0.0001"])])
-def test_a_signal_mid_epoch_saves_and_resume_matches_an_uninterrupted_run(more_data, tmp_path, signum, save):
-    # 16 images in batches of 2: 8 steps an epoch, a checkpoint after every step.
-    opts = dict(epochs=1, batch_size=2, save_every=1)
-    train(config(more_data, tmp_path / "a", **opts))
+def test_a_signal_mid_epoch_saves_and_resume_matches_an_uninterrupted_run(more_data, tmp_path, signum, save,
+                                                                          one_epoch_in_pairs):
+    # 16 images in batches of 2: 8 steps an epoch, a checkpoint after every step (or 6 ms).
     run = tmp_path / "b"
     p = cli("train", "--data", str(more_data), "--out", str(run), "--epochs", "1", "--batch-size", "2",
             *save, "--lr", "0.001", "--workers", "0", "--precision", "fp32")
@@ -113,8 +136,10 @@ def test_a_signal_mid_epoch_saves_and_resume_matches_an_uninterrupted_run(more_d
     assert "Resume with: alexnet train --out" in err
     saved = torch.load(run / "last.pt", weights_only=True)
     assert saved["epoch"] == 0 and 1 <= saved["step_in_epoch"] < 8
-    train(config(more_data, run, **opts), resume=True)
-    assert_same_weights(weights(tmp_path / "a" / "last.pt"), weights(run / "last.pt"))
+    # The rest of the epoch without checkpoints after every step (a change a resume may make).
+    train(config(more_data, run, epochs=1, batch_size=2), resume=True,
+          given={"save_every": 0, "save_every_minutes": 0.0})
+    assert_same_weights(one_epoch_in_pairs, weights(run / "last.pt"))
 
 
 def test_killing_at_random_moments_never_leaves_an_unreadable_checkpoint(more_data, tmp_path):
@@ -341,13 +366,12 @@ def test_loaded_momentum_takes_its_weights_memory_layout():
     torch.testing.assert_close(w.detach(), expected)
 
 
-def test_resume_auto_starts_a_run_then_continues_it(data, tmp_path):
-    train(config(data, tmp_path / "a", epochs=2))
+def test_resume_auto_starts_a_run_then_continues_it(data, tmp_path, two_epochs):
     run = tmp_path / "b"
     train(config(data, run, epochs=1), resume="auto")                          # nothing there: a fresh run
     train(config(data, run, epochs=2), resume="auto", given={"epochs": 2})     # last.pt there: continued
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    assert_same_weights(weights(tmp_path / "a" / "last.pt"), weights(run / "last.pt"))
+    assert_same_weights(two_epochs, weights(run / "last.pt"))
 
 
 def test_a_process_torchrun_restarted_resumes_by_itself(data, tmp_path, monkeypatch):
