@@ -38,9 +38,9 @@ def paired_medians(ours: Callable[[], object], baseline: Callable[[], object], r
     return statistics.median(a), statistics.median(b)
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5, warmup: int = 2) -> float:
     """FLOP/s of a large square matrix product in ``dtype``: the ceiling the utilisation is measured against."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    seconds = median_seconds(lambda: a @ b, repeats, warmup=2)
+    seconds = median_seconds(lambda: a @ b, repeats, warmup=warmup)
     return 2 * n**3 / seconds
