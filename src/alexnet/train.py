@@ -182,12 +182,11 @@ def _statistics(config: TrainConfig, train_set: ImageSet, dist: distributed.Dist
 def build_model(config: TrainConfig, num_classes: int, initialise: bool = True) -> AlexNet:
     """The network ``config`` trains. ``initialise`` False, for a resume that loads every weight at once:
     left uninitialised (the layers' own init and the paper's drew 61M random numbers each: 1 s on a core)."""
+    with nullcontext() if initialise else torch.device("meta"):   # on meta, the init draws nothing
+        model = AlexNet(config.variant, num_classes=num_classes, dropout=config.dropout, lrn=config.lrn,
+                        init=config.init)
     if not initialise:
-        with torch.device("meta"):
-            model = AlexNet(config.variant, num_classes=num_classes, dropout=config.dropout, lrn=config.lrn,
-                            init="pytorch")
         return model.to_empty(device="cpu")
-    model = AlexNet(config.variant, num_classes=num_classes, dropout=config.dropout, lrn=config.lrn, init=config.init)
     if config.zero_init_fc8:
         nn.init.zeros_(model.classifier[-1].weight)
         nn.init.zeros_(model.classifier[-1].bias)
