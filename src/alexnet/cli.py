@@ -7,6 +7,7 @@ UserError raised by the library) ends with one line on stderr and exit status 2,
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -14,8 +15,6 @@ import sys
 from pathlib import Path
 
 from alexnet.errors import UserError
-from alexnet.lrn import LRN_CONVENTIONS
-from alexnet.model import VARIANTS
 
 EXIT_USAGE = 2
 
@@ -96,6 +95,9 @@ def _add_checkpoint(p: argparse.ArgumentParser) -> None:
 
 
 def _add_summary(sub) -> None:
+    from alexnet.lrn import LRN_CONVENTIONS
+    from alexnet.model import VARIANTS
+
     p = sub.add_parser("summary", help="per-layer output shapes, parameters and multiply-adds",
                        description="Per-layer output shape, parameters and multiply-adds of the network, "
                                    "counted from the modules, with totals.")
@@ -821,9 +823,10 @@ def _add_features(sub) -> None:
 
 
 def _run_features(args) -> int:
-    from alexnet.features import extract_features, save_features, split_images
+    from alexnet.features import check_out, extract_features, save_features, split_images
     from alexnet.weights import load_model
 
+    check_out(args.out)   # before the work, not after it
     loaded = load_model(args.checkpoint)
     f = extract_features(loaded, split_images(args.data, args.split, loaded.small), args.layer, **_feature_kwargs(args))
     save_features(f, args.out)
@@ -833,6 +836,7 @@ def _run_features(args) -> int:
 
 
 def _add_plan(sub) -> None:
+    from alexnet.model import VARIANTS
     from alexnet.plan import H200_MEASURED_BATCH, H200_PAPER_IMG_S, IMAGENET_TRAIN_IMAGES, PAPER_EPOCHS
 
     p = sub.add_parser("plan", help="estimate a step and a 90-epoch ImageNet run on N GPUs: compute vs communication",
@@ -895,23 +899,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from alexnet.memory import reuse_freed_memory
+    # Ctrl-C is one line wherever it lands, torch's import (seconds, in build_parser) included.
+    command = "alexnet"
+    try:
+        from alexnet.memory import reuse_freed_memory
 
-    reuse_freed_memory()   # every command here allocates big tensors in a loop; see memory.py
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
+        reuse_freed_memory()   # every command here allocates big tensors in a loop; see memory.py
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        command = f"alexnet {args.command}"
+        return _run(args, command)
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
+
+
+# Errors of the machine's file system rather than of this program: where the user can act (another
+# folder, free space, permissions), one line says which file and why.
+_FILE_SYSTEM_ERRORS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                       errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EMFILE, errno.ENFILE, errno.ELOOP}
+
+
+def _run(args, command: str) -> int:
     try:
         return args.run(args)
     except UserError as e:
-        print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
+        print(f"{command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:
         # `alexnet summary | head`: the reader left; say nothing more and do not flush into a closed pipe.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:
+        if e.errno not in _FILE_SYSTEM_ERRORS:
+            raise
+        where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "") if e.filename else ""
+        print(f"{command}: error: " + (f"cannot use {where} ({e.strerror})" if where else f"{e.strerror}"),
+              file=sys.stderr)
+        return EXIT_USAGE
     except Exception as e:
         # The training loop's own ends: a signal (already reported, last.pt written) or a diverged loss.
         from alexnet.train import NonFiniteLoss, Stopped
@@ -921,10 +949,6 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, NonFiniteLoss):
             # Every process stops on the same finding: one line for the job, from rank 0.
             if os.environ.get("RANK", "0") == "0":
-                print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
+                print(f"{command}: error: {e}", file=sys.stderr)
             return 1
         raise
-    except KeyboardInterrupt:
-        print(f"alexnet {args.command}: interrupted", file=sys.stderr)
-        return 130
-

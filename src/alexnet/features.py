@@ -126,9 +126,28 @@ def extract_features(loaded: LoadedModel, images: ImageSet, layer: str = DEFAULT
                     list(images.split.classes), layer, skipped.this_epoch)
 
 
-def save_features(features: Features, path: str | Path) -> Path:
-    """NumPy .npz (atomically): features (N, D) float32, labels (N,), paths (N,), classes, layer."""
+def check_out(path: str | Path) -> None:
+    """UserError unless ``path`` is free or holds features written here: a checkpoint, or any other file
+    of the user's, given as --out by a slip is never replaced."""
     path = Path(path)
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a file name for the features (.npz)")
+    try:
+        with np.load(path, allow_pickle=False) as held:
+            ours = {"features", "labels", "layer"} <= set(getattr(held, "files", ()))
+    except (OSError, ValueError, EOFError):
+        ours = False
+    if not ours:
+        raise UserError(f"{path} exists and holds no features; remove it or choose another --out")
+
+
+def save_features(features: Features, path: str | Path) -> Path:
+    """NumPy .npz (atomically): features (N, D) float32, labels (N,), paths (N,), classes, layer. An existing
+    file is replaced only if it holds features too (check_out)."""
+    path = Path(path)
+    check_out(path)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to the temporary name

@@ -51,7 +51,9 @@ import math
 import multiprocessing
 import numbers
 import os
+import re
 import shutil
+import signal
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -360,9 +362,19 @@ def _generate(root: Path, seed: int, counts: dict[str, int], progress: bool) -> 
         # Every image has its own Generator, so the bytes do not depend on which process drew it. Spawned,
         # not forked: the caller may be a training process with threads running.
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for done in pool.map(_write_images, [str(root)] * len(chunks), [seed] * len(chunks), chunks):
-                bar.update(done)
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_interrupts) as pool:
+            try:
+                for done in pool.map(_write_images, [str(root)] * len(chunks), [seed] * len(chunks), chunks):
+                    bar.update(done)
+            except KeyboardInterrupt:
+                # The workers ignore Ctrl-C (it reaches the whole process group) and end with their
+                # current chunk; the caller removes the partial set.
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+
+
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _check_replaceable(out: Path, marker: dict | None) -> None:
@@ -372,9 +384,30 @@ def _check_replaceable(out: Path, marker: dict | None) -> None:
         return
     if marker is None or marker.get("generator") != "alexnet.data.demo":
         raise UserError(f"{out} is not empty and does not hold a demo set; choose another folder or empty it first")
-    if not contents <= {"train", "val", "classes.txt", MARKER}:
+    if not contents <= {"train", "val", "classes.txt", MARKER} or not _only_generated_images(out, marker):
         raise UserError(f"{out} holds a demo set made with other settings, plus files of yours; "
                         "choose another folder or remove it first")
+
+
+def _only_generated_images(out: Path, marker: dict) -> bool:
+    """Whether `out`'s train/ and val/ hold nothing but what a generator of `marker`'s settings names
+    (SPLIT/<class>/<class>_NNNN.jpg, NNNN under its count): a file of the user's anywhere in them is kept."""
+    for split in ("train", "val"):
+        folder, count = out / split, marker.get(f"{split}_per_class")
+        if not folder.exists():
+            continue
+        if folder.is_symlink() or not folder.is_dir():
+            return False
+        for cls in folder.iterdir():
+            if cls.is_symlink() or not cls.is_dir():
+                return False
+            name = re.compile(rf"{re.escape(cls.name)}_(\d{{4}})\.jpg")
+            for file in cls.iterdir():
+                number = name.fullmatch(file.name)
+                if number is None or file.is_symlink() or not file.is_file() or \
+                        (_is_int(count) and int(number[1]) >= count):
+                    return False
+    return True
 
 
 def _move_into_place(tmp: Path, out: Path, settings: dict) -> None:

@@ -30,7 +30,7 @@ from alexnet.data.prepared import FORMATS, MARKER, PARTIAL, STATS, is_prepared, 
 from alexnet.data.sources import kind_of, open_data
 from alexnet.data.stats import load_or_compute_stats
 from alexnet.errors import UserError
-from alexnet.files import atomic_write
+from alexnet.files import FolderLock, atomic_write
 
 SHARD = 1024
 STORES = tuple(FORMATS)
@@ -48,7 +48,27 @@ def prepare(data: str | Path, out: str | Path, workers: int | None = None, shard
     if kind_of(data).name == "prepared":   # finished or not
         raise UserError(f"{data} is already a prepared dataset; give the image folders it was made from")
     source = open_data(data, small=small)
+    _check_outside(out, source)
     workers = min(8, usable_cores()) if workers is None else workers
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; give a folder for the prepared dataset as --out")
+    lock = FolderLock(out)
+    try:
+        held = lock.acquire()
+    except OSError as e:
+        raise UserError(f"cannot prepare into {out} ({e.strerror or e})") from None
+    if not held:
+        who = f" (pid {lock.holder()})" if lock.holder() else ""
+        raise UserError(f"{out} is in use by another alexnet prepare{who}; wait for it to finish, or choose "
+                        f"another --out")
+    try:
+        return _prepare(source, out, workers, shard_size, progress, store, quality, small)
+    finally:
+        lock.release()
+
+
+def _prepare(source: DataSource, out: Path, workers: int, shard_size: int, progress: bool, store: str,
+             quality: int | None, small: str) -> dict:
     meta = _existing_meta(out, source, shard_size, store, quality, small)
     out.mkdir(parents=True, exist_ok=True)
     splits = {}
@@ -63,6 +83,16 @@ def prepare(data: str | Path, out: str | Path, workers: int | None = None, shard
     meta["crc32"] = marker_checksum(meta)
     atomic_write(out / MARKER, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
     return meta
+
+
+def _check_outside(out: Path, source: DataSource) -> None:
+    """A store written into one of DATA's splits would become a class of the next scan of it."""
+    target = out.resolve()
+    for name, images in source.splits.items():
+        root = Path(images.split.root).resolve()
+        if target == root or root in target.parents:
+            raise UserError(f"--out {out} lies inside {images.split.root}, the {name} split it would be made from; "
+                            f"choose a folder outside it")
 
 
 def _check_store(store: str, quality: int | None) -> tuple[str, int | None]:
@@ -85,11 +115,11 @@ def _existing_meta(out: Path, source: DataSource, shard_size: int, store: str, q
             "classes": source.classes, "names": source.names,
             # Where each split's files lie: SOURCE/train for folders, but a tar for ImageNet's archives.
             "roots": {name: str(Path(images.split.root).resolve()) for name, images in source.splits.items()}}
-    if out.exists() and any(out.iterdir()) and not _only_empty_splits(out):
+    if out.exists() and any(_entries(out)) and not _only_empty_splits(out):
         if not is_prepared(out):
             raise UserError(f"{out} exists and is not a prepared dataset; choose a new --out")
-        if (out / MARKER).is_file():
-            old = json.loads((out / MARKER).read_text())
+        old = _json(out / MARKER)   # damaged: rewritten at the end, the shards vouching for themselves
+        if old is not None:
             if old.get("source") != meta["source"] or old.get("classes") != meta["classes"]:
                 raise UserError(f"{out} was prepared from {old.get('source')}; choose a new --out")
         found = _store_in(out)
@@ -103,24 +133,44 @@ def _existing_meta(out: Path, source: DataSource, shard_size: int, store: str, q
     return meta
 
 
+def _entries(out: Path) -> list[Path]:
+    """OUT's contents but the lock this prepare holds on it."""
+    return [f for f in out.iterdir() if f.name != FolderLock.NAME]
+
+
 def _only_empty_splits(out: Path) -> bool:
     """What a prepare killed before its first image leaves: empty split folders."""
-    return all(f.name in SPLITS and f.is_dir() and not any(f.iterdir()) for f in out.iterdir())
+    return all(f.name in SPLITS and f.is_dir() and not any(f.iterdir()) for f in _entries(out))
+
+
+def _json(path: Path) -> dict | None:
+    """A marker's or shard's contents; None where it is missing or damaged (that shard is made again)."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _first_info(out: Path) -> dict | None:
+    """What OUT says of its store: its marker, else its first readable finished shard."""
+    for path in [out / MARKER, *sorted(out.glob("*/[0-9]*.json"))]:
+        info = _json(path)
+        if info is not None:
+            return info
+    return None
 
 
 def _store_in(out: Path) -> tuple[str, int | None] | None:
-    """The store kind and quality of what OUT holds: from its marker, else its first finished shard."""
-    found = [out / MARKER] if (out / MARKER).is_file() else sorted(out.glob("*/[0-9]*.json"))[:1]
-    if not found:
-        return None
-    info = json.loads(found[0].read_text())
-    return info.get("store", "raw"), info.get("quality")   # format 1 has neither: raw
+    """The store kind and quality of what OUT holds."""
+    info = _first_info(out)
+    return None if info is None else (info.get("store", "raw"), info.get("quality"))   # format 1 has neither: raw
 
 
 def _small_in(out: Path) -> str | None:
-    """What OUT did with images under 256 (its marker's, else its first finished shard's "small")."""
-    found = [out / MARKER] if (out / MARKER).is_file() else sorted(out.glob("*/[0-9]*.json"))[:1]
-    return json.loads(found[0].read_text()).get("small", "upscale") if found else None
+    """What OUT did with images under 256."""
+    info = _first_info(out)
+    return None if info is None else info.get("small", "upscale")
 
 
 def _describe(store: str, quality: int | None) -> str:
@@ -136,10 +186,10 @@ def _prepare_split(images: ImageSet, folder: Path, workers: int, shard_size: int
     split = images.split
     folder.mkdir(parents=True, exist_ok=True)
     shards = (len(split) + shard_size - 1) // shard_size
-    done = [s for s in range(shards) if (folder / f"{s:05d}.json").is_file()]
+    done = [s for s in range(shards) if _json(folder / f"{s:05d}.json") is not None]
     for shard in done:
         lo, hi = shard * shard_size, min(len(split), (shard + 1) * shard_size)
-        if json.loads((folder / f"{shard:05d}.json").read_text()).get("sources") != _sources(split, lo, hi):
+        if _json(folder / f"{shard:05d}.json").get("sources") != _sources(split, lo, hi):
             raise UserError(f"{folder / f'{shard:05d}.json'} was made from other files than {split.root} holds "
                             f"now; prepare into a new --out (or delete {folder.parent})")
     todo = sorted(set(range(shards)) - set(done))
@@ -172,7 +222,11 @@ def _sources(split: Split, lo: int, hi: int) -> list:
     """Which files samples lo..hi came from, as they were: path, size and modification time."""
     out = []
     for path, _ in split.samples[lo:hi]:
-        st = path.stat()
+        try:
+            st = path.stat()
+        except OSError:   # a link to nothing, say: the decoder skips it with a warning, as training does
+            out.append([str(path.relative_to(split.root)), None, None])
+            continue
         out.append([str(path.relative_to(split.root)), st.st_size, st.st_mtime_ns])
     return out
 
@@ -220,7 +274,8 @@ class _RawWriter:
         self.file = open(tmp, "wb")
 
     def add(self, images: torch.Tensor) -> None:
-        self.file.write(memoryview(np.ascontiguousarray(images.numpy())).cast("B"))
+        if images.numel():   # a batch of unreadable files only has nothing to add (and memoryview refuses it)
+            self.file.write(memoryview(np.ascontiguousarray(images.numpy())).cast("B"))
 
     def close(self) -> dict:
         self.file.close()

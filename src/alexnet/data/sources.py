@@ -13,6 +13,7 @@ it to the samples the other kinds give.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from alexnet.data.folders import open_folders
 from alexnet.data.imagenet import is_archives, is_extracted, open_archives, open_extracted
 from alexnet.data.imageset import SPLITS, DataSource, ImageSet
 from alexnet.data.prepared import is_prepared, open_prepared
+from alexnet.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -28,15 +30,16 @@ class Kind:
     name: str
     detect: Callable[[Path], bool]
     open: Callable[[Path, tuple[str, ...]], DataSource]
+    splits: tuple[str, ...] | None = None   # the only splits this kind has (None: any folder of it)
 
 
 # Most specific first; image folders take whatever is left, and explain what they expected. Each
 # detector only looks at a few names (ImageNet's: its archives, Kaggle's folders, or a val/ of images
 # rather than of class folders), so none of them takes another kind's data.
 KINDS = (
-    Kind("prepared", is_prepared, open_prepared),
-    Kind("imagenet-archives", is_archives, open_archives),
-    Kind("imagenet-extracted", is_extracted, open_extracted),
+    Kind("prepared", is_prepared, open_prepared, SPLITS),
+    Kind("imagenet-archives", is_archives, open_archives, SPLITS),
+    Kind("imagenet-extracted", is_extracted, open_extracted, SPLITS),
     Kind("folders", lambda path: True, open_folders),
 )
 
@@ -50,7 +53,14 @@ def open_data(path: str | Path, splits: tuple[str, ...] = SPLITS, small: str | N
     """The dataset at ``path`` with the ``splits`` asked for; a one-line UserError if it is not one.
     With ``small`` (decode.SMALL), its images under 256 are treated so, or it is refused if it cannot."""
     path = Path(path).expanduser()
-    source = kind_of(path).open(path, splits)
+    for split in splits:
+        if split in ("", ".", "..") or "/" in split or os.sep in split:
+            raise UserError(f"{split!r} is not a split: give the name of a folder of {path} (train, val, ...)")
+    kind = kind_of(path)
+    unknown = [split for split in splits if kind.splits is not None and split not in kind.splits]
+    if unknown:
+        raise UserError(f"{path} has no split {unknown[0]!r}: its splits are {' and '.join(kind.splits)}")
+    source = kind.open(path, splits)
     if small is not None:
         source.splits = {name: images.with_small(small) for name, images in source.splits.items()}
     return source

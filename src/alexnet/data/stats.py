@@ -66,7 +66,8 @@ def fingerprint(dataset: ImageSet) -> str:
     if dataset.small != "upscale":   # padded small images are other pixels (upscaled: as before --small)
         h.update(f"small={dataset.small}\n".encode())
     for path, label in dataset.split.samples:
-        h.update(f"{path.relative_to(dataset.split.root)}\t{label}\n".encode())
+        # surrogateescape: a name that is not UTF-8 (Latin-1 from an old archive) hashes as its bytes.
+        h.update(f"{path.relative_to(dataset.split.root)}\t{label}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:16]
 
 
