@@ -112,3 +112,37 @@ def test_train_flags_refuse_what_the_config_refuses(field, capsys):
             parser.parse_args(["train", flag, text])
         with pytest.raises(UserError, match=field.name):
             resolve("paper", {field.name: number(text)})
+
+
+def test_ctrl_c_is_one_line_even_while_torch_is_imported(monkeypatch, capsys):
+    # The console script imports alexnet.cli, then main() builds the parser, which imports torch (seconds):
+    # the import itself must not need torch, so that Ctrl-C in those seconds reaches main's handler.
+    r = subprocess.run([sys.executable, "-c", "import sys, alexnet.cli; print('torch' in sys.modules)"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+
+    def interrupted():
+        raise KeyboardInterrupt
+    monkeypatch.setattr("alexnet.cli.build_parser", interrupted)
+    assert main(["summary"]) == 130
+    assert capsys.readouterr().err == "alexnet: interrupted\n"
+
+
+@pytest.mark.parametrize("error, shown", [
+    (OSError(30, "Read-only file system", "/mnt/ro/run"), "cannot use /mnt/ro/run (Read-only file system)"),
+    (OSError(28, "No space left on device"), "error: No space left on device"),
+    (OSError(20, "Not a directory", "a.txt/b"), "cannot use a.txt/b (Not a directory)"),
+])
+def test_the_file_systems_refusals_are_one_line(monkeypatch, capsys, error, shown):
+    def fails(args):
+        raise error
+    parser = build_parser()
+    monkeypatch.setattr("alexnet.cli.build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["summary"].set_defaults(run=fails)
+    assert main(["summary"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("alexnet summary: error: ") and shown in err and len(err.splitlines()) == 1, err
+    # Any other OSError is a fault of the program's and keeps its traceback.
+    error.errno = 104
+    with pytest.raises(OSError):
+        main(["summary"])

@@ -134,6 +134,18 @@ def test_foreign_folders_are_refused(tmp_path):
     with pytest.raises(UserError, match="files of yours"):
         write_demo_set(out, seed=1, progress=False, **SMALL)
     assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    # ...wherever in it they lie: a photo of the user's in a class folder, an image past the set's count.
+    first = sorted((out / "train").iterdir())[0]
+    count = SMALL["train_per_class"]
+    for mine in (first / "my_photo.jpg", first / f"{first.name}_{count:04d}.jpg", out / "val" / "NOTES.txt"):
+        mine.write_bytes(b"mine")
+        with pytest.raises(UserError, match="files of yours"):
+            write_demo_set(out, seed=1, progress=False, **SMALL)
+        assert mine.read_bytes() == b"mine"
+        mine.unlink()
+    write_demo_set(out, seed=1, progress=False, **SMALL)   # as generated again: replaced
+    assert json.loads((out / ".complete").read_text())["seed"] == 1
 
 
 def test_current_folder_when_empty(tmp_path, monkeypatch):

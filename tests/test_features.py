@@ -1,5 +1,6 @@
 """Features: any layer's activations, batched, equal to a full forward pass's; the `features` command."""
 
+import shutil
 
 import numpy as np
 import pytest
@@ -99,6 +100,8 @@ def test_features_command_writes_npz_and_skips_unreadable_images(owt, tmp_path):
 @pytest.mark.parametrize("args,fragment", [
     (["--layer", "fc9"], "has no layer 'fc9'"),
     (["--split", "test"], "has no test/ folder"),
+    (["--split", ""], "'' is not a split"),
+    (["--split", ".."], "'..' is not a split"),
 ])
 def test_bad_feature_requests_exit_2_with_one_line(owt, tmp_path, capsys, args, fragment):
     ckpt, data = owt
@@ -106,3 +109,26 @@ def test_bad_feature_requests_exit_2_with_one_line(owt, tmp_path, capsys, args, 
                  *args]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and fragment in err, err
+
+
+def test_out_never_replaces_a_file_that_holds_no_features(owt, tmp_path, capsys):
+    # --out naming the checkpoint by a slip (or any file of the user's) is refused before any work;
+    # features written earlier are replaced.
+    ckpt, data = owt
+    kept = tmp_path / "net.pt"
+    shutil.copy(ckpt, kept)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for out in (kept, notes, tmp_path):
+        before = None if out.is_dir() else out.read_bytes()
+        assert main(["features", "--checkpoint", str(kept), "--data", str(data), "--out", str(out),
+                     "--workers", "0"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and ("holds no features" in err or "is a folder" in err), err
+        assert before is None or out.read_bytes() == before
+    out = tmp_path / "f.npz"
+    for _ in range(2):
+        assert main(["features", "--checkpoint", str(kept), "--data", str(data), "--out", str(out),
+                     "--layer", "pool5", "--workers", "0"]) == 0
+    with np.load(out) as f:
+        assert str(f["layer"]) == "pool5"

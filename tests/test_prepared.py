@@ -251,6 +251,65 @@ def test_any_flipped_bit_in_a_label_file_or_the_marker_is_refused_when_opened(pr
     assert len(open_prepared(out).splits["val"]) == 15   # and unharmed, it opens
 
 
+@pytest.mark.parametrize("damage", [
+    lambda out: (out / "alexnet-prepared.json").write_text("{garbage"),
+    lambda out: [(out / "alexnet-prepared.json").unlink(), (out / "val" / "00001.json").write_text("not json")],
+    lambda out: [(out / "alexnet-prepared.json").unlink(), (out / "train" / "00000.json").write_text("[1, 2]")],
+])
+def test_prepare_again_repairs_damaged_records(prep, tmp_path, damage):
+    # What open_prepared refuses with "run alexnet prepare again": that run makes what is damaged again
+    # (a shard whose record is unreadable counts as unfinished) and ends with the undamaged store's bytes.
+    data, done = prep
+    out = tmp_path / "prep"
+    shutil.copytree(done, out)
+    damage(out)
+    prepare(data, out, workers=0, shard_size=4, progress=False)
+    for path in sorted(done.rglob("*")):
+        if path.is_file() and path.suffix != ".safetensors":
+            assert (out / path.relative_to(done)).read_bytes() == path.read_bytes(), path
+
+
+def test_files_that_break_a_batch_or_a_name_are_skipped_or_kept(tmp_path):
+    # A whole loader batch (64) of unreadable files in a raw store, a link to nothing, a file name that
+    # is not UTF-8 (Latin-1 from an old archive): the unreadable ones are skipped with a warning as
+    # training skips them, the readable one is kept under its own name.
+    data = write_photos(tmp_path / "data", per_class=2, classes=("ant", "bee"))
+    for i in range(64):
+        (data / "val" / "ant" / f"empty{i:02d}.jpg").write_bytes(b"")
+    (data / "train" / "bee" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    latin1 = os.fsdecode(b"na\xefve.jpg")
+    shutil.copy(data / "train" / "ant" / "0.jpg", data / "train" / "ant" / latin1)
+    prepare(data, tmp_path / "prep", workers=0, progress=False)
+    store = open_prepared(tmp_path / "prep")
+    splits = json.loads((tmp_path / "prep" / "alexnet-prepared.json").read_text())["splits"]
+    assert {k: (v["images"], v["skipped"]) for k, v in splits.items()} == {"train": (5, 1), "val": (4, 64)}
+    files = [str(path.relative_to(data / "train")) for path, _ in store.splits["train"].split.samples]
+    assert os.path.join("ant", latin1) in files
+    r = cli("prepare", "--data", data, "--out", tmp_path / "prep")   # and again, from a command: done already
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_prepare_refuses_an_out_in_use_or_inside_the_data(prep, tmp_path):
+    from alexnet.files import FolderLock
+
+    data, _ = prep
+    held = FolderLock(tmp_path / "busy")
+    assert held.acquire()
+    try:
+        with pytest.raises(UserError, match=f"in use by another alexnet prepare \\(pid {os.getpid()}\\)"):
+            prepare(data, tmp_path / "busy", workers=0, progress=False)
+    finally:
+        held.release()
+    assert not (tmp_path / "busy").exists()   # refused: nothing written
+    for inside in (data / "train" / "prep", data / "val"):
+        with pytest.raises(UserError, match="lies inside"):
+            prepare(data, inside, workers=0, progress=False)
+    assert not (data / "train" / "prep").exists()
+    (tmp_path / "file").write_text("x")
+    r = cli("prepare", "--data", data, "--out", tmp_path / "file")
+    assert r.returncode == 2 and "is a file" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
 def test_training_on_prep_ends_with_the_weights_of_training_on_the_folder(tmp_path):
     data = write_photos(tmp_path / "data", per_class=3, classes=("ant", "bee"))
     prepare(data, tmp_path / "prep", workers=0, progress=False)

@@ -132,3 +132,13 @@ def test_a_path_that_is_no_dataset_is_one_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no train/ folder"):
         sources.open_data(tmp_path / "empty")
+
+
+def test_a_split_is_a_name_the_kind_of_data_has(built):
+    _, (path, _) = built
+    for split in ("", ".", "..", "train/ant"):
+        with pytest.raises(UserError, match="is not a split"):
+            sources.open_split(path, split)
+    if sources.kind_of(path).splits is not None:   # a kind with fixed splits names them
+        with pytest.raises(UserError, match="has no split 'Val': its splits are train and val"):
+            sources.open_split(path, "Val")

@@ -43,7 +43,7 @@ from alexnet.data.imageset import SPLITS, Batch, DataSource, ImageSet, Split, la
 from alexnet.data.jpeg import JpegBatch, checksum, decodes_on
 from alexnet.data.samples import NamedSamples, take
 from alexnet.errors import UserError
-from alexnet.files import ReadAt
+from alexnet.files import FolderLock, ReadAt
 
 MARKER = "alexnet-prepared.json"
 STATS = "data_stats.safetensors"
@@ -71,7 +71,7 @@ def is_unfinished(root: Path) -> bool:
         return True
     if not root.is_dir() or (root / MARKER).exists():
         return False
-    folders = list(root.iterdir())
+    folders = [f for f in root.iterdir() if f.name != FolderLock.NAME]   # a prepare's lock, held or left by kill -9
     if not folders or not all(f.name in SPLITS and f.is_dir() for f in folders):
         return False
     names = [file.name for folder in folders for file in folder.iterdir()]
