@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import ImageSet
@@ -32,6 +31,7 @@ from alexnet.data.transforms import center_view
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
 from alexnet.precision import autocast
+from alexnet.progress import progress_bar
 from alexnet.weights import LoadedModel
 
 DEFAULT_LAYER = "relu7"
@@ -99,8 +99,8 @@ def iter_features(loaded: LoadedModel, images: ImageSet, layer: str = DEFAULT_LA
     loader = eval_loader(feed, batch_size, rank=0, world=1,
                          workers=default_workers(feed, device, training=False) if workers is None else workers,
                          pin_memory=device.type == "cuda")
-    for batch, labels, indices, errors in tqdm(loader, desc=desc or f"{layer} features", unit="batch",
-                                               disable=None if progress else True, leave=False):
+    for batch, labels, indices, errors in progress_bar(loader, desc=desc or f"{layer} features", unit="batch",
+                                                       show=progress, leave=False):
         keep = labels >= 0
         batch, _ = skipped.keep(batch, labels, indices, errors)
         if not len(batch):

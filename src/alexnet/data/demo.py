@@ -60,10 +60,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm import tqdm
 
 from alexnet.cores import usable_cores
 from alexnet.errors import UserError
+from alexnet.progress import progress_bar
 
 # Bump when the pictures change, so a cached set made by an older generator is rebuilt.
 GENERATOR_VERSION = 4
@@ -354,7 +354,7 @@ def _generate(root: Path, seed: int, counts: dict[str, int], progress: bool) -> 
     chunks = [items[k:k + 25] for k in range(0, len(items), 25)]
     cpus = usable_cores()
     workers = min(cpus, len(chunks))
-    with tqdm(total=len(items), desc="demo set", unit="img", disable=None if progress else True) as bar:
+    with progress_bar(total=len(items), desc="demo set", unit="img", show=progress) as bar:
         if workers < 2 or len(items) < PARALLEL_FROM:
             for chunk in chunks:
                 bar.update(_write_images(str(root), seed, chunk))

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
 
 from alexnet.cores import usable_cores
 from alexnet.data.decode import FIXED_SIZE, SMALL
@@ -31,6 +30,7 @@ from alexnet.data.sources import kind_of, open_data
 from alexnet.data.stats import load_or_compute_stats
 from alexnet.errors import UserError
 from alexnet.files import FolderLock, atomic_write
+from alexnet.progress import progress_bar
 
 SHARD = 1024
 STORES = tuple(FORMATS)
@@ -194,8 +194,8 @@ def _prepare_split(images: ImageSet, folder: Path, workers: int, shard_size: int
                             f"now; prepare into a new --out (or delete {folder.parent})")
     todo = sorted(set(range(shards)) - set(done))
     skipped = SkippedFiles(images)
-    bar = tqdm(total=len(split), initial=sum(min(shard_size, len(split) - s * shard_size) for s in done),
-               desc=f"prepare {split.root.name}", unit="img", disable=None if progress else True)
+    bar = progress_bar(total=len(split), initial=sum(min(shard_size, len(split) - s * shard_size) for s in done),
+               desc=f"prepare {split.root.name}", unit="img", show=progress)
     for shard in todo:
         lo, hi = shard * shard_size, min(len(split), (shard + 1) * shard_size)
         part = Subset(images, range(lo, hi))

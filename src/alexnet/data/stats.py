@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from alexnet.cores import usable_cores
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import ImageSet
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
+from alexnet.progress import progress_bar
 
 STATS_VERSION = "1"
 _CHUNK = 8   # images whose pixels are widened to float64 at once: 12 MB at 256x256
@@ -97,8 +97,8 @@ def compute_stats(dataset: ImageSet, batch_size: int = 64, workers: int | None =
     image_sum = torch.zeros(size, size, 3, dtype=torch.int64)
     outer_sum = torch.zeros(3, 3, dtype=torch.float64)
     count = 0
-    for images, labels, idx, errors in tqdm(loader, desc="mean image and RGB PCA", unit="batch",
-                                            disable=None if progress else True, leave=False):
+    for images, labels, idx, errors in progress_bar(loader, desc="mean image and RGB PCA", unit="batch",
+                                                    show=progress, leave=False):
         images, _ = skipped.keep(images, labels, idx, errors)
         for part in images.split(_CHUNK):   # a whole batch in float64 would be 100 MB (64 images)
             image_sum += part.sum(0, dtype=torch.int64)
