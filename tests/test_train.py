@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -60,10 +61,11 @@ def two_epochs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_epoch_in_pairs(tmp_path_factory):
-    """last.pt's weights of one epoch on more_data in batches of 2 (8 steps), uninterrupted."""
+    """last.pt's weights and the metrics row of one epoch on more_data in batches of 2 (8 steps),
+    uninterrupted."""
     root = tmp_path_factory.mktemp("one_epoch_in_pairs")
     train(config(flat_colours(root / "more", 1, 8), root / "run", epochs=1, batch_size=2))
-    return weights(root / "run" / "last.pt")
+    return weights(root / "run" / "last.pt"), json.loads((root / "run" / "metrics.jsonl").read_text())
 
 
 def assert_same_weights(a, b):
@@ -139,7 +141,14 @@ def test_a_signal_mid_epoch_saves_and_resume_matches_an_uninterrupted_run(more_d
     # The rest of the epoch without checkpoints after every step (a change a resume may make).
     train(config(more_data, run, epochs=1, batch_size=2), resume=True,
           given={"save_every": 0, "save_every_minutes": 0.0})
-    assert_same_weights(one_epoch_in_pairs, weights(run / "last.pt"))
+    uninterrupted, row = one_epoch_in_pairs
+    assert_same_weights(uninterrupted, weights(run / "last.pt"))
+    # The epoch's row sums the steps before the stop (carried in last.pt) and after it, as the
+    # uninterrupted run's does: the same loss to the last bit, the same images, the same rate.
+    resumed = json.loads((run / "metrics.jsonl").read_text())
+    timing = {"images_per_sec", "seconds", "step_seconds", "data_seconds", "eval_seconds"}
+    assert {k: v for k, v in resumed.items() if k not in timing} == {k: v for k, v in row.items() if k not in timing}
+    assert resumed["seconds"] >= resumed["step_seconds"] + resumed["data_seconds"] > 0
 
 
 def test_killing_at_random_moments_never_leaves_an_unreadable_checkpoint(more_data, tmp_path):
@@ -372,6 +381,47 @@ def test_resume_auto_starts_a_run_then_continues_it(data, tmp_path, two_epochs):
     train(config(data, run, epochs=2), resume="auto", given={"epochs": 2})     # last.pt there: continued
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert_same_weights(two_epochs, weights(run / "last.pt"))
+
+
+def test_resume_auto_keeps_an_earlier_runs_outputs_and_a_resume_refuses_what_would_lose_work(data, tmp_path):
+    run = tmp_path / "run"
+    train(config(data, run, epochs=1))
+    (run / "last.pt").unlink()   # to save room, say: best.pt and metrics.jsonl stay the run's record
+    before = {name: (run / name).read_bytes() for name in ("best.pt", "metrics.jsonl")}
+    with pytest.raises(UserError, match="holds an earlier run's best.pt and metrics.jsonl but no last.pt"):
+        train(config(data, run, epochs=1, seed=7), resume="auto")   # another run's settings
+    with open(run / "metrics.jsonl", "a") as f:                       # or more than a first epoch's row
+        f.write(json.dumps({"epoch": 2}) + "\n")
+    with pytest.raises(UserError, match="but no last.pt"):
+        train(config(data, run, epochs=1), resume="auto")
+    assert (run / "best.pt").read_bytes() == before["best.pt"]
+    # A resume may not train fewer epochs than it holds, nor take another preset.
+    train(config(data, tmp_path / "two", epochs=2))
+    with pytest.raises(UserError, match="--epochs 1 is fewer than .* has trained \\(2 epochs\\); give at least 2"):
+        train(config(data, tmp_path / "two", epochs=1), resume=True, given={"epochs": 1})
+    r = run_main("train", "--out", tmp_path / "two", "--resume", "--preset", "demo")
+    assert r.returncode == 2 and "cannot change --preset when resuming" in r.stderr, r.stderr
+
+
+def test_a_closed_pipe_does_not_stop_training(data, tmp_path):
+    # `alexnet train ... 2>&1 | head -3`: the reader leaves at once; the run goes on to its end.
+    p = subprocess.Popen(f"{shlex.quote(sys.executable)} -m alexnet train --data {shlex.quote(str(data))} --out "
+                         f"{shlex.quote(str(tmp_path / 'run'))} --epochs 2 --batch-size 4 --lr 0.001 --workers 0 "
+                         f"--precision fp32 --log-every 1 2>&1 | head -1", shell=True, stdout=subprocess.PIPE,
+                         text=True, executable="/bin/bash")
+    p.communicate(timeout=300)
+    assert p.returncode == 0
+    assert [json.loads(r)["epoch"] for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", str(2**64)], "seed must be below 2^63"),
+    (["--workers", "100000"], "--workers 100000 is more loader processes than this machine can use"),
+])
+def test_settings_a_machine_cannot_run_are_refused_before_any_work(data, tmp_path, flags, message):
+    r = run_main("train", "--data", data, "--out", tmp_path / "run", "--epochs", "1", *flags)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "run" / "last.pt").exists()
 
 
 def test_a_process_torchrun_restarted_resumes_by_itself(data, tmp_path, monkeypatch):

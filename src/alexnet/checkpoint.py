@@ -28,7 +28,7 @@ import pickle
 import shutil
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,10 @@ SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_
 
 def training_state(*, model: dict, config: TrainConfig, classes: list[str], names: list[str], prep: Preprocessing,
                    epoch: int, step_in_epoch: int, best: dict, optimizer: dict | None = None,
-                   schedule: dict | None = None, scaler: dict | None = None, rng: list | None = None) -> dict:
-    """The checkpoint's dict; with optimizer, schedule, scaler and rng it is resumable."""
+                   schedule: dict | None = None, scaler: dict | None = None, rng: list | None = None,
+                   so_far: dict | None = None) -> dict:
+    """The checkpoint's dict; with optimizer, schedule, scaler and rng it is resumable (``so_far``: see
+    Resumable)."""
     pca = prep.pca
     state = {"format": FORMAT, "model": model, "config": config.to_dict(), "variant": config.variant,
              "classes": list(classes), "names": list(names),
@@ -66,6 +68,8 @@ def training_state(*, model: dict, config: TrainConfig, classes: list[str], name
         if any(v is None for v in extra.values()):
             raise ValueError("a resumable checkpoint needs optimizer, schedule, scaler and rng together")
         state |= extra
+        if so_far:
+            state["so_far"] = dict(so_far)
     return state
 
 
@@ -125,6 +129,13 @@ class Resumable:
     epoch: int
     step_in_epoch: int
     best: dict[str, Any]
+    # The stopped epoch's training so far, summed over the processes (its metrics row adds the rest):
+    # loss, images, seconds, step_seconds, data_seconds. Empty where the checkpoint is at an epoch's end,
+    # or older than this field.
+    so_far: dict[str, float] = field(default_factory=dict)
+
+
+SO_FAR = ("loss", "images", "seconds", "step_seconds", "data_seconds")
 
 
 def read_resumable(path: str | Path) -> Resumable:
@@ -177,7 +188,12 @@ def read_resumable(path: str | Path) -> Resumable:
     pca = "none" if prep.pca is None else prep.pca.convention
     if pca != config.pca_noise:
         raise _damaged(path, "preprocessing", f"PCA noise {pca} where the config says {config.pca_noise}")
-    return Resumable(config, model, optimizer, schedule, scaler, rng, classes, names, prep, epoch, step, best)
+    so_far = ckpt.get("so_far", {})
+    if not isinstance(so_far, dict) or (so_far and not (set(so_far) == set(SO_FAR) and all(
+            _number(v) and math.isfinite(v) and v >= 0 for v in so_far.values()))):
+        raise _damaged(path, "so_far", f"expected {{}} or non-negative numbers for {', '.join(SO_FAR)}")
+    return Resumable(config, model, optimizer, schedule, scaler, rng, classes, names, prep, epoch, step, best,
+                     {k: float(v) for k, v in so_far.items()})
 
 
 def meaning(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:

@@ -344,6 +344,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _top1(text: str) -> float:
+    value = _finite_float(text, "a number from 0 to 1")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text}")
+    return value
+
+
 # The flag type for each (kind, type) of a TrainConfig field: its `kind` (config.py) names the constraint.
 _KIND_TYPES = {
     ("count", "int"): positive_int,
@@ -392,7 +399,7 @@ def _add_train(sub) -> None:
                         "run); --resume auto: continue it if it holds one, else start it (for jobs a scheduler "
                         "requeues; a process torchrun restarts does this by itself). A finished run is extended "
                         "by resuming it with a larger --epochs")
-    p.add_argument("--require-top1", type=_fraction, default=None, metavar="FRACTION",
+    p.add_argument("--require-top1", type=_top1, default=None, metavar="FRACTION",
                    help="exit with status 1 if the best val top-1 ends below this (e.g. 0.9): a run that doubles as a check")
     p.set_defaults(run=_run_train)
 
@@ -417,14 +424,15 @@ def _run_train(args) -> int:
 
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    if "data" in given:
-        given["data"] = str(given["data"])
+    if "data" in given:   # absolute in config.yaml: a resume from another folder finds the same data
+        given["data"] = str(Path(given["data"]).expanduser().resolve())
     resume = args.resume
     if isinstance(resume, Path):   # --resume RUN: the run is that folder, which --out may also name
         if "out" in given and Path(given["out"]).expanduser().resolve() != resume.resolve():
             raise UserError(f"--resume names {resume} but --out names {given['out']}: name the run once")
         given["out"], resume = str(resume), True
-    config = resolve(given.pop("preset", "paper"), given)
+    # The preset stays in `given`: a resume refuses another one, as it refuses any other setting's change.
+    config = resolve(given.get("preset", "paper"), {k: v for k, v in given.items() if k != "preset"})
     result = train(config, resume=resume, given=given)
     if args.require_top1 is not None and result.get("best_top1", -1) < args.require_top1:
         print(f"alexnet train: error: best val top-1 {100 * result['best_top1']:.1f}% is below the required "
@@ -911,10 +919,43 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         command = f"alexnet {args.command}"
-        return _run(args, command)
+        streams = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
+        try:
+            return _run(args, command)
+        finally:
+            sys.stdout, sys.stderr = streams
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)
         return 130
+
+
+class _ReaderMayLeave:
+    """stdout or stderr, for a reader that may leave early (`alexnet train ... | head`): what is written
+    after it left goes nowhere, and the command goes on. Training stopped by a closed pipe would lose
+    its work since the last checkpoint and, ended quietly, look like a success."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_nowhere()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_nowhere()
+
+    def _to_nowhere(self) -> None:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 # Errors of the machine's file system rather than of this program: where the user can act (another

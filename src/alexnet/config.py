@@ -123,6 +123,8 @@ class TrainConfig:
                 _choice(f.name, value, f.metadata["choices"])
             _check_number(f.name, value, f.metadata["kind"])
         device_setting(self.device)
+        if self.seed >= 2**63:   # each process seeds torch with seed + rank, a signed 64-bit number
+            raise UserError(f"seed must be below 2^63, got {self.seed}")
         if self.warmup_epochs >= self.epochs:
             raise UserError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than the run ({self.epochs} epochs)")
         if self.dropout and self.dropout_start > self.epochs:

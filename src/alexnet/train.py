@@ -25,6 +25,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from alexnet import checkpoint, distributed, parallel
-from alexnet.config import TrainConfig, dump_yaml, from_dict
+from alexnet.config import TrainConfig, dump_yaml, from_dict, load_yaml
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import DataSource, ImageSet
 from alexnet.data.loader import default_workers, eval_loader, steps_per_epoch, train_loader
@@ -105,9 +106,10 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
             raise UserError(f"{run} already holds a run (last.pt); add --resume to continue it, "
                             f"or choose another --out")
         outputs = [name for name in ("best.pt", "metrics.jsonl") if (run / name).exists()]
-        # With --resume auto they are this run's own, from an attempt stopped before its first last.pt:
-        # the fresh start drops its rows (_open_folder) and writes best.pt anew.
-        if outputs and not auto:
+        # With --resume auto they may be this run's own, from an attempt stopped after its first epoch's
+        # best.pt and row but before its last.pt: then the fresh start drops that row (_open_folder) and
+        # writes best.pt anew. Anything more is an earlier run's, and kept.
+        if outputs and not (auto and _first_epoch_of(run, config)):
             raise UserError(f"{run} holds an earlier run's {' and '.join(outputs)} but no last.pt to resume; "
                             f"choose another --out, or remove them to start afresh there")
         return config, None
@@ -115,7 +117,7 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
         raise UserError(f"nothing to resume: {last} does not exist")
     ckpt = checkpoint.read_resumable(last)
     saved = ckpt.config
-    changes = {k: v for k, v in given.items() if k not in ("out", "preset") and getattr(saved, k) != v}
+    changes = {k: v for k, v in given.items() if k != "out" and getattr(saved, k) != v}
     diverged = (run / DIVERGED).is_file()
     refused = sorted(set(changes) - RESUMABLE_CHANGES - (DIVERGED_CHANGES if diverged else set()))
     if refused:
@@ -124,8 +126,24 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
         raise UserError(f"cannot change {', '.join('--' + k.replace('_', '-') for k in refused)} when resuming "
                         f"(the run was started with {', '.join(f'{k}={getattr(saved, k)!r}' for k in refused)})"
                         f"{remedy}")
+    trained = ckpt.epoch + (ckpt.step_in_epoch > 0)
+    if changes.get("epochs", trained) < trained:
+        raise UserError(f"--epochs {changes['epochs']} is fewer than {run} has trained ({ckpt.epoch} epochs"
+                        + (f" and {ckpt.step_in_epoch} steps of the next" if ckpt.step_in_epoch else "")
+                        + f"); give at least {trained}")
     values = saved.to_dict() | changes | {"out": str(run)}
     return from_dict(values, "resumed run"), ckpt
+
+
+def _first_epoch_of(run: Path, config: TrainConfig) -> bool:
+    """Whether RUN holds what a stopped first attempt of ``config`` leaves: its config.yaml, and at most
+    the row of its first epoch."""
+    try:
+        recorded = from_dict(load_yaml(run / "config.yaml"), str(run / "config.yaml"))
+        rows = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
+    except (UserError, OSError):
+        return False
+    return recorded.to_dict() | {"out": config.out} == config.to_dict() and all(_epoch_of(row) <= 1 for row in rows)
 
 
 def _check_shared(dist: distributed.Dist, last: Path) -> None:
@@ -252,6 +270,34 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 @dataclass
+class _Tally:
+    """The epoch's training so far, as its metrics row sums it. A resume carries it over in last.pt (rank
+    0 takes the processes' summed loss and images), so that row is the one an unstopped run writes."""
+    loss: float = 0.0          # this process's summed loss
+    images: float = 0.0
+    seconds: float = 0.0       # seconds the epoch trained before this process took it up
+    step: float = 0.0          # of those and since: seconds in steps, and waiting for batches
+    data: float = 0.0
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        return self.seconds + time.perf_counter() - self.started
+
+    def state(self, shard: distributed.Dist) -> dict[str, float]:
+        """For last.pt; every process takes part."""
+        loss, images = distributed.all_sum(shard, torch.tensor([self.loss, self.images], dtype=torch.float64)).tolist()
+        return {"loss": loss, "images": images, "seconds": self.elapsed(), "step_seconds": self.step,
+                "data_seconds": self.data}
+
+    @classmethod
+    def carried(cls, so_far: dict[str, float], main: bool) -> _Tally:
+        if not so_far:
+            return cls()
+        sums = (so_far["loss"], so_far["images"]) if main else (0.0, 0.0)
+        return cls(*sums, so_far["seconds"], so_far["step_seconds"], so_far["data_seconds"])
+
+
+@dataclass
 class _Run:
     """Everything the loop needs, set up by _set_up: the data, the network and its step, and the position."""
     config: TrainConfig
@@ -279,6 +325,7 @@ class _Run:
     # The weights in last.pt have not yet given a finite loss (the save came after the last step), and
     # PREVIOUS, if there, holds the checkpoint before them.
     unverified: bool = False
+    tally: _Tally = dataclasses.field(default_factory=_Tally)
 
     def save_due(self) -> float:
         """1.0 on rank 0 when --save-every-minutes have passed since the last save (the others follow it)."""
@@ -297,6 +344,7 @@ class _Run:
         finite loss, so that a run which diverges right after a save keeps the state before; weights
         already ``verified`` (a finite validation loss at an epoch's end) need no such keeping."""
         rng = distributed.gather_objects(self.dist, _rng_state(self.dist.device)) if full else None
+        so_far = self.tally.state(self.shard) if full and self.step_in_epoch else None
         if full:
             self.saved_at = time.monotonic()
         # Under --towers these gather both towers' halves onto this (rank 0's) process; every process takes
@@ -322,7 +370,7 @@ class _Run:
             model=weights, config=self.config, classes=self.source.classes, names=self.source.names,
             prep=self.prep, epoch=self.epoch, step_in_epoch=self.step_in_epoch if full else 0, best=self.best,
             **({"optimizer": optimizer, "schedule": self.schedule.state_dict(),
-                "scaler": self.step.scaler.state_dict(), "rng": rng} if full else {}))
+                "scaler": self.step.scaler.state_dict(), "rng": rng, "so_far": so_far} if full else {}))
         checkpoint.save(path, state)
 
     def verified(self) -> None:
@@ -372,6 +420,7 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
     try:
         _hold(lock, dist)
         config, ckpt = resolve_run(config, resume, given or {}, dist)
+        _check_workers(config)
         if ckpt is not None and ckpt.epoch >= config.epochs:
             return _complete(config, ckpt, dist)
         run = _set_up(config, ckpt, dist)
@@ -385,6 +434,15 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
     finally:
         lock.release()
         distributed.teardown(dist)
+
+
+def _check_workers(config: TrainConfig) -> None:
+    # Each loader process holds a copy of the dataset's index and its own decoding buffers: thousands of
+    # them (a slip of the keyboard) would fill the memory before the first batch.
+    cap = max(32, 4 * (os.cpu_count() or 1))
+    if config.workers is not None and config.workers > cap:
+        raise UserError(f"--workers {config.workers} is more loader processes than this machine can use; "
+                        f"give at most {cap} (4 per CPU core)")
 
 
 def _complete(config: TrainConfig, ckpt: checkpoint.Resumable, dist: distributed.Dist) -> dict[str, Any]:
@@ -499,7 +557,7 @@ def _open_folder(folder: Path, config: TrainConfig, resumed: bool, how: str) -> 
     if not resumed:   # a fresh run: nothing of an earlier attempt is kept
         for name in (PREVIOUS, DIVERGED, "metrics.jsonl"):
             (folder / name).unlink(missing_ok=True)
-    (folder / "config.yaml").write_text(dump_yaml(config))
+    atomic_write(folder / "config.yaml", lambda tmp: Path(tmp).write_text(dump_yaml(config)))
     tqdm.write(f"alexnet train: {'resuming ' if resumed else ''}{folder} on {how}\n{dump_yaml(config).rstrip()}",
                file=sys.stderr)
 
@@ -510,8 +568,8 @@ def _drop_rows_after(metrics: Path, epoch: int) -> None:
     if metrics.is_file():
         rows = metrics.read_text().splitlines(keepends=True)
         kept = [row for row in rows if _epoch_of(row) <= epoch]
-        if kept != rows:
-            metrics.write_text("".join(kept))
+        if kept != rows:   # replaced whole: a kill meanwhile leaves every row or the kept ones
+            atomic_write(metrics, lambda tmp: Path(tmp).write_text("".join(kept)))
 
 
 def _epoch_of(row: str) -> float:
@@ -528,6 +586,11 @@ def _restore(run: _Run, ckpt: checkpoint.Resumable) -> None:
     run.schedule.load_state_dict(ckpt.schedule)
     run.step.scaler.load_state_dict(ckpt.scaler)
     run.epoch, run.step_in_epoch, run.best = ckpt.epoch, ckpt.step_in_epoch, ckpt.best
+    if run.step_in_epoch > run.steps:
+        raise UserError(f"{run.folder / 'last.pt'} stopped at step {run.step_in_epoch} of an epoch, and "
+                        f"{run.config.data} makes epochs of {run.steps} steps: resume it with the data it was "
+                        f"trained on")
+    run.tally = _Tally.carried(ckpt.so_far, run.dist.main)
     if run.dist.main:
         _drop_rows_after(run.folder / "metrics.jsonl", ckpt.epoch)
     if len(ckpt.rng) == run.dist.world:
@@ -548,15 +611,20 @@ def _train(run: _Run) -> dict[str, Any]:
             run.loader.sampler.set_position(run.epoch, run.step_in_epoch * run.batch_per_rank)
             run.net.train()
             set_dropout(run.model, config.dropout if run.epoch + 1 >= config.dropout_start else 0.0)
-            t0, seen, loss_sum, first = time.perf_counter(), 0, 0.0, run.step_in_epoch
-            lr = run.schedule.lr_at(run.epoch * run.steps + run.step_in_epoch)
+            if not run.step_in_epoch:
+                run.tally = _Tally()
+            tally, first = run.tally, run.step_in_epoch
+            tally.started = t0 = time.perf_counter()
+            seen, loss_sum = 0, 0.0   # since this process took the epoch up: its progress line's figures
+            # The rate of the epoch's last step taken (a run stopped after it resumes with none to take).
+            lr = run.schedule.lr_at(run.epoch * run.steps + max(run.step_in_epoch - 1, 0))
             bar = tqdm(total=run.steps, initial=run.step_in_epoch, desc=f"epoch {run.epoch + 1}/{config.epochs}",
                        unit="step", disable=not dist.main or None, leave=False, dynamic_ncols=True)
             # Where the epoch's time goes (metrics.jsonl): waiting for batches, and the steps themselves.
-            spent, waited_since = {"data": 0.0, "step": 0.0}, time.perf_counter()
+            waited_since = time.perf_counter()
             for images, labels, indices, errors in run.loader:
                 started = time.perf_counter()
-                spent["data"] += started - waited_since
+                tally.data += started - waited_since
                 lr = run.schedule.lr_at(run.epoch * run.steps + run.step_in_epoch)
                 draws = Draws.per_sample(indices, run.epoch, config.seed, images.shape[1], images.shape[2],
                                          run.prep.size, config.flip).select(labels >= 0)
@@ -570,10 +638,12 @@ def _train(run: _Run) -> dict[str, Any]:
                     run.diverged(f"the loss became {loss.item()} at epoch {run.epoch + 1}, step {run.step_in_epoch}")
                 run.verified()
                 run.step.update()
-                spent["step"] += time.perf_counter() - started
+                tally.step += time.perf_counter() - started
                 run.step_in_epoch += 1
                 seen += len(labels)
                 loss_sum += loss.item() * run.batch_per_rank
+                tally.images += len(labels)
+                tally.loss += loss.item() * run.batch_per_rank
                 bar.update(1)
                 if run.step_in_epoch % config.log_every == 0:
                     _progress(run, bar, lr, loss_sum / max(seen, 1), seen, time.perf_counter() - t0, first)
@@ -587,7 +657,7 @@ def _train(run: _Run) -> dict[str, Any]:
                     break
                 waited_since = time.perf_counter()
             bar.close()
-            result = _end_epoch(run, lr, loss_sum, seen, run.steps > first, time.perf_counter() - t0, t0, spent)
+            result = _end_epoch(run, lr, run.steps > first)
     if run.writer is not None:
         run.writer.close()
     result = dict(result, best_top1=run.best["top1"], best_epoch=run.best["epoch"], run=str(run.folder))
@@ -614,12 +684,13 @@ def _stop(run: _Run, signum: int) -> None:
     raise Stopped(signum)
 
 
-def _end_epoch(run: _Run, lr: float, loss_sum: float, seen: int, trained: bool, train_seconds: float,
-               t0: float, spent: dict[str, float]) -> dict[str, Any]:
+def _end_epoch(run: _Run, lr: float, trained: bool) -> dict[str, Any]:
     """Validation, best.pt, the schedule, last.pt and the metrics row of the epoch just trained (``trained``:
-    this process took steps in it; not so when resumed from a stop after its last step). ``spent``: seconds
-    this process waited for batches ("data") and took steps ("step") in it."""
-    totals = distributed.all_sum(run.shard, torch.tensor([loss_sum, seen], dtype=torch.float64))
+    this process took steps in it; not so when resumed from a stop after its last step), whose training
+    run.tally holds."""
+    tally = run.tally
+    train_seconds = tally.elapsed()
+    totals = distributed.all_sum(run.shard, torch.tensor([tally.loss, tally.images], dtype=torch.float64))
     evaluated = time.perf_counter()
     metrics = evaluate(run.model, run.val, run.val_skips, run.prep.size, run.prep.norm, run.shard, crops=1,
                        dtype=run.dtype)
@@ -638,9 +709,9 @@ def _end_epoch(run: _Run, lr: float, loss_sum: float, seen: int, trained: bool, 
     dropped = run.schedule.end_epoch(metrics["top1"])
     row = {"epoch": run.epoch, "lr": lr, "train_loss": totals[0].item() / max(totals[1].item(), 1),
            "val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"],
-           "images_per_sec": totals[1].item() / train_seconds, "seconds": time.perf_counter() - t0,
+           "images_per_sec": totals[1].item() / train_seconds, "seconds": tally.elapsed(),
            "skipped": run.train_skips.end_epoch() + metrics["skipped"],
-           "step_seconds": spent["step"], "data_seconds": spent["data"], "eval_seconds": evaluated}
+           "step_seconds": tally.step, "data_seconds": tally.data, "eval_seconds": evaluated}
     if run.dist.main:   # the row before last.pt: a resume drops rows past its checkpoint, none is lost
         with open(run.folder / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
