@@ -279,6 +279,19 @@ def test_a_truncated_or_empty_file_is_not_a_readable_checkpoint(state, tmp_path)
     assert os.path.getsize(whole) == len(data)
 
 
+def test_flipped_bits_in_the_weights_are_found_by_the_zips_checksums(run, tmp_path):
+    # torch.load itself would read other weights and give other answers, without a word.
+    data = bytearray((run / "best.pt").read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+    damaged = tmp_path / "best.pt"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="is damaged: its part .*/data/.* fails its checksum") as e:
+        load_model(damaged)
+    assert len(str(e.value).splitlines()) == 1 and str(damaged) in str(e.value)
+    assert load_model(run / "best.pt").classes == ["blue", "red"]   # the intact file loads
+
+
 def test_a_run_folder_or_another_file_of_the_run_given_as_the_checkpoint_says_what_to_give(state, tmp_path):
     checkpoint.save(tmp_path / "run" / "best.pt", state)
     checkpoint.save(tmp_path / "run" / "last.pt", state)

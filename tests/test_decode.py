@@ -1,5 +1,6 @@
 """Every kind of file a real dataset holds: decoded to correct RGB, or refused with a reason."""
 
+import os
 import struct
 import zlib
 
@@ -124,6 +125,16 @@ def test_files_that_are_not_images_are_refused(tmp_path, name, content, reason):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(UndecodableImage, match=reason):
         open_rgb(tmp_path / name)
+
+
+def test_pipes_devices_and_folders_are_refused_without_reading_them(tmp_path):
+    # A named pipe would block the open until a writer came; /dev/zero would be read for ever.
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "folder.jpg").mkdir()
+    for path, reason in ((tmp_path / "pipe.jpg", "not a regular file"), ("/dev/zero", "not a regular file"),
+                         (tmp_path / "folder.jpg", "a folder, not an image file")):
+        with pytest.raises(UndecodableImage, match=reason):
+            open_rgb(path)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])

@@ -162,7 +162,8 @@ def test_a_prepared_store_without_its_source_files_is_one_line(folders, tmp_path
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--views", "dense", "--scales", "200"], "at least 227"),
+    (["--views", "dense", "--scales", "200"], "of 227 (the network's input) to 2048 pixels"),
+    (["--views", "dense", "--scales", "256,100000"], "of 227 (the network's input) to 2048 pixels"),
     (["--views", "dense", "--scales", "256,x"], "separated by commas"),
     (["--views", "dense", "--scales", "256,256"], "distinct"),
     (["--scales", "256"], "--scales is for --views dense"),

@@ -28,6 +28,18 @@ def test_cli_export_to_safetensors_predicts_as_the_checkpoint_does(tmp_path):
     assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
 
 
+def test_an_export_over_its_own_input_is_refused_and_last_pt_claims_no_accuracy(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "last.pt", changes={"epoch": 5, "best": {"top1": 0.75, "epoch": 3}})
+    before = ckpt.read_bytes()
+    r = run_main("export", "--checkpoint", ckpt, "--out", ckpt, "--format", "safetensors")
+    assert r.returncode == 2 and "is the --checkpoint this command reads" in r.stderr and ckpt.read_bytes() == before
+    # Epoch 5's weights are not the epoch-3 ones whose accuracy the run measured as its best.
+    assert run_main("export", "--checkpoint", ckpt, "--out", tmp_path / "w.safetensors").returncode == 0
+    assert load_model(tmp_path / "w.safetensors").metrics == {}
+    best = make_checkpoint(tmp_path / "best.pt")
+    assert load_model(best).metrics == {"val_top1": 0.75, "epoch": 3}
+
+
 def test_export_needs_a_format_it_knows(tmp_path, capsys):
     ckpt = tmp_path / "best.pt"
     ckpt.write_bytes(b"")  # the format is checked before the file is read

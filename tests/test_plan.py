@@ -126,6 +126,10 @@ def test_no_batch_when_the_exchanges_outgrow_the_compute():
     (Setup(gpus=2, link_gbps=100, towers=True, variant="owt"), "only the paper network has towers"),
     (Setup(gpus=2, link_gbps=100, overlap=1.5), "0 to 1"),
     (Setup(gpus=2, link_gbps=0), "--link-gbps must be positive"),
+    # Past any machine: the batch search would count beyond 2^53 (where k + 1 == k) and never end.
+    (Setup(gpus=8, link_gbps=1e-20), "--link-gbps must be from 0.001 to 1e\\+06, got 1e-20"),
+    (Setup(gpus=8, link_gbps=100, per_gpu_img_s=1e308), "--per-gpu-img-s must be from"),
+    (Setup(gpus=8, link_gbps=100, latency_us=1e308), "--latency-us must be from"),
 ])
 def test_the_library_refuses_impossible_setups(setup, fragment):
     with pytest.raises(UserError, match=fragment):

@@ -105,6 +105,7 @@ def test_scoremap_beside_the_checkpoint_names_the_unreadable_files(paper, tmp_pa
 @pytest.mark.parametrize("args, fragment", [
     (["{broken}", "{missing}"], "nothing drawn: {broken}: "),
     (["{image}", "--scale", "200"], "--scale 200 is under the network's input of 227 pixels"),
+    (["{image}", "--scale", "30000"], "--scale 30000 is over 2048 pixels"),
 ])
 def test_nothing_to_draw_exits_2_with_one_line(paper, tmp_path, capsys, args, fragment):
     names = {"broken": tmp_path / "broken.jpg", "missing": tmp_path / "missing.png",

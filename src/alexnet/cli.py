@@ -964,8 +964,20 @@ _FILE_SYSTEM_ERRORS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, er
                        errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EMFILE, errno.ENFILE, errno.ELOOP}
 
 
+def _refuse_writing_over_inputs(args) -> None:
+    """`export --checkpoint last.pt --out last.pt` by a slip would replace a resumable run with its weights."""
+    out = getattr(args, "out", None)
+    if out is None or not Path(out).exists():
+        return
+    for name in ("checkpoint", "weights", "classes", "data"):
+        given = getattr(args, name, None)
+        if isinstance(given, (str, Path)) and Path(given).exists() and os.path.samefile(out, given):
+            raise UserError(f"--out {out} is the --{name} this command reads; write to another path")
+
+
 def _run(args, command: str) -> int:
     try:
+        _refuse_writing_over_inputs(args)
         return args.run(args)
     except UserError as e:
         print(f"{command}: error: {e}", file=sys.stderr)

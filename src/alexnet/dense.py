@@ -35,6 +35,9 @@ SCALES = (256, 320, 384)
 # The longer side is kept to at most this many times the shorter (the centre of a wider panorama): a 1x5000
 # strip at scale 256 would otherwise be 256 x 1,280,000 pixels, and its activations tens of gigabytes.
 MAX_ASPECT = 4
+# The largest shorter side taken: 2048 x up to 8192 pixels, whose conv1 activations (and their mirror's)
+# are 0.8 GB in float32. A mistyped 100000 would ask for terabytes.
+MAX_SCALE = 2048
 
 
 def parse_scales(text: str | Sequence[int], input_size: int) -> tuple[int, ...]:
@@ -43,9 +46,9 @@ def parse_scales(text: str | Sequence[int], input_size: int) -> tuple[int, ...]:
         scales = tuple(int(s) for s in (text.split(",") if isinstance(text, str) else text))
     except ValueError:
         raise UserError(f"--scales takes shorter-side lengths separated by commas, e.g. 256,320,384; got {text!r}")
-    if not scales or min(scales) < input_size or len(set(scales)) < len(scales):
-        raise UserError(f"--scales must be distinct sides of at least {input_size} pixels (the network's input), "
-                        f"got {text if isinstance(text, str) else ','.join(map(str, text))}")
+    if not scales or min(scales) < input_size or max(scales) > MAX_SCALE or len(set(scales)) < len(scales):
+        raise UserError(f"--scales must be distinct sides of {input_size} (the network's input) to {MAX_SCALE} "
+                        f"pixels, got {text if isinstance(text, str) else ','.join(map(str, text))}")
     return scales
 
 

@@ -147,6 +147,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | s
         metrics = evaluate(model, loader, SkippedFiles(val), loaded.crop, loaded.norm, dist, crops=crops,
                            dtype=dtype, progress=progress and dist.main, batch_size=batch_size)
         extra["seconds"] = time.perf_counter() - start
+        if metrics["images"] == 0:   # every file skipped (each named above): no accuracy to report
+            raise UserError(f"no readable image in {val.split.root}: every file was skipped")
         return metrics | extra if dist.main else None
     finally:
         distributed.teardown(dist)

@@ -208,6 +208,12 @@ def check(setup: Setup) -> None:
             raise UserError(f"--{flag} must be positive, got {value}")
     if setup.latency_us < 0:
         raise UserError(f"--latency-us must be non-negative, got {setup.latency_us}")
+    # Beyond these no machine is (and the batch search would count past 2^53, where +1 changes nothing).
+    for flag, value, low, high in (("link-gbps", setup.link_gbps, 1e-3, 1e6),
+                                   ("per-gpu-img-s", setup.per_gpu_img_s, 1e-3, 1e9),
+                                   ("latency-us", setup.latency_us, 0.0, 1e9)):
+        if not low <= value <= high:
+            raise UserError(f"--{flag} must be from {low:g} to {high:g}, got {value:g}")
     if setup.towers and setup.variant != "paper":
         raise UserError("only the paper network has towers (--variant paper)")
     if setup.towers and setup.gpus % 2:

@@ -12,6 +12,7 @@ a canvas of the mean colour (the seed's rule; see pad_small).
 from __future__ import annotations
 
 import io
+import stat
 import warnings
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def open_rgb(path: str | Path, min_side: int | None = None, max_pixels: int = MA
     at least ``min_side``: a 4000x3000 photo decodes 8x faster, and the later resize to 256 sees the same
     picture within resampling noise.
     """
+    _check_regular(path)
     try:
         with warnings.catch_warnings():
             # PIL warns about bombs (refused below, by our own limit) and corrupt EXIF (harmless): a
@@ -138,6 +140,20 @@ def _deep_to_rgb(img: Image.Image) -> Image.Image:
         a = a / 257.0  # 65535 -> 255
     a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
     return Image.fromarray(a, mode="L").convert("RGB")
+
+
+def _check_regular(path: str | Path) -> None:
+    """A named pipe would block the open below until something writes to it, and a device (/dev/zero)
+    read as an image never ends: neither is an image file."""
+    try:
+        # As given: an archive's member (data/tars.py) is a Path whose stat() describes the member.
+        mode = (path if isinstance(path, Path) else Path(path)).stat().st_mode
+    except (OSError, TypeError, ValueError):
+        return   # opening it says why
+    if stat.S_ISDIR(mode):
+        raise UndecodableImage("a folder, not an image file")
+    if not stat.S_ISREG(mode):
+        raise UndecodableImage("not a regular file (a pipe or a device)")
 
 
 def _reason(e: Exception, path: str | Path) -> str:

@@ -24,7 +24,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize as ColourScale
 
 from alexnet.data.decode import UndecodableImage
-from alexnet.dense import load_scaled, score_maps
+from alexnet.dense import MAX_SCALE, load_scaled, score_maps
 from alexnet.errors import UserError
 from alexnet.fully_convolutional import STRIDE
 from alexnet.viz.figure import axes_at, new_figure, save, shorten
@@ -66,6 +66,8 @@ def check_scale(scale: int, input_size: int) -> None:
     if scale < input_size:
         raise UserError(f"--scale {scale} is under the network's input of {input_size} pixels: the score map "
                         f"needs a shorter side of at least {input_size}")
+    if scale > MAX_SCALE:
+        raise UserError(f"--scale {scale} is over {MAX_SCALE} pixels, the largest dense views take")
 
 
 def probability_maps(fcn: torch.nn.Module, image: torch.Tensor, loaded: LoadedModel,
