@@ -424,6 +424,35 @@ def test_settings_a_machine_cannot_run_are_refused_before_any_work(data, tmp_pat
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_signal_while_setting_up_ends_at_once_with_one_line(data, tmp_path, monkeypatch, capsys, signum):
+    # A scheduler's notice during the statistics pass (minutes on ImageNet) used to kill the process
+    # silently; now it ends as Ctrl-C does, the folder's lock released.
+    import alexnet.train as train_module
+    from alexnet.train import Stopped
+
+    def signalled(*args, **kw):
+        os.kill(os.getpid(), signum)
+        time.sleep(5)   # the handler raises before this ends
+        raise AssertionError("the signal was not handled")
+    monkeypatch.setattr(train_module, "_set_up", signalled)
+    with pytest.raises(Stopped) as e:
+        train(config(data, tmp_path / "run"))
+    assert e.value.exit_code == 128 + signum
+    assert f"stopped by {signal.Signals(signum).name} before the first step" in capsys.readouterr().err
+    assert signal.getsignal(signum) is signal.SIG_DFL and not (tmp_path / "run" / ".lock").exists()
+
+
+@pytest.mark.parametrize("out, message", [("", "--out is empty"), ("{file}", "is a file; give a folder"),
+                                          ("{data}/train/run", "lies inside")])
+def test_a_run_folder_that_is_no_folder_or_lies_in_the_data_is_refused(data, tmp_path, out, message):
+    (tmp_path / "file").write_text("mine")
+    out = out.format(file=tmp_path / "file", data=data)
+    with pytest.raises(UserError, match=message):
+        train(config(data, out))
+    assert not (data / "train" / "run").exists() and (tmp_path / "file").read_text() == "mine"
+
+
 def test_a_process_torchrun_restarted_resumes_by_itself(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")   # what torchrun sets in a restarted group

@@ -220,6 +220,34 @@ def set_dropout(model: nn.Module, p: float) -> None:
             module.p = p
 
 
+class _StopsAtOnce:
+    """Before the first step (the statistics pass may take many minutes) a SIGTERM or SIGUSR1 from a
+    scheduler ends the command as Ctrl-C does: at once, with one line, the folder's lock released."""
+
+    def __init__(self, dist: distributed.Dist) -> None:
+        self.dist, self.pid, self._previous = dist, os.getpid(), {}
+
+    def __enter__(self):
+        for sig in STOP_SIGNALS:
+            if sig != signal.SIGINT:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        if os.getpid() != self.pid:   # a loader process forked meanwhile: it ends as by default
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if self.dist.main:
+            tqdm.write(f"alexnet train: stopped by {signal.Signals(signum).name} before the first step; nothing "
+                       f"was trained, so nothing is saved", file=sys.stderr)
+        raise Stopped(signum)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 class _StopFlag:
     """SIGINT/SIGTERM/SIGUSR1 set a flag the loop checks after each step; a second Ctrl-C stops at once."""
 
@@ -415,15 +443,19 @@ def _keep_as_previous(last: Path, previous: Path) -> None:
 def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume: True, or "auto") training as ``config`` says; returns the final epoch's metrics and
     the best top-1."""
+    _check_out(config)
+    if config.tensorboard:
+        _tensorboard_class()   # before any work: a missing package found after the statistics pass costs it
     dist = distributed.setup(config.device)
     lock = FolderLock(config.out)
     try:
-        _hold(lock, dist)
-        config, ckpt = resolve_run(config, resume, given or {}, dist)
-        _check_workers(config)
-        if ckpt is not None and ckpt.epoch >= config.epochs:
-            return _complete(config, ckpt, dist)
-        run = _set_up(config, ckpt, dist)
+        with _StopsAtOnce(dist):
+            _hold(lock, dist)
+            config, ckpt = resolve_run(config, resume, given or {}, dist)
+            _check_workers(config)
+            if ckpt is not None and ckpt.epoch >= config.epochs:
+                return _complete(config, ckpt, dist)
+            run = _set_up(config, ckpt, dist)
         # Its tensors are mapped from last.pt: once copied into the network and momentum, the pages they
         # read (up to the checkpoint's size, 1 GB for a float64 paper run) leave this process.
         del ckpt
@@ -434,6 +466,21 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
     finally:
         lock.release()
         distributed.teardown(dist)
+
+
+def _check_out(config: TrainConfig) -> None:
+    """The run folder: a folder, and not one inside the data (its lock would be a class folder there)."""
+    out = Path(config.out).expanduser()
+    if not config.out.strip():
+        raise UserError("--out is empty; give the run folder")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the run")
+    if config.data:
+        target = out.resolve()
+        for split in ("train", "val"):
+            root = (Path(config.data).expanduser() / split).resolve()
+            if target == root or root in target.parents:
+                raise UserError(f"--out {out} lies inside {root}, which training reads; choose a folder outside it")
 
 
 def _check_workers(config: TrainConfig) -> None:
@@ -729,9 +776,13 @@ def _end_epoch(run: _Run, lr: float, trained: bool) -> dict[str, Any]:
     return row
 
 
-def _tensorboard(run: Path):
+def _tensorboard_class():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    return SummaryWriter(str(run / "tensorboard"))
+    return SummaryWriter
+
+
+def _tensorboard(run: Path):
+    return _tensorboard_class()(str(run / "tensorboard"))
