@@ -952,7 +952,9 @@ class _ReaderMayLeave:
             self._to_nowhere()
 
     def _to_nowhere(self) -> None:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        nowhere = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(nowhere, self._stream.fileno())
+        os.close(nowhere)
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)

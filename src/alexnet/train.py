@@ -17,6 +17,7 @@ weights end up as if the run had never stopped. Rank 0 alone prints and writes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,7 +26,6 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
