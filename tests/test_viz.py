@@ -217,6 +217,28 @@ def test_neighbours_are_the_true_nearest_training_images(paper):
         assert [n.label for n in q.neighbours] == [int(train.labels[i]) for i in row_i]
 
 
+def test_neighbour_tiles_come_from_the_data_even_when_a_stores_sources_are_gone(paper, tmp_path):
+    # A prepared store holds the pixels: its source folders may be deleted (the reason to prepare), and
+    # the tiles still show each image as the fixed preprocessing made it from its file.
+    import shutil
+
+    from alexnet.data.decode import load_fixed
+    from alexnet.data.prepare import prepare
+
+    ckpt, data = paper
+    source = shutil.copytree(data, tmp_path / "source")
+    prepare(source, tmp_path / "prep", workers=0, progress=False)
+    loaded = load_model(ckpt)
+    found, _ = neighbors.find_neighbours(loaded, source, queries=2, k=3, workers=0, progress=False)
+    expected = {item.path: load_fixed(item.path) for q in found for item in (q, *q.neighbours)}
+    shutil.rmtree(source)
+    stored, _ = neighbors.find_neighbours(loaded, tmp_path / "prep", queries=2, k=3, workers=0, progress=False)
+    items = [item for q in stored for item in (q, *q.neighbours)]   # a store names the files it was made from
+    assert [item.path for item in items] == [item.path for q in found for item in (q, *q.neighbours)]
+    for item in items:
+        assert torch.equal(item.pixels, expected[item.path]), item.path
+
+
 def test_neighbors_picture_beside_the_checkpoint(paper, capsys):
     ckpt, data = paper
     assert main(["viz", "neighbors", "--checkpoint", str(ckpt), "--data", str(data), "--queries", "2", "--k", "4",

@@ -16,6 +16,7 @@ import torch
 
 from alexnet.data.decode import UndecodableImage, load_fixed
 from alexnet.data.folders import SkippedFiles
+from alexnet.data.imageset import ImageSet
 from alexnet.data.sources import open_data
 from alexnet.errors import UserError
 from alexnet.features import DEFAULT_LAYER, check_layer, extract_features, iter_features
@@ -34,6 +35,7 @@ class Neighbour:
     path: Path
     label: int
     distance: float
+    pixels: torch.Tensor | None = None   # the fixed 256x256 image as the data holds it (None: read path)
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Query:
     path: Path
     label: int
     neighbours: list[Neighbour]
+    pixels: torch.Tensor | None = None
 
 
 def nearest(queries: torch.Tensor, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -91,10 +94,26 @@ def find_neighbours(loaded: LoadedModel, data: str | Path, queries: int = QUERIE
     if indices.shape[1] == 0:
         raise UserError(f"no readable image in {train.split.root}: every file was skipped")
     samples = train.split.samples
-    found = [Query(path, int(label), [Neighbour(samples[i][0], samples[i][1], d)
-                                      for i, d in zip(row_i.tolist(), row_d.tolist())])
+    # Tiles show the pixels the network saw, from the data itself: a prepared store's own, whose source
+    # files may be gone (the usual reason to prepare), a member of a tar archive, or a decoded file.
+    near = sorted(set(indices.flatten().tolist()))
+    near_pixels = dict(zip(near, fixed_pixels(train, near)))
+    query_pixels = dict(zip((path for path, _ in chosen.split.samples), fixed_pixels(chosen, range(len(chosen)))))
+    found = [Query(path, int(label), [Neighbour(samples[i][0], samples[i][1], d, near_pixels[i])
+                                      for i, d in zip(row_i.tolist(), row_d.tolist())], query_pixels.get(path))
              for path, label, row_i, row_d in zip(query.paths, query.labels, indices, distances)]
     return found, names
+
+
+def fixed_pixels(images: ImageSet, indices: Iterable[int]) -> list[torch.Tensor | None]:
+    """These samples' fixed 256x256 uint8 images as ``images`` gives them to the network; None where
+    unreadable."""
+    indices = list(indices)
+    if not indices:
+        return []
+    batch, labels, _, _ = images.for_device(torch.device("cpu")).__getitems__(indices)
+    pixels = batch.to(torch.device("cpu"))
+    return [pixels[j] if labels[j] >= 0 else None for j in range(len(indices))]
 
 
 def figure_size(queries: int, k: int) -> tuple[int, int]:
@@ -115,19 +134,20 @@ def draw_neighbours(found: list[Query], names: list[str], out: str | Path, crop:
              va="center", fontsize=11)
     for row, q in enumerate(found):
         top = MARGIN + TITLE + row * (TILE + LABEL + GAP)
-        _tile(fig, q.path, crop, MARGIN, top, f"{shorten(names[q.label], 22)}", "black", small, bold=True)
+        _tile(fig, q, crop, MARGIN, top, f"{shorten(names[q.label], 22)}", "black", small, bold=True)
         for col, n in enumerate(q.neighbours):
             left = MARGIN + (col + 1) * (TILE + GAP) + QUERY_GAP
             colour = SAME if n.label == q.label else DIFFERENT
-            _tile(fig, n.path, crop, left, top, f"{shorten(names[n.label], 16)}  d={n.distance:.3g}", colour, small)
+            _tile(fig, n, crop, left, top, f"{shorten(names[n.label], 16)}  d={n.distance:.3g}", colour, small)
     return save(fig, out)
 
 
-def _tile(fig, path: Path, crop: int, left: float, top: float, caption: str, colour: str, small: str = "upscale",
-          bold: bool = False) -> None:
+def _tile(fig, item: Query | Neighbour, crop: int, left: float, top: float, caption: str, colour: str,
+          small: str = "upscale", bold: bool = False) -> None:
     ax = axes_at(fig, left, top, TILE, TILE)
     try:
-        show_image(ax, center_crop(load_fixed(path, small=small), crop))
+        pixels = item.pixels if item.pixels is not None else load_fixed(item.path, small=small)
+        show_image(ax, center_crop(pixels, crop))
     except (UndecodableImage, OSError):  # read a moment ago for its features; leave the tile blank
         show_image(ax, torch.full((crop, crop, 3), 255, dtype=torch.uint8))
     ax.set_xlabel(caption, fontsize=8, color=colour, fontweight="bold" if bold else "normal", labelpad=3)
