@@ -378,3 +378,11 @@ def test_an_empty_member_of_an_archive_is_named_empty_and_a_foreign_one_not_an_i
         open_rgb(empty)
     with pytest.raises(UndecodableImage, match="not an image"):
         open_rgb(notes)
+
+
+def test_kaggles_csv_saved_by_a_spreadsheet_with_a_bom_reads_the_same(reference, tmp_path):
+    kaggle = layout("kaggle", reference, tmp_path / "a")
+    before = [(path.name, label) for path, label in open_data(kaggle).splits["val"].split.samples]
+    csv = kaggle / "LOC_val_solution.csv"
+    csv.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes())
+    assert [(path.name, label) for path, label in open_data(kaggle).splits["val"].split.samples] == before

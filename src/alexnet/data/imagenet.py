@@ -208,7 +208,7 @@ class LabelFiles:
 
     def _solution(self) -> dict[str, str]:
         """LOC_val_solution.csv: ImageId -> the first WordNet id of its PredictionString (its first box's)."""
-        with open(self.solution, newline="", encoding="utf-8") as f:
+        with open(self.solution, newline="", encoding="utf-8-sig") as f:   # -sig: a BOM from a spreadsheet
             rows = csv.DictReader(f)
             if not {"ImageId", "PredictionString"} <= set(rows.fieldnames or ()):
                 raise UserError(f"{self.solution} has no ImageId,PredictionString header")
