@@ -252,3 +252,10 @@ def test_kaiming_init_keeps_relu_activation_scale():
             fan_in = layer.weight[0].numel()
             assert abs(layer.weight.std().item() / (2 / fan_in) ** 0.5 - 1) < 0.05, name
             assert torch.all(layer.bias == 0), name
+
+
+def test_one_image_without_its_batch_dimension_is_named_as_such():
+    with torch.device("meta"):
+        net = AlexNet()
+    with pytest.raises(ValueError, match=r"expected a batch of images \(N, 3, H, W\), got .* \(3, 227, 227\)"):
+        net(torch.empty(3, 227, 227, device="meta"))

@@ -149,9 +149,11 @@ def cli_data(tmp_path_factory):
 def test_cli_evaluate_int8_gives_the_fp32_accuracy(cli_data):
     ckpt, data = cli_data
     runs = {p: run_main("evaluate", "--checkpoint", ckpt, "--data", data, "--workers", 0, "--json", "--precision", p,
-                   "--calibration-images", 8) for p in ("fp32", "int8")}
+                        *(["--calibration-images", 8] if p == "int8" else [])) for p in ("fp32", "int8")}
     for r in runs.values():
         assert r.returncode == 0, r.stderr
+    r = run_main("evaluate", "--checkpoint", ckpt, "--data", data, "--precision", "fp32", "--calibration-images", 8)
+    assert r.returncode == 2 and "--calibration-images is for --precision int8" in r.stderr, r.stderr
     fp32, int8 = (json.loads(runs[p].stdout) for p in ("fp32", "int8"))
     assert int8["images"] == fp32["images"] == 16 and fp32["top1"] >= 0.75    # the probe separates the classes
     assert abs(int8["top1"] - fp32["top1"]) <= 1 / 16 + 1e-9 and abs(int8["top5"] - fp32["top5"]) <= 1 / 16 + 1e-9

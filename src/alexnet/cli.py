@@ -11,6 +11,7 @@ import errno
 import json
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -189,7 +190,7 @@ def _run_prepare(args) -> int:
     counts = ", ".join(f"{name} {s['images']} images ({s['skipped']} unreadable left out)"
                        for name, s in meta["splits"].items())
     store = f" (jpeg store, quality {meta['quality']})" if meta["store"] == "jpeg" else ""
-    print(f"{args.out}{store}: {counts}; use --data {args.out}")
+    print(f"{args.out}{store}: {counts}; use --data {shlex.quote(str(args.out))}")
     return 0
 
 
@@ -479,9 +480,19 @@ def _add_precision(p: argparse.ArgumentParser, calibration: str) -> None:
                    help="fp32 (default) or autocast to bf16/fp16; auto: bf16 where the hardware has it; int8: "
                         f"the network quantized after training (CPU only, about 2x fp32's speed on AVX2 CPUs), "
                         f"{calibration}")
-    p.add_argument("--calibration-images", type=positive_int, default=CALIBRATION_IMAGES, metavar="N",
+    p.add_argument("--calibration-images", type=positive_int, default=None, metavar="N",
                    help=f"with --precision int8: images whose activations set the int8 ranges, spread evenly "
                         f"over the calibration set (default: {CALIBRATION_IMAGES})")
+
+
+def _calibration_images(args) -> int:
+    from alexnet.quantize import CALIBRATION_IMAGES
+
+    if args.calibration_images is None:
+        return CALIBRATION_IMAGES
+    if args.precision != "int8":
+        raise UserError("--calibration-images is for --precision int8")
+    return args.calibration_images
 
 
 def _run_evaluate(args) -> int:
@@ -489,7 +500,7 @@ def _run_evaluate(args) -> int:
 
     m = evaluate_checkpoint(args.checkpoint, args.data, crops=args.crops, batch_size=args.batch_size,
                             workers=args.workers, device=args.device, precision=args.precision,
-                            calibration_images=args.calibration_images, scales=_scales(args), small=args.small)
+                            calibration_images=_calibration_images(args), scales=_scales(args), small=args.small)
     if m is None:  # not rank 0: rank 0 reports for everyone
         return 0
     if args.json:
@@ -548,7 +559,7 @@ def _run_predict(args) -> int:
     loaded.small = args.small or loaded.small
     paths = expand(args.images)
     device, dtype, model = setup(loaded, args.device, args.precision, expand(args.calibrate or []) or paths,
-                                 args.calibration_images, args.batch_size)
+                                 _calibration_images(args), args.batch_size)
     failed = n = 0
     for n, result in enumerate(predict(loaded, paths, topk=args.topk, crops=args.crops, batch_size=args.batch_size,
                                        device=device, dtype=dtype, model=model, scales=scales)):

@@ -223,6 +223,9 @@ class AlexNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images (N, 3, H, W), already normalised -> logits (N, num_classes)."""
+        if x.dim() != 4:   # one image (3, H, W) would reach the LRN as 3 "images" of H channels
+            raise ValueError(f"expected a batch of images (N, 3, H, W), got a tensor of shape {tuple(x.shape)}; "
+                             f"for one image use x[None]")
         return self.forward_head(self.forward_features(x))
 
     def to_fully_convolutional(self) -> nn.Module:
