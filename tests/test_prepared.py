@@ -255,6 +255,9 @@ def test_any_flipped_bit_in_a_label_file_or_the_marker_is_refused_when_opened(pr
     lambda out: (out / "alexnet-prepared.json").write_text("{garbage"),
     lambda out: [(out / "alexnet-prepared.json").unlink(), (out / "val" / "00001.json").write_text("not json")],
     lambda out: [(out / "alexnet-prepared.json").unlink(), (out / "train" / "00000.json").write_text("[1, 2]")],
+    # Still valid JSON, a label changed: the intact marker's CRC-32 of that record no longer matches.
+    lambda out: _damage_json(out / "val" / "00002.json",
+                             lambda i: i["labels"].__setitem__(0, (i["labels"][0] + 1) % 3)),
 ])
 def test_prepare_again_repairs_damaged_records(prep, tmp_path, damage):
     # What open_prepared refuses with "run alexnet prepare again": that run makes what is damaged again

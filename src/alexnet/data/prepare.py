@@ -71,9 +71,11 @@ def _prepare(source: DataSource, out: Path, workers: int, shard_size: int, progr
              quality: int | None, small: str) -> dict:
     meta = _existing_meta(out, source, shard_size, store, quality, small)
     out.mkdir(parents=True, exist_ok=True)
+    vouched = _vouched(out)
     splits = {}
     for name in SPLITS:
-        splits[name] = _prepare_split(source.splits[name], out / name, workers, shard_size, progress, quality)
+        splits[name] = _prepare_split(source.splits[name], out / name, workers, shard_size, progress, quality,
+                                      vouched.get(name))
     if progress:
         print(f"computing the mean image and RGB PCA of {out / 'train'}", flush=True)
     # From the images as training will read them: for a jpeg store, its decoded JPEGs (in workers).
@@ -152,6 +154,17 @@ def _json(path: Path) -> dict | None:
     return info if isinstance(info, dict) else None
 
 
+def _vouched(out: Path) -> dict[str, list]:
+    """The CRC-32 of each shard's record that OUT's marker vouches for, per split, where the marker itself
+    is intact: a record changed since (a flipped bit that left it valid JSON) is made again, not vouched
+    for anew."""
+    old = _json(out / MARKER)
+    if old is None or old.get("crc32") != marker_checksum(old) or not isinstance(old.get("splits"), dict):
+        return {}
+    return {name: split["crc32"] for name, split in old["splits"].items()
+            if isinstance(split, dict) and isinstance(split.get("crc32"), list)}
+
+
 def _first_info(out: Path) -> dict | None:
     """What OUT says of its store: its marker, else its first readable finished shard."""
     for path in [out / MARKER, *sorted(out.glob("*/[0-9]*.json"))]:
@@ -182,11 +195,11 @@ def _flags(store: str, quality: int | None) -> str:
 
 
 def _prepare_split(images: ImageSet, folder: Path, workers: int, shard_size: int, progress: bool,
-                   quality: int | None = None) -> dict:
+                   quality: int | None = None, vouched: list | None = None) -> dict:
     split = images.split
     folder.mkdir(parents=True, exist_ok=True)
     shards = (len(split) + shard_size - 1) // shard_size
-    done = [s for s in range(shards) if _json(folder / f"{s:05d}.json") is not None]
+    done = [s for s in range(shards) if _json(folder / f"{s:05d}.json") is not None and _as_vouched(folder, s, vouched)]
     for shard in done:
         lo, hi = shard * shard_size, min(len(split), (shard + 1) * shard_size)
         if _json(folder / f"{shard:05d}.json").get("sources") != _sources(split, lo, hi):
@@ -216,6 +229,13 @@ def _prepare_split(images: ImageSet, folder: Path, workers: int, shard_size: int
     if counts == 0:
         raise UserError(f"no readable image in {split.root} ({len(split)} files tried)")
     return {"images": counts, "shards": shards, "skipped": bad, "crc32": checks}
+
+
+def _as_vouched(folder: Path, shard: int, vouched: list | None) -> bool:
+    """Whether the shard's record is as the marker vouched for it (True where it vouches for none)."""
+    if vouched is None or shard >= len(vouched):
+        return True
+    return zlib.crc32((folder / f"{shard:05d}.json").read_bytes()) == vouched[shard]
 
 
 def _sources(split: Split, lo: int, hi: int) -> list:
