@@ -119,7 +119,9 @@ def test_out_never_replaces_a_file_that_holds_no_features(owt, tmp_path, capsys)
     shutil.copy(ckpt, kept)
     notes = tmp_path / "notes.txt"
     notes.write_text("mine")
-    for out in (kept, notes, tmp_path):
+    array = tmp_path / "mine.npy"
+    np.save(array, np.arange(3))
+    for out in (kept, notes, array, tmp_path):
         before = None if out.is_dir() else out.read_bytes()
         assert main(["features", "--checkpoint", str(kept), "--data", str(data), "--out", str(out),
                      "--workers", "0"]) == 2

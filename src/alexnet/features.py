@@ -135,10 +135,13 @@ def check_out(path: str | Path) -> None:
     if path.is_dir():
         raise UserError(f"{path} is a folder; give a file name for the features (.npz)")
     try:
-        with np.load(path, allow_pickle=False) as held:
-            ours = {"features", "labels", "layer"} <= set(getattr(held, "files", ()))
+        held = np.load(path, allow_pickle=False)   # an .npz archive; an .npy file gives an array
     except (OSError, ValueError, EOFError):
         ours = False
+    else:
+        ours = {"features", "labels", "layer"} <= set(getattr(held, "files", ()))
+        if hasattr(held, "close"):
+            held.close()
     if not ours:
         raise UserError(f"{path} exists and holds no features; remove it or choose another --out")
 
