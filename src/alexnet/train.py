@@ -690,10 +690,11 @@ def _train(run: _Run) -> dict[str, Any]:
                 run.step.update()
                 tally.step += time.perf_counter() - started
                 run.step_in_epoch += 1
+                summed = loss.item() * run.batch_per_rank   # one read of the loss (a sync on a GPU)
                 seen += len(labels)
-                loss_sum += loss.item() * run.batch_per_rank
+                loss_sum += summed
                 tally.images += len(labels)
-                tally.loss += loss.item() * run.batch_per_rank
+                tally.loss += summed
                 bar.update(1)
                 if run.step_in_epoch % config.log_every == 0:
                     _progress(run, bar, lr, loss_sum / max(seen, 1), seen, time.perf_counter() - t0, first)
