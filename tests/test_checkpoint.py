@@ -298,6 +298,10 @@ def test_a_run_folder_or_another_file_of_the_run_given_as_the_checkpoint_says_wh
     (tmp_path / "run" / "config.yaml").write_text("epochs: 3\n")
     with pytest.raises(UserError, match=r"run is a folder; give a checkpoint file \(\S*run/best.pt, \S*run/last.pt\)"):
         checkpoint.read(tmp_path / "run")
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "alexnet.safetensors").write_bytes(b"")
+    with pytest.raises(UserError, match=r"export is a folder; give a checkpoint file \(\S*export/alexnet.safetensors\)"):
+        checkpoint.read(tmp_path / "export")
     with pytest.raises(UserError, match=r"config.yaml is not a readable checkpoint \(neither a file torch.save"):
         checkpoint.read(tmp_path / "run" / "config.yaml")
     (tmp_path / "cut.pt").write_bytes((tmp_path / "run" / "best.pt").read_bytes()[:4096])

@@ -27,6 +27,8 @@ def test_readable_names_from_classes_txt_or_imagenet_mapping(tiny_folders):
     assert discover(root).names == ["n02123045 tabby, tabby cat", "dog"]
     (root / "classes.txt").write_text("dog good dog\ncat house cat\n")
     assert discover(root).names == ["house cat", "good dog"]  # classes.txt wins
+    (root / "classes.txt").write_text("dog\tgood dog\ncat \t house cat\t\n")   # tabs separate as spaces do
+    assert discover(root).names == ["house cat", "good dog"]
 
 
 def test_stray_hidden_and_nested_files(tiny_folders):
@@ -107,4 +109,21 @@ def test_links_are_followed_once_and_never_make_a_class_of_the_split(tiny_folder
     (root / "train" / "zloop").symlink_to(".")              # a "class" that is the split itself
     (root / "val" / "zloop").mkdir()
     with pytest.raises(UserError, match="zloop links to .* which holds .*train itself"):
+        discover(root)
+
+
+def test_two_class_folders_that_are_one_folder_are_refused(tiny_folders):
+    root, _ = tiny_folders
+    (root / "train" / "kitten").symlink_to(root / "train" / "cat")
+    (root / "val" / "kitten").mkdir()
+    with pytest.raises(UserError, match=r"train/cat and \S*train/kitten are the same folder"):
+        discover(root)
+
+
+def test_class_names_that_differ_only_in_unicode_normalisation_are_named(tiny_folders):
+    root, _ = tiny_folders
+    nfc, nfd = "caf\u00e9", "cafe\u0301"   # both print as café
+    (root / "train" / "cat").rename(root / "train" / nfc)
+    (root / "val" / "cat").rename(root / "val" / nfd)
+    with pytest.raises(UserError, match="café is spelled with other Unicode code points in each"):
         discover(root)

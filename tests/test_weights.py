@@ -151,6 +151,16 @@ def test_files_that_are_not_alexnet_weights_are_refused_clearly(tmp_path):
     torch.save(AlexNet("owt", num_classes=2).state_dict(), bare)
     with pytest.raises(UserError, match="bare state_dict: for torchvision's weights use `alexnet import-torchvision`"):
         load_model(bare)
+    torch.save(AlexNet("paper", num_classes=2).state_dict(), bare)   # not torchvision's: no import to suggest
+    with pytest.raises(UserError, match=r"bare state_dict, which names no classes .* AlexNet\(variant, num_classes\)"):
+        load_model(bare)
+    old_format = tmp_path / "old.pt"   # torch.save's pre-1.6 format in a protocol its safe loader cannot read
+    torch.save({"model": AlexNet("owt", num_classes=2).state_dict()}, old_format,
+               _use_new_zipfile_serialization=False, pickle_protocol=4)
+    with pytest.raises(UserError, match="old format with pickle protocol 4, .*save it again with torch.save's default"):
+        load_model(old_format)
+    with pytest.raises(UserError, match="^https://example.com/alexnet.pt is an address: nothing is downloaded"):
+        load_model("https://example.com/alexnet.pt")
     plain = tmp_path / "plain.safetensors"
     save_file({"x": torch.zeros(2)}, str(plain))
     with pytest.raises(UserError, match="without alexnet metadata"):

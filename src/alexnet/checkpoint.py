@@ -110,7 +110,12 @@ def read(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         hint = ""
         if isinstance(state, dict) and "features.0.weight" in state:
-            hint = "; it looks like a bare state_dict: for torchvision's weights use `alexnet import-torchvision`"
+            conv1 = state["features.0.weight"]
+            if isinstance(conv1, torch.Tensor) and tuple(conv1.shape) == (64, 3, 11, 11):   # torchvision's layout
+                hint = "; it looks like a bare state_dict: for torchvision's weights use `alexnet import-torchvision`"
+            else:   # this project's own network, saved without its classes and preprocessing
+                hint = ("; it looks like a bare state_dict, which names no classes or preprocessing: load it in "
+                        "Python with AlexNet(variant, num_classes).load_state_dict(...)")
         raise UserError(f"{path} is not an alexnet checkpoint (no 'model' entry){hint}")
     return state
 
@@ -243,6 +248,11 @@ def torch_load(path: str | Path) -> Any:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         after = [b for a, b in zip(lines, lines[1:]) if a.endswith("WeightsUnpickler error:")]
         detail = after[0] if after else (lines[0] if lines else type(e).__name__)
+        if detail.startswith("Unsupported operand") and _legacy_pickle_protocol(path) >= 4:
+            # torch.save(..., _use_new_zipfile_serialization=False, pickle_protocol=4 or 5): the safe loader
+            # reads only protocols 2 and 3 of the old format, and names a byte code where it stops.
+            detail = (f"written in torch.save's old format with pickle protocol {_legacy_pickle_protocol(path)}, "
+                      f"which only a loader that runs code reads; save it again with torch.save's default format")
         raise UserError(f"{path} is not a readable checkpoint ({detail})") from None
     except Exception as e:  # truncated zip, wrong format, ...
         if not _written_by_torch(path):
@@ -277,10 +287,19 @@ def _written_by_torch(path: Path) -> bool:
     return head[:1] == b"\x80" or head == b"PK\x03\x04"
 
 
+def _legacy_pickle_protocol(path: Path) -> int:
+    """The pickle protocol of a file torch.save wrote in its pre-1.6 format (0 for its zip format)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head[1] if head[:1] == b"\x80" and len(head) == 2 else 0
+
+
 def existing_file(path: str | Path) -> Path:
+    if "://" in str(path):  # Path() would fold the URL's "//" and name a file that cannot exist
+        raise UserError(f"{path} is an address: nothing is downloaded; download the file and give its local path")
     path = Path(path)
-    if path.is_dir():   # most likely a run folder: name the checkpoints in it
-        inside = sorted(str(p) for p in path.glob("*.pt") if p.is_file())
+    if path.is_dir():   # most likely a run folder, or an export's: name the weight files in it
+        inside = sorted(str(p) for pattern in ("*.pt", "*.safetensors") for p in path.glob(pattern) if p.is_file())
         raise UserError(f"{path} is a folder; give a checkpoint file" + (f" ({', '.join(inside)})" if inside else ""))
     if not path.is_file():
         raise UserError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")

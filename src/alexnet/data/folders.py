@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,8 +56,14 @@ def discover(data: str | Path, splits: tuple[str, ...] = SPLITS) -> ImageFolders
         if found[split] != classes:
             only_first = sorted(set(classes) - set(found[split]))
             only_this = sorted(set(found[split]) - set(classes))
+            # Names that print alike but are other code points: a folder copied through macOS (NFD) beside
+            # one made elsewhere (NFC). Said outright, or the message reads "only in train/: café; only in val/: café".
+            alike = sorted(set(map(_nfc, only_first)) & set(map(_nfc, only_this)))
+            hint = (f" ({_few(alike)} {'is' if len(alike) == 1 else 'are'} spelled with other Unicode code points in "
+                    f"each (NFC and NFD forms, as a copy through macOS leaves them): rename one to match)"
+                    if alike else "")
             raise UserError(f"{splits[0]}/ and {split}/ disagree on classes: only in {splits[0]}/: "
-                            f"{_few(only_first)}; only in {split}/: {_few(only_this)}")
+                            f"{_few(only_first)}; only in {split}/: {_few(only_this)}{hint}")
 
     result = ImageFolders(root=root, classes=classes, names=read_class_names(root, classes))
     for split in splits:
@@ -112,9 +119,9 @@ def read_class_names(root: Path, classes: list[str]) -> list[str]:
         if path.is_file():
             mapping = {}
             for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                folder, _, readable = line.strip().partition(" ")
-                if folder:
-                    mapping[folder] = readable.strip() or folder
+                parts = line.split(maxsplit=1)   # a space or a tab between folder and name
+                if parts:
+                    mapping[parts[0]] = parts[1].strip() if len(parts) > 1 else parts[0]
             return [mapping.get(c, c) for c in classes]
     return list(classes)
 
@@ -124,12 +131,21 @@ def _class_folders(split_dir: Path) -> list[str]:
     # A class folder may be a link (to images kept elsewhere), but not to the split or a folder above it:
     # that "class" would hold every other class's images.
     split_real = os.path.realpath(split_dir)
+    seen: dict[str, str] = {}
     for name in classes:
         real = os.path.realpath(split_dir / name)
         if split_real == real or split_real.startswith(real.rstrip(os.sep) + os.sep):
             raise UserError(f"{split_dir / name} links to {real}, which holds {split_dir} itself: a class folder "
                             f"cannot contain its own split")
+        if real in seen:   # every image would be in two classes at once, under two labels
+            raise UserError(f"{split_dir / seen[real]} and {split_dir / name} are the same folder ({real}): "
+                            f"each image would belong to two classes")
+        seen[real] = name
     return classes
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
 
 
 def _few(items: list[str], limit: int = 5) -> str:
