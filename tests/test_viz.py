@@ -12,6 +12,7 @@ from alexnet.cli import main
 from alexnet.data.transforms import Normalize
 from alexnet.features import extract_features, split_images
 from alexnet.model import AlexNet
+from alexnet.predict import predict
 from alexnet.viz import curves, filters, neighbors, predictions
 from alexnet.weights import LoadedModel, load_model
 from conftest import run_cli as cli
@@ -101,6 +102,8 @@ def with_metrics(text):
     (with_metrics(""), "holds no finished epoch"),
     (with_metrics('{"epoch": 1}\n'), "line 1: no number for lr"),
     (with_metrics("oops\n"), "line 1: not a JSON object"),
+    (with_metrics('{"epoch": 1e308, "lr": 0.01, "train_loss": 1, "val_loss": 1, "val_top1": 0.5, "val_top5": 1}\n'),
+     "line 1: epoch 1e+308 is not a whole number from 1 to 1,000,000"),
 ])
 def test_curves_of_a_bad_run_exit_2_with_one_line(tmp_path, capsys, make, fragment):
     run = make(tmp_path)
@@ -166,6 +169,31 @@ def test_predictions_draw_the_readable_images_and_name_the_others(paper, tmp_pat
     assert main(["viz", "predictions", "--checkpoint", str(ckpt), str(tmp_path / "broken.jpg"),
                  "--out", str(tmp_path / "none.png")]) == 2
     assert "nothing drawn" in capsys.readouterr().err and not (tmp_path / "none.png").exists()
+
+
+def test_predictions_are_drawn_as_predict_computes_them_for_views_and_precision(paper, tmp_path, capsys,
+                                                                                 monkeypatch):
+    ckpt, data = paper
+    asked = []
+    real = predictions.predict
+
+    def recorded(*args, **kwargs):
+        results = list(real(*args, **kwargs))
+        asked.append((kwargs, [r.top for r in results]))
+        return iter(results)
+
+    monkeypatch.setattr(predictions, "predict", recorded)
+    image = data / "val" / "cow" / "000.png"
+    for flags, crops, dtype in ((["--views", "10", "--precision", "bf16"], 10, torch.bfloat16),
+                                (["--crops", "dense", "--scales", "256"], "dense", None)):
+        assert main(["viz", "predictions", "--checkpoint", str(ckpt), str(image), "--out", str(tmp_path / "p.png"),
+                     *flags]) == 0
+        kwargs, drawn = asked[-1]
+        assert kwargs["crops"] == crops and kwargs["dtype"] == dtype
+        expected = list(predict(load_model(ckpt), [image], crops=crops, dtype=dtype, scales=kwargs["scales"]))
+        assert drawn == [r.top for r in expected]
+    assert main(["viz", "predictions", "--checkpoint", str(ckpt), str(image), "--scales", "256"]) == 2
+    assert "--scales is for --views dense" in capsys.readouterr().err
 
 
 def test_the_true_class_comes_from_the_folder_name(paper):
@@ -245,6 +273,20 @@ def test_neighbors_picture_beside_the_checkpoint(paper, capsys):
                  "--workers", "0"]) == 0
     assert capsys.readouterr().out.strip() == str(ckpt.parent / "neighbors.png")
     assert_picture(ckpt.parent / "neighbors.png", neighbors.figure_size(2, 4))
+
+
+@pytest.mark.parametrize("k", [1, 2, 6, 20])
+def test_the_neighbours_title_fits_the_picture_for_any_k(k):
+    # As matplotlib lays the text out: a title wider than a narrow picture would be cut off at its edge.
+    from alexnet.viz.figure import new_figure
+    width, height = neighbors.figure_size(1, k, "fc7")
+    fig = new_figure(width, height)
+    renderer = fig.canvas.get_renderer()
+    lines = neighbors._title(k, "fc7")
+    assert len(lines) == (1 if k >= 6 else len(lines)) and " ".join(lines).startswith("val image (left) and the")
+    for text in lines:
+        extent = fig.text(neighbors.MARGIN / width, 0.5, text, fontsize=11).get_window_extent(renderer)
+        assert extent.x1 <= width - neighbors.MARGIN / 2, (k, text)
 
 
 def test_viz_needs_a_picture_and_a_png_name(paper, tmp_path, capsys):

@@ -641,6 +641,7 @@ def _run_import_torchvision(args) -> int:
 # ---- pictures (alexnet viz ...) and features (alexnet features) ----
 
 def _add_viz(sub) -> None:
+    from alexnet.config import PRECISIONS
     from alexnet.features import DEFAULT_LAYER
 
     p = sub.add_parser("viz", help="PNG pictures: learning curves, conv1 kernels, top-5 predictions, fc7 neighbours, "
@@ -678,10 +679,12 @@ def _add_viz(sub) -> None:
     _add_checkpoint(r)
     r.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of them")
     r.add_argument("--topk", type=positive_int, default=5, help="classes per image (default: 5)")
-    r.add_argument("--crops", type=int, choices=(1, 10), default=1, help="1: the centre crop; 10: the paper's 10 views")
+    _add_views(r)   # as predict's, so that the bars are the probabilities predict prints
     r.add_argument("--max-images", type=positive_int, default=16, help="draw at most this many images (default: 16)")
     r.add_argument("--device", type=device_name, default="auto", metavar=DEVICE_METAVAR,
                    help="auto: CUDA when present, else CPU")
+    r.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default), or autocast to bf16/fp16; auto: bf16 where the hardware has it")
     r.add_argument("--out", type=Path, default=None,
                    help="PNG to write (default: predictions.png beside the checkpoint)")
     r.set_defaults(run=_run_viz_predictions)
@@ -777,13 +780,15 @@ def _network_and_images(args):
 
 
 def _run_viz_predictions(args) -> int:
-    from alexnet.device import pick_device
+    from alexnet.device import device_and_dtype
     from alexnet.predict import printable
     from alexnet.viz.predictions import draw_predictions
 
+    scales = _scales(args)
+    device, dtype = device_and_dtype(args.device, args.precision)
     loaded, paths = _network_and_images(args)
     out, failed = draw_predictions(loaded, paths, args.out or args.checkpoint.parent / "predictions.png",
-                                   topk=args.topk, crops=args.crops, device=pick_device(args.device))
+                                   topk=args.topk, crops=args.crops, device=device, dtype=dtype, scales=scales)
     for result in failed:
         print(f"alexnet viz: error: {printable(str(result.path))}: {result.error}", file=sys.stderr)
     if out is None:

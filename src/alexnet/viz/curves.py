@@ -18,6 +18,7 @@ from alexnet.errors import UserError
 from alexnet.viz.figure import new_figure, save
 
 SIZE = (1200, 480)                  # pixels
+MAX_EPOCH = 1_000_000                # far beyond any run; an axis up to 1e308 cannot be drawn
 FIELDS = ("epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5")
 # Without a config.yaml naming the schedule, a fall of at least this factor from one epoch to the next
 # after a flat stretch is a drop (the paper's /10, a step schedule's gamma). The last epochs of a cosine
@@ -69,6 +70,10 @@ def read_run(path: str | Path) -> Run:
         missing = [k for k in FIELDS if not isinstance(row, dict) or not _number(row.get(k))]
         if missing:
             raise UserError(f"{metrics}, line {number}: no number for {', '.join(missing)}")
+        epoch = row["epoch"]
+        if not (math.isfinite(epoch) and epoch == int(epoch) and 1 <= epoch <= MAX_EPOCH):
+            raise UserError(f"{metrics}, line {number}: epoch {row['epoch']} is not a whole number from 1 to "
+                            f"{MAX_EPOCH:,}")
         rows.append(row)
     if not rows:
         raise UserError(f"{metrics} holds no finished epoch yet")

@@ -8,6 +8,7 @@ streams over the training set a batch at a time, keeping each query's k best, so
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ from alexnet.weights import LoadedModel
 QUERIES, K = 5, 6                   # the paper's figure: 5 test images, 6 training images each
 TILE, LABEL, GAP, MARGIN = 150, 34, 8, 10      # pixels: image side, caption under it, between tiles
 QUERY_GAP = 24                      # extra pixels between the query column and its neighbours
-TITLE = 30
+TITLE = 30                          # pixels per line of the title
+TITLE_CHAR = 8                      # a wide character of it (11 pt at 100 dpi), to wrap it before it is cut off
 SAME, DIFFERENT = "tab:green", "tab:red"
 
 
@@ -116,11 +118,18 @@ def fixed_pixels(images: ImageSet, indices: Iterable[int]) -> list[torch.Tensor 
     return [pixels[j] if labels[j] >= 0 else None for j in range(len(indices))]
 
 
-def figure_size(queries: int, k: int) -> tuple[int, int]:
+def figure_size(queries: int, k: int, layer: str = DEFAULT_LAYER) -> tuple[int, int]:
     """The picture's (width, height) in pixels for ``queries`` rows of 1 + ``k`` images."""
     width = 2 * MARGIN + (1 + k) * TILE + k * GAP + QUERY_GAP
-    height = 2 * MARGIN + TITLE + queries * (TILE + LABEL) + (queries - 1) * GAP
+    height = 2 * MARGIN + len(_title(k, layer)) * TITLE + queries * (TILE + LABEL) + (queries - 1) * GAP
     return width, height
+
+
+def _title(k: int, layer: str) -> list[str]:
+    """The title's lines: one where the row of tiles is wide enough, more (not cut off) for a small ``k``."""
+    text = f"val image (left) and the {k} training images nearest in {layer} space (Euclidean distance)"
+    width = 2 * MARGIN + (1 + k) * TILE + k * GAP + QUERY_GAP - 2 * MARGIN
+    return textwrap.wrap(text, width=max(20, width // TITLE_CHAR))
 
 
 def draw_neighbours(found: list[Query], names: list[str], out: str | Path, crop: int, layer: str = DEFAULT_LAYER,
@@ -128,12 +137,13 @@ def draw_neighbours(found: list[Query], names: list[str], out: str | Path, crop:
     """Each query (left) beside its neighbours, nearest first; a caption is green when the class matches.
     ``small``: what the network's training did with images under 256 (decode.SMALL), to show them so."""
     k = max(len(q.neighbours) for q in found)
-    fig = new_figure(*figure_size(len(found), k))
-    fig.text(MARGIN / fig.bbox.width, 1 - (MARGIN + TITLE / 2) / fig.bbox.height,
-             f"val image (left) and the {k} training images nearest in {layer} space (Euclidean distance)",
-             va="center", fontsize=11)
+    fig = new_figure(*figure_size(len(found), k, layer))
+    title = _title(k, layer)
+    for line, text in enumerate(title):
+        fig.text(MARGIN / fig.bbox.width, 1 - (MARGIN + (line + 0.5) * TITLE) / fig.bbox.height, text,
+                 va="center", fontsize=11)
     for row, q in enumerate(found):
-        top = MARGIN + TITLE + row * (TILE + LABEL + GAP)
+        top = MARGIN + len(title) * TITLE + row * (TILE + LABEL + GAP)
         _tile(fig, q, crop, MARGIN, top, f"{shorten(names[q.label], 22)}", "black", small, bold=True)
         for col, n in enumerate(q.neighbours):
             left = MARGIN + (col + 1) * (TILE + GAP) + QUERY_GAP

@@ -8,12 +8,13 @@ its bar is then red, and a true class outside the top 5 is named under the image
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
 from alexnet.data.decode import UndecodableImage, load_fixed
+from alexnet.dense import SCALES
 from alexnet.predict import Prediction, predict
 from alexnet.viz.figure import axes_at, center_crop, new_figure, save, shorten, show_image
 from alexnet.weights import LoadedModel
@@ -41,13 +42,15 @@ def true_class(loaded: LoadedModel, path: Path) -> int | None:
         return None
 
 
-def draw_predictions(loaded: LoadedModel, paths: Iterable[Path], out: str | Path, topk: int = 5, crops: int = 1,
-                     device: torch.device | str = "cpu") -> tuple[Path | None, list[Prediction]]:
-    """Draw every readable image of ``paths`` with its top-k; returns (the file written, or None when no
-    image could be read, and the predictions that failed, each with its reason)."""
+def draw_predictions(loaded: LoadedModel, paths: Iterable[Path], out: str | Path, topk: int = 5, crops: int | str = 1,
+                     device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+                     scales: str | Sequence[int] = SCALES) -> tuple[Path | None, list[Prediction]]:
+    """Draw every readable image of ``paths`` with its top-k (as ``predict`` computes it for ``crops``,
+    ``dtype`` and ``scales``); returns (the file written, or None when no image could be read, and the
+    predictions that failed, each with its reason)."""
     shown: list[tuple[Prediction, torch.Tensor]] = []
     failed: list[Prediction] = []
-    for result in predict(loaded, list(paths), topk=topk, crops=crops, device=device):
+    for result in predict(loaded, list(paths), topk=topk, crops=crops, device=device, dtype=dtype, scales=scales):
         if not result.error:
             try:
                 shown.append((result, center_crop(load_fixed(result.path, small=loaded.small), loaded.crop)))
