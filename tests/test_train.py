@@ -421,6 +421,23 @@ def test_settings_a_machine_cannot_run_are_refused_before_any_work(data, tmp_pat
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_more_workers_than_cores_is_said_once_in_one_line(data, tmp_path, capsys):
+    # torch says it in a paragraph each time a loader is made or started: four times an epoch.
+    import types
+    import warnings
+
+    import alexnet.train as train_module
+
+    workers = (os.cpu_count() or 1) + 1   # more than torch suggests on any machine
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_module._check_workers(config(data, tmp_path / "run", workers=workers), types.SimpleNamespace(main=True))
+        list(torch.utils.data.DataLoader(list(range(workers)), num_workers=workers))
+    assert not [w for w in caught if "DataLoader will create" in str(w.message)]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"alexnet train: warning: --workers {workers} per process is more "), err
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_signal_while_setting_up_ends_at_once_with_one_line(data, tmp_path, monkeypatch, capsys, signum):
     # A scheduler's notice during the statistics pass (minutes on ImageNet) used to kill the process

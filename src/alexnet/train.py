@@ -25,6 +25,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from tqdm import tqdm
 
 from alexnet import checkpoint, distributed, parallel
 from alexnet.config import TrainConfig, dump_yaml, from_dict, load_yaml
+from alexnet.cores import usable_cores
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import DataSource, ImageSet
 from alexnet.data.loader import default_workers, eval_loader, steps_per_epoch, train_loader
@@ -452,7 +454,7 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
         with _StopsAtOnce(dist):
             _hold(lock, dist)
             config, ckpt = resolve_run(config, resume, given or {}, dist)
-            _check_workers(config)
+            _check_workers(config, dist)
             if ckpt is not None and ckpt.epoch >= config.epochs:
                 return _complete(config, ckpt, dist)
             run = _set_up(config, ckpt, dist)
@@ -483,13 +485,21 @@ def _check_out(config: TrainConfig) -> None:
                 raise UserError(f"--out {out} lies inside {root}, which training reads; choose a folder outside it")
 
 
-def _check_workers(config: TrainConfig) -> None:
+def _check_workers(config: TrainConfig, dist: distributed.Dist) -> None:
     # Each loader process holds a copy of the dataset's index and its own decoding buffers: thousands of
     # them (a slip of the keyboard) would fill the memory before the first batch.
     cap = max(32, 4 * (os.cpu_count() or 1))
     if config.workers is not None and config.workers > cap:
         raise UserError(f"--workers {config.workers} is more loader processes than this machine can use; "
                         f"give at most {cap} (4 per CPU core)")
+    cores = usable_cores()
+    if config.workers is not None and config.workers > cores:
+        # Allowed (a loader waiting on a network file system may want more), but said once here: torch
+        # would say it in a paragraph for every loader each time one starts, four times an epoch.
+        warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+        if dist.main:
+            tqdm.write(f"alexnet train: warning: --workers {config.workers} per process is more than the "
+                       f"{cores} cores this process may use; loading may be slower, not faster", file=sys.stderr)
 
 
 def _complete(config: TrainConfig, ckpt: checkpoint.Resumable, dist: distributed.Dist) -> dict[str, Any]:
