@@ -240,13 +240,24 @@ def test_a_file_that_is_no_tar_is_named(archives, tmp_path):
         open_data(tmp_path)
 
 
-def test_the_devkit_must_label_every_val_image_once(reference, tmp_path):
+def test_the_devkit_labels_every_val_image_by_its_number_and_a_part_of_val_too(reference, tmp_path):
     count = sum(VAL_PER_CLASS)
     write_imagenet_archives(reference, tmp_path, ids=IDS)
-    write_devkit(reference, tmp_path, ids=IDS, truth=[1] * (count + 1))
-    with pytest.raises(UserError, match=f"ground_truth.txt has {count + 1} labels but .*ILSVRC2012_img_val.tar "
-                                        f"holds {count} images"):
+    write_devkit(reference, tmp_path, ids=IDS, truth=[IDS[WNIDS[0]]] * (count - 1))   # one label short
+    last = f"ILSVRC2012_val_{count:08d}.JPEG"
+    with pytest.raises(UserError, match=f"{last} has no label in .*ground_truth.txt"):
         open_data(tmp_path)
+    # A part of val beside the whole devkit (the other images deleted to save space): those present keep
+    # the labels of their class folders in the reference.
+    images = layout("extracted-devkit-tar", reference, tmp_path / "part")
+    wnid_of = {name: f.parent.name for f, name in imagenet_val_names(reference).items()}
+    kept = sorted(wnid_of)[::3]
+    for f in (images / "val").iterdir():
+        if f.name not in kept:
+            f.unlink()
+    val = open_data(images, ("val",)).splits["val"]
+    assert sorted(p.name for p, _ in val.split.samples) == kept
+    assert [label for _, label in val.split.samples] == [WNIDS.index(wnid_of[p.name]) for p, _ in val.split.samples]
     write_devkit(reference, tmp_path, ids=IDS, truth=[1] * (count - 1) + [99])
     with pytest.raises(UserError, match=f"ground_truth.txt line {count}: ILSVRC2012_ID 99 is no class of meta.mat"):
         open_data(tmp_path)
