@@ -329,6 +329,22 @@ def test_two_processes_match_one_with_the_same_global_batch(more_data, tmp_path)
 
 
 @pytest.mark.processes
+@pytest.mark.parametrize("flags, message", [(["--out", "{file}"], "is a file; give a folder"),
+                                            (["--batch-size", "0"], "expected a positive integer")])
+def test_a_usage_error_under_torchrun_is_said_once_and_named_in_its_failure_summary(data, tmp_path, flags, message):
+    (tmp_path / "file").write_text("mine")
+    flags = [f.format(file=tmp_path / "file") for f in flags]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "alexnet", "train", "--data", str(data), "--out", str(tmp_path / "run"), *flags],
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    said = [line for line in r.stderr.splitlines() if line.startswith("alexnet train: error:")]
+    assert r.returncode != 0 and len(said) == 1 and message in said[0], r.stderr[-3000:]
+    # torchrun's summary gives each rank's cause (its error file), not a link to its documentation.
+    named = [line for line in r.stderr.splitlines() if line.strip().startswith("traceback :")]
+    assert len(named) == 2 and all(line.split("traceback :")[1].strip() == said[0] for line in named), r.stderr[-3000:]
+
+
+@pytest.mark.processes
 def test_a_data_parallel_run_that_diverges_stops_every_process_and_says_so_once(data, tmp_path):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "-m", "alexnet", "train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1",

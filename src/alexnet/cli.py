@@ -13,6 +13,7 @@ import math
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from alexnet.errors import UserError
@@ -24,7 +25,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (argparse's default prints the whole usage first)."""
 
     def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        _say_error(f"{self.prog}: error: {message} (see {self.prog} --help)")
+        self.exit(EXIT_USAGE)
 
 
 # ---- argument types: each rejects bad values with a message argparse turns into one line ----
@@ -993,12 +995,27 @@ def _refuse_writing_over_inputs(args) -> None:
             raise UserError(f"--out {out} is the --{name} this command reads; write to another path")
 
 
+def _say_error(line: str) -> None:
+    """The one line of a failed command. Under torchrun every process finds the same fault: the line goes to
+    stderr once per machine (local rank 0) and, for each process, into the error file torchrun reads, so
+    that its failure summary names the cause of each rank instead of a link to its documentation."""
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        try:
+            with open(error_file, "w", encoding="utf-8") as f:
+                json.dump({"message": line, "timestamp": int(time.time())}, f)
+        except OSError:
+            error_file = None   # then stderr is the only place left to say it
+    if not error_file or os.environ.get("LOCAL_RANK", "0") == "0":
+        print(line, file=sys.stderr)
+
+
 def _run(args, command: str) -> int:
     try:
         _refuse_writing_over_inputs(args)
         return args.run(args)
     except UserError as e:
-        print(f"{command}: error: {e}", file=sys.stderr)
+        _say_error(f"{command}: error: {e}")
         return EXIT_USAGE
     except BrokenPipeError:
         # `alexnet summary | head`: the reader left; say nothing more and do not flush into a closed pipe.
@@ -1008,8 +1025,7 @@ def _run(args, command: str) -> int:
         if e.errno not in _FILE_SYSTEM_ERRORS:
             raise
         where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "") if e.filename else ""
-        print(f"{command}: error: " + (f"cannot use {where} ({e.strerror})" if where else f"{e.strerror}"),
-              file=sys.stderr)
+        _say_error(f"{command}: error: " + (f"cannot use {where} ({e.strerror})" if where else f"{e.strerror}"))
         return EXIT_USAGE
     except Exception as e:
         # The training loop's own ends: a signal (already reported, last.pt written) or a diverged loss.
