@@ -1038,4 +1038,24 @@ def _run(args, command: str) -> int:
             if os.environ.get("RANK", "0") == "0":
                 print(f"{command}: error: {e}", file=sys.stderr)
             return 1
+        if _a_peer_failed(e):
+            # Not this process's fault, and its own traceback (30 lines through autograd) would hide the one
+            # that matters: the failed process's, in its log or in torchrun's summary.
+            cause = str(e).strip().splitlines()[0].split(" This is typically caused")[0]
+            _say_error(f"{command}: error: another process of the job failed ({cause}); this one stops too, and "
+                       f"torchrun restarts the group from the last checkpoint if --max-restarts allows")
+            return 1
         raise
+
+
+def _a_peer_failed(e: Exception) -> bool:
+    """A collective that failed because another process of the job went away (killed, crashed, its node lost)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or "torch" not in sys.modules:
+        return False
+    import torch.distributed as td
+
+    if isinstance(e, td.DistError):   # NCCL's and the store's (DistBackendError, DistNetworkError, ...)
+        return True
+    # gloo's are plain RuntimeErrors, told by where they come from.
+    return isinstance(e, RuntimeError) and any(mark in str(e) for mark in ("gloo/transport", "Connection closed by peer",
+                                                                          "Connection reset by peer"))
