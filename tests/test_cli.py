@@ -146,3 +146,38 @@ def test_the_file_systems_refusals_are_one_line(monkeypatch, capsys, error, show
     error.errno = 104
     with pytest.raises(OSError):
         main(["summary"])
+
+
+GLOO_PEER_GONE = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+                  "[127.0.0.1]:40159. This is typically caused by a remote worker crashing. Check the logs of the "
+                  "remote worker before reporting an error.")   # as torch 2.14's gloo words it
+
+
+def test_a_peer_that_died_in_a_collective_is_one_line_and_other_errors_keep_their_traceback(monkeypatch, capsys,
+                                                                                         tmp_path):
+    failure = RuntimeError(GLOO_PEER_GONE)
+
+    def fails(args):
+        raise failure
+    parser = build_parser()
+    monkeypatch.setattr("alexnet.cli.build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["summary"].set_defaults(run=fails)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "error.json"))
+    assert main(["summary"]) == 1
+    assert capsys.readouterr().err == ""   # local rank 1: for torchrun's summary, through its error file
+    said = json.loads((tmp_path / "error.json").read_text())["message"]
+    assert said == ("alexnet summary: error: another process of the job failed ([/__w/pytorch/pytorch/third_party/"
+                    "gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:40159.); this one "
+                    "stops too, and torchrun restarts the group from the last checkpoint if --max-restarts allows")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert main(["summary"]) == 1
+    assert capsys.readouterr().err == said + "\n"
+    monkeypatch.setenv("WORLD_SIZE", "1")   # alone, no peer can have failed: a fault of the program's
+    with pytest.raises(RuntimeError):
+        main(["summary"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    failure = RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    with pytest.raises(RuntimeError):
+        main(["summary"])
