@@ -1057,5 +1057,5 @@ def _a_peer_failed(e: Exception) -> bool:
     if isinstance(e, td.DistError):   # NCCL's and the store's (DistBackendError, DistNetworkError, ...)
         return True
     # gloo's are plain RuntimeErrors, told by where they come from.
-    return isinstance(e, RuntimeError) and any(mark in str(e) for mark in ("gloo/transport", "Connection closed by peer",
-                                                                          "Connection reset by peer"))
+    marks = ("gloo/transport", "Connection closed by peer", "Connection reset by peer")
+    return isinstance(e, RuntimeError) and any(mark in str(e) for mark in marks)

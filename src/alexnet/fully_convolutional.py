@@ -95,13 +95,15 @@ class MatrixConv2d(nn.Conv2d):
         n, _, h, w = x.shape
         k = self.kernel_size[0]
         h, w = h - k + 1, w - k + 1
+        weight = self.weight.flatten(1)                                         # (out, C*k*k)
+        # Sizes spelled out rather than -1: an empty batch has no elements to infer a -1 from.
         if k == 1:
-            rows = x.permute(0, 2, 3, 1).reshape(n * h * w, -1)                # free in channels_last memory
+            rows = x.permute(0, 2, 3, 1).reshape(n * h * w, weight.shape[1])    # free in channels_last memory
         else:
-            rows = F.unfold(x, k).transpose(1, 2).reshape(n * h * w, -1)       # (positions, C*k*k)
+            rows = F.unfold(x, k).transpose(1, 2).reshape(n * h * w, weight.shape[1])   # (positions, C*k*k)
         # As a Linear computes it (F.linear), so that autocast and the CPU's kernels treat it as one.
-        y = F.linear(rows, self.weight.flatten(1), self.bias)
-        return y.view(n, h, w, -1).permute(0, 3, 1, 2)                          # NCHW, channels_last memory
+        y = F.linear(rows, weight, self.bias)
+        return y.view(n, h, w, weight.shape[0]).permute(0, 3, 1, 2)              # NCHW, channels_last memory
 
 
 def _as_conv(module: nn.Module) -> nn.Module:

@@ -11,6 +11,8 @@ Two variants share one class and one module layout (``features`` then ``classifi
 
 from __future__ import annotations
 
+import numbers
+import operator
 from typing import Any
 
 import torch
@@ -41,6 +43,27 @@ LAYER_NAMES = {
 # layers with the constant 0." Weights: zero-mean Gaussian, standard deviation 0.01.
 PAPER_INIT_STD = 0.01
 PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
+
+
+def check_num_classes(num_classes: Any) -> int:
+    """``num_classes`` as a plain int: any integer type (NumPy's too) above 0, never a bool (True is not a
+    class count, however Python counts it)."""
+    try:
+        count = None if isinstance(num_classes, bool) else operator.index(num_classes)
+    except TypeError:
+        count = None
+    if count is None or count < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    return count
+
+
+def check_dropout(p: Any) -> float:
+    """A drop probability as a float in [0, 1): 1 would drop everything and leave nothing to learn from."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"dropout must be a number in [0, 1), got {p!r}")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {p!r}")
+    return float(p)
 
 
 def check_pool5(x: torch.Tensor) -> None:
@@ -127,23 +150,27 @@ class AlexNet(nn.Module):
         variant: "paper" (227x227 input, LRN, two towers) or "owt" (torchvision's layout, 224x224).
         num_classes: size of fc8.
         dropout: drop probability on the fully-connected layers (the paper's 0.5).
-        lrn: LRN convention for the paper variant: "paper" (default), "cuda-convnet" or "caffe".
+        lrn: LRN convention for the paper variant: "paper" (its default), "cuda-convnet" or "caffe". owt has
+            no LRN and refuses any other convention; "paper" is let through there because it was every
+            variant's default (a training config records it for owt runs too).
         init: "paper" (N(0, 0.01) weights, biases of 1 where the paper says), "kaiming" (He normal,
             zero biases) or "pytorch" (the layers' own defaults, which torchvision's alexnet uses).
             Defaults to "paper" for the paper variant and "pytorch" for owt.
     """
 
     def __init__(self, variant: str = "paper", num_classes: int = 1000, dropout: float = 0.5, *,
-                 lrn: str = "paper", init: str | None = None) -> None:
+                 lrn: str | None = None, init: str | None = None) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if lrn not in LRN_CONVENTIONS:
+        num_classes = check_num_classes(num_classes)
+        dropout = check_dropout(dropout)
+        if lrn is not None and lrn not in LRN_CONVENTIONS:
             raise ValueError(f"unknown LRN convention {lrn!r}; choose from {', '.join(LRN_CONVENTIONS)}")
+        if variant == "owt" and lrn not in (None, "paper"):
+            raise ValueError(f"the owt network has no LRN layers, so lrn={lrn!r} would do nothing; "
+                             f"lrn applies to the paper variant only")
+        lrn = lrn or "paper"
         init = init or ("paper" if variant == "paper" else "pytorch")
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
@@ -195,9 +222,9 @@ class AlexNet(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace fc8 with a fresh one of ``num_classes`` outputs (fine-tuning on new classes)."""
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        """Replace fc8 with a fresh one of ``num_classes`` outputs (fine-tuning on new classes), initialised
+        as ``self.init`` says (for a loaded network, the init its training run recorded)."""
+        num_classes = check_num_classes(num_classes)
         old = self.classifier[-1]
         fc8 = nn.Linear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)
         if self.init == "paper":
