@@ -329,3 +329,157 @@ def test_the_c_kernel_keeps_no_residue_after_a_spike(channels_last):
     exact.backward(g.double())
     torch.testing.assert_close(lrn(a).double(), exact, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(x.grad.double(), exact_in.grad, rtol=1e-5, atol=1e-7)
+
+
+def torch_per_tower(lrn: LocalResponseNorm):
+    """torch.nn.LocalResponseNorm on each tower's channels: an implementation independent of ours (it takes
+    alpha for the whole window, ours per term)."""
+    theirs = nn.LocalResponseNorm(lrn.size, alpha=lrn.alpha * lrn.size, beta=lrn.beta, k=lrn.k)
+    return lambda x: torch.cat([theirs(t) for t in x.chunk(lrn.towers, 1)], 1)
+
+
+def hessian_vector_product(f, x, w, v):
+    """d/dx of <v, dL/dx> for L = |w f(x)|^2, by double backward: the second backward also runs through
+    the first one's dependence on the incoming gradient (2 w^2 f(x))."""
+    x = x.detach().requires_grad_()
+    (g,) = torch.autograd.grad((f(x) * w).square().sum(), x, create_graph=True)
+    return torch.autograd.grad((g * v).sum(), x)[0]
+
+
+def hvp_inputs(seed):
+    # Large enough (x100) that the window sum is comparable to k in every convention, so the terms of the
+    # second derivative through the scales are not negligible.
+    g = torch.Generator().manual_seed(seed)
+    x, w, v = (torch.randn(2, 16, 3, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    return (x * 100).float().double(), w, v                   # x exact in float32 too
+
+
+@pytest.mark.parametrize("towers", [1, 2])
+@pytest.mark.parametrize("name", list(LRN_CONVENTIONS))
+def test_second_derivatives_pass_gradgradcheck_in_float64(name, towers):
+    g = torch.Generator().manual_seed(12)
+    a = (torch.randn(1, 8, 2, 2, generator=g, dtype=torch.float64) * 100).requires_grad_()
+    lrn = LocalResponseNorm.from_convention(name, towers=towers)
+    assert torch.autograd.gradgradcheck(lrn, (a,), eps=1e-6, atol=1e-8)
+    x, w, v = hvp_inputs(13)
+    torch.testing.assert_close(hessian_vector_product(lrn, x, w, v),
+                               hessian_vector_product(lrn.reference, x, w, v), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("towers", [1, 2])
+@pytest.mark.parametrize("name", list(LRN_CONVENTIONS))
+def test_hessian_vector_products_in_float32_equal_the_reference(impl, name, towers):
+    lrn = LocalResponseNorm.from_convention(name, towers=towers)
+    x, w, v = hvp_inputs(14)
+    exact = hessian_vector_product(lrn.reference, x, w, v)
+    ours = hessian_vector_product(lrn, x.float(), w.float(), v.float())
+    # Each entry goes through some 30 float32 roundings (three window sums of 5 terms, powers, products)
+    # of values no larger than the largest entry, each within eps/2: 64 eps of that entry leaves headroom.
+    # A second derivative that missed the terms through the scales is off by tens of percent.
+    tol = 64 * torch.finfo(torch.float32).eps
+    torch.testing.assert_close(ours.double(), exact, rtol=tol, atol=tol * exact.abs().max().item())
+
+
+def test_first_order_backward_keeps_the_fast_kernels(impl, monkeypatch):
+    def graph_asked_for(*args):
+        raise AssertionError("the differentiable formula ran for a first-order backward")
+
+    monkeypatch.setattr(lrn_module, "_differentiable_grad", graph_asked_for)
+    a = relu_like(2, 16, 3, 3, scale=200.0, seed=15).float()
+    lrn = LocalResponseNorm.from_convention("paper", towers=2)
+    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(4))
+    x, exact_in = a.clone().requires_grad_(), a.double().requires_grad_()
+    lrn(x).backward(g)
+    lrn.reference(exact_in).backward(g.double())
+    torch.testing.assert_close(x.grad.double(), exact_in.grad, rtol=1e-5, atol=1e-6 * exact_in.grad.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("towers", [1, 2])
+def test_torch_func_jacobians_equal_torchs_lrn(dtype, towers):
+    lrn = LocalResponseNorm.from_convention("paper", towers=towers)
+    a = relu_like(2, 8, 2, 3, scale=200.0, seed=16).to(dtype)
+    expected = torch.autograd.functional.jacobian(torch_per_tower(lrn), a.double())
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    for jacobian in (torch.func.jacrev, torch.func.jacfwd):
+        torch.testing.assert_close(jacobian(lrn)(a).double(), expected, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_per_sample_gradients_by_vmap_of_grad_equal_a_loop(dtype):
+    lrn = LocalResponseNorm.from_convention("caffe", towers=2)
+    a = relu_like(3, 16, 4, 5, scale=200.0, seed=17).to(dtype)
+    w = torch.randn(a.shape, generator=torch.Generator().manual_seed(6), dtype=dtype)
+
+    def loss(xi, wi):
+        return (lrn(xi[None]) * wi).square().sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss))(a, w)
+    for xi, wi, got in zip(a, w, per_sample):
+        x = xi.double().requires_grad_()
+        (torch_per_tower(lrn)(x[None]) * wi.double()).square().sum().backward()
+        tol = 1e-5 if dtype == torch.float32 else 1e-10
+        torch.testing.assert_close(got.double(), x.grad, rtol=tol, atol=tol * x.grad.abs().max().item())
+
+
+def test_per_sample_gradients_of_the_paper_network_equal_a_loop():
+    from torch.func import functional_call, grad, vmap
+
+    from alexnet import AlexNet
+
+    # float64: in float32 the conv1 gradient of this untrained network differs by 1e-2 between two correct
+    # evaluation orders, whatever the LRN does.
+    torch.manual_seed(0)
+    net = AlexNet("paper", num_classes=10).eval().double()
+    x = torch.randn(2, 3, 227, 227, dtype=torch.float64)
+    y = torch.tensor([1, 7])
+    features = {k: p.detach() for k, p in net.named_parameters() if k.startswith("features")}  # the LRN's side
+
+    def loss(params, xi, yi):
+        return nn.functional.cross_entropy(functional_call(net, params, (xi[None],)), yi[None])
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))(features, x, y)
+    for i in range(len(x)):
+        net.zero_grad()
+        loss(dict(net.named_parameters()), x[i], y[i]).backward()
+        for k, p in net.named_parameters():
+            if k in features:
+                torch.testing.assert_close(per_sample[k][i], p.grad, rtol=1e-8, atol=1e-10 * p.grad.abs().max().item())
+
+
+@pytest.mark.parametrize("shape,layout", [
+    ((2, 8, 10), torch.contiguous_format),
+    ((2, 8, 3, 4, 5), torch.contiguous_format),
+    ((2, 8, 3, 4, 5), torch.channels_last_3d),
+])
+@pytest.mark.parametrize("towers", [1, 2])
+def test_3d_and_5d_input_is_torchs_lrn_per_tower(impl, shape, layout, towers):
+    lrn = LocalResponseNorm.from_convention("paper", towers=towers)
+    a = relu_like(*shape, scale=200.0, seed=18).float().to(memory_format=layout)
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+    x, exact_in = a.clone().requires_grad_(), a.double().requires_grad_()
+    y = lrn(x)
+    y.backward(g)
+    exact = torch_per_tower(lrn)(exact_in)
+    exact.backward(g.double())
+    assert y.shape == shape and y.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(y.double(), exact, rtol=1e-5, atol=1e-6 * exact.abs().max().item())
+    torch.testing.assert_close(x.grad.double(), exact_in.grad, rtol=1e-5, atol=1e-6 * exact_in.grad.abs().max().item())
+    torch.testing.assert_close(lrn.reference(exact_in), exact, rtol=1e-10, atol=1e-12)
+
+
+def test_input_without_a_channel_axis_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"shape \(N, C, \.\.\.\).*got \(8, 10\)"):
+        LocalResponseNorm()(torch.zeros(8, 10))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(towers=2.0), "towers must be a positive int, got 2.0"),
+    (dict(towers=0), "towers must be a positive int, got 0"),
+    (dict(size=True), "size must be a positive int, got True"),
+    (dict(size=5.5), "size must be a positive int, got 5.5"),
+    (dict(alpha="1e-4"), "alpha must be a real number"),
+])
+def test_bad_settings_are_refused_when_built(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LocalResponseNorm(**kwargs)

@@ -17,6 +17,8 @@ LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2).
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -53,9 +55,15 @@ class LocalResponseNorm(nn.Module):
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
                  towers: int = 1) -> None:
         super().__init__()
-        if size < 1 or towers < 1:
-            raise ValueError(f"LRN size and towers must be positive, got size={size}, towers={towers}")
-        self.size, self.alpha, self.beta, self.k, self.towers = size, alpha, beta, k, towers
+        # Checked here: a float tower count would otherwise fail much later, inside the custom op's schema.
+        for name, value in (("size", size), ("towers", towers)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"LRN {name} must be a positive int, got {value!r}")
+        for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"LRN {name} must be a real number, got {value!r}")
+        self.size, self.towers = int(size), int(towers)
+        self.alpha, self.beta, self.k = float(alpha), float(beta), float(k)
 
     @classmethod
     def from_convention(cls, name: str, towers: int = 1) -> LocalResponseNorm:
@@ -67,6 +75,12 @@ class LocalResponseNorm(nn.Module):
         return cls(size=c.size, alpha=alpha, beta=c.beta, k=c.k, towers=towers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            # (N, C, L) and (N, C, D, H, W), as torch.nn.LocalResponseNorm takes them: the window runs over C
+            # alone, so the pixels can be one axis of a 4-D view (a view for NCHW and channels_last alike).
+            if x.dim() < 3:
+                raise ValueError(f"LRN expects input of shape (N, C, ...) such as (N, C, H, W), got {tuple(x.shape)}")
+            return self.forward(x.reshape(*x.shape[:2], math.prod(x.shape[2:]), 1)).reshape(x.shape)
         if x.is_cuda:
             return _outside_compiled_graphs(self, x)
         return self._forward(x)
@@ -74,6 +88,11 @@ class LocalResponseNorm(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] % self.towers:
             raise ValueError(f"LRN over {self.towers} towers needs a channel count divisible by it, got {x.shape[1]}")
+        if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+            # torch.func (grad, jacrev, vmap of per-sample gradients): the custom op has no batching rule and
+            # the Function reads layouts a batched tensor hides, so the plain ops run, in float32 at least.
+            # is_compiling first: the compiler has its own branch below and need not trace this query.
+            return self.reference(widen(x)).to(x.dtype)
         if _fused_ok(x):
             return lrn_fused(x, self.size, self.alpha, self.beta, self.k, self.towers)
         if torch.compiler.is_compiling():
@@ -87,11 +106,12 @@ class LocalResponseNorm(nn.Module):
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The same function from plain autograd ops (a windowed average pool over channels): slower,
         kept as the readable definition the fast path is tested against."""
-        n, c, h, w = x.shape
-        # (N, C, H, W) -> (N * towers, 1, C / towers, H, W), zero-padded so edges see fewer terms.
-        sq = x.square().reshape(n * self.towers, 1, c // self.towers, h, w)
+        n, c, *pixels = x.shape
+        # (N, C, H, W) -> (N * towers, 1, C / towers, H W, 1), zero-padded so edges see fewer terms; any
+        # number of pixel axes (N, C, L or N, C, D, H, W) flattens the same way.
+        sq = x.square().reshape(n * self.towers, 1, c // self.towers, math.prod(pixels), 1)
         sq = F.pad(sq, (0, 0, 0, 0, self.size // 2, (self.size - 1) // 2))
-        window_sum = F.avg_pool3d(sq, (self.size, 1, 1), stride=1).reshape(n, c, h, w) * self.size
+        window_sum = F.avg_pool3d(sq, (self.size, 1, 1), stride=1).reshape(x.shape) * self.size
         return x / (self.k + self.alpha * window_sum).pow(self.beta)
 
     def extra_repr(self) -> str:
@@ -139,7 +159,8 @@ class _BandedLRN(torch.autograd.Function):
         b = a d^-beta
         dL/da[j] = g[j] d[j]^-beta - 2 alpha beta a[j] sum_{c: j in window(c)} g[c] a[c] d[c]^(-beta-1)
     The last sum is again a window sum, through B's transpose. Every step is a whole-tensor op or one
-    matrix product; no copy into another memory layout, and no autograd graph of intermediates.
+    matrix product; no copy into another memory layout, and no autograd graph of intermediates (a
+    backward asked for a graph, create_graph=True, takes :func:`_differentiable_grad` instead).
     """
 
     @staticmethod
@@ -152,12 +173,14 @@ class _BandedLRN(torch.autograd.Function):
             ratio = scale / d                                           # d^(-beta-1), for backward
             y = a * scale
         ctx.save_for_backward(x, scale, ratio, band)
-        ctx.alpha, ctx.beta = alpha, beta
+        ctx.alpha, ctx.beta, ctx.k = alpha, beta, k
         return y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         x, scale, ratio, band = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _differentiable_grad(x, grad, band, ctx.alpha, ctx.beta, ctx.k), None, None, None, None
         with _no_autocast(x.device):
             a, g = widen(x), widen(grad)
             t = _window((g * a).mul_(ratio), band.T)
@@ -254,10 +277,28 @@ def _save_input(ctx, inputs, output):
 
 def _lrn_fused_grad(ctx, grad):
     (x,) = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        size, alpha, beta, k, towers = ctx.args
+        band = window_matrix(x.shape[1], size, towers, x.device)
+        return _differentiable_grad(x, grad, band, alpha, beta, k), None, None, None, None, None
     return lrn_fused_backward(x, grad, *ctx.args), None, None, None, None, None
 
 
 lrn_fused.register_autograd(_lrn_fused_grad, setup_context=_save_input)
+
+
+def _differentiable_grad(x, grad, band, alpha, beta, k):
+    """_BandedLRN's backward formula in out-of-place ops from x itself, for a backward that runs with grad
+    mode on (create_graph=True): autograd then differentiates it again, in x and in grad, for Hessian-vector
+    products. The fast backwards read scales saved or recomputed without a graph, and so would give second
+    derivatives that miss every term through the scales; ordinary training never takes this path."""
+    with _no_autocast(x.device):
+        a, g = widen(x), widen(grad)
+        d = _window(a * a, band.to(a.dtype)) * alpha + k
+        scale = d.pow(-beta)
+        t = _window(g * a * scale / d, band.T.to(a.dtype))
+        dx = g * scale - (2 * alpha * beta) * a * t
+    return dx.to(x.dtype)
 
 
 def _no_autocast(device: torch.device):
