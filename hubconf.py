@@ -4,23 +4,49 @@
     model = torch.hub.load("path/to/alexnet", "alexnet", source="local", variant="owt", num_classes=10)
     model = torch.hub.load("path/to/alexnet", "alexnet", source="local",
                            weights="alexnet-imagenet.safetensors")                               # trained
-    model.names[model(x).argmax(1)]                                                              # readable class
+    [model.names[i] for i in model(x).argmax(1).tolist()]                                        # readable classes
 
 With weights, the variant, class count and LRN convention are the file's (given ones must agree), and the
 model is in eval mode and carries ``classes``, ``names`` and ``preprocessing`` (crop, normalization, mean,
 std in 0-255 units, small: what became of images under 256) from the file. ``pretrained=True`` and unknown
 arguments are refused in one line.
+
+The code is this directory's: its src/alexnet is put first on the path, ahead of any installed alexnet
+(another checkout's, say). A process that has already imported alexnet from elsewhere keeps that one,
+since Python imports a package once; a warning names both.
 """
 
 import os
 import sys
+import warnings
 
 dependencies = ["torch"]
 
-try:
-    import alexnet as _package  # noqa: F401  (installed, or already on the path)
-except ImportError:  # a plain clone (torch.hub's own download): the package lives under src/
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
+_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "src")
+
+
+def _import_package():
+    """alexnet from this directory's src/ where there is one (a checkout, or torch.hub's own download),
+    else the installed one; a warning where the process already holds another."""
+    ours = os.path.join(_SRC, "alexnet")
+    if not os.path.isdir(ours):
+        import alexnet
+        return alexnet
+    # Left on the path after the import: spawned worker processes (DataLoader, torchrun) rebuild sys.path
+    # from this one and must import the same package.
+    if _SRC in sys.path:
+        sys.path.remove(_SRC)
+    sys.path.insert(0, _SRC)
+    import alexnet
+    where = os.path.dirname(os.path.realpath(getattr(alexnet, "__file__", None) or ours))
+    if where != os.path.realpath(ours):   # imported before this hub load, from elsewhere
+        warnings.warn(f"this process already imported alexnet from {where}; torch.hub runs that code, not "
+                      f"{ours} (a package is imported once per process: load from a fresh Python to use this "
+                      f"checkout's)", stacklevel=2)
+    return alexnet
+
+
+_import_package()
 
 
 def alexnet(variant=None, num_classes=None, weights=None, **kwargs):
@@ -30,7 +56,9 @@ def alexnet(variant=None, num_classes=None, weights=None, **kwargs):
     classes unless told otherwise.
     With weights (a .pt checkpoint or .safetensors file): the network in the file, in eval mode, carrying
     ``classes``, ``names`` and ``preprocessing``; its variant, class count and LRN convention come from the
-    file, and any of them given here must agree with it. ``dropout`` still applies (for fine-tuning).
+    file, and any of them given here must agree with it. Dropout is the training run's where the file records
+    it (a .pt checkpoint does, a .safetensors file does not: 0.5 then); ``dropout`` given here overrides it
+    (for fine-tuning).
     A contradiction is a UserError and a wrong argument a TypeError, each in one line.
     """
     from alexnet.errors import UserError
@@ -57,9 +85,12 @@ def alexnet(variant=None, num_classes=None, weights=None, **kwargs):
         raise TypeError("init sets a new network's starting weights; it does not apply with weights=")
     lrn = kwargs.get("lrn")
     loaded = load_model(weights)
+    # owt has no LRN; "paper" passes there as AlexNet lets it (every variant's old default).
+    if loaded.variant == "owt" and lrn not in (None, "paper"):
+        raise UserError(f"{weights} holds the owt network, which has no LRN layers, so lrn={lrn!r} would do "
+                        f"nothing; leave lrn out")
     asked = (loaded.variant if variant is None else variant,
              len(loaded.classes) if num_classes is None else num_classes,
-             # lrn exists only in the paper network; AlexNet ignores it for owt, and so does this check.
              loaded.lrn if lrn is None or loaded.variant != "paper" else lrn)
     if asked != (loaded.variant, len(loaded.classes), loaded.lrn):
         wanted = "the network" if variant is None else f"the {variant} network"
@@ -78,10 +109,10 @@ def alexnet(variant=None, num_classes=None, weights=None, **kwargs):
 
 
 def _set_dropout(model, p):
-    """The loaded network was built with the default 0.5 (files do not record dropout); fine-tuning may want
-    another, and ignoring the argument would hide that it did nothing."""
+    """The loaded network has its training run's dropout (a checkpoint records it) or the default 0.5 (a
+    safetensors file does not); fine-tuning may want another, and ignoring the argument would hide that it
+    did nothing."""
+    from alexnet.model import check_dropout
     from alexnet.train import set_dropout
 
-    if not 0.0 <= p < 1.0:   # AlexNet(dropout=)'s rule
-        raise ValueError(f"dropout must be in [0, 1), got {p!r}")
-    set_dropout(model, float(p))
+    set_dropout(model, check_dropout(p))   # AlexNet(dropout=)'s rule

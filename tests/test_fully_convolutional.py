@@ -224,6 +224,19 @@ def test_a_too_small_image_is_refused_with_its_size(converted, variant):
         fcn(torch.zeros(1, 3, side - 1, side + 40))
 
 
+@pytest.mark.parametrize("variant, size, expected", [("paper", (259, 291), (2, 3)), ("owt", (256, 288), (2, 3))])
+def test_an_empty_batch_gives_an_empty_map_of_the_images_size(converted, variant, size, expected):
+    # AlexNet answers (0, classes) for no images; its fully-convolutional form answers (0, classes, h, w).
+    # expected: the layer arithmetic by hand (paper: 32 and 64 pixels past 227; owt's padded conv1 gains one
+    # step at 256), and the shape a batch of one gets.
+    _, fcn = converted(variant, torch.float32)
+    with torch.no_grad():
+        one = fcn(torch.zeros(1, 3, *size))
+        for memory in (torch.contiguous_format, torch.channels_last):
+            empty = fcn(torch.zeros(0, 3, *size).contiguous(memory_format=memory))
+            assert empty.shape == (0, CLASSES, *expected) == (0, *one.shape[1:])
+
+
 # --------------------------------------------------------------------------- the NumPy reference
 
 @pytest.fixture(scope="module")

@@ -206,13 +206,48 @@ def test_reset_classifier_replaces_fc8_only():
     (dict(variant="vgg"), "unknown variant"),
     (dict(num_classes=0), "positive integer"),
     (dict(num_classes=2.5), "positive integer"),
+    (dict(num_classes=True), "positive integer"),    # an int to Python, but no class count
     (dict(dropout=1.0), "dropout"),
+    (dict(dropout=float("nan")), "dropout"),
     (dict(lrn="tf"), "LRN convention"),
+    (dict(variant="owt", lrn="caffe"), "the owt network has no LRN layers, so lrn='caffe' would do nothing"),
     (dict(init="xavier"), "unknown init"),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with torch.device("meta"), pytest.raises(ValueError, match=match):
         AlexNet(**kwargs)
+
+
+def test_a_dropout_that_is_not_a_number_is_named_in_one_line():
+    with pytest.raises(TypeError, match=r"^dropout must be a number in \[0, 1\), got '0.5'$"):
+        AlexNet(dropout="0.5")
+
+
+def test_numpy_integers_are_class_counts_and_numpy_floats_are_dropouts():
+    import numpy as np
+
+    with torch.device("meta"):   # structure only: no weights to draw
+        m = AlexNet("owt", num_classes=np.int64(10), dropout=np.float64(0.25))
+        assert m.layer("fc8").out_features == 10 and type(m.num_classes) is int
+        assert [m.layer("drop6").p, m.layer("drop7").p] == [0.25, 0.25]
+        m.reset_classifier(np.int64(3))
+        assert m.layer("fc8").out_features == 3 and type(m.num_classes) is int
+        for bad in (True, 0, 2.5, "3"):
+            with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+                m.reset_classifier(bad)
+    assert "num_classes=3," in m.extra_repr()
+
+
+def test_lrn_left_out_means_the_variants_own_and_changes_nothing():
+    with torch.device("meta"):
+        paper, paper_named = AlexNet("paper"), AlexNet("paper", lrn="paper")
+        owt, owt_named = AlexNet("owt"), AlexNet("owt", lrn="paper")   # "paper": the old default for every variant
+    assert paper.lrn == "paper" and paper.extra_repr() == paper_named.extra_repr() == \
+        "variant='paper', num_classes=1000, init='paper', lrn='paper'"
+    assert owt.extra_repr() == owt_named.extra_repr() == "variant='owt', num_classes=1000, init='pytorch'"
+    assert not hasattr(owt, "lrn") and not any(isinstance(m, LocalResponseNorm) for m in owt.modules())
+    for a, b in ((paper, paper_named), (owt, owt_named)):
+        assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
 
 
 def _golden_outputs() -> dict:

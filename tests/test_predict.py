@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image
 from alexnet.data.decode import _reason
 from alexnet.errors import UserError
 from alexnet.model import AlexNet
-from alexnet.predict import expand, predict
+from alexnet.predict import as_dict, expand, format_prediction, predict
 from alexnet.weights import import_torchvision, load_model
 from conftest import run_cli as cli
 from conftest import run_main
@@ -98,6 +99,57 @@ def test_when_no_image_can_be_read_the_exit_status_is_2(fixed_outputs, tmp_path)
     # the file system's words for the other errors it gives (as root, a file without permissions is read)
     assert _reason(PermissionError(13, "Permission denied"), images / "broken.jpg") == "permission denied"
     assert _reason(OSError("image file is truncated"), images / "broken.jpg") == "OSError: image file is truncated"
+
+
+# ---- the Python API ----
+
+def test_a_plain_string_is_a_path_and_only_a_string_with_a_scheme_is_a_url(fixed_outputs):
+    ckpt, images = fixed_outputs
+    loaded = load_model(ckpt)
+    p = softmax(FC8_BIAS)
+    given = [str(images / "a.png"), images / "a.png", "http://example.com/a.png", "file:///tmp/a.png"]
+    got = list(predict(loaded, given, topk=2))
+    assert [r.path for r in got] == [images / "a.png", images / "a.png", "http://example.com/a.png",
+                                     "file:///tmp/a.png"]
+    for r in got[:2]:
+        assert r.error == "" and [i for i, _ in r.top] == [3, 2]
+        assert [q for _, q in r.top] == pytest.approx([p[3], p[2]], abs=1e-6)
+    assert all(r.top == [] and r.error.startswith("a URL: nothing is fetched") for r in got[2:])
+
+
+def test_a_folder_given_to_predict_is_named_as_a_folder_not_as_empty(fixed_outputs, tmp_path):
+    ckpt, images = fixed_outputs
+    (tmp_path / "empty").mkdir()
+    with_images, empty = predict(load_model(ckpt), [images, str(tmp_path / "empty")])
+    assert with_images.top == [] and with_images.error == \
+        "a folder: give its image files (alexnet.predict.expand lists a folder's images)"
+    assert empty.top == [] and empty.error == "no image files in this folder"
+
+
+def test_a_failed_prediction_formats_and_serialises_with_its_reason(fixed_outputs, tmp_path):
+    ckpt, images = fixed_outputs
+    loaded = load_model(ckpt)
+    good, bad = predict(loaded, [images / "a.png", tmp_path / "missing.png"], topk=1)
+    assert format_prediction(loaded, bad) == f"{tmp_path / 'missing.png'}\n  error: no such file or directory"
+    assert as_dict(loaded, bad) == {"path": str(tmp_path / "missing.png"), "predictions": [],
+                                    "error": "no such file or directory"}
+    # A good one keeps its shape: no "error" key, one ranked line per class.
+    assert as_dict(loaded, good) == {"path": str(images / "a.png"), "predictions": [
+        {"class": "d", "name": "date", "probability": pytest.approx(softmax(FC8_BIAS)[3], abs=1e-6)}]}
+    assert format_prediction(loaded, good).splitlines()[1].split()[:3] == ["1.", "date", "(d)"]
+
+
+@pytest.mark.parametrize("topk", [0, -1, True, 2.5, "3"])
+def test_a_topk_that_is_not_a_positive_integer_is_refused_at_the_call(fixed_outputs, topk):
+    ckpt, images = fixed_outputs
+    with pytest.raises(ValueError, match=f"^topk must be a positive integer, got {re.escape(repr(topk))}$"):
+        predict(load_model(ckpt), [images / "a.png"], topk=topk)   # not iterated: the call itself refuses
+
+
+def test_a_numpy_integer_topk_is_a_topk(fixed_outputs):
+    ckpt, images = fixed_outputs
+    (r,) = predict(load_model(ckpt), [images / "a.png"], topk=np.int64(3))
+    assert [i for i, _ in r.top] == [3, 2, 1]
 
 
 # ---- torchvision's weights ----

@@ -254,6 +254,35 @@ def test_maxpool_matches_torch_including_ties():
     np.testing.assert_array_equal(maxpool_backward(r, cache), xt.grad.numpy())
 
 
+@pytest.mark.parametrize("layer, shape, kernel, pad", [
+    ("maxpool", (1, 1, 2, 2), 3, 0),
+    ("conv", (1, 1, 2, 2), 3, 0),
+    ("conv", (1, 1, 1, 5), 3, 0),      # one side short: NumPy's "negative dimensions" before
+    ("conv", (1, 1, 1, 1), 5, 1),      # too small even padded
+], ids=["pool-2x2", "conv-2x2", "conv-1x5", "conv-padded"])
+def test_an_input_smaller_than_the_window_is_refused_as_torch_refuses_it(layer, shape, kernel, pad):
+    x, w, b = np.zeros(shape), np.zeros((1, 1, kernel, kernel)), np.zeros(1)
+    if layer == "maxpool":
+        ours, theirs = lambda: maxpool_forward(x, size=kernel), lambda: F.max_pool2d(torch.tensor(x), kernel, 2)
+    else:
+        ours = lambda: conv_forward(x, w, b, pad=pad)
+        theirs = lambda: F.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), padding=pad)
+    with pytest.raises(RuntimeError):
+        theirs()
+    h, wd = shape[2] + 2 * pad, shape[3] + 2 * pad
+    with pytest.raises(ValueError, match=f"^{layer}: the input is {h}x{wd}.*smaller than the {kernel}x{kernel} window"):
+        ours()
+
+
+def test_an_input_the_window_just_fits_gives_torchs_single_output():
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((2, 3, 1, 1)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    y, _ = conv_forward(x, w, b, pad=1)        # 1x1 padded to 3x3: exactly one window
+    np.testing.assert_allclose(y, F.conv2d(*map(torch.tensor, (x, w, b)), padding=1).numpy(), rtol=1e-12)
+    x = rng.standard_normal((2, 3, 3, 3))
+    np.testing.assert_array_equal(maxpool_forward(x)[0], F.max_pool2d(torch.tensor(x), 3, 2).numpy())
+
+
 # --------------------------------------------------------------------------- the whole network against PyTorch
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,9 @@
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -193,7 +196,7 @@ def test_torch_hub_takes_the_variant_and_class_count_from_the_file(tmp_path):
     assert (model.variant, model.num_classes, model.classes) == ("owt", 3, ["ant", "bee", "cow"])
     assert not model.training and model.preprocessing["crop"] == 224
     agreeing = torch.hub.load(str(REPO), "alexnet", source="local", variant="owt", num_classes=3, weights=st,
-                              lrn="caffe", dropout=0.2)   # lrn is ignored for owt, as AlexNet ignores it
+                              lrn="paper", dropout=0.2)   # "paper": every variant's old default, as AlexNet takes it
     assert [m.p for m in agreeing.modules() if isinstance(m, torch.nn.Dropout)] == [0.2, 0.2]
     x = torch.randn(1, 3, 224, 224)
     assert torch.equal(agreeing(x), model(x))
@@ -202,12 +205,50 @@ def test_torch_hub_takes_the_variant_and_class_count_from_the_file(tmp_path):
         torch.hub.load(str(REPO), "alexnet", source="local", num_classes=2, weights=str(st))
     with pytest.raises(UserError, match="not the paper network asked for"):
         torch.hub.load(str(REPO), "alexnet", "paper", source="local", weights=str(st))
+    with pytest.raises(UserError, match=r"holds the owt network, which has no LRN layers, so lrn='caffe' would do "
+                                        r"nothing; leave lrn out$"):
+        torch.hub.load(str(REPO), "alexnet", source="local", weights=str(st), lrn="caffe")
 
 
 def test_torch_hub_refuses_an_lrn_convention_the_file_was_not_trained_with(paper_pt):
     with pytest.raises(UserError, match=r"holds the paper network with 2 classes \(LRN paper\), not the network "
                                         r"\(LRN caffe\) asked for"):
         torch.hub.load(str(REPO), "alexnet", source="local", weights=str(paper_pt), lrn="caffe")
+
+
+def test_a_checkpoint_states_its_runs_init_and_dropout_and_reset_classifier_follows_the_init(tmp_path):
+    config = {"variant": "owt", "lrn": "paper", "init": "kaiming", "dropout": 0.0}
+    pt = make_checkpoint(tmp_path / "kaiming.pt", variant="owt", changes={"config": config})
+    model = load_model(pt).model
+    assert model.init == "kaiming" and "init='kaiming'" in model.extra_repr()
+    assert [model.layer("drop6").p, model.layer("drop7").p] == [0.0, 0.0]
+    torch.manual_seed(0)
+    model.reset_classifier(3)
+    fc8 = model.layer("fc8")
+    # He normal: std sqrt(2 / 4096) = 0.0221; PyTorch's default (uniform within 1/64) would give 0.0090.
+    assert fc8.weight.std().item() == pytest.approx((2 / 4096) ** 0.5, rel=0.05) and torch.all(fc8.bias == 0)
+
+    # torch.hub: the recorded dropout, unless dropout= says otherwise.
+    hub = torch.hub.load(str(REPO), "alexnet", source="local", weights=str(pt))
+    assert hub.init == "kaiming" and [m.p for m in hub.modules() if isinstance(m, torch.nn.Dropout)] == [0.0, 0.0]
+    hub = torch.hub.load(str(REPO), "alexnet", source="local", weights=str(pt), dropout=0.3)
+    assert [m.p for m in hub.modules() if isinstance(m, torch.nn.Dropout)] == [0.3, 0.3]
+
+    # A safetensors file records neither: the network says what it always did.
+    save_weights(load_model(pt), tmp_path / "kaiming.safetensors")
+    exported = load_model(tmp_path / "kaiming.safetensors").model
+    assert exported.init == "pytorch" and exported.layer("drop6").p == 0.5
+
+    for bad, message in (({"init": "xavier"}, "unknown init 'xavier' in the run's config"),
+                         ({"dropout": "0.5"}, "the run's config has dropout '0.5', not a number in")):
+        torch.save(torch.load(pt, weights_only=True) | {"config": config | bad}, tmp_path / "bad.pt")
+        with pytest.raises(UserError, match=message):
+            load_model(tmp_path / "bad.pt")
+
+
+def test_a_checkpoint_without_init_or_dropout_loads_as_before(paper_pt):
+    model = load_model(paper_pt).model   # its config records only variant and lrn
+    assert model.init == "pytorch" and model.layer("drop6").p == 0.5
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
@@ -218,11 +259,53 @@ def test_torch_hub_refuses_an_lrn_convention_the_file_was_not_trained_with(paper
     ({"weights": object()}, TypeError, "weights must be the path of a local .pt or .safetensors file"),
     ({"weights": "missing.safetensors"}, UserError, "missing.safetensors does not exist"),
     ({"weights": "missing.safetensors", "init": "kaiming"}, TypeError, "init .* does not apply with weights="),
+    ({"variant": "owt", "lrn": "caffe"}, ValueError, "the owt network has no LRN layers"),
 ])
 def test_torch_hub_refuses_what_it_cannot_do_in_one_line(kwargs, error, message):
     with pytest.raises(error, match=message) as e:
         torch.hub.load(str(REPO), "alexnet", source="local", num_classes=3, **kwargs)
     assert "\n" not in str(e.value)
+
+
+HUB_PROBE = """
+import json, sys, warnings
+import torch
+if sys.argv[2] == "import-first":
+    import alexnet                      # the installed package, before the hub load
+with warnings.catch_warnings(record=True) as caught, torch.device("meta"):
+    warnings.simplefilter("always")
+    model = torch.hub.load(sys.argv[1], "alexnet", source="local", variant="owt", num_classes=3)
+import alexnet
+print(json.dumps({"version": alexnet.__version__, "model_file": sys.modules[type(model).__module__].__file__,
+                  "warnings": [str(w.message) for w in caught if "alexnet" in str(w.message)]}))
+"""
+
+
+@pytest.mark.parametrize("import_first", [False, True], ids=["fresh", "installed-imported-first"])
+def test_torch_hub_runs_the_code_of_the_checkout_it_loads_from(tmp_path, import_first):
+    # Another checkout (hubconf.py and src/ only) whose package tells itself apart by its version; this
+    # repository's stays installed. Each case runs in a fresh interpreter: a package imports once per process.
+    other = tmp_path / "other"
+    shutil.copytree(REPO / "src" / "alexnet", other / "src" / "alexnet", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "hubconf.py", other / "hubconf.py")
+    init = other / "src" / "alexnet" / "__init__.py"
+    init.write_text(init.read_text().replace('__version__ = "', '__version__ = "other-'))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-c", HUB_PROBE, str(other), "import-first" if import_first else "fresh"],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    import alexnet
+
+    if not import_first:
+        assert got["version"] == "other-" + alexnet.__version__ and got["warnings"] == []
+        assert Path(got["model_file"]) == other / "src" / "alexnet" / "model.py"
+    else:   # the process keeps the package it holds, and says so
+        assert got["version"] == alexnet.__version__
+        assert Path(got["model_file"]) == REPO / "src" / "alexnet" / "model.py"
+        (message,) = got["warnings"]
+        assert message.startswith(f"this process already imported alexnet from {REPO / 'src' / 'alexnet'}; "
+                                  f"torch.hub runs that code, not {other / 'src' / 'alexnet'}")
 
 
 def test_torch_hub_lets_pretrained_false_through():

@@ -8,6 +8,7 @@ cannot be read is reported in its place and the rest are still predicted.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -51,15 +52,28 @@ def expand(inputs: Iterable[str | Path]) -> list[Path | str]:
     return paths
 
 
-def predict(loaded: LoadedModel, paths: Iterable[Path], topk: int = 5, crops: int | str = 1, batch_size: int = 32,
-            device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+def predict(loaded: LoadedModel, paths: Iterable[Path | str], topk: int = 5, crops: int | str = 1,
+            batch_size: int = 32, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
             model: nn.Module | None = None, scales: str | Sequence[int] = SCALES) -> Iterator[Prediction]:
     """One Prediction per path, in order; decoding and the forward pass run a batch at a time.
 
-    crops: 1, 10 or "dense" (whole images at ``scales``); dtype: autocast to it (None: fp32); model: a
-    stand-in for loaded.model (its int8 copy, say)."""
+    paths: image files, as Path or str; a str with a scheme ("https://...") is a URL, reported as not
+    fetched; a folder is reported, not expanded (``expand`` lists its images). crops: 1, 10 or "dense"
+    (whole images at ``scales``); dtype: autocast to it (None: fp32); model: a stand-in for loaded.model
+    (its int8 copy, say). A wrong topk is a ValueError here, at the call, not at the first image."""
+    try:
+        k = None if isinstance(topk, bool) else operator.index(topk)
+    except TypeError:
+        k = None
+    if k is None or k < 1:
+        raise ValueError(f"topk must be a positive integer, got {topk!r}")
+    return _predict(loaded, paths, min(k, len(loaded.classes)), crops, batch_size, device, dtype, model, scales)
+
+
+def _predict(loaded: LoadedModel, paths: Iterable[Path | str], k: int, crops: int | str, batch_size: int,
+             device: torch.device | str, dtype: torch.dtype | None, model: nn.Module | None,
+             scales: str | Sequence[int]) -> Iterator[Prediction]:
     model = (model or loaded.model).to(device).eval()
-    k = min(topk, len(loaded.classes))
     batch: list[tuple[Path, torch.Tensor | list[torch.Tensor] | str]] = []
     if crops == "dense":
         fcn = model.to_fully_convolutional().eval()
@@ -88,7 +102,7 @@ def predict(loaded: LoadedModel, paths: Iterable[Path], topk: int = 5, crops: in
                 yield Prediction(path, [], image)
         batch.clear()
 
-    for path in paths:
+    for path in map(_as_path, paths):
         batch.append((path, load(path)))
         if len(batch) == batch_size:
             yield from flush()
@@ -130,12 +144,21 @@ def int8_model(loaded: LoadedModel, paths: list[Path], images: int | None = None
     return quantize_loaded(loaded, batches())
 
 
+def _as_path(item: Path | str) -> Path | str:
+    """A Path, or a URL left as the string it was (as a Path its "//" would fold)."""
+    return item if isinstance(item, str) and _URL.match(item) else Path(item)
+
+
 def _load(path: Path | str, read):
     """``read(path)`` (the fixed 256x256 uint8 image, say), or the reason it cannot be had."""
+    path = _as_path(path)
     if isinstance(path, str):
         return "a URL: nothing is fetched from the network; download the image and give its path"
     if path.is_dir():
-        return "no image files in this folder"
+        # expand() keeps only an empty folder as itself; one given here directly may hold images.
+        if not image_files(path):
+            return "no image files in this folder"
+        return "a folder: give its image files (alexnet.predict.expand lists a folder's images)"
     try:
         return read(path)
     except UndecodableImage as e:  # also a missing or unreadable file: open_rgb says which
@@ -143,15 +166,21 @@ def _load(path: Path | str, read):
 
 
 def as_dict(loaded: LoadedModel, prediction: Prediction) -> dict:
-    """{"path", "predictions": [{"class", "name", "probability"}, ...]}: one JSON line per image."""
-    return {"path": str(prediction.path),
-            "predictions": [{"class": loaded.classes[i], "name": loaded.names[i], "probability": p}
-                            for i, p in prediction.top]}
+    """{"path", "predictions": [{"class", "name", "probability"}, ...]}: one JSON line per image; with
+    "error" too (and no predictions) for an image that could not be predicted."""
+    row = {"path": str(prediction.path),
+           "predictions": [{"class": loaded.classes[i], "name": loaded.names[i], "probability": p}
+                           for i, p in prediction.top]}
+    if prediction.error:
+        row["error"] = prediction.error
+    return row
 
 
 def format_prediction(loaded: LoadedModel, prediction: Prediction) -> str:
-    """A readable block: the path, then one ranked line per class."""
+    """A readable block: the path, then one ranked line per class (or the reason there are none)."""
     lines = [printable(str(prediction.path))]
+    if prediction.error:
+        return "\n".join(lines + [f"  error: {printable(prediction.error)}"])
     width = max(len(_label(loaded, i)) for i, _ in prediction.top)
     for rank, (i, p) in enumerate(prediction.top, 1):
         lines.append(f"  {rank}. {_label(loaded, i):<{width}}  {100 * p:6.2f}%")

@@ -34,7 +34,7 @@ from alexnet.data.transforms import NORMALIZATIONS, Normalize
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
 from alexnet.lrn import LRN_CONVENTIONS
-from alexnet.model import INPUT_SIZE, VARIANTS, AlexNet, guess_network, is_float, state_mismatch
+from alexnet.model import INITS, INPUT_SIZE, VARIANTS, AlexNet, guess_network, is_float, state_mismatch
 
 OWT_MIN_CROP = 63   # the smallest input owt's features reduce to at least 1x1 (conv1 stride 4, three 3/2 pools)
 
@@ -75,6 +75,10 @@ def load_model(path: str | Path) -> LoadedModel:
 
     The kind of file is read from its first bytes, not its name. Any problem (unsafe pickle, missing
     metadata, weights that do not fit the network the file claims) is a one-line UserError.
+
+    A training checkpoint records its run's init and dropout, and the network states them (``init`` in its
+    repr, for ``reset_classifier``; the dropout layers' p, for fine-tuning). A safetensors file records
+    neither: its network says init "pytorch" and has dropout 0.5, as every loaded network did before.
     """
     path = existing_file(path)
     if _is_safetensors(path):
@@ -91,9 +95,13 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def _from_checkpoint(path: Path) -> LoadedModel:
-    m = checkpoint.meaning(checkpoint.read(path), path)
+    ckpt = checkpoint.read(path)
+    m = checkpoint.meaning(ckpt, path)
+    # The run's settings, where its config records them (checked in _assemble like the rest).
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     return _assemble(path, m["state"], m["variant"], m["lrn"], m["classes"], m["names"], m["crop"], m["kind"],
-                     m["mean"], m["std"], m["metrics"], str(path), m["small"])
+                     m["mean"], m["std"], m["metrics"], str(path), m["small"], config.get("init"),
+                     config.get("dropout"))
 
 
 def _from_safetensors(path: Path) -> LoadedModel:
@@ -129,8 +137,10 @@ def _from_safetensors(path: Path) -> LoadedModel:
 
 
 def _assemble(path: Path, state: Any, variant: Any, lrn: Any, classes: Any, names: Any, crop: Any, kind: Any,
-              mean: Any, std: Any, metrics: Any, source: str, small: Any = "upscale") -> LoadedModel:
-    """Check every piece of meaning, then build the network it describes and load the weights into it."""
+              mean: Any, std: Any, metrics: Any, source: str, small: Any = "upscale", init: Any = None,
+              dropout: Any = None) -> LoadedModel:
+    """Check every piece of meaning, then build the network it describes and load the weights into it.
+    ``init`` and ``dropout``: the training run's, None where the file does not record them."""
     def bad(what: str) -> UserError:
         return UserError(f"{path}: {what}")
 
@@ -148,6 +158,11 @@ def _assemble(path: Path, state: Any, variant: Any, lrn: Any, classes: Any, name
         raise bad(f"unknown normalization {kind!r} (expected one of {', '.join(NORMALIZATIONS)})")
     if small not in SMALL:
         raise bad(f"unknown small-image setting {small!r} (expected one of {', '.join(SMALL)})")
+    if init is not None and init not in INITS:
+        raise bad(f"unknown init {init!r} in the run's config (expected one of {', '.join(INITS)})")
+    if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+                                or not 0.0 <= dropout < 1.0):
+        raise bad(f"the run's config has dropout {dropout!r}, not a number in [0, 1)")
     if not isinstance(mean, torch.Tensor) or tuple(mean.shape) not in ((3,), (FIXED_SIZE, FIXED_SIZE, 3)):
         raise bad(f"the normalisation mean must be a (3,) or ({FIXED_SIZE}, {FIXED_SIZE}, 3) tensor")
     if std is not None and (not isinstance(std, torch.Tensor) or tuple(std.shape) != (3,)):
@@ -159,7 +174,7 @@ def _assemble(path: Path, state: Any, variant: Any, lrn: Any, classes: Any, name
         raise bad("the normalisation mean holds NaN or infinite values")
     if std is not None and not (torch.isfinite(std.float()).all() and (std.float() > 0).all()):
         raise bad(f"the normalisation std must be positive and finite, got {[round(v, 4) for v in std.float().tolist()]}")
-    model = build_network(state, variant, len(classes), lrn, where=str(path))
+    model = build_network(state, variant, len(classes), lrn, where=str(path), init=init, dropout=dropout)
     # The paper network's fc6 takes exactly 6x6 from pool5 (a 227 crop); owt pools adaptively, from 63 up.
     low, high = (INPUT_SIZE["paper"],) * 2 if variant == "paper" else (OWT_MIN_CROP, FIXED_SIZE)
     if not low <= crop <= high:
@@ -174,12 +189,16 @@ def _strings(values: Any) -> bool:
 
 
 def build_network(state: dict[str, Any], variant: str, num_classes: int, lrn: str | None = None,
-                  where: str = "the weights") -> AlexNet:
-    """AlexNet(variant, num_classes) holding ``state``, in eval mode; a one-line UserError if they do not fit."""
-    # On the meta device the network costs nothing to build; load_state_dict(assign=True) then
-    # puts the file's tensors in place of the empty ones.
+                  where: str = "the weights", *, init: str | None = None, dropout: float | None = None) -> AlexNet:
+    """AlexNet(variant, num_classes) holding ``state``, in eval mode; a one-line UserError if they do not fit.
+
+    ``init`` and ``dropout`` are what the network states about its training (None: not recorded, and then
+    init "pytorch" and dropout 0.5, what every loaded network said before); the weights are ``state``'s."""
+    # On the meta device the network costs nothing to build, its init included; load_state_dict(assign=True)
+    # then puts the file's tensors in place of the empty ones.
     with torch.device("meta"):
-        model = AlexNet(variant, num_classes=num_classes, lrn=lrn or "paper", init="pytorch")
+        model = AlexNet(variant, num_classes=num_classes, dropout=0.5 if dropout is None else dropout, lrn=lrn,
+                        init=init or "pytorch")
     problem = state_mismatch(model.state_dict(), state)
     if problem:
         guess = guess_network(state)

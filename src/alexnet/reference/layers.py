@@ -52,6 +52,15 @@ def _im2col(x, kh, kw, stride):
     return cols
 
 
+def _check_window_fits(what, h, w, kh, kw, pad=0):
+    """Refuse an input (h x w, padding included) smaller than the window, as torch does: the output-size
+    formula would give 0 or a negative side, which NumPy turns into an empty result or a "negative
+    dimensions" error."""
+    if h < kh or w < kw:
+        padded = f" with padding {pad}" if pad else ""
+        raise ValueError(f"{what}: the input is {h}x{w}{padded}, smaller than the {kh}x{kw} window")
+
+
 def _correlate(xp, w, stride, groups):
     """Cross-correlation without padding (what deep learning calls convolution); returns (y, cols).
 
@@ -79,6 +88,7 @@ def conv_forward(x, w, b, stride=1, pad=0, groups=1):
     x: (N, C, H, W), w: (O, C/groups, kh, kw), b: (O,) -> y: (N, O, Ho, Wo).
     """
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    _check_window_fits("conv", *xp.shape[-2:], *w.shape[-2:], pad)
     y, cols = _correlate(xp, w, stride, groups)
     return y + b[:, None, None], (x.shape, w, stride, pad, groups, cols)
 
@@ -190,6 +200,7 @@ def maxpool_forward(x, size=3, stride=2):
     No padding, floor rounding (as nn.MaxPool2d): Ho = (H - size) // stride + 1.
     x: (N, C, H, W) -> y: (N, C, Ho, Wo).
     """
+    _check_window_fits("maxpool", *x.shape[-2:], size, size)
     win = _im2col(x, size, size, stride)                            # (N, C, size, size, Ho, Wo)
     n, c, _, _, ho, wo = win.shape
     win = win.reshape(n, c, size * size, ho, wo)
