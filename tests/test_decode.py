@@ -183,3 +183,19 @@ def test_large_jpeg_decoded_in_draft_mode_matches_full_decode(tmp_path):
     fast = load_fixed(tmp_path / "big.jpg").float()
     full = torch.from_numpy(np.array(resize_center(Image.open(tmp_path / "big.jpg").convert("RGB")))).float()
     assert (fast - full).abs().mean() < 2
+
+
+def test_a_signal_while_decoding_is_no_unreadable_image(tmp_path, monkeypatch):
+    # A scheduler's SIGTERM lands wherever the trainer is, often inside a decoder: it must end the command,
+    # not be taken for a broken file (skipped, and the statistics cached without the image).
+    import signal
+
+    from alexnet.errors import Stopped
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.png")
+
+    def signalled(*args, **kwargs):
+        raise Stopped(signal.SIGTERM)
+    monkeypatch.setattr(Image.Image, "load", signalled)
+    with pytest.raises(Stopped):
+        load_fixed(tmp_path / "a.png")

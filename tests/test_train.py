@@ -3,10 +3,12 @@
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,19 +122,24 @@ def test_late_dropout_is_off_until_its_epoch(data, tmp_path):
     assert losses["late"][1] != losses["none"][1]
 
 
-@pytest.mark.parametrize("signum,save", [(signal.SIGTERM, ["--save-every", "1"]),
-                                         # a scheduler's notice; checkpoints by the clock (every 6 ms here)
-                                         (signal.SIGUSR1, ["--save-every-minutes", "0.0001"])])
-def test_a_signal_mid_epoch_saves_and_resume_matches_an_uninterrupted_run(more_data, tmp_path, signum, save,
+@pytest.mark.parametrize("signum,save,workers", [
+    # As a scheduler or torchrun's agent sends it: to the whole process group, loader processes included.
+    (signal.SIGTERM, ["--save-every", "1"], "2"),
+    # A scheduler's notice to the trainer alone; checkpoints by the clock (every 6 ms here).
+    (signal.SIGUSR1, ["--save-every-minutes", "0.0001"], "0")])
+def test_a_signal_mid_epoch_saves_and_resume_matches_an_uninterrupted_run(more_data, tmp_path, signum, save, workers,
                                                                           one_epoch_in_pairs):
     # 16 images in batches of 2: 8 steps an epoch, a checkpoint after every step (or 6 ms).
     run = tmp_path / "b"
     p = cli("train", "--data", str(more_data), "--out", str(run), "--epochs", "1", "--batch-size", "2",
-            *save, "--lr", "0.001", "--workers", "0", "--precision", "fp32")
+            *save, "--lr", "0.001", "--workers", workers, "--precision", "fp32", start_new_session=True)
     deadline = time.time() + 120
     while not (run / "last.pt").exists() and time.time() < deadline and p.poll() is None:
         time.sleep(0.05)
-    p.send_signal(signum)
+    if workers != "0":
+        os.killpg(p.pid, signum)
+    else:
+        p.send_signal(signum)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 128 + signum, err
     assert "Resume with: alexnet train --out" in err
@@ -309,7 +316,11 @@ def test_the_paper_recipe_on_a_small_set_points_at_the_demo_preset(data, tmp_pat
 @pytest.mark.processes
 def test_two_processes_match_one_with_the_same_global_batch(more_data, tmp_path):
     # Dropout off: its random numbers are per process. Crops, flips and PCA noise are drawn per sample,
-    # so they match across process counts by construction.
+    # so they match across process counts by construction. Two unreadable training files, which fall to
+    # different processes: skipped by each, counted for the job.
+    more_data = Path(shutil.copytree(more_data, tmp_path / "data"))
+    (more_data / "train" / "red" / "empty.png").write_bytes(b"")
+    (more_data / "train" / "blue" / "text.png").write_text("not an image")
     common = ["--data", str(more_data), "--epochs", "1", "--batch-size", "4", "--dropout", "0", "--lr", "0.001",
               "--workers", "0", "--precision", "fp64"]   # float64: conftest.SAME_RUN
     train(config(more_data, tmp_path / "one", epochs=1, dropout=0.0, precision="fp64"))
@@ -321,6 +332,8 @@ def test_two_processes_match_one_with_the_same_global_batch(more_data, tmp_path)
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_run(weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt"))
+    rows = [json.loads((tmp_path / run / "metrics.jsonl").read_text()) for run in ("one", "two")]
+    assert rows[0]["skipped"] == rows[1]["skipped"] == 2
     # The mean image and PCA were shared out over the two processes (each summed half the images).
     one, two = (DataStats.load(tmp_path / run / "data_stats.safetensors") for run in ("one", "two"))
     assert one.images == two.images == 16

@@ -142,6 +142,7 @@ class Resumable:
 
 
 SO_FAR = ("loss", "images", "seconds", "step_seconds", "data_seconds")
+SO_FAR_SINCE = ("skipped",)   # kept by later versions; a checkpoint of an earlier one has none (0)
 
 
 def read_resumable(path: str | Path) -> Resumable:
@@ -195,7 +196,7 @@ def read_resumable(path: str | Path) -> Resumable:
     if pca != config.pca_noise:
         raise _damaged(path, "preprocessing", f"PCA noise {pca} where the config says {config.pca_noise}")
     so_far = ckpt.get("so_far", {})
-    if not isinstance(so_far, dict) or (so_far and not (set(so_far) == set(SO_FAR) and all(
+    if not isinstance(so_far, dict) or (so_far and not (set(SO_FAR) <= set(so_far) <= {*SO_FAR, *SO_FAR_SINCE} and all(
             _number(v) and math.isfinite(v) and v >= 0 for v in so_far.values()))):
         raise _damaged(path, "so_far", f"expected {{}} or non-negative numbers for {', '.join(SO_FAR)}")
     return Resumable(config, model, optimizer, schedule, scaler, rng, classes, names, prep, epoch, step, best,

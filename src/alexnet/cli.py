@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from alexnet.errors import UserError
+from alexnet.errors import Stopped, UserError
 
 EXIT_USAGE = 2
 
@@ -1027,12 +1027,12 @@ def _run(args, command: str) -> int:
         where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "") if e.filename else ""
         _say_error(f"{command}: error: " + (f"cannot use {where} ({e.strerror})" if where else f"{e.strerror}"))
         return EXIT_USAGE
+    except Stopped as e:   # a signal, already reported (training: last.pt written)
+        return e.exit_code
     except Exception as e:
-        # The training loop's own ends: a signal (already reported, last.pt written) or a diverged loss.
-        from alexnet.train import NonFiniteLoss, Stopped
+        # The training loop's own end: a diverged loss.
+        from alexnet.train import NonFiniteLoss
 
-        if isinstance(e, Stopped):
-            return e.exit_code
         if isinstance(e, NonFiniteLoss):
             # Every process stops on the same finding: one line for the job, from rank 0.
             if os.environ.get("RANK", "0") == "0":

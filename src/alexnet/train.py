@@ -45,7 +45,7 @@ from alexnet.data.loader import default_workers, eval_loader, steps_per_epoch, t
 from alexnet.data.sources import open_data
 from alexnet.data.stats import DataStats, compute_stats, find_stats
 from alexnet.data.transforms import Draws, Normalize, PCANoise, Preprocessing
-from alexnet.errors import UserError
+from alexnet.errors import Stopped, UserError
 from alexnet.evaluate import evaluate
 from alexnet.files import FolderLock, atomic_write
 from alexnet.lars import lars
@@ -73,14 +73,6 @@ SMALL_DATA = 100_000
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
-
-
-class Stopped(Exception):
-    """SIGINT or SIGTERM: the step was finished and last.pt written; ``exit_code`` is 128 + the signal."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.exit_code = 128 + signum
 
 
 def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
@@ -305,6 +297,7 @@ class _Tally:
     0 takes the processes' summed loss and images), so that row is the one an unstopped run writes."""
     loss: float = 0.0          # this process's summed loss
     images: float = 0.0
+    skipped: float = 0.0       # this process's unreadable training images
     seconds: float = 0.0       # seconds the epoch trained before this process took it up
     step: float = 0.0          # of those and since: seconds in steps, and waiting for batches
     data: float = 0.0
@@ -315,15 +308,16 @@ class _Tally:
 
     def state(self, shard: distributed.Dist) -> dict[str, float]:
         """For last.pt; every process takes part."""
-        loss, images = distributed.all_sum(shard, torch.tensor([self.loss, self.images], dtype=torch.float64)).tolist()
-        return {"loss": loss, "images": images, "seconds": self.elapsed(), "step_seconds": self.step,
-                "data_seconds": self.data}
+        loss, images, skipped = distributed.all_sum(
+            shard, torch.tensor([self.loss, self.images, self.skipped], dtype=torch.float64)).tolist()
+        return {"loss": loss, "images": images, "skipped": skipped, "seconds": self.elapsed(),
+                "step_seconds": self.step, "data_seconds": self.data}
 
     @classmethod
     def carried(cls, so_far: dict[str, float], main: bool) -> _Tally:
         if not so_far:
             return cls()
-        sums = (so_far["loss"], so_far["images"]) if main else (0.0, 0.0)
+        sums = (so_far["loss"], so_far["images"], so_far.get("skipped", 0.0)) if main else (0.0, 0.0, 0.0)
         return cls(*sums, so_far["seconds"], so_far["step_seconds"], so_far["data_seconds"])
 
 
@@ -689,6 +683,7 @@ def _train(run: _Run) -> dict[str, Any]:
                 draws = Draws.per_sample(indices, run.epoch, config.seed, images.shape[1], images.shape[2],
                                          run.prep.size, config.flip).select(labels >= 0)
                 images, labels = run.train_skips.keep(images, labels, indices, errors)
+                tally.skipped += run.train_skips.end_epoch()
                 loss = run.step.forward_backward(images, labels, draws, lr)
                 # Decided together: a signal or the clock on one rank, a non-finite loss on any.
                 stopping, diverged, save_due = distributed.all_max(dist, torch.tensor(
@@ -753,7 +748,9 @@ def _end_epoch(run: _Run, lr: float, trained: bool) -> dict[str, Any]:
     run.tally holds."""
     tally = run.tally
     train_seconds = tally.elapsed()
-    totals = distributed.all_sum(run.shard, torch.tensor([tally.loss, tally.images], dtype=torch.float64))
+    # Summed over the processes: each reads (and skips) only its share of the images.
+    totals = distributed.all_sum(run.shard, torch.tensor([tally.loss, tally.images, tally.skipped],
+                                                         dtype=torch.float64))
     evaluated = time.perf_counter()
     metrics = evaluate(run.model, run.val, run.val_skips, run.prep.size, run.prep.norm, run.shard, crops=1,
                        dtype=run.dtype)
@@ -773,7 +770,7 @@ def _end_epoch(run: _Run, lr: float, trained: bool) -> dict[str, Any]:
     row = {"epoch": run.epoch, "lr": lr, "train_loss": totals[0].item() / max(totals[1].item(), 1),
            "val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"],
            "images_per_sec": totals[1].item() / train_seconds, "seconds": tally.elapsed(),
-           "skipped": run.train_skips.end_epoch() + metrics["skipped"],
+           "skipped": int(totals[2].item()) + metrics["skipped"],
            "step_seconds": tally.step, "data_seconds": tally.data, "eval_seconds": evaluated}
     if run.dist.main:   # the row before last.pt: a resume drops rows past its checkpoint, none is lost
         with open(run.folder / "metrics.jsonl", "a") as f:

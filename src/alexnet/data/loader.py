@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from collections.abc import Iterator
 
 import torch
@@ -42,6 +43,18 @@ def default_workers(images, device: torch.device, training: bool = True) -> int:
         share = usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         return max(2, min(MAX_DEFAULT_WORKERS, share - 1))
     return 0 if training and not decodes and device.type == "cpu" else 2
+
+
+def leave_stop_signals_to_the_parent(worker_id: int) -> None:
+    """A loader process's worker_init_fn: SIGTERM and SIGUSR1 are for the process that trains.
+
+    A scheduler or torchrun's agent signals the whole process group, loader processes included, and
+    torch's worker code dies of SIGTERM by design; the trainer then met "DataLoader worker (pid ...) is
+    killed by signal: Terminated" mid-step instead of finishing the step and writing last.pt. Ignored here,
+    the loaders end as always: when the trainer closes its loader, or on their own once it is gone.
+    """
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class ResumableSampler(DistributedSampler):
@@ -87,6 +100,7 @@ def train_loader(dataset: ImageSet, batch_per_rank: int, rank: int, world: int, 
     return DataLoader(dataset, batch_size=batch_per_rank, sampler=sampler, num_workers=workers,
                       pin_memory=pin_memory, drop_last=True, persistent_workers=False,
                       collate_fn=ImageSet.collate,   # an ImageSet reads whole batches
+                      worker_init_fn=leave_stop_signals_to_the_parent,
                       # Its own generator: otherwise each new iterator draws its worker seed from the
                       # global RNG, and resuming would shift dropout's random numbers.
                       generator=torch.Generator().manual_seed(seed))
@@ -97,5 +111,5 @@ def eval_loader(dataset, batch_size: int, rank: int, world: int, workers: int,
     """An ImageSet's batches (or, with its ``collate``, any map-style dataset's) sharded by ShardSampler."""
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world),
                       num_workers=workers, pin_memory=pin_memory, generator=torch.Generator().manual_seed(0),
-                      collate_fn=collate)
+                      collate_fn=collate, worker_init_fn=leave_stop_signals_to_the_parent)
 

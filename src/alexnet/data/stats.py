@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from alexnet.cores import usable_cores
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import ImageSet
+from alexnet.data.loader import leave_stop_signals_to_the_parent
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
 from alexnet.progress import progress_bar
@@ -87,7 +88,7 @@ def compute_stats(dataset: ImageSet, batch_size: int = 64, workers: int | None =
     indices = everything[rank::world]
     workers = min(4, usable_cores()) if workers is None else workers
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers,
-                        collate_fn=ImageSet.collate)
+                        collate_fn=ImageSet.collate, worker_init_fn=leave_stop_signals_to_the_parent)
     skipped = skipped if skipped is not None else SkippedFiles(dataset)
 
     size = dataset.size
