@@ -102,6 +102,9 @@ def test_cli_json_and_bad_input():
     assert "int8 " in r.stdout and "int8: paper network" in r.stdout
     r = cli("bench", "disk")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "invalid choice" in r.stderr
+    r = cli("bench", "towers", "--batch-size", 3)
+    assert r.returncode == 2 and r.stderr.strip() == ("alexnet bench: error: --batch-size must be even for bench "
+                                                      "towers (data parallel splits it over 2 processes), got 3")
 
 
 def test_gpu_script_gives_every_figure_in_one_call_at_toy_size(tmp_path):

@@ -216,7 +216,7 @@ def test_towers_need_the_paper_network_and_pairs_of_processes(tmp_path):
     r = subprocess.run([sys.executable, "-m", "alexnet", "train", "--towers", "2", "--out", str(tmp_path / "run")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert "multiple of 2 processes" in r.stderr
+    assert "multiple of 2 processes" in r.stderr and "resumes on one process with --resume --towers 1" in r.stderr
 
 
 if __name__ == "__main__":

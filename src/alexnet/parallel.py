@@ -356,7 +356,9 @@ def plan(dist: Dist, towers: int = TOWERS) -> TowerPlan:
     if dist.world < TOWERS or dist.world % TOWERS:
         raise UserError(f"--towers {TOWERS} needs a multiple of {TOWERS} processes, one per tower "
                         f"(torchrun --nproc_per_node={TOWERS} -m alexnet train --towers {TOWERS} ...); "
-                        f"this run has {dist.world}")
+                        f"this run has {dist.world}" + (
+                            f" (a run saved with --towers {TOWERS} resumes on one process with --resume --towers 1)"
+                            if dist.world == 1 else ""))
     replicas = dist.world // TOWERS
     tower, replica = dist.rank % TOWERS, dist.rank // TOWERS
     # new_group is collective over all processes: every rank creates every group, in the same order. Each

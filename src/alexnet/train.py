@@ -650,7 +650,7 @@ def _restore(run: _Run, ckpt: checkpoint.Resumable) -> None:
     if len(ckpt.rng) == run.dist.world:
         _set_rng_state(ckpt.rng[run.dist.rank], run.dist.device)
     else:
-        run.say(f"note: resumed on {run.dist.world} processes, saved on {len(ckpt.rng)}: "
+        run.say(f"note: resumed on {_processes(run.dist.world)}, saved on {len(ckpt.rng)}: "
                 f"dropout draws a fresh random stream")
     # A process stopped between a save and the step after it: last.pt is not yet known to be good.
     run.unverified = (run.folder / PREVIOUS).exists()
@@ -735,11 +735,19 @@ def _progress(run: _Run, bar: tqdm, lr: float, loss: float, seen: int, seconds: 
 
 def _stop(run: _Run, signum: int) -> None:
     run.checkpoint(run.folder / "last.pt")
-    run.say(f"stopped by {signal.Signals(signum).name} at epoch {run.epoch + 1}, step {run.step_in_epoch} of "
-            f"{run.steps}; {run.folder / 'last.pt'} is saved. " + (
-                f"Resume with: alexnet train --out {run.folder} --resume" if run.dist.world == 1 else
-                "Resume with the same torchrun command and --resume (any number of processes)"))
+    if run.dist.world == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:   # not under torchrun
+        how = f"Resume with: alexnet train --out {run.folder} --resume"
+    else:   # a towers run needs tower pairs, or none (parallel.plan)
+        how = "Resume with the same torchrun command and --resume (" + (
+            "an even number of processes, or one process with --towers 1)" if run.config.towers > 1 else
+            "any number of processes)")
+    run.say(f"alexnet train: stopped by {signal.Signals(signum).name} at epoch {run.epoch + 1}, step "
+            f"{run.step_in_epoch} of {run.steps}; {run.folder / 'last.pt'} is saved. {how}")
     raise Stopped(signum)
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" + ("es" if n != 1 else "")
 
 
 def _end_epoch(run: _Run, lr: float, trained: bool) -> dict[str, Any]:

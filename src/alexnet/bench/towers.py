@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from alexnet.cores import usable_cores
+from alexnet.errors import UserError
 from alexnet.machine import describe, one_line
 
 PARAMS = 60_965_224
@@ -133,9 +134,10 @@ def bench_towers(batch_size: int = 32, steps: int = 3) -> dict:
     from alexnet.parallel import exchange_bytes
 
     if batch_size < 2 or batch_size % 2:
-        raise ValueError(f"batch_size must be even (data parallel splits it over 2 processes), got {batch_size}")
+        raise UserError(f"--batch-size must be even for bench towers (data parallel splits it over 2 processes), "
+                        f"got {batch_size}")
     if torch.cuda.is_available() and torch.cuda.device_count() < 2:
-        raise RuntimeError("bench towers needs two devices for its two-process runs: 2 GPUs, or a machine "
+        raise UserError("bench towers needs two devices for its two-process runs: 2 GPUs, or a machine "
                            "without CUDA (then CPU cores)")
     cores = usable_cores()
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-towers-") as folder:
