@@ -286,7 +286,7 @@ def test_flipped_bits_in_the_weights_are_found_by_the_zips_checksums(run, tmp_pa
     data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
     damaged = tmp_path / "best.pt"
     damaged.write_bytes(bytes(data))
-    with pytest.raises(UserError, match="is damaged: its part .*/data/.* fails its checksum") as e:
+    with pytest.raises(UserError, match=r"is damaged: its part data/\d+ fails its checksum") as e:
         load_model(damaged)
     assert len(str(e.value).splitlines()) == 1 and str(damaged) in str(e.value)
     assert load_model(run / "best.pt").classes == ["blue", "red"]   # the intact file loads

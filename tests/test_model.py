@@ -142,6 +142,10 @@ def test_paper_network_rejects_other_input_sizes_clearly():
     m = AlexNet("paper", num_classes=10).eval()
     with pytest.raises(ValueError, match="needs 227x227 input"):
         m(torch.zeros(1, 3, 224, 224))
+    for side in (226, 259):   # just outside the sides that give fc6 its 6x6, as the message says
+        with pytest.raises(ValueError, match=r"any side from 227 to 258 gives the 6x6 pool5"):
+            m(torch.zeros(1, 3, side, side))
+    assert m(torch.zeros(1, 3, 258, 227)).shape == (1, 10)
 
 
 def test_owt_accepts_other_input_sizes_like_torchvision():

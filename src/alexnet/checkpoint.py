@@ -277,7 +277,10 @@ def _check_crcs(path: Path) -> None:
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error, ValueError):
         return   # a broken directory: torch.load says how
     if bad is not None:
-        raise UserError(f"{path} is damaged: its part {bad} fails its checksum (CRC-32); use another copy")
+        # torch.save names the archive's top folder after the file it wrote: here the temporary name of
+        # an atomic write (".best.pt.x1y2tmp/data/10"), which would mean nothing to the reader.
+        part = bad.split("/", 1)[-1]
+        raise UserError(f"{path} is damaged: its part {part} fails its checksum (CRC-32); use another copy")
 
 
 def _written_by_torch(path: Path) -> bool:

@@ -71,8 +71,14 @@ def check_pool5(x: torch.Tensor) -> None:
     rather than let fc6 fail with a shape mismatch."""
     if x.shape[-2:] != (6, 6):
         size = INPUT_SIZE["paper"]
-        raise ValueError(f"the paper network needs {size}x{size} input so that pool5 is 6x6, but pool5 is "
+        raise ValueError(f"the paper network needs {size}x{size} input (any side from {size} to "
+                         f"{PAPER_LARGEST_INPUT} gives the 6x6 pool5 fc6 takes), but pool5 is "
                          f"{x.shape[-2]}x{x.shape[-1]}; resize or crop the images to {size}x{size}")
+
+
+# conv1 (11, stride 4, no padding) and three 3/2 pools keep pool5 at 6x6 for sides 227 to 258; 259 makes it
+# 7x7 (tests/test_model.py runs both edges).
+PAPER_LARGEST_INPUT = 258
 
 
 def _paper_features(lrn: str) -> nn.Sequential:

@@ -544,8 +544,8 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
         raise UserError(f"the data's classes differ from those the run was started with ({config.data})")
     steps = steps_per_epoch(len(train_set), batch_per_rank, shard.world)
     if steps == 0:
-        raise UserError(f"{len(train_set)} training images make no full batch of {config.batch_size}; "
-                        f"use a smaller --batch-size")
+        raise UserError(f"{len(train_set)} training image files make no full batch of {config.batch_size}; add "
+                        f"images or use a smaller --batch-size")
     if dist.main:
         _open_folder(folder, config, resumed=ckpt is not None, how=f"{dist.world} x {dist.device.type}, "
                                                                   f"{precision_name(dtype, config.precision)}")
