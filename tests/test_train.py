@@ -328,12 +328,15 @@ def test_two_processes_match_one_with_the_same_global_batch(more_data, tmp_path)
     common += ["--accumulate", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "alexnet", "train", *common, "--out", str(tmp_path / "two")],
+                        "-m", "alexnet", "train", *common, "--out", str(tmp_path / "two"), "--log-every", "4"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_run(weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt"))
     rows = [json.loads((tmp_path / run / "metrics.jsonl").read_text()) for run in ("one", "two")]
     assert rows[0]["skipped"] == rows[1]["skipped"] == 2
+    # The progress line at the epoch's last step is the job's loss so far (both processes'), the row's.
+    last = [line for line in r.stderr.splitlines() if line.startswith("epoch 1/1 step 4/4:")]
+    assert len(last) == 1 and f"loss {rows[1]['train_loss']:.3f}," in last[0], r.stderr[-3000:]
     # The mean image and PCA were shared out over the two processes (each summed half the images).
     one, two = (DataStats.load(tmp_path / run / "data_stats.safetensors") for run in ("one", "two"))
     assert one.images == two.images == 16

@@ -702,7 +702,7 @@ def _train(run: _Run) -> dict[str, Any]:
                 tally.loss += summed
                 bar.update(1)
                 if run.step_in_epoch % config.log_every == 0:
-                    _progress(run, bar, lr, loss_sum / max(seen, 1), seen, time.perf_counter() - t0, first)
+                    _progress(run, bar, lr, loss_sum, seen, time.perf_counter() - t0, first)
                 if stopping:
                     bar.close()
                     _stop(run, stop.signal or signal.SIGTERM)  # no signal here: another rank was signalled
@@ -722,9 +722,11 @@ def _train(run: _Run) -> dict[str, Any]:
     return result
 
 
-def _progress(run: _Run, bar: tqdm, lr: float, loss: float, seen: int, seconds: float, first: int) -> None:
-    """The progress bar's figures; without a terminal (a cluster job's log), the same as a plain line."""
-    img_s = seen * run.shard.world / seconds
+def _progress(run: _Run, bar: tqdm, lr: float, loss_sum: float, seen: int, seconds: float, first: int) -> None:
+    """The progress bar's figures; without a terminal (a cluster job's log), the same as a plain line.
+    Every process calls it: the loss and images are the job's (summed over the processes), not rank 0's."""
+    loss_sum, seen = distributed.all_sum(run.shard, torch.tensor([loss_sum, seen], dtype=torch.float64)).tolist()
+    loss, img_s = loss_sum / max(seen, 1), seen / seconds
     if not bar.disable:
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2g}", img_s=f"{img_s:.0f}")
         return
