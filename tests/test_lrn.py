@@ -12,6 +12,9 @@ from alexnet.kernels import build
 from alexnet.lrn import LRN_CONVENTIONS, LocalResponseNorm
 from conftest import interpreted
 
+# torch.func's first use scripts a helper of torch's own, and torch 2.14 warns that jit.script is deprecated.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+
 
 @pytest.fixture(params=["native", "banded"])
 def impl(request, monkeypatch):
