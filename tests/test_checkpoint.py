@@ -224,6 +224,25 @@ def test_the_undamaged_stand_in_is_resumable(state, tmp_path):
     assert checkpoint.read_resumable(tmp_path / "last.pt").epoch == 1
 
 
+def test_an_epochs_tally_resumes_with_or_without_the_later_skipped_count(state, tmp_path):
+    # A mid-epoch last.pt carries the epoch's tally (so_far); "skipped" came later, so a checkpoint of an
+    # earlier version has none and counts 0, while an unknown key is damage.
+    from alexnet.train import _Tally
+    earlier = {"loss": 6.0, "images": 8.0, "seconds": 3.0, "step_seconds": 2.0, "data_seconds": 0.5}
+    for so_far, skipped in ((earlier, 0.0), ({**earlier, "skipped": 2.0}, 2.0)):
+        path = tmp_path / "last.pt"
+        checkpoint.save(path, {**state, "so_far": so_far})
+        carried = checkpoint.read_resumable(path).so_far
+        assert carried == so_far
+        tally = _Tally.carried(carried, main=True)
+        assert (tally.loss, tally.images, tally.skipped, tally.step) == (6.0, 8.0, skipped, 2.0)
+        assert _Tally.carried(carried, main=False).skipped == 0.0   # rank 0 alone carries the sums
+    checkpoint.save(path, {**state, "so_far": {**earlier, "bogus": 1.0}})
+    with pytest.raises(UserError) as e:
+        checkpoint.read_resumable(path)
+    one_line_naming(e.value, path, "so_far")
+
+
 @pytest.mark.parametrize("field,damage", DAMAGES.values(), ids=DAMAGES.keys())
 def test_a_damaged_field_is_one_line_naming_the_file_and_the_field(state, tmp_path, field, damage):
     damaged = copy.deepcopy(state)

@@ -104,6 +104,8 @@ def with_metrics(text):
     (with_metrics("oops\n"), "line 1: not a JSON object"),
     (with_metrics('{"epoch": 1e308, "lr": 0.01, "train_loss": 1, "val_loss": 1, "val_top1": 0.5, "val_top5": 1}\n'),
      "line 1: epoch 1e+308 is not a whole number from 1 to 1,000,000"),
+    (with_metrics('{"epoch": 1' + "0" * 400 + ', "lr": 0.01, "train_loss": 1, "val_loss": 1, "val_top1": 0.5, '
+                  '"val_top5": 1}\n'), "line 1: epoch 1000"),
 ])
 def test_curves_of_a_bad_run_exit_2_with_one_line(tmp_path, capsys, make, fragment):
     run = make(tmp_path)
@@ -184,8 +186,8 @@ def test_predictions_are_drawn_as_predict_computes_them_for_views_and_precision(
 
     monkeypatch.setattr(predictions, "predict", recorded)
     image = data / "val" / "cow" / "000.png"
-    for flags, crops, dtype in ((["--views", "10", "--precision", "bf16"], 10, torch.bfloat16),
-                                (["--crops", "dense", "--scales", "256"], "dense", None)):
+    for flags, crops, dtype in ((["--views", "10", "--precision", "bf16", "--device", "cpu"], 10, torch.bfloat16),
+                                (["--crops", "dense", "--scales", "256", "--device", "cpu"], "dense", None)):
         assert main(["viz", "predictions", "--checkpoint", str(ckpt), str(image), "--out", str(tmp_path / "p.png"),
                      *flags]) == 0
         kwargs, drawn = asked[-1]
@@ -283,7 +285,7 @@ def test_the_neighbours_title_fits_the_picture_for_any_k(k):
     fig = new_figure(width, height)
     renderer = fig.canvas.get_renderer()
     lines = neighbors._title(k, "fc7")
-    assert len(lines) == (1 if k >= 6 else len(lines)) and " ".join(lines).startswith("val image (left) and the")
+    assert (len(lines) == 1) == (k >= 6) and " ".join(lines).startswith("val image (left) and the")
     for text in lines:
         extent = fig.text(neighbors.MARGIN / width, 0.5, text, fontsize=11).get_window_extent(renderer)
         assert extent.x1 <= width - neighbors.MARGIN / 2, (k, text)

@@ -198,7 +198,8 @@ def read_resumable(path: str | Path) -> Resumable:
     so_far = ckpt.get("so_far", {})
     if not isinstance(so_far, dict) or (so_far and not (set(SO_FAR) <= set(so_far) <= {*SO_FAR, *SO_FAR_SINCE} and all(
             _number(v) and math.isfinite(v) and v >= 0 for v in so_far.values()))):
-        raise _damaged(path, "so_far", f"expected {{}} or non-negative numbers for {', '.join(SO_FAR)}")
+        raise _damaged(path, "so_far", f"expected {{}} or non-negative numbers for {', '.join(SO_FAR)} "
+                                       f"(and {', '.join(SO_FAR_SINCE)})")
     return Resumable(config, model, optimizer, schedule, scaler, rng, classes, names, prep, epoch, step, best,
                      {k: float(v) for k, v in so_far.items()})
 

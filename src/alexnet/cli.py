@@ -123,6 +123,7 @@ def _run_summary(args) -> int:
     from alexnet.summary import format_summary, summarize
 
     # The meta device gives every shape without allocating or initialising 60M parameters.
+    _refuse_lrn_for_owt(args.variant, args.lrn)
     with torch.device("meta"):
         model = AlexNet(args.variant, num_classes=args.num_classes, lrn=args.lrn)
     try:
@@ -419,6 +420,14 @@ def _resume_mode(text: str) -> str | Path:
     raise argparse.ArgumentTypeError(f"expected nothing, 'auto', or a run folder holding last.pt, got {text!r}")
 
 
+def _refuse_lrn_for_owt(variant: str | None, lrn: str | None) -> None:
+    """An LRN convention asked for the owt network, which has none: it would change nothing. ("paper", every
+    run's default and what config.yaml records for owt runs too, passes; so does an old owt run's other
+    value on resume, which names no variant.)"""
+    if variant == "owt" and lrn not in (None, "paper"):
+        raise UserError(f"--lrn {lrn} does nothing with --variant owt, which has no LRN layers; leave --lrn out")
+
+
 def _run_train(args) -> int:
     import dataclasses
 
@@ -436,6 +445,7 @@ def _run_train(args) -> int:
         given["out"], resume = str(resume), True
     # The preset stays in `given`: a resume refuses another one, as it refuses any other setting's change.
     config = resolve(given.get("preset", "paper"), {k: v for k, v in given.items() if k != "preset"})
+    _refuse_lrn_for_owt(config.variant if "variant" in given or not resume else None, given.get("lrn"))
     result = train(config, resume=resume, given=given)
     if args.require_top1 is not None and result.get("best_top1", -1) < args.require_top1:
         print(f"alexnet train: error: best val top-1 {100 * result['best_top1']:.1f}% is below the required "
@@ -1040,22 +1050,28 @@ def _run(args, command: str) -> int:
             return 1
         if _a_peer_failed(e):
             # Not this process's fault, and its own traceback (30 lines through autograd) would hide the one
-            # that matters: the failed process's, in its log or in torchrun's summary.
-            cause = str(e).strip().splitlines()[0].split(" This is typically caused")[0]
-            _say_error(f"{command}: error: another process of the job failed ({cause}); this one stops too, and "
-                       f"torchrun restarts the group from the last checkpoint if --max-restarts allows")
+            # that matters: the failed process's, in its log or in torchrun's summary. Said by each process
+            # that saw it, on stderr only: in torchrun's error file it could be named the job's root cause
+            # (the earliest failure) ahead of the process that died.
+            cause = (str(e).strip().splitlines() or [type(e).__name__])[0].split(" This is typically caused")[0]
+            again = (", and torchrun restarts the group from the last checkpoint if --max-restarts allows"
+                     if command == "alexnet train" else "")
+            print(f"{command}: error: another process of the job failed ({cause}); this one stops too{again}",
+                  file=sys.stderr)
             return 1
         raise
 
 
 def _a_peer_failed(e: Exception) -> bool:
-    """A collective that failed because another process of the job went away (killed, crashed, its node lost)."""
+    """A collective that failed because another process of the job went away (killed, crashed, its node
+    lost). Only that: a collective misused, a CUDA fault inside NCCL or a rendezvous that timed out is a
+    fault to see in full, traceback included."""
     if int(os.environ.get("WORLD_SIZE", "1")) < 2 or "torch" not in sys.modules:
         return False
     import torch.distributed as td
 
-    if isinstance(e, td.DistError):   # NCCL's and the store's (DistBackendError, DistNetworkError, ...)
+    if isinstance(e, td.DistNetworkError):
         return True
-    # gloo's are plain RuntimeErrors, told by where they come from.
-    marks = ("gloo/transport", "Connection closed by peer", "Connection reset by peer")
+    # gloo's are plain RuntimeErrors and NCCL's DistBackendErrors, told by what they say.
+    marks = ("Connection closed by peer", "Connection reset by peer", "remote process exited")
     return isinstance(e, RuntimeError) and any(mark in str(e) for mark in marks)

@@ -195,8 +195,9 @@ def build_model(config: TrainConfig, num_classes: int, initialise: bool = True) 
     """The network ``config`` trains. ``initialise`` False, for a resume that loads every weight at once:
     left uninitialised (the layers' own init and the paper's drew 61M random numbers each: 1 s on a core)."""
     with nullcontext() if initialise else torch.device("meta"):   # on meta, the init draws nothing
-        model = AlexNet(config.variant, num_classes=num_classes, dropout=config.dropout, lrn=config.lrn,
-                        init=config.init)
+        # owt has no LRN: a config's lrn (an older run's may hold any) means nothing there.
+        model = AlexNet(config.variant, num_classes=num_classes, dropout=config.dropout,
+                        lrn=config.lrn if config.variant == "paper" else None, init=config.init)
     if not initialise:
         return model.to_empty(device="cpu")
     if config.zero_init_fc8:
@@ -294,7 +295,8 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 @dataclass
 class _Tally:
     """The epoch's training so far, as its metrics row sums it. A resume carries it over in last.pt (rank
-    0 takes the processes' summed loss and images), so that row is the one an unstopped run writes."""
+    0 takes the processes' summed loss, images and skipped files), so that row is the one an unstopped run
+    writes."""
     loss: float = 0.0          # this process's summed loss
     images: float = 0.0
     skipped: float = 0.0       # this process's unreadable training images
@@ -741,7 +743,7 @@ def _stop(run: _Run, signum: int) -> None:
         how = f"Resume with: alexnet train --out {run.folder} --resume"
     else:   # a towers run needs tower pairs, or none (parallel.plan)
         how = "Resume with the same torchrun command and --resume (" + (
-            "an even number of processes, or one process with --towers 1)" if run.config.towers > 1 else
+            "an even number of processes, or any number with --towers 1)" if run.config.towers > 1 else
             "any number of processes)")
     run.say(f"alexnet train: stopped by {signal.Signals(signum).name} at epoch {run.epoch + 1}, step "
             f"{run.step_in_epoch} of {run.steps}; {run.folder / 'last.pt'} is saved. {how}")

@@ -198,7 +198,8 @@ class FixedSizeImages(ImageSet):
 
 
 class SkippedFiles:
-    """Undecodable files seen in the main process: each warned about once per run, counted per epoch."""
+    """Undecodable files seen in the main process: each warned about once per run, and counted until the
+    count is taken (``end_epoch``: evaluation takes it once an epoch, training after every batch)."""
 
     def __init__(self, dataset: ImageSet, stream=None) -> None:
         self.dataset, self.stream = dataset, stream

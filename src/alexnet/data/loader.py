@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -50,11 +51,25 @@ def leave_stop_signals_to_the_parent(worker_id: int) -> None:
 
     A scheduler or torchrun's agent signals the whole process group, loader processes included, and
     torch's worker code dies of SIGTERM by design; the trainer then met "DataLoader worker (pid ...) is
-    killed by signal: Terminated" mid-step instead of finishing the step and writing last.pt. Ignored here,
-    the loaders end as always: when the trainer closes its loader, or on their own once it is gone.
+    killed by signal: Terminated" mid-step instead of finishing the step and writing last.pt. So a loader
+    process takes these signals on a thread of its own and ends only when its parent sends one: the
+    trainer's loader giving up on a worker that does not finish (its terminate()). Others are ignored; the
+    loaders end as always when the trainer closes its loader, or by themselves once it is gone.
     """
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)
+    stops = {signal.SIGTERM, signal.SIGUSR1}
+    if not hasattr(signal, "sigwaitinfo"):   # macOS: no sender to tell apart; the trainer's close still ends it
+        for sig in stops:
+            signal.signal(sig, signal.SIG_IGN)
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)   # before any other thread starts: all of them inherit it
+
+    def wait() -> None:
+        while True:
+            if signal.sigwaitinfo(stops).si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=wait, name="stop signals", daemon=True).start()
 
 
 class ResumableSampler(DistributedSampler):

@@ -71,7 +71,8 @@ def read_run(path: str | Path) -> Run:
         if missing:
             raise UserError(f"{metrics}, line {number}: no number for {', '.join(missing)}")
         epoch = row["epoch"]
-        if not (math.isfinite(epoch) and epoch == int(epoch) and 1 <= epoch <= MAX_EPOCH):
+        # The range first: it holds NaN out, and a JSON integer of 400 digits is no float to test.
+        if not (1 <= epoch <= MAX_EPOCH and epoch == int(epoch)):
             raise UserError(f"{metrics}, line {number}: epoch {row['epoch']} is not a whole number from 1 to "
                             f"{MAX_EPOCH:,}")
         rows.append(row)
