@@ -45,15 +45,15 @@ PAPER_INIT_STD = 0.01
 PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
 
 
-def check_num_classes(num_classes: Any) -> int:
-    """``num_classes`` as a plain int: any integer type (NumPy's too) above 0, never a bool (True is not a
-    class count, however Python counts it)."""
+def check_positive_int(value: Any, name: str) -> int:
+    """``value`` as a plain int: any integer type (NumPy's too) above 0, never a bool (True is not a count,
+    however Python counts it); else a ValueError naming ``name``."""
     try:
-        count = None if isinstance(num_classes, bool) else operator.index(num_classes)
+        count = None if isinstance(value, bool) else operator.index(value)
     except TypeError:
         count = None
     if count is None or count < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return count
 
 
@@ -169,7 +169,7 @@ class AlexNet(nn.Module):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-        num_classes = check_num_classes(num_classes)
+        num_classes = check_positive_int(num_classes, "num_classes")
         dropout = check_dropout(dropout)
         if lrn is not None and lrn not in LRN_CONVENTIONS:
             raise ValueError(f"unknown LRN convention {lrn!r}; choose from {', '.join(LRN_CONVENTIONS)}")
@@ -230,7 +230,7 @@ class AlexNet(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace fc8 with a fresh one of ``num_classes`` outputs (fine-tuning on new classes), initialised
         as ``self.init`` says (for a loaded network, the init its training run recorded)."""
-        num_classes = check_num_classes(num_classes)
+        num_classes = check_positive_int(num_classes, "num_classes")
         old = self.classifier[-1]
         fc8 = nn.Linear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)
         if self.init == "paper":

@@ -8,7 +8,6 @@ cannot be read is reported in its place and the rest are still predicted.
 
 from __future__ import annotations
 
-import operator
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from alexnet.data.decode import UndecodableImage, load_fixed
 from alexnet.data.folders import image_files
 from alexnet.dense import SCALES, dense_probabilities, load_scaled, parse_scales
 from alexnet.evaluate import class_probabilities
+from alexnet.model import check_positive_int
 from alexnet.weights import LoadedModel
 
 
@@ -61,12 +61,7 @@ def predict(loaded: LoadedModel, paths: Iterable[Path | str], topk: int = 5, cro
     fetched; a folder is reported, not expanded (``expand`` lists its images). crops: 1, 10 or "dense"
     (whole images at ``scales``); dtype: autocast to it (None: fp32); model: a stand-in for loaded.model
     (its int8 copy, say). A wrong topk is a ValueError here, at the call, not at the first image."""
-    try:
-        k = None if isinstance(topk, bool) else operator.index(topk)
-    except TypeError:
-        k = None
-    if k is None or k < 1:
-        raise ValueError(f"topk must be a positive integer, got {topk!r}")
+    k = check_positive_int(topk, "topk")
     return _predict(loaded, paths, min(k, len(loaded.classes)), crops, batch_size, device, dtype, model, scales)
 
 
