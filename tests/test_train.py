@@ -361,10 +361,17 @@ def test_a_usage_error_under_torchrun_is_said_once_and_named_in_its_failure_summ
                         "-m", "alexnet", "train", "--data", str(data), "--out", str(tmp_path / "run"), *flags],
                        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     said = [line for line in r.stderr.splitlines() if line.startswith("alexnet train: error:")]
-    assert r.returncode != 0 and len(said) == 1 and message in said[0], r.stderr[-3000:]
-    # torchrun's summary gives each rank's cause (its error file), not a link to its documentation.
-    named = [line for line in r.stderr.splitlines() if line.strip().startswith("traceback :")]
-    assert len(named) == 2 and all(line.split("traceback :")[1].strip() == said[0] for line in named), r.stderr[-3000:]
+    # Once at most: local rank 0 says it, unless torchrun stopped it (SIGTERM) when the other failed first.
+    assert r.returncode != 0 and len(said) <= 1 and all(message in line for line in said), r.stderr[-3000:]
+    # torchrun's summary gives each failed rank's cause (its error file), not a link to its documentation;
+    # a rank it stopped is named by the signal.
+    named = [line.split("traceback :")[1].strip() for line in r.stderr.splitlines()
+             if line.strip().startswith("traceback :")]
+    ours = [line for line in named if line.startswith("alexnet train: error:")]
+    assert len(named) == 2 and ours and all(message in line for line in ours), r.stderr[-3000:]
+    assert all(line in ours or line.startswith("Signal 15 (SIGTERM)") for line in named), r.stderr[-3000:]
+    root = r.stderr.split("Root Cause")[1]
+    assert any(line in root for line in ours), r.stderr[-3000:]
 
 
 @pytest.mark.processes
@@ -551,7 +558,9 @@ def test_a_run_folder_not_every_node_sees_is_refused_in_one_line(data, tmp_path)
                         "--epochs", "2", "--workers", "0"], capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode != 0
-    errors = [line for line in r.stderr.splitlines() if line.startswith("alexnet train: error:")]
+    # On stderr (local rank 0) or, where torchrun stopped that one first, in its failure summary.
+    errors = [line.split("traceback :")[-1].strip() for line in r.stderr.splitlines()
+              if line.startswith("alexnet train: error:") or "traceback : alexnet train: error:" in line]
     assert errors and all("--out must be a folder every node shares" in line for line in errors), r.stderr[-2000:]
     assert "alexnet/train.py" not in r.stderr     # no traceback of ours (torchrun prints its own)
 

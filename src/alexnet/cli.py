@@ -1073,5 +1073,5 @@ def _a_peer_failed(e: Exception) -> bool:
     if isinstance(e, td.DistNetworkError):
         return True
     # gloo's are plain RuntimeErrors and NCCL's DistBackendErrors, told by what they say.
-    marks = ("Connection closed by peer", "Connection reset by peer", "remote process exited")
+    marks = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited")
     return isinstance(e, RuntimeError) and any(mark in str(e) for mark in marks)
