@@ -436,8 +436,9 @@ def _run_train(args) -> int:
 
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    if "data" in given:   # absolute in config.yaml: a resume from another folder finds the same data
-        given["data"] = str(Path(given["data"]).expanduser().resolve())
+    for name in ("data", "weights"):   # absolute in config.yaml: a resume from another folder finds the same
+        if name in given:
+            given[name] = str(Path(given[name]).expanduser().resolve())
     resume = args.resume
     if isinstance(resume, Path):   # --resume RUN: the run is that folder, which --out may also name
         if "out" in given and Path(given["out"]).expanduser().resolve() != resume.resolve():

@@ -56,6 +56,10 @@ class TrainConfig:
     out: str = _opt("runs/alexnet", "run folder: config.yaml, metrics.jsonl, last.pt, best.pt")
     preset: str = _opt("paper", "settings to start from", PRESETS)
     # the network (docs/paper-numbers.md section 1)
+    weights: str | None = _opt(None, "start from trained weights (a checkpoint, or a safetensors file from export or "
+                                     "import-torchvision): the network, its LRN and input normalisation are "
+                                     "theirs; fc8 too where its classes are the data's, else a new fc8 "
+                                     "(fine-tuning)")
     variant: str = _opt("paper", "paper: the 2012 network; owt: torchvision's", VARIANTS)
     lrn: str = _opt("paper", "LRN convention (paper variant)", tuple(LRN_CONVENTIONS))
     init: str = _opt("paper", "paper: N(0, 0.01) weights, biases of 1 in conv2/4/5 and fc6/7; kaiming: He normal; pytorch: layer defaults", INITS)

@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from alexnet import checkpoint, distributed, parallel
+from alexnet import checkpoint, distributed, finetune, parallel
 from alexnet.config import TrainConfig, dump_yaml, from_dict, load_yaml
 from alexnet.cores import usable_cores
 from alexnet.data.folders import SkippedFiles
@@ -54,6 +54,7 @@ from alexnet.precision import autocast_dtype, weights_dtype
 from alexnet.precision import name as precision_name
 from alexnet.schedule import LRSchedule
 from alexnet.step import TrainStep, sgd
+from alexnet.weights import LoadedModel
 
 # What may change when a run is resumed; anything else would make it a different run.
 RESUMABLE_CHANGES = {"epochs", "accumulate", "workers", "save_every", "save_every_minutes", "log_every", "tensorboard",
@@ -99,6 +100,8 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
         if last.exists():
             raise UserError(f"{run} already holds a run (last.pt); add --resume to continue it, "
                             f"or choose another --out")
+        if config.weights:
+            config = _start_from(config, given, dist)
         outputs = [name for name in ("best.pt", "metrics.jsonl") if (run / name).exists()]
         # With --resume auto they may be this run's own, from an attempt stopped after its first epoch's
         # best.pt and row but before its last.pt: then the fresh start drops that row (_open_folder) and
@@ -127,6 +130,21 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
                         + f"); give at least {trained}")
     values = saved.to_dict() | changes | {"out": str(run)}
     return from_dict(values, "resumed run"), ckpt
+
+
+def _start_from(config: TrainConfig, given: dict[str, Any], dist: distributed.Dist | None) -> TrainConfig:
+    """A fresh run from --weights takes their network and normalisation (finetune.adopt); every process
+    checks the file before anything is written, and all are refused together if one cannot use it."""
+    problem, adopted = "", config
+    try:
+        adopted = finetune.adopt(config, finetune.open_weights(config), given)
+    except UserError as e:
+        problem = str(e)
+    if dist is not None and distributed.all_max(dist, torch.tensor([float(bool(problem))]))[0] and not problem:
+        raise UserError(f"--weights {config.weights} was refused by another process (its message says why)")
+    if problem:
+        raise UserError(problem)
+    return adopted
 
 
 def _first_epoch_of(run: Path, config: TrainConfig) -> bool:
@@ -164,11 +182,13 @@ def _open_data(config: TrainConfig, dist: distributed.Dist) -> DataSource:
 
 
 def _preprocessing(config: TrainConfig, train_set: ImageSet, dist: distributed.Dist,
-                   skips: SkippedFiles | None = None) -> Preprocessing:
+                   skips: SkippedFiles | None = None, norm: Normalize | None = None) -> Preprocessing:
+    """The run's crop, normalisation (``norm``: the weights' a fine-tuning run starts from, else the data's)
+    and PCA noise (always the data's)."""
     stats: DataStats | None = None
-    if config.normalization != "imagenet" or config.pca_noise != "none":
+    if (norm is None and config.normalization != "imagenet") or config.pca_noise != "none":
         stats = _statistics(config, train_set, dist, skips)
-    norm = Normalize.create(config.normalization, stats)
+    norm = norm or Normalize.create(config.normalization, stats)
     pca = None if config.pca_noise == "none" else PCANoise(stats.eigvals, stats.eigvecs, convention=config.pca_noise)
     return Preprocessing(config.crop, norm, pca)
 
@@ -191,18 +211,22 @@ def _statistics(config: TrainConfig, train_set: ImageSet, dist: distributed.Dist
     return stats
 
 
-def build_model(config: TrainConfig, num_classes: int, initialise: bool = True) -> AlexNet:
+def build_model(config: TrainConfig, num_classes: int, initialise: bool = True, start: LoadedModel | None = None,
+                keep_fc8: bool = False) -> AlexNet:
     """The network ``config`` trains. ``initialise`` False, for a resume that loads every weight at once:
-    left uninitialised (the layers' own init and the paper's drew 61M random numbers each: 1 s on a core)."""
+    left uninitialised (the layers' own init and the paper's drew 61M random numbers each: 1 s on a core).
+    ``start``: the trained weights a fine-tuning run starts from, fc8 included where ``keep_fc8``."""
     with nullcontext() if initialise else torch.device("meta"):   # on meta, the init draws nothing
         # owt has no LRN: a config's lrn (an older run's may hold any) means nothing there.
         model = AlexNet(config.variant, num_classes=num_classes, dropout=config.dropout,
                         lrn=config.lrn if config.variant == "paper" else None, init=config.init)
     if not initialise:
         return model.to_empty(device="cpu")
-    if config.zero_init_fc8:
+    if config.zero_init_fc8 and not (start is not None and keep_fc8):
         nn.init.zeros_(model.classifier[-1].weight)
         nn.init.zeros_(model.classifier[-1].bias)
+    if start is not None:
+        finetune.load_into(model, start, keep_fc8)
     return model
 
 
@@ -544,6 +568,8 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     train_set, val_set = source.splits["train"], source.splits["val"]
     if ckpt is not None and ckpt.classes != source.classes:
         raise UserError(f"the data's classes differ from those the run was started with ({config.data})")
+    start = finetune.open_weights(config) if ckpt is None and config.weights else None
+    keep_fc8 = start is not None and finetune.keeps_fc8(start, source.classes)
     steps = steps_per_epoch(len(train_set), batch_per_rank, shard.world)
     if steps == 0:
         raise UserError(f"{len(train_set)} training image files make no full batch of {config.batch_size}; add "
@@ -551,7 +577,9 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     if dist.main:
         _open_folder(folder, config, resumed=ckpt is not None, how=f"{dist.world} x {dist.device.type}, "
                                                                   f"{precision_name(dtype, config.precision)}")
-        if config.preset == "paper" and config.init == "paper" and len(train_set) < SMALL_DATA:
+        if start is not None:
+            tqdm.write(finetune.summary(config.weights, start, source.classes), file=sys.stderr)
+        elif config.preset == "paper" and config.init == "paper" and len(train_set) < SMALL_DATA:
             tqdm.write(f"note: the paper's recipe is ImageNet's (1.28M images); on {len(train_set):,} it tends to "
                        f"stay at chance or diverge: --preset demo is made for small sets", file=sys.stderr)
         if len(source.classes) == 1:
@@ -559,15 +587,18 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
                        f"accuracy will be 100% and says nothing", file=sys.stderr)
     # One record of unreadable training files for the statistics pass and the epochs: each warned once.
     train_skips = SkippedFiles(train_set)
-    prep = ckpt.prep if ckpt is not None else _preprocessing(config, train_set, dist, train_skips)
+    prep = ckpt.prep if ckpt is not None else _preprocessing(config, train_set, dist, train_skips,
+                                                             start.norm if start else None)
     train_skips.end_epoch()   # the statistics pass is no epoch
 
     torch.manual_seed(config.seed + dist.rank)  # dropout: a different stream on every rank
     fresh = ckpt is None   # else _restore loads every weight (load_state_dict is strict)
     if towers:  # every process cuts its tower from the network one process would start from
-        model = parallel.build(lambda: build_model(config, len(source.classes), fresh), config.seed, towers)
+        model = parallel.build(lambda: build_model(config, len(source.classes), fresh, start, keep_fc8),
+                               config.seed, towers)
     else:
-        model = build_model(config, len(source.classes), fresh)
+        model = build_model(config, len(source.classes), fresh, start, keep_fc8)
+    start = None   # its tensors were copied into the network: not held for the whole run
     # fp64: initialised in float32 as always, then widened, so that fp32 and fp64 runs start from one network.
     model = model.to(dist.device, weights_dtype(config.precision))
     if config.channels_last:

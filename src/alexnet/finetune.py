@@ -1,0 +1,80 @@
+"""Fine-tuning: a run that starts from trained weights (`alexnet train --weights FILE`).
+
+The file is anything ``weights.load_model`` reads: a training checkpoint (RUN/best.pt), or a safetensors
+file from `alexnet export` or `alexnet import-torchvision`. It brings its network, the network's LRN
+convention and the input normalisation it was trained with (its own mean image, or mean and std): the
+features respond to inputs as they saw them, so the run feeds them that way, as torchvision's and timm's
+pretrained weights are used with the normalisation they were trained with. The data's statistics are
+still computed where PCA colour noise needs them: that noise is drawn from the new images' colours.
+
+Every layer starts from the file's weights; fc8 too where its classes are the data's, in the same order.
+Otherwise fc8 starts afresh for the data's classes, drawn by the run's ``init`` (zero with
+``zero_init_fc8``), as a classifier head is replaced in every fine-tuning recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from alexnet.config import TrainConfig
+from alexnet.errors import UserError
+from alexnet.model import AlexNet
+from alexnet.weights import LoadedModel, load_model
+
+
+def open_weights(config: TrainConfig) -> LoadedModel:
+    """The network in ``config.weights``, checked (a one-line UserError where the file cannot be used)."""
+    return load_model(config.weights)
+
+
+def adopt(config: TrainConfig, loaded: LoadedModel, given: dict[str, Any]) -> TrainConfig:
+    """``config`` with the network, LRN and normalisation of the weights it starts from. A flag that asks
+    for another is refused: it would be ignored, or the weights would see inputs they were not trained on."""
+    theirs = {"variant": loaded.variant, "normalization": loaded.normalization}
+    if loaded.variant == "paper":
+        theirs["lrn"] = loaded.lrn
+    clashes = [k for k, v in theirs.items() if k in given and given[k] != v]
+    if loaded.variant != "paper" and given.get("lrn", "paper") != "paper":
+        clashes.append("lrn")   # the owt network has no LRN layers
+    if clashes:
+        flags = ", ".join(f"--{k.replace('_', '-')} {given[k]}" for k in clashes)
+        raise UserError(f"--weights {config.weights} holds the {_describe(loaded)}, trained on "
+                        f"{loaded.normalization} input; fine-tuning keeps both, so leave out {flags}")
+    return dataclasses.replace(config, **theirs).validate()
+
+
+def keeps_fc8(loaded: LoadedModel, classes: list[str]) -> bool:
+    """Whether the weights' fc8 answers the data's classes (the same folder names in the same order)."""
+    return list(loaded.classes) == list(classes)
+
+
+def load_into(model: AlexNet, loaded: LoadedModel, keep_fc8: bool) -> None:
+    """Copy the weights into ``model`` (built for the run): every layer, fc8 only where ``keep_fc8``."""
+    state = loaded.model.state_dict()
+    fc8 = _fc8_prefix(model)
+    if not keep_fc8:
+        state = {k: v for k, v in state.items() if not k.startswith(fc8)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    fresh = set() if keep_fc8 else {k for k in model.state_dict() if k.startswith(fc8)}
+    if set(missing) != fresh or unexpected:   # load_model built the same variant's network: cannot happen
+        raise RuntimeError(f"weights do not fit the run's network: missing {sorted(set(missing) - fresh)}, "
+                           f"unexpected {sorted(unexpected)}")
+
+
+def summary(path: str, loaded: LoadedModel, classes: list[str]) -> str:
+    """One line on what the run starts from."""
+    head = (f"fc8 kept (its {len(classes)} classes are the data's)" if keeps_fc8(loaded, classes) else
+            f"fc8 new, for the data's {len(classes)} classes (the weights' fc8 answers {len(loaded.classes)} other "
+            f"classes)")
+    return (f"alexnet train: starting from {path}: the {_describe(loaded)}, its "
+            f"{loaded.normalization} input normalisation; {head}")
+
+
+def _describe(loaded: LoadedModel) -> str:
+    return f"paper network (LRN {loaded.lrn})" if loaded.variant == "paper" else f"{loaded.variant} network"
+
+
+def _fc8_prefix(model: AlexNet) -> str:
+    last = model.classifier[-1]
+    return next(name for name, module in model.named_modules() if module is last) + "."

@@ -1,0 +1,164 @@
+"""Fine-tuning (`alexnet train --weights FILE`): what a run takes from trained weights, and what it refuses."""
+
+import contextlib
+import json
+
+import pytest
+import torch
+import yaml
+
+from alexnet.config import resolve
+from alexnet.data.transforms import Normalize
+from alexnet.errors import UserError
+from alexnet.model import AlexNet
+from alexnet.train import train
+from alexnet.weights import LoadedModel, import_torchvision, load_model, save_weights
+from conftest import run_main, write_image_folders
+
+# A learning rate under float32's resolution of every weight: a step leaves the weights as they were (a zero
+# bias moves by 1e-30 x its gradient), so the trained network shows what the run started from.
+STILL = dict(lr=1e-30, momentum=0.0, weight_decay=0.0, dropout=0.0)
+FAST = dict(workers=0, precision="fp32", epochs=1, batch_size=3, log_every=1)
+MEAN, STD = (10.0, 20.0, 30.0), (40.0, 50.0, 60.0)
+
+
+def three_colours(root):
+    colours = {"blue": [(20, 30, 200)] * 2, "green": [(30, 190, 40)] * 2, "red": [(210, 20, 30)] * 2}
+    return write_image_folders(root, colours, size=(48, 40))
+
+
+def paper_weights(path, classes, lrn="caffe"):
+    """A random paper network with LRN ``lrn`` and channel normalisation MEAN/STD, as `alexnet export`
+    writes it."""
+    torch.manual_seed(1)
+    model = AlexNet("paper", num_classes=len(classes), lrn=lrn, init="kaiming").eval()
+    for p in model.parameters():   # no weight or bias at exactly zero: each one shows where it came from
+        p.data.add_(0.01)
+    norm = Normalize(torch.tensor(MEAN), torch.tensor(STD))
+    save_weights(LoadedModel(model, classes, classes, 227, "channel", norm), path)
+    return model.state_dict()
+
+
+def owt_weights(tmp_path):
+    """torchvision's layout, 1000 ImageNet classes and preprocessing, as `alexnet import-torchvision` writes it."""
+    from torchvision.models import alexnet
+
+    torch.manual_seed(2)
+    torch.save(alexnet().state_dict(), tmp_path / "alexnet-owt-random.pth")
+    path = tmp_path / "owt.safetensors"
+    save_weights(import_torchvision(tmp_path / "alexnet-owt-random.pth"), path)
+    return path
+
+
+def last(run):
+    return torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+
+
+def assert_started_from(state, source, fc8):
+    for k, v in source.items():
+        if not k.startswith(fc8):
+            torch.testing.assert_close(state[k], v, rtol=0, atol=1e-20, msg=k)
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """A paper network on 2 classes (LRN caffe, channel normalisation) fine-tuned onto 3 at a still learning
+    rate: (its data, the weights file, their state_dict, the run folder, what the run printed)."""
+    root = tmp_path_factory.mktemp("finetuned")
+    data = three_colours(root / "data")
+    source = paper_weights(root / "w.safetensors", ["cat", "dog"])
+    given = {"weights": str(root / "w.safetensors")}
+    with _stderr() as err:
+        train(resolve("paper", dict(data=str(data), out=str(root / "run"), **given, **STILL, **FAST)), given=given)
+    return data, root / "w.safetensors", source, root / "run", err.getvalue()
+
+
+@contextlib.contextmanager
+def _stderr():
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        yield err
+
+
+def test_a_run_takes_every_layer_but_fc8_and_the_normalisation_of_its_weights(finetuned):
+    _, path, source, run, said = finetuned
+    ckpt = last(run)
+    assert_started_from(ckpt["model"], source, "classifier.6.")
+    fc8 = ckpt["model"]["classifier.6.weight"]
+    assert fc8.shape == (3, 4096)
+    # fc8 is drawn by the run's init (the paper's N(0, 0.01)), not at the file's kaiming scale.
+    assert 0.008 < fc8.std().item() < 0.012
+    prep = ckpt["preprocessing"]
+    assert prep["normalization"] == "channel"
+    assert prep["mean"].tolist() == list(MEAN) and prep["std"].tolist() == list(STD)
+    assert prep["pca_eigvals"] is not None   # PCA noise is still the new images'
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    assert (recorded["weights"], recorded["lrn"], recorded["normalization"]) == (str(path), "caffe", "channel")
+    assert f"starting from {path}: the paper network (LRN caffe), its channel input normalisation; fc8 new, " \
+           f"for the data's 3 classes (the weights' fc8 answers 2 other classes)" in said
+
+
+def test_a_checkpoint_on_the_same_classes_starts_a_run_with_its_fc8_too(finetuned, tmp_path):
+    data, _, _, run, _ = finetuned
+    given = {"weights": str(run / "best.pt")}
+    with _stderr() as err:
+        train(resolve("paper", dict(data=str(data), out=str(tmp_path / "again"), zero_init_fc8=True, **given,
+                                    **STILL, **FAST)), given=given)
+    assert_started_from(last(tmp_path / "again")["model"], last(run)["model"], "no layer is new")
+    assert "fc8 kept (its 3 classes are the data's)" in err.getvalue()
+
+
+def test_a_resume_refuses_other_weights(finetuned, tmp_path):
+    data, _, _, run, _ = finetuned
+    other = tmp_path / "other.safetensors"
+    paper_weights(other, ["cat", "dog"])
+    given = {"weights": str(other), "epochs": 2}
+    with pytest.raises(UserError, match="cannot change --weights when resuming"):
+        train(resolve("paper", dict(data=str(data), out=str(run), **given)), resume=True, given=given)
+
+
+def test_torchvision_weights_fine_tune_under_the_demo_preset_with_their_own_input(tmp_path):
+    """ImageNet weights onto a user's 3 classes: the owt network and ImageNet's mean and std, whatever the
+    preset says; a resume does not need the file again."""
+    data = three_colours(tmp_path / "data")
+    path = owt_weights(tmp_path)
+    source = load_model(path).model.state_dict()
+    run = tmp_path / "run"
+    code = run_main("train", "--preset", "demo", "--data", data, "--out", run, "--weights", path, "--lr", "1e-30",
+                    "--weight-decay", "0", "--momentum", "0", "--pca-noise", "none", "--workers", "0",
+                    "--precision", "fp32", "--epochs", "1", "--batch-size", "3")
+    assert code.returncode == 0, code.stderr[-2000:]
+    ckpt = last(run)
+    assert ckpt["variant"] == "owt" and ckpt["preprocessing"]["normalization"] == "imagenet"
+    assert_started_from(ckpt["model"], source, "classifier.6.")
+    assert ckpt["model"]["classifier.6.weight"].abs().max() < 1e-20   # the demo preset's zero fc8: it is new
+    assert not (run / "data_stats.safetensors").exists()    # nothing of the data's was needed
+
+    path.unlink()
+    code = run_main("train", "--out", run, "--resume", "--epochs", "2", "--workers", "0")
+    assert code.returncode == 0, code.stderr[-2000:]
+    assert [json.loads(row)["epoch"] for row in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--variant", "paper"], "holds the owt network, trained on imagenet input; fine-tuning keeps both, so "
+                             "leave out --variant paper"),
+    (["--normalization", "mean-image"], "leave out --normalization mean-image"),
+    (["--lrn", "caffe"], "leave out --lrn caffe"),
+])
+def test_flags_that_ask_for_another_network_or_input_are_refused_in_one_line(tmp_path, flags, message):
+    data = three_colours(tmp_path / "data")
+    path = owt_weights(tmp_path)
+    code = run_main("train", "--data", data, "--out", tmp_path / "run", "--weights", path, *flags, "--workers", "0")
+    assert code.returncode == 2 and message in code.stderr and len(code.stderr.strip().splitlines()) == 1, code.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_weights_that_cannot_be_used_are_refused_before_anything_is_written(tmp_path):
+    data = three_colours(tmp_path / "data")
+    (tmp_path / "junk.pt").write_bytes(b"not weights")
+    for path, message in ((tmp_path / "missing.pt", "does not exist"), (tmp_path / "junk.pt", "junk.pt")):
+        code = run_main("train", "--data", data, "--out", tmp_path / "run", "--weights", path, "--workers", "0")
+        assert code.returncode == 2 and message in code.stderr and "Traceback" not in code.stderr, code.stderr
+        assert not (tmp_path / "run").exists()
