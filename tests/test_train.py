@@ -489,6 +489,19 @@ def test_more_workers_than_cores_is_said_once_in_one_line(data, tmp_path, capsys
     assert len(err) == 1 and err[0].startswith(f"alexnet train: warning: --workers {workers} per process is more "), err
 
 
+def test_the_warning_filter_of_too_many_workers_ends_with_the_run(data, tmp_path, monkeypatch):
+    # A Python caller's own DataLoaders, made after train() returns, keep torch's warning.
+    import warnings
+
+    import alexnet.train as train_module
+
+    monkeypatch.setattr(train_module, "usable_cores", lambda: 1)
+    before = list(warnings.filters)
+    with pytest.raises(UserError, match="--accumulate 3 does not split"):   # refused after the workers' check
+        train(config(data, tmp_path / "run", workers=2, accumulate=3))
+    assert warnings.filters == before
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_signal_while_setting_up_ends_at_once_with_one_line(data, tmp_path, monkeypatch, capsys, signum):
     # A scheduler's notice during the statistics pass (minutes on ImageNet) used to kill the process

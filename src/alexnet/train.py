@@ -470,24 +470,28 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
         _tensorboard_class()   # before any work: a missing package found after the statistics pass costs it
     dist = distributed.setup(config.device)
     lock = FolderLock(config.out)
+    # The filters a run sets (_check_workers) end with it: the caller's stay as they were.
     try:
-        with _StopsAtOnce(dist):
-            _hold(lock, dist)
-            config, ckpt = resolve_run(config, resume, given or {}, dist)
-            _check_workers(config, dist)
-            if ckpt is not None and ckpt.epoch >= config.epochs:
-                return _complete(config, ckpt, dist)
-            run = _set_up(config, ckpt, dist)
-        # Its tensors are mapped from last.pt: once copied into the network and momentum, the pages they
-        # read (up to the checkpoint's size, 1 GB for a float64 paper run) leave this process.
-        del ckpt
-        try:
-            return _train(run)
-        finally:
-            del run   # its DDP holds the process group: gone before the teardown (distributed.teardown says why)
+        with warnings.catch_warnings():
+            with _StopsAtOnce(dist):
+                _hold(lock, dist)
+                config, ckpt = resolve_run(config, resume, given or {}, dist)
+                _check_workers(config, dist)
+                if ckpt is not None and ckpt.epoch >= config.epochs:
+                    return _complete(config, ckpt, dist)
+                run = _set_up(config, ckpt, dist)
+            # Its tensors are mapped from last.pt: once copied into the network and momentum, the pages they
+            # read (up to the checkpoint's size, 1 GB for a float64 paper run) leave this process.
+            del ckpt
+            try:
+                return _train(run)
+            finally:
+                del run   # its DDP holds the process group: gone before the teardown (distributed.teardown says why)
     finally:
         lock.release()
         distributed.teardown(dist)
+
+
 
 
 def _check_out(config: TrainConfig) -> None:
