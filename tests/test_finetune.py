@@ -162,3 +162,27 @@ def test_weights_that_cannot_be_used_are_refused_before_anything_is_written(tmp_
         code = run_main("train", "--data", data, "--out", tmp_path / "run", "--weights", path, "--workers", "0")
         assert code.returncode == 2 and message in code.stderr and "Traceback" not in code.stderr, code.stderr
         assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("freeze, learning", [("features", "classifier."), ("all-but-fc8", "classifier.6.")])
+def test_frozen_layers_stay_as_the_weights_have_them_and_the_others_learn(finetuned, tmp_path, freeze, learning):
+    data, path, source, _, _ = finetuned
+    run = tmp_path / "run"
+    given = {"weights": str(path), "freeze": freeze}
+    settings = dict(data=str(data), out=str(run), lr=0.01, momentum=0.9, weight_decay=5e-4, dropout=0.0, **FAST)
+    train(resolve("paper", settings | given), given=given)
+    given = {"epochs": 2}   # a resumed run keeps them frozen too (requires_grad is not in a checkpoint)
+    train(resolve("paper", settings | given), resume=True, given=given)
+    model = last(run)["model"]
+    for k, v in source.items():
+        if not k.startswith(learning):
+            assert torch.equal(model[k], v), k   # no step, no weight decay
+        elif not k.startswith("classifier.6."):   # fc8 is new: another shape
+            assert not torch.equal(model[k], v), k
+
+
+def test_freezing_needs_weights_and_one_network_per_process(tmp_path):
+    with pytest.raises(UserError, match="--freeze features keeps layers as trained weights have them; give --weights"):
+        resolve("paper", {"freeze": "features"})
+    with pytest.raises(UserError, match="fine-tune with --towers 1"):
+        resolve("paper", {"freeze": "all-but-fc8", "weights": "w.pt", "towers": 2})

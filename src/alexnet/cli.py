@@ -386,6 +386,8 @@ def _add_train(sub) -> None:
                                    "(thousands of images): start such a run from --preset demo.",
                        epilog="examples:  alexnet train --preset demo --out runs/demo;  "
                               "alexnet train --preset demo --data my-images --out runs/mine;  "
+                              "alexnet train --preset demo --data my-images --out runs/mine --weights runs/demo/best.pt "
+                              "(fine-tuning);  "
                               "alexnet train --data /imagenet --out runs/paper;  "
                               "torchrun --nproc_per_node=2 -m alexnet train --data DIR --out RUN;  "
                               "alexnet train --out RUN --resume")

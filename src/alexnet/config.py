@@ -31,6 +31,8 @@ TRAIN_PRECISIONS = (*PRECISIONS, "fp64")   # fp64: a float64 reference run (prec
 # Inference adds int8 (quantize.py): post-training quantization, CPU only; training has no int8.
 INFERENCE_PRECISIONS = (*PRECISIONS, "int8")
 PCA_CHOICES = ("paper", "cuda-convnet", "none")
+# Layers a fine-tuning run keeps as --weights has them (finetune.freeze).
+FREEZE_CHOICES = ("none", "features", "all-but-fc8")
 
 
 # What a number setting may be, named once per field (its `kind`): validate() checks it, and the command
@@ -60,6 +62,9 @@ class TrainConfig:
                                      "import-torchvision): the network, its LRN and input normalisation are "
                                      "theirs; fc8 too where its classes are the data's, else a new fc8 "
                                      "(fine-tuning)")
+    freeze: str = _opt("none", "with --weights: layers kept as the weights have them; features: conv1-5, so "
+                               "fc6-8 learn (and backward stops at fc6); all-but-fc8: only fc8 learns, a linear "
+                               "classifier on fc7's features", FREEZE_CHOICES)
     variant: str = _opt("paper", "paper: the 2012 network; owt: torchvision's", VARIANTS)
     lrn: str = _opt("paper", "LRN convention (paper variant)", tuple(LRN_CONVENTIONS))
     init: str = _opt("paper", "paper: N(0, 0.01) weights, biases of 1 in conv2/4/5 and fc6/7; kaiming: He normal; pytorch: layer defaults", INITS)
@@ -142,6 +147,11 @@ class TrainConfig:
         if self.towers == 2 and self.optimizer == "lars":
             raise UserError("--optimizer lars needs whole layers' norms, and with --towers 2 each process holds "
                             "half of a layer; use data parallelism (--towers 1)")
+        if self.freeze != "none" and not self.weights:
+            raise UserError(f"--freeze {self.freeze} keeps layers as trained weights have them; give --weights FILE "
+                            f"(from random weights, frozen layers would stay random)")
+        if self.freeze != "none" and self.towers == 2:
+            raise UserError("--freeze is for one network per process; fine-tune with --towers 1")
         if self.towers == 2 and self.variant != "paper":
             raise UserError(f"--towers 2 splits the paper network's two towers; the {self.variant} variant has none")
         return self

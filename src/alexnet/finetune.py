@@ -62,13 +62,28 @@ def load_into(model: AlexNet, loaded: LoadedModel, keep_fc8: bool) -> None:
                            f"unexpected {sorted(unexpected)}")
 
 
-def summary(path: str, loaded: LoadedModel, classes: list[str]) -> str:
+def freeze(model: AlexNet, what: str) -> None:
+    """Keep layers as they are (FREEZE_CHOICES): their weights take no gradient, so SGD, weight decay and
+    momentum leave them alone, and with conv1-5 frozen, backward ends at fc6 (the features need no
+    gradient): a step then costs about a forward pass and the classifier's backward."""
+    if what == "none":
+        return
+    fc8 = _fc8_prefix(model)
+    for name, param in model.named_parameters():
+        if name.startswith("features.") if what == "features" else not name.startswith(fc8):
+            param.requires_grad_(False)
+
+
+FROZEN = {"none": "", "features": "; conv1-5 frozen, fc6-8 learn", "all-but-fc8": "; only fc8 learns"}
+
+
+def summary(path: str, loaded: LoadedModel, classes: list[str], frozen: str = "none") -> str:
     """One line on what the run starts from."""
     head = (f"fc8 kept (its {len(classes)} classes are the data's)" if keeps_fc8(loaded, classes) else
             f"fc8 new, for the data's {len(classes)} classes (the weights' fc8 answers {len(loaded.classes)} other "
             f"classes)")
     return (f"alexnet train: starting from {path}: the {_describe(loaded)}, its "
-            f"{loaded.normalization} input normalisation; {head}")
+            f"{loaded.normalization} input normalisation; {head}{FROZEN[frozen]}")
 
 
 def _describe(loaded: LoadedModel) -> str:

@@ -221,12 +221,14 @@ def build_model(config: TrainConfig, num_classes: int, initialise: bool = True, 
         model = AlexNet(config.variant, num_classes=num_classes, dropout=config.dropout,
                         lrn=config.lrn if config.variant == "paper" else None, init=config.init)
     if not initialise:
-        return model.to_empty(device="cpu")
-    if config.zero_init_fc8 and not (start is not None and keep_fc8):
-        nn.init.zeros_(model.classifier[-1].weight)
-        nn.init.zeros_(model.classifier[-1].bias)
-    if start is not None:
-        finetune.load_into(model, start, keep_fc8)
+        model = model.to_empty(device="cpu")
+    else:
+        if config.zero_init_fc8 and not (start is not None and keep_fc8):
+            nn.init.zeros_(model.classifier[-1].weight)
+            nn.init.zeros_(model.classifier[-1].bias)
+        if start is not None:
+            finetune.load_into(model, start, keep_fc8)
+    finetune.freeze(model, config.freeze)   # a resumed run's too: requires_grad is not in its checkpoint
     return model
 
 
@@ -492,8 +494,6 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
         distributed.teardown(dist)
 
 
-
-
 def _check_out(config: TrainConfig) -> None:
     """The run folder: a folder, and not one inside the data (its lock would be a class folder there)."""
     out = Path(config.out).expanduser()
@@ -582,7 +582,7 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
         _open_folder(folder, config, resumed=ckpt is not None, how=f"{dist.world} x {dist.device.type}, "
                                                                   f"{precision_name(dtype, config.precision)}")
         if start is not None:
-            tqdm.write(finetune.summary(config.weights, start, source.classes), file=sys.stderr)
+            tqdm.write(finetune.summary(config.weights, start, source.classes, config.freeze), file=sys.stderr)
         elif config.preset == "paper" and config.init == "paper" and len(train_set) < SMALL_DATA:
             tqdm.write(f"note: the paper's recipe is ImageNet's (1.28M images); on {len(train_set):,} it tends to "
                        f"stay at chance or diverge: --preset demo is made for small sets", file=sys.stderr)
