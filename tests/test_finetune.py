@@ -109,6 +109,23 @@ def test_a_checkpoint_on_the_same_classes_starts_a_run_with_its_fc8_too(finetune
     assert "fc8 kept (its 3 classes are the data's)" in err.getvalue()
 
 
+def test_the_classes_the_weights_know_keep_their_rows_of_fc8(finetuned, tmp_path):
+    """Matched by folder name, whatever their order: the data's blue and red take the rows the file gave
+    them, green (unknown to it) starts at the run's zero."""
+    data = finetuned[0]
+    source = paper_weights(tmp_path / "w.safetensors", ["red", "violet", "blue"])
+    given = {"weights": str(tmp_path / "w.safetensors")}
+    with _stderr() as err:
+        train(resolve("paper", dict(data=str(data), out=str(tmp_path / "run"), zero_init_fc8=True, **given, **STILL,
+                                    **FAST)), given=given)
+    model = last(tmp_path / "run")["model"]
+    for name in ("weight", "bias"):
+        ours, theirs = model[f"classifier.6.{name}"], source[f"classifier.6.{name}"]
+        torch.testing.assert_close(ours[[0, 2]], theirs[[2, 0]], rtol=0, atol=1e-20)
+        assert ours[1].abs().max() < 1e-20
+    assert "fc8: the weights' rows for the 2 classes they know (blue, red), 1 new" in err.getvalue()
+
+
 def test_a_resume_refuses_other_weights(finetuned, tmp_path):
     data, _, _, run, _ = finetuned
     other = tmp_path / "other.safetensors"

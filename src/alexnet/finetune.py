@@ -9,13 +9,16 @@ still computed where PCA colour noise needs them: that noise is drawn from the n
 
 Every layer starts from the file's weights; fc8 too where its classes are the data's, in the same order.
 Otherwise fc8 starts afresh for the data's classes, drawn by the run's ``init`` (zero with
-``zero_init_fc8``), as a classifier head is replaced in every fine-tuning recipe.
+``zero_init_fc8``), as a classifier head is replaced in every fine-tuning recipe, except the rows of the
+classes the file also answers (matched by folder name), which keep the file's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
+
+import torch
 
 from alexnet.config import TrainConfig
 from alexnet.errors import UserError
@@ -49,17 +52,33 @@ def keeps_fc8(loaded: LoadedModel, classes: list[str]) -> bool:
     return list(loaded.classes) == list(classes)
 
 
-def load_into(model: AlexNet, loaded: LoadedModel, keep_fc8: bool) -> None:
-    """Copy the weights into ``model`` (built for the run): every layer, fc8 only where ``keep_fc8``."""
+def known_rows(loaded: LoadedModel, classes: list[str]) -> list[tuple[int, int]]:
+    """(the data's output, the weights' output) for each class of the data the weights also answer, by folder
+    name: ImageNet's weights onto a folder of some of its WordNet ids keep what they know of those."""
+    theirs = {name: i for i, name in enumerate(loaded.classes)}
+    return [(i, theirs[name]) for i, name in enumerate(classes) if name in theirs]
+
+
+def load_into(model: AlexNet, loaded: LoadedModel, classes: list[str]) -> None:
+    """Copy the weights into ``model`` (built for the run, for ``classes``): every layer; of fc8, the whole
+    layer where the classes are the weights', else the rows of the classes they share (the others keep
+    the run's init)."""
     state = loaded.model.state_dict()
     fc8 = _fc8_prefix(model)
-    if not keep_fc8:
+    keep = keeps_fc8(loaded, classes)
+    if not keep:
         state = {k: v for k, v in state.items() if not k.startswith(fc8)}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    fresh = set() if keep_fc8 else {k for k in model.state_dict() if k.startswith(fc8)}
+    fresh = set() if keep else {k for k in model.state_dict() if k.startswith(fc8)}
     if set(missing) != fresh or unexpected:   # load_model built the same variant's network: cannot happen
         raise RuntimeError(f"weights do not fit the run's network: missing {sorted(set(missing) - fresh)}, "
                            f"unexpected {sorted(unexpected)}")
+    if not keep:
+        ours, theirs = model.classifier[-1], loaded.model.classifier[-1]
+        with torch.no_grad():
+            for i, j in known_rows(loaded, classes):
+                ours.weight[i] = theirs.weight[j]
+                ours.bias[i] = theirs.bias[j]
 
 
 def freeze(model: AlexNet, what: str) -> None:
@@ -79,11 +98,22 @@ FROZEN = {"none": "", "features": "; conv1-5 frozen, fc6-8 learn", "all-but-fc8"
 
 def summary(path: str, loaded: LoadedModel, classes: list[str], frozen: str = "none") -> str:
     """One line on what the run starts from."""
-    head = (f"fc8 kept (its {len(classes)} classes are the data's)" if keeps_fc8(loaded, classes) else
-            f"fc8 new, for the data's {len(classes)} classes (the weights' fc8 answers {len(loaded.classes)} other "
-            f"classes)")
+    known = known_rows(loaded, classes)
+    if keeps_fc8(loaded, classes):
+        head = f"fc8 kept (its {len(classes)} classes are the data's)"
+    elif known:
+        head = (f"fc8: the weights' rows for the {len(known)} classes they know ({_names(classes, known)}), "
+                f"{len(classes) - len(known)} new")
+    else:
+        head = (f"fc8 new, for the data's {len(classes)} classes (the weights' fc8 answers {len(loaded.classes)} "
+                f"other classes)")
     return (f"alexnet train: starting from {path}: the {_describe(loaded)}, its "
             f"{loaded.normalization} input normalisation; {head}{FROZEN[frozen]}")
+
+
+def _names(classes: list[str], rows: list[tuple[int, int]], at_most: int = 3) -> str:
+    names = [classes[i] for i, _ in rows]
+    return ", ".join(names[:at_most]) + (f" and {len(names) - at_most} more" if len(names) > at_most else "")
 
 
 def _describe(loaded: LoadedModel) -> str:

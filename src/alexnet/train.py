@@ -212,10 +212,10 @@ def _statistics(config: TrainConfig, train_set: ImageSet, dist: distributed.Dist
 
 
 def build_model(config: TrainConfig, num_classes: int, initialise: bool = True, start: LoadedModel | None = None,
-                keep_fc8: bool = False) -> AlexNet:
+                classes: list[str] | None = None) -> AlexNet:
     """The network ``config`` trains. ``initialise`` False, for a resume that loads every weight at once:
     left uninitialised (the layers' own init and the paper's drew 61M random numbers each: 1 s on a core).
-    ``start``: the trained weights a fine-tuning run starts from, fc8 included where ``keep_fc8``."""
+    ``start``: the trained weights a fine-tuning run starts from, for the data's ``classes``."""
     with nullcontext() if initialise else torch.device("meta"):   # on meta, the init draws nothing
         # owt has no LRN: a config's lrn (an older run's may hold any) means nothing there.
         model = AlexNet(config.variant, num_classes=num_classes, dropout=config.dropout,
@@ -223,11 +223,11 @@ def build_model(config: TrainConfig, num_classes: int, initialise: bool = True, 
     if not initialise:
         model = model.to_empty(device="cpu")
     else:
-        if config.zero_init_fc8 and not (start is not None and keep_fc8):
+        if config.zero_init_fc8 and not (start is not None and finetune.keeps_fc8(start, classes)):
             nn.init.zeros_(model.classifier[-1].weight)
             nn.init.zeros_(model.classifier[-1].bias)
         if start is not None:
-            finetune.load_into(model, start, keep_fc8)
+            finetune.load_into(model, start, classes)
     finetune.freeze(model, config.freeze)   # a resumed run's too: requires_grad is not in its checkpoint
     return model
 
@@ -573,7 +573,6 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     if ckpt is not None and ckpt.classes != source.classes:
         raise UserError(f"the data's classes differ from those the run was started with ({config.data})")
     start = finetune.open_weights(config) if ckpt is None and config.weights else None
-    keep_fc8 = start is not None and finetune.keeps_fc8(start, source.classes)
     steps = steps_per_epoch(len(train_set), batch_per_rank, shard.world)
     if steps == 0:
         raise UserError(f"{len(train_set)} training image files make no full batch of {config.batch_size}; add "
@@ -598,10 +597,10 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     torch.manual_seed(config.seed + dist.rank)  # dropout: a different stream on every rank
     fresh = ckpt is None   # else _restore loads every weight (load_state_dict is strict)
     if towers:  # every process cuts its tower from the network one process would start from
-        model = parallel.build(lambda: build_model(config, len(source.classes), fresh, start, keep_fc8),
+        model = parallel.build(lambda: build_model(config, len(source.classes), fresh, start, source.classes),
                                config.seed, towers)
     else:
-        model = build_model(config, len(source.classes), fresh, start, keep_fc8)
+        model = build_model(config, len(source.classes), fresh, start, source.classes)
     start = None   # its tensors were copied into the network: not held for the whole run
     # fp64: initialised in float32 as always, then widened, so that fp32 and fp64 runs start from one network.
     model = model.to(dist.device, weights_dtype(config.precision))
