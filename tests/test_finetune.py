@@ -18,7 +18,7 @@ from conftest import run_main, write_image_folders
 # A learning rate under float32's resolution of every weight: a step leaves the weights as they were (a zero
 # bias moves by 1e-30 x its gradient), so the trained network shows what the run started from.
 STILL = dict(lr=1e-30, momentum=0.0, weight_decay=0.0, dropout=0.0)
-FAST = dict(workers=0, precision="fp32", epochs=1, batch_size=3, log_every=1)
+FAST = dict(workers=0, precision="fp32", epochs=1, batch_size=6, log_every=1)   # one step an epoch
 MEAN, STD = (10.0, 20.0, 30.0), (40.0, 50.0, 60.0)
 
 
@@ -144,7 +144,7 @@ def test_torchvision_weights_fine_tune_under_the_demo_preset_with_their_own_inpu
     run = tmp_path / "run"
     code = run_main("train", "--preset", "demo", "--data", data, "--out", run, "--weights", path, "--lr", "1e-30",
                     "--weight-decay", "0", "--momentum", "0", "--pca-noise", "none", "--workers", "0",
-                    "--precision", "fp32", "--epochs", "1", "--batch-size", "3")
+                    "--precision", "fp32", "--epochs", "1", "--batch-size", "6")
     assert code.returncode == 0, code.stderr[-2000:]
     ckpt = last(run)
     assert ckpt["variant"] == "owt" and ckpt["preprocessing"]["normalization"] == "imagenet"
@@ -188,8 +188,8 @@ def test_frozen_layers_stay_as_the_weights_have_them_and_the_others_learn(finetu
     given = {"weights": str(path), "freeze": freeze}
     settings = dict(data=str(data), out=str(run), lr=0.01, momentum=0.9, weight_decay=5e-4, dropout=0.0, **FAST)
     train(resolve("paper", settings | given), given=given)
-    given = {"epochs": 2}   # a resumed run keeps them frozen too (requires_grad is not in a checkpoint)
-    train(resolve("paper", settings | given), resume=True, given=given)
+    if freeze == "features":   # a resumed run keeps them frozen too (requires_grad is not in a checkpoint)
+        train(resolve("paper", settings | {"epochs": 2}), resume=True, given={"epochs": 2})
     model = last(run)["model"]
     for k, v in source.items():
         if not k.startswith(learning):
