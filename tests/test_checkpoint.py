@@ -315,7 +315,10 @@ def test_a_run_folder_or_another_file_of_the_run_given_as_the_checkpoint_says_wh
     checkpoint.save(tmp_path / "run" / "best.pt", state)
     checkpoint.save(tmp_path / "run" / "last.pt", state)
     (tmp_path / "run" / "config.yaml").write_text("epochs: 3\n")
-    with pytest.raises(UserError, match=r"run is a folder; give a checkpoint file \(\S*run/best.pt, \S*run/last.pt\)"):
+    # Not named: the run's second name of an earlier last.pt, and its statistics cache (no network in it).
+    (tmp_path / "run" / ".last-previous.pt").hardlink_to(tmp_path / "run" / "last.pt")
+    (tmp_path / "run" / "data_stats.safetensors").write_bytes(b"")
+    with pytest.raises(UserError, match=r"run is a folder; give a checkpoint file \(\S*run/best.pt, \S*run/last.pt\)$"):
         checkpoint.read(tmp_path / "run")
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "alexnet.safetensors").write_bytes(b"")

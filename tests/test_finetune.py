@@ -27,15 +27,15 @@ def three_colours(root):
     return write_image_folders(root, colours, size=(48, 40))
 
 
-def paper_weights(path, classes, lrn="caffe"):
-    """A random paper network with LRN ``lrn`` and channel normalisation MEAN/STD, as `alexnet export`
-    writes it."""
+def paper_weights(path, classes, lrn="caffe", small="upscale"):
+    """A random paper network with LRN ``lrn``, channel normalisation MEAN/STD and small images ``small``,
+    as `alexnet export` writes it."""
     torch.manual_seed(1)
     model = AlexNet("paper", num_classes=len(classes), lrn=lrn, init="kaiming").eval()
     for p in model.parameters():   # no weight or bias at exactly zero: each one shows where it came from
         p.data.add_(0.01)
     norm = Normalize(torch.tensor(MEAN), torch.tensor(STD))
-    save_weights(LoadedModel(model, classes, classes, 227, "channel", norm), path)
+    save_weights(LoadedModel(model, classes, classes, 227, "channel", norm, small=small), path)
     return model.state_dict()
 
 
@@ -66,7 +66,7 @@ def finetuned(tmp_path_factory):
     rate: (its data, the weights file, their state_dict, the run folder, what the run printed)."""
     root = tmp_path_factory.mktemp("finetuned")
     data = three_colours(root / "data")
-    source = paper_weights(root / "w.safetensors", ["cat", "dog"])
+    source = paper_weights(root / "w.safetensors", ["cat", "dog"], small="pad")
     given = {"weights": str(root / "w.safetensors")}
     with _stderr() as err:
         train(resolve("paper", dict(data=str(data), out=str(root / "run"), **given, **STILL, **FAST)), given=given)
@@ -94,9 +94,10 @@ def test_a_run_takes_every_layer_but_fc8_and_the_normalisation_of_its_weights(fi
     assert prep["mean"].tolist() == list(MEAN) and prep["std"].tolist() == list(STD)
     assert prep["pca_eigvals"] is not None   # PCA noise is still the new images'
     recorded = yaml.safe_load((run / "config.yaml").read_text())
-    assert (recorded["weights"], recorded["lrn"], recorded["normalization"]) == (str(path), "caffe", "channel")
-    assert f"starting from {path}: the paper network (LRN caffe), its channel input normalisation; fc8 new, " \
-           f"for the data's 3 classes (the weights' fc8 answers 2 other classes)" in said
+    assert [recorded[k] for k in ("weights", "lrn", "normalization", "small")] == [str(path), "caffe", "channel", "pad"]
+    assert load_model(run / "best.pt").small == "pad"
+    assert f"starting from {path}: the paper network (LRN caffe), its channel input normalisation, small images " \
+           f"padded; fc8 new, for the data's 3 classes (the weights' fc8 answers 2 other classes)" in said
 
 
 def test_a_checkpoint_on_the_same_classes_starts_a_run_with_its_fc8_too(finetuned, tmp_path):
@@ -159,8 +160,9 @@ def test_torchvision_weights_fine_tune_under_the_demo_preset_with_their_own_inpu
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--variant", "paper"], "holds the owt network, trained on imagenet input; fine-tuning keeps both, so "
+    (["--variant", "paper"], "holds the owt network, trained on imagenet input; fine-tuning keeps them, so "
                              "leave out --variant paper"),
+    (["--small", "pad", "--variant", "owt"], "leave out --small pad"),
     (["--normalization", "mean-image"], "leave out --normalization mean-image"),
     (["--lrn", "caffe"], "leave out --lrn caffe"),
 ])
@@ -172,10 +174,24 @@ def test_flags_that_ask_for_another_network_or_input_are_refused_in_one_line(tmp
     assert not (tmp_path / "run").exists()
 
 
+def test_the_python_api_refuses_what_differs_from_the_preset_and_records_an_absolute_path(finetuned, tmp_path,
+                                                                                         monkeypatch):
+    data, path, _, _, _ = finetuned
+    monkeypatch.chdir(path.parent)
+    settings = dict(data=str(data), out=str(tmp_path / "run"), weights=path.name, **STILL, **FAST)
+    with pytest.raises(UserError, match="leave out --normalization imagenet"):   # the demo preset's is channel
+        train(resolve("demo", settings | {"normalization": "imagenet"}))
+    with pytest.raises(UserError, match="leave out --lrn paper"):   # the paper preset's is paper: the file's caffe
+        train(resolve("paper", settings | {"lrn": "paper", "small": "pad"}), given={"lrn": "paper"})
+    train(resolve("demo", settings | {"lrn": "caffe"}))   # what the file holds: no clash
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["weights"] == str(path)
+
+
 def test_weights_that_cannot_be_used_are_refused_before_anything_is_written(tmp_path):
     data = three_colours(tmp_path / "data")
     (tmp_path / "junk.pt").write_bytes(b"not weights")
-    for path, message in ((tmp_path / "missing.pt", "does not exist"), (tmp_path / "junk.pt", "junk.pt")):
+    for path, message in ((tmp_path / "missing.pt", "does not exist"), (tmp_path / "junk.pt", "junk.pt"),
+                          (" ", "--weights is empty; give a file")):
         code = run_main("train", "--data", data, "--out", tmp_path / "run", "--weights", path, "--workers", "0")
         assert code.returncode == 2 and message in code.stderr and "Traceback" not in code.stderr, code.stderr
         assert not (tmp_path / "run").exists()
@@ -189,7 +205,8 @@ def test_frozen_layers_stay_as_the_weights_have_them_and_the_others_learn(finetu
     settings = dict(data=str(data), out=str(run), lr=0.01, momentum=0.9, weight_decay=5e-4, dropout=0.0, **FAST)
     train(resolve("paper", settings | given), given=given)
     if freeze == "features":   # a resumed run keeps them frozen too (requires_grad is not in a checkpoint)
-        train(resolve("paper", settings | {"epochs": 2}), resume=True, given={"epochs": 2})
+        code = run_main("train", "--out", run, "--resume", "--epochs", "2", "--freeze", freeze, "--workers", "0")
+        assert code.returncode == 0, code.stderr[-2000:]
     model = last(run)["model"]
     for k, v in source.items():
         if not k.startswith(learning):
@@ -200,6 +217,6 @@ def test_frozen_layers_stay_as_the_weights_have_them_and_the_others_learn(finetu
 
 def test_freezing_needs_weights_and_one_network_per_process(tmp_path):
     with pytest.raises(UserError, match="--freeze features keeps layers as trained weights have them; give --weights"):
-        resolve("paper", {"freeze": "features"})
+        train(resolve("paper", {"freeze": "features", "out": str(tmp_path / "run")}))
     with pytest.raises(UserError, match="fine-tune with --towers 1"):
         resolve("paper", {"freeze": "all-but-fc8", "weights": "w.pt", "towers": 2})

@@ -304,7 +304,9 @@ def existing_file(path: str | Path) -> Path:
         raise UserError(f"{path} is an address: nothing is downloaded; download the file and give its local path")
     path = Path(path)
     if path.is_dir():   # most likely a run folder, or an export's: name the weight files in it
-        inside = sorted(str(p) for pattern in ("*.pt", "*.safetensors") for p in path.glob(pattern) if p.is_file())
+        # Not hidden files (a run's .last-previous.pt) nor its statistics cache, which hold no network.
+        inside = sorted(str(p) for pattern in ("*.pt", "*.safetensors") for p in path.glob(pattern)
+                        if p.is_file() and not p.name.startswith(".") and p.name != "data_stats.safetensors")
         raise UserError(f"{path} is a folder; give a checkpoint file" + (f" ({', '.join(inside)})" if inside else ""))
     if not path.is_file():
         raise UserError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")

@@ -386,8 +386,8 @@ def _add_train(sub) -> None:
                                    "(thousands of images): start such a run from --preset demo.",
                        epilog="examples:  alexnet train --preset demo --out runs/demo;  "
                               "alexnet train --preset demo --data my-images --out runs/mine;  "
-                              "alexnet train --preset demo --data my-images --out runs/mine --weights runs/demo/best.pt "
-                              "(fine-tuning);  "
+                              "alexnet train --preset demo --data my-images --out runs/mine "
+                              "--weights runs/demo/best.pt (fine-tuning);  "
                               "alexnet train --data /imagenet --out runs/paper;  "
                               "torchrun --nproc_per_node=2 -m alexnet train --data DIR --out RUN;  "
                               "alexnet train --out RUN --resume")
@@ -440,6 +440,8 @@ def _run_train(args) -> int:
     given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     for name in ("data", "weights"):   # absolute in config.yaml: a resume from another folder finds the same
         if name in given:
+            if not str(given[name]).strip():   # Path("") is the current folder
+                raise UserError(f"--{name} is empty; give a {'folder' if name == 'data' else 'file'}")
             given[name] = str(Path(given[name]).expanduser().resolve())
     resume = args.resume
     if isinstance(resume, Path):   # --resume RUN: the run is that folder, which --out may also name
@@ -448,7 +450,8 @@ def _run_train(args) -> int:
         given["out"], resume = str(resume), True
     # The preset stays in `given`: a resume refuses another one, as it refuses any other setting's change.
     config = resolve(given.get("preset", "paper"), {k: v for k, v in given.items() if k != "preset"})
-    _refuse_lrn_for_owt(config.variant if "variant" in given or not resume else None, given.get("lrn"))
+    if "weights" not in given or resume:   # else the weights decide the network, and refuse what contradicts it
+        _refuse_lrn_for_owt(config.variant if "variant" in given or not resume else None, given.get("lrn"))
     result = train(config, resume=resume, given=given)
     if args.require_top1 is not None and result.get("best_top1", -1) < args.require_top1:
         print(f"alexnet train: error: best val top-1 {100 * result['best_top1']:.1f}% is below the required "

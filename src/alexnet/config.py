@@ -147,9 +147,6 @@ class TrainConfig:
         if self.towers == 2 and self.optimizer == "lars":
             raise UserError("--optimizer lars needs whole layers' norms, and with --towers 2 each process holds "
                             "half of a layer; use data parallelism (--towers 1)")
-        if self.freeze != "none" and not self.weights:
-            raise UserError(f"--freeze {self.freeze} keeps layers as trained weights have them; give --weights FILE "
-                            f"(from random weights, frozen layers would stay random)")
         if self.freeze != "none" and self.towers == 2:
             raise UserError("--freeze is for one network per process; fine-tune with --towers 1")
         if self.towers == 2 and self.variant != "paper":

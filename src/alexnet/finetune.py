@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from alexnet.config import TrainConfig
+from alexnet.config import TrainConfig, preset_values
 from alexnet.errors import UserError
 from alexnet.model import AlexNet
 from alexnet.weights import LoadedModel, load_model
@@ -31,20 +31,32 @@ def open_weights(config: TrainConfig) -> LoadedModel:
     return load_model(config.weights)
 
 
+# What a run takes from the weights it starts from: the network, and how its inputs were made.
+ADOPTED = ("variant", "lrn", "normalization", "small")
+
+
 def adopt(config: TrainConfig, loaded: LoadedModel, given: dict[str, Any]) -> TrainConfig:
-    """``config`` with the network, LRN and normalisation of the weights it starts from. A flag that asks
-    for another is refused: it would be ignored, or the weights would see inputs they were not trained on."""
-    theirs = {"variant": loaded.variant, "normalization": loaded.normalization}
-    if loaded.variant == "paper":
-        theirs["lrn"] = loaded.lrn
-    clashes = [k for k, v in theirs.items() if k in given and given[k] != v]
-    if loaded.variant != "paper" and given.get("lrn", "paper") != "paper":
-        clashes.append("lrn")   # the owt network has no LRN layers
+    """``config`` with the network, LRN, normalisation and small-image handling of the weights it starts
+    from. A setting in ``given`` that asks for another is refused: it would be ignored, or the weights
+    would see inputs unlike those they were trained on."""
+    # owt has no LRN; "paper" is what every owt run's config records.
+    theirs = {"variant": loaded.variant, "lrn": loaded.lrn if loaded.variant == "paper" else "paper",
+              "normalization": loaded.normalization, "small": loaded.small}
+    clashes = [k for k in ADOPTED if k in given and given[k] != theirs[k]]
     if clashes:
         flags = ", ".join(f"--{k.replace('_', '-')} {given[k]}" for k in clashes)
+        small = ", small images padded" if loaded.small == "pad" else ""
         raise UserError(f"--weights {config.weights} holds the {_describe(loaded)}, trained on "
-                        f"{loaded.normalization} input; fine-tuning keeps both, so leave out {flags}")
+                        f"{loaded.normalization} input{small}; fine-tuning keeps them, so leave out {flags}")
     return dataclasses.replace(config, **theirs).validate()
+
+
+def asked_for(config: TrainConfig) -> dict[str, Any]:
+    """The adopted settings ``config`` holds other than its preset's: what a Python caller, who names no
+    flags, asked for."""
+    preset = preset_values(config.preset)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return {k: getattr(config, k) for k in ADOPTED if getattr(config, k) != preset.get(k, defaults[k])}
 
 
 def keeps_fc8(loaded: LoadedModel, classes: list[str]) -> bool:
@@ -101,14 +113,17 @@ def summary(path: str, loaded: LoadedModel, classes: list[str], frozen: str = "n
     known = known_rows(loaded, classes)
     if keeps_fc8(loaded, classes):
         head = f"fc8 kept (its {len(classes)} classes are the data's)"
+    elif len(known) == len(classes):
+        head = f"fc8: the weights' rows for the data's {len(classes)} classes ({_names(classes, known)})"
     elif known:
         head = (f"fc8: the weights' rows for the {len(known)} classes they know ({_names(classes, known)}), "
                 f"{len(classes) - len(known)} new")
     else:
         head = (f"fc8 new, for the data's {len(classes)} classes (the weights' fc8 answers {len(loaded.classes)} "
                 f"other classes)")
+    small = ", small images padded" if loaded.small == "pad" else ""
     return (f"alexnet train: starting from {path}: the {_describe(loaded)}, its "
-            f"{loaded.normalization} input normalisation; {head}{FROZEN[frozen]}")
+            f"{loaded.normalization} input normalisation{small}; {head}{FROZEN[frozen]}")
 
 
 def _names(classes: list[str], rows: list[tuple[int, int]], at_most: int = 3) -> str:

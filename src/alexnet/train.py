@@ -102,6 +102,9 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
                             f"or choose another --out")
         if config.weights:
             config = _start_from(config, given, dist)
+        elif config.freeze != "none":
+            raise UserError(f"--freeze {config.freeze} keeps layers as trained weights have them; give --weights "
+                            f"FILE (from random weights, frozen layers would stay random)")
         outputs = [name for name in ("best.pt", "metrics.jsonl") if (run / name).exists()]
         # With --resume auto they may be this run's own, from an attempt stopped after its first epoch's
         # best.pt and row but before its last.pt: then the fresh start drops that row (_open_folder) and
@@ -133,17 +136,21 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
 
 
 def _start_from(config: TrainConfig, given: dict[str, Any], dist: distributed.Dist | None) -> TrainConfig:
-    """A fresh run from --weights takes their network and normalisation (finetune.adopt); every process
-    checks the file before anything is written, and all are refused together if one cannot use it."""
+    """A fresh run from --weights takes their network and input preprocessing (finetune.adopt); every
+    process checks the file before anything is written, and all are refused together, with the first
+    refused process's reason, if one cannot use it (under torchrun each reads its own copy, or a shared one).
+    ``given``: the settings asked for by name (empty from the Python API: then those that differ from
+    the preset's)."""
+    config = dataclasses.replace(config, weights=str(Path(config.weights).expanduser().resolve()))
     problem, adopted = "", config
     try:
-        adopted = finetune.adopt(config, finetune.open_weights(config), given)
+        adopted = finetune.adopt(config, finetune.open_weights(config), given or finetune.asked_for(config))
     except UserError as e:
         problem = str(e)
-    if dist is not None and distributed.all_max(dist, torch.tensor([float(bool(problem))]))[0] and not problem:
-        raise UserError(f"--weights {config.weights} was refused by another process (its message says why)")
-    if problem:
-        raise UserError(problem)
+    problems = distributed.gather_objects(dist, problem) if dist is not None else [problem]
+    if any(problems):
+        rank, first = next((rank, p) for rank, p in enumerate(problems) if p)
+        raise UserError(problem or f"{first} (in process {rank} of {len(problems)})")
     return adopted
 
 
