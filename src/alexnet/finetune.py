@@ -2,10 +2,11 @@
 
 The file is anything ``weights.load_model`` reads: a training checkpoint (RUN/best.pt), or a safetensors
 file from `alexnet export` or `alexnet import-torchvision`. It brings its network, the network's LRN
-convention and the input normalisation it was trained with (its own mean image, or mean and std): the
-features respond to inputs as they saw them, so the run feeds them that way, as torchvision's and timm's
-pretrained weights are used with the normalisation they were trained with. The data's statistics are
-still computed where PCA colour noise needs them: that noise is drawn from the new images' colours.
+convention and how its inputs were made (their normalisation: its own mean image, or mean and std; and
+small images upscaled or padded): the features respond to inputs as they saw them, so the run feeds them
+that way, as torchvision's and timm's pretrained weights are used with the normalisation they were trained
+with. The data's statistics are still computed where PCA colour noise needs them: that noise is drawn from
+the new images' colours.
 
 Every layer starts from the file's weights; fc8 too where its classes are the data's, in the same order.
 Otherwise fc8 starts afresh for the data's classes, drawn by the run's ``init`` (zero with
