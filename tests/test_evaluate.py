@@ -15,7 +15,6 @@ from alexnet.data.transforms import Normalize
 from alexnet.evaluate import evaluate
 from alexnet.train import train
 from conftest import evaluate_on_one_and_two
-from conftest import run_cli as cli
 from conftest import run_main
 from conftest import write_image_folders
 
@@ -161,11 +160,11 @@ def test_no_readable_image_is_an_error_not_an_accuracy(run_dir, tmp_path):
 def test_a_subset_of_the_classes_is_matched_by_folder_name(run_dir, tmp_path):
     data, run = run_dir
     shutil.copytree(data / "val" / "dog", tmp_path / "val" / "dog")
-    r = cli("evaluate", "--checkpoint", run / "best.pt", "--data", tmp_path, "--workers", 0, "--json")
+    r = run_main("evaluate", "--checkpoint", run / "best.pt", "--data", tmp_path, "--workers", 0, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["images"] == 2
 
     shutil.copytree(data / "val" / "dog", tmp_path / "val" / "wolf")
-    r = cli("evaluate", "--checkpoint", run / "best.pt", "--data", tmp_path)
+    r = run_main("evaluate", "--checkpoint", run / "best.pt", "--data", tmp_path, "--workers", 0)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "class folders the network has no output for: wolf" in r.stderr

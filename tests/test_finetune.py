@@ -62,11 +62,12 @@ def assert_started_from(state, source, fc8):
 
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
-    """A paper network on 2 classes (LRN caffe, channel normalisation) fine-tuned onto 3 at a still learning
-    rate: (its data, the weights file, their state_dict, the run folder, what the run printed)."""
+    """A paper network on 3 classes, 2 of them the data's (LRN caffe, channel normalisation, small images
+    padded), fine-tuned onto the data's 3 at a still learning rate: (its data, the weights file, their
+    state_dict, the run folder, what the run printed)."""
     root = tmp_path_factory.mktemp("finetuned")
     data = three_colours(root / "data")
-    source = paper_weights(root / "w.safetensors", ["cat", "dog"], small="pad")
+    source = paper_weights(root / "w.safetensors", ["red", "violet", "blue"], small="pad")
     given = {"weights": str(root / "w.safetensors")}
     with _stderr() as err:
         train(resolve("paper", dict(data=str(data), out=str(root / "run"), **given, **STILL, **FAST)), given=given)
@@ -81,14 +82,18 @@ def _stderr():
         yield err
 
 
-def test_a_run_takes_every_layer_but_fc8_and_the_normalisation_of_its_weights(finetuned):
+def test_a_run_takes_every_layer_and_the_normalisation_of_its_weights_and_fc8_rows_by_class(finetuned):
     _, path, source, run, said = finetuned
     ckpt = last(run)
     assert_started_from(ckpt["model"], source, "classifier.6.")
-    fc8 = ckpt["model"]["classifier.6.weight"]
-    assert fc8.shape == (3, 4096)
-    # fc8 is drawn by the run's init (the paper's N(0, 0.01)), not at the file's kaiming scale.
-    assert 0.008 < fc8.std().item() < 0.012
+    # Matched by folder name, whatever their order: the data's blue and red (outputs 0 and 2) take the rows
+    # the file gave them; green, unknown to it, is drawn by the run's init (the paper's N(0, 0.01)), not at
+    # the file's kaiming scale.
+    for name in ("weight", "bias"):
+        ours, theirs = ckpt["model"][f"classifier.6.{name}"], source[f"classifier.6.{name}"]
+        assert ours.shape[0] == 3
+        torch.testing.assert_close(ours[[0, 2]], theirs[[2, 0]], rtol=0, atol=1e-20)
+    assert 0.0095 < ckpt["model"]["classifier.6.weight"][1].std().item() < 0.0105
     prep = ckpt["preprocessing"]
     assert prep["normalization"] == "channel"
     assert prep["mean"].tolist() == list(MEAN) and prep["std"].tolist() == list(STD)
@@ -97,7 +102,7 @@ def test_a_run_takes_every_layer_but_fc8_and_the_normalisation_of_its_weights(fi
     assert [recorded[k] for k in ("weights", "lrn", "normalization", "small")] == [str(path), "caffe", "channel", "pad"]
     assert load_model(run / "best.pt").small == "pad"
     assert f"starting from {path}: the paper network (LRN caffe), its channel input normalisation, small images " \
-           f"padded; fc8 new, for the data's 3 classes (the weights' fc8 answers 2 other classes)" in said
+           f"padded; fc8: the weights' rows for the 2 classes they know (blue, red), 1 new" in said
 
 
 def test_a_checkpoint_on_the_same_classes_starts_a_run_with_its_fc8_too(finetuned, tmp_path):
@@ -108,23 +113,6 @@ def test_a_checkpoint_on_the_same_classes_starts_a_run_with_its_fc8_too(finetune
                                     **STILL, **FAST)), given=given)
     assert_started_from(last(tmp_path / "again")["model"], last(run)["model"], "no layer is new")
     assert "fc8 kept (its 3 classes are the data's)" in err.getvalue()
-
-
-def test_the_classes_the_weights_know_keep_their_rows_of_fc8(finetuned, tmp_path):
-    """Matched by folder name, whatever their order: the data's blue and red take the rows the file gave
-    them, green (unknown to it) starts at the run's zero."""
-    data = finetuned[0]
-    source = paper_weights(tmp_path / "w.safetensors", ["red", "violet", "blue"])
-    given = {"weights": str(tmp_path / "w.safetensors")}
-    with _stderr() as err:
-        train(resolve("paper", dict(data=str(data), out=str(tmp_path / "run"), zero_init_fc8=True, **given, **STILL,
-                                    **FAST)), given=given)
-    model = last(tmp_path / "run")["model"]
-    for name in ("weight", "bias"):
-        ours, theirs = model[f"classifier.6.{name}"], source[f"classifier.6.{name}"]
-        torch.testing.assert_close(ours[[0, 2]], theirs[[2, 0]], rtol=0, atol=1e-20)
-        assert ours[1].abs().max() < 1e-20
-    assert "fc8: the weights' rows for the 2 classes they know (blue, red), 1 new" in err.getvalue()
 
 
 def test_a_resume_refuses_other_weights(finetuned, tmp_path):
@@ -149,6 +137,7 @@ def test_torchvision_weights_fine_tune_under_the_demo_preset_with_their_own_inpu
     assert code.returncode == 0, code.stderr[-2000:]
     ckpt = last(run)
     assert ckpt["variant"] == "owt" and ckpt["preprocessing"]["normalization"] == "imagenet"
+    assert "fc8 new, for the data's 3 classes (the weights' fc8 answers 1000 other classes)" in code.stderr
     assert_started_from(ckpt["model"], source, "classifier.6.")
     assert ckpt["model"]["classifier.6.weight"].abs().max() < 1e-20   # the demo preset's zero fc8: it is new
     assert not (run / "data_stats.safetensors").exists()    # nothing of the data's was needed
@@ -176,15 +165,17 @@ def test_flags_that_ask_for_another_network_or_input_are_refused_in_one_line(tmp
 
 def test_the_python_api_refuses_what_differs_from_the_preset_and_records_an_absolute_path(finetuned, tmp_path,
                                                                                          monkeypatch):
-    data, path, _, _, _ = finetuned
+    from alexnet.train import _start_from   # what train() does first with --weights, before any data is read
+
+    path = finetuned[1]
     monkeypatch.chdir(path.parent)
-    settings = dict(data=str(data), out=str(tmp_path / "run"), weights=path.name, **STILL, **FAST)
+    settings = dict(out=str(tmp_path / "run"), weights=path.name)
     with pytest.raises(UserError, match="leave out --normalization imagenet"):   # the demo preset's is channel
-        train(resolve("demo", settings | {"normalization": "imagenet"}))
+        _start_from(resolve("demo", settings | {"normalization": "imagenet"}), {}, None)
     with pytest.raises(UserError, match="leave out --lrn paper"):   # the paper preset's is paper: the file's caffe
-        train(resolve("paper", settings | {"lrn": "paper", "small": "pad"}), given={"lrn": "paper"})
-    train(resolve("demo", settings | {"lrn": "caffe"}))   # what the file holds: no clash
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["weights"] == str(path)
+        _start_from(resolve("paper", settings | {"lrn": "paper", "small": "pad"}), {"lrn": "paper"}, None)
+    adopted = _start_from(resolve("demo", settings | {"lrn": "caffe"}), {}, None)   # what the file holds
+    assert (adopted.weights, adopted.lrn, adopted.small) == (str(path), "caffe", "pad")
 
 
 def test_weights_that_cannot_be_used_are_refused_before_anything_is_written(tmp_path):

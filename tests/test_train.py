@@ -54,11 +54,17 @@ def weights(path):
 # Uninterrupted runs that several tests compare against, trained once per module on copies of `data` and
 # `more_data` (the same pixels in another folder: the weights depend on the images, not on where they are).
 @pytest.fixture(scope="module")
-def two_epochs(tmp_path_factory):
-    """last.pt's weights of config(data, ...) after 2 epochs, uninterrupted."""
+def two_epochs_run(tmp_path_factory):
+    """The run folder of config(data, ...) after 2 epochs, uninterrupted (dropout 0.5, the paper's)."""
     root = tmp_path_factory.mktemp("two_epochs")
     train(config(flat_colours(root / "data", 0, 4), root / "run"))
-    return weights(root / "run" / "last.pt")
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def two_epochs(two_epochs_run):
+    """last.pt's weights of config(data, ...) after 2 epochs, uninterrupted."""
+    return weights(two_epochs_run / "last.pt")
 
 
 @pytest.fixture(scope="module")
@@ -116,15 +122,15 @@ def test_an_owt_run_recorded_with_another_lrn_still_builds():
     assert model.variant == "owt" and model.num_classes == 3
 
 
-def test_late_dropout_is_off_until_its_epoch(data, tmp_path):
+def test_late_dropout_is_off_until_its_epoch(data, tmp_path, two_epochs_run):
     # Same seed, same batches: with dropout switching on at epoch 2, epoch 1 is the dropout-free run's to
-    # the last bit, and epoch 2 is not.
+    # the last bit, and epoch 2 is not. ("always": dropout 0.5 from the start, the module's 2-epoch run.)
     losses = {}
-    for name, kw in {"none": dict(dropout=0.0), "late": dict(dropout=0.5, dropout_start=2),
-                     "always": dict(dropout=0.5, epochs=1)}.items():
-        train(config(data, tmp_path / name, **kw))
-        rows = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-        losses[name] = [json.loads(row)["train_loss"] for row in rows]
+    for name, kw in {"none": dict(dropout=0.0), "late": dict(dropout=0.5, dropout_start=2), "always": None}.items():
+        run = two_epochs_run if kw is None else tmp_path / name
+        if kw is not None:
+            train(config(data, run, **kw))
+        losses[name] = [json.loads(row)["train_loss"] for row in (run / "metrics.jsonl").read_text().splitlines()]
     assert losses["late"][0] == losses["none"][0] != losses["always"][0]
     assert losses["late"][1] != losses["none"][1]
 
@@ -198,7 +204,8 @@ def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(more_da
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-def test_a_diverged_run_keeps_the_state_before_the_blow_up_and_resumes_with_a_lower_lr(more_data, tmp_path):
+def test_a_diverged_run_keeps_the_state_before_the_blow_up_and_resumes_with_a_lower_lr(more_data, tmp_path,
+                                                                                       two_epochs_run):
     # lr 10, a checkpoint after every step: step 2's loss is huge but finite, step 3's NaN. The weights
     # saved after step 2 are the ones that diverged; the run must keep those of step 1 instead.
     run = tmp_path / "run"
@@ -218,11 +225,11 @@ def test_a_diverged_run_keeps_the_state_before_the_blow_up_and_resumes_with_a_lo
         pass
     resumed = yaml.safe_load((run / "config.yaml").read_text())
     assert (resumed["lr"], resumed["warmup_epochs"]) == (1e-4, 0.5)
-    # A run that did not diverge still refuses them, and says when they are allowed.
-    healthy = tmp_path / "healthy"
-    train(config(more_data, healthy, batch_size=4, epochs=1))
+    # A run that did not diverge still refuses them, and says when they are allowed (refused before anything
+    # in the module's run is read or written but its checkpoint).
     with pytest.raises(UserError, match="a run that diverged may change --lr"):
-        train(config(more_data, healthy, lr=1e-4, batch_size=4, epochs=2), resume=True, given={"lr": 1e-4, "epochs": 2})
+        train(config(two_epochs_run.parent / "data", two_epochs_run, lr=1e-4, epochs=3), resume=True,
+              given={"lr": 1e-4, "epochs": 3})
 
 
 def test_no_checkpoint_before_the_divergence_is_said_so(more_data, tmp_path):
@@ -398,7 +405,7 @@ def test_a_data_parallel_run_that_diverges_stops_every_process_and_says_so_once(
     (["--lars-eta", "0"], "expected a positive number"),
 ])
 def test_bad_flags_exit_2_with_one_line(args, message):
-    r = subprocess.run([sys.executable, "-m", "alexnet", "train", *args], capture_output=True, text=True)
+    r = run_main("train", *args)   # in this process: `python -m alexnet` is main() too (test_cli runs it as one)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr
 
