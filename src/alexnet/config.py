@@ -59,9 +59,9 @@ class TrainConfig:
     preset: str = _opt("paper", "settings to start from", PRESETS)
     # the network (docs/paper-numbers.md section 1)
     weights: str | None = _opt(None, "start from trained weights (a checkpoint, or a safetensors file from export or "
-                                     "import-torchvision): the network, its LRN and input normalisation are "
-                                     "theirs; fc8 too where its classes are the data's, else a new fc8 "
-                                     "(fine-tuning)")
+                                     "import-torchvision): the network, its LRN and input preprocessing are "
+                                     "theirs; fc8 too where its classes are the data's, else a new fc8 that "
+                                     "keeps the rows of the classes both name (fine-tuning)")
     freeze: str = _opt("none", "with --weights: layers kept as the weights have them; features: conv1-5, so "
                                "fc6-8 learn (and backward stops at fc6); all-but-fc8: only fc8 learns, a linear "
                                "classifier on fc7's features", FREEZE_CHOICES)
