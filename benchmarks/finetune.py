@@ -1,6 +1,6 @@
 """What starting from trained weights buys on a small set of new classes (`alexnet train --weights`).
 
-    python benchmarks/finetune.py --data data/demo --out /tmp/finetune     # about 12 min on a 2-core CPU
+    python benchmarks/finetune.py --data data/demo --out /tmp/finetune     # about 11 min on a 2-core CPU
 
 From the demo set (`alexnet demo-data`) it makes two sets of links, no copies: PRE, seven of its classes
 with all their images, and NEW, the other three classes (rings, vertical stripes, waves by default) with

@@ -13,10 +13,10 @@ import yaml
 
 from alexnet import checkpoint
 from alexnet.config import resolve
-from alexnet.data.stats import DataStats
+from alexnet.data.stats import STATS_FILE, DataStats
 from alexnet.data.transforms import Normalize, Preprocessing
 from alexnet.errors import UserError
-from alexnet.train import STATS_CACHE, train
+from alexnet.train import train
 from alexnet.weights import load_model
 from conftest import run_cli, write_image_folders
 
@@ -64,7 +64,7 @@ def test_a_runs_last_checkpoint_reads_back_as_it_was_saved(run):
     assert r.best == {"top1": top1, "epoch": 1}
     assert r.schedule == {"drops": 0, "best": top1, "bad_epochs": 0} and r.scaler == {}  # fp32: no loss scaling
 
-    stats = DataStats.load(run / STATS_CACHE)
+    stats = DataStats.load(run / STATS_FILE)
     expected_mean = stats.mean_image if saved["normalization"] == "mean-image" else stats.channel_mean
     assert r.prep.size == 227 and torch.equal(r.prep.norm.mean, expected_mean) and r.prep.norm.std is None
     assert torch.equal(r.prep.pca.eigvals, stats.eigvals) and torch.equal(r.prep.pca.eigvecs, stats.eigvecs)
@@ -97,7 +97,7 @@ def test_best_pt_is_refused_for_resuming_but_loads_as_a_model(run):
 def test_a_state_built_by_training_state_round_trips_with_a_channel_std(run, state, tmp_path):
     # The run above normalises with the mean image; the same run normalised per channel records a std too.
     r = checkpoint.read_resumable(run / "last.pt")
-    stats = DataStats.load(run / STATS_CACHE)
+    stats = DataStats.load(run / STATS_FILE)
     config = resolve("paper", r.config.to_dict() | {"normalization": "channel", "pca_noise": "none"})
     prep = Preprocessing(227, Normalize.create("channel", stats), None)
     path = tmp_path / "last.pt"

@@ -174,7 +174,7 @@ def test_the_python_api_refuses_what_differs_from_the_preset_and_records_an_abso
         _start_from(resolve("demo", settings | {"normalization": "imagenet"}), {}, None)
     with pytest.raises(UserError, match="leave out --lrn paper"):   # the paper preset's is paper: the file's caffe
         _start_from(resolve("paper", settings | {"lrn": "paper", "small": "pad"}), {"lrn": "paper"}, None)
-    adopted = _start_from(resolve("demo", settings | {"lrn": "caffe"}), {}, None)   # what the file holds
+    adopted, _ = _start_from(resolve("demo", settings | {"lrn": "caffe"}), {}, None)   # what the file holds
     assert (adopted.weights, adopted.lrn, adopted.small) == (str(path), "caffe", "pad")
 
 
@@ -202,8 +202,10 @@ def test_frozen_layers_stay_as_the_weights_have_them_and_the_others_learn(finetu
     for k, v in source.items():
         if not k.startswith(learning):
             assert torch.equal(model[k], v), k   # no step, no weight decay
-        elif not k.startswith("classifier.6."):   # fc8 is new: another shape
+        elif not k.startswith("classifier.6."):
             assert not torch.equal(model[k], v), k
+    # fc8 learns in both: its rows for blue and red started as the file's rows for them
+    assert not torch.equal(model["classifier.6.weight"][[0, 2]], source["classifier.6.weight"][[2, 0]])
 
 
 def test_freezing_needs_weights_and_one_network_per_process(tmp_path):

@@ -37,6 +37,7 @@ import torch
 
 from alexnet.config import TrainConfig, from_dict
 from alexnet.data.decode import FIXED_SIZE
+from alexnet.data.stats import STATS_FILE
 from alexnet.data.transforms import NORMALIZATIONS, PCA_CONVENTIONS, Normalize, PCANoise, Preprocessing
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
@@ -306,7 +307,7 @@ def existing_file(path: str | Path) -> Path:
     if path.is_dir():   # most likely a run folder, or an export's: name the weight files in it
         # Not hidden files (a run's .last-previous.pt) nor its statistics cache, which hold no network.
         inside = sorted(str(p) for pattern in ("*.pt", "*.safetensors") for p in path.glob(pattern)
-                        if p.is_file() and not p.name.startswith(".") and p.name != "data_stats.safetensors")
+                        if p.is_file() and not p.name.startswith(".") and p.name != STATS_FILE)
         raise UserError(f"{path} is a folder; give a checkpoint file" + (f" ({', '.join(inside)})" if inside else ""))
     if not path.is_file():
         raise UserError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")

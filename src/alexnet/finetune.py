@@ -28,7 +28,8 @@ from alexnet.weights import LoadedModel, load_model
 
 
 def open_weights(config: TrainConfig) -> LoadedModel:
-    """The network in ``config.weights``, checked (a one-line UserError where the file cannot be used)."""
+    """The network in ``config.weights``: the one loader every command uses, so a file that evaluate and
+    predict accept (or refuse, in one line) is accepted (or refused) here alike."""
     return load_model(config.weights)
 
 
@@ -46,7 +47,8 @@ def adopt(config: TrainConfig, loaded: LoadedModel, given: dict[str, Any]) -> Tr
     clashes = [k for k in ADOPTED if k in given and given[k] != theirs[k]]
     if clashes:
         flags = ", ".join(f"--{k.replace('_', '-')} {given[k]}" for k in clashes)
-        small = ", small images padded" if loaded.small == "pad" else ""
+        small = f", small images {'padded' if loaded.small == 'pad' else 'upscaled'}" if (
+            loaded.small == "pad" or "small" in clashes) else ""
         raise UserError(f"--weights {config.weights} holds the {_describe(loaded)}, trained on "
                         f"{loaded.normalization} input{small}; fine-tuning keeps them, so leave out {flags}")
     return dataclasses.replace(config, **theirs).validate()
@@ -110,7 +112,7 @@ FROZEN = {"none": "", "features": "; conv1-5 frozen, fc6-8 learn", "all-but-fc8"
 
 
 def summary(path: str, loaded: LoadedModel, classes: list[str], frozen: str = "none") -> str:
-    """One line on what the run starts from."""
+    """One line on what the run starts from: what it took from the file is not in config.yaml's words."""
     known = known_rows(loaded, classes)
     if keeps_fc8(loaded, classes):
         head = f"fc8 kept (its {len(classes)} classes are the data's)"

@@ -43,7 +43,7 @@ from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import DataSource, ImageSet
 from alexnet.data.loader import default_workers, eval_loader, steps_per_epoch, train_loader
 from alexnet.data.sources import open_data
-from alexnet.data.stats import DataStats, compute_stats, find_stats
+from alexnet.data.stats import STATS_FILE, DataStats, compute_stats, find_stats
 from alexnet.data.transforms import Draws, Normalize, PCANoise, Preprocessing
 from alexnet.errors import Stopped, UserError
 from alexnet.evaluate import evaluate
@@ -66,7 +66,6 @@ DIVERGED = "diverged.json"
 PREVIOUS = ".last-previous.pt"
 # SIGUSR1: what schedulers send ahead of a preemption (SLURM's --signal=USR1@120); handled as SIGTERM.
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
-STATS_CACHE = "data_stats.safetensors"
 # Below this many training images the paper's recipe (N(0, 0.01) init, batch 128) is pointed away from:
 # on a few thousand images it stayed at chance or went to NaN (README, "The demo recipe").
 SMALL_DATA = 100_000
@@ -77,8 +76,10 @@ class NonFiniteLoss(RuntimeError):
 
 
 def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
-                dist: distributed.Dist | None = None) -> tuple[TrainConfig, checkpoint.Resumable | None]:
-    """The configuration to run with, and the checkpoint to resume from (None for a fresh run).
+                dist: distributed.Dist | None = None
+                ) -> tuple[TrainConfig, checkpoint.Resumable | None, LoadedModel | None]:
+    """The configuration to run with, the checkpoint to resume from (None for a fresh run), and the weights
+    a fresh run starts from (--weights; else None).
 
     ``resume``: False (a fresh run), True (continue RUN), or "auto" (continue RUN if it holds a
     checkpoint, else start it); a process that torchrun restarted after a failure resumes by itself.
@@ -100,8 +101,9 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
         if last.exists():
             raise UserError(f"{run} already holds a run (last.pt); add --resume to continue it, "
                             f"or choose another --out")
+        start = None
         if config.weights:
-            config = _start_from(config, given, dist)
+            config, start = _start_from(config, given, dist)
         elif config.freeze != "none":
             raise UserError(f"--freeze {config.freeze} keeps layers as trained weights have them; give --weights "
                             f"FILE (from random weights, frozen layers would stay random)")
@@ -112,7 +114,7 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
         if outputs and not (auto and _first_epoch_of(run, config)):
             raise UserError(f"{run} holds an earlier run's {' and '.join(outputs)} but no last.pt to resume; "
                             f"choose another --out, or remove them to start afresh there")
-        return config, None
+        return config, None, start
     if not last.exists():
         raise UserError(f"nothing to resume: {last} does not exist")
     ckpt = checkpoint.read_resumable(last)
@@ -132,26 +134,30 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
                         + (f" and {ckpt.step_in_epoch} steps of the next" if ckpt.step_in_epoch else "")
                         + f"); give at least {trained}")
     values = saved.to_dict() | changes | {"out": str(run)}
-    return from_dict(values, "resumed run"), ckpt
+    return from_dict(values, "resumed run"), ckpt, None
 
 
-def _start_from(config: TrainConfig, given: dict[str, Any], dist: distributed.Dist | None) -> TrainConfig:
+def _start_from(config: TrainConfig, given: dict[str, Any], dist: distributed.Dist | None
+                ) -> tuple[TrainConfig, LoadedModel | None]:
     """A fresh run from --weights takes their network and input preprocessing (finetune.adopt); every
     process checks the file before anything is written, and all are refused together, with the first
     refused process's reason, if one cannot use it (under torchrun each reads its own copy, or a shared one).
     ``given``: the settings asked for by name (empty from the Python API: then those that differ from
     the preset's)."""
     config = dataclasses.replace(config, weights=str(Path(config.weights).expanduser().resolve()))
-    problem, adopted = "", config
+    problem, adopted, loaded = "", config, None
     try:
-        adopted = finetune.adopt(config, finetune.open_weights(config), given or finetune.asked_for(config))
+        loaded = finetune.open_weights(config)
+        adopted = finetune.adopt(config, loaded, given or finetune.asked_for(config))
     except UserError as e:
         problem = str(e)
+    except OSError as e:   # unreadable (permissions, a failing disk): a traceback here would hang the others
+        problem = f"cannot read --weights {config.weights} ({e.strerror or e})"
     problems = distributed.gather_objects(dist, problem) if dist is not None else [problem]
     if any(problems):
         rank, first = next((rank, p) for rank, p in enumerate(problems) if p)
         raise UserError(problem or f"{first} (in process {rank} of {len(problems)})")
-    return adopted
+    return adopted, loaded
 
 
 def _first_epoch_of(run: Path, config: TrainConfig) -> bool:
@@ -205,7 +211,7 @@ def _statistics(config: TrainConfig, train_set: ImageSet, dist: distributed.Dist
     """The training set's mean image and PCA on every process. Rank 0 looks in RUN (or takes what
     `prepare` computed) and sends what it found; otherwise every process computes its share and the
     sums are added up, so no process waits on another for long (ImageNet's pass is tens of minutes)."""
-    cache = Path(config.out) / STATS_CACHE
+    cache = Path(config.out) / STATS_FILE
     found = find_stats(train_set, cache) if dist.main else None
     if distributed.all_max(dist, torch.tensor([float(found is not None)]))[0]:
         return distributed.broadcast_object(dist, found)
@@ -484,11 +490,12 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
         with warnings.catch_warnings():
             with _StopsAtOnce(dist):
                 _hold(lock, dist)
-                config, ckpt = resolve_run(config, resume, given or {}, dist)
+                config, ckpt, start = resolve_run(config, resume, given or {}, dist)
                 _check_workers(config, dist)
                 if ckpt is not None and ckpt.epoch >= config.epochs:
                     return _complete(config, ckpt, dist)
-                run = _set_up(config, ckpt, dist)
+                run = _set_up(config, ckpt, dist, start)
+                start = None   # copied into the network: not held for the whole run
             # Its tensors are mapped from last.pt: once copied into the network and momentum, the pages they
             # read (up to the checkpoint's size, 1 GB for a float64 paper run) leave this process.
             del ckpt
@@ -560,7 +567,8 @@ def _hold(lock: FolderLock, dist: distributed.Dist) -> None:
         raise UserError(problem or f"{lock.folder} was refused by rank 0 (its message says why)")
 
 
-def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distributed.Dist) -> _Run:
+def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distributed.Dist,
+            start: LoadedModel | None = None) -> _Run:
     folder = Path(config.out)
     # --towers 2: a process holds one tower (alexnet.parallel); the batch is split over replicas (pairs).
     towers = parallel.plan(dist) if config.towers > 1 else None
@@ -579,7 +587,6 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     train_set, val_set = source.splits["train"], source.splits["val"]
     if ckpt is not None and ckpt.classes != source.classes:
         raise UserError(f"the data's classes differ from those the run was started with ({config.data})")
-    start = finetune.open_weights(config) if ckpt is None and config.weights else None
     steps = steps_per_epoch(len(train_set), batch_per_rank, shard.world)
     if steps == 0:
         raise UserError(f"{len(train_set)} training image files make no full batch of {config.batch_size}; add "
@@ -608,7 +615,6 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
                                config.seed, towers)
     else:
         model = build_model(config, len(source.classes), fresh, start, source.classes)
-    start = None   # its tensors were copied into the network: not held for the whole run
     # fp64: initialised in float32 as always, then widened, so that fp32 and fp64 runs start from one network.
     model = model.to(dist.device, weights_dtype(config.precision))
     if config.channels_last:

@@ -42,11 +42,12 @@ from alexnet.data.decode import SMALL
 from alexnet.data.imageset import SPLITS, Batch, DataSource, ImageSet, Split, labelled_by
 from alexnet.data.jpeg import JpegBatch, checksum, decodes_on
 from alexnet.data.samples import NamedSamples, take
+from alexnet.data.stats import STATS_FILE
 from alexnet.errors import UserError
 from alexnet.files import FolderLock, ReadAt
 
 MARKER = "alexnet-prepared.json"
-STATS = "data_stats.safetensors"
+STATS = STATS_FILE
 # The marker's format, by store. A raw store is still written as format 1 (a "store" key added), so the
 # versions before the JPEG store, which read format 1 only, keep reading it; they refuse a jpeg store by
 # its format instead of failing on its missing .u8 files.

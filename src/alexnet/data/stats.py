@@ -26,6 +26,9 @@ from alexnet.data.imageset import ImageSet
 from alexnet.data.loader import leave_stop_signals_to_the_parent
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
+
+# The cache's name, in a run folder and in a prepared store: beside weights, but holding none.
+STATS_FILE = "data_stats.safetensors"
 from alexnet.progress import progress_bar
 
 STATS_VERSION = "1"
