@@ -42,6 +42,19 @@ def more_data(tmp_path):
     return flat_colours(tmp_path / "more", 1, 8)
 
 
+def _weights_file(path, classes):
+    """A random paper network for ``classes`` as `alexnet export` writes it (ImageNet's channel normalisation)."""
+    from alexnet.data.transforms import Normalize
+    from alexnet.model import AlexNet
+    from alexnet.weights import LoadedModel, save_weights
+
+    torch.manual_seed(3)
+    model = AlexNet("paper", num_classes=len(classes), init="kaiming").eval()
+    norm = Normalize(torch.tensor([124.0, 116.0, 104.0]), torch.tensor([58.0, 57.0, 57.0]))
+    save_weights(LoadedModel(model, classes, classes, 227, "channel", norm), path)
+    return path
+
+
 def config(data, out, **kw):
     values = dict(data=str(data), out=str(out), epochs=2, batch_size=4, lr=0.001, **FAST) | kw
     return resolve(kw.pop("preset", "paper"), values)
@@ -335,9 +348,12 @@ def test_two_processes_match_one_with_the_same_global_batch(more_data, tmp_path)
     more_data = Path(shutil.copytree(more_data, tmp_path / "data"))
     (more_data / "train" / "red" / "empty.png").write_bytes(b"")
     (more_data / "train" / "blue" / "text.png").write_text("not an image")
+    # Both start from one weights file (fine-tuning): its fc8 answers "red", "violet", "blue", so the run's fc8
+    # is new but for the rows of red and blue, carried by name on each process.
+    start = _weights_file(tmp_path / "start.safetensors", ["red", "violet", "blue"])
     common = ["--data", str(more_data), "--epochs", "1", "--batch-size", "4", "--dropout", "0", "--lr", "0.001",
-              "--workers", "0", "--precision", "fp64"]   # float64: conftest.SAME_RUN
-    train(config(more_data, tmp_path / "one", epochs=1, dropout=0.0, precision="fp64"))
+              "--workers", "0", "--precision", "fp64", "--weights", str(start)]   # float64: conftest.SAME_RUN
+    train(config(more_data, tmp_path / "one", epochs=1, dropout=0.0, precision="fp64", weights=str(start)))
     # Each process takes its 2 images in 2 parts (the first without DDP's exchange): the same steps still.
     common += ["--accumulate", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -345,7 +361,13 @@ def test_two_processes_match_one_with_the_same_global_batch(more_data, tmp_path)
                         "-m", "alexnet", "train", *common, "--out", str(tmp_path / "two"), "--log-every", "4"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("alexnet train: starting from") == 1, r.stderr[-3000:]
     assert_same_run(weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt"))
+    # One epoch at lr 0.001 moves conv1 little: both ended near the file's weights, not near a fresh network's.
+    from safetensors.torch import load_file
+    conv1 = load_file(start)["features.0.weight"].double()
+    moved = (weights(tmp_path / "two" / "last.pt")["features.0.weight"] - conv1).abs().max()
+    assert moved < 0.1 * conv1.abs().max(), moved
     rows = [json.loads((tmp_path / run / "metrics.jsonl").read_text()) for run in ("one", "two")]
     assert rows[0]["skipped"] == rows[1]["skipped"] == 2
     # The progress line at the epoch's last step is the job's loss so far (both processes'), the row's.
