@@ -178,6 +178,16 @@ def test_the_python_api_refuses_what_differs_from_the_preset_and_records_an_abso
     assert (adopted.weights, adopted.lrn, adopted.small) == (str(path), "caffe", "pad")
 
 
+def test_two_towers_take_the_network_of_the_weights_not_of_the_preset(finetuned, tmp_path):
+    from alexnet.train import _start_from
+
+    settings = dict(out=str(tmp_path / "run"), towers=2)
+    adopted, _ = _start_from(resolve("torchvision", settings | {"weights": str(finetuned[1])}), {}, None)
+    assert (adopted.variant, adopted.towers) == ("paper", 2)   # the preset's owt network is not what is trained
+    with pytest.raises(UserError, match="--towers 2 splits the paper network's two towers; the owt variant has none"):
+        _start_from(resolve("paper", settings | {"weights": str(owt_weights(tmp_path))}), {}, None)
+
+
 def test_weights_that_cannot_be_used_are_refused_before_anything_is_written(tmp_path):
     data = three_colours(tmp_path / "data")
     (tmp_path / "junk.pt").write_bytes(b"not weights")

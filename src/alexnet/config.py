@@ -149,8 +149,8 @@ class TrainConfig:
                             "half of a layer; use data parallelism (--towers 1)")
         if self.freeze != "none" and self.towers == 2:
             raise UserError("--freeze is for one network per process; fine-tune with --towers 1")
-        if self.towers == 2 and self.variant != "paper":
-            raise UserError(f"--towers 2 splits the paper network's two towers; the {self.variant} variant has none")
+        if not self.weights:   # else the network is the file's, not the preset's: finetune.adopt checks it
+            check_towers_fit(self.towers, self.variant)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,6 +159,11 @@ class TrainConfig:
     @property
     def crop(self) -> int:
         return INPUT_SIZE[self.variant]
+
+
+def check_towers_fit(towers: int, variant: str) -> None:
+    if towers == 2 and variant != "paper":
+        raise UserError(f"--towers 2 splits the paper network's two towers; the {variant} variant has none")
 
 
 def _check_number(name: str, value: Any, kind: str | None) -> None:

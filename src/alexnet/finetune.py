@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from alexnet.config import TrainConfig, preset_values
+from alexnet.config import TrainConfig, check_towers_fit, preset_values
 from alexnet.errors import UserError
 from alexnet.model import AlexNet
 from alexnet.weights import LoadedModel, load_model
@@ -51,7 +51,9 @@ def adopt(config: TrainConfig, loaded: LoadedModel, given: dict[str, Any]) -> Tr
             loaded.small == "pad" or "small" in clashes) else ""
         raise UserError(f"--weights {config.weights} holds the {_describe(loaded)}, trained on "
                         f"{loaded.normalization} input{small}; fine-tuning keeps them, so leave out {flags}")
-    return dataclasses.replace(config, **theirs).validate()
+    adopted = dataclasses.replace(config, **theirs).validate()
+    check_towers_fit(adopted.towers, adopted.variant)
+    return adopted
 
 
 def asked_for(config: TrainConfig) -> dict[str, Any]:
