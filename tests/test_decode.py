@@ -158,6 +158,38 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
         open_rgb(tmp_path / "big.png", max_pixels=1000)
 
 
+def test_a_jpeg_over_the_limit_is_judged_at_the_scale_it_decodes_at(tmp_path, monkeypatch):
+    # A 200-megapixel phone photo decodes at 1/8 scale, far under the limit; PIL's own refusal at open (over
+    # twice its MAX_IMAGE_PIXELS, here made small to stand for 178M) must not stop it.
+    Image.fromarray(np.kron(patches(), np.ones((25, 25, 1), np.uint8))).save(tmp_path / "big.jpg", quality=95)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    got = np.asarray(open_rgb(tmp_path / "big.jpg", min_side=64, max_pixels=100_000))   # 1600x1200 -> 200x150
+    assert got.shape == (150, 200, 3) and np.abs(inner(got, 3) - inner(patches(200, 150), 3)).max() < 6
+    with pytest.raises(UndecodableImage, match="1600x1200 pixels is over the 100,000-pixel limit"):
+        open_rgb(tmp_path / "big.jpg", max_pixels=100_000)   # no reduced scale asked for: the whole of it
+
+
+def test_deep_greyscale_is_scaled_by_its_bit_depth_not_its_values(tmp_path):
+    dark = np.array([[0, 100, 200, 255]], np.int64)   # a dark 16-bit image: it stays dark, whatever the format
+    (tmp_path / "dark.pgm").write_bytes(b"P5 4 1 65535\n" + dark.astype(">u2").tobytes())
+    Image.fromarray((dark * 65536).astype(np.int32), "I").save(tmp_path / "int32.tif")    # signed 32-bit: white 2^31-1
+    Image.fromarray((dark / 255).astype(np.float32), "F").save(tmp_path / "unit.tif")   # float: white 1.0
+    assert Image.open(tmp_path / "dark.pgm").mode == "I"
+    assert np.asarray(open_rgb(tmp_path / "dark.pgm"))[0, :, 0].tolist() == [0, 0, 1, 1]           # v / 257
+    assert np.asarray(open_rgb(tmp_path / "int32.tif"))[0, :, 0].tolist() == [0, 1, 2, 2]   # v * 2^16 * 255 / (2^31 - 1)
+    assert np.asarray(open_rgb(tmp_path / "unit.tif"))[0, :, 0].tolist() == [0, 100, 200, 255]
+    # A 10-bit PGM: PIL scales it to 16 bits (1023 -> 65535), so white is white.
+    (tmp_path / "ten.pgm").write_bytes(b"P5 2 1 1023\n" + np.array([0, 1023], ">u2").tobytes())
+    assert np.asarray(open_rgb(tmp_path / "ten.pgm"))[0, :, 0].tolist() == [0, 255]
+
+
+@pytest.mark.parametrize("values", [[0.0, 255.0], [0.0, float("nan")], [-0.5, 0.5]])
+def test_floating_point_pixels_outside_black_to_white_are_refused(tmp_path, values):
+    Image.fromarray(np.array([values], np.float32), "F").save(tmp_path / "f.tif")
+    with pytest.raises(UndecodableImage, match="floating-point pixels from .* not 0 to 1"):
+        open_rgb(tmp_path / "f.tif")
+
+
 @pytest.mark.parametrize("size", [(1, 1), (5, 3), (2, 3000), (4000, 7)])
 def test_tiny_and_extreme_images_give_256_squares(tmp_path, size):
     Image.new("RGB", size, (12, 34, 56)).save(tmp_path / "x.png")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageCms, ImageOps, JpegImagePlugin
 
 FIXED_SIZE = 256
 # PIL's own decompression-bomb threshold (about 9,500 x 9,500): larger images are refused, not decoded.
@@ -51,18 +51,32 @@ def open_rgb(path: str | Path, min_side: int | None = None, max_pixels: int = MA
             # warning per file per epoch would bury the one line about a file that was really skipped.
             warnings.simplefilter("ignore")
             # A Path opens itself: a member of an archive is a Path that reads it (data/tars.py).
-            with (path.open("rb") if isinstance(path, Path) else open(path, "rb")) as f, Image.open(f) as img:
-                if img.width * img.height > max_pixels:
-                    raise UndecodableImage(f"{img.width}x{img.height} pixels is over the {max_pixels:,}-pixel "
-                                           f"limit (a decompression bomb?)")
+            with (path.open("rb") if isinstance(path, Path) else open(path, "rb")) as f, _open_image(f) as img:
+                full = img.size
                 if min_side and img.format == "JPEG":
+                    # Before the limit: a 12000x12000 photo decodes at 1500x1500 and is no bomb. No JPEG
+                    # (at most 65535 a side) decodes at 1/8 scale to more than 67M pixels.
                     img.draft(None, (min_side, min_side))
+                if img.width * img.height > max_pixels:
+                    raise UndecodableImage(f"{full[0]}x{full[1]} pixels is over the {max_pixels:,}-pixel "
+                                           f"limit (a decompression bomb?)")
                 img.load()
-                return _to_rgb(_upright(img))
+                white = _white(img)   # from the file's tags, which the upright copy no longer has
+                return _to_rgb(_upright(img), white)
     except UndecodableImage:
         raise
     except Exception as e:  # decoders raise OSError, SyntaxError, ValueError, zlib.error, EOFError, ...
         raise UndecodableImage(_reason(e, path)) from None
+
+
+def _open_image(f) -> Image.Image:
+    # PIL refuses an image over twice its pixel limit as it opens it; a JPEG (a 200-megapixel phone photo)
+    # is opened by its plugin and judged by open_rgb after its reduced-scale draft.
+    if f.read(3) == b"\xff\xd8\xff":
+        f.seek(0)
+        return JpegImagePlugin.JpegImageFile(f)
+    f.seek(0)
+    return Image.open(f)
 
 
 def load_fixed(path: str | Path, size: int = FIXED_SIZE, small: str = "upscale") -> torch.Tensor:
@@ -105,14 +119,14 @@ def _upright(img: Image.Image) -> Image.Image:
         return img
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _to_rgb(img: Image.Image, white: int = 65535) -> Image.Image:
     mode = img.mode
     if mode == "RGB":
         return img
     if mode == "CMYK":
         return _cmyk_to_rgb(img)
     if mode.startswith("I;16") or mode in ("I", "F"):
-        return _deep_to_rgb(img)
+        return _deep_to_rgb(img, white)
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, TRANSPARENT_BACKGROUND + (255,))
@@ -133,13 +147,32 @@ def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _deep_to_rgb(img: Image.Image) -> Image.Image:
+def _deep_to_rgb(img: Image.Image, white: int) -> Image.Image:
     # 16-bit (and 32-bit integer or float) greyscale: PIL's convert() clips everything above 255 to white.
+    # The scale is the file's bit depth, never its pixels' range: a dark 16-bit image stays dark.
     a = np.asarray(img).astype(np.float64)
-    if img.mode.startswith("I;16") or (img.mode == "I" and a.max(initial=0) > 255):
-        a = a / 257.0  # 65535 -> 255
+    if img.mode == "F":
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        # Float pixels mean 0 (black) to 1 (white) by the usual convention (scikit-image, torchvision);
+        # other ranges (0-255, 0-65535, HDR radiance) say nothing of where white is, so they are refused.
+        if not (np.isfinite(a).all() and lo >= -1e-3 and hi <= 1 + 1e-3):
+            raise UndecodableImage(f"floating-point pixels from {lo:g} to {hi:g}, not 0 to 1 (black to white): "
+                                   f"save it with 8 or 16 bits per pixel")
+        a = a * 255.0
+    else:
+        a = a * (255.0 / white)
     a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
     return Image.fromarray(a, mode="L").convert("RGB")
+
+
+def _white(img: Image.Image) -> int:
+    """The integer value of white if ``img`` is a 16- or 32-bit greyscale image (PIL's modes I;16* and I)."""
+    tags = getattr(img, "tag_v2", None)
+    if img.mode == "I" and tags is not None and tuple(np.atleast_1d(tags.get(258, (16,))))[0] == 32:
+        signed = tuple(np.atleast_1d(tags.get(339, (1,))))[0] == 2   # TIFF's SampleFormat
+        return 2**31 - 1 if signed else 2**32 - 1
+    # I;16*, 16-bit PNG and TIFF, and PGM/PPM of more than 8 bits, which PIL gives scaled to 0-65535 as "I"
+    return 65535
 
 
 def _check_regular(path: str | Path) -> None:
