@@ -146,12 +146,14 @@ def test_two_processes_give_the_single_process_numbers(run_dir):
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
 
 
-def test_no_readable_image_is_an_error_not_an_accuracy(run_dir, tmp_path):
+@pytest.mark.parametrize("views", ["1", "dense"])
+def test_no_readable_image_is_an_error_not_an_accuracy(run_dir, tmp_path, views):
     _, run = run_dir
     (tmp_path / "val" / "cat").mkdir(parents=True)
     (tmp_path / "val" / "cat" / "a.jpg").write_bytes(b"hello")
     (tmp_path / "val" / "cat" / "b.jpg").write_bytes(b"")
-    r = run_main("evaluate", "--checkpoint", run / "best.pt", "--data", tmp_path, "--workers", 0, "--json")
+    r = run_main("evaluate", "--checkpoint", run / "best.pt", "--data", tmp_path, "--workers", 0, "--json",
+                 "--views", views)
     assert r.returncode == 2 and r.stdout == "", r.stdout
     assert r.stderr.strip().splitlines()[-1].endswith("no readable image in " + str(tmp_path / "val") +
                                                       ": every file was skipped"), r.stderr

@@ -291,6 +291,22 @@ def test_the_neighbours_title_fits_the_picture_for_any_k(k):
         assert extent.x1 <= width - neighbors.MARGIN / 2, (k, text)
 
 
+def test_a_picture_replaces_an_earlier_figure_but_never_a_file_of_the_users(paper, tmp_path, capsys):
+    ckpt, data = paper
+    photo = data / "val" / "cow" / "000.png"
+    before = photo.read_bytes()
+    for out in (photo, tmp_path / "notes.pdf"):   # the image being drawn, and a document
+        if out != photo:
+            out.write_bytes(b"%PDF-1.4 my notes")
+        assert main(["viz", "predictions", "--checkpoint", str(ckpt), str(photo), "--out", str(out)]) == 2
+        assert "exists and is not a picture drawn by alexnet viz" in capsys.readouterr().err
+    assert photo.read_bytes() == before and (tmp_path / "notes.pdf").read_bytes() == b"%PDF-1.4 my notes"
+    out = tmp_path / "filters.svg"
+    for _ in range(2):   # the second run replaces the first's figure
+        assert main(["viz", "filters", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    capsys.readouterr()
+
+
 def test_viz_needs_a_picture_and_a_png_name(paper, tmp_path, capsys):
     ckpt, _ = paper
     with pytest.raises(SystemExit) as e:

@@ -765,10 +765,11 @@ def _feature_kwargs(args) -> dict:
 
 
 def _run_viz_curves(args) -> int:
+    from alexnet.viz.figure import writable
     from alexnet.viz.curves import draw_curves, read_run
 
     runs = [read_run(path) for path in args.runs]   # every one checked before anything is drawn
-    print(draw_curves(runs, args.out or _run_folder(args.runs[0]) / "curves.png"))
+    print(draw_curves(runs, writable(args.out or _run_folder(args.runs[0]) / "curves.png")))
     return 0
 
 
@@ -777,10 +778,12 @@ def _run_folder(path: Path) -> Path:
 
 
 def _run_viz_filters(args) -> int:
+    from alexnet.viz.figure import writable
     from alexnet.viz.filters import draw_filters
     from alexnet.weights import load_model
 
-    print(draw_filters(load_model(args.checkpoint), args.out or args.checkpoint.parent / "filters.png"))
+    out = writable(args.out or args.checkpoint.parent / "filters.png")
+    print(draw_filters(load_model(args.checkpoint), out))
     return 0
 
 
@@ -798,14 +801,16 @@ def _network_and_images(args):
 
 
 def _run_viz_predictions(args) -> int:
+    from alexnet.viz.figure import writable
     from alexnet.device import device_and_dtype
     from alexnet.predict import printable
     from alexnet.viz.predictions import draw_predictions
 
     scales = _scales(args)
     device, dtype = device_and_dtype(args.device, args.precision)
+    out = writable(args.out or args.checkpoint.parent / "predictions.png")
     loaded, paths = _network_and_images(args)
-    out, failed = draw_predictions(loaded, paths, args.out or args.checkpoint.parent / "predictions.png",
+    out, failed = draw_predictions(loaded, paths, out,
                                    topk=args.topk, crops=args.crops, device=device, dtype=dtype, scales=scales)
     for result in failed:
         print(f"alexnet viz: error: {printable(str(result.path))}: {result.error}", file=sys.stderr)
@@ -817,24 +822,27 @@ def _run_viz_predictions(args) -> int:
 
 
 def _run_viz_neighbors(args) -> int:
+    from alexnet.viz.figure import writable
     from alexnet.viz.neighbors import draw_neighbours, find_neighbours
     from alexnet.weights import load_model
 
+    out = writable(args.out or args.checkpoint.parent / "neighbors.png")
     loaded = load_model(args.checkpoint)
     found, names = find_neighbours(loaded, args.data, queries=args.queries, k=args.k, layer=args.layer,
                                    **_feature_kwargs(args))
-    print(draw_neighbours(found, names, args.out or args.checkpoint.parent / "neighbors.png", loaded.crop, args.layer,
-                          loaded.small))
+    print(draw_neighbours(found, names, out, loaded.crop, args.layer, loaded.small))
     return 0
 
 
 def _run_viz_scoremap(args) -> int:
+    from alexnet.viz.figure import writable
     from alexnet.device import pick_device
     from alexnet.predict import printable
     from alexnet.viz.scoremap import draw_scoremaps
 
+    out = writable(args.out or args.checkpoint.parent / "scoremap.png")
     loaded, paths = _network_and_images(args)
-    out, _, failed = draw_scoremaps(loaded, paths, args.out or args.checkpoint.parent / "scoremap.png",
+    out, _, failed = draw_scoremaps(loaded, paths, out,
                                     scale=args.scale, device=pick_device(args.device))
     if out is None:
         path, reason = failed[0]

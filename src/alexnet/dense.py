@@ -101,6 +101,10 @@ class DenseImages(Dataset):
     def path(self, index: int) -> Path:
         return self.images.path(index)
 
+    @property
+    def split(self):
+        return self.images.split
+
     def __getitem__(self, index: int):
         path, label = self.images.split.samples[index]
         try:

@@ -33,19 +33,39 @@ def axes_at(fig: Figure, left: float, top: float, width: float, height: float):
     return fig.add_axes((left / w, 1 - (top + height) / h, width / w, height / h))
 
 
-def save(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` to ``path`` (format from its suffix, PNG by default) through a temporary file."""
+def writable(path: str | Path) -> Path:
+    """``path`` if a picture may be written there (checked before the work that draws it, and again when
+    saving): a known format, not a folder, and not a file other than an earlier figure."""
     path = Path(path)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    if fmt not in FORMATS:
+    if path.suffix.lstrip(".").lower() not in FORMATS + ("",):
         raise UserError(f"cannot write a picture as {path.name}; use a .png (or .svg, .pdf) file name")
     if path.exists() and path.is_dir():
         raise UserError(f"{path} is a folder; give a file name such as {path / 'picture.png'}")
+    if path.exists() and not _drawn_by_matplotlib(path):   # a photo given as --out, or a file of the user's
+        raise UserError(f"{path} exists and is not a picture drawn by alexnet viz (or matplotlib); remove it "
+                        f"or choose another --out")
+    return path
+
+
+def save(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` (format from its suffix, PNG by default) through a temporary file."""
+    path = writable(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=DPI))
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     return path
+
+
+def _drawn_by_matplotlib(path: Path) -> bool:
+    """Whether ``path`` names itself as made by matplotlib (its PNG, SVG and PDF files all do, near the
+    start): an earlier figure, which a new one may replace."""
+    try:
+        with open(path, "rb") as f:
+            return b"Matplotlib" in f.read(64 * 1024)
+    except OSError:
+        return False   # unreadable: not replaced unseen
 
 
 def show_image(ax, image: torch.Tensor | np.ndarray) -> None:
