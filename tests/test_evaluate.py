@@ -159,6 +159,19 @@ def test_no_readable_image_is_an_error_not_an_accuracy(run_dir, tmp_path, views)
                                                       ": every file was skipped"), r.stderr
 
 
+def test_file_names_with_control_characters_are_said_in_one_harmless_line(run_dir, tmp_path):
+    data, run = run_dir
+    data = shutil.copytree(data, tmp_path / "data")
+    (data / "val" / "dog" / "bad\nname.jpg").write_bytes(b"")
+    (data / "val" / "dog" / "\x1b[31mred.jpg").write_bytes(b"x")
+    r = run_main("evaluate", "--checkpoint", run / "best.pt", "--data", data, "--workers", 0)
+    warnings = [line for line in r.stderr.splitlines() if "skipping unreadable image" in line]
+    assert r.returncode == 0 and len(warnings) == 2 and "\x1b" not in r.stderr, r.stderr
+    assert any(line.endswith("bad\\nname.jpg: an empty file (0 bytes)") for line in warnings), warnings
+    r = run_main("evaluate", "--checkpoint", run / "best.pt", "--data", tmp_path / "no\nsuch\x1b[2J")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no\\nsuch\\x1b[2J" in r.stderr, r.stderr
+
+
 def test_a_subset_of_the_classes_is_matched_by_folder_name(run_dir, tmp_path):
     data, run = run_dir
     shutil.copytree(data / "val" / "dog", tmp_path / "val" / "dog")

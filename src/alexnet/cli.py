@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from alexnet.errors import Stopped, UserError
+from alexnet.errors import Stopped, UserError, printable
 
 EXIT_USAGE = 2
 
@@ -564,7 +564,7 @@ def _add_predict(sub) -> None:
 
 
 def _run_predict(args) -> int:
-    from alexnet.predict import as_dict, expand, format_prediction, predict, printable, setup
+    from alexnet.predict import as_dict, expand, format_prediction, predict, setup
     from alexnet.weights import load_model
 
     if args.calibrate and args.precision != "int8":
@@ -803,7 +803,6 @@ def _network_and_images(args):
 def _run_viz_predictions(args) -> int:
     from alexnet.viz.figure import writable
     from alexnet.device import device_and_dtype
-    from alexnet.predict import printable
     from alexnet.viz.predictions import draw_predictions
 
     scales = _scales(args)
@@ -837,7 +836,6 @@ def _run_viz_neighbors(args) -> int:
 def _run_viz_scoremap(args) -> int:
     from alexnet.viz.figure import writable
     from alexnet.device import pick_device
-    from alexnet.predict import printable
     from alexnet.viz.scoremap import draw_scoremaps
 
     out = writable(args.out or args.checkpoint.parent / "scoremap.png")
@@ -1023,6 +1021,7 @@ def _say_error(line: str) -> None:
     """The one line of a failed command. Under torchrun every process finds the same fault: the line goes to
     stderr once per machine (local rank 0) and, for each process, into the error file torchrun reads, so
     that its failure summary names the cause of each rank instead of a link to its documentation."""
+    line = printable(line)   # a path with a newline or an escape sequence in it stays one harmless line
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if error_file:
         try:

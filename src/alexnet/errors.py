@@ -20,3 +20,9 @@ class Stopped(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.exit_code = 128 + signum
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters shown as escapes: a class name or file name from the disk must not
+    break a one-line message in two, move the cursor or recolour the terminal it is printed to."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

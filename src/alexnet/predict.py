@@ -19,6 +19,7 @@ from torch import nn
 from alexnet.data.decode import UndecodableImage, load_fixed
 from alexnet.data.folders import image_files
 from alexnet.dense import SCALES, dense_probabilities, load_scaled, parse_scales
+from alexnet.errors import printable
 from alexnet.evaluate import class_probabilities
 from alexnet.model import check_positive_int
 from alexnet.weights import LoadedModel
@@ -187,7 +188,3 @@ def _label(loaded: LoadedModel, index: int) -> str:
     return name if name == folder else f"{name} ({folder})"
 
 
-def printable(text: str) -> str:
-    """``text`` with control characters shown as escapes: a class name or file name from a file must not
-    move the cursor or recolour the terminal it is printed to."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

@@ -20,7 +20,7 @@ from torch.utils.data import default_collate
 from alexnet.data.decode import FIXED_SIZE, UndecodableImage, load_fixed
 from alexnet.data.imageset import SPLITS, Batch, DataSource, ImageSet, Split, labelled_by
 from alexnet.data.samples import take
-from alexnet.errors import UserError
+from alexnet.errors import UserError, printable
 
 # torchvision's ImageFolder extensions, plus .gif and .jfif; anything else in a class folder (a README,
 # .DS_Store, a thumbnail database) is not a sample. Matching ignores case: ImageNet's files end in .JPEG.
@@ -215,7 +215,7 @@ class SkippedFiles:
             index = int(indices[i])
             if index not in self.reasons:
                 self.reasons[index] = errors[i]
-                self._warn(f"warning: skipping unreadable image {self.dataset.path(index)}: {errors[i]}")
+                self._warn(printable(f"warning: skipping unreadable image {self.dataset.path(index)}: {errors[i]}"))
         self.this_epoch += int(bad.sum())
         if isinstance(images, list):   # dense evaluation's images: each its own size, one list per sample
             return [image for image, b in zip(images, bad.tolist()) if not b], labels[~bad]
