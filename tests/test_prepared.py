@@ -78,6 +78,19 @@ def test_unreadable_files_are_left_out_and_named(prep):
     assert [path for path, _ in skipped] == [os.path.join("bee", "broken.jpg")]
 
 
+def test_a_class_whose_training_files_are_all_unreadable_is_named_by_prepare_and_refused_by_train(tmp_path):
+    data = write_photos(tmp_path / "data", per_class=2)
+    for path in (data / "train" / "bee").iterdir():
+        path.write_bytes(b"")
+    r = run_main("prepare", "--data", data, "--out", tmp_path / "prep", "--workers", 0)
+    assert r.returncode == 0 and "warning: no training image of bee could be read" in r.stderr, r.stderr
+    with pytest.raises(UserError, match="no readable image of class bee in .*train .its files were left out as "
+                                        "unreadable when it was prepared.: the network would have an output"):
+        train(resolve("demo", dict(data=str(tmp_path / "prep"), out=str(tmp_path / "run"), epochs=1, batch_size=2,
+                                   workers=0, precision="fp32")))
+    assert not (tmp_path / "run").exists()
+
+
 def test_batches_and_augmented_crops_equal_the_jpeg_pipelines(prep):
     data, out = prep
     jpeg = FixedSizeImages(discover(data).splits["train"])

@@ -260,12 +260,18 @@ def test_unreadable_images_are_skipped_counted_and_warned_about_once(data, tmp_p
     assert capsys.readouterr().err.count("skipping unreadable image") == 1   # nor warned about again
 
 
-def test_a_split_with_no_readable_image_is_a_user_error(data, tmp_path):
-    for path in (data / "val").rglob("*.png"):
+@pytest.mark.parametrize("broken, message", [
+    ("val", "no readable image in .*val: none of its 8 files can be read"),
+    # a class of training images none can be read: the network would have an output that nothing teaches
+    ("train/blue", "no readable image of class blue in .*train: none of its 4 files can be read")])
+def test_broken_files_are_refused_before_any_work(data, tmp_path, broken, message):
+    for path in (data / broken).rglob("*.png"):
         path.write_bytes(b"")
-    # ImageNet normalisation and no PCA: no statistics pass that would notice first.
-    with pytest.raises(UserError, match="no readable image in .*val"):
+    # ImageNet normalisation and no PCA: no statistics pass that would notice first. Found before the first
+    # epoch, not after it, and before the run folder is made.
+    with pytest.raises(UserError, match=message + " \\(the first, .*000.png: an empty file \\(0 bytes\\)\\)"):
         train(config(data, tmp_path / "run", epochs=1, normalization="imagenet", pca_noise="none"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_parts_that_do_not_split_the_batch_are_refused_before_the_run_starts(data, tmp_path):

@@ -591,6 +591,9 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     if steps == 0:
         raise UserError(f"{len(train_set)} training image files make no full batch of {config.batch_size}; add "
                         f"images or use a smaller --batch-size")
+    # Broken files found now, not after an epoch: a split of them, or a class of them in train.
+    train_set.check_readable(every_class=True)
+    val_set.check_readable()
     if dist.main:
         _open_folder(folder, config, resumed=ckpt is not None, how=f"{dist.world} x {dist.device.type}, "
                                                                   f"{precision_name(dtype, config.precision)}")

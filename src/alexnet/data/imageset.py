@@ -85,6 +85,31 @@ class ImageSet(Dataset):
     def __getitems__(self, indices: list[int]) -> Batch:
         raise NotImplementedError
 
+    def check_readable(self, every_class: bool = False) -> None:
+        """Raise UserError unless some sample (with ``every_class``, some sample of each class) can be read.
+        Samples are tried in order until one is: on healthy data one read (a class), and a split of broken
+        files is found before an epoch of training, not after it; a class of them, before the network
+        grows an output that nothing teaches."""
+        groups: dict[int, list[int]] = {label: [] for label in range(len(self.classes))} if every_class else {0: []}
+        for i, (_, label) in enumerate(self.split.samples):
+            groups[label if every_class else 0].append(i)
+        for label, indices in groups.items():
+            first = ""
+            for i in indices:
+                _, read, _, error = self[i]
+                if read >= 0:
+                    break
+                first = first or f" (the first, {self.path(i)}: {error})"
+            else:
+                if not every_class:
+                    raise UserError(f"no readable image in {self.split.root}: none of its {len(indices):,} files "
+                                    f"can be read{first}")
+                raise UserError(f"no readable image of class {self.classes[label]} in {self.split.root}"
+                                + (f": none of its {len(indices):,} files can be read{first}" if indices else
+                                   " (its files were left out as unreadable when it was prepared)")
+                                + ": the network would have an output that nothing teaches; replace its files "
+                                  "or remove the class")
+
     def relabelled(self, classes: list[str]) -> ImageSet:
         """The same samples labelled by their class's index among ``classes`` (a network's outputs)."""
         raise NotImplementedError
