@@ -27,7 +27,7 @@ def three_colours(root):
     return write_image_folders(root, colours, size=(48, 40))
 
 
-def paper_weights(path, classes, lrn="caffe", small="upscale"):
+def paper_weights(path, classes, lrn="caffe", small="upscale", names=None):
     """A random paper network with LRN ``lrn``, channel normalisation MEAN/STD and small images ``small``,
     as `alexnet export` writes it."""
     torch.manual_seed(1)
@@ -35,7 +35,7 @@ def paper_weights(path, classes, lrn="caffe", small="upscale"):
     for p in model.parameters():   # no weight or bias at exactly zero: each one shows where it came from
         p.data.add_(0.01)
     norm = Normalize(torch.tensor(MEAN), torch.tensor(STD))
-    save_weights(LoadedModel(model, classes, classes, 227, "channel", norm, small=small), path)
+    save_weights(LoadedModel(model, classes, names or classes, 227, "channel", norm, small=small), path)
     return model.state_dict()
 
 
@@ -67,7 +67,8 @@ def finetuned(tmp_path_factory):
     state_dict, the run folder, what the run printed)."""
     root = tmp_path_factory.mktemp("finetuned")
     data = three_colours(root / "data")
-    source = paper_weights(root / "w.safetensors", ["red", "violet", "blue"], small="pad")
+    source = paper_weights(root / "w.safetensors", ["red", "violet", "blue"], small="pad",
+                           names=["a red", "a violet", "a blue"])
     given = {"weights": str(root / "w.safetensors")}
     with _stderr() as err:
         train(resolve("paper", dict(data=str(data), out=str(root / "run"), **given, **STILL, **FAST)), given=given)
@@ -101,6 +102,8 @@ def test_a_run_takes_every_layer_and_the_normalisation_of_its_weights_and_fc8_ro
     recorded = yaml.safe_load((run / "config.yaml").read_text())
     assert [recorded[k] for k in ("weights", "lrn", "normalization", "small")] == [str(path), "caffe", "channel", "pad"]
     assert load_model(run / "best.pt").small == "pad"
+    # The data has no classes.txt: the names the file gives its folders name them (green: its folder name).
+    assert load_model(run / "best.pt").names == ["a blue", "green", "a red"]
     assert f"starting from {path}: the paper network (LRN caffe), its channel input normalisation, small images " \
            f"padded; fc8: the weights' rows for the 2 classes they know (blue, red), 1 new" in said
 
@@ -113,6 +116,9 @@ def test_a_checkpoint_on_the_same_classes_starts_a_run_with_its_fc8_too(finetune
                                     **STILL, **FAST)), given=given)
     assert_started_from(last(tmp_path / "again")["model"], last(run)["model"], "no layer is new")
     assert "fc8 kept (its 3 classes are the data's)" in err.getvalue()
+    code = run_main("train", "--out", tmp_path / "again", "--resume", "--epochs", "2")   # never reads the file
+    assert code.returncode == 0, code.stderr[-2000:]
+    assert load_model(tmp_path / "again" / "last.pt").names == ["a blue", "green", "a red"]
 
 
 def test_a_resume_refuses_other_weights(finetuned, tmp_path):

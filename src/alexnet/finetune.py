@@ -76,6 +76,15 @@ def known_rows(loaded: LoadedModel, classes: list[str]) -> list[tuple[int, int]]
     return [(i, theirs[name]) for i, name in enumerate(classes) if name in theirs]
 
 
+def readable_names(classes: list[str], names: list[str], known_classes: list[str], known_names: list[str]
+                   ) -> list[str]:
+    """The data's readable name of each class where it gives one (classes.txt), else the name the weights
+    (or, on a resume, the run's checkpoint) give that folder: ImageNet's weights onto a folder of WordNet ids
+    name their classes as ImageNet does, in predict, evaluate and export too."""
+    theirs = dict(zip(known_classes, known_names))
+    return [name if name != cls else theirs.get(cls, cls) for cls, name in zip(classes, names)]
+
+
 def load_into(model: AlexNet, loaded: LoadedModel, classes: list[str]) -> None:
     """Copy the weights into ``model`` (built for the run, for ``classes``): every layer; of fc8, the whole
     layer where the classes are the weights', else the rows of the classes they share (the others keep

@@ -587,6 +587,10 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     train_set, val_set = source.splits["train"], source.splits["val"]
     if ckpt is not None and ckpt.classes != source.classes:
         raise UserError(f"the data's classes differ from those the run was started with ({config.data})")
+    known = ckpt or start
+    if known is not None:
+        source = dataclasses.replace(source, names=finetune.readable_names(source.classes, source.names,
+                                                                           known.classes, known.names))
     steps = steps_per_epoch(len(train_set), batch_per_rank, shard.world)
     if steps == 0:
         raise UserError(f"{len(train_set)} training image files make no full batch of {config.batch_size}; add "
