@@ -206,13 +206,23 @@ def test_imported_torchvision_weights_predict_torchvisions_top5(torchvision_mode
     assert [q["probability"] for q in got] == pytest.approx(values.tolist(), abs=atol)
 
 
-def test_a_classes_file_names_the_class_folders(torchvision_model, tmp_path):
+def test_a_classes_file_names_the_class_folders(torchvision_model, tmp_path, capsys):
+    from torchvision.models import AlexNet_Weights
+
     _, root = torchvision_model
     mapping = tmp_path / "LOC_synset_mapping.txt"
-    mapping.write_text("".join(f"n{i:08d} name {i}\n" for i in range(1000)))
+    # As ImageNet's file has them: torchvision's name among the synonyms (most of them; not all in the real one).
+    rows = [(f"n{i:08d}", f"{name}, synonym {i}" if i % 5 else f"other {i}")
+            for i, name in enumerate(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])]
+    mapping.write_text("".join(f"{folder} {name}\n" for folder, name in rows))
     loaded = import_torchvision(root / "alexnet-owt-test.pth", mapping)
     assert loaded.classes[:2] == ["n00000000", "n00000001"] and loaded.names[0] == "tench"
     assert loaded.metrics == {}  # not the published file, so no published accuracy
+    assert "warning" not in capsys.readouterr().err
+    # The same file sorted by name: every output would get another class's folder.
+    mapping.write_text("".join(f"{folder} {name}\n" for folder, name in sorted(rows, key=lambda row: row[1])))
+    import_torchvision(root / "alexnet-owt-test.pth", mapping)
+    assert "disagrees with the weights' own names at 9" in capsys.readouterr().err
     mapping.write_text("n0 a\n")
     with pytest.raises(UserError, match="names 1 classes; the weights have 1000 outputs"):
         import_torchvision(root / "alexnet-owt-test.pth", mapping)

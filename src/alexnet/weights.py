@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from alexnet import checkpoint
 from alexnet.checkpoint import existing_file
 from alexnet.data.decode import FIXED_SIZE, SMALL
 from alexnet.data.transforms import NORMALIZATIONS, Normalize
-from alexnet.errors import UserError
+from alexnet.errors import UserError, printable
 from alexnet.files import atomic_write
 from alexnet.lrn import LRN_CONVENTIONS
 from alexnet.model import INITS, INPUT_SIZE, VARIANTS, AlexNet, guess_network, is_float, state_mismatch
@@ -263,7 +264,10 @@ def import_torchvision(path: str | Path, classes_file: str | Path | None = None)
                         f"{len(meta['categories'])}")
     model = build_network(state, "owt", num_classes, where=str(path))
     names = list(meta["categories"])
-    classes = _read_classes_file(classes_file, num_classes) if classes_file else names
+    classes = names
+    if classes_file:
+        classes, named = _read_classes_file(classes_file, num_classes)
+        _check_order(classes_file, named, names)
     metrics = {}
     if _sha256(path).startswith(TORCHVISION_SHA256_PREFIX):  # the published file: its published accuracy holds
         acc = meta["_metrics"]["ImageNet-1K"]
@@ -272,15 +276,33 @@ def import_torchvision(path: str | Path, classes_file: str | Path | None = None)
                        f"torchvision AlexNet_Weights.IMAGENET1K_V1 ({path.name})")
 
 
-def _read_classes_file(path: str | Path, count: int) -> list[str]:
+def _read_classes_file(path: str | Path, count: int) -> tuple[list[str], list[str]]:
+    """The folder of each output, and the readable name the file gives it ("" where it gives none)."""
     path = existing_file(path)
-    folders = [line.split()[0] for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
-               if line.strip()]
+    rows = [line.split(maxsplit=1) for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+            if line.strip()]
+    folders = [row[0] for row in rows]
     if len(folders) != count:
         raise UserError(f"{path} names {len(folders)} classes; the weights have {count} outputs")
     if len(set(folders)) != count:
         raise UserError(f"{path} names a class folder twice")
-    return folders
+    return folders, [row[1].strip() if len(row) > 1 else "" for row in rows]
+
+
+def _check_order(path: str | Path, named: list[str], names: list[str]) -> None:
+    """A mapping file in another order than the weights' outputs (sorted by name, say) would give each output
+    another class's folder, and fine-tuning would carry the wrong rows: where the file has readable names,
+    most must list torchvision's name of that output among their synonyms ("tench, Tinca tinca")."""
+    rows = [i for i, name in enumerate(named) if name]
+    if not rows:
+        return
+    differ = [i for i in rows if names[i].lower() not in {w.strip().lower() for w in named[i].split(",")}]
+    if len(differ) > len(rows) / 2:
+        i = differ[0]
+        print(printable(f"warning: {path} disagrees with the weights' own names at {len(differ)} of its "
+                        f"{len(rows)} named classes (output {i}: {names[i]!r}; the file: {named[i]!r}): is it "
+                        f"in the order of the outputs, ImageNet's sorted WordNet ids (LOC_synset_mapping.txt)?"),
+              file=sys.stderr)
 
 
 def _sha256(path: Path) -> str:
