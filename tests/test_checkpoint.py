@@ -329,6 +329,9 @@ def test_a_run_folder_or_another_file_of_the_run_given_as_the_checkpoint_says_wh
     (tmp_path / "cut.pt").write_bytes((tmp_path / "run" / "best.pt").read_bytes()[:4096])
     with pytest.raises(UserError, match=r"cut.pt is not a readable checkpoint \(cut short or damaged"):
         checkpoint.read(tmp_path / "cut.pt")
+    np.savez(tmp_path / "weights.npz", w=np.zeros(3))   # a zip too, and not torch's (miniz: "[enforce fail ...")
+    with pytest.raises(UserError, match=r"weights.npz is not a readable checkpoint \(neither a file torch.save"):
+        checkpoint.read(tmp_path / "weights.npz")
 
 
 @pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),

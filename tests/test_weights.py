@@ -142,6 +142,12 @@ def test_missing_keys_and_a_wrong_class_count_are_named(tmp_path):
                         "std": torch.ones(3)}}, "mean holds NaN"),
     ({"preprocessing": {"crop": 227, "normalization": "channel", "mean": torch.zeros(3),
                         "std": torch.tensor([1.0, 0.0, 1.0])}}, r"std must be positive and finite, got \[1.0, 0.0, 1.0\]"),
+    # A file from elsewhere whose pieces disagree: std taken as 1 trained at a loss of 1.5 million.
+    ({"preprocessing": {"crop": 227, "normalization": "channel", "mean": torch.zeros(3), "std": None}},
+     r"channel normalisation takes a mean and a std per channel; the file has a \(3,\) mean and no std"),
+    ({"preprocessing": {"crop": 227, "normalization": "mean-image", "mean": torch.zeros(3), "std": torch.ones(3)}},
+     r"mean-image normalisation takes a mean image and no std; the file has a \(3,\) mean and a std"),
+    ({"classes": ["cat", "cat"]}, "the class list names 'cat' for more than one output"),
 ])
 def test_broken_meaning_is_refused_clearly(change, message, tmp_path):
     with pytest.raises(UserError, match=message):

@@ -286,11 +286,17 @@ def _check_crcs(path: Path) -> None:
 
 
 def _written_by_torch(path: Path) -> bool:
-    """Starts as torch.save's files do (whole or cut short): a zip, or before PyTorch 1.6 a pickle of
-    protocol 2 or later."""
+    """Starts as torch.save's files do (whole or cut short): a zip holding a pickle, or before PyTorch 1.6 a
+    pickle of protocol 2 or later."""
     with open(path, "rb") as f:
         head = f.read(4)
-    return head[:1] == b"\x80" or head == b"PK\x03\x04"
+    if head != b"PK\x03\x04":
+        return head[:1] == b"\x80"
+    try:   # a whole zip is torch's if it holds a pickle (ARCHIVE/data.pkl); NumPy's .npz and others do not
+        with zipfile.ZipFile(path) as z:
+            return any(name.endswith("/data.pkl") for name in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return True   # cut short: its directory is gone, and it may be torch's
 
 
 def _legacy_pickle_protocol(path: Path) -> int:

@@ -151,6 +151,9 @@ def _assemble(path: Path, state: Any, variant: Any, lrn: Any, classes: Any, name
         raise bad(f"unknown LRN convention {lrn!r} (expected one of {', '.join(LRN_CONVENTIONS)})")
     if not _strings(classes) or not classes or not _strings(names) or len(names) != len(classes):
         raise bad("the class list is missing or malformed (expected one folder name and one readable name per output)")
+    if len(set(classes)) != len(classes):   # two outputs for one folder: which would a label mean?
+        twice = next(c for c in classes if classes.count(c) > 1)
+        raise bad(f"the class list names {printable(twice)!r} for more than one output")
     if isinstance(crop, bool) or not isinstance(crop, int) or not 0 < crop <= FIXED_SIZE:
         raise bad(f"crop {crop!r} is not a size between 1 and {FIXED_SIZE}")
     if not isinstance(metrics, dict) or not all(isinstance(k, str) for k in metrics):
@@ -168,6 +171,11 @@ def _assemble(path: Path, state: Any, variant: Any, lrn: Any, classes: Any, name
         raise bad(f"the normalisation mean must be a (3,) or ({FIXED_SIZE}, {FIXED_SIZE}, 3) tensor")
     if std is not None and (not isinstance(std, torch.Tensor) or tuple(std.shape) != (3,)):
         raise bad("the normalisation std must be a (3,) tensor")
+    image = kind == "mean-image"   # one mean image; the others a mean and a std per channel
+    if tuple(mean.shape) != ((FIXED_SIZE, FIXED_SIZE, 3) if image else (3,)) or (std is None) != image:
+        raise bad(f"{kind} normalisation takes " + ("a mean image and no std" if image else "a mean and a std per "
+                  "channel") + f"; the file has a {tuple(mean.shape)} mean and " + ("no std" if std is None else
+                                                                                    "a std"))
     if not isinstance(state, dict):
         raise bad("the weights are not a state_dict")
     # Numbers a network cannot be used with: they would only print "nan%" and "loss nan" later.
