@@ -154,7 +154,7 @@ def test_late_dropout_is_off_until_its_epoch(data, tmp_path, two_epochs_run):
     # A scheduler's notice to the trainer alone; checkpoints by the clock (every 6 ms here).
     (signal.SIGUSR1, ["--save-every-minutes", "0.0001"], "0")])
 def test_a_signal_mid_epoch_saves_and_resume_matches_an_uninterrupted_run(more_data, tmp_path, signum, save, workers,
-                                                                          one_epoch_in_pairs):
+                                                                          one_epoch_in_pairs, capsys):
     # 16 images in batches of 2: 8 steps an epoch, a checkpoint after every step (or 6 ms).
     run = tmp_path / "b"
     p = cli("train", "--data", str(more_data), "--out", str(run), "--epochs", "1", "--batch-size", "2",
@@ -173,7 +173,7 @@ def test_a_signal_mid_epoch_saves_and_resume_matches_an_uninterrupted_run(more_d
     assert saved["epoch"] == 0 and 1 <= saved["step_in_epoch"] < 8
     # The rest of the epoch without checkpoints after every step (a change a resume may make).
     train(config(more_data, run, epochs=1, batch_size=2), resume=True,
-          given={"save_every": 0, "save_every_minutes": 0.0})
+          given={"save_every": 0, "save_every_minutes": 0.0, "log_every": 1})
     uninterrupted, row = one_epoch_in_pairs
     assert_same_weights(uninterrupted, weights(run / "last.pt"))
     # The epoch's row sums the steps before the stop (carried in last.pt) and after it, as the
@@ -182,6 +182,9 @@ def test_a_signal_mid_epoch_saves_and_resume_matches_an_uninterrupted_run(more_d
     timing = {"images_per_sec", "seconds", "step_seconds", "data_seconds", "eval_seconds"}
     assert {k: v for k, v in resumed.items() if k not in timing} == {k: v for k, v in row.items() if k not in timing}
     assert resumed["seconds"] >= resumed["step_seconds"] + resumed["data_seconds"] > 0
+    # So does the progress line at the epoch's last step (a log read after a requeue shows the epoch's loss).
+    last = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch 1/1 step 8/8:")]
+    assert len(last) == 1 and f"loss {row['train_loss']:.3f}," in last[0], last
 
 
 def test_killing_at_random_moments_never_leaves_an_unreadable_checkpoint(more_data, tmp_path):

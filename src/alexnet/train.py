@@ -725,7 +725,7 @@ def _train(run: _Run) -> dict[str, Any]:
                 run.tally = _Tally()
             tally, first = run.tally, run.step_in_epoch
             tally.started = t0 = time.perf_counter()
-            seen, loss_sum = 0, 0.0   # since this process took the epoch up: its progress line's figures
+            seen = 0   # images since this process took the epoch up: its progress line's rate
             # The rate of the epoch's last step taken (a run stopped after it resumes with none to take).
             lr = run.schedule.lr_at(run.epoch * run.steps + max(run.step_in_epoch - 1, 0))
             bar = tqdm(total=run.steps, initial=run.step_in_epoch, desc=f"epoch {run.epoch + 1}/{config.epochs}",
@@ -753,12 +753,11 @@ def _train(run: _Run) -> dict[str, Any]:
                 run.step_in_epoch += 1
                 summed = loss.item() * run.batch_per_rank   # one read of the loss (a sync on a GPU)
                 seen += len(labels)
-                loss_sum += summed
                 tally.images += len(labels)
                 tally.loss += summed
                 bar.update(1)
                 if run.step_in_epoch % config.log_every == 0:
-                    _progress(run, bar, lr, loss_sum, seen, time.perf_counter() - t0, first)
+                    _progress(run, bar, lr, seen, time.perf_counter() - t0, first)
                 if stopping:
                     bar.close()
                     _stop(run, stop.signal or signal.SIGTERM)  # no signal here: another rank was signalled
@@ -778,11 +777,15 @@ def _train(run: _Run) -> dict[str, Any]:
     return result
 
 
-def _progress(run: _Run, bar: tqdm, lr: float, loss_sum: float, seen: int, seconds: float, first: int) -> None:
+def _progress(run: _Run, bar: tqdm, lr: float, seen: int, seconds: float, first: int) -> None:
     """The progress bar's figures; without a terminal (a cluster job's log), the same as a plain line.
-    Every process calls it: the loss and images are the job's (summed over the processes), not rank 0's."""
-    loss_sum, seen = distributed.all_sum(run.shard, torch.tensor([loss_sum, seen], dtype=torch.float64)).tolist()
-    loss, img_s = loss_sum / max(seen, 1), seen / seconds
+    Every process calls it: the loss and images are the job's (summed over the processes), not rank 0's.
+    The loss is the epoch's so far, as its metrics row will have it, a resumed epoch's too (the tally
+    carries the steps before the stop); the rate is this attempt's (``seen`` in ``seconds``)."""
+    tally = run.tally
+    loss_sum, images, seen = distributed.all_sum(
+        run.shard, torch.tensor([tally.loss, tally.images, seen], dtype=torch.float64)).tolist()
+    loss, img_s = loss_sum / max(images, 1), seen / seconds
     if not bar.disable:
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2g}", img_s=f"{img_s:.0f}")
         return
