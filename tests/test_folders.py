@@ -1,6 +1,7 @@
 """Dataset discovery in the ImageNet layout, layout errors, and bad files that never stop a run."""
 
 import io
+import re
 import shutil
 
 import pytest
@@ -31,7 +32,7 @@ def test_readable_names_from_classes_txt_or_imagenet_mapping(tiny_folders):
     assert discover(root).names == ["house cat", "good dog"]
 
 
-def test_stray_hidden_and_nested_files(tiny_folders):
+def test_stray_hidden_and_nested_files(tiny_folders, capsys):
     root, _ = tiny_folders
     cat = root / "train" / "cat"
     (cat / "README.txt").write_text("not a sample")
@@ -39,8 +40,15 @@ def test_stray_hidden_and_nested_files(tiny_folders):
     (cat / ".hidden.png").write_bytes(b"\0")
     (cat / "sub").mkdir()
     (cat / "000.png").rename(cat / "sub" / "000.PNG")
+    (cat / "001.png").rename(cat / "001.jpe")   # a JPEG by another of its names: an image
+    (cat / "IMG_0001").write_bytes(b"\0")
+    (cat / "IMG_0002.HEIC").write_bytes(b"\0")
     names = [p.relative_to(cat).as_posix() for p, label in discover(root).splits["train"].samples if label == 0]
-    assert names == ["001.png", "002.png", "sub/000.PNG"]
+    assert names == ["001.jpe", "002.png", "sub/000.PNG"]
+    # What is left out for its name is said once a split (hidden files aside): a camera's HEIC, say.
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"note: {root / 'train'} holds 3 other files (.heic 1, .txt 1, no extension 1), " \
+        "left out: not images by their names" in err, err
 
 
 @pytest.mark.parametrize("breakage,message", [
@@ -48,12 +56,14 @@ def test_stray_hidden_and_nested_files(tiny_folders):
     (lambda r: shutil.rmtree(r / "train"), "has no train/ folder"),
     (lambda r: (r / "val" / "cow").mkdir(), "only in train/: none; only in val/: cow"),
     (lambda r: (r / "val" / "dog").rename(r / "val" / "dgo"), "only in train/: dog; only in val/: dgo"),
-    (lambda r: [p.unlink() for p in (r / "train" / "dog").iterdir()], "with no images: train/dog"),
+    (lambda r: [p.unlink() for p in (r / "train" / "dog").iterdir()], "with no images: train/dog; images end in"),
+    (lambda r: [p.rename(p.with_suffix(".heic")) for p in (r / "val" / "dog").iterdir()],
+     "with no images: val/dog (holds 3 other files (.heic 3)); images end in .avif, .bmp"),
 ])
 def test_layout_problems_are_clear_user_errors(tiny_folders, breakage, message):
     root, _ = tiny_folders
     breakage(root)
-    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+    with pytest.raises(UserError, match=re.escape(message)):
         discover(root)
 
 

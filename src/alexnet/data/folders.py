@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +23,12 @@ from alexnet.data.imageset import SPLITS, Batch, DataSource, ImageSet, Split, la
 from alexnet.data.samples import take
 from alexnet.errors import UserError, printable
 
-# torchvision's ImageFolder extensions, plus .gif and .jfif; anything else in a class folder (a README,
-# .DS_Store, a thumbnail database) is not a sample. Matching ignores case: ImageNet's files end in .JPEG.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".ppm", ".pgm", ".pbm", ".bmp",
-                              ".tif", ".tiff", ".webp", ".gif"})
+# torchvision's ImageFolder extensions, plus what PIL also reads of photos (.gif, .jfif, .jpe, .mpo: a
+# phone's multi-picture JPEG, .avif, .pnm); anything else in a class folder (a README, a thumbnail
+# database, .heic that PIL cannot read) is not a sample, and is counted and named as left out (discover).
+# Matching ignores case: ImageNet's files end in .JPEG.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".mpo", ".png", ".ppm", ".pgm", ".pbm", ".pnm",
+                              ".bmp", ".tif", ".tiff", ".webp", ".gif", ".avif"})
 CLASS_NAME_FILES = ("classes.txt", "LOC_synset_mapping.txt")
 
 
@@ -67,16 +70,30 @@ def discover(data: str | Path, splits: tuple[str, ...] = SPLITS) -> ImageFolders
 
     result = ImageFolders(root=root, classes=classes, names=read_class_names(root, classes))
     for split in splits:
-        samples, empty = [], []
+        samples, empty, others = [], [], Counter()
         for label, cls in enumerate(classes):
-            files = image_files(root / split / cls, split=root / split)
+            theirs: Counter = Counter()
+            files = image_files(root / split / cls, split=root / split, left_out=theirs)
             if not files:
-                empty.append(f"{split}/{cls}")
+                empty.append(f"{split}/{cls}" + (f" (holds {_kinds(theirs)})" if theirs else ""))
             samples += [(f, label) for f in files]
+            others += theirs
         if empty:
-            raise UserError(f"{root}: class folder{'s' if len(empty) > 1 else ''} with no images: {_few(empty)}")
+            raise UserError(printable(f"{root}: class folder{'s' if len(empty) > 1 else ''} with no images: "
+                                      f"{_few(empty)}; images end in {', '.join(sorted(IMAGE_EXTENSIONS))}"))
+        if others and os.environ.get("LOCAL_RANK", "0") == "0":   # once a machine, under torchrun
+            print(printable(f"note: {root / split} holds {_kinds(others)}, left out: not images by their names "
+                            f"(images end in {', '.join(sorted(IMAGE_EXTENSIONS))}, in any case)"), file=sys.stderr)
         result.splits[split] = Split(root=root / split, classes=classes, samples=samples)
     return result
+
+
+def _kinds(files: Counter) -> str:
+    """"3 other files (.heic 2, no extension 1)"."""
+    n = sum(files.values())
+    kinds = ", ".join(f"{ext or 'no extension'} {count}" for ext, count in files.most_common(5))
+    more = ", ..." if len(files) > 5 else ""
+    return f"{n:,} other file{'s' * (n != 1)} ({kinds}{more})"
 
 
 def open_folders(data: str | Path, splits: tuple[str, ...] = SPLITS) -> DataSource:
@@ -86,13 +103,14 @@ def open_folders(data: str | Path, splits: tuple[str, ...] = SPLITS) -> DataSour
     return DataSource(folders.root, "folders", folders.classes, folders.names, sets)
 
 
-def image_files(folder: Path, split: Path | None = None) -> list[Path]:
+def image_files(folder: Path, split: Path | None = None, left_out: Counter | None = None) -> list[Path]:
     """Image files in ``folder`` and its subfolders (symlinks followed, as ImageFolder does), sorted.
 
     Hidden files and folders (.DS_Store, .ipynb_checkpoints) are not samples. A linked folder is followed
     unless it leads back to a folder already read or above ``folder`` (``ln -s . loop``, ``ln -s .. up``:
     a loop would multiply the samples), or into another class of ``split`` (its images are that class's),
-    so each image of the split is one sample of one class; links to images kept elsewhere are followed."""
+    so each image of the split is one sample of one class; links to images kept elsewhere are followed.
+    ``left_out`` counts the files left out for their extension (lower case; "" for none), hidden ones aside."""
     top = os.path.realpath(folder)
     others = os.path.realpath(split) if split is not None else None
 
@@ -107,8 +125,14 @@ def image_files(folder: Path, split: Path | None = None) -> list[Path]:
         seen.add(os.path.realpath(dirpath))
         dirnames[:] = [d for d in dirnames if not d.startswith(".")
                        and followed(os.path.realpath(os.path.join(dirpath, d)))]
-        found += [Path(dirpath, f) for f in filenames
-                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+        for f in filenames:
+            if f.startswith("."):
+                continue
+            ext = os.path.splitext(f)[1].lower()
+            if ext in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath, f))
+            elif left_out is not None:
+                left_out[ext] += 1
     return sorted(found)
 
 
