@@ -194,21 +194,7 @@ def _run_prepare(args) -> int:
                        for name, s in meta["splits"].items())
     store = f" (jpeg store, quality {meta['quality']})" if meta["store"] == "jpeg" else ""
     print(f"{args.out}{store}: {counts}; use --data {shlex.quote(str(args.out))}")
-    _say_empty_classes(args.out)
     return 0
-
-
-def _say_empty_classes(out: Path) -> None:
-    """A class whose training files were all left out: the store is made, and train will refuse it."""
-    from alexnet.data.prepared import open_prepared
-
-    images = open_prepared(out, ("train",)).splits["train"]
-    labels = {label for _, label in images.split.samples}
-    empty = [c for label, c in enumerate(images.classes) if label not in labels]
-    if empty:
-        print(printable(f"warning: no training image of {', '.join(empty)} could be read: alexnet train refuses "
-                        f"the store until {'each has' if len(empty) > 1 else 'it has'} images (prepare again "
-                        f"after replacing the files, or removing the class)"), file=sys.stderr)
 
 
 def _add_bench(sub) -> None:

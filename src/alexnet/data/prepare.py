@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import zlib
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from alexnet.data.jpeg import QUALITY, JpegBatch, checksum
 from alexnet.data.prepared import FORMATS, MARKER, PARTIAL, STATS, is_prepared, marker_checksum, prepared_split
 from alexnet.data.sources import kind_of, open_data
 from alexnet.data.stats import load_or_compute_stats
-from alexnet.errors import UserError
+from alexnet.errors import UserError, printable
 from alexnet.files import FolderLock, atomic_write
 from alexnet.progress import progress_bar
 
@@ -84,7 +85,19 @@ def _prepare(source: DataSource, out: Path, workers: int, shard_size: int, progr
     meta["splits"] = splits
     meta["crc32"] = marker_checksum(meta)
     atomic_write(out / MARKER, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
+    _say_empty_classes(train)
     return meta
+
+
+def _say_empty_classes(train: ImageSet) -> None:
+    """A class whose training files were all left out as unreadable: the store is made (the other classes'
+    work is kept), and train refuses it until that class has images."""
+    labels = {label for _, label in train.split.samples}
+    empty = [c for label, c in enumerate(train.classes) if label not in labels]
+    if empty:
+        print(printable(f"warning: no training image of {', '.join(empty)} could be read: alexnet train refuses "
+                        f"the store until {'each has' if len(empty) > 1 else 'it has'} images (prepare again "
+                        f"after replacing the files, or removing the class)"), file=sys.stderr)
 
 
 def _check_outside(out: Path, source: DataSource) -> None:
