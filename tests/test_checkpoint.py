@@ -355,3 +355,11 @@ def test_a_full_disk_is_one_line_and_the_previous_checkpoint_stays(failure, tmp_
                                         r"4 MB, 2 MB are free\); the previous file is unchanged"):
         ckpt_module.save(path, {"model": {"w": torch.zeros(1_000_000)}})
     assert path.read_bytes() == b"the previous checkpoint" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+@pytest.mark.parametrize("values", [[1.0, 2.0], [1.0, float("nan")], [float("inf"), -float("inf")], [3e38, 3e38],
+                                    [3e38, float("inf")], [], [-3e38, -3e38, float("nan")]])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_all_finite_is_the_element_wise_check(values, dtype):
+    t = torch.tensor(values, dtype=torch.float32).to(dtype)   # 3e38 overflows to inf in float16
+    assert checkpoint.all_finite(t) == bool(torch.isfinite(t).all())

@@ -15,7 +15,7 @@ from alexnet.config import resolve
 from alexnet.errors import UserError
 from alexnet.parallel import exchange_bytes
 from alexnet.train import train
-from conftest import assert_same_run, write_image_folders
+from conftest import assert_close_in_parts, assert_same_run, write_image_folders
 
 pytestmark = pytest.mark.processes
 
@@ -67,7 +67,7 @@ def _worker(out: Path) -> None:
     report["bytes"] = parallel.TRAFFIC.total
     full_grads = dict(full.named_parameters())
     for name, p in tower.named_parameters():
-        torch.testing.assert_close(p.grad, rows(full_grads[name].grad), rtol=1e-10, atol=1e-12, msg=name)
+        assert_close_in_parts(p.grad, rows(full_grads[name].grad), rtol=1e-10, atol=1e-12, msg=name)
     report["grads"] = len(list(tower.parameters()))
     del full, tower, full_grads, p
 
@@ -101,13 +101,13 @@ def _worker(out: Path) -> None:
     state, tower_state = full.state_dict(), tower.state_dict()   # the tower's: both halves gathered
     assert list(tower_state) == list(state)
     for k in state:
-        torch.testing.assert_close(tower_state[k], state[k], **close, msg=k)
+        assert_close_in_parts(tower_state[k], state[k], **close, msg=k)
     saved_full, saved_tower = opt_full.state_dict(), opt_tower.state_dict()
     assert saved_tower["param_groups"] == saved_full["param_groups"]
     assert saved_tower["state"].keys() == saved_full["state"].keys()
     for i, s in saved_full["state"].items():
-        torch.testing.assert_close(saved_tower["state"][i]["momentum_buffer"], s["momentum_buffer"], **close,
-                                   msg=f"momentum of parameter {i}")
+        assert_close_in_parts(saved_tower["state"][i]["momentum_buffer"], s["momentum_buffer"], **close,
+                              msg=f"momentum of parameter {i}")
     # Gathered for one writer (train.py's checkpoints): rank 0 gets exactly what both got above, its partner
     # keeps its own rows and receives nothing; after, both gather again.
     with tower.gathered_on(0):
@@ -145,8 +145,8 @@ def _worker(out: Path) -> None:
         opt.step()
     state, state2, tower_state2 = full.state_dict(), full2.state_dict(), tower2.state_dict()
     for k in state:
-        torch.testing.assert_close(tower_state2[k], state[k], **close, msg=k)
-        torch.testing.assert_close(state2[k], state[k], **close, msg=k)
+        assert_close_in_parts(tower_state2[k], state[k], **close, msg=k)
+        assert_close_in_parts(state2[k], state[k], **close, msg=k)
     report["checkpoints"] = "both ways"
     if rank == 0:
         (out / "report.json").write_text(json.dumps(report))

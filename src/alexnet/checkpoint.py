@@ -377,9 +377,17 @@ def _classes(ckpt: dict, path: str | Path) -> tuple[list[str], list[str]]:
     return classes, names
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN or infinity in ``t``. A NaN or an infinity makes the sum one, so a finite sum settles it
+    without the element-wise check, whose temporaries as large as the tensor (the paper network's fc6:
+    151 MB in float32, fresh pages each time) made it 215 ms for the 61M weights against 10 ms (2-core
+    Xeon); a sum that overflows is checked element by element."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def _tensor(value: Any, shapes: tuple[tuple[int, ...], ...]) -> bool:
     return isinstance(value, torch.Tensor) and value.is_floating_point() and tuple(value.shape) in shapes \
-        and bool(torch.isfinite(value).all())
+        and all_finite(value)
 
 
 def _preprocessing(ckpt: dict, path: str | Path) -> Preprocessing:

@@ -418,7 +418,7 @@ class _Run:
         with gathered:
             weights = self.model.state_dict()
             optimizer = self.step.optimizer.state_dict() if full else None
-        finite = all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+        finite = all(checkpoint.all_finite(t) for t in weights.values() if t.is_floating_point())
         if not distributed.everywhere(self.dist, finite):
             self.diverged(f"the weights became non-finite at epoch {self.epoch + 1}, step {self.step_in_epoch}")
         if full:

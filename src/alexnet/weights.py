@@ -215,7 +215,7 @@ def build_network(state: dict[str, Any], variant: str, num_classes: int, lrn: st
         raise UserError(f"{where}: the weights do not fit the {variant} network with {num_classes} classes "
                         f"({problem}){hint}")
     bad = next((k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
-                and v.layout == torch.strided and v.device.type != "meta" and not torch.isfinite(v).all()), None)
+                and v.layout == torch.strided and v.device.type != "meta" and not checkpoint.all_finite(v)), None)
     if bad is not None:
         raise UserError(f"{where}: the weights hold NaN or infinite values ({bad}): a diverged run's weights?")
     model.load_state_dict({k: v.float().contiguous() for k, v in state.items()}, assign=True)
