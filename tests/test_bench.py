@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from alexnet.bench import run
 from alexnet.model import AlexNet
@@ -139,6 +140,18 @@ def test_gpu_script_gives_every_figure_in_one_call_at_toy_size(tmp_path):
 def test_gpu_refuses_bad_batch_lists_in_one_line():
     r = cli("bench", "gpu", "--batches", "128,x")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "positive integers" in r.stderr
+
+
+def test_gpu_says_where_there_is_none_and_never_writes_over_another_file(tmp_path):
+    from conftest import run_main
+
+    if not torch.cuda.is_available():   # minutes of CPU load under a GPU's name: asked for by name only
+        r = run_main("bench", "gpu", "--steps", "1")
+        assert r.returncode == 2 and "PyTorch sees none; add --device cpu" in r.stderr, r.stderr
+    (tmp_path / "best.pt").write_bytes(b"PK\x03\x04 a checkpoint")
+    r = run_main("bench", "gpu", "--device", "cpu", "--out", tmp_path / "best.pt")
+    assert r.returncode == 2 and "exists and is not a bench gpu report" in r.stderr, r.stderr
+    assert (tmp_path / "best.pt").read_bytes() == b"PK\x03\x04 a checkpoint"
 
 
 def test_the_step_parts_study_takes_away_exactly_the_part_it_names():

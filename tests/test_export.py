@@ -40,6 +40,28 @@ def test_an_export_over_its_own_input_is_refused_and_last_pt_claims_no_accuracy(
     assert load_model(best).metrics == {"val_top1": 0.75, "epoch": 3}
 
 
+def test_an_export_replaces_an_earlier_export_and_never_another_file(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "best.pt")
+    other = make_checkpoint(tmp_path / "other.pt", seed=1)
+    (tmp_path / "config.yaml").write_text("epochs: 90\n")
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")   # as torch.onnx's files begin
+    for out, fmt in ((other, "safetensors"), (tmp_path / "config.yaml", "onnx"), (tmp_path / "m.onnx", "safetensors")):
+        before = out.read_bytes()
+        r = run_main("export", "--checkpoint", ckpt, "--out", out, "--format", fmt)
+        assert r.returncode == 2 and "exists and is not" in r.stderr and out.read_bytes() == before, r.stderr
+    for _ in range(2):   # the second replaces the first's file
+        assert run_main("export", "--checkpoint", ckpt, "--out", tmp_path / "w.safetensors").returncode == 0
+    # torchvision's weights too: a dataset's classes.txt given as --out by a slip stays as it was
+    torch.save(AlexNet("owt", num_classes=1000).state_dict(), tmp_path / "tv.pth")
+    r = run_main("import-torchvision", "--weights", tmp_path / "tv.pth", "--out", tmp_path / "config.yaml")
+    assert r.returncode == 2 and (tmp_path / "config.yaml").read_text() == "epochs: 90\n", r.stderr
+    r = run_main("import-torchvision", "--weights", tmp_path / "tv.pth", "--out", tmp_path / "w.safetensors",
+                 "--classes", tmp_path)
+    assert r.returncode == 2 and "--classes takes a text file" in r.stderr, r.stderr
+    r = run_main("export", "--checkpoint", ckpt, "--out", "")   # an unset variable: not the current folder
+    assert r.returncode == 2 and "is empty" in r.stderr, r.stderr
+
+
 def test_export_needs_a_format_it_knows(tmp_path, capsys):
     ckpt = tmp_path / "best.pt"
     ckpt.write_bytes(b"")  # the format is checked before the file is read

@@ -49,8 +49,8 @@ def test_ninety_epochs_of_imagenet():
     r = plan(Setup(gpus=8, link_gbps=400, batch=1024))
     assert r["run_seconds"] == pytest.approx(90 * IMAGENET_TRAIN_IMAGES / (1024 / r["seconds"]["step"]))
     assert run_seconds(2.0, 100, epochs=3, images=1000) == pytest.approx(3 * 1000 / 50)
-    shorter = plan(Setup(gpus=8, link_gbps=400, batch=1024, epochs=45, images=1000))
-    assert shorter["run_seconds"] == pytest.approx(45 * 1000 * r["seconds"]["step"] / 1024)
+    shorter = plan(Setup(gpus=8, link_gbps=400, batch=1024, epochs=45, images=5000))
+    assert shorter["run_seconds"] == pytest.approx(45 * 5000 * r["seconds"]["step"] / 1024)
 
 
 def test_towers_exchange_what_parallel_counts():
@@ -130,6 +130,7 @@ def test_no_batch_when_the_exchanges_outgrow_the_compute():
     (Setup(gpus=8, link_gbps=1e-20), "--link-gbps must be from 0.001 to 1e\\+06, got 1e-20"),
     (Setup(gpus=8, link_gbps=100, per_gpu_img_s=1e308), "--per-gpu-img-s must be from"),
     (Setup(gpus=8, link_gbps=100, latency_us=1e308), "--latency-us must be from"),
+    (Setup(gpus=8, link_gbps=400, batch=2048, images=100), "a global batch of 2,048 images is more than an epoch's 100"),
 ])
 def test_the_library_refuses_impossible_setups(setup, fragment):
     with pytest.raises(UserError, match=fragment):

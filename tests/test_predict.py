@@ -228,6 +228,13 @@ def test_a_classes_file_names_the_class_folders(torchvision_model, tmp_path, cap
         import_torchvision(root / "alexnet-owt-test.pth", mapping)
 
 
+def test_an_empty_image_argument_is_refused_not_read_as_the_current_folder(fixed_outputs, tmp_path, monkeypatch):
+    ckpt, images = fixed_outputs
+    monkeypatch.chdir(images)   # a folder of images, which "" must not stand for
+    r = run_main("predict", "--checkpoint", ckpt, images / "broken.jpg", "")
+    assert r.returncode == 2 and r.stdout == "" and "is empty (an unset shell variable?)" in r.stderr, r.stderr
+
+
 def test_urls_are_not_fetched_and_control_characters_are_not_printed_raw(fixed_outputs, tmp_path):
     ckpt, images = fixed_outputs
     model = AlexNet("owt", num_classes=4)

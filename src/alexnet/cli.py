@@ -69,8 +69,19 @@ def _scales(args):
     return SCALES if args.scales is None else args.scales
 
 
+def nonempty(text: str) -> str:
+    """A path as given; an empty one (an unset shell variable) is refused, not read as the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty (an unset shell variable?); give a path")
+    return text
+
+
+def path_arg(text: str) -> Path:
+    return Path(nonempty(text)).expanduser()
+
+
 def existing_path(text: str) -> Path:
-    path = Path(text).expanduser()
+    path = path_arg(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text} does not exist")
     return path
@@ -139,7 +150,7 @@ def _add_demo_data(sub) -> None:
     p = sub.add_parser("demo-data", help="write the bundled demo set (generated images, no download)",
                        description="Write the bundled demo set as DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg "
                                    "(plus DIR/classes.txt): the same bytes for the same seed.")
-    p.add_argument("--out", required=True, type=Path, help="folder to write (must be empty or a demo set)")
+    p.add_argument("--out", required=True, type=path_arg, help="folder to write (must be empty or a demo set)")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
     p.set_defaults(run=_run_demo_data)
 
@@ -163,7 +174,7 @@ def _add_prepare(sub) -> None:
                                    "instead: about 11x smaller (ImageNet's training set in about 23 GB instead "
                                    "of 252 GB), decoded again in the loader's workers, or on the GPU.")
     p.add_argument("--data", required=True, type=existing_path, help="DATA with train/<class>/* and val/<class>/*")
-    p.add_argument("--out", required=True, type=Path, help="PREP folder to write (new, or an unfinished PREP)")
+    p.add_argument("--out", required=True, type=path_arg, help="PREP folder to write (new, or an unfinished PREP)")
     p.add_argument("--workers", type=_non_negative_int, default=None,
                    help="decoding processes (default: the CPU count, at most 8)")
     p.add_argument("--store", choices=("raw", "jpeg"), default="raw",
@@ -223,7 +234,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per benchmark")
     p.add_argument("--batches", type=_batch_list, default=(128, 256, 512), metavar="B,B,...",
                    help="gpu: the training batch sizes (default: 128,256,512)")
-    p.add_argument("--out", type=Path, default=Path("bench-gpu.json"),
+    p.add_argument("--out", type=path_arg, default=Path("bench-gpu.json"),
                    help="gpu: the JSON file, written after each section (default: bench-gpu.json)")
     p.add_argument("--sections", type=_section_list, default=None, metavar="S,S,...",
                    help="gpu: only these of train, lrn, infer, data (default: all)")
@@ -546,7 +557,7 @@ def _add_predict(sub) -> None:
                                    "and the exit status is 1 (2 when none can be read).",
                        epilog="example:  alexnet predict --checkpoint runs/demo/best.pt photo.jpg photos/ --topk 3")
     _add_checkpoint(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of them")
+    p.add_argument("images", nargs="+", type=nonempty, metavar="IMAGE_OR_DIR", help="image files or folders of them")
     p.add_argument("--topk", type=positive_int, default=5, help="classes per image (default: 5)")
     _add_views(p)
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
@@ -608,7 +619,7 @@ def _add_export(sub) -> None:
     _add_checkpoint(p)
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="file format (default: from the suffix of --out)")
-    p.add_argument("--out", required=True, type=Path, help="file to write")
+    p.add_argument("--out", required=True, type=path_arg, help="file to write")
     p.add_argument("--image-input", action="store_true",
                    help="onnx only: take uint8 RGB images (N, 256, 256, 3), NHWC, already resized so the shorter "
                         "side is 256 (bilinear) and centre-cropped to 256x256; the graph does the rest of "
@@ -619,10 +630,16 @@ def _add_export(sub) -> None:
 
 def _run_export(args) -> int:
     from alexnet.export import FORMATS, export
+    from alexnet.files import head, replaceable
+    from alexnet.weights import is_weights_file
 
     fmt = args.format or args.out.suffix.lstrip(".").lower()
     if fmt not in FORMATS:
         raise UserError(f"cannot tell the format from {args.out}; add --format {' or --format '.join(FORMATS)}")
+    # An earlier export of the same format may be replaced; ONNX files from torch.onnx name "pytorch" as
+    # their producer in their first bytes.
+    replaceable(args.out, is_weights_file if fmt == "safetensors" else lambda p: b"pytorch" in head(p, 64),
+                f"{fmt} weights" if fmt == "safetensors" else "an ONNX network")
     loaded = export(args.checkpoint, fmt, args.out, image_input=args.image_input)
     side = loaded.crop
     what = (f"uint8 256x256x3 image input, centre {side}x{side} crop and {loaded.normalization} normalization "
@@ -640,7 +657,7 @@ def _add_import_torchvision(sub) -> None:
                               "alexnet-owt-7be5be79.pth --out alexnet-imagenet.safetensors "
                               "--classes /imagenet/LOC_synset_mapping.txt")
     p.add_argument("--weights", required=True, type=existing_path, help="torchvision's alexnet state_dict (.pth)")
-    p.add_argument("--out", required=True, type=Path, help="safetensors file to write")
+    p.add_argument("--out", required=True, type=path_arg, help="safetensors file to write")
     p.add_argument("--classes", type=existing_path, default=None,
                    help="'<folder> <name>' per line in output order (ImageNet's LOC_synset_mapping.txt), so that "
                         "evaluate can match an ImageNet val/ tree of WordNet-id folders (default: the names)")
@@ -648,8 +665,10 @@ def _add_import_torchvision(sub) -> None:
 
 
 def _run_import_torchvision(args) -> int:
-    from alexnet.weights import import_torchvision, save_weights
+    from alexnet.files import replaceable
+    from alexnet.weights import import_torchvision, is_weights_file, save_weights
 
+    replaceable(args.out, is_weights_file, "safetensors weights")
     loaded = import_torchvision(args.weights, args.classes)
     save_weights(loaded, args.out)
     print(f"{args.out}: owt network, {len(loaded.classes)} classes, 224x224 input, imagenet normalization")
@@ -676,8 +695,8 @@ def _add_viz(sub) -> None:
                             description="Training and validation loss, and validation top-1 and top-5 error, "
                                         "against epoch from RUN/metrics.jsonl; dotted lines mark where the learning "
                                         "rate was divided. Several runs are overlaid, one colour each.")
-    c.add_argument("--run", dest="runs", required=True, nargs="+", type=Path, metavar="RUN", help="run folder(s) of alexnet train")
-    c.add_argument("--out", type=Path, default=None, help="PNG to write (default: RUN/curves.png of the first run)")
+    c.add_argument("--run", dest="runs", required=True, nargs="+", type=path_arg, metavar="RUN", help="run folder(s) of alexnet train")
+    c.add_argument("--out", type=path_arg, default=None, help="PNG to write (default: RUN/curves.png of the first run)")
     c.set_defaults(run=_run_viz_curves)
 
     f = pictures.add_parser("filters", help="the conv1 kernels as colour tiles, tower 1 above tower 2 (paper Fig. 3)",
@@ -685,7 +704,7 @@ def _add_viz(sub) -> None:
                                         "the paper network the 48 kernels of tower 1 fill the top rows and tower 2's "
                                         "the bottom rows, as in the paper's Figure 3.")
     _add_checkpoint(f)
-    f.add_argument("--out", type=Path, default=None, help="PNG to write (default: filters.png beside the checkpoint)")
+    f.add_argument("--out", type=path_arg, default=None, help="PNG to write (default: filters.png beside the checkpoint)")
     f.set_defaults(run=_run_viz_filters)
 
     r = pictures.add_parser("predictions", help="images with their top-5 classes as bars (paper Fig. 4, left)",
@@ -695,7 +714,7 @@ def _add_viz(sub) -> None:
                                         "an error line on stderr, the others are still drawn, and the exit status "
                                         "is 1 (2 when none can be read).")
     _add_checkpoint(r)
-    r.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of them")
+    r.add_argument("images", nargs="+", type=nonempty, metavar="IMAGE_OR_DIR", help="image files or folders of them")
     r.add_argument("--topk", type=positive_int, default=5, help="classes per image (default: 5)")
     _add_views(r)   # as predict's, so that the bars are the probabilities predict prints
     r.add_argument("--max-images", type=positive_int, default=16, help="draw at most this many images (default: 16)")
@@ -703,7 +722,7 @@ def _add_viz(sub) -> None:
                    help="auto: CUDA when present, else CPU")
     r.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default), or autocast to bf16/fp16; auto: bf16 where the hardware has it")
-    r.add_argument("--out", type=Path, default=None,
+    r.add_argument("--out", type=path_arg, default=None,
                    help="PNG to write (default: predictions.png beside the checkpoint)")
     r.set_defaults(run=_run_viz_predictions)
 
@@ -718,7 +737,7 @@ def _add_viz(sub) -> None:
     n.add_argument("--k", type=positive_int, default=6, help="neighbours per query (default: 6)")
     # A picture, not a measurement: bf16 where the hardware has it halves the time on this CPU.
     _add_feature_options(n, DEFAULT_LAYER, precision="auto")
-    n.add_argument("--out", type=Path, default=None, help="PNG to write (default: neighbors.png beside the checkpoint)")
+    n.add_argument("--out", type=path_arg, default=None, help="PNG to write (default: neighbors.png beside the checkpoint)")
     n.set_defaults(run=_run_viz_neighbors)
 
     s = pictures.add_parser("scoremap", help="where in each image the network sees its class: the score map over it",
@@ -730,13 +749,13 @@ def _add_viz(sub) -> None:
                                         "file gets an error line on stderr, the others are still drawn, and the "
                                         "exit status is 1 (2 when none can be read).")
     _add_checkpoint(s)
-    s.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of them")
+    s.add_argument("images", nargs="+", type=nonempty, metavar="IMAGE_OR_DIR", help="image files or folders of them")
     s.add_argument("--scale", type=positive_int, default=384,
                    help="the image's shorter side in pixels, at least the network's input (default: 384)")
     s.add_argument("--max-images", type=positive_int, default=16, help="draw at most this many images (default: 16)")
     s.add_argument("--device", type=device_name, default="auto", metavar=DEVICE_METAVAR,
                    help="auto: CUDA when present, else CPU")
-    s.add_argument("--out", type=Path, default=None,
+    s.add_argument("--out", type=path_arg, default=None,
                    help="PNG to write (default: scoremap.png beside the checkpoint)")
     s.set_defaults(run=_run_viz_scoremap)
 
@@ -865,7 +884,7 @@ def _add_features(sub) -> None:
     _add_checkpoint(p)
     p.add_argument("--data", required=True, type=existing_path, help="dataset folder holding <split>/<class>/<images>")
     p.add_argument("--split", default="val", help="which split folder (default: val)")
-    p.add_argument("--out", required=True, type=Path, help=".npz file to write")
+    p.add_argument("--out", required=True, type=path_arg, help=".npz file to write")
     _add_feature_options(p, DEFAULT_LAYER)
     p.set_defaults(run=_run_features)
 

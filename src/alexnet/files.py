@@ -10,6 +10,31 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def replaceable(path: str | Path, ours: Callable[[Path], bool], what: str) -> Path:
+    """``path`` if a command may write ``what`` there: free, or holding ``what`` written before (``ours``
+    says). A checkpoint, a run's config.yaml, a dataset's classes.txt, any other file given as --out by a slip,
+    is refused in one line, before the work, and never replaced."""
+    from alexnet.errors import UserError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a file name for the {what}")
+    if path.exists():
+        try:
+            mine = ours(path)
+        except (OSError, ValueError):
+            mine = False
+        if not mine:
+            raise UserError(f"{path} exists and is not {what} written before; remove it or choose another --out")
+    return path
+
+
+def head(path: Path, size: int = 4096) -> bytes:
+    """The first ``size`` bytes of ``path``: enough to tell what wrote it."""
+    with open(path, "rb") as f:
+        return f.read(size)
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp)`` on a temporary file in ``path``'s folder, then rename it over ``path``.
 

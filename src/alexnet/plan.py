@@ -225,6 +225,9 @@ def check(setup: Setup) -> None:
         over = _count(setup.replicas, "tower pair" if setup.towers else "GPU")
         raise UserError(f"--batch {setup.global_batch} does not split evenly over {over}; use a multiple "
                         f"of {setup.replicas}")
+    if setup.global_batch > setup.images:   # no full step in an epoch: its times would mean nothing
+        raise UserError(f"a global batch of {setup.global_batch:,} images is more than an epoch's {setup.images:,} "
+                        f"(--images): fewer GPUs or a smaller --batch")
 
 
 def plan(setup: Setup) -> dict:

@@ -33,7 +33,7 @@ from alexnet.checkpoint import existing_file
 from alexnet.data.decode import FIXED_SIZE, SMALL
 from alexnet.data.transforms import NORMALIZATIONS, Normalize
 from alexnet.errors import UserError, printable
-from alexnet.files import atomic_write
+from alexnet.files import atomic_write, head
 from alexnet.lrn import LRN_CONVENTIONS
 from alexnet.model import INITS, INPUT_SIZE, VARIANTS, AlexNet, guess_network, is_float, state_mismatch
 
@@ -241,6 +241,16 @@ def save_weights(loaded: LoadedModel, path: str | Path) -> None:
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
+def is_weights_file(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file this project wrote (save_weights): its header names the format."""
+    raw = head(path, 8)
+    size = int.from_bytes(raw, "little") if len(raw) == 8 else 0
+    if not 0 < size < 100 * 2**20:
+        return False
+    header = json.loads(head(path, 8 + size)[8:])
+    return isinstance(header, dict) and (header.get("__metadata__") or {}).get("format") == FORMAT
+
+
 def preprocessing_description(loaded: LoadedModel) -> dict[str, Any]:
     """What a user of the weights must do to an image, in words and numbers (the tensors travel apart)."""
     return {"resize": FIXED_SIZE, "small": loaded.small, "crop": loaded.crop, "normalization": loaded.normalization,
@@ -286,6 +296,8 @@ def import_torchvision(path: str | Path, classes_file: str | Path | None = None)
 
 def _read_classes_file(path: str | Path, count: int) -> tuple[list[str], list[str]]:
     """The folder of each output, and the readable name the file gives it ("" where it gives none)."""
+    if Path(path).is_dir():
+        raise UserError(f"{path} is a folder; --classes takes a text file, '<folder> <name>' per line in output order")
     path = existing_file(path)
     rows = [line.split(maxsplit=1) for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
             if line.strip()]

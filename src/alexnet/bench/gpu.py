@@ -42,6 +42,8 @@ from alexnet.data.sources import open_split
 from alexnet.data.stats import DataStats
 from alexnet.data.transforms import Draws, Normalize, PCANoise, train_views
 from alexnet.device import pick_device
+from alexnet.errors import UserError
+from alexnet.files import head, replaceable
 from alexnet.machine import describe
 from alexnet.model import INPUT_SIZE, AlexNet
 from alexnet.summary import summarize
@@ -54,6 +56,11 @@ def bench_gpu(device: str = "auto", batches: tuple[int, ...] = BATCHES, steps: i
               workers: int | None = None, out: str | Path | None = None, compile_backend: str = "inductor",
               matmul_size: int | None = None, sections: tuple[str, ...] = SECTIONS) -> dict:
     dev = pick_device(device)
+    if device == "auto" and dev.type != "cuda":
+        raise UserError("bench gpu measures a GPU, and PyTorch sees none; add --device cpu to run it on this CPU "
+                        "(minutes at its default batches)")
+    if out is not None:   # a report of an earlier run may be replaced; a checkpoint given by a slip may not
+        replaceable(out, lambda p: head(p, 40).startswith(b'{\n "benchmark": "gpu"'), "a bench gpu report")
     # Large enough to reach a GPU's peak; a CPU reaches its own at 1024.
     matmul_size = matmul_size or (8192 if dev.type == "cuda" else 1024)
     if dev.type == "cuda":
