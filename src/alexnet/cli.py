@@ -639,7 +639,7 @@ def _run_export(args) -> int:
     # An earlier export of the same format may be replaced; ONNX files from torch.onnx name "pytorch" as
     # their producer in their first bytes.
     replaceable(args.out, is_weights_file if fmt == "safetensors" else lambda p: b"pytorch" in head(p, 64),
-                f"{fmt} weights" if fmt == "safetensors" else "an ONNX network")
+                "weights this project exported" if fmt == "safetensors" else "an ONNX network from torch.onnx")
     loaded = export(args.checkpoint, fmt, args.out, image_input=args.image_input)
     side = loaded.crop
     what = (f"uint8 256x256x3 image input, centre {side}x{side} crop and {loaded.normalization} normalization "
@@ -668,7 +668,7 @@ def _run_import_torchvision(args) -> int:
     from alexnet.files import replaceable
     from alexnet.weights import import_torchvision, is_weights_file, save_weights
 
-    replaceable(args.out, is_weights_file, "safetensors weights")
+    replaceable(args.out, is_weights_file, "weights this project exported")
     loaded = import_torchvision(args.weights, args.classes)
     save_weights(loaded, args.out)
     print(f"{args.out}: owt network, {len(loaded.classes)} classes, 224x224 input, imagenet normalization")

@@ -11,21 +11,21 @@ from pathlib import Path
 
 
 def replaceable(path: str | Path, ours: Callable[[Path], bool], what: str) -> Path:
-    """``path`` if a command may write ``what`` there: free, or holding ``what`` written before (``ours``
-    says). A checkpoint, a run's config.yaml, a dataset's classes.txt, any other file given as --out by a slip,
-    is refused in one line, before the work, and never replaced."""
+    """``path`` if a command may write there: free, or holding ``what`` (``ours`` says: an earlier output of
+    the same kind). A checkpoint, a run's config.yaml, a dataset's classes.txt, any other file given as --out
+    by a slip, is refused in one line, before the work, and never replaced."""
     from alexnet.errors import UserError
 
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{path} is a folder; give a file name for the {what}")
+        raise UserError(f"{path} is a folder; give a file name")
     if path.exists():
         try:
             mine = ours(path)
         except (OSError, ValueError):
             mine = False
         if not mine:
-            raise UserError(f"{path} exists and is not {what} written before; remove it or choose another --out")
+            raise UserError(f"{path} exists and is not {what}; remove it or choose another --out")
     return path
 
 

@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from alexnet.errors import UserError
-from alexnet.files import atomic_write
+from alexnet.files import atomic_write, head, replaceable
 
 DPI = 100
 FORMATS = ("png", "svg", "pdf")
@@ -39,12 +39,10 @@ def writable(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lstrip(".").lower() not in FORMATS + ("",):
         raise UserError(f"cannot write a picture as {path.name}; use a .png (or .svg, .pdf) file name")
-    if path.exists() and path.is_dir():
+    if path.is_dir():
         raise UserError(f"{path} is a folder; give a file name such as {path / 'picture.png'}")
-    if path.exists() and not _drawn_by_matplotlib(path):   # a photo given as --out, or a file of the user's
-        raise UserError(f"{path} exists and is not a picture drawn by alexnet viz (or matplotlib); remove it "
-                        f"or choose another --out")
-    return path
+    # A photo given as --out (the very image being drawn), or any other file of the user's, is kept.
+    return replaceable(path, _drawn_by_matplotlib, "a picture drawn by alexnet viz (or matplotlib)")
 
 
 def save(fig: Figure, path: str | Path) -> Path:
@@ -61,11 +59,7 @@ def save(fig: Figure, path: str | Path) -> Path:
 def _drawn_by_matplotlib(path: Path) -> bool:
     """Whether ``path`` names itself as made by matplotlib (its PNG, SVG and PDF files all do, near the
     start): an earlier figure, which a new one may replace."""
-    try:
-        with open(path, "rb") as f:
-            return b"Matplotlib" in f.read(64 * 1024)
-    except OSError:
-        return False   # unreadable: not replaced unseen
+    return b"Matplotlib" in head(path, 64 * 1024)
 
 
 def show_image(ax, image: torch.Tensor | np.ndarray) -> None:
