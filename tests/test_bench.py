@@ -142,6 +142,23 @@ def test_gpu_refuses_bad_batch_lists_in_one_line():
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "positive integers" in r.stderr
 
 
+@pytest.mark.parametrize("flags, said", [
+    (["infer", "--out", "report.json"], "--out is read by bench gpu only, not by infer"),
+    (["all", "--compile-backend", "eager"], "--compile-backend is read by bench gpu only, not by data, train, infer"),
+    (["gpu", "--batch-size", "256"],
+     "--batch-size is read by bench data, train, infer, towers only, not by gpu (gpu's batch sizes are --batches)"),
+    (["towers", "--device", "cpu"], "--device is read by bench train, infer, gpu only, not by towers"),
+    (["data", "--compile"], "--compile is read by bench train only, not by data"),
+])
+def test_a_flag_none_of_the_named_benchmarks_reads_is_refused_not_ignored(flags, said, tmp_path, monkeypatch):
+    from conftest import run_main
+
+    monkeypatch.chdir(tmp_path)
+    r = run_main("bench", *flags)
+    assert r.returncode == 2 and r.stderr.strip() == f"alexnet bench: error: {said}", r.stderr
+    assert not list(tmp_path.iterdir())    # before any work: nothing written
+
+
 def test_gpu_says_where_there_is_none_and_never_writes_over_another_file(tmp_path):
     from conftest import run_main
 

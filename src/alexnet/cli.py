@@ -222,23 +222,24 @@ def _add_bench(sub) -> None:
                                    "to --out as JSON.")
     p.add_argument("what", nargs="+", choices=("data", "train", "infer", "towers", "gpu", "all"), metavar="WHAT",
                    help="data, train, infer, towers, gpu, or all (data, train and infer)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default: 64)")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="images per step: data, train, infer, towers (default: 64)")
     p.add_argument("--steps", type=positive_int, help="timed repeats; the median is reported (default: 5, gpu: 10)")
     p.add_argument("--images", type=positive_int,
                    help="generated JPEGs for `data` and `gpu` (default: 512, gpu: 2048)")
     p.add_argument("--workers", type=positive_int,
                    help="DataLoader workers for the JPEG pipelines (default: 2; gpu: prepare's, one per core up to 16)")
-    p.add_argument("--device", type=device_name, default="auto", metavar=DEVICE_METAVAR,
-                   help="auto: CUDA when present, else CPU")
+    p.add_argument("--device", type=device_name, metavar=DEVICE_METAVAR,
+                   help="train, infer, gpu: auto (CUDA when present, else CPU) or a device (default: auto)")
     p.add_argument("--compile", action="store_true", help="train: torch.compile our network")
     p.add_argument("--json", action="store_true", help="one JSON object per benchmark")
-    p.add_argument("--batches", type=_batch_list, default=(128, 256, 512), metavar="B,B,...",
+    p.add_argument("--batches", type=_batch_list, metavar="B,B,...",
                    help="gpu: the training batch sizes (default: 128,256,512)")
-    p.add_argument("--out", type=path_arg, default=Path("bench-gpu.json"),
+    p.add_argument("--out", type=path_arg,
                    help="gpu: the JSON file, written after each section (default: bench-gpu.json)")
-    p.add_argument("--sections", type=_section_list, default=None, metavar="S,S,...",
+    p.add_argument("--sections", type=_section_list, metavar="S,S,...",
                    help="gpu: only these of train, lrn, infer, data (default: all)")
-    p.add_argument("--compile-backend", default="inductor", metavar="NAME",
+    p.add_argument("--compile-backend", metavar="NAME",
                    help="gpu: torch.compile's backend for the compiled rows (default: inductor)")
     p.set_defaults(run=_run_bench)
 
@@ -263,19 +264,32 @@ def _batch_list(text: str) -> tuple[int, ...]:
     return values
 
 
+# The benchmarks that read each flag (--steps and --json: all): a flag given to none of those named is
+# refused, not ignored, so that a script never believes a report was saved or a device was used.
+BENCH_FLAG_USERS = {"batch_size": ("data", "train", "infer", "towers"), "images": ("data", "gpu"),
+                    "workers": ("data", "gpu"), "device": ("train", "infer", "gpu"), "compile": ("train",),
+                    "batches": ("gpu",), "out": ("gpu",), "sections": ("gpu",), "compile_backend": ("gpu",)}
+
+
 def _run_bench(args) -> int:
     from alexnet.bench import run
 
-    names = [n for w in args.what for n in (("data", "train", "infer") if w == "all" else (w,))]
-    steps = args.steps or 5
-    options = {"data": dict(images=args.images or 512, batch_size=args.batch_size, workers=args.workers or 2),
-               "train": dict(batch_size=args.batch_size, steps=steps, device=args.device, compile=args.compile),
-               "infer": dict(batch_size=args.batch_size, steps=steps, device=args.device),
-               "towers": dict(batch_size=args.batch_size, steps=steps),
-               "gpu": dict(device=args.device, batches=args.batches, steps=args.steps or 10, images=args.images or 2048,
-                           workers=args.workers, out=args.out, compile_backend=args.compile_backend,
+    names = list(dict.fromkeys(n for w in args.what for n in (("data", "train", "infer") if w == "all" else (w,))))
+    for dest, users in BENCH_FLAG_USERS.items():
+        if getattr(args, dest) not in (None, False) and not set(users) & set(names):
+            flag = "--" + dest.replace("_", "-")
+            hint = " (gpu's batch sizes are --batches)" if dest == "batch_size" and "gpu" in names else ""
+            raise UserError(f"{flag} is read by bench {', '.join(users)} only, not by {', '.join(names)}{hint}")
+    steps, batch, device = args.steps or 5, args.batch_size or 64, args.device or "auto"
+    options = {"data": dict(images=args.images or 512, batch_size=batch, workers=args.workers or 2),
+               "train": dict(batch_size=batch, steps=steps, device=device, compile=args.compile),
+               "infer": dict(batch_size=batch, steps=steps, device=device),
+               "towers": dict(batch_size=batch, steps=steps),
+               "gpu": dict(device=device, batches=args.batches or (128, 256, 512), steps=args.steps or 10,
+                           images=args.images or 2048, workers=args.workers, out=args.out or Path("bench-gpu.json"),
+                           compile_backend=args.compile_backend or "inductor",
                            **({"sections": args.sections} if args.sections else {}))}
-    for name in dict.fromkeys(names):
+    for name in names:
         result = run(name, **options[name])
         if args.json:
             print(json.dumps(result), flush=True)
