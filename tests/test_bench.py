@@ -94,6 +94,7 @@ def test_data_compares_the_four_pipelines_on_the_same_files(tmp_path):
 
 def test_cli_json_and_bad_input():
     from alexnet.cli import _bench_line
+    from conftest import run_main
 
     r = cli("bench", "infer", "--batch-size", 1, "--steps", 1, "--json", "--device", "cpu")
     assert r.returncode == 0, r.stderr
@@ -104,6 +105,11 @@ def test_cli_json_and_bad_input():
     assert "int8 " in text and "int8: paper network" in text
     r = cli("bench", "disk")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "invalid choice" in r.stderr
+    # Fewer images than a batch: training drops a partial batch, so there would be nothing to time.
+    r = run_main("bench", "data", "--images", 8)
+    assert r.returncode == 2 and r.stderr.strip() == ("alexnet bench: error: --images 8 is fewer than one batch of "
+                                                      "64 (training drops a partial batch): give --images 64 or "
+                                                      "more, or a smaller --batch-size")
     r = cli("bench", "towers", "--batch-size", 3)
     assert r.returncode == 2 and r.stderr.strip() == ("alexnet bench: error: --batch-size must be even for bench "
                                                       "towers (data parallel splits it over 2 processes), got 3")
@@ -138,8 +144,12 @@ def test_gpu_script_gives_every_figure_in_one_call_at_toy_size(tmp_path):
 
 
 def test_gpu_refuses_bad_batch_lists_in_one_line():
+    from conftest import run_main
+
     r = cli("bench", "gpu", "--batches", "128,x")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "positive integers" in r.stderr
+    r = run_main("bench", "gpu", "--device", "cpu", "--images", 8, "--batches", "16,32")   # its data section's
+    assert r.returncode == 2 and r.stderr.strip().endswith("give --images 16 or more, or a smaller --batches")
 
 
 @pytest.mark.parametrize("flags, said", [

@@ -32,11 +32,15 @@ from alexnet.data.prepare import prepare
 from alexnet.data.sources import open_split
 from alexnet.data.stats import DataStats
 from alexnet.data.transforms import Draws, Normalize, PCANoise, train_views
+from alexnet.errors import UserError
 from alexnet.machine import describe
 from alexnet.model import INPUT_SIZE
 
 
-def write_photos(root: Path, images: int, classes: int = 4, seed: int = 0) -> Path:
+CLASSES = 4
+
+
+def write_photos(root: Path, images: int, classes: int = CLASSES, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:375, 0:500] / 100.0
     for i in range(images):
@@ -53,8 +57,18 @@ def write_photos(root: Path, images: int, classes: int = 4, seed: int = 0) -> Pa
     return root
 
 
+def check_images(images: int, batch: int, batch_flag: str = "--batch-size") -> None:
+    """Training drops a last partial batch: with fewer images than a batch there would be nothing to time."""
+    if images < batch:
+        raise UserError(f"--images {images} is fewer than one batch of {batch} (training drops a partial batch): "
+                        f"give --images {max(batch, CLASSES)} or more, or a smaller {batch_flag}")
+    if images < CLASSES:
+        raise UserError(f"--images must be at least {CLASSES}, one per class")
+
+
 def bench_data(images: int = 512, batch_size: int = 64, workers: int = 2, epochs: int = 2,
                root: str | Path | None = None) -> dict:
+    check_images(images, batch_size)
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-", dir=root) as tmp:
         data = write_photos(Path(tmp) / "data", images)
         prep, prep_jpeg = Path(tmp) / "prep", Path(tmp) / "prep-jpeg"

@@ -32,7 +32,7 @@ import torchvision
 from torch import nn
 
 from alexnet import lrn as lrn_module
-from alexnet.bench.data import write_photos
+from alexnet.bench.data import check_images, write_photos
 from alexnet.bench.timing import matmul_peak, median_seconds
 from alexnet.bench.train import _step, paper_step
 from alexnet.cores import usable_cores
@@ -59,6 +59,8 @@ def bench_gpu(device: str = "auto", batches: tuple[int, ...] = BATCHES, steps: i
     if device == "auto" and dev.type != "cuda":
         raise UserError("bench gpu measures a GPU, and PyTorch sees none; add --device cpu to run it on this CPU "
                         "(minutes at its default batches)")
+    if "data" in sections:
+        check_images(images, min(batches), "--batches")
     if out is not None:   # a report of an earlier run may be replaced; a checkpoint given by a slip may not
         replaceable(out, lambda p: head(p, 40).startswith(b'{\n "benchmark": "gpu"'), "a bench gpu report")
     # Large enough to reach a GPU's peak; a CPU reaches its own at 1024.
