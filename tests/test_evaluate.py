@@ -138,6 +138,22 @@ def test_cli_evaluate_of_a_trained_checkpoint_matches_the_runs_own_validation(ru
     assert "5 images, 10 views" in r.stdout and "top-1 accuracy" in r.stdout and "error" in r.stdout
 
 
+def test_a_prepared_store_reports_the_files_prepare_left_out_as_its_folder_does(run_dir, tmp_path):
+    from alexnet.data.prepare import prepare
+
+    data, run = run_dir
+    folder = tmp_path / "data"
+    shutil.copytree(data, folder)
+    (folder / "val" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    prepare(folder, tmp_path / "store", workers=0, progress=False)
+    said = {}
+    for source in (folder, tmp_path / "store"):
+        r = run_main("evaluate", "--checkpoint", run / "best.pt", "--data", source, "--workers", 0, "--json")
+        assert r.returncode == 0, r.stderr
+        said[source.name] = {k: v for k, v in json.loads(r.stdout).items() if k != "seconds"}
+    assert said["store"] == said["data"] and (said["store"]["images"], said["store"]["skipped"]) == (5, 1)
+
+
 @pytest.mark.processes
 def test_two_processes_give_the_single_process_numbers(run_dir):
     data, run = run_dir

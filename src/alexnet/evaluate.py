@@ -126,6 +126,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | s
         loaded.small = small or loaded.small
         # Dense views decode the source files themselves, whatever a prepared store did with small images.
         val = open_split(data, "val", classes=loaded.classes, small=None if crops == "dense" else loaded.small)
+        left_out = val.unreadable   # by prepare: counted as skipped, as evaluating its source folder would
         dtype = None if int8 else autocast_dtype(precision, dist.device)
         extra = {"crops": crops}
         if crops == "dense":
@@ -147,6 +148,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | s
         metrics = evaluate(model, loader, SkippedFiles(val), loaded.crop, loaded.norm, dist, crops=crops,
                            dtype=dtype, progress=progress and dist.main, batch_size=batch_size)
         extra["seconds"] = time.perf_counter() - start
+        metrics["skipped"] += left_out
         if metrics["images"] == 0:   # every file skipped (each named above): no accuracy to report
             raise UserError(f"no readable image in {val.split.root}: every file was skipped")
         return metrics | extra if dist.main else None

@@ -123,7 +123,7 @@ def extract_features(loaded: LoadedModel, images: ImageSet, layer: str = DEFAULT
     order = torch.cat(rows).tolist()
     samples = images.split.samples
     return Features(torch.cat(parts), torch.tensor([samples[i][1] for i in order]), [samples[i][0] for i in order],
-                    list(images.split.classes), layer, skipped.this_epoch)
+                    list(images.split.classes), layer, skipped.this_epoch + images.unreadable)
 
 
 def check_out(path: str | Path) -> None:

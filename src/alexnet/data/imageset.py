@@ -67,6 +67,7 @@ class ImageSet(Dataset):
     stats_file: Path | None = None   # the mean image and RGB PCA computed ahead of time, if any
     pixels: str = ""       # how its pixels differ from the decoded source files' ("": they do not)
     small: str = "upscale"  # what became of images under 256 (decode.SMALL): upscaled, or padded
+    unreadable: int = 0    # files found unreadable before this set was made (left out of a prepared store)
 
     @property
     def classes(self) -> list[str]:

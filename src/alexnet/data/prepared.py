@@ -106,11 +106,13 @@ class PreparedImages(ImageSet):
             self.pixels = f"jpeg quality {meta.get('quality')}"
         folder = self.root / split
         shards, parts = [], []
+        self.unreadable = 0
         source = Path(meta.get("roots", {}).get(split) or Path(meta["source"]) / split)   # no "roots": folders
         checks = meta["splits"][split].get("crc32")   # none in stores prepared before checksums
         for s in range(meta["splits"][split]["shards"]):
             info = _shard_info(folder / f"{s:05d}.json", len(meta["classes"]), checks[s] if checks else None)
             shards.append(self._shard(folder, s, info))
+            self.unreadable += len(info.get("skipped", ()))
             parts.append(NamedSamples(source, info["files"], info["labels"]))
         samples = NamedSamples.join(parts)
         for shard in shards:   # here, in one line, rather than in a DataLoader worker's traceback
