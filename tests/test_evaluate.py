@@ -136,6 +136,8 @@ def test_cli_evaluate_of_a_trained_checkpoint_matches_the_runs_own_validation(ru
     r = run_main("evaluate", "--checkpoint", run / "best.pt", "--data", data, "--workers", 0, "--crops", 10)
     assert r.returncode == 0, r.stderr
     assert "5 images, 10 views" in r.stdout and "top-1 accuracy" in r.stdout and "error" in r.stdout
+    assert "top-5 accuracy 100.00%   error   0.00%   (the network knows 2 classes: all of them are in its top 5)" \
+        in r.stdout
 
 
 def test_a_prepared_store_reports_the_files_prepare_left_out_as_its_folder_does(run_dir, tmp_path):

@@ -554,9 +554,11 @@ def _run_evaluate(args) -> int:
         f"dense at scale{'s' if len(m['scales']) > 1 else ''} {','.join(map(str, m['scales']))}"
     skipped = f", {m['skipped']} unreadable skipped" if m["skipped"] else ""
     speed = f", {1000 * m['seconds'] / m['images']:.1f} ms per image" if m["images"] else ""
+    trivial = (f"   (the network knows {m['classes']} classes: all of them are in its top 5)"
+               if m["classes"] <= 5 else "")
     print(f"{args.checkpoint} on {args.data} (val): {m['images']} images{skipped}, {views}{speed}\n"
           f"top-1 accuracy {100 * m['top1']:6.2f}%   error {100 * (1 - m['top1']):6.2f}%\n"
-          f"top-5 accuracy {100 * m['top5']:6.2f}%   error {100 * (1 - m['top5']):6.2f}%\n"
+          f"top-5 accuracy {100 * m['top5']:6.2f}%   error {100 * (1 - m['top5']):6.2f}%{trivial}\n"
           f"loss {m['loss']:.4f}")
     return 0
 

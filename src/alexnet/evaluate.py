@@ -128,7 +128,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | s
         val = open_split(data, "val", classes=loaded.classes, small=None if crops == "dense" else loaded.small)
         left_out = val.unreadable   # by prepare: counted as skipped, as evaluating its source folder would
         dtype = None if int8 else autocast_dtype(precision, dist.device)
-        extra = {"crops": crops}
+        extra = {"crops": crops, "classes": len(loaded.classes)}
         if crops == "dense":
             extra["scales"] = parse_scales(scales, loaded.crop)
             val = DenseImages(val, extra["scales"], loaded.crop, loaded.small)
