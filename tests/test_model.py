@@ -12,6 +12,7 @@ from torch import nn
 
 from alexnet import AlexNet, LocalResponseNorm, summarize
 from alexnet.reference import LAYERS, LRN_CONVENTIONS, conv_forward, lrn_forward, maxpool_forward, relu_forward
+from alexnet.model import INPUT_SIZE
 
 GOLDEN = Path(__file__).parent / "data" / "golden_forward.json"
 
@@ -298,3 +299,26 @@ def test_one_image_without_its_batch_dimension_is_named_as_such():
         net = AlexNet()
     with pytest.raises(ValueError, match=r"expected a batch of images \(N, 3, H, W\), got .* \(3, 227, 227\)"):
         net(torch.empty(3, 227, 227, device="meta"))
+    # forward_features and the fully-convolutional network too: at 239 the LRN would take the image's rows
+    # for channels and answer without an error.
+    for call in (net.forward_features, net.to_fully_convolutional()):
+        with pytest.raises(ValueError, match=r"for one image use x\[None\]"):
+            call(torch.empty(3, 239, 239, device="meta"))
+    with pytest.raises(ValueError, match=r"expected 3 colour channels \(N, 3, H, W\), got .* \(1, 1, 227, 227\)"):
+        net(torch.empty(1, 1, 227, 227, device="meta"))
+
+
+@pytest.mark.parametrize("variant, smallest", [("paper", 67), ("owt", 63)])
+def test_images_too_small_for_the_features_are_named_as_such(variant, smallest):
+    # The smallest side conv1-pool5 take, found by trying each side: below it PyTorch's own error
+    # ("Output size is too small") came from inside a pooling layer.
+    with torch.device("meta"):
+        net = AlexNet(variant)
+    assert net.features(torch.empty(1, 3, smallest, smallest, device="meta")).shape[-2:] == (1, 1)
+    with pytest.raises(RuntimeError, match="too small"):
+        net.features(torch.empty(1, 3, smallest - 1, smallest - 1, device="meta"))
+    size = INPUT_SIZE[variant]
+    need = f"{size}x{size} input" if variant == "paper" else f"images of at least {smallest}x{smallest}"
+    for side in (32, smallest - 1):
+        with pytest.raises(ValueError, match=rf"the {variant} network needs {need}.*got {side}x{side}; resize"):
+            net(torch.empty(2, 3, side, side, device="meta"))

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alexnet.inputs import check_images
+
 STRIDE = 32            # input pixels per step of the score map: conv1's 4 times three 2-pixel pools
 POOL5 = 6              # pool5's side at the native input, fc6's filter size
 
@@ -66,6 +68,7 @@ class FullyConvolutionalAlexNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images (N, 3, H, W), normalised, H and W at least input_size -> scores (N, classes, h, w)."""
+        check_images(x, self.variant)
         if min(x.shape[-2:]) < self.input_size:
             raise ValueError(f"the fully-convolutional {self.variant} network needs images of at least "
                              f"{self.input_size}x{self.input_size}, got {x.shape[-2]}x{x.shape[-1]}")

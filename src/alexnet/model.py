@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from alexnet.inputs import INPUT_SIZE, check_images, check_pool5
 from alexnet.lrn import LRN_CONVENTIONS, LocalResponseNorm
 
 VARIANTS = ("paper", "owt")
-INPUT_SIZE = {"paper": 227, "owt": 224}
 INITS = ("paper", "kaiming", "pytorch")
 
 # Readable names for every module, in forward order; summary() and the paper init use them.
@@ -64,21 +64,6 @@ def check_dropout(p: Any) -> float:
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {p!r}")
     return float(p)
-
-
-def check_pool5(x: torch.Tensor) -> None:
-    """The paper network's fc6 takes a 6x6 pool5; any other size is the wrong input size, so say that
-    rather than let fc6 fail with a shape mismatch."""
-    if x.shape[-2:] != (6, 6):
-        size = INPUT_SIZE["paper"]
-        raise ValueError(f"the paper network needs {size}x{size} input (any side from {size} to "
-                         f"{PAPER_LARGEST_INPUT} gives the 6x6 pool5 fc6 takes), but pool5 is "
-                         f"{x.shape[-2]}x{x.shape[-1]}; resize or crop the images to {size}x{size}")
-
-
-# conv1 (11, stride 4, no padding) and three 3/2 pools keep pool5 at 6x6 for sides 227 to 258; 259 makes it
-# 7x7 (tests/test_model.py runs both edges).
-PAPER_LARGEST_INPUT = 258
 
 
 def _paper_features(lrn: str) -> nn.Sequential:
@@ -244,6 +229,7 @@ class AlexNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (N, 3, H, W) -> pool5 activations (N, 256, 6, 6)."""
+        check_images(x, self.variant)
         return self.features(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
@@ -256,9 +242,6 @@ class AlexNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images (N, 3, H, W), already normalised -> logits (N, num_classes)."""
-        if x.dim() != 4:   # one image (3, H, W) would reach the LRN as 3 "images" of H channels
-            raise ValueError(f"expected a batch of images (N, 3, H, W), got a tensor of shape {tuple(x.shape)}; "
-                             f"for one image use x[None]")
         return self.forward_head(self.forward_features(x))
 
     def to_fully_convolutional(self) -> nn.Module:

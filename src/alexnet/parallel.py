@@ -50,7 +50,7 @@ from torch import nn
 from alexnet.distributed import Dist
 from alexnet.errors import UserError
 from alexnet.lrn import LocalResponseNorm
-from alexnet.model import INPUT_SIZE, check_pool5
+from alexnet.inputs import INPUT_SIZE, check_images, check_pool5
 
 # PyTorch 2.14 renamed all_gather_into_tensor and reduce_scatter_tensor (the old names warn).
 _all_gather = getattr(td, "all_gather_single", None) or td.all_gather_into_tensor
@@ -212,6 +212,7 @@ class TowerAlexNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images (N, 3, 227, 227), the same on both towers -> all logits (N, num_classes) on both."""
+        check_images(x, "paper")
         for i, layer in enumerate(self.features):
             if i in GATHER_BEFORE_FEATURES:
                 x = gather_channels(x, self.group)

@@ -34,10 +34,10 @@ from alexnet.data.decode import FIXED_SIZE, SMALL
 from alexnet.data.transforms import NORMALIZATIONS, Normalize
 from alexnet.errors import UserError, printable
 from alexnet.files import atomic_write, head
+from alexnet.inputs import SMALLEST_INPUT
 from alexnet.lrn import LRN_CONVENTIONS
 from alexnet.model import INITS, INPUT_SIZE, VARIANTS, AlexNet, guess_network, is_float, state_mismatch
 
-OWT_MIN_CROP = 63   # the smallest input owt's features reduce to at least 1x1 (conv1 stride 4, three 3/2 pools)
 
 FORMAT = "alexnet-weights"
 FORMAT_VERSION = 1
@@ -185,7 +185,7 @@ def _assemble(path: Path, state: Any, variant: Any, lrn: Any, classes: Any, name
         raise bad(f"the normalisation std must be positive and finite, got {[round(v, 4) for v in std.float().tolist()]}")
     model = build_network(state, variant, len(classes), lrn, where=str(path), init=init, dropout=dropout)
     # The paper network's fc6 takes exactly 6x6 from pool5 (a 227 crop); owt pools adaptively, from 63 up.
-    low, high = (INPUT_SIZE["paper"],) * 2 if variant == "paper" else (OWT_MIN_CROP, FIXED_SIZE)
+    low, high = (INPUT_SIZE["paper"],) * 2 if variant == "paper" else (SMALLEST_INPUT["owt"], FIXED_SIZE)
     if not low <= crop <= high:
         raise bad(f"crop {crop} does not fit the {variant} network (expected " +
                   (f"{low})" if low == high else f"a size from {low} to {high})"))
