@@ -274,6 +274,39 @@ def test_an_input_smaller_than_the_window_is_refused_as_torch_refuses_it(layer, 
         ours()
 
 
+def test_raw_pixels_are_normalised_as_the_same_values_in_float():
+    # uint8 as images come from disk: x * x wrapped around (2.2x off); int16 overflowed to NaN.
+    x = np.random.default_rng(3).integers(0, 256, (2, 6, 4, 4))
+    expected = F.local_response_norm(torch.tensor(x, dtype=torch.float64), 5, 5e-4 * 5, 0.75, 2.0).numpy()
+    for dtype in (np.uint8, np.int16, np.int64):
+        y, _ = lrn_forward(x.astype(dtype), alpha=5e-4)
+        assert y.dtype == np.float64 and np.abs(y - expected).max() <= 1e-12 * np.abs(expected).max(), dtype
+
+
+@pytest.mark.parametrize("call, said", [
+    (lambda: conv_forward(np.zeros((3, 8, 8)), np.zeros((2, 3, 3, 3)), np.zeros(2)),
+     r"^conv: expected a batch \(N, C, H, W\), got an array of shape \(3, 8, 8\); for one image use x\[None\]"),
+    (lambda: maxpool_forward(np.zeros((3, 8, 8))), r"^maxpool: expected a batch .* for one image use x\[None\]"),
+    (lambda: lrn_forward(np.zeros((3, 8, 8))), r"^lrn: expected a batch .* for one image use x\[None\]"),
+    (lambda: fc_forward(np.zeros((2, 256, 6, 6)), np.zeros((4, 9216)), np.zeros(4)),
+     r"^fc: expected a batch \(N, I\); flatten the maps first: x.reshape\(len\(x\), -1\), got .* \(2, 256, 6, 6\)"),
+    (lambda: conv_forward(np.zeros((1, 3, 8, 8)), np.zeros((2, 3, 3, 3)), np.zeros(2), stride=0),
+     "^conv: stride must be at least 1, got 0"),
+    (lambda: maxpool_forward(np.zeros((1, 3, 8, 8)), size=0), "^maxpool: size must be at least 1, got 0"),
+    (lambda: lrn_forward(np.zeros((1, 3, 8, 8)), size=0), "^lrn: size must be at least 1, got 0"),
+    (lambda: softmax_cross_entropy_forward(np.zeros((3, 4)), np.array([0, -1, 2])),
+     r"^softmax cross-entropy: labels must be class indices 0 to 3, got -1 to 2"),
+    (lambda: softmax_cross_entropy_forward(np.zeros((3, 4)), np.array([[0], [1], [2]])),
+     r"^softmax cross-entropy: labels must be 3 integers, one per row of z, got an array of shape \(3, 1\)"),
+    (lambda: softmax_cross_entropy_forward(np.zeros((3, 4)), np.array([0.0, 1.0, 2.0])),
+     r"labels must be 3 integers.* dtype float64"),
+], ids=["conv-one-image", "pool-one-image", "lrn-one-image", "fc-maps", "conv-stride-0", "pool-size-0",
+        "lrn-size-0", "label-minus-1", "labels-column", "labels-float"])
+def test_a_misshapen_call_is_one_clear_error_where_numpy_would_answer_wrongly_or_obscurely(call, said):
+    with pytest.raises(ValueError, match=said):
+        call()
+
+
 def test_an_input_the_window_just_fits_gives_torchs_single_output():
     rng = np.random.default_rng(5)
     x, w, b = rng.standard_normal((2, 3, 1, 1)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)

@@ -17,6 +17,20 @@ import numpy as np
 DROPOUT_FORMS = ("paper", "inverted")
 
 
+def _check_batch(what, x, dims=4, shape="(N, C, H, W)"):
+    """A batch, as every layer here takes: one image (C, H, W) would otherwise meet a NumPy error about
+    broadcasting or unpacking, far from the mistake."""
+    if np.ndim(x) != dims:
+        one = "; for one image use x[None]" if dims == 4 and np.ndim(x) == 3 else ""
+        raise ValueError(f"{what}: expected a batch {shape}, got an array of shape {np.shape(x)}{one}")
+
+
+def _check_at_least_1(what, **values):
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"{what}: {name} must be at least 1, got {value}")
+
+
 # --------------------------------------------------------------------------- fully-connected
 
 def fc_forward(x, w, b):
@@ -26,6 +40,7 @@ def fc_forward(x, w, b):
 
     x: (N, I), w: (O, I), b: (O,) -> y: (N, O).
     """
+    _check_batch("fc", x, 2, "(N, I); flatten the maps first: x.reshape(len(x), -1)")
     return x @ w.T + b, (x, w)
 
 
@@ -87,6 +102,8 @@ def conv_forward(x, w, b, stride=1, pad=0, groups=1):
     (H + 2 pad - kh) // stride + 1, so at stride 1 the padding pad = (F - 1) / 2 keeps H.
     x: (N, C, H, W), w: (O, C/groups, kh, kw), b: (O,) -> y: (N, O, Ho, Wo).
     """
+    _check_batch("conv", x)
+    _check_at_least_1("conv", stride=stride, groups=groups)
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     _check_window_fits("conv", *xp.shape[-2:], *w.shape[-2:], pad)
     y, cols = _correlate(xp, w, stride, groups)
@@ -171,6 +188,10 @@ def lrn_forward(x, size=5, alpha=1e-4, beta=0.75, k=2.0, towers=1, alpha_over_si
     ``alpha_over_size=True`` (cuda-convnet, Caffe, torch.nn.LocalResponseNorm).
     x: (N, C, H, W) -> same shape.
     """
+    _check_batch("lrn", x)
+    _check_at_least_1("lrn", size=size, towers=towers)
+    if not np.issubdtype(x.dtype, np.floating):   # raw pixels: x * x would wrap around in uint8
+        x = x.astype(np.float64)
     a_eff = alpha / size if alpha_over_size else alpha
     d = k + a_eff * _window_sum(x * x, size // 2, (size - 1) // 2, towers)
     scale = d ** -beta
@@ -200,6 +221,8 @@ def maxpool_forward(x, size=3, stride=2):
     No padding, floor rounding (as nn.MaxPool2d): Ho = (H - size) // stride + 1.
     x: (N, C, H, W) -> y: (N, C, Ho, Wo).
     """
+    _check_batch("maxpool", x)
+    _check_at_least_1("maxpool", size=size, stride=stride)
     _check_window_fits("maxpool", *x.shape[-2:], size, size)
     win = _im2col(x, size, size, stride)                            # (N, C, size, size, Ho, Wo)
     n, c, _, _, ho, wo = win.shape
@@ -269,6 +292,15 @@ def softmax_cross_entropy_forward(z, labels):
     Subtracting max_k z[n, k] first leaves L unchanged and keeps exp from overflowing.
     z: (N, K), labels: (N,) ints -> scalar L.
     """
+    _check_batch("softmax cross-entropy", z, 2, "of scores (N, K)")
+    labels = np.asarray(labels)
+    # As torch's cross_entropy: labels of another shape would broadcast, and -1 would index the last class.
+    if labels.shape != z.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"softmax cross-entropy: labels must be {z.shape[0]} integers, one per row of z, "
+                         f"got an array of shape {labels.shape} and dtype {labels.dtype}")
+    if labels.size and not 0 <= labels.min() <= labels.max() < z.shape[1]:
+        raise ValueError(f"softmax cross-entropy: labels must be class indices 0 to {z.shape[1] - 1}, "
+                         f"got {labels.min()} to {labels.max()}")
     shifted = z - z.max(axis=1, keepdims=True)
     log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     n = z.shape[0]
