@@ -94,8 +94,8 @@ def test_scoremap_beside_the_checkpoint_names_the_unreadable_files(paper, tmp_pa
     assert captured.out.strip() == str(out)
     errors = captured.err.strip().splitlines()
     assert len(errors) == 2 and "Traceback" not in captured.err
-    assert errors[0].startswith(f"alexnet viz: error: {tmp_path / 'broken.jpg'}: ")
-    assert errors[1].startswith(f"alexnet viz: error: {tmp_path / 'missing.png'}: ")
+    assert errors[0].startswith(f"alexnet viz scoremap: error: {tmp_path / 'broken.jpg'}: ")
+    assert errors[1].startswith(f"alexnet viz scoremap: error: {tmp_path / 'missing.png'}: ")
     with Image.open(out) as img:
         size = img.size
     assert size in (scoremap.figure_size(2), scoremap.figure_size(3))    # "bee" may be the top class

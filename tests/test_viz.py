@@ -164,8 +164,8 @@ def test_predictions_draw_the_readable_images_and_name_the_others(paper, tmp_pat
     assert r.stdout.strip() == str(out)
     errors = r.stderr.strip().splitlines()
     assert len(errors) == 2 and "Traceback" not in r.stderr
-    assert errors[0].startswith(f"alexnet viz: error: {tmp_path / 'broken.jpg'}: ")
-    assert errors[1] == f"alexnet viz: error: {tmp_path / 'missing.png'}: no such file or directory"
+    assert errors[0].startswith(f"alexnet viz predictions: error: {tmp_path / 'broken.jpg'}: ")
+    assert errors[1] == f"alexnet viz predictions: error: {tmp_path / 'missing.png'}: no such file or directory"
     assert_picture(out, predictions.figure_size(5))
 
     assert main(["viz", "predictions", "--checkpoint", str(ckpt), str(tmp_path / "broken.jpg"),

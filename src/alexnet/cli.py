@@ -829,7 +829,8 @@ def _network_and_images(args):
 
     loaded, paths = load_model(args.checkpoint), expand(args.images)
     if len(paths) > args.max_images:
-        print(f"alexnet viz: drawing the first {args.max_images} of {len(paths)} images (see --max-images)",
+        print(f"alexnet viz {args.picture}: drawing the first {args.max_images} of {len(paths)} images "
+              f"(see --max-images)",
               file=sys.stderr)
         paths = paths[:args.max_images]
     return loaded, paths
@@ -847,9 +848,9 @@ def _run_viz_predictions(args) -> int:
     out, failed = draw_predictions(loaded, paths, out,
                                    topk=args.topk, crops=args.crops, device=device, dtype=dtype, scales=scales)
     for result in failed:
-        print(f"alexnet viz: error: {printable(str(result.path))}: {result.error}", file=sys.stderr)
+        print(f"alexnet viz predictions: error: {printable(str(result.path))}: {result.error}", file=sys.stderr)
     if out is None:
-        print("alexnet viz: error: no readable image, nothing drawn", file=sys.stderr)
+        print("alexnet viz predictions: error: no readable image, nothing drawn", file=sys.stderr)
         return EXIT_USAGE
     print(out)
     return 1 if failed else 0
@@ -882,7 +883,7 @@ def _run_viz_scoremap(args) -> int:
         more = f" (and {len(failed) - 1} more unreadable)" if len(failed) > 1 else ""
         raise UserError(f"no image could be read, nothing drawn: {printable(str(path))}: {reason}{more}")
     for path, reason in failed:
-        print(f"alexnet viz: error: {printable(str(path))}: {reason}", file=sys.stderr)
+        print(f"alexnet viz scoremap: error: {printable(str(path))}: {reason}", file=sys.stderr)
     print(out)
     return 1 if failed else 0
 
@@ -993,7 +994,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
-        command = f"alexnet {args.command}"
+        command = " ".join(["alexnet", args.command] + ([args.picture] if getattr(args, "picture", None) else []))
         streams = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
         try:

@@ -211,7 +211,8 @@ def _coerce(key: str, value: Any, type_name: str, where: str) -> Any:
           "bool": lambda v: isinstance(v, bool),
           "str": lambda v: isinstance(v, str)}[base]
     if not ok(value):
-        raise UserError(f"{where}: {key} must be a {base}, got {value!r}")
+        kind = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[base]
+        raise UserError(f"{where}: {key} must be {kind}, got {value!r}")
     return float(value) if base == "float" else value
 
 
