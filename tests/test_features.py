@@ -1,6 +1,7 @@
 """Features: any layer's activations, batched, equal to a full forward pass's; the `features` command."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,8 +83,9 @@ def test_features_command_writes_npz_and_skips_unreadable_images(owt, tmp_path):
     (data / "train" / "bee" / "zz_broken.png").write_bytes(b"not a png")
     try:
         out = tmp_path / "f.npz"
-        r = cli("features", "--checkpoint", ckpt, "--data", data, "--split", "train", "--layer", "pool5",
-                "--out", out, "--batch-size", 4, "--workers", 0)
+        # --data as a user in its parent folder types it
+        r = cli("features", "--checkpoint", ckpt, "--data", data.name, "--split", "train", "--layer", "pool5",
+                "--out", out, "--batch-size", 4, "--workers", 0, cwd=data.parent)
     finally:
         (data / "train" / "bee" / "zz_broken.png").unlink()
     assert r.returncode == 0, r.stderr
@@ -94,6 +96,7 @@ def test_features_command_writes_npz_and_skips_unreadable_images(owt, tmp_path):
         assert f["labels"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
         assert list(f["classes"]) == list(CLASSES) and str(f["layer"]) == "pool5"
         assert "zz_broken.png" not in " ".join(f["paths"])
+        assert all(Path(p).is_absolute() and Path(p).is_file() for p in f["paths"])   # from any folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npz"]     # no temporary file left
 
 

@@ -155,7 +155,8 @@ def save_features(features: Features, path: str | Path) -> Path:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to the temporary name
             np.savez(f, features=features.features.numpy(), labels=features.labels.numpy(),
-                     paths=np.array([str(p) for p in features.paths]), classes=np.array(features.classes),
+                     paths=np.array([str(Path(p).absolute()) for p in features.paths]),   # usable from any folder
+                     classes=np.array(features.classes),
                      layer=np.array(features.layer))
     try:
         atomic_write(path, write)
