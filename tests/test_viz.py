@@ -89,6 +89,17 @@ def test_curves_of_one_and_several_runs(tmp_path, capsys):
     assert len(curves.read_run(b).rows) == 8
 
 
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_the_epoch_axis_is_whole_epochs_even_for_one(tmp_path, monkeypatch, epochs):
+    drawn = []
+    monkeypatch.setattr(curves, "save", lambda fig, out: drawn.append(fig) or out)
+    curves.draw_curves([curves.read_run(write_run(tmp_path / "run", [0.01] * epochs))], tmp_path / "c.png")
+    for ax in drawn[0].axes:
+        left, right = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if left <= t <= right]
+        assert ticks and all(t == int(t) for t in ticks) and {1, epochs} <= set(ticks), ticks
+
+
 def with_metrics(text):
     def make(folder):
         (folder / "metrics.jsonl").write_text(text)

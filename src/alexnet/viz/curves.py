@@ -145,8 +145,11 @@ def draw_curves(runs: list[Run], out: str | Path) -> Path:
     error_ax.set(title="validation error (1 view)", xlabel="epoch", ylabel="error (%)", ylim=(0, 100))
     # Falling curves leave a loss plot's top right and an error plot's bottom left empty; the error plot's
     # top edge holds the learning-rate notes.
+    epochs = {e for run in runs for e in run.column("epoch")}
     for ax, corner in ((loss_ax, "upper right"), (error_ax, "lower left")):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # no epoch 1.5 on a short run
+        if len(epochs) == 1:   # else matplotlib spans 0.95-1.05 and, short of integers, ticks 0.96, 0.98, ...
+            ax.set_xlim(min(epochs) - 1, min(epochs) + 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc=corner)
     fig.subplots_adjust(left=0.06, right=0.98, top=0.9, bottom=0.11, wspace=0.18)
