@@ -340,6 +340,7 @@ def test_a_full_disk_is_one_line_and_the_previous_checkpoint_stays(failure, tmp_
     from collections import namedtuple
 
     from alexnet import checkpoint as ckpt_module
+    from alexnet import files
 
     path = tmp_path / "last.pt"
     path.write_bytes(b"the previous checkpoint")
@@ -350,7 +351,7 @@ def test_a_full_disk_is_one_line_and_the_previous_checkpoint_stays(failure, tmp_
         raise failure
 
     monkeypatch.setattr(torch, "save", full_disk)
-    monkeypatch.setattr(ckpt_module.shutil, "disk_usage", lambda p: namedtuple("u", "total used free")(1, 1, 2_000_000))
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: namedtuple("u", "total used free")(1, 1, 2_000_000))
     with pytest.raises(UserError, match=r"could not write .*last.pt: no space left on the device \(it needs about "
                                         r"4 MB, 2 MB are free\); the previous file is unchanged"):
         ckpt_module.save(path, {"model": {"w": torch.zeros(1_000_000)}})

@@ -191,7 +191,7 @@ def test_a_worker_killed_mid_epoch_is_restarted_and_ends_with_the_uninterrupted_
     run = tmp_path / "run"
     # No --resume: a restarted worker resumes by itself (TORCHELASTIC_RESTART_COUNT > 0).
     agent = launch("agent", "--standalone", "--nproc-per-node", "2", "--max-restarts", "1",
-                   "-m", "alexnet", "train", "--data", more_data, "--out", run, "--epochs", "2", "--save-every", "1",
+                   "-m", "alexnet", "train", "--data", more_data, "--out", run, "--epochs", "2", "--save-every", "2",
                    *FLAGS)
     wait_until(lambda: (run / "last.pt").exists(), [agent], "a first mid-epoch checkpoint")
     delay = random.uniform(0.0, 1.5)

@@ -1,6 +1,7 @@
 """Export: safetensors that every --checkpoint accepts, and ONNX models that compute what PyTorch does."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,6 +61,28 @@ def test_an_export_replaces_an_earlier_export_and_never_another_file(tmp_path):
     assert r.returncode == 2 and "--classes takes a text file" in r.stderr, r.stderr
     r = run_main("export", "--checkpoint", ckpt, "--out", "")   # an unset variable: not the current folder
     assert r.returncode == 2 and "is empty" in r.stderr, r.stderr
+
+
+def test_a_full_disk_under_safetensors_is_one_line_and_the_earlier_export_stays(tmp_path, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    ckpt = make_checkpoint(tmp_path / "best.pt")
+    assert run_main("export", "--checkpoint", ckpt, "--out", tmp_path / "w.safetensors").returncode == 0
+    before = (tmp_path / "w.safetensors").read_bytes()
+
+    def full_disk(tensors, filename, metadata=None):   # safetensors' own words for ENOSPC, after part of a file
+        Path(filename).write_bytes(b"part of a file")
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                              '"No space left on device" })')
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    r = run_main("export", "--checkpoint", ckpt, "--out", tmp_path / "w.safetensors")
+    said = f"alexnet export: error: could not write {tmp_path / 'w.safetensors'}: no space left on the device ("
+    assert r.returncode == 2 and r.stderr.startswith(said), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "the previous file is unchanged" in r.stderr
+    assert (tmp_path / "w.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "w.safetensors"]
 
 
 def test_export_needs_a_format_it_knows(tmp_path, capsys):

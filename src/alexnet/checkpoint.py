@@ -22,10 +22,8 @@ never a KeyError deep in the loop.
 
 from __future__ import annotations
 
-import errno
 import math
 import pickle
-import shutil
 import warnings
 import zipfile
 import zlib
@@ -40,7 +38,7 @@ from alexnet.data.decode import FIXED_SIZE
 from alexnet.data.stats import STATS_FILE
 from alexnet.data.transforms import NORMALIZATIONS, PCA_CONVENTIONS, Normalize, PCANoise, Preprocessing
 from alexnet.errors import UserError
-from alexnet.files import atomic_write
+from alexnet.files import write_or_say
 from alexnet.model import AlexNet, state_mismatch
 
 FORMAT = 1
@@ -78,18 +76,7 @@ def training_state(*, model: dict, config: TrainConfig, classes: list[str], name
 def save(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` through a temporary file and a rename: never half a checkpoint. A write
     that fails (a full disk, say) leaves the previous file as it was and is a one-line UserError."""
-    try:
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
-    except (OSError, RuntimeError) as e:   # torch's writer reports a full disk as a RuntimeError
-        folder = Path(path).parent
-        need = _tensor_bytes(state)
-        free = shutil.disk_usage(folder).free if folder.is_dir() else 0
-        if getattr(e, "errno", None) == errno.ENOSPC or free < need:
-            raise UserError(f"could not write {path}: no space left on the device (it needs about "
-                            f"{need / 1e6:,.0f} MB, {free / 1e6:,.0f} MB are free); the previous file is "
-                            f"unchanged") from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"could not write {path} ({first}); the previous file is unchanged") from None
+    write_or_say(path, lambda tmp: torch.save(state, tmp), need=_tensor_bytes(state))
 
 
 def _tensor_bytes(value: Any) -> int:

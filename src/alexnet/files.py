@@ -4,7 +4,9 @@ by one process at a time (FolderLock)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +55,28 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_or_say(path: str | Path, write: Callable[[str], None], need: int = 0) -> None:
+    """atomic_write, with a write that fails (a full disk, say) said in one line (UserError) naming ``path``
+    and that the previous file is unchanged. The writers report it in their own words: OSError; torch's
+    RuntimeError; safetensors' SafetensorError. ``need``: about how many bytes the file takes."""
+    from alexnet.errors import UserError
+
+    try:
+        atomic_write(path, write)
+    except Exception as e:
+        if not isinstance(e, (OSError, RuntimeError)) and type(e).__name__ != "SafetensorError":
+            raise
+        folder = Path(path).parent
+        free = shutil.disk_usage(folder).free if folder.is_dir() else 0
+        text = str(e).strip()
+        if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text or free < need:
+            raise UserError(f"could not write {path}: no space left on the device (it needs about "
+                            f"{max(need, 1) / 1e6:,.0f} MB, {free / 1e6:,.0f} MB are free); the previous file is "
+                            f"unchanged") from None
+        first = text.splitlines()[0] if text else type(e).__name__
+        raise UserError(f"could not write {path} ({first}); the previous file is unchanged") from None
 
 
 def _umask() -> int:

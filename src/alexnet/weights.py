@@ -33,7 +33,7 @@ from alexnet.checkpoint import existing_file
 from alexnet.data.decode import FIXED_SIZE, SMALL
 from alexnet.data.transforms import NORMALIZATIONS, Normalize
 from alexnet.errors import UserError, printable
-from alexnet.files import atomic_write, head
+from alexnet.files import head, write_or_say
 from alexnet.inputs import SMALLEST_INPUT
 from alexnet.lrn import LRN_CONVENTIONS
 from alexnet.model import INITS, INPUT_SIZE, VARIANTS, AlexNet, guess_network, is_float, state_mismatch
@@ -238,7 +238,8 @@ def save_weights(loaded: LoadedModel, path: str | Path) -> None:
         "classes": json.dumps(loaded.classes), "names": json.dumps(loaded.names),
         "preprocessing": json.dumps(preprocessing_description(loaded)), "metrics": json.dumps(loaded.metrics),
     }
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    write_or_say(path, lambda tmp: save_file(tensors, tmp, metadata=metadata),
+                 need=sum(t.numel() * t.element_size() for t in tensors.values()))
 
 
 def is_weights_file(path: Path) -> bool:

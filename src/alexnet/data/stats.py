@@ -25,7 +25,7 @@ from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import ImageSet
 from alexnet.data.loader import leave_stop_signals_to_the_parent
 from alexnet.errors import UserError
-from alexnet.files import atomic_write
+from alexnet.files import write_or_say
 
 # The cache's name, in a run folder and in a prepared store: beside weights, but holding none.
 STATS_FILE = "data_stats.safetensors"
@@ -49,7 +49,8 @@ class DataStats:
         tensors = {k: getattr(self, k).contiguous() for k in
                    ("mean_image", "channel_mean", "channel_std", "eigvals", "eigvecs")}
         meta = {"version": STATS_VERSION, "images": str(self.images), "fingerprint": self.fingerprint}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        write_or_say(path, lambda tmp: save_file(tensors, tmp, metadata=meta),
+                     need=sum(t.numel() * t.element_size() for t in tensors.values()))
 
     @classmethod
     def load(cls, path: Path) -> DataStats:
