@@ -124,7 +124,10 @@ def test_out_never_replaces_a_file_that_holds_no_features(owt, tmp_path, capsys)
     notes.write_text("mine")
     array = tmp_path / "mine.npy"
     np.save(array, np.arange(3))
-    for out in (kept, notes, array, tmp_path):
+    cut = tmp_path / "cut.npz"   # an archive cut short: a zip header and no directory
+    np.savez(cut, features=np.zeros((50, 100)), labels=np.zeros(50), layer=np.array("relu7"))
+    cut.write_bytes(cut.read_bytes()[:2000])
+    for out in (kept, notes, array, cut, tmp_path):
         before = None if out.is_dir() else out.read_bytes()
         assert main(["features", "--checkpoint", str(kept), "--data", str(data), "--out", str(out),
                      "--workers", "0"]) == 2

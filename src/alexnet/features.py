@@ -17,6 +17,7 @@ uses to find similar images (section 6.1), and what Caffe's fc7 blob holds (its 
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +137,7 @@ def check_out(path: str | Path) -> None:
         raise UserError(f"{path} is a folder; give a file name for the features (.npz)")
     try:
         held = np.load(path, allow_pickle=False)   # an .npz archive; an .npy file gives an array
-    except (OSError, ValueError, EOFError):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):   # a cut-short .npz: whose, no one can say
         ours = False
     else:
         ours = {"features", "labels", "layer"} <= set(getattr(held, "files", ()))
