@@ -29,6 +29,23 @@ def test_cli_export_to_safetensors_predicts_as_the_checkpoint_does(tmp_path):
     assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
 
 
+def test_a_flipped_bit_in_an_export_is_refused_not_loaded_as_other_weights(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "best.pt")
+    out = tmp_path / "w.safetensors"
+    assert run_main("export", "--checkpoint", ckpt, "--out", out).returncode == 0
+    good = out.read_bytes()
+    header = 8 + int.from_bytes(good[:8], "little")
+    for offset in (header, header + (len(good) - header) // 2, len(good) - 1):   # first, middle and last tensor bytes
+        damaged = bytearray(good)
+        damaged[offset] ^= 0x10
+        out.write_bytes(bytes(damaged))
+        r = run_main("predict", "--checkpoint", out, tmp_path)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "is damaged" in r.stderr and "(CRC-32 mismatch); export it again" in r.stderr, r.stderr
+    out.write_bytes(good)
+    assert load_model(out).classes == load_model(ckpt).classes
+
+
 def test_an_export_over_its_own_input_is_refused_and_last_pt_claims_no_accuracy(tmp_path):
     ckpt = make_checkpoint(tmp_path / "last.pt", changes={"epoch": 5, "best": {"top1": 0.75, "epoch": 3}})
     before = ckpt.read_bytes()
