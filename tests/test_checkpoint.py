@@ -5,13 +5,14 @@ import copy
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from alexnet import checkpoint
+from alexnet import AlexNet, checkpoint
 from alexnet.config import resolve
 from alexnet.data.stats import STATS_FILE, DataStats
 from alexnet.data.transforms import Normalize, Preprocessing
@@ -77,6 +78,44 @@ def test_a_runs_last_checkpoint_reads_back_as_it_was_saved(run):
     assert [m.shape for m in momentum] == [v.shape for k, v in r.model.items()]
     best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)["model"]
     assert r.model.keys() == best.keys() and all(torch.equal(r.model[k], best[k]) for k in best)
+
+
+def mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    """The address ranges of this process's mappings of ``path`` (Linux: /proc/self/maps)."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.endswith(str(path)):
+            start, end = line.split()[0].split("-")
+            ranges.append((int(start, 16), int(end, 16)))
+    return ranges
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+def test_a_resume_keeps_no_view_of_the_mapped_last_pt(run, tmp_path):
+    # A view left in the preprocessing or the momentum kept last.pt mapped, so the file a resumed run
+    # replaced stayed on disk (a checkpoint's worth, 455 MB for the paper network) until the run ended.
+    from alexnet.train import _own_state
+
+    last = tmp_path / "last.pt"
+    last.write_bytes((run / "last.pt").read_bytes())
+    r = checkpoint.read_resumable(last)
+    ranges = mapped_ranges(last)
+    assert ranges, "torch.load(mmap=True) maps the file"          # by design: the weights are copied once
+
+    def in_file(t):
+        return any(lo <= t.untyped_storage().data_ptr() < hi for lo, hi in ranges)
+
+    assert in_file(r.model["features.0.weight"])
+    prep = [r.prep.norm.mean, r.prep.pca.eigvals, r.prep.pca.eigvecs]
+    assert not any(in_file(t) for t in prep)
+    model = AlexNet("paper", num_classes=2)
+    model.load_state_dict(r.model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt.load_state_dict(r.optimizer)
+    assert all(in_file(s["momentum_buffer"]) for s in opt.state.values())   # torch keeps the loaded tensors
+    _own_state(opt)
+    assert opt.state and not any(in_file(s["momentum_buffer"]) for s in opt.state.values())
+    assert not any(in_file(p) for p in model.parameters())
 
 
 def test_best_pt_is_refused_for_resuming_but_loads_as_a_model(run):

@@ -441,18 +441,26 @@ def test_bad_flags_exit_2_with_one_line(args, message):
     assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr
 
 
-def test_loaded_momentum_takes_its_weights_memory_layout():
+def test_loaded_momentum_takes_its_weights_memory_layout_in_memory_of_its_own(tmp_path):
     # Fused SGD adds momentum to the weight as flat memory: an NCHW buffer for a channels_last weight
     # would update the wrong elements (a towers checkpoint resumed on one process did exactly that).
-    from alexnet.train import _match_layouts
+    # And a buffer loaded from a mapped last.pt kept that file on disk after it was replaced: a resumed
+    # run needed a checkpoint's worth more disk than a fresh one.
+    from alexnet.checkpoint import torch_load
+    from alexnet.train import _own_state
 
     w = torch.nn.Parameter(torch.randn(4, 3, 5, 5).to(memory_format=torch.channels_last))
-    opt = torch.optim.SGD([w], lr=0.1, momentum=0.9, fused=True)
+    v = torch.nn.Parameter(torch.randn(7))
+    opt = torch.optim.SGD([w, v], lr=0.1, momentum=0.9, fused=True)
     buf = torch.randn(4, 3, 5, 5)                                    # NCHW, as a sliced checkpoint gives it
-    opt.state[w]["momentum_buffer"] = buf.clone()
-    _match_layouts(opt)
+    torch.save({"w": buf, "v": torch.ones(7)}, tmp_path / "last.pt")
+    mapped = torch_load(tmp_path / "last.pt")                         # as a resume reads it
+    opt.state[w]["momentum_buffer"], opt.state[v]["momentum_buffer"] = mapped["w"], mapped["v"]
+    _own_state(opt)
     got = opt.state[w]["momentum_buffer"]
     assert got.stride() == w.stride() and torch.equal(got, buf)
+    for tensor, own in ((mapped["w"], got), (mapped["v"], opt.state[v]["momentum_buffer"])):
+        assert own.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr() and torch.equal(own, tensor)
     w.grad = torch.ones_like(w)
     expected = w.detach() - 0.1 * (0.9 * buf + 1)
     opt.step()

@@ -393,5 +393,6 @@ def _preprocessing(ckpt: dict, path: str | Path) -> Preprocessing:
         if not _tensor(vals, ((3,),)) or not _tensor(vecs, ((3, 3),)) or convention not in PCA_CONVENTIONS:
             raise _damaged(path, "preprocessing", "the PCA needs (3,) eigenvalues, (3, 3) eigenvectors and "
                                                   f"a convention among {', '.join(PCA_CONVENTIONS)}")
-        pca = PCANoise(vals, vecs, convention=convention)
-    return Preprocessing(crop, Normalize(mean, std), pca)
+        pca = PCANoise(vals.clone(), vecs.clone(), convention=convention)
+    # Copies: a view of the mapped file would keep it on disk after the run replaces it (a checkpoint's worth).
+    return Preprocessing(crop, Normalize(mean.clone(), None if std is None else std.clone()), pca)

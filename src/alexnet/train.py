@@ -304,18 +304,21 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _match_layouts(optimizer: torch.optim.Optimizer) -> None:
-    """Give every loaded state tensor its parameter's memory layout.
+def _own_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give every loaded state tensor memory of its own, in its parameter's layout.
 
-    The fused SGD kernel walks parameter, gradient and momentum as flat memory, so a momentum buffer that
-    arrives in NCHW order for a channels_last weight (a tower's slice of a checkpoint, say) would be added
-    to the wrong elements, silently.
+    Loaded, the momentum buffers are views of the mapped last.pt (torch's load_state_dict keeps a tensor
+    already of the right dtype and device): the replaced file would stay on disk, a checkpoint's worth,
+    as long as the run. And the fused SGD kernel walks parameter, gradient and momentum as flat memory, so
+    a momentum buffer in NCHW order for a channels_last weight (a tower's slice of a checkpoint, say) would
+    be added to the wrong elements, silently.
     """
     for group in optimizer.param_groups:
         for p in group["params"]:
             for key, value in optimizer.state.get(p, {}).items():
-                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
-                    optimizer.state[p][key] = torch.empty_like(p).copy_(value)
+                if torch.is_tensor(value):
+                    own = torch.empty_like(p) if value.shape == p.shape else torch.empty_like(value)
+                    optimizer.state[p][key] = own.copy_(value)
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -692,7 +695,7 @@ def _epoch_of(row: str) -> float:
 def _restore(run: _Run, ckpt: checkpoint.Resumable) -> None:
     run.model.load_state_dict(ckpt.model)
     run.step.optimizer.load_state_dict(ckpt.optimizer)
-    _match_layouts(run.step.optimizer)
+    _own_state(run.step.optimizer)
     run.schedule.load_state_dict(ckpt.schedule)
     run.step.scaler.load_state_dict(ckpt.scaler)
     run.epoch, run.step_in_epoch, run.best = ckpt.epoch, ckpt.step_in_epoch, ckpt.best
