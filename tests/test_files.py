@@ -37,6 +37,39 @@ def test_a_folder_is_held_by_one_process_and_left_as_it_was_found(tmp_path):
     assert not (tmp_path / "new" / "run").exists()
 
 
+HOLD_AND_FORK = """
+import os, sys, time
+from alexnet.files import FolderLock
+lock = FolderLock(sys.argv[1])
+lock.acquire()
+if os.fork() == 0:        # a DataLoader worker, say: it lives on a while after its parent dies
+    time.sleep(30)
+    os._exit(0)
+print(os.getpid(), flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_holders_forked_children_do_not_keep_its_hold(tmp_path):
+    # kill -9 of `alexnet train --workers 2`: its workers held the folder for seconds more, and a job
+    # requeued at once was refused in the name of the dead process.
+    import os
+    import signal
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_AND_FORK, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        assert int(holder.stdout.readline()) == holder.pid
+        assert not FolderLock(tmp_path).acquire()
+        holder.kill()
+        holder.wait()
+        lock = FolderLock(tmp_path)
+        assert lock.acquire()        # at once, while the child still lives
+        lock.release()
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+
+
 def test_a_hold_on_a_file_its_holder_removed_is_not_taken_for_the_folders(tmp_path, monkeypatch):
     # The race release() opens: B opens .lock, A removes it and lets go, B's flock then succeeds on a file
     # no longer in the folder. B must take a fresh .lock, or C could hold the folder at the same time.

@@ -155,6 +155,11 @@ class FolderLock:
     """
 
     NAME = ".lock"
+    # Descriptors of the holds this process has: a forked child (a DataLoader worker, a pool's process)
+    # closes its copies at once, else it would keep the hold after its parent was killed, until it noticed
+    # and exited (seconds), and a job requeued at once would be refused in the name of a dead process.
+    _held: set[int] = set()
+    _fork_hook = False
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
@@ -189,7 +194,20 @@ class FolderLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
+        FolderLock._held.add(fd)
+        if not FolderLock._fork_hook and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=FolderLock._let_go_in_child)
+            FolderLock._fork_hook = True
         return True
+
+    @staticmethod
+    def _let_go_in_child() -> None:
+        for fd in FolderLock._held:   # the copy only: the parent's descriptor keeps the hold
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        FolderLock._held.clear()
 
     def holder(self) -> str:
         """The pid written by the process holding the lock, or "" if unknown."""
@@ -205,5 +223,6 @@ class FolderLock:
         (self.folder / self.NAME).unlink(missing_ok=True)
         if self.created and not any(self.folder.iterdir()):
             self.folder.rmdir()
+        FolderLock._held.discard(self.fd)
         os.close(self.fd)   # closing drops the lock
         self.fd = None
