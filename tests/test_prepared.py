@@ -246,6 +246,42 @@ def test_a_damaged_store_is_one_line_naming_the_file(prep, tmp_path, damage, mes
         assert r.returncode == 2 and message in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr
 
 
+def test_a_shard_cut_short_while_it_is_read_is_one_line_in_the_process_or_its_workers(prep, tmp_path):
+    # A store truncated under a running train: a traceback before (OSError from the read, or torch's
+    # "Caught OSError in DataLoader worker process 0" with the worker's), now one line and exit 2.
+    import types
+
+    from alexnet.cli import _run
+    from alexnet.errors import CutShort, one_line
+
+    _, done = prep
+    out = tmp_path / "prep"
+    shutil.copytree(done, out)
+    images = PreparedImages(out, "train")
+    images.__getitems__([0])                        # checked and opened: as a run that has begun
+    shard = out / "train" / "00000.u8"
+    os.truncate(shard, shard.stat().st_size // 2)
+    with pytest.raises(CutShort, match=r"00000.u8 ends \d+ bytes into a read of \d+ at byte \d+ \(cut short"):
+        images.__getitems__(list(range(len(images))))
+    # In a worker: torch raises it again with the worker's traceback in its message.
+    loader = eval_loader(images, len(images), 0, 1, 1, pin_memory=False)
+    with pytest.raises(CutShort) as caught:
+        next(iter(loader))
+    assert str(caught.value).startswith("Caught CutShort in DataLoader worker process 0")
+    assert re.fullmatch(rf"{re.escape(str(shard))} ends \d+ bytes into a read of \d+ at byte \d+ \(cut short since "
+                        r"it was written or indexed\?\)", one_line(caught.value)), one_line(caught.value)
+
+    def fails(_):
+        raise caught.value
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert _run(types.SimpleNamespace(run=fails), "alexnet train") == 2
+    assert err.getvalue() == f"alexnet train: error: {one_line(caught.value)}\n"
+
+
 def test_any_flipped_bit_in_a_label_file_or_the_marker_is_refused_when_opened(prep, tmp_path):
     _, done = prep
     out = tmp_path / "prep"

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from alexnet.errors import Stopped, UserError, printable
+from alexnet.errors import CutShort, Stopped, UserError, one_line, printable
 
 EXIT_USAGE = 2
 
@@ -1073,8 +1073,8 @@ def _run(args, command: str) -> int:
     try:
         _refuse_writing_over_inputs(args)
         return args.run(args)
-    except UserError as e:
-        _say_error(f"{command}: error: {e}")
+    except (UserError, CutShort) as e:
+        _say_error(f"{command}: error: {one_line(e)}")
         return EXIT_USAGE
     except BrokenPipeError:
         # `alexnet summary | head`: the reader left; say nothing more and do not flush into a closed pipe.

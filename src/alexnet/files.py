@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from alexnet.errors import CutShort
+
 
 def replaceable(path: str | Path, ours: Callable[[Path], bool], what: str) -> Path:
     """``path`` if a command may write there: free, or holding ``what`` (``ours`` says: an earlier output of
@@ -116,7 +118,7 @@ class ReadAt:
     def read(self, offset: int, size: int, exact: bool = True) -> bytes:
         data = _pread(self._descriptor(), size, offset)
         if exact and len(data) != size:
-            raise OSError(f"{self.path} ends {len(data)} bytes into a read of {size} at byte {offset} "
+            raise CutShort(f"{self.path} ends {len(data)} bytes into a read of {size} at byte {offset} "
                           "(cut short since it was written or indexed?)")
         return data
 
@@ -132,7 +134,7 @@ class ReadAt:
                 n = len(data)
                 view[done:done + n] = data
             if n == 0:
-                raise OSError(f"{self.path} ends {done} bytes into a read of {len(view)} at byte {offset} "
+                raise CutShort(f"{self.path} ends {done} bytes into a read of {len(view)} at byte {offset} "
                               "(cut short since it was written or indexed?)")
             done += n
 
