@@ -193,6 +193,42 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
     assert not list(tmp_path.iterdir())
 
 
+def test_sigterm_ends_the_command_as_ctrl_c_does_leaving_no_partial_set_and_no_process(tmp_path):
+    # By default SIGTERM killed the process on the spot: its partial folder stayed, and its pool's workers
+    # and resource tracker waited on a pipe for good.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "alexnet", "demo-data", "--out", str(tmp_path / "set")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".set.partial-*/train/*/*.jpg")):   # images being written
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.05)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 128 + signal.SIGTERM and err.strip().splitlines()[-1] == \
+            "alexnet demo-data: stopped by SIGTERM", err
+        assert "Traceback" not in err and not list(tmp_path.iterdir())
+        for _ in range(100):   # the pool's processes end with their chunk
+            try:
+                os.killpg(p.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("processes of the command are still running")
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 # ---- the label is in the texture, not in the colour ----
 
 def _central_crop(img, res=112):

@@ -12,7 +12,9 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -998,12 +1000,40 @@ def main(argv: list[str] | None = None) -> int:
         streams = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
         try:
-            return _run(args, command)
+            with _StopsOnSigterm(command):
+                return _run(args, command)
         finally:
             sys.stdout, sys.stderr = streams
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)
         return 130
+
+
+class _StopsOnSigterm:
+    """SIGTERM (a scheduler's, `kill`'s) ends a command as Ctrl-C does: one line, exit 143, and what was half
+    written removed on the way out (atomic_write's temporary file, demo-data's partial set), where by
+    default the process died on the spot and left them. `train` puts its own handling (finish the step,
+    save) in place while it runs. A process forked meanwhile (a loader worker) dies of it as by default."""
+
+    def __init__(self, command: str) -> None:
+        self.command, self.pid, self.previous = command, os.getpid(), None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():   # signal handlers live on the main thread
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        if os.getpid() != self.pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        print(f"{self.command}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        raise Stopped(signum)
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 class _ReaderMayLeave:

@@ -62,7 +62,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from alexnet.cores import usable_cores
-from alexnet.errors import UserError
+from alexnet.errors import Stopped, UserError
 from alexnet.progress import progress_bar
 
 # Bump when the pictures change, so a cached set made by an older generator is rebuilt.
@@ -366,7 +366,7 @@ def _generate(root: Path, seed: int, counts: dict[str, int], progress: bool) -> 
             try:
                 for done in pool.map(_write_images, [str(root)] * len(chunks), [seed] * len(chunks), chunks):
                     bar.update(done)
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, Stopped):
                 # The workers ignore Ctrl-C (it reaches the whole process group) and end with their
                 # current chunk; the caller removes the partial set.
                 pool.shutdown(wait=True, cancel_futures=True)
