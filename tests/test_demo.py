@@ -193,9 +193,10 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
     assert not list(tmp_path.iterdir())
 
 
-def test_sigterm_ends_the_command_as_ctrl_c_does_leaving_no_partial_set_and_no_process(tmp_path):
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+def test_a_stopped_command_leaves_no_process_and_sigterm_no_partial_set(tmp_path, stop):
     # By default SIGTERM killed the process on the spot: its partial folder stayed, and its pool's workers
-    # and resource tracker waited on a pipe for good.
+    # and resource tracker waited on a pipe for good; after a kill -9 they still do without PDEATHSIG.
     import os
     import signal
     import subprocess
@@ -203,18 +204,16 @@ def test_sigterm_ends_the_command_as_ctrl_c_does_leaving_no_partial_set_and_no_p
     import time
 
     p = subprocess.Popen([sys.executable, "-m", "alexnet", "demo-data", "--out", str(tmp_path / "set")],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not list(tmp_path.glob(".set.partial-*/train/*/*.jpg")):   # images being written
             assert p.poll() is None and time.monotonic() < deadline, p.communicate()
             time.sleep(0.05)
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 128 + signal.SIGTERM and err.strip().splitlines()[-1] == \
-            "alexnet demo-data: stopped by SIGTERM", err
-        assert "Traceback" not in err and not list(tmp_path.iterdir())
-        for _ in range(100):   # the pool's processes end with their chunk
+        time.sleep(0.5)                                                   # the pool's workers at work
+        p.send_signal(getattr(signal, stop))
+        p.wait(timeout=120)
+        for _ in range(100):   # the pool's processes end with their chunk, or with their parent
             try:
                 os.killpg(p.pid, 0)
             except ProcessLookupError:
@@ -222,6 +221,11 @@ def test_sigterm_ends_the_command_as_ctrl_c_does_leaving_no_partial_set_and_no_p
             time.sleep(0.1)
         else:
             pytest.fail("processes of the command are still running")
+        err = p.stderr.read()
+        if stop == "SIGTERM":
+            assert p.returncode == 128 + signal.SIGTERM and err.strip().splitlines()[-1] == \
+                "alexnet demo-data: stopped by SIGTERM", err
+            assert "Traceback" not in err and not list(tmp_path.iterdir())
     finally:
         try:
             os.killpg(p.pid, signal.SIGKILL)

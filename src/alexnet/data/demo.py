@@ -54,6 +54,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -362,7 +363,8 @@ def _generate(root: Path, seed: int, counts: dict[str, int], progress: bool) -> 
         # Every image has its own Generator, so the bytes do not depend on which process drew it. Spawned,
         # not forked: the caller may be a training process with threads running.
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_interrupts) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start,
+                                 initargs=(os.getpid(),)) as pool:
             try:
                 for done in pool.map(_write_images, [str(root)] * len(chunks), [seed] * len(chunks), chunks):
                     bar.update(done)
@@ -373,8 +375,18 @@ def _generate(root: Path, seed: int, counts: dict[str, int], progress: bool) -> 
                 raise
 
 
-def _ignore_interrupts() -> None:
+def _worker_start(parent: int) -> None:
+    """A pool worker ignores Ctrl-C (it reaches the whole process group; the parent stops the pool) and,
+    on Linux, dies with its parent: a parent killed with kill -9 left its workers (and, through them,
+    multiprocessing's resource tracker) waiting on a pipe for good."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:   # it died before the call: nothing would signal it now
+            os._exit(1)
 
 
 def _check_replaceable(out: Path, marker: dict | None) -> None:
