@@ -185,3 +185,19 @@ def test_a_peer_that_died_in_a_collective_is_one_line_and_other_errors_keep_thei
     failure = RuntimeError("mat1 and mat2 shapes cannot be multiplied")
     with pytest.raises(RuntimeError):
         main(["summary"])
+
+
+@pytest.mark.parametrize("filename", [None, ".set.partial-0123abcd/train/checker/checker_0001.jpg"])
+def test_a_file_system_error_names_the_out_the_user_gave_not_a_temporary_file(tmp_path, monkeypatch, filename):
+    import errno
+
+    from alexnet.data import demo
+    from conftest import run_main
+
+    def full(root, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", *([str(tmp_path / filename)] if filename else []))
+
+    monkeypatch.setattr(demo, "_generate", full)
+    r = run_main("demo-data", "--out", tmp_path / "set")
+    assert r.returncode == 2 and r.stderr == f"alexnet demo-data: error: cannot use {tmp_path / 'set'} (No space " \
+                                             f"left on device)\n", r.stderr

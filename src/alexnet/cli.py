@@ -1114,6 +1114,9 @@ def _run(args, command: str) -> int:
         if e.errno not in _FILE_SYSTEM_ERRORS:
             raise
         where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "") if e.filename else ""
+        out = getattr(args, "out", None)
+        if out is not None and (not where or _half_written(e.filename, Path(out))):
+            where = str(out)   # what the user named, not a temporary file of ours beside it
         _say_error(f"{command}: error: " + (f"cannot use {where} ({e.strerror})" if where else f"{e.strerror}"))
         return EXIT_USAGE
     except Stopped as e:   # a signal, already reported (training: last.pt written)
@@ -1139,6 +1142,12 @@ def _run(args, command: str) -> int:
                   file=sys.stderr)
             return 1
         raise
+
+
+def _half_written(filename, out: Path) -> bool:
+    """Whether ``filename`` is one of the temporary names a write of ``out`` goes through first:
+    atomic_write's .OUT.*.tmp, demo-data's .OUT.partial-* folder (or a file in it)."""
+    return any(part.startswith(f".{out.name}.") for part in Path(str(filename)).parts)
 
 
 def _a_peer_failed(e: Exception) -> bool:
