@@ -102,6 +102,19 @@ def test_complete_set_is_returned_untouched(small_set, monkeypatch):
     assert {p: p.stat().st_mtime_ns for p in small_set.rglob("*")} == before
 
 
+def test_a_set_missing_images_is_made_again_as_it_was(small_set, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "set"
+    shutil.copytree(small_set, copy)
+    images = sorted(copy.rglob("*.jpg"))
+    images[0].unlink()
+    images[5].write_bytes(b"")
+    assert write_demo_set(copy, seed=0, progress=False, **SMALL) == copy
+    assert "lacks 2 of its images (missing or empty); making it again" in capsys.readouterr().err
+    assert digests(copy) == digests(small_set)
+
+
 def test_demo_set_with_other_settings_is_replaced(tmp_path):
     out = write_demo_set(tmp_path / "set", seed=0, progress=False, **SMALL)
     write_demo_set(out, seed=2, train_per_class=2, val_per_class=1, progress=False)
