@@ -239,6 +239,10 @@ def test_a_stopped_command_leaves_no_process_and_sigterm_no_partial_set(tmp_path
             assert p.returncode == 128 + signal.SIGTERM and err.strip().splitlines()[-1] == \
                 "alexnet demo-data: stopped by SIGTERM", err
             assert "Traceback" not in err and not list(tmp_path.iterdir())
+        else:   # its partial set stays (nothing runs at a kill -9), and the next run removes it
+            assert [p.name for p in tmp_path.iterdir()][0].startswith(".set.partial-")
+            write_demo_set(tmp_path / "set", progress=False, **SMALL)
+            assert [p.name for p in tmp_path.iterdir()] == ["set"]
     finally:
         try:
             os.killpg(p.pid, signal.SIGKILL)

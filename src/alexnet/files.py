@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +48,8 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    sweep_abandoned(path.parent, f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{maker()}-", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
@@ -57,6 +60,46 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def maker() -> str:
+    """This host and process, written into the names of temporary files and folders so that a later run can
+    tell one whose maker was killed (kill -9, an out-of-memory kill, a power cut) from one still being made."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+_swept: set[tuple[str, str]] = set()
+
+
+def sweep_abandoned(folder: Path, prefix: str) -> None:
+    """Remove the entries of ``folder`` named ``prefix`` + maker() of a process of this host that no longer
+    runs: a checkpoint's or an export's temporary file (up to a GB), a half-made demo set. Once per folder
+    and prefix in a process. Those of live processes, or of other hosts (a shared file system), are left."""
+    if os.name != "posix" or (str(folder), prefix) in _swept:
+        return   # elsewhere there is no os.kill(pid, 0) to ask whether a process lives
+    _swept.add((str(folder), prefix))
+    made_by = re.compile(re.escape(prefix + socket.gethostname()) + r"-(\d+)-")
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.startswith(prefix)]
+    except OSError:
+        return
+    for entry in entries:
+        found = made_by.match(entry.name)
+        if found and not _runs(int(found.group(1))):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                Path(entry.path).unlink(missing_ok=True)
+
+
+def _runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:   # EPERM: it runs, as another user
+        return True
+    return True
 
 
 def write_or_say(path: str | Path, write: Callable[[str], None], need: int = 0) -> None:

@@ -64,6 +64,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from alexnet.cores import usable_cores
 from alexnet.errors import Stopped, UserError
+from alexnet.files import maker, sweep_abandoned
 from alexnet.progress import progress_bar
 
 # Bump when the pictures change, so a cached set made by an older generator is rebuilt.
@@ -447,7 +448,7 @@ def _move_into_place(tmp: Path, out: Path, settings: dict) -> None:
         if not out.exists():
             tmp.rename(out)  # atomic: `out` appears complete or not at all
         elif _read_marker(out) is not None:  # an older demo set: swap it out whole, then delete it
-            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:12]}")
+            old = out.with_name(f".{out.name}.old-{maker()}-{uuid.uuid4().hex[:12]}")
             out.rename(old)
             tmp.rename(out)
             shutil.rmtree(old)
@@ -494,8 +495,10 @@ def write_demo_set(out, seed: int = 0, train_per_class: int = TRAIN_PER_CLASS,
         _check_replaceable(out, marker)
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    for kind in ("partial", "old"):   # what a killed run (kill -9) left: a set's worth of disk each
+        sweep_abandoned(out.parent, f".{out.name}.{kind}-")
     # Not tempfile.mkdtemp: its folder is private (0700) and would stay so once renamed to `out`.
-    tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:12]}")
+    tmp = out.with_name(f".{out.name}.partial-{maker()}-{uuid.uuid4().hex[:12]}")
     tmp.mkdir()
     try:
         _generate(tmp, seed, {"train": train_per_class, "val": val_per_class}, progress)
