@@ -307,6 +307,9 @@ def test_any_flipped_bit_in_a_label_file_or_the_marker_is_refused_when_opened(pr
     # Still valid JSON, a label changed: the intact marker's CRC-32 of that record no longer matches.
     lambda out: _damage_json(out / "val" / "00002.json",
                              lambda i: i["labels"].__setitem__(0, (i["labels"][0] + 1) % 3)),
+    # A data file cut short or lost, its record intact: it was taken as done, and refused by every run.
+    lambda out: os.truncate(out / "val" / "00003.u8", 1000),
+    lambda out: (out / "train" / "00001.u8").unlink(),
 ])
 def test_prepare_again_repairs_damaged_records(prep, tmp_path, damage):
     # What open_prepared refuses with "run alexnet prepare again": that run makes what is damaged again
@@ -319,6 +322,20 @@ def test_prepare_again_repairs_damaged_records(prep, tmp_path, damage):
     for path in sorted(done.rglob("*")):
         if path.is_file() and path.suffix != ".safetensors":
             assert (out / path.relative_to(done)).read_bytes() == path.read_bytes(), path
+
+
+def test_prepare_again_repairs_a_jpeg_store_whose_data_was_cut_short(prep, tmp_path):
+    data, _ = prep
+    out = tmp_path / "prep"
+    prepare(data, out, workers=0, shard_size=4, progress=False, store="jpeg")
+    whole = out / "train" / "00002.jpg.bin"
+    kept = whole.read_bytes()
+    os.truncate(whole, len(kept) - 1)
+    with pytest.raises(UserError, match=re.escape(f"{whole} has {len(kept) - 1} bytes, expected {len(kept)}; run "
+                                                  "alexnet prepare again with the --data and --out it was made with")):
+        open_prepared(out)
+    prepare(data, out, workers=0, shard_size=4, progress=False, store="jpeg")
+    assert whole.read_bytes() == kept and len(open_prepared(out).splits["train"]) == 15
 
 
 def test_files_that_break_a_batch_or_a_name_are_skipped_or_kept(tmp_path):

@@ -212,7 +212,8 @@ def _prepare_split(images: ImageSet, folder: Path, workers: int, shard_size: int
     split = images.split
     folder.mkdir(parents=True, exist_ok=True)
     shards = (len(split) + shard_size - 1) // shard_size
-    done = [s for s in range(shards) if _json(folder / f"{s:05d}.json") is not None and _as_vouched(folder, s, vouched)]
+    done = [s for s in range(shards) if _json(folder / f"{s:05d}.json") is not None and _as_vouched(folder, s, vouched)
+            and _data_whole(folder, s, jpeg=quality is not None)]
     for shard in done:
         lo, hi = shard * shard_size, min(len(split), (shard + 1) * shard_size)
         if _json(folder / f"{shard:05d}.json").get("sources") != _sources(split, lo, hi):
@@ -249,6 +250,18 @@ def _as_vouched(folder: Path, shard: int, vouched: list | None) -> bool:
     if vouched is None or shard >= len(vouched):
         return True
     return zlib.crc32((folder / f"{shard:05d}.json").read_bytes()) == vouched[shard]
+
+
+def _data_whole(folder: Path, shard: int, jpeg: bool) -> bool:
+    """Whether the shard's data file has the size its record gives: one cut short (a full disk, a copy that
+    stopped) or lost since is made again, rather than refused by every run that opens the store."""
+    info = _json(folder / f"{shard:05d}.json")
+    try:
+        size = (folder / f"{shard:05d}{'.jpg.bin' if jpeg else '.u8'}").stat().st_size
+        expected = int(info["offsets"][-1]) if jpeg else len(info["labels"]) * FIXED_SIZE * FIXED_SIZE * 3
+    except (OSError, KeyError, IndexError, TypeError, ValueError):
+        return False
+    return size == expected
 
 
 def _sources(split: Split, lo: int, hi: int) -> list:

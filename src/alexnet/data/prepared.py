@@ -62,6 +62,10 @@ def is_prepared(path: str | Path) -> bool:
 
 # What `prepare` writes before a shard is finished: its data (.00000.u8.tmp), then its .json (atomic_write's
 # .00000.json.XXXX.tmp).
+# What undoes damage to a store's shards: prepare makes again each shard whose record is missing, changed
+# since the marker vouched for it, or whose data file has not the size its record gives.
+REMAKE = "run alexnet prepare again with the --data and --out it was made with: it makes damaged shards afresh"
+
 PARTIAL = re.compile(r"\.\d{5}\.(u8|jpg\.bin|json)(\..+)?\.tmp")
 
 
@@ -159,10 +163,9 @@ class PreparedImages(ImageSet):
         try:
             size = s.path.stat().st_size
         except OSError as e:
-            raise UserError(f"{s.path} cannot be read ({e.strerror or e}); rerun alexnet prepare into a new "
-                            "folder") from None
+            raise UserError(f"{s.path} cannot be read ({e.strerror or e}); {REMAKE}") from None
         if size != expected:
-            raise UserError(f"{s.path} has {size} bytes, expected {expected}; rerun alexnet prepare into a new folder")
+            raise UserError(f"{s.path} has {size} bytes, expected {expected}; {REMAKE}")
 
     def _locate(self, index: int) -> tuple[int, int]:
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
@@ -208,7 +211,7 @@ class PreparedJpegs(PreparedImages):
             ok = False
         if not ok:
             raise UserError(f"{folder / f'{s:05d}.json'} is damaged: its JPEG offsets or checksums do not fit its "
-                            "labels; rerun alexnet prepare into a new folder")
+                            f"labels; {REMAKE}")
         return _Shard(folder / f"{s:05d}.jpg.bin", len(info["labels"]), offsets, crcs)
 
     def _bytes(self, s: _Shard) -> int:
@@ -253,14 +256,13 @@ def _shard_info(path: Path, classes: int, crc: int | None) -> dict:
     try:
         text = path.read_bytes()
         if crc is not None and zlib.crc32(text) != crc:
-            raise UserError(f"{path} is damaged: it is not the file prepare wrote (CRC-32 mismatch); rerun alexnet "
-                            "prepare into a new folder")
+            raise UserError(f"{path} is damaged: it is not the file prepare wrote (CRC-32 mismatch); {REMAKE}")
         info = json.loads(text)
         labels, files = info["labels"], info["files"]
         ok = len(labels) == len(files) and all(type(y) is int and 0 <= y < classes for y in labels)
     except (OSError, ValueError, KeyError, TypeError) as e:
         reason = "missing" if isinstance(e, FileNotFoundError) else f"unreadable ({type(e).__name__}: {e})"
-        raise UserError(f"{path} is {reason}; rerun alexnet prepare into a new folder") from None
+        raise UserError(f"{path} is {reason}; {REMAKE}") from None
     if not ok:
         raise UserError(f"{path} is damaged: its labels are not one class index (0 to {classes - 1}) per file; "
                         "rerun alexnet prepare into a new folder")
