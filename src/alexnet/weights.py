@@ -31,6 +31,7 @@ import torch
 
 from alexnet import checkpoint
 from alexnet.checkpoint import existing_file
+from alexnet.data.class_names import read_pairs
 from alexnet.data.decode import FIXED_SIZE, SMALL
 from alexnet.data.transforms import NORMALIZATIONS, Normalize
 from alexnet.errors import UserError, printable
@@ -319,15 +320,10 @@ def _read_classes_file(path: str | Path, count: int) -> tuple[list[str], list[st
     """The folder of each output, and the readable name the file gives it ("" where it gives none)."""
     if Path(path).is_dir():
         raise UserError(f"{path} is a folder; --classes takes a text file, '<folder> <name>' per line in output order")
-    path = existing_file(path)
-    rows = [line.split(maxsplit=1) for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
-            if line.strip()]
-    folders = [row[0] for row in rows]
-    if len(folders) != count:
-        raise UserError(f"{path} names {len(folders)} classes; the weights have {count} outputs")
-    if len(set(folders)) != count:
-        raise UserError(f"{path} names a class folder twice")
-    return folders, [row[1].strip() if len(row) > 1 else "" for row in rows]
+    rows = read_pairs(existing_file(path))   # a folder named twice is refused there
+    if len(rows) != count:
+        raise UserError(f"{path} names {len(rows)} classes; the weights have {count} outputs")
+    return [folder for folder, _ in rows], [name for _, name in rows]
 
 
 def _check_order(path: str | Path, named: list[str], names: list[str]) -> None:

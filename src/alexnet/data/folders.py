@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import default_collate
 
+from alexnet.data.class_names import read_pairs
 from alexnet.data.decode import FIXED_SIZE, UndecodableImage, load_fixed
 from alexnet.data.imageset import SPLITS, Batch, DataSource, ImageSet, Split, labelled_by
 from alexnet.data.samples import take
@@ -141,11 +142,11 @@ def read_class_names(root: Path, classes: list[str]) -> list[str]:
     for name in CLASS_NAME_FILES:
         path = root / name
         if path.is_file():
-            mapping = {}
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                parts = line.split(maxsplit=1)   # a space or a tab between folder and name
-                if parts:
-                    mapping[parts[0]] = parts[1].strip() if len(parts) > 1 else parts[0]
+            mapping = {folder: words or folder for folder, words in read_pairs(path, classes)}
+            if mapping and classes and not mapping.keys() & set(classes):
+                print(printable(f"warning: {path} names none of the class folders ({_few(sorted(mapping), 3)}; "
+                                f"the folders: {_few(classes, 3)}): each class is named by its folder"),
+                      file=sys.stderr)
             return [mapping.get(c, c) for c in classes]
     return list(classes)
 

@@ -23,6 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alexnet.data.class_names import read_pairs
 from alexnet.data.folders import IMAGE_EXTENSIONS, FixedSizeImages, discover, image_files
 from alexnet.data.imageset import SPLITS, DataSource, Split
 from alexnet.data.tars import MemberSamples, index_tar
@@ -138,12 +139,7 @@ class LabelFiles:
 
     def mapping_names(self) -> dict[str, str]:
         """LOC_synset_mapping.txt: WordNet id -> words ("n01440764 tench, Tinca tinca" per line)."""
-        names = {}
-        for line in self.mapping.read_text(encoding="utf-8", errors="replace").splitlines():
-            wnid, _, words = line.strip().partition(" ")
-            if wnid:
-                names[wnid] = words.strip() or wnid
-        return names
+        return {wnid: words or wnid for wnid, words in read_pairs(self.mapping)}
 
     def classes(self) -> list[str]:
         """The classes when there is no train split: every class the label files know."""
