@@ -22,7 +22,7 @@ from PIL import Image
 from alexnet.data.decode import UndecodableImage, open_rgb
 from alexnet.data.prepare import prepare
 from alexnet.data.prepared import read_meta
-from alexnet.data.sources import kind_of, open_data
+from alexnet.data.sources import kind_of, open_data, open_split
 from alexnet.data.tars import Archive, index_tar, member_path
 from alexnet.errors import UserError
 from conftest import imagenet_val_names, run_cli, tar_of, write_devkit, write_imagenet_archives, write_kaggle
@@ -157,6 +157,32 @@ def test_prepare_of_a_layout_stores_what_preparing_its_class_folders_stores(name
     source = open_data(path)
     for split in ("train", "val"):
         assert [got.splits[split].path(i) for i in (0, 5)] == [source.splits[split].path(i) for i in (0, 5)]
+
+
+def test_dense_views_of_a_store_prepared_from_the_archives_read_the_archives(archives, reference, tmp_path):
+    # Dense views read whole source images: a store's paths into a tar ("ILSVRC2012_img_val.tar/x.JPEG")
+    # are no files, and evaluate --views dense refused every store made from ImageNet's archives.
+    from alexnet.dense import DenseImages
+
+    copy = shutil.copytree(archives, tmp_path / "ILSVRC2012")
+    prepare(copy, tmp_path / "prep", workers=0, progress=False)
+    store = open_split(tmp_path / "prep", "val", classes=WNIDS)
+    got, want = DenseImages(store, (256, 288), 227), DenseImages(open_split(reference, "val", classes=WNIDS),
+                                                                 (256, 288), 227)
+    assert len(got) == len(want) == len(store)
+    for i in range(len(got)):
+        (got_views, got_label, _, error), (want_views, want_label, _, _) = got[i], want[i]
+        assert error == "" and got_label == want_label and got.path(i).name == want.path(i).name
+        assert all(torch.equal(a, b) for a, b in zip(got_views, want_views))
+    # The archive holds fewer images since: one line naming the first it lacks.
+    val = copy / "ILSVRC2012_img_val.tar"
+    with tarfile.open(val) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(val, "w") as tar:
+        for m, data in members[1:]:
+            tar.addfile(m, io.BytesIO(data))
+    with pytest.raises(UserError, match=f"{copy} no longer holds {members[0][0].name}, which .*prep was prepared"):
+        DenseImages(open_split(tmp_path / "prep", "val", classes=WNIDS), (256,), 227)
 
 
 def test_one_split_needs_only_its_own_archive(reference, tmp_path):

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from alexnet.data.decode import UndecodableImage, open_rgb
 from alexnet.data.imageset import ImageSet
+from alexnet.data.sources import open_split
 from alexnet.data.transforms import Normalize
 from alexnet.errors import UserError
 from alexnet.fully_convolutional import fitted_side
@@ -89,6 +90,7 @@ class DenseImages(Dataset):
     """
 
     def __init__(self, images: ImageSet, scales: Sequence[int], input_size: int, small: str = "upscale") -> None:
+        images = _whole_images(images)
         self.images, self.scales, self.input_size, self.small = images, tuple(scales), input_size, small
         if len(images) and not _readable(images.path(0)):
             raise UserError(f"dense evaluation reads whole images from their source files, and "
@@ -118,6 +120,29 @@ class DenseImages(Dataset):
     def collate(items: list) -> tuple[list[list[torch.Tensor]], torch.Tensor, torch.Tensor, list[str]]:
         views, labels, indices, errors = zip(*items)
         return list(views), torch.tensor(labels), torch.tensor(indices), list(errors)
+
+
+def _whole_images(images: ImageSet) -> ImageSet:
+    """A prepared store's images as its source holds them, in the store's order: its files' paths are files
+    of a folder, read as they are, or members of an archive (ImageNet's tars), which only the archive's
+    index opens."""
+    origin = getattr(images, "origin", None)
+    if origin is None or not len(images) or _readable(images.path(0)):
+        return images
+    try:
+        source = open_split(*origin, classes=images.classes)
+    except UserError:
+        return images   # gone or changed: said in one line by the caller
+    where = {_name(source, i): i for i in range(len(source))}
+    missing = next((name for name in map(lambda i: _name(images, i), range(len(images))) if name not in where), None)
+    if missing is not None:
+        raise UserError(f"{origin[0]} no longer holds {missing}, which {images.root} was prepared from; give "
+                        f"--data what it holds now")
+    return source.subset([where[_name(images, i)] for i in range(len(images))])
+
+
+def _name(images: ImageSet, i: int) -> str:
+    return str(images.path(i).relative_to(images.split.root))
 
 
 def _readable(path: Path) -> bool:

@@ -109,6 +109,7 @@ class PreparedImages(ImageSet):
         if meta.get("store") == "jpeg":   # statistics of its decoded JPEGs are not those of the raw pixels
             self.pixels = f"jpeg quality {meta.get('quality')}"
         folder = self.root / split
+        self.origin = (Path(meta["source"]), split)   # what it was prepared from: dense views read that
         shards, parts = [], []
         self.unreadable = 0
         source = Path(meta.get("roots", {}).get(split) or Path(meta["source"]) / split)   # no "roots": folders
