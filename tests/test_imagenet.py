@@ -185,6 +185,34 @@ def test_dense_views_of_a_store_prepared_from_the_archives_read_the_archives(arc
         DenseImages(open_split(tmp_path / "prep", "val", classes=WNIDS), (256,), 227)
 
 
+def test_an_empty_class_tar_is_refused_not_left_out(reference, tmp_path):
+    # Left out, it gave every later class the label of the one before it, and prepare said nothing (or, with
+    # val images of that class, blamed val).
+    folders = shutil.copytree(reference, tmp_path / "folders")
+    for f in (folders / "train" / WNIDS[4]).iterdir():
+        f.unlink()
+    write_imagenet_archives(folders, tmp_path / "a", ids=IDS)
+    with pytest.raises(UserError, match=rf"ILSVRC2012_img_train.tar/{WNIDS[4]}.tar holds no image: a class of "
+                                        r"ImageNet's training set is empty"):
+        open_data(tmp_path / "a")
+
+
+@pytest.mark.parametrize("name", ["archives", "kaggle", "extracted-devkit-folder"])
+def test_a_training_class_the_label_files_do_not_list_is_refused(name, reference, tmp_path):
+    path = layout(name, reference, tmp_path / name)
+    if name == "archives":
+        train = path / "ILSVRC2012_img_train.tar"
+        with tarfile.open(train) as tar:
+            inner = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        train.write_bytes(tar_of(inner | {"n09999999.tar": inner[f"{WNIDS[0]}.tar"]}))
+    else:
+        train = next(p for p in path.rglob("train") if p.is_dir())
+        shutil.copytree(train / WNIDS[0], train / "n09999999")
+    with pytest.raises(UserError, match=r"n09999999(\.tar|/) is no class that .*(meta\.mat|LOC_synset_mapping\.txt) "
+                                        r"lists: ImageNet's classes are WordNet ids"):
+        open_data(path)
+
+
 def test_one_split_needs_only_its_own_archive(reference, tmp_path):
     write_imagenet_archives(reference, tmp_path / "a", ids=IDS)
     (tmp_path / "a" / "ILSVRC2012_img_train.tar").unlink()

@@ -56,7 +56,7 @@ def open_archives(path: Path, splits: tuple[str, ...] = SPLITS) -> DataSource:
             raise UserError(f"{path} has no {name} (ImageNet's archives: {TRAIN_TAR}, {VAL_TAR} and {DEVKIT}.tar.gz)")
     sets, classes = {}, None
     if "train" in splits:
-        members = index_tar(path / TRAIN_TAR, keep=_is_image, nested=True)
+        members = index_tar(path / TRAIN_TAR, keep=_is_image, nested=True, on_empty=_empty_class(path / TRAIN_TAR))
         # A member is <wnid>.tar/<file>; loose files at the top have no class.
         by_class = defaultdict(list)
         for i, name in enumerate(members.names):
@@ -66,6 +66,7 @@ def open_archives(path: Path, splits: tuple[str, ...] = SPLITS) -> DataSource:
         if not by_class:
             raise UserError(f"{path / TRAIN_TAR} holds no <wnid>.tar of images")
         classes = sorted(by_class)
+        labels.check_train(classes, path / TRAIN_TAR, ".tar")
         rows = [i for c in classes for i in sorted(by_class[c], key=members.names.__getitem__)]
         targets = [label for label, c in enumerate(classes) for _ in by_class[c]]
         sets["train"] = Split(path / TRAIN_TAR, classes, MemberSamples(members.take(rows), targets))
@@ -87,6 +88,7 @@ def open_extracted(path: Path, splits: tuple[str, ...] = SPLITS) -> DataSource:
     if "train" in splits:
         sets["train"] = discover(root, ("train",)).splits["train"]   # class folders, as ever
         classes = sets["train"].classes
+        labels.check_train(classes, root / "train", "/")
     if "val" in splits:
         if not (root / "val").is_dir():
             raise UserError(f"{root} has no val/ folder (expected {root}/val/<images>)")
@@ -98,6 +100,14 @@ def open_extracted(path: Path, splits: tuple[str, ...] = SPLITS) -> DataSource:
         rows, targets = _by_class([f.name for f in files], wnids, classes)
         sets["val"] = Split(root / "val", classes, [(files[i], label) for i, label in zip(rows, targets)])
     return _source(root, "imagenet-extracted", classes, labels, sets)
+
+
+def _empty_class(archive: Path):
+    def refuse(name: str) -> None:
+        # Left out, it would have given every later class another label: one line, as an empty class folder.
+        raise UserError(f"{archive}/{name} holds no image: a class of ImageNet's training set is empty (a "
+                        f"damaged download?); download it again, or remove {name} to train without that class")
+    return refuse
 
 
 def _source(root: Path, kind: str, classes: list[str], labels: LabelFiles, splits: dict[str, Split]) -> DataSource:
@@ -214,6 +224,20 @@ class LabelFiles:
                     raise UserError(f"{self.solution} line {rows.line_num}: no label for {row['ImageId']}")
                 found[row["ImageId"]] = words[0]
             return found
+
+    def check_train(self, classes: list[str], where: Path, suffix: str) -> None:
+        """A training class that the devkit or Kaggle's mapping does not list (where either is there) is refused:
+        no ImageNet class, it would shift the labels of the classes after it."""
+        if not (self.devkit or self.mapping):
+            return
+        known = self.meta()[1] if self.devkit else self.mapping_names()
+        unknown = [c for c in classes if c not in known]
+        if unknown:
+            listed = self.devkit / META if self.devkit else self.mapping
+            raise UserError(f"{where}/{unknown[0]}{suffix} is no class that {listed} lists"
+                            f"{f' ({len(unknown)} such)' if len(unknown) > 1 else ''}: ImageNet's classes are "
+                            f"WordNet ids such as {next(iter(sorted(known)), 'n01440764')}; remove it, or train on "
+                            f"class folders of your own")
 
     def _missing(self) -> UserError:
         return UserError(f"found no labels for val: put {DEVKIT}.tar.gz (ImageNet's devkit) or {SOLUTION} and "

@@ -113,11 +113,13 @@ class MemberSamples(Samples):
         return out
 
 
-def index_tar(path: Path, keep: Callable[[str], bool], nested: bool = False) -> Members:
+def index_tar(path: Path, keep: Callable[[str], bool], nested: bool = False,
+              on_empty: Callable[[str], None] | None = None) -> Members:
     """The regular-file members of the tar at ``path`` whose names ``keep`` accepts, without reading their data.
 
     With ``nested``, a member named *.tar is opened as a tar in turn and its members (named
-    "inner.tar/member") are kept instead. A truncated or damaged archive, outer or inner, is a UserError
+    "inner.tar/member") are kept instead, and ``on_empty`` is called with the name of one that has none to
+    keep. A truncated or damaged archive, outer or inner, is a UserError
     that names it: a header cut short, a member whose data would run past the end, or no end-of-archive
     block where the last member ends.
     """
@@ -132,6 +134,8 @@ def index_tar(path: Path, keep: Callable[[str], bool], nested: bool = False) -> 
     for name, offset, length, mtime in _members(archive, 0, size, str(path)):
         if nested and name.endswith(".tar"):
             found = [(f"{name}/{m[0]}", *m[1:]) for m in _members(archive, offset, length, f"{path}/{name}")]
+            if on_empty is not None and not any(keep(m[0]) for m in found):
+                on_empty(name)
         else:
             found = [(name, offset, length, mtime)]
         for member in found:
