@@ -745,3 +745,27 @@ def test_train_evaluate_and_features_take_the_default_workers_unless_told(tiny_f
                     ["evaluate", "--checkpoint", best, "--data", data, "--json", *common]):
         assert cli.main([str(a) for a in [*command, "--workers", "0"]]) == 0
     assert len(asked) == 3                  # --workers given: nobody asked
+
+
+def test_a_resume_that_would_end_inside_the_warm_up_says_so(data, tmp_path, monkeypatch):
+    # The preset's warm-up, a share of the epochs the run started with, is fixed then: --epochs 4 on a
+    # resumed 20-epoch demo run said "warmup_epochs (6.666666666666667) must be shorter than the run".
+    import alexnet.train as train_module
+    from alexnet.errors import Stopped
+
+    real = train_module._end_epoch
+
+    def end_then_stop(run, *args, **kwargs):
+        out = real(run, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)   # as a scheduler would: the run stops after its next step
+        return out
+
+    monkeypatch.setattr(train_module, "_end_epoch", end_then_stop)
+    run = tmp_path / "run"
+    with pytest.raises(Stopped):
+        train(config(data, run, epochs=3, warmup_epochs=2.5))
+    monkeypatch.undo()
+    with pytest.raises(UserError, match=r"--epochs 2 would end .*run inside its warm-up of 2\.5 epochs \(set when it "
+                                        r"started: .*\); give more than 2\.5"):
+        train(config(data, run, epochs=2), resume=True, given={"epochs": 2})
+    assert train(config(data, run, epochs=3), resume=True, given={})["epoch"] == 3

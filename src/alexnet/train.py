@@ -133,6 +133,10 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
         raise UserError(f"--epochs {changes['epochs']} is fewer than {run} has trained ({ckpt.epoch} epochs"
                         + (f" and {ckpt.step_in_epoch} steps of the next" if ckpt.step_in_epoch else "")
                         + f"); give at least {trained}")
+    if changes.get("epochs", saved.epochs) <= saved.warmup_epochs and "warmup_epochs" not in changes:
+        raise UserError(f"--epochs {changes['epochs']} would end {run} inside its warm-up of "
+                        f"{saved.warmup_epochs:g} epochs (set when it started: the preset's share of its "
+                        f"{saved.epochs}, or --warmup-epochs); give more than {saved.warmup_epochs:g}")
     values = saved.to_dict() | changes | {"out": str(run)}
     return from_dict(values, "resumed run"), ckpt, None
 
