@@ -769,3 +769,12 @@ def test_a_resume_that_would_end_inside_the_warm_up_says_so(data, tmp_path, monk
                                         r"started: .*\); give more than 2\.5"):
         train(config(data, run, epochs=2), resume=True, given={"epochs": 2})
     assert train(config(data, run, epochs=3), resume=True, given={})["epoch"] == 3
+
+
+def test_one_class_is_refused_before_anything_is_written(tmp_path):
+    # It trained to "val top-1 100.0%": one output, whose softmax is 1 whatever the image.
+    data = write_image_folders(tmp_path / "data", {"cat": [(200, 10, 10)] * 4}, size=(48, 40))
+    r = run_main("train", "--data", data, "--out", tmp_path / "run", "--epochs", "1", "--batch-size", "4")
+    assert r.returncode == 2 and r.stderr.strip() == (f"alexnet train: error: {data} has one class (cat): a classifier "
+                                                      "needs at least two class folders"), r.stderr
+    assert not (tmp_path / "run").exists()

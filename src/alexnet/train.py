@@ -592,6 +592,9 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     # The data is checked before anything is printed or written: a wrong --data leaves RUN as it was.
     source = _open_data(config, dist)
     train_set, val_set = source.splits["train"], source.splits["val"]
+    if len(source.classes) < 2:   # softmax over one class: loss 0 and no gradient, "100%" for anything
+        raise UserError(f"{source.root} has one class ({source.classes[0]}): a classifier needs at least two "
+                        f"class folders")
     if ckpt is not None and ckpt.classes != source.classes:
         raise UserError(f"the data's classes differ from those the run was started with ({config.data})")
     known = ckpt or start
