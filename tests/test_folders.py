@@ -122,6 +122,34 @@ def test_links_are_followed_once_and_never_make_a_class_of_the_split(tiny_folder
         discover(root)
 
 
+def test_a_linked_file_of_the_split_is_no_second_sample_and_loose_files_are_named(tiny_folders, tmp_path, capsys):
+    # A link in cat/ to an image of dog/ made those pixels a sample of both classes, and a link to another
+    # image of cat/ a second sample of it, silently (linked folders were refused or left out already).
+    # Images lying in train/ itself were left out without a word.
+    root, _ = tiny_folders
+    before = discover(root).splits["train"].samples
+    capsys.readouterr()
+    cat, dog = root / "train" / "cat", root / "train" / "dog"
+    (cat / "a dog.png").symlink_to(dog / "000.png")
+    (dog / "again.png").symlink_to("000.png")
+    elsewhere = tmp_path / "kept-elsewhere"
+    elsewhere.mkdir()
+    (cat / "002.png").rename(elsewhere / "002.png")
+    (cat / "002.png").symlink_to(elsewhere / "002.png")     # an image kept elsewhere: a sample
+    (cat / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a link to nothing: a sample, skipped when read
+    (root / "train" / "stray.jpg").write_bytes(b"")
+    (root / "train" / "README").write_text("about the set")
+    samples = discover(root).splits["train"].samples
+    assert [(p.relative_to(root / "train").as_posix(), y) for p, y in samples] == \
+        [(p.relative_to(root / "train").as_posix(), y) for p, y in before[:3]] + [("cat/gone.png", 0)] + \
+        [(p.relative_to(root / "train").as_posix(), y) for p, y in before[3:]]
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"note: {root / 'train'} holds 2 files (.jpg 1, no extension 1) outside its class folders, left "
+                   "out: a class's images go in train/<class>/",
+                   f"note: {root / 'train'} holds 2 links to its own images (cat/a dog.png, dog/again.png), left out: "
+                   "each image is one sample of one class"]
+
+
 def test_two_class_folders_that_are_one_folder_are_refused(tiny_folders):
     root, _ = tiny_folders
     (root / "train" / "kitten").symlink_to(root / "train" / "cat")

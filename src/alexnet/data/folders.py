@@ -71,10 +71,10 @@ def discover(data: str | Path, splits: tuple[str, ...] = SPLITS) -> ImageFolders
 
     result = ImageFolders(root=root, classes=classes, names=read_class_names(root, classes))
     for split in splits:
-        samples, empty, others = [], [], Counter()
+        samples, empty, others, linked = [], [], Counter(), []
         for label, cls in enumerate(classes):
             theirs: Counter = Counter()
-            files = image_files(root / split / cls, split=root / split, left_out=theirs)
+            files = image_files(root / split / cls, split=root / split, left_out=theirs, linked=linked)
             if not files:
                 empty.append(f"{split}/{cls}" + (f" (holds {_kinds(theirs)})" if theirs else ""))
             samples += [(f, label) for f in files]
@@ -82,19 +82,30 @@ def discover(data: str | Path, splits: tuple[str, ...] = SPLITS) -> ImageFolders
         if empty:
             raise UserError(printable(f"{root}: class folder{'s' if len(empty) > 1 else ''} with no images: "
                                       f"{_few(empty)}; images end in {', '.join(sorted(IMAGE_EXTENSIONS))}"))
-        if others and os.environ.get("LOCAL_RANK", "0") == "0":   # once a machine, under torchrun
-            print(printable(f"note: {root / split} holds {_kinds(others)}, left out: not images by their names "
-                            f"(images end in {', '.join(sorted(IMAGE_EXTENSIONS))}, in any case)"), file=sys.stderr)
+        loose = Counter(os.path.splitext(e.name)[1].lower() for e in os.scandir(root / split)
+                        if not e.name.startswith(".") and not _is_dir(e))
+        if os.environ.get("LOCAL_RANK", "0") == "0":   # once a machine, under torchrun
+            if others:
+                print(printable(f"note: {root / split} holds {_kinds(others)}, left out: not images by their names "
+                                f"(images end in {', '.join(sorted(IMAGE_EXTENSIONS))}, in any case)"), file=sys.stderr)
+            if loose:
+                print(printable(f"note: {root / split} holds {_kinds(loose, 'file')} outside its class folders, left "
+                                f"out: a class's images go in {split}/<class>/"), file=sys.stderr)
+            if linked:
+                print(printable(f"note: {root / split} holds {len(linked):,} link{'s' * (len(linked) != 1)} to its "
+                                f"own images ({_few([os.path.relpath(p, root / split) for p in linked], 3)}), left "
+                                f"out: each image is one sample of one class"), file=sys.stderr)
         result.splits[split] = Split(root=root / split, classes=classes, samples=samples)
     return result
 
 
-def _kinds(files: Counter) -> str:
+def _kinds(files: Counter, what: str = "other file") -> str:
     """"3 other files (.heic 2, no extension 1)"."""
     n = sum(files.values())
-    kinds = ", ".join(f"{ext or 'no extension'} {count}" for ext, count in files.most_common(5))
+    common = sorted(files.items(), key=lambda kind: (-kind[1], kind[0] == "", kind[0]))[:5]   # ties: by name
+    kinds = ", ".join(f"{ext or 'no extension'} {count}" for ext, count in common)
     more = ", ..." if len(files) > 5 else ""
-    return f"{n:,} other file{'s' * (n != 1)} ({kinds}{more})"
+    return f"{n:,} {what}{'s' * (n != 1)} ({kinds}{more})"
 
 
 def open_folders(data: str | Path, splits: tuple[str, ...] = SPLITS) -> DataSource:
@@ -104,14 +115,17 @@ def open_folders(data: str | Path, splits: tuple[str, ...] = SPLITS) -> DataSour
     return DataSource(folders.root, "folders", folders.classes, folders.names, sets)
 
 
-def image_files(folder: Path, split: Path | None = None, left_out: Counter | None = None) -> list[Path]:
+def image_files(folder: Path, split: Path | None = None, left_out: Counter | None = None,
+                linked: list[str] | None = None) -> list[Path]:
     """Image files in ``folder`` and its subfolders (symlinks followed, as ImageFolder does), sorted.
 
     Hidden files and folders (.DS_Store, .ipynb_checkpoints) are not samples. A linked folder is followed
     unless it leads back to a folder already read or above ``folder`` (``ln -s . loop``, ``ln -s .. up``:
     a loop would multiply the samples), or into another class of ``split`` (its images are that class's),
-    so each image of the split is one sample of one class; links to images kept elsewhere are followed.
-    ``left_out`` counts the files left out for their extension (lower case; "" for none), hidden ones aside."""
+    so each image of the split is one sample of one class; links to images kept elsewhere are followed. So
+    is a linked file, unless it leads to a file of ``split`` (a sample already, of its own class): such
+    links go into ``linked``. ``left_out`` counts the files left out for their extension (lower case; ""
+    for none), hidden ones aside."""
     top = os.path.realpath(folder)
     others = os.path.realpath(split) if split is not None else None
 
@@ -121,20 +135,43 @@ def image_files(folder: Path, split: Path | None = None, left_out: Counter | Non
         inside_split = others is not None and (real == others or real.startswith(others + os.sep))
         return not inside_split or real.startswith(top + os.sep)
 
-    found, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        seen.add(os.path.realpath(dirpath))
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")
-                       and followed(os.path.realpath(os.path.join(dirpath, d)))]
-        for f in filenames:
-            if f.startswith("."):
+    # os.scandir rather than os.walk: its entries say which are links without a stat of every file.
+    found, seen, folders = [], set(), [str(folder)]
+    while folders:
+        path = folders.pop()
+        seen.add(os.path.realpath(path))
+        try:
+            with os.scandir(path) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError:   # unreadable: skipped, as os.walk skips it
+            continue
+        below = []
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            ext = os.path.splitext(f)[1].lower()
-            if ext in IMAGE_EXTENSIONS:
-                found.append(Path(dirpath, f))
-            elif left_out is not None:
-                left_out[ext] += 1
+            if _is_dir(entry):
+                if followed(os.path.realpath(entry.path)):
+                    below.append(entry.path)
+                continue
+            ext = os.path.splitext(entry.name)[1].lower()
+            if ext not in IMAGE_EXTENSIONS:
+                if left_out is not None:
+                    left_out[ext] += 1
+            elif others is not None and entry.is_symlink() and \
+                    os.path.realpath(entry.path).startswith(others + os.sep):
+                if linked is not None:
+                    linked.append(entry.path)
+            else:
+                found.append(Path(entry.path))
+        folders += reversed(below)   # in name order, depth first, as os.walk goes
     return sorted(found)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()   # through a link
+    except OSError:
+        return False
 
 
 def read_class_names(root: Path, classes: list[str]) -> list[str]:
