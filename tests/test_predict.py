@@ -87,6 +87,9 @@ def test_an_unreadable_file_is_named_and_the_others_are_still_predicted(fixed_ou
     assert len(errors) == 2 and "Traceback" not in r.stderr
     assert errors[0].startswith(f"alexnet predict: error: {images / 'broken.jpg'}: ")
     assert errors[1] == f"alexnet predict: error: {tmp_path / 'missing.png'}: no such file or directory"
+    # As text, a blank line parts two images' blocks; a file that failed first left one before the first.
+    r = cli("predict", "--checkpoint", ckpt, tmp_path / "missing.png", images / "a.png", images / "b.png")
+    assert r.returncode == 1 and r.stdout.startswith(f"{images / 'a.png'}\n") and r.stdout.count("\n\n") == 1, r.stdout
 
 
 def test_when_no_image_can_be_read_the_exit_status_is_2(fixed_outputs, tmp_path):

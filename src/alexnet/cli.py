@@ -607,7 +607,7 @@ def _run_predict(args) -> int:
     paths = expand(args.images)
     device, dtype, model = setup(loaded, args.device, args.precision, expand(args.calibrate or []) or paths,
                                  _calibration_images(args), args.batch_size)
-    failed = n = 0
+    failed = n = shown = 0
     for n, result in enumerate(predict(loaded, paths, topk=args.topk, crops=args.crops, batch_size=args.batch_size,
                                        device=device, dtype=dtype, model=model, scales=scales)):
         if result.error:
@@ -615,8 +615,9 @@ def _run_predict(args) -> int:
             print(f"alexnet predict: error: {printable(str(result.path))}: {result.error}", file=sys.stderr)
         elif args.json:
             print(json.dumps(as_dict(loaded, result)), flush=True)
-        else:
-            print(("\n" if n else "") + format_prediction(loaded, result), flush=True)
+        else:   # a blank line between images' blocks: none before the first shown
+            print(("\n" if shown else "") + format_prediction(loaded, result), flush=True)
+            shown += 1
     if failed and failed == n + 1:   # not one image read: nothing was predicted, as for a wrong path
         return EXIT_USAGE
     return 1 if failed else 0

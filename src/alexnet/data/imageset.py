@@ -37,18 +37,19 @@ class Split:
         return len(self.samples)
 
 
-def labelled_by(split: Split, classes: list[str]) -> Split:
+def labelled_by(split: Split, classes: list[str], where: str | Path | None = None) -> Split:
     """``split`` with each sample labelled by its class's index among the network's ``classes``.
 
     The data may hold all of the network's classes or any subset of them (ImageNet val/ restricted to
-    a few folders, say); a folder the network has no output for is an error, not a silent miss.
+    a few folders, say); a folder the network has no output for is an error, not a silent miss, naming
+    ``where`` the split was given (a prepared store's, say; default: its files' folder).
     """
     index = {c: i for i, c in enumerate(classes)}
     unknown = [c for c in split.classes if c not in index]
     if unknown:
         more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
         known = ", ".join(classes[:3]) + (", ..." if len(classes) > 3 else "")
-        raise UserError(f"{split.root} has class folders the network has no output for: "
+        raise UserError(f"{where or split.root} has class folders the network has no output for: "
                         f"{', '.join(unknown[:3])}{more} (it knows {len(classes)} classes: {known})")
     samples = relabelled(split.samples, [index[c] for c in split.classes])
     return Split(root=split.root, classes=list(classes), samples=samples)

@@ -109,6 +109,7 @@ class PreparedImages(ImageSet):
         if meta.get("store") == "jpeg":   # statistics of its decoded JPEGs are not those of the raw pixels
             self.pixels = f"jpeg quality {meta.get('quality')}"
         folder = self.root / split
+        self.split_name = split
         self.origin = (Path(meta["source"]), split)   # what it was prepared from: dense views read that
         shards, parts = [], []
         self.unreadable = 0
@@ -136,7 +137,7 @@ class PreparedImages(ImageSet):
         return s.count * self.size * self.size * 3
 
     def relabelled(self, classes: list[str]) -> PreparedImages:
-        split = labelled_by(self.split, classes)
+        split = labelled_by(self.split, classes, where=f"{self.root / self.split_name} (prepared from {self.split.root})")
         names = dict(zip(self.classes, self.names))
         return self._copy(split=split, names=[names.get(c, c) for c in classes],
                           labels=torch.from_numpy(split.samples.labels.copy()))
