@@ -137,7 +137,8 @@ class PreparedImages(ImageSet):
         return s.count * self.size * self.size * 3
 
     def relabelled(self, classes: list[str]) -> PreparedImages:
-        split = labelled_by(self.split, classes, where=f"{self.root / self.split_name} (prepared from {self.split.root})")
+        split = labelled_by(self.split, classes,
+                            where=f"{self.root / self.split_name} (prepared from {self.split.root})")
         names = dict(zip(self.classes, self.names))
         return self._copy(split=split, names=[names.get(c, c) for c in classes],
                           labels=torch.from_numpy(split.samples.labels.copy()))
