@@ -616,9 +616,6 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
         elif config.preset == "paper" and config.init == "paper" and len(train_set) < SMALL_DATA:
             tqdm.write(f"note: the paper's recipe is ImageNet's (1.28M images); on {len(train_set):,} it tends to "
                        f"stay at chance or diverge: --preset demo is made for small sets", file=sys.stderr)
-        if len(source.classes) == 1:
-            tqdm.write(f"note: {config.data} has one class ({source.classes[0]}): every image is of it, so its "
-                       f"accuracy will be 100% and says nothing", file=sys.stderr)
     # One record of unreadable training files for the statistics pass and the epochs: each warned once.
     train_skips = SkippedFiles(train_set)
     prep = ckpt.prep if ckpt is not None else _preprocessing(config, train_set, dist, train_skips,
