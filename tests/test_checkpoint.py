@@ -254,6 +254,10 @@ DAMAGES = {  # id: (the field the message must name, the damage)
     "rng-state-missing": ("rng", at("rng", 0, "torch")),
     "rng-state-float": ("rng", at("rng", 0, "torch", value=torch.zeros(5056))),
     "rng-cuda-state-float": ("rng", at("rng", 0, "cuda", value=torch.zeros(16))),
+    "data-list": ("data", at("data", value=[8, "abc"])),
+    "data-images-negative": ("data", at("data", value={"images": -1, "fingerprint": "abc"})),
+    "data-fingerprint-number": ("data", at("data", value={"images": 8, "fingerprint": 7})),
+    "data-extra-key": ("data", at("data", value={"images": 8, "fingerprint": "abc", "more": 1})),
 }
 
 

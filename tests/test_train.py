@@ -778,3 +778,20 @@ def test_one_class_is_refused_before_anything_is_written(tmp_path):
     assert r.returncode == 2 and r.stderr.strip() == (f"alexnet train: error: {data} has one class (cat): a classifier "
                                                       "needs at least two class folders"), r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_resume_over_other_training_images_says_so(data, tmp_path, capsys):
+    # Images added and removed between a stop and its resume: the run went on without a word, and could not
+    # end with the weights of a run that never stopped.
+    run = tmp_path / "run"
+    train(config(data, run, epochs=1))
+    assert torch.load(run / "last.pt", weights_only=True)["data"]["images"] == 8
+    capsys.readouterr()
+    train(config(data, run, epochs=2), resume=True, given={"epochs": 2})
+    assert "other training images" not in capsys.readouterr().err
+    red = data / "train" / "red"
+    shutil.copy(red / "000.png", red / "004.png")
+    (red / "001.png").unlink()
+    train(config(data, run, epochs=3), resume=True, given={"epochs": 3})
+    assert (f"note: {data} holds other training images than {run / 'last.pt'} was trained on (8 then, 8 now, other "
+            "files): the run goes on with them") in capsys.readouterr().err

@@ -51,9 +51,9 @@ SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_
 def training_state(*, model: dict, config: TrainConfig, classes: list[str], names: list[str], prep: Preprocessing,
                    epoch: int, step_in_epoch: int, best: dict, optimizer: dict | None = None,
                    schedule: dict | None = None, scaler: dict | None = None, rng: list | None = None,
-                   so_far: dict | None = None) -> dict:
-    """The checkpoint's dict; with optimizer, schedule, scaler and rng it is resumable (``so_far``: see
-    Resumable)."""
+                   so_far: dict | None = None, data: dict | None = None) -> dict:
+    """The checkpoint's dict; with optimizer, schedule, scaler and rng it is resumable (``so_far``, ``data``:
+    see Resumable)."""
     pca = prep.pca
     state = {"format": FORMAT, "model": model, "config": config.to_dict(), "variant": config.variant,
              "classes": list(classes), "names": list(names),
@@ -70,6 +70,8 @@ def training_state(*, model: dict, config: TrainConfig, classes: list[str], name
         state |= extra
         if so_far:
             state["so_far"] = dict(so_far)
+        if data:
+            state["data"] = dict(data)
     return state
 
 
@@ -127,6 +129,9 @@ class Resumable:
     # loss, images, seconds, step_seconds, data_seconds. Empty where the checkpoint is at an epoch's end,
     # or older than this field.
     so_far: dict[str, float] = field(default_factory=dict)
+    # The training images it was trained on: {"images": count, "fingerprint": data.stats.fingerprint}, so
+    # that a resume can say they changed. Empty in checkpoints older than this field.
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 SO_FAR = ("loss", "images", "seconds", "step_seconds", "data_seconds")
@@ -188,8 +193,12 @@ def read_resumable(path: str | Path) -> Resumable:
             _number(v) and math.isfinite(v) and v >= 0 for v in so_far.values()))):
         raise _damaged(path, "so_far", f"expected {{}} or non-negative numbers for {', '.join(SO_FAR)} "
                                        f"(and {', '.join(SO_FAR_SINCE)})")
+    data = ckpt.get("data", {})
+    if not isinstance(data, dict) or (data and not (set(data) == {"images", "fingerprint"} and _integer(data["images"])
+                                                    and data["images"] >= 0 and isinstance(data["fingerprint"], str))):
+        raise _damaged(path, "data", "expected {} or {'images': a count, 'fingerprint': a string}")
     return Resumable(config, model, optimizer, schedule, scaler, rng, classes, names, prep, epoch, step, best,
-                     {k: float(v) for k, v in so_far.items()})
+                     {k: float(v) for k, v in so_far.items()}, data)
 
 
 def meaning(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import DataSource, ImageSet
 from alexnet.data.loader import default_workers, eval_loader, steps_per_epoch, train_loader
 from alexnet.data.sources import open_data
-from alexnet.data.stats import STATS_FILE, DataStats, compute_stats, find_stats
+from alexnet.data.stats import STATS_FILE, DataStats, compute_stats, find_stats, fingerprint
 from alexnet.data.transforms import Draws, Normalize, PCANoise, Preprocessing
 from alexnet.errors import Stopped, UserError
 from alexnet.evaluate import evaluate
@@ -398,6 +398,7 @@ class _Run:
     # PREVIOUS, if there, holds the checkpoint before them.
     unverified: bool = False
     tally: _Tally = dataclasses.field(default_factory=_Tally)
+    data: dict = dataclasses.field(default_factory=dict)   # the training images (checkpoint.Resumable.data)
 
     def save_due(self) -> float:
         """1.0 on rank 0 when --save-every-minutes have passed since the last save (the others follow it)."""
@@ -442,7 +443,8 @@ class _Run:
             model=weights, config=self.config, classes=self.source.classes, names=self.source.names,
             prep=self.prep, epoch=self.epoch, step_in_epoch=self.step_in_epoch if full else 0, best=self.best,
             **({"optimizer": optimizer, "schedule": self.schedule.state_dict(),
-                "scaler": self.step.scaler.state_dict(), "rng": rng, "so_far": so_far} if full else {}))
+                "scaler": self.step.scaler.state_dict(), "rng": rng, "so_far": so_far, "data": self.data}
+               if full else {}))
         checkpoint.save(path, state)
 
     def verified(self) -> None:
@@ -658,6 +660,8 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
                eval_loader(val_set.for_device(dist.device), batch_per_rank, shard.rank, shard.world, workers, pin),
                train_skips, SkippedFiles(val_set), steps, batch_per_rank, dtype,
                best={"top1": -1.0, "epoch": -1}, saved_at=time.monotonic())
+    if dist.main:   # only rank 0 writes checkpoints, and says what changed
+        run.data = {"images": len(train_set), "fingerprint": fingerprint(train_set)}
     if ckpt is not None:
         _restore(run, ckpt)
     if config.tensorboard and dist.main:
@@ -717,6 +721,11 @@ def _restore(run: _Run, ckpt: checkpoint.Resumable) -> None:
                 f"dropout draws a fresh random stream")
     # A process stopped between a save and the step after it: last.pt is not yet known to be good.
     run.unverified = (run.folder / PREVIOUS).exists()
+    if ckpt.data and run.data and ckpt.data["fingerprint"] != run.data["fingerprint"]:
+        then, now = ckpt.data["images"], run.data["images"]
+        run.say(f"note: {run.config.data or 'the data'} holds other training images than {run.folder / 'last.pt'} was "
+                f"trained on ({then:,} then, {now:,} now{', other files' if then == now else ''}): the run goes on "
+                f"with them, so it will not end with the weights of a run that never stopped")
     run.say(f"resuming at epoch {run.epoch + 1}, step {run.step_in_epoch} of {run.steps}")
 
 
