@@ -15,6 +15,7 @@ from alexnet.config import resolve
 from alexnet.data.decode import PAD_FILL, load_fixed, resize_center
 from alexnet.data.sources import open_split
 from alexnet.data.transforms import Normalize
+from alexnet.errors import UserError
 from alexnet.evaluate import class_probabilities
 from alexnet.export import _metadata
 from alexnet.predict import predict
@@ -127,6 +128,19 @@ def test_evaluate_and_predict_see_images_as_the_network_was_trained(folders, sto
     a, b = json.loads(on_store.stdout), json.loads(on_files.stdout)
     assert a["top1"] == b["top1"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
 
+
+
+def test_features_from_python_see_images_as_the_network_was_trained(folders, stores, pad_run):
+    # The README's extract_features(load_model(F), split_images(DATA, "train")) opened the folders with the
+    # default (upscale) and gave other features than `alexnet features` for a pad network, silently.
+    from alexnet.features import extract_features, split_images
+
+    loaded = load_model(pad_run / "best.pt")
+    as_readme = extract_features(loaded, split_images(folders, "train"), "pool5", workers=0, progress=False)
+    padded = extract_features(loaded, open_split(stores / "pad", "train"), "pool5", workers=0, progress=False)
+    torch.testing.assert_close(as_readme.features, padded.features, rtol=1e-5, atol=1e-5)
+    with pytest.raises(UserError, match="--small upscale.*--small pad|--small pad.*--small upscale"):
+        extract_features(loaded, open_split(stores / "upscale", "train"), workers=0, progress=False)
 
 
 def test_predict_pads_for_a_network_trained_so(tmp_path):

@@ -93,6 +93,7 @@ def iter_features(loaded: LoadedModel, images: ImageSet, layer: str = DEFAULT_LA
     from alexnet.data.loader import default_workers, eval_loader
 
     check_layer(loaded, layer)
+    images = images.with_small(loaded.small)   # as the network was trained (a set opened without it upscales)
     device = torch.device(device)
     model = loaded.model.to(device).eval()
     skipped = skipped or SkippedFiles(images)
@@ -114,6 +115,7 @@ def iter_features(loaded: LoadedModel, images: ImageSet, layer: str = DEFAULT_LA
 
 def extract_features(loaded: LoadedModel, images: ImageSet, layer: str = DEFAULT_LAYER, **kwargs) -> Features:
     """Every readable image's ``layer`` activations in one (N, D) tensor; see iter_features for kwargs."""
+    images = images.with_small(loaded.small)
     skipped = SkippedFiles(images)
     rows, parts = [], []
     for indices, feats in iter_features(loaded, images, layer, skipped=skipped, **kwargs):

@@ -130,7 +130,8 @@ def summary(path: str, loaded: LoadedModel, classes: list[str], frozen: str = "n
     elif len(known) == len(classes):
         head = f"fc8: the weights' rows for the data's {len(classes)} classes ({_names(classes, known)})"
     elif known:
-        head = (f"fc8: the weights' rows for the {len(known)} classes they know ({_names(classes, known)}), "
+        head = (f"fc8: the weights' rows for the {len(known)} class{'es' * (len(known) != 1)} they know "
+                f"({_names(classes, known)}), "
                 f"{len(classes) - len(known)} new")
     else:
         head = (f"fc8 new, for the data's {len(classes)} classes (the weights' fc8 answers {len(loaded.classes)} "
