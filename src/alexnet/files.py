@@ -210,6 +210,7 @@ class FolderLock:
         self.folder = Path(folder)
         self.fd: int | None = None
         self.created = False
+        self.token = ""
 
     def acquire(self) -> bool:
         """True if this process now holds the folder, False if another process does; OSError if the
@@ -237,7 +238,11 @@ class FolderLock:
                 pass
             os.close(fd)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        # The pid for the message of one refused; a token that no other hold writes, by which other
+        # processes (a run's ranks on other nodes) can tell whether they see this very folder.
+        self.token = os.urandom(8).hex()
+        os.write(fd, f"{os.getpid()}\n{self.token}\n".encode())
+        os.fsync(fd)   # on a network file system, there for other nodes to read
         self.fd = fd
         FolderLock._held.add(fd)
         if not FolderLock._fork_hook and hasattr(os, "register_at_fork"):
@@ -256,10 +261,18 @@ class FolderLock:
 
     def holder(self) -> str:
         """The pid written by the process holding the lock, or "" if unknown."""
+        return self._written()[0]
+
+    def seen_token(self) -> str:
+        """The token of the hold on the folder as this process sees it ("" where it sees none)."""
+        return self._written()[1]
+
+    def _written(self) -> tuple[str, str]:
         try:
-            return (self.folder / self.NAME).read_text().strip()
+            lines = (self.folder / self.NAME).read_text().split()
         except OSError:
-            return ""
+            return "", ""
+        return (lines + ["", ""])[0], (lines + ["", ""])[1]
 
     def release(self) -> None:
         if self.fd is None:

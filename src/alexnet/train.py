@@ -574,6 +574,23 @@ def _hold(lock: FolderLock, dist: distributed.Dist) -> None:
             problem = f"cannot use {lock.folder} as the run folder ({e.strerror or e})"
     if distributed.all_max(dist, torch.tensor([float(bool(problem))]))[0]:
         raise UserError(problem or f"{lock.folder} was refused by rank 0 (its message says why)")
+    # Every process must see the folder rank 0 holds: it resumes from it. A folder of each node's own (or
+    # a relative --out from another working directory) trained for hours, then failed at the first restart.
+    token = distributed.broadcast_object(dist, lock.token)
+    sees = dist.main or _sees(lock.folder, token)
+    if not distributed.everywhere(dist, sees):
+        raise UserError(f"--out {lock.folder} is not the same folder for every process: "
+                        f"{'this one' if not sees else 'some'} cannot see the run folder rank 0 holds (its "
+                        f"{FolderLock.NAME}); give a path every node shares (a network file system), the same "
+                        f"from every node's working directory")
+
+
+def _sees(folder: Path, token: str, tries: int = 6) -> bool:
+    for _ in range(tries):   # a network file system may show a new file to other nodes a moment later
+        if FolderLock(folder).seen_token() == token:
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distributed.Dist,
