@@ -600,7 +600,10 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     towers = parallel.plan(dist) if config.towers > 1 else None
     shard = towers.data if towers else dist
     if config.batch_size % shard.world:
-        raise UserError(f"--batch-size {config.batch_size} does not split evenly over {shard.world} processes")
+        elastic = ("; torchrun restarted the job with this many (an elastic one that lost a node?): the global batch "
+                   "must divide over every process count the job may take"
+                   if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 else "")
+        raise UserError(f"--batch-size {config.batch_size} does not split evenly over {shard.world} processes{elastic}")
     batch_per_rank = config.batch_size // shard.world
     if batch_per_rank % config.accumulate:
         raise UserError(f"--accumulate {config.accumulate} does not split each process's {batch_per_rank} images "
