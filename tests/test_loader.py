@@ -51,3 +51,31 @@ def test_a_loader_process_ignores_others_stop_signals_and_ends_on_its_parents(si
     os.kill(worker, signum)
     assert ended_within(worker, 10.0)
     del batches
+
+
+@pytest.mark.parametrize("world", [3, 5, 6])
+def test_a_global_batch_the_world_does_not_divide_is_the_same_batch_in_shares(world):
+    # An elastic job that lost a node: 8 over 3 processes. Global batch k must be the samples it is for an
+    # even split (DistributedSampler's, any world that divides 8), only shared out unevenly.
+    from alexnet.data.loader import ResumableSampler, rank_batches, steps_per_epoch
+
+    data, batch, seed, epoch = list(range(45)), 8, 3, 2
+    even = ResumableSampler(data, num_replicas=1, rank=0, seed=seed)
+    even.set_position(epoch, 0)
+    expected = list(even)
+    shares = rank_batches(batch, world)
+    assert sum(shares) == batch and max(shares) - min(shares) == 1
+    steps = steps_per_epoch(len(data), shares[0], world, shares)
+    assert steps == len(data) // batch == 5
+    ranks = [ResumableSampler(data, num_replicas=world, rank=r, seed=seed, batches=shares) for r in range(world)]
+    got = []
+    for sampler in ranks:
+        sampler.set_position(epoch, 0)
+        got.append(list(sampler))
+        assert len(got[-1]) == len(sampler) == steps * shares[sampler.rank]
+    for k in range(steps):
+        together = [i for r in range(world) for i in got[r][k * shares[r]:(k + 1) * shares[r]]]
+        assert together == expected[k * batch:(k + 1) * batch]
+    # Resumed part-way (after 2 steps): the rest of each rank's stream.
+    ranks[1].set_position(epoch, 2 * shares[1])
+    assert list(ranks[1]) == got[1][2 * shares[1]:] and len(ranks[1]) == (steps - 2) * shares[1]

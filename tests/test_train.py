@@ -18,6 +18,7 @@ import yaml
 from alexnet.config import resolve
 from alexnet.data.stats import DataStats
 from alexnet.errors import UserError
+from alexnet.files import FolderLock
 from alexnet.train import NonFiniteLoss, train
 from conftest import assert_same_run, run_main, write_image_folders
 
@@ -390,6 +391,22 @@ def test_two_processes_match_one_with_the_same_global_batch(more_data, tmp_path)
 
 
 @pytest.mark.processes
+def test_a_global_batch_that_two_processes_cannot_halve_is_shared_and_matches_one(more_data, tmp_path):
+    # An elastic job that lost a node (128 over 24 processes) was refused on every restart. Batch 3 over 2:
+    # shares of 2 and 1, each rank's loss weighted so that the update is the global batch's.
+    flags = ["--epochs", "1", "--batch-size", "3", "--dropout", "0", "--lr", "0.001", "--workers", "0",
+             "--precision", "fp64"]
+    train(config(more_data, tmp_path / "one", epochs=1, batch_size=3, dropout=0.0, precision="fp64"))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "alexnet", "train", "--data", str(more_data), *flags, "--out", str(tmp_path / "two")],
+                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_run(weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt"))
+    rows = [json.loads((tmp_path / run / "metrics.jsonl").read_text()) for run in ("one", "two")]
+    assert rows[0]["train_loss"] == pytest.approx(rows[1]["train_loss"], rel=1e-6)   # summed in float32
+
+
+@pytest.mark.processes
 @pytest.mark.parametrize("flags, message", [(["--out", "{file}"], "is a file; give a folder"),
                                             (["--batch-size", "0"], "expected a positive integer")])
 def test_a_usage_error_under_torchrun_is_said_once_and_named_in_its_failure_summary(data, tmp_path, flags, message):
@@ -645,7 +662,7 @@ def test_a_second_run_on_a_busy_folder_is_refused_and_a_killed_ones_hold_is_gone
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 120
         while time.time() < deadline and p.poll() is None:
-            if (run / ".lock").is_file() and (run / ".lock").read_text().strip() == str(p.pid):
+            if FolderLock(run).holder() == str(p.pid):
                 return p
             time.sleep(0.05)
         raise AssertionError(f"the run never held {run}: {p.communicate()[1]}")

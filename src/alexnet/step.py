@@ -30,11 +30,13 @@ class TrainStep:
 
     The loss is summed over the batch's valid samples and divided by ``batch_per_rank``: a batch that
     lost unreadable samples still weighs each remaining one as a full batch would, and an empty one
-    still takes part in DDP's gradient exchange, contributing nothing.
+    still takes part in DDP's gradient exchange, contributing nothing. Where the ranks' batches differ in
+    size (a global batch that the world does not divide), ``batch_per_rank`` is the global batch over the
+    world (a fraction): DDP's mean of the ranks' gradients is then the global batch's mean, as ever.
     """
 
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, prep: Preprocessing, device: torch.device,
-                 dtype: torch.dtype | None, batch_per_rank: int, label_smoothing: float = 0.0,
+                 dtype: torch.dtype | None, batch_per_rank: int | float, label_smoothing: float = 0.0,
                  accumulate: int = 1) -> None:
         self.net, self.optimizer, self.prep, self.device, self.dtype = net, optimizer, prep, device, dtype
         self.input_dtype = input_dtype(net)   # float64 for an fp64 run; the weights keep their dtype

@@ -41,7 +41,7 @@ from alexnet.config import TrainConfig, dump_yaml, from_dict, load_yaml
 from alexnet.cores import usable_cores
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import DataSource, ImageSet
-from alexnet.data.loader import default_workers, eval_loader, steps_per_epoch, train_loader
+from alexnet.data.loader import default_workers, eval_loader, rank_batches, steps_per_epoch, train_loader
 from alexnet.data.sources import open_data
 from alexnet.data.stats import STATS_FILE, DataStats, compute_stats, find_stats, fingerprint
 from alexnet.data.transforms import Draws, Normalize, PCANoise, Preprocessing
@@ -599,12 +599,16 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     # --towers 2: a process holds one tower (alexnet.parallel); the batch is split over replicas (pairs).
     towers = parallel.plan(dist) if config.towers > 1 else None
     shard = towers.data if towers else dist
-    if config.batch_size % shard.world:
-        elastic = ("; torchrun restarted the job with this many (an elastic one that lost a node?): the global batch "
-                   "must divide over every process count the job may take"
-                   if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 else "")
-        raise UserError(f"--batch-size {config.batch_size} does not split evenly over {shard.world} processes{elastic}")
-    batch_per_rank = config.batch_size // shard.world
+    # A global batch the world does not divide (an elastic job that lost a node: 128 over 24) is split in
+    # shares differing by one, each rank's loss weighted so that the update is the global batch's.
+    batches = rank_batches(config.batch_size, shard.world)
+    uneven = len(set(batches)) > 1
+    if uneven and (towers or config.accumulate > 1 or batches[-1] == 0):
+        why = ("the towers need equal halves" if towers else
+               f"--accumulate {config.accumulate} needs equal shares" if config.accumulate > 1 else
+               "some would have no image")
+        raise UserError(f"--batch-size {config.batch_size} does not split evenly over {shard.world} processes ({why})")
+    batch_per_rank = batches[shard.rank]
     if batch_per_rank % config.accumulate:
         raise UserError(f"--accumulate {config.accumulate} does not split each process's {batch_per_rank} images "
                         f"(--batch-size {config.batch_size} over {shard.world}) into equal parts")
@@ -623,7 +627,7 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     if known is not None:
         source = dataclasses.replace(source, names=finetune.readable_names(source.classes, source.names,
                                                                            known.classes, known.names))
-    steps = steps_per_epoch(len(train_set), batch_per_rank, shard.world)
+    steps = steps_per_epoch(len(train_set), batch_per_rank, shard.world, batches)
     if steps == 0:
         raise UserError(f"{len(train_set)} training image files make no full batch of {config.batch_size}; add "
                         f"images or use a smaller --batch-size")
@@ -665,7 +669,8 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
         net = towers.data_parallel(net, dist.device)
     elif dist.active:
         net = DistributedDataParallel(net, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-    step = TrainStep(net, optimizer, prep, dist.device, dtype, batch_per_rank, config.label_smoothing,
+    step = TrainStep(net, optimizer, prep, dist.device, dtype, config.batch_size / shard.world if uneven else
+                     batch_per_rank, config.label_smoothing,
                      config.accumulate)
     schedule = LRSchedule(config.schedule, config.lr, steps, config.epochs, config.warmup_epochs,
                           config.lr_gamma, config.step_epochs, config.patience, config.max_lr_drops)
@@ -676,7 +681,7 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     feed = train_set.for_device(dist.device)
     workers = config.workers if config.workers is not None else default_workers(feed, dist.device)
     run = _Run(config, dist, shard, folder, source, prep, model, net, step, schedule,
-               train_loader(feed, batch_per_rank, shard.rank, shard.world, config.seed, workers, pin),
+               train_loader(feed, batch_per_rank, shard.rank, shard.world, config.seed, workers, pin, batches),
                eval_loader(val_set.for_device(dist.device), batch_per_rank, shard.rank, shard.world, workers, pin),
                train_skips, SkippedFiles(val_set), steps, batch_per_rank, dtype,
                best={"top1": -1.0, "epoch": -1}, saved_at=time.monotonic())
@@ -787,7 +792,7 @@ def _train(run: _Run) -> dict[str, Any]:
                 run.step.update()
                 tally.step += time.perf_counter() - started
                 run.step_in_epoch += 1
-                summed = loss.item() * run.batch_per_rank   # one read of the loss (a sync on a GPU)
+                summed = loss.item() * run.step.batch_per_rank   # one read of the loss (a sync on a GPU)
                 seen += len(labels)
                 tally.images += len(labels)
                 tally.loss += summed

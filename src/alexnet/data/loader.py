@@ -72,23 +72,45 @@ def leave_stop_signals_to_the_parent(worker_id: int) -> None:
     threading.Thread(target=wait, name="stop signals", daemon=True).start()
 
 
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler that can start an epoch part-way through (after ``start`` of this rank's samples)."""
+def rank_batches(batch_size: int, world: int) -> list[int]:
+    """Each rank's share of a global batch: equal where ``world`` divides it, else differing by one (128 over
+    24 processes: 8 ranks of 6, 16 of 5), the first ranks taking one more."""
+    return [batch_size // world + (rank < batch_size % world) for rank in range(world)]
 
-    def __init__(self, dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True) -> None:
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch part-way through (after ``start`` of this rank's samples).
+
+    With ``batches`` (every rank's share of a global batch, rank_batches) that differ, global batch k is
+    still samples k*B .. (k+1)*B of the epoch's permutation (DistributedSampler's, from seed + epoch), as
+    it is for an equal split: each rank takes its own run of them, and the incomplete last one is dropped."""
+
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True,
+                 batches: list[int] | None = None) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self.start = 0
+        self.batches = batches if batches and len(set(batches)) > 1 else None
 
     def set_position(self, epoch: int, start: int) -> None:
         self.set_epoch(epoch)
         self.start = start
 
     def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
-        return iter(indices[self.start:])
+        if self.batches is None:
+            indices = list(super().__iter__())
+            return iter(indices[self.start:])
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
+        size, first, mine = sum(self.batches), sum(self.batches[:self.rank]), self.batches[self.rank]
+        runs = [order[k * size + first:k * size + first + mine] for k in range(len(order) // size)]
+        return iter([i for run in runs for i in run][self.start:])
 
     def __len__(self) -> int:
-        return max(0, self.num_samples - self.start)
+        if self.batches is None:
+            return max(0, self.num_samples - self.start)
+        return max(0, len(self.dataset) // sum(self.batches) * self.batches[self.rank] - self.start)
 
 
 class ShardSampler(Sampler[int]):
@@ -104,14 +126,17 @@ class ShardSampler(Sampler[int]):
         return len(range(self.rank, self.length, self.world))
 
 
-def steps_per_epoch(dataset_len: int, batch_per_rank: int, world: int) -> int:
-    """Full batches per epoch on each rank (the last partial batch is dropped, as is usual)."""
+def steps_per_epoch(dataset_len: int, batch_per_rank: int, world: int, batches: list[int] | None = None) -> int:
+    """Full batches per epoch on each rank (the last partial batch is dropped, as is usual); ``batches``
+    as for ResumableSampler."""
+    if batches and len(set(batches)) > 1:
+        return dataset_len // sum(batches)
     return math.ceil(dataset_len / world) // batch_per_rank
 
 
 def train_loader(dataset: ImageSet, batch_per_rank: int, rank: int, world: int, seed: int,
-                 workers: int, pin_memory: bool) -> DataLoader:
-    sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, seed=seed)
+                 workers: int, pin_memory: bool, batches: list[int] | None = None) -> DataLoader:
+    sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, seed=seed, batches=batches)
     return DataLoader(dataset, batch_size=batch_per_rank, sampler=sampler, num_workers=workers,
                       pin_memory=pin_memory, drop_last=True, persistent_workers=False,
                       collate_fn=ImageSet.collate,   # an ImageSet reads whole batches
