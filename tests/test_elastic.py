@@ -106,7 +106,7 @@ def launch(tmp_path):
     tag = uuid.uuid4().hex
     started = []
 
-    def start(name, *args, cwd=None):
+    def start(name, *args):
         log = tmp_path / f"{name}.log"
         # TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: a fresh store for the workers of every attempt. Shared (torch
         # 2.14's default), the agent keeps one store for all attempts, and a restarted group's gloo set-up
@@ -115,7 +115,7 @@ def launch(tmp_path):
                    TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1", ALEXNET_TEST_TAG=tag)
         with open(log, "w") as out:
             p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *map(str, args)], stdout=out,
-                                 stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=cwd)
+                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
         p.log = log
         started.append(p)
         return p
@@ -184,21 +184,6 @@ def test_two_nodes_on_one_machine_match_one_process(more_data, one_process, tmp_
     assert "on 2 x cpu" in out and out.count("group_world_size=2") == 2   # two nodes, one process each
     assert epochs_in(run) == [1]
     assert_same_run(torch.load(one_process[1], weights_only=True), weights(run / "last.pt"))
-
-
-def test_a_run_folder_that_is_not_one_folder_for_every_node_is_refused_at_the_start(more_data, tmp_path, launch):
-    # A relative --out from each node's own working directory (or a folder local to each node): the run
-    # trained to its end, checkpoints on one node only, and failed at the first restart or requeue.
-    port = free_port()
-    homes = [tmp_path / f"home{i}" for i in range(2)]
-    nodes = [launch(f"node{i}", "--nnodes", "2", "--nproc-per-node", "1", *rendezvous(port, i == 0),
-                    "-m", "alexnet", "train", "--data", more_data, "--out", "run", "--epochs", "1", *FLAGS,
-                    cwd=homes[i].mkdir() or homes[i])
-             for i in range(2)]
-    codes = finish(nodes)
-    assert codes[0] != 0 and codes[1] != 0, log(*nodes)
-    assert "--out run is not the same folder for every process" in output(*nodes), log(*nodes)
-    assert not (homes[0] / "run").exists() and not (homes[1] / "run").exists()   # nothing left behind
 
 
 def test_a_worker_killed_mid_epoch_is_restarted_and_ends_with_the_uninterrupted_weights(more_data, one_process,
