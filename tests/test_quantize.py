@@ -158,6 +158,12 @@ def test_cli_evaluate_int8_gives_the_fp32_accuracy(cli_data):
     assert int8["images"] == fp32["images"] == 16 and fp32["top1"] >= 0.75    # the probe separates the classes
     assert abs(int8["top1"] - fp32["top1"]) <= 1 / 16 + 1e-9 and abs(int8["top5"] - fp32["top5"]) <= 1 / 16 + 1e-9
     assert int8["loss"] == pytest.approx(fp32["loss"], rel=0.05)
+    # What was evaluated is said: int8, and calibrated on how many images (all of train where it has fewer).
+    assert int8["calibrated"] == 8 and "calibrated" not in fp32
+    r = run_main("evaluate", "--checkpoint", ckpt, "--data", data, "--workers", 0, "--precision", "int8",
+                 "--calibration-images", 1000)
+    train = sum(1 for f in (data / "train").rglob("*") if f.is_file())
+    assert r.returncode == 0 and f", int8 (calibrated on {train} training images)" in r.stdout.splitlines()[0], r.stdout
 
 
 def test_cli_evaluate_int8_calibrates_on_train_never_on_val(cli_data, tmp_path):

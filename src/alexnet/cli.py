@@ -550,12 +550,14 @@ def _run_evaluate(args) -> int:
         return 0
     if args.json:
         print(json.dumps({k: m[k] for k in ("top1", "top5", "loss", "images", "crops", "scales", "skipped",
-                                             "seconds") if k in m}))
+                                             "seconds", "calibrated") if k in m}))
         return 0
     views = {1: "1 view (centre crop)", 10: "10 views"}.get(m["crops"]) or \
         f"dense at scale{'s' if len(m['scales']) > 1 else ''} {','.join(map(str, m['scales']))}"
     skipped = f", {m['skipped']} unreadable skipped" if m["skipped"] else ""
     speed = f", {1000 * m['seconds'] / m['images']:.1f} ms per image" if m["images"] else ""
+    if "calibrated" in m:
+        views += f", int8 (calibrated on {m['calibrated']:,} training images)"
     trivial = (f"   (the network knows {m['classes']} classes: all of them are in its top 5)"
                if m["classes"] <= 5 else "")
     print(f"{args.checkpoint} on {args.data} (val): {m['images']} images{skipped}, {views}{speed}\n"

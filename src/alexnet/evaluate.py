@@ -141,7 +141,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | s
             loader = eval_loader(feed, batch_size, dist.rank, dist.world, workers,
                                  pin_memory=dist.device.type == "cuda")
         if int8:
-            model = int8_model(loaded, data, calibration_images, batch_size, workers)
+            model, extra["calibrated"] = int8_model(loaded, data, calibration_images, batch_size, workers)
         else:
             model = loaded.model.to(dist.device)
         start = time.perf_counter()
@@ -158,7 +158,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | s
 
 def int8_model(loaded, data: str | Path, images: int | None = None, batch_size: int = 64, workers: int = 2):
     """``loaded``'s network quantized to int8, calibrated on ``images`` of ``data``/train spread evenly over
-    it (the same ones every run and on every process): never on val, whose accuracy is being measured."""
+    it (the same ones every run and on every process): never on val, whose accuracy is being measured.
+    Returns the network and how many images it was calibrated on (all of train where it has fewer)."""
     from alexnet.data.loader import eval_loader
     from alexnet.data.sources import open_split
     from alexnet.quantize import CALIBRATION_IMAGES, quantize_loaded, spread
@@ -167,4 +168,4 @@ def int8_model(loaded, data: str | Path, images: int | None = None, batch_size: 
     subset = train.subset(spread(len(train), images or CALIBRATION_IMAGES))
     skipped = SkippedFiles(subset)
     loader = eval_loader(subset, batch_size, 0, 1, workers, pin_memory=False)
-    return quantize_loaded(loaded, (skipped.keep(*batch)[0] for batch in loader))
+    return quantize_loaded(loaded, (skipped.keep(*batch)[0] for batch in loader)), len(subset)
