@@ -201,3 +201,23 @@ def test_a_file_system_error_names_the_out_the_user_gave_not_a_temporary_file(tm
     r = run_main("demo-data", "--out", tmp_path / "set")
     assert r.returncode == 2 and r.stderr == f"alexnet demo-data: error: cannot use {tmp_path / 'set'} (No space " \
                                              f"left on device)\n", r.stderr
+
+
+@pytest.mark.parametrize("local_rank, said", [(None, True), ("0", True), ("1", False)])
+def test_a_sigterm_is_said_once_a_machine_under_torchrun(monkeypatch, capsys, local_rank, said):
+    # SIGTERM to a torchrun job reaches every process: each said "stopped by SIGTERM", 8 lines for 8 GPUs.
+    import os
+    import signal
+
+    from alexnet.cli import _StopsOnSigterm
+    from alexnet.errors import Stopped
+
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    with pytest.raises(Stopped) as stopped, _StopsOnSigterm("alexnet prepare"):
+        os.kill(os.getpid(), signal.SIGTERM)   # the handler runs before the next line
+        pytest.fail("not stopped")
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == ("alexnet prepare: stopped by SIGTERM\n" if said else "")

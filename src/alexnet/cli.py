@@ -1031,7 +1031,8 @@ class _StopsOnSigterm:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        print(f"{self.command}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        if os.environ.get("LOCAL_RANK", "0") == "0":   # under torchrun, once a machine: every process is stopped
+            print(f"{self.command}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
         raise Stopped(signum)
 
     def __exit__(self, *exc) -> None:
