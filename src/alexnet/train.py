@@ -669,9 +669,8 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
         net = towers.data_parallel(net, dist.device)
     elif dist.active:
         net = DistributedDataParallel(net, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-    step = TrainStep(net, optimizer, prep, dist.device, dtype, config.batch_size / shard.world if uneven else
-                     batch_per_rank, config.label_smoothing,
-                     config.accumulate)
+    divisor = config.batch_size / shard.world if uneven else batch_per_rank   # see TrainStep
+    step = TrainStep(net, optimizer, prep, dist.device, dtype, divisor, config.label_smoothing, config.accumulate)
     schedule = LRSchedule(config.schedule, config.lr, steps, config.epochs, config.warmup_epochs,
                           config.lr_gamma, config.step_epochs, config.patience, config.max_lr_drops)
 
