@@ -212,11 +212,12 @@ def _prepare_split(images: ImageSet, folder: Path, workers: int, shard_size: int
     split = images.split
     folder.mkdir(parents=True, exist_ok=True)
     shards = (len(split) + shard_size - 1) // shard_size
-    done = [s for s in range(shards) if _json(folder / f"{s:05d}.json") is not None and _as_vouched(folder, s, vouched)
-            and _data_whole(folder, s, jpeg=quality is not None)]
+    records = {s: _json(folder / f"{s:05d}.json") for s in range(shards)}
+    done = [s for s, info in records.items() if info is not None and _as_vouched(folder, s, vouched)
+            and _data_whole(folder, s, info, jpeg=quality is not None)]
     for shard in done:
         lo, hi = shard * shard_size, min(len(split), (shard + 1) * shard_size)
-        if _json(folder / f"{shard:05d}.json").get("sources") != _sources(split, lo, hi):
+        if records[shard].get("sources") != _sources(split, lo, hi):
             raise UserError(f"{folder / f'{shard:05d}.json'} was made from other files than {split.root} holds "
                             f"now; prepare into a new --out (or delete {folder.parent})")
     todo = sorted(set(range(shards)) - set(done))
@@ -252,10 +253,9 @@ def _as_vouched(folder: Path, shard: int, vouched: list | None) -> bool:
     return zlib.crc32((folder / f"{shard:05d}.json").read_bytes()) == vouched[shard]
 
 
-def _data_whole(folder: Path, shard: int, jpeg: bool) -> bool:
-    """Whether the shard's data file has the size its record gives: one cut short (a full disk, a copy that
-    stopped) or lost since is made again, rather than refused by every run that opens the store."""
-    info = _json(folder / f"{shard:05d}.json")
+def _data_whole(folder: Path, shard: int, info: dict, jpeg: bool) -> bool:
+    """Whether the shard's data file has the size its record ``info`` gives: one cut short (a full disk, a
+    copy that stopped) or lost since is made again, rather than refused by every run that opens the store."""
     try:
         size = (folder / f"{shard:05d}{'.jpg.bin' if jpeg else '.u8'}").stat().st_size
         expected = int(info["offsets"][-1]) if jpeg else len(info["labels"]) * FIXED_SIZE * FIXED_SIZE * 3
