@@ -134,11 +134,12 @@ def _whole_images(images: ImageSet) -> ImageSet:
     except UserError:
         return images   # gone or changed: said in one line by the caller
     where = {_name(source, i): i for i in range(len(source))}
-    missing = next((name for name in map(lambda i: _name(images, i), range(len(images))) if name not in where), None)
+    names = [_name(images, i) for i in range(len(images))]
+    missing = next((name for name in names if name not in where), None)
     if missing is not None:
         raise UserError(f"{origin[0]} no longer holds {missing}, which {images.root} was prepared from; give "
                         f"--data what it holds now")
-    return source.subset([where[_name(images, i)] for i in range(len(images))])
+    return source.subset([where[name] for name in names])
 
 
 def _name(images: ImageSet, i: int) -> str:
