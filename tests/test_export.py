@@ -261,3 +261,27 @@ def test_image_input_is_an_onnx_option(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "w.safetensors"), "--image-input"]) == 2
     err = capsys.readouterr().err
     assert "image input (--image-input) is an ONNX option" in err and err.count("\n") == 1
+
+
+def test_the_library_writers_replace_only_what_they_wrote(tmp_path):
+    # export() and save_weights() in Python refuse as the commands do: a photo, a run's last.pt, a config
+    # given as the output by a slip stays as it was; an earlier export of the same kind is replaced.
+    from alexnet.export import export_onnx
+    from alexnet.errors import UserError
+    from alexnet.weights import save_weights
+
+    ckpt = make_checkpoint(tmp_path / "best.pt")
+    photo = tmp_path / "holiday.jpg"
+    photo.write_bytes(b"\xff\xd8\xff\xe0 a photo")
+    last = make_checkpoint(tmp_path / "last.pt", seed=1)
+    loaded = load_model(ckpt)
+    for out, write in ((photo, lambda o: save_weights(loaded, o)), (last, lambda o: export(ckpt, "safetensors", o)),
+                       (photo, lambda o: export_onnx(loaded, o)), (last, lambda o: export(ckpt, "onnx", o))):
+        before = out.read_bytes()
+        with pytest.raises(UserError, match="exists and is not"):
+            write(out)
+        assert out.read_bytes() == before
+    for _ in range(2):
+        save_weights(loaded, tmp_path / "w.safetensors")
+    assert torch.equal(load_model(tmp_path / "w.safetensors").model.state_dict()["features.0.weight"],
+                       loaded.model.state_dict()["features.0.weight"])

@@ -141,3 +141,17 @@ def test_out_never_replaces_a_file_that_holds_no_features(owt, tmp_path, capsys)
                      "--layer", "pool5", "--workers", "0"]) == 0
     with np.load(out) as f:
         assert str(f["layer"]) == "pool5"
+
+
+def test_activations_check_their_input_as_the_network_does(owt):
+    # One image without its batch axis came back from conv1 as 96 "images" of 3025 values; a 224 input to
+    # the paper network failed inside fc6. Both now say what model(x) says.
+    model = load_model(owt[0]).model
+    paper = __import__("alexnet.model", fromlist=["AlexNet"]).AlexNet("paper", num_classes=3).eval()
+    with pytest.raises(ValueError, match="for one image use x\\[None\\]"):
+        activations(model, torch.zeros(3, 224, 224), "conv1")
+    with pytest.raises(ValueError, match="the paper network needs 227x227 input"):
+        activations(paper, torch.zeros(1, 3, 224, 224), "fc6")
+    assert activations(paper, torch.zeros(1, 3, 224, 224), "pool5").shape == (1, 256 * 5 * 5)   # what it is
+    with pytest.raises(TypeError, match="floating-point images"):
+        activations(model, torch.zeros(1, 3, 224, 224, dtype=torch.uint8), "conv1")

@@ -4,6 +4,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -306,6 +307,19 @@ def test_one_image_without_its_batch_dimension_is_named_as_such():
             call(torch.empty(3, 239, 239, device="meta"))
     with pytest.raises(ValueError, match=r"expected 3 colour channels \(N, 3, H, W\), got .* \(1, 1, 227, 227\)"):
         net(torch.empty(1, 1, 227, 227, device="meta"))
+
+
+def test_images_that_are_not_a_float_tensor_are_named_as_such():
+    # A NumPy array failed with "'numpy.ndarray' object has no attribute 'dim'", uint8 pixels inside conv1
+    # ("Input type (unsigned char) and bias type (float) should be the same").
+    with torch.device("meta"):
+        net = AlexNet()
+    with pytest.raises(TypeError, match="expected a torch.Tensor of images .* got ndarray"):
+        net(np.zeros((1, 3, 227, 227), dtype=np.float32))
+    with pytest.raises(TypeError, match="expected floating-point images, .* got torch.uint8"):
+        net(torch.empty(1, 3, 227, 227, dtype=torch.uint8, device="meta"))
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):   # every float type still goes through
+        assert net.to(dtype)(torch.empty(1, 3, 227, 227, dtype=dtype, device="meta")).shape == (1, 1000)
 
 
 @pytest.mark.parametrize("variant, smallest", [("paper", 67), ("owt", 63)])

@@ -253,3 +253,16 @@ def test_urls_are_not_fetched_and_control_characters_are_not_printed_raw(fixed_o
     assert errors[0] == ("alexnet predict: error: http://example.com/a.jpg: a URL: nothing is fetched from the "
                          "network; download the image and give its path")
     assert errors[1].startswith(f"alexnet predict: error: {images / 'broken.jpg'}: ") and len(errors) == 2
+
+
+def test_one_path_alone_is_one_image_not_one_per_character(fixed_outputs, tmp_path):
+    # predict(loaded, "a.png") iterated the string: 5 "files" named a, ., p, n, g, each missing.
+    from alexnet.viz.predictions import draw_predictions
+
+    ckpt, images = fixed_outputs
+    loaded = load_model(ckpt)
+    for given in (str(images / "a.png"), images / "a.png"):
+        (got,) = list(predict(loaded, given, topk=1))
+        assert got.path == images / "a.png" and got.error == "" and got.top[0][0] == 3
+    out, failed = draw_predictions(loaded, str(images / "a.png"), tmp_path / "p.png")
+    assert out == tmp_path / "p.png" and failed == []

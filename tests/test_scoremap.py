@@ -117,3 +117,13 @@ def test_nothing_to_draw_exits_2_with_one_line(paper, tmp_path, capsys, args, fr
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and fragment.format(**names) in err, err
     assert not out.exists()
+
+
+def test_a_plain_string_is_a_path_and_one_alone_is_one_image(owt, tmp_path):
+    # Every str was taken for a URL ("nothing is fetched from the network"), so glob.glob's names drew nothing.
+    image = write_image(tmp_path / "red.png")
+    for given in ([str(image)], str(image), [image]):
+        maps, failed = scoremap.score_maps_of(owt, given, scale=256)
+        assert failed == [] and [m.path for m in maps] == [image]
+    maps, failed = scoremap.score_maps_of(owt, ["https://example.com/red.png"], scale=256)
+    assert maps == [] and failed[0][1].startswith("a URL: nothing is fetched")

@@ -330,3 +330,11 @@ def test_viz_needs_a_picture_and_a_png_name(paper, tmp_path, capsys):
     assert main(["viz", "curves", "--run", str(write_run(tmp_path / "r", [0.01])), "--out",
                  str(tmp_path / "c.txt")]) == 2
     assert "use a .png" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("queries, k", [(0, 3), (2, 0), (2, True)])
+def test_neighbours_refuse_a_count_that_is_not_one_or_more(paper, queries, k):
+    # k=0 was "no readable image in .../train: every file was skipped", of data whose every file reads.
+    ckpt, data = paper
+    with pytest.raises(ValueError, match="must be a positive integer"):
+        neighbors.find_neighbours(load_model(ckpt), data, queries=queries, k=k, workers=0, progress=False)

@@ -650,16 +650,16 @@ def _add_export(sub) -> None:
 
 
 def _run_export(args) -> int:
-    from alexnet.export import FORMATS, export
-    from alexnet.files import head, replaceable
+    from alexnet.export import FORMATS, export, is_onnx_file
+    from alexnet.files import replaceable
     from alexnet.weights import is_weights_file
 
     fmt = args.format or args.out.suffix.lstrip(".").lower()
     if fmt not in FORMATS:
         raise UserError(f"cannot tell the format from {args.out}; add --format {' or --format '.join(FORMATS)}")
-    # An earlier export of the same format may be replaced; ONNX files from torch.onnx name "pytorch" as
-    # their producer in their first bytes.
-    replaceable(args.out, is_weights_file if fmt == "safetensors" else lambda p: b"pytorch" in head(p, 64),
+    # An earlier export of the same format may be replaced (export checks again when it writes); said here
+    # before the network is loaded.
+    replaceable(args.out, is_weights_file if fmt == "safetensors" else is_onnx_file,
                 "weights this project exported" if fmt == "safetensors" else "an ONNX network from torch.onnx")
     loaded = export(args.checkpoint, fmt, args.out, image_input=args.image_input)
     side = loaded.crop

@@ -29,7 +29,7 @@ def class_probabilities(model: nn.Module, images: torch.Tensor, size: int, norm:
                         dtype: torch.dtype | None = None) -> torch.Tensor:
     """uint8 (N, 256, 256, 3) on the model's device -> (N, K) float32 probabilities."""
     if crops not in (1, 10):
-        raise ValueError(f"crops must be 1 or 10, got {crops}")
+        raise ValueError(f"crops must be 1 or 10, got {crops!r}")
     with autocast(images.device, dtype):
         if crops == 1:
             return model(center_view(images, size, norm).to(input_dtype(model))).float().softmax(1)
@@ -113,7 +113,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | s
     from alexnet.weights import load_model
 
     if crops not in VIEWS:
-        raise UserError(f"--views must be 1, 10 or dense, got {crops}")
+        raise UserError(f"--views must be 1, 10 or dense, got {crops!r}")
     int8 = precision == "int8"
     if int8 and crops == "dense":
         raise UserError("--views dense needs the float network (its fc layers become convolutions); "

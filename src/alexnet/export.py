@@ -28,7 +28,7 @@ from torch import nn
 from alexnet.data.decode import FIXED_SIZE, PAD_FILL
 from alexnet.data.transforms import view_positions
 from alexnet.errors import UserError
-from alexnet.files import atomic_write
+from alexnet.files import atomic_write, head, replaceable
 from alexnet.weights import LoadedModel, load_model, preprocessing_description, save_weights
 
 FORMATS = ("safetensors", "onnx")
@@ -52,7 +52,9 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path, image_input: bool 
 
 
 def export_onnx(loaded: LoadedModel, out: str | Path, opset: int | None = None, image_input: bool = False) -> None:
-    """``loaded``'s network as one self-contained .onnx file (weights inside, not beside it)."""
+    """``loaded``'s network as one self-contained .onnx file (weights inside, not beside it). An existing
+    ``out`` is replaced only where it is an ONNX file from torch.onnx (UserError otherwise)."""
+    replaceable(out, is_onnx_file, "an ONNX network from torch.onnx")
     try:
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it; say so before tracing)
     except ImportError:
@@ -73,6 +75,11 @@ def export_onnx(loaded: LoadedModel, out: str | Path, opset: int | None = None, 
                                     dynamic_shapes=({0: torch.export.Dim("batch")},))
     program.model.metadata_props.update(_metadata(loaded, image_input))
     atomic_write(out, lambda tmp: program.save(tmp, external_data=False))
+
+
+def is_onnx_file(path: Path) -> bool:
+    """An ONNX file torch.onnx wrote: it names "pytorch" as its producer in its first bytes."""
+    return b"pytorch" in head(path, 64)
 
 
 def _metadata(loaded: LoadedModel, image_input: bool) -> dict[str, str]:

@@ -31,6 +31,7 @@ from alexnet.data.imageset import ImageSet
 from alexnet.data.transforms import center_view
 from alexnet.errors import UserError
 from alexnet.files import atomic_write
+from alexnet.inputs import check_images, check_pool5
 from alexnet.precision import autocast
 from alexnet.progress import progress_bar
 from alexnet.weights import LoadedModel
@@ -65,9 +66,12 @@ def activations(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
     The forward pass stops at ``layer``: later layers cost nothing, and fc7's output is taken before
     relu7's in-place ReLU could overwrite it.
     """
+    check_images(x, model.variant)   # as model(x) does: one image without its batch axis is refused
     first_fc = model.classifier[0]
     for name, module in model.named_layers():
         if module is first_fc:
+            if model.variant == "paper":
+                check_pool5(x)
             x = torch.flatten(x, 1)
         x = module(x)
         if name == layer:

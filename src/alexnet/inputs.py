@@ -31,6 +31,12 @@ def check_images(x: torch.Tensor, variant: str) -> None:
     """A batch (N, 3, H, W) large enough for ``variant``'s features, or a ValueError that says what to do,
     not an error from inside a layer: one image (3, H, W) would reach the LRN as 3 "images" of H channels
     (a wrong answer at some sizes, an error about towers at others); a CIFAR-sized image ends in pool3."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor of images (N, 3, H, W), got {type(x).__name__}; "
+                        f"convert with torch.as_tensor(...)")
+    if not x.is_floating_point():
+        raise TypeError(f"expected floating-point images, normalised as the network was trained, got {x.dtype} "
+                        f"(load_model(...).norm normalises float images)")
     if x.dim() != 4:
         raise ValueError(f"expected a batch of images (N, 3, H, W), got a tensor of shape {tuple(x.shape)}; "
                          f"for one image use x[None]")

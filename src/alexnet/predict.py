@@ -8,6 +8,7 @@ cannot be read is reported in its place and the rest are still predicted.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -53,17 +54,18 @@ def expand(inputs: Iterable[str | Path]) -> list[Path | str]:
     return paths
 
 
-def predict(loaded: LoadedModel, paths: Iterable[Path | str], topk: int = 5, crops: int | str = 1,
+def predict(loaded: LoadedModel, paths: Iterable[Path | str] | Path | str, topk: int = 5, crops: int | str = 1,
             batch_size: int = 32, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
             model: nn.Module | None = None, scales: str | Sequence[int] = SCALES) -> Iterator[Prediction]:
     """One Prediction per path, in order; decoding and the forward pass run a batch at a time.
 
-    paths: image files, as Path or str; a str with a scheme ("https://...") is a URL, reported as not
+    paths: image files, as Path or str (one alone is one file); a str with a scheme ("https://...") is a URL, reported as not
     fetched; a folder is reported, not expanded (``expand`` lists its images). crops: 1, 10 or "dense"
     (whole images at ``scales``); dtype: autocast to it (None: fp32); model: a stand-in for loaded.model
     (its int8 copy, say). A wrong topk is a ValueError here, at the call, not at the first image."""
     k = check_positive_int(topk, "topk")
-    return _predict(loaded, paths, min(k, len(loaded.classes)), crops, batch_size, device, dtype, model, scales)
+    return _predict(loaded, as_paths(paths), min(k, len(loaded.classes)), crops, batch_size, device, dtype, model,
+                    scales)
 
 
 def _predict(loaded: LoadedModel, paths: Iterable[Path | str], k: int, crops: int | str, batch_size: int,
@@ -98,7 +100,7 @@ def _predict(loaded: LoadedModel, paths: Iterable[Path | str], k: int, crops: in
                 yield Prediction(path, [], image)
         batch.clear()
 
-    for path in map(_as_path, paths):
+    for path in map(as_path, paths):
         batch.append((path, load(path)))
         if len(batch) == batch_size:
             yield from flush()
@@ -140,14 +142,22 @@ def int8_model(loaded: LoadedModel, paths: list[Path], images: int | None = None
     return quantize_loaded(loaded, batches())
 
 
-def _as_path(item: Path | str) -> Path | str:
+def as_path(item: Path | str) -> Path | str:
     """A Path, or a URL left as the string it was (as a Path its "//" would fold)."""
     return item if isinstance(item, str) and _URL.match(item) else Path(item)
 
 
+def as_paths(paths: Iterable[Path | str] | Path | str) -> list[Path | str]:
+    """Image paths as the functions that take them read them: each a Path, a URL left a string; one path
+    alone is one file (not, as a string is iterated, one "file" per character)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    return [as_path(p) for p in paths]
+
+
 def _load(path: Path | str, read):
     """``read(path)`` (the fixed 256x256 uint8 image, say), or the reason it cannot be had."""
-    path = _as_path(path)
+    path = as_path(path)
     if isinstance(path, str):
         return "a URL: nothing is fetched from the network; download the image and give its path"
     if path.is_dir():

@@ -35,7 +35,7 @@ from alexnet.data.class_names import read_pairs
 from alexnet.data.decode import FIXED_SIZE, SMALL
 from alexnet.data.transforms import NORMALIZATIONS, Normalize
 from alexnet.errors import UserError, printable
-from alexnet.files import head, write_or_say
+from alexnet.files import head, replaceable, write_or_say
 from alexnet.inputs import SMALLEST_INPUT
 from alexnet.lrn import LRN_CONVENTIONS
 from alexnet.model import INITS, INPUT_SIZE, VARIANTS, AlexNet, guess_network, is_float, state_mismatch
@@ -239,8 +239,11 @@ def build_network(state: dict[str, Any], variant: str, num_classes: int, lrn: st
 # ---- safetensors with metadata ----
 
 def save_weights(loaded: LoadedModel, path: str | Path) -> None:
-    """Write the network and its meaning to one safetensors file (atomically); ``load_model`` reads it back."""
+    """Write the network and its meaning to one safetensors file (atomically); ``load_model`` reads it back.
+    An existing ``path`` is replaced only where it holds weights this project wrote (UserError otherwise)."""
     from safetensors.torch import save_file
+
+    replaceable(path, is_weights_file, "weights this project exported")
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in loaded.model.state_dict().items()}
     tensors[RESERVED_PREFIX + "mean"] = loaded.norm.mean.float().contiguous()

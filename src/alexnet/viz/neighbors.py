@@ -21,6 +21,7 @@ from alexnet.data.imageset import ImageSet
 from alexnet.data.sources import open_data
 from alexnet.errors import UserError
 from alexnet.features import DEFAULT_LAYER, check_layer, extract_features, iter_features
+from alexnet.model import check_positive_int
 from alexnet.viz.figure import axes_at, center_crop, new_figure, save, shorten, show_image
 from alexnet.weights import LoadedModel
 
@@ -84,6 +85,8 @@ def find_neighbours(loaded: LoadedModel, data: str | Path, queries: int = QUERIE
     Returns the queries and the data's readable class names; kwargs go to iter_features (batch_size,
     workers, device, dtype, progress).
     """
+    check_positive_int(queries, "queries")
+    check_positive_int(k, "k")
     check_layer(loaded, layer)
     # Any kind of data (data/sources.py); tiles are drawn from the source files.
     source = open_data(data, small=loaded.small)

@@ -42,7 +42,7 @@ def true_class(loaded: LoadedModel, path: Path) -> int | None:
         return None
 
 
-def draw_predictions(loaded: LoadedModel, paths: Iterable[Path], out: str | Path, topk: int = 5, crops: int | str = 1,
+def draw_predictions(loaded: LoadedModel, paths: Iterable[Path | str] | Path | str, out: str | Path, topk: int = 5, crops: int | str = 1,
                      device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
                      scales: str | Sequence[int] = SCALES) -> tuple[Path | None, list[Prediction]]:
     """Draw every readable image of ``paths`` with its top-k (as ``predict`` computes it for ``crops``,
@@ -50,7 +50,7 @@ def draw_predictions(loaded: LoadedModel, paths: Iterable[Path], out: str | Path
     predictions that failed, each with its reason)."""
     shown: list[tuple[Prediction, torch.Tensor]] = []
     failed: list[Prediction] = []
-    for result in predict(loaded, list(paths), topk=topk, crops=crops, device=device, dtype=dtype, scales=scales):
+    for result in predict(loaded, paths, topk=topk, crops=crops, device=device, dtype=dtype, scales=scales):
         if not result.error:
             try:
                 shown.append((result, center_crop(load_fixed(result.path, small=loaded.small), loaded.crop)))

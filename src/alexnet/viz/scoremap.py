@@ -27,6 +27,7 @@ from alexnet.data.decode import UndecodableImage
 from alexnet.dense import MAX_SCALE, load_scaled, score_maps
 from alexnet.errors import UserError
 from alexnet.fully_convolutional import STRIDE
+from alexnet.predict import as_path, as_paths
 from alexnet.viz.figure import axes_at, new_figure, save, shorten
 from alexnet.viz.predictions import true_class
 from alexnet.weights import LoadedModel
@@ -79,7 +80,8 @@ def probability_maps(fcn: torch.nn.Module, image: torch.Tensor, loaded: LoadedMo
 def score_map_of(loaded: LoadedModel, fcn: torch.nn.Module, path: Path | str, scale: int = SCALE,
                  device: torch.device | str = "cpu") -> ScoreMap:
     """The score map of the image at ``path``; UndecodableImage when it cannot be read."""
-    if isinstance(path, str):       # predict.expand keeps URLs as strings
+    path = as_path(path)
+    if isinstance(path, str):       # a URL (predict.expand keeps them as strings)
         raise UndecodableImage("a URL: nothing is fetched from the network; download the image and give its path")
     if path.is_dir():
         raise UndecodableImage("no image files in this folder")
@@ -89,13 +91,13 @@ def score_map_of(loaded: LoadedModel, fcn: torch.nn.Module, path: Path | str, sc
                     true_class(loaded, path))
 
 
-def score_maps_of(loaded: LoadedModel, paths: Iterable[Path | str], scale: int = SCALE,
+def score_maps_of(loaded: LoadedModel, paths: Iterable[Path | str] | Path | str, scale: int = SCALE,
                   device: torch.device | str = "cpu") -> tuple[list[ScoreMap], list[Failure]]:
     """(the maps of the readable images, (path, reason) for each of the others), both in order."""
     fcn = loaded.model.to_fully_convolutional().to(device).eval()
     check_scale(scale, fcn.input_size)
     maps, failed = [], []
-    for path in paths:
+    for path in as_paths(paths):
         try:
             maps.append(score_map_of(loaded, fcn, path, scale, device))
         except UndecodableImage as e:   # also a missing file: open_rgb says which
@@ -129,7 +131,7 @@ def map_extent(input_size: int, h: int, w: int) -> tuple[float, float, float, fl
     return first, first + w * STRIDE, first + h * STRIDE, first
 
 
-def draw_scoremaps(loaded: LoadedModel, paths: Iterable[Path | str], out: str | Path, scale: int = SCALE,
+def draw_scoremaps(loaded: LoadedModel, paths: Iterable[Path | str] | Path | str, out: str | Path, scale: int = SCALE,
                    device: torch.device | str = "cpu") -> tuple[Path | None, list[ScoreMap], list[Failure]]:
     """Draw the score map of every readable image of ``paths``; returns (the file written, or None when no
     image could be read; the maps drawn; (path, reason) for each unreadable one)."""
