@@ -188,6 +188,48 @@ def test_a_signal_mid_epoch_saves_and_resume_matches_an_uninterrupted_run(more_d
     assert len(last) == 1 and f"loss {row['train_loss']:.3f}," in last[0], last
 
 
+@pytest.mark.parametrize("when", ["during", "after"])
+def test_a_signal_at_an_epochs_end_stops_there_and_resume_matches_an_uninterrupted_run(more_data, tmp_path, when,
+                                                                                      one_epoch_in_pairs,
+                                                                                      monkeypatch, capsys):
+    # ImageNet's validation takes minutes, more than a scheduler's notice: a signal during it waited for the
+    # whole pass, two checkpoints and a step of the next epoch. During validation the pass is now given up
+    # (last.pt holds the epoch's last step, and a resume validates); after it, the run stops at the epoch's end.
+    import alexnet.train as train_module
+    from alexnet.errors import Stopped
+
+    real = train_module.evaluate
+
+    def signalled(*args, **kw):
+        if when == "during":
+            signal.raise_signal(signal.SIGTERM)
+        metrics = real(*args, **kw)
+        if when == "after":
+            signal.raise_signal(signal.SIGTERM)
+        return metrics
+
+    monkeypatch.setattr(train_module, "evaluate", signalled)
+    run = tmp_path / "run"
+    with pytest.raises(Stopped):
+        train(config(more_data, run, epochs=1 if when == "during" else 2, batch_size=2))
+    saved = torch.load(run / "last.pt", weights_only=True)
+    err = capsys.readouterr().err
+    if when == "during":
+        assert (saved["epoch"], saved["step_in_epoch"]) == (0, 8) and not (run / "best.pt").exists()
+        assert "stopped by SIGTERM at epoch 1, step 8 of 8;" in err, err
+        assert not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text()
+        monkeypatch.undo()
+        train(config(more_data, run, epochs=1, batch_size=2), resume=True)
+        uninterrupted, row = one_epoch_in_pairs
+        assert_same_weights(uninterrupted, weights(run / "last.pt"))
+        resumed = json.loads((run / "metrics.jsonl").read_text())
+        assert resumed["val_top1"] == row["val_top1"] and resumed["train_loss"] == row["train_loss"]
+    else:
+        assert (saved["epoch"], saved["step_in_epoch"]) == (1, 0), saved["step_in_epoch"]   # no step of epoch 2
+        assert "stopped by SIGTERM after epoch 1;" in err, err
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
 def test_killing_at_random_moments_never_leaves_an_unreadable_checkpoint(more_data, tmp_path):
     run = tmp_path / "run"
     rng = np.random.default_rng(0)

@@ -10,6 +10,7 @@ single process would give.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,11 +46,12 @@ VIEWS = (1, 10, "dense")
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, skipped: SkippedFiles, size: int, norm: Normalize,
              dist: distributed.Dist, crops: int | str = 1, dtype: torch.dtype | None = None,
-             progress: bool = False, batch_size: int = 64) -> dict:
+             progress: bool = False, batch_size: int = 64, stop: Callable[[], bool] | None = None) -> dict:
     """{"loss", "top1", "top5" (fractions), "images", "skipped"} over the loader's samples on all ranks.
 
     crops: 1, 10, or "dense" (then the loader gives DenseImages batches; batch_size caps the images of
-    one size in a forward pass)."""
+    one size in a forward pass). stop: asked before each batch; where it says so on any rank, the pass is
+    given up and the result is {"stopped": True} on every rank (no collective more than a whole pass)."""
     was_training = model.training
     model.eval()
     device = dist.device
@@ -57,8 +59,12 @@ def evaluate(model: nn.Module, loader, skipped: SkippedFiles, size: int, norm: N
         if crops == "dense" else None
     sums = torch.zeros(4, dtype=torch.float64, device=device)   # loss, top-1 hits, top-5 hits, images
     skipped_before = skipped.this_epoch
+    stopped = 0.0
     for images, labels, indices, errors in tqdm(loader, desc="evaluate", unit="batch", leave=False,
                                                 disable=None if progress else True):
+        if stop is not None and stop():
+            stopped = 1.0
+            break
         images, labels = skipped.keep(images, labels, indices, errors)
         if not len(labels):
             continue
@@ -68,12 +74,14 @@ def evaluate(model: nn.Module, loader, skipped: SkippedFiles, size: int, norm: N
         else:
             probs = class_probabilities(model, images.to(device, non_blocking=True), size, norm, crops, dtype)
             sums += _tally(probs, labels.to(device, non_blocking=True))
-    for probs, done in dense.finish() if dense is not None else ():
+    for probs, done in dense.finish() if dense is not None and not stopped else ():
         sums += _tally(probs, done)
     model.train(was_training)
-    skipped_here = torch.tensor([skipped.this_epoch - skipped_before], dtype=torch.float64, device=device)
+    skipped_here = torch.tensor([skipped.this_epoch - skipped_before, stopped], dtype=torch.float64, device=device)
     total = distributed.all_sum(dist, torch.cat([sums, skipped_here]))
-    loss, top1, top5, n, bad = total.tolist()
+    loss, top1, top5, n, bad, stopped = total.tolist()
+    if stopped:
+        return {"stopped": True}
     n_safe = max(n, 1.0)
     return {"loss": loss / n_safe, "top1": top1 / n_safe, "top5": top5 / n_safe, "images": int(n), "skipped": int(bad)}
 

@@ -287,7 +287,8 @@ class _StopsAtOnce:
 
 
 class _StopFlag:
-    """SIGINT/SIGTERM/SIGUSR1 set a flag the loop checks after each step; a second Ctrl-C stops at once."""
+    """SIGINT/SIGTERM/SIGUSR1 set a flag checked after each step, before each validation batch and between
+    epochs; a second Ctrl-C stops at once."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -758,6 +759,10 @@ def _train(run: _Run) -> dict[str, Any]:
     result: dict[str, Any] = {}
     with _StopFlag() as stop:
         while run.epoch < config.epochs:
+            # A signal during the last epoch's end (best.pt, last.pt) stops here, not after one more step:
+            # last.pt already holds this point. Decided together, as a step's stop is.
+            if run.epoch and distributed.all_max(dist, torch.tensor([float(stop.signal is not None)])).item():
+                _stop(run, stop.signal or signal.SIGTERM, saved=True)
             run.loader.sampler.set_position(run.epoch, run.step_in_epoch * run.batch_per_rank)
             run.net.train()
             set_dropout(run.model, config.dropout if run.epoch + 1 >= config.dropout_start else 0.0)
@@ -808,7 +813,7 @@ def _train(run: _Run) -> dict[str, Any]:
                     break
                 waited_since = time.perf_counter()
             bar.close()
-            result = _end_epoch(run, lr, run.steps > first)
+            result = _end_epoch(run, lr, run.steps > first, stop)
     if run.writer is not None:
         run.writer.close()
     result = dict(result, best_top1=run.best["top1"], best_epoch=run.best["epoch"], run=str(run.folder))
@@ -834,16 +839,19 @@ def _progress(run: _Run, bar: tqdm, lr: float, seen: int, seconds: float, first:
             f"lr {lr:.3g}, {img_s:.0f} img/s, epoch ends in {int(left) // 60}:{int(left) % 60:02d}")
 
 
-def _stop(run: _Run, signum: int) -> None:
-    run.checkpoint(run.folder / "last.pt")
+def _stop(run: _Run, signum: int, saved: bool = False) -> None:
+    """Save last.pt (unless ``saved``: it holds this point already), say how to resume, and stop."""
+    if not saved:
+        run.checkpoint(run.folder / "last.pt")
     if run.dist.world == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:   # not under torchrun
         how = f"Resume with: alexnet train --out {run.folder} --resume"
     else:   # a towers run needs tower pairs, or none (parallel.plan)
         how = "Resume with the same torchrun command and --resume (" + (
             "an even number of processes, or any number with --towers 1)" if run.config.towers > 1 else
             "any number of processes)")
-    run.say(f"alexnet train: stopped by {signal.Signals(signum).name} at epoch {run.epoch + 1}, step "
-            f"{run.step_in_epoch} of {run.steps}; {run.folder / 'last.pt'} is saved. {how}")
+    where = f"after epoch {run.epoch}" if saved else f"at epoch {run.epoch + 1}, step {run.step_in_epoch} of {run.steps}"
+    run.say(f"alexnet train: stopped by {signal.Signals(signum).name} {where}; {run.folder / 'last.pt'} is saved. "
+            f"{how}")
     raise Stopped(signum)
 
 
@@ -851,10 +859,11 @@ def _processes(n: int) -> str:
     return f"{n} process" + ("es" if n != 1 else "")
 
 
-def _end_epoch(run: _Run, lr: float, trained: bool) -> dict[str, Any]:
+def _end_epoch(run: _Run, lr: float, trained: bool, stop: _StopFlag) -> dict[str, Any]:
     """Validation, best.pt, the schedule, last.pt and the metrics row of the epoch just trained (``trained``:
     this process took steps in it; not so when resumed from a stop after its last step), whose training
-    run.tally holds."""
+    run.tally holds. A signal during validation (minutes of ImageNet's val set: more than a scheduler's
+    notice) gives it up and stops with last.pt at the epoch's last step; a resume validates then."""
     tally = run.tally
     train_seconds = tally.elapsed()
     # Summed over the processes: each reads (and skips) only its share of the images.
@@ -862,7 +871,10 @@ def _end_epoch(run: _Run, lr: float, trained: bool) -> dict[str, Any]:
                                                          dtype=torch.float64))
     evaluated = time.perf_counter()
     metrics = evaluate(run.model, run.val, run.val_skips, run.prep.size, run.prep.norm, run.shard, crops=1,
-                       dtype=run.dtype)
+                       dtype=run.dtype, stop=lambda: stop.signal is not None)
+    # Every process must stop if any does (each shard decided alone; with towers there are several).
+    if distributed.all_max(run.dist, torch.tensor([float(metrics.get("stopped", False))])).item():
+        _stop(run, stop.signal or signal.SIGTERM)
     if totals[1] == 0 and trained:
         raise UserError(f"no readable image in {run.source.splits['train'].split.root}: every file was skipped")
     if metrics["images"] == 0:
