@@ -275,8 +275,14 @@ def test_the_library_writers_replace_only_what_they_wrote(tmp_path):
     photo.write_bytes(b"\xff\xd8\xff\xe0 a photo")
     last = make_checkpoint(tmp_path / "last.pt", seed=1)
     loaded = load_model(ckpt)
+    # "pytorch" in their first bytes, which was taken for an ONNX file from torch.onnx (and replaced)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("pytorch-lightning==2.4\nnumpy\n")
+    torch.save({"w": torch.zeros(3)}, tmp_path / "pytorch_model.bin")
     for out, write in ((photo, lambda o: save_weights(loaded, o)), (last, lambda o: export(ckpt, "safetensors", o)),
-                       (photo, lambda o: export_onnx(loaded, o)), (last, lambda o: export(ckpt, "onnx", o))):
+                       (photo, lambda o: export_onnx(loaded, o)), (last, lambda o: export(ckpt, "onnx", o)),
+                       (requirements, lambda o: export_onnx(loaded, o)),
+                       (tmp_path / "pytorch_model.bin", lambda o: export_onnx(loaded, o))):
         before = out.read_bytes()
         with pytest.raises(UserError, match="exists and is not"):
             write(out)

@@ -14,6 +14,7 @@ from alexnet.features import extract_features, split_images
 from alexnet.model import AlexNet
 from alexnet.predict import predict
 from alexnet.viz import curves, filters, neighbors, predictions
+from alexnet.viz.figure import drawable
 from alexnet.weights import LoadedModel, load_model
 from conftest import run_cli as cli
 from test_features import noise_folders
@@ -338,3 +339,29 @@ def test_neighbours_refuse_a_count_that_is_not_one_or_more(paper, queries, k):
     ckpt, data = paper
     with pytest.raises(ValueError, match="must be a positive integer"):
         neighbors.find_neighbours(load_model(ckpt), data, queries=queries, k=k, workers=0, progress=False)
+
+
+def test_names_matplotlib_cannot_draw_are_drawn_escaped(paper, tmp_path):
+    # A Latin-1 file name or class folder (read as "caf\udce9") failed inside matplotlib with a traceback,
+    # and a name with two "$" is a formula to it ("$\frac$" failed too).
+    import os
+    import shutil
+
+    from alexnet.viz.scoremap import draw_scoremaps
+
+    ckpt, data = paper
+    loaded = load_model(ckpt)
+    loaded.names[0] = os.fsdecode(b"caf\xe9 $\\frac$")
+    odd = tmp_path / os.fsdecode(b"caf\xe9 $\\frac$ \x1b[31m.png")
+    shutil.copy(data / "val" / "ant" / "000.png", odd)
+    out, failed = predictions.draw_predictions(loaded, [odd], tmp_path / "p.png", topk=3)
+    assert out == tmp_path / "p.png" and failed == []
+    assert_picture(out, predictions.figure_size(1))
+    out, _, failed = draw_scoremaps(loaded, [odd], tmp_path / "s.png", scale=256)
+    assert out == tmp_path / "s.png" and failed == []
+    found, names = neighbors.find_neighbours(loaded, data, queries=1, k=2, workers=0, progress=False)
+    neighbors.draw_neighbours(found, [loaded.names[0], *names[1:]], tmp_path / "n.png", loaded.crop)
+    run = write_run(tmp_path / os.fsdecode(b"run \xe9 $x$"), [0.01] * 3)
+    assert main(["viz", "curves", "--run", str(run)]) == 0
+    assert_picture(run / "curves.png", curves.SIZE)
+    assert drawable("caf\udce9 $\\frac$\n") == "caf\\udce9 \\$\\frac\\$\\n"

@@ -19,6 +19,7 @@ defined: the graph then picks the crop position exactly as predict does (torchvi
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -78,8 +79,11 @@ def export_onnx(loaded: LoadedModel, out: str | Path, opset: int | None = None, 
 
 
 def is_onnx_file(path: Path) -> bool:
-    """An ONNX file torch.onnx wrote: it names "pytorch" as its producer in its first bytes."""
-    return b"pytorch" in head(path, 64)
+    """An ONNX file torch.onnx wrote: a ModelProto whose first fields are its IR version (field 1, a varint)
+    and "pytorch" as its producer (field 2). "pytorch" anywhere in the first bytes was not enough: a
+    checkpoint written on a host named pytorch-job-0 has it there (the zip names its folder after the
+    temporary file), and so do pytorch_model.bin and a requirements.txt of pytorch-lightning."""
+    return re.match(rb"\x08[\x80-\xff]{0,9}[\x00-\x7f]\x12\x07pytorch", head(path, 32)) is not None
 
 
 def _metadata(loaded: LoadedModel, image_input: bool) -> dict[str, str]:

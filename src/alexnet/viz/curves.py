@@ -15,7 +15,7 @@ import yaml
 from matplotlib.ticker import MaxNLocator
 
 from alexnet.errors import UserError
-from alexnet.viz.figure import new_figure, save
+from alexnet.viz.figure import drawable, new_figure, save
 
 SIZE = (1200, 480)                  # pixels
 MAX_EPOCH = 1_000_000                # far beyond any run; an axis up to 1e308 cannot be drawn
@@ -159,7 +159,7 @@ def draw_curves(runs: list[Run], out: str | Path) -> Path:
 
 
 def _labels(runs: list[Run]) -> list[str]:
-    names = [run.name for run in runs]
+    names = [drawable(run.name) for run in runs]
     if len(set(names)) < len(names):  # runs/a/demo and runs/b/demo: number them rather than hide one
         names = [f"{i + 1}:{name}" for i, name in enumerate(names)]
     return names

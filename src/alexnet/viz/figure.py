@@ -13,7 +13,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from alexnet.errors import UserError
+from alexnet.errors import UserError, printable
 from alexnet.files import atomic_write, head, replaceable
 
 DPI = 100
@@ -79,4 +79,13 @@ def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+    """A name from the disk as a picture draws it, in at most ``limit`` characters (see ``drawable``)."""
+    text = printable(text)
+    return drawable(text if len(text) <= limit else text[:limit - 1] + "\u2026")
+
+
+def drawable(text: str) -> str:
+    """``text`` that matplotlib draws as it is: a byte no encoding decoded (a Latin-1 file name, read as
+    "\\udce9") and control characters as escapes (matplotlib failed on them, with a traceback), and "$"
+    as itself, not the start of a formula ("$5 and $6.jpg", "$\\frac$.png")."""
+    return printable(text).replace("$", "\\$")
