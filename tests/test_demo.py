@@ -3,6 +3,7 @@ live in the texture, not in the colour."""
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,6 +190,16 @@ def test_bad_arguments_are_user_errors(tmp_path, kwargs):
     with pytest.raises(UserError):
         write_demo_set(tmp_path / "set", progress=False, **{**SMALL, **kwargs})
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_that_takes_no_new_entries_is_one_line_with_exit_2():
+    # /proc answers mkdir with ENOENT, which no other write here meets: it ended in a traceback.
+    from conftest import run_main
+
+    r = run_main("demo-data", "--out", "/proc/demo")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip() == "alexnet demo-data: error: cannot write the demo set into /proc (No such file or directory)"
 
 
 def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):

@@ -499,7 +499,10 @@ def write_demo_set(out, seed: int = 0, train_per_class: int = TRAIN_PER_CLASS,
         sweep_abandoned(out.parent, f".{out.name}.{kind}-")
     # Not tempfile.mkdtemp: its folder is private (0700) and would stay so once renamed to `out`.
     tmp = out.with_name(f".{out.name}.partial-{maker()}-{uuid.uuid4().hex[:12]}")
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+    except OSError as e:   # /proc, /sys: a folder that takes no new entries, with an errno of its own
+        raise UserError(f"cannot write the demo set into {out.parent} ({e.strerror})") from None
     try:
         _generate(tmp, seed, {"train": train_per_class, "val": val_per_class}, progress)
         (tmp / MARKER).write_text(json.dumps(settings, sort_keys=True) + "\n")
