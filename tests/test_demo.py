@@ -199,7 +199,8 @@ def test_a_folder_that_takes_no_new_entries_is_one_line_with_exit_2():
 
     r = run_main("demo-data", "--out", "/proc/demo")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.strip() == "alexnet demo-data: error: cannot write the demo set into /proc (No such file or directory)"
+    assert r.stderr.strip() == ("alexnet demo-data: error: cannot write the demo set into /proc "
+                                "(No such file or directory)")
 
 
 def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):

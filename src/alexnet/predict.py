@@ -59,8 +59,9 @@ def predict(loaded: LoadedModel, paths: Iterable[Path | str] | Path | str, topk:
             model: nn.Module | None = None, scales: str | Sequence[int] = SCALES) -> Iterator[Prediction]:
     """One Prediction per path, in order; decoding and the forward pass run a batch at a time.
 
-    paths: image files, as Path or str (one alone is one file); a str with a scheme ("https://...") is a URL, reported as not
-    fetched; a folder is reported, not expanded (``expand`` lists its images). crops: 1, 10 or "dense"
+    paths: image files, as Path or str (one alone is one file); a str with a scheme ("https://...") is a
+    URL, reported as not fetched; a folder is reported, not expanded (``expand`` lists its images). crops:
+    1, 10 or "dense"
     (whole images at ``scales``); dtype: autocast to it (None: fp32); model: a stand-in for loaded.model
     (its int8 copy, say). A wrong topk is a ValueError here, at the call, not at the first image."""
     k = check_positive_int(topk, "topk")

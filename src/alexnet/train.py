@@ -849,7 +849,8 @@ def _stop(run: _Run, signum: int, saved: bool = False) -> None:
         how = "Resume with the same torchrun command and --resume (" + (
             "an even number of processes, or any number with --towers 1)" if run.config.towers > 1 else
             "any number of processes)")
-    where = f"after epoch {run.epoch}" if saved else f"at epoch {run.epoch + 1}, step {run.step_in_epoch} of {run.steps}"
+    where = (f"after epoch {run.epoch}" if saved else
+             f"at epoch {run.epoch + 1}, step {run.step_in_epoch} of {run.steps}")
     run.say(f"alexnet train: stopped by {signal.Signals(signum).name} {where}; {run.folder / 'last.pt'} is saved. "
             f"{how}")
     raise Stopped(signum)

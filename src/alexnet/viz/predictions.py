@@ -42,8 +42,8 @@ def true_class(loaded: LoadedModel, path: Path) -> int | None:
         return None
 
 
-def draw_predictions(loaded: LoadedModel, paths: Iterable[Path | str] | Path | str, out: str | Path, topk: int = 5, crops: int | str = 1,
-                     device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+def draw_predictions(loaded: LoadedModel, paths: Iterable[Path | str] | Path | str, out: str | Path, topk: int = 5,
+                     crops: int | str = 1, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
                      scales: str | Sequence[int] = SCALES) -> tuple[Path | None, list[Prediction]]:
     """Draw every readable image of ``paths`` with its top-k (as ``predict`` computes it for ``crops``,
     ``dtype`` and ``scales``); returns (the file written, or None when no image could be read, and the
