@@ -13,6 +13,7 @@ they can fail.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,6 +165,25 @@ def test_cli_evaluate_int8_gives_the_fp32_accuracy(cli_data):
                  "--calibration-images", 1000)
     train = sum(1 for f in (data / "train").rglob("*") if f.is_file())
     assert r.returncode == 0 and f", int8 (calibrated on {train} training images)" in r.stdout.splitlines()[0], r.stdout
+
+
+def test_the_calibration_count_is_of_the_images_read(cli_data, tmp_path):
+    # Two unreadable training files were counted ("calibrated on 12" of 10 read).
+    import shutil
+
+    ckpt, data = cli_data
+    copy = Path(shutil.copytree(data, tmp_path / "data"))
+    first = sorted(p for p in (copy / "train").iterdir() if p.is_dir())[0]
+    (first / "empty.png").write_bytes(b"")
+    (first / "text.png").write_text("not an image")
+    train = sum(1 for f in (copy / "train").rglob("*") if f.is_file())
+    r = run_main("evaluate", "--checkpoint", ckpt, "--data", copy, "--workers", 0, "--precision", "int8", "--json",
+                 "--calibration-images", 1000)
+    assert r.returncode == 0 and json.loads(r.stdout)["calibrated"] == train - 2, r.stdout + r.stderr
+    for f in (copy / "train").rglob("*.png"):
+        f.write_bytes(b"")
+    r = run_main("evaluate", "--checkpoint", ckpt, "--data", copy, "--workers", 0, "--precision", "int8")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("no readable image to calibrate on")
 
 
 def test_cli_evaluate_int8_calibrates_on_train_never_on_val(cli_data, tmp_path):

@@ -167,7 +167,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | s
 def int8_model(loaded, data: str | Path, images: int | None = None, batch_size: int = 64, workers: int = 2):
     """``loaded``'s network quantized to int8, calibrated on ``images`` of ``data``/train spread evenly over
     it (the same ones every run and on every process): never on val, whose accuracy is being measured.
-    Returns the network and how many images it was calibrated on (all of train where it has fewer)."""
+    Returns the network and how many images it was calibrated on (all of train where it has fewer; the
+    unreadable ones, skipped with a warning, not counted)."""
     from alexnet.data.loader import eval_loader
     from alexnet.data.sources import open_split
     from alexnet.quantize import CALIBRATION_IMAGES, quantize_loaded, spread
@@ -176,4 +177,13 @@ def int8_model(loaded, data: str | Path, images: int | None = None, batch_size: 
     subset = train.subset(spread(len(train), images or CALIBRATION_IMAGES))
     skipped = SkippedFiles(subset)
     loader = eval_loader(subset, batch_size, 0, 1, workers, pin_memory=False)
-    return quantize_loaded(loaded, (skipped.keep(*batch)[0] for batch in loader)), len(subset)
+    used = 0
+
+    def readable():
+        nonlocal used
+        for batch in loader:
+            images = skipped.keep(*batch)[0]
+            used += len(images)
+            yield images
+
+    return quantize_loaded(loaded, readable()), used
