@@ -401,6 +401,30 @@ def test_a_full_disk_is_one_line_and_the_previous_checkpoint_stays(failure, tmp_
     assert path.read_bytes() == b"the previous checkpoint" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+def test_a_write_refused_for_another_reason_names_the_file_and_the_reason_not_a_temporary_file(tmp_path,
+                                                                                               monkeypatch):
+    # A read-only folder said "([Errno 30] Read-only file system: '.../.last.pt.host-1-x.tmp')"; on /proc,
+    # whose free space is 0, "no space left on the device".
+    import errno
+    from collections import namedtuple
+
+    from alexnet import checkpoint as ckpt_module
+    from alexnet import files
+
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"the previous checkpoint")
+
+    def read_only(state, f):
+        raise OSError(errno.EROFS, "Read-only file system", str(f))
+
+    monkeypatch.setattr(torch, "save", read_only)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: namedtuple("u", "total used free")(1, 1, 0))
+    with pytest.raises(UserError) as e:
+        ckpt_module.save(path, {"model": {"w": torch.zeros(1_000_000)}})
+    assert str(e.value) == f"could not write {path} (Read-only file system); the previous file is unchanged"
+    assert path.read_bytes() == b"the previous checkpoint"
+
+
 @pytest.mark.parametrize("values", [[1.0, 2.0], [1.0, float("nan")], [float("inf"), -float("inf")], [3e38, 3e38],
                                     [3e38, float("inf")], [], [-3e38, -3e38, float("nan")]])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])

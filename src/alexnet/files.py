@@ -113,6 +113,10 @@ def write_or_say(path: str | Path, write: Callable[[str], None], need: int = 0) 
     except Exception as e:
         if not isinstance(e, (OSError, RuntimeError)) and type(e).__name__ != "SafetensorError":
             raise
+        if isinstance(e, OSError) and e.strerror and e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            # Its own words, without the temporary file's name str(e) would give (a read-only folder;
+            # /proc, where the free space is 0 and not the reason).
+            raise UserError(f"could not write {path} ({e.strerror}); the previous file is unchanged") from None
         folder = Path(path).parent
         free = shutil.disk_usage(folder).free if folder.is_dir() else 0
         text = str(e).strip()
