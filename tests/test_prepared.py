@@ -362,13 +362,15 @@ def test_prepare_refuses_an_out_in_use_or_inside_the_data(prep, tmp_path):
     from alexnet.files import FolderLock
 
     data, _ = prep
-    held = FolderLock(tmp_path / "busy")
-    assert held.acquire()
-    try:
-        with pytest.raises(UserError, match=f"in use by another alexnet prepare \\(pid {os.getpid()}\\)"):
-            prepare(data, tmp_path / "busy", workers=0, progress=False)
-    finally:
-        held.release()
+    # The holder is named by its own command (a train's hold was called "another alexnet prepare").
+    for what, said in (("train", "train"), ("prepare", "prepare"), ("", "command")):
+        held = FolderLock(tmp_path / "busy", what)
+        assert held.acquire()
+        try:
+            with pytest.raises(UserError, match=f"in use by another alexnet {said} \\(pid {os.getpid()}\\);"):
+                prepare(data, tmp_path / "busy", workers=0, progress=False)
+        finally:
+            held.release()
     assert not (tmp_path / "busy").exists()   # refused: nothing written
     for inside in (data / "train" / "prep", data / "val"):
         with pytest.raises(UserError, match="lies inside"):

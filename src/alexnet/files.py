@@ -198,7 +198,7 @@ class FolderLock:
 
     An advisory lock (flock) on FOLDER/.lock, which the system drops when its process ends however it
     ends, so a run killed with kill -9 leaves nothing stale for the next one to clear. The file keeps the
-    holder's pid for the message of the one refused. What the lock made (the file, and the folder if it
+    holder's pid and its command (``what``: "train", "prepare") for the message of the one refused. What the lock made (the file, and the folder if it
     had to make it and nothing else was written there) is removed on release, so a refused or failed
     command leaves a folder as it found it. Where flock does not exist (Windows) nothing is held.
     """
@@ -210,8 +210,9 @@ class FolderLock:
     _held: set[int] = set()
     _fork_hook = False
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, what: str = "") -> None:
         self.folder = Path(folder)
+        self.what = what
         self.fd: int | None = None
         self.created = False
         self.token = ""
@@ -245,7 +246,7 @@ class FolderLock:
         # The pid for the message of one refused; a token that no other hold writes, by which other
         # processes (a run's ranks on other nodes) can tell whether they see this very folder.
         self.token = os.urandom(8).hex()
-        os.write(fd, f"{os.getpid()}\n{self.token}\n".encode())
+        os.write(fd, f"{os.getpid()}\n{self.token}\n{self.what}\n".encode())
         os.fsync(fd)   # on a network file system, there for other nodes to read
         self.fd = fd
         FolderLock._held.add(fd)
@@ -271,12 +272,19 @@ class FolderLock:
         """The token of the hold on the folder as this process sees it ("" where it sees none)."""
         return self._written()[1]
 
-    def _written(self) -> tuple[str, str]:
+    def refusal(self) -> str:
+        """What a refused process says of the holder: "another alexnet train (pid 766)"; "another alexnet
+        command" where the holder wrote less (an older version's lock)."""
+        pid, _, what = self._written()
+        return f"another alexnet {what or 'command'}" + (f" (pid {pid})" if pid else "")
+
+    def _written(self) -> tuple[str, str, str]:
         try:
             lines = (self.folder / self.NAME).read_text().split()
         except OSError:
-            return "", ""
-        return (lines + ["", ""])[0], (lines + ["", ""])[1]
+            lines = []
+        pid, token, what = (lines + ["", "", ""])[:3]
+        return pid, token, what
 
     def release(self) -> None:
         if self.fd is None:

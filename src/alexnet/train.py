@@ -494,7 +494,7 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
     if config.tensorboard:
         _tensorboard_class()   # before any work: a missing package found after the statistics pass costs it
     dist = distributed.setup(config.device)
-    lock = FolderLock(config.out)
+    lock = FolderLock(config.out, "train")
     # The filters a run sets (_check_workers) end with it: the caller's stay as they were.
     try:
         with warnings.catch_warnings():
@@ -568,9 +568,8 @@ def _hold(lock: FolderLock, dist: distributed.Dist) -> None:
     if dist.main:
         try:
             if not lock.acquire():
-                who = f" (pid {lock.holder()})" if lock.holder() else ""
-                problem = (f"{lock.folder} is in use by another alexnet train{who}; wait for it to finish, "
-                           f"or choose another --out")
+                problem = (f"{lock.folder} is in use by {lock.refusal()}; wait for it to finish, or choose "
+                           f"another --out")
         except OSError as e:
             problem = f"cannot use {lock.folder} as the run folder ({e.strerror or e})"
     if distributed.all_max(dist, torch.tensor([float(bool(problem))]))[0]:

@@ -53,15 +53,13 @@ def prepare(data: str | Path, out: str | Path, workers: int | None = None, shard
     workers = min(8, usable_cores()) if workers is None else workers
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; give a folder for the prepared dataset as --out")
-    lock = FolderLock(out)
+    lock = FolderLock(out, "prepare")
     try:
         held = lock.acquire()
     except OSError as e:
         raise UserError(f"cannot prepare into {out} ({e.strerror or e})") from None
     if not held:
-        who = f" (pid {lock.holder()})" if lock.holder() else ""
-        raise UserError(f"{out} is in use by another alexnet prepare{who}; wait for it to finish, or choose "
-                        f"another --out")
+        raise UserError(f"{out} is in use by {lock.refusal()}; wait for it to finish, or choose another --out")
     try:
         return _prepare(source, out, workers, shard_size, progress, store, quality, small)
     finally:
