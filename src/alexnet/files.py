@@ -198,9 +198,10 @@ class FolderLock:
 
     An advisory lock (flock) on FOLDER/.lock, which the system drops when its process ends however it
     ends, so a run killed with kill -9 leaves nothing stale for the next one to clear. The file keeps the
-    holder's pid and its command (``what``: "train", "prepare") for the message of the one refused. What the lock made (the file, and the folder if it
-    had to make it and nothing else was written there) is removed on release, so a refused or failed
-    command leaves a folder as it found it. Where flock does not exist (Windows) nothing is held.
+    holder's pid and its command (``what``: "train", "prepare") for the message of the one refused. What
+    the lock made (the file, and the folder if it had to make it and nothing else was written there) is
+    removed on release, so a refused or failed command leaves a folder as it found it. Where flock does not
+    exist (Windows) nothing is held.
     """
 
     NAME = ".lock"
