@@ -60,10 +60,10 @@ def predict(loaded: LoadedModel, paths: Iterable[Path | str] | Path | str, topk:
     """One Prediction per path, in order; decoding and the forward pass run a batch at a time.
 
     paths: image files, as Path or str (one alone is one file); a str with a scheme ("https://...") is a
-    URL, reported as not fetched; a folder is reported, not expanded (``expand`` lists its images). crops:
-    1, 10 or "dense"
-    (whole images at ``scales``); dtype: autocast to it (None: fp32); model: a stand-in for loaded.model
-    (its int8 copy, say). A wrong topk is a ValueError here, at the call, not at the first image."""
+    URL, reported as not fetched; a folder is reported, not expanded (``expand`` lists its images).
+    crops: 1, 10 or "dense" (whole images at ``scales``); dtype: autocast to it (None: fp32); model: a
+    stand-in for loaded.model (its int8 copy, say). A wrong topk is a ValueError here, at the call, not at
+    the first image."""
     k = check_positive_int(topk, "topk")
     return _predict(loaded, as_paths(paths), min(k, len(loaded.classes)), crops, batch_size, device, dtype, model,
                     scales)
@@ -101,7 +101,7 @@ def _predict(loaded: LoadedModel, paths: Iterable[Path | str], k: int, crops: in
                 yield Prediction(path, [], image)
         batch.clear()
 
-    for path in map(as_path, paths):
+    for path in paths:   # as_paths made them Paths (URLs strings)
         batch.append((path, load(path)))
         if len(batch) == batch_size:
             yield from flush()
