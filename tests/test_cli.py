@@ -117,7 +117,7 @@ def test_train_flags_refuse_what_the_config_refuses(field, capsys):
 
 
 def test_ctrl_c_is_one_line_even_while_torch_is_imported(monkeypatch, capsys):
-    # The console script imports alexnet.cli, then main() builds the parser, which imports torch (seconds):
+    # The console script imports alexnet.cli, then main() runs the command, which imports torch (seconds):
     # the import itself must not need torch, so that Ctrl-C in those seconds reaches main's handler.
     r = subprocess.run([sys.executable, "-c", "import sys, alexnet.cli; print('torch' in sys.modules)"],
                        capture_output=True, text=True, timeout=120)
@@ -128,6 +128,33 @@ def test_ctrl_c_is_one_line_even_while_torch_is_imported(monkeypatch, capsys):
     monkeypatch.setattr("alexnet.cli.build_parser", interrupted)
     assert main(["summary"]) == 130
     assert capsys.readouterr().err == "alexnet: interrupted\n"
+
+
+def test_parsing_needs_no_torch_so_help_usage_errors_and_sigterm_answer_at_once():
+    # Importing torch takes seconds (more from a cold disk): --help and a usage error must not wait for it, and
+    # a SIGTERM in those first seconds of a command must end it as one anywhere else does: one line, 143.
+    code = """if True:
+        import importlib.abc, os, signal, sys
+        from alexnet.cli import build_parser, main
+        parser = build_parser()
+        for argv in (["train", "--device", "cuda:1", "--epochs", "3", "--lrn", "caffe", "--small", "pad"],
+                     ["bench", "gpu", "--sections", "train,lrn", "--device", "cpu"], ["summary", "--variant", "owt"],
+                     ["export", "--checkpoint", sys.executable, "--format", "onnx", "--out", "w.onnx"],
+                     ["evaluate", "--checkpoint", sys.executable, "--data", sys.prefix, "--views", "dense", "--precision", "int8"],
+                     ["prepare", "--data", sys.prefix, "--out", "prep", "--store", "jpeg"],
+                     ["plan", "--gpus", "8", "--link-gbps", "100", "--variant", "owt"]):
+            parser.parse_args(argv)
+        assert "torch" not in sys.modules, "parsing imported torch"
+
+        class SigtermAtTorch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch":
+                    os.kill(os.getpid(), signal.SIGTERM)
+        sys.meta_path.insert(0, SigtermAtTorch())
+        sys.exit(main(["summary"]))
+    """
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stderr) == (143, "alexnet summary: stopped by SIGTERM\n")
 
 
 @pytest.mark.parametrize("error, shown", [

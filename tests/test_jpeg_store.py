@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from alexnet.data.folders import FixedSizeImages, SkippedFiles, discover
-from alexnet.data.jpeg import QUALITY, JpegBatch, decode, decodes_on
+from alexnet.choices import QUALITY
+from alexnet.data.jpeg import JpegBatch, decode, decodes_on
 from alexnet.data.loader import train_loader
 from alexnet.data.prepare import prepare
 from alexnet.data.prepared import marker_checksum, open_prepared

@@ -8,6 +8,7 @@ from torch import nn
 
 from alexnet import kernels
 from alexnet import lrn as lrn_module
+from alexnet.choices import LRN_NAMES
 from alexnet.kernels import build
 from alexnet.lrn import LRN_CONVENTIONS, LocalResponseNorm
 from conftest import interpreted
@@ -70,6 +71,7 @@ def test_conventions_differ_as_documented():
     assert (c["paper"].alpha, c["paper"].k, c["paper"].alpha_over_size) == (1e-4, 2.0, False)
     assert LocalResponseNorm.from_convention("cuda-convnet").alpha == pytest.approx(2e-5)
     assert LocalResponseNorm.from_convention("caffe").k == 1.0
+    assert tuple(c) == LRN_NAMES   # what --lrn offers (choices.py, read without torch) is what is here
 
 
 def test_towers_are_kept_apart():

@@ -18,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 
+from alexnet.choices import (CALIBRATION_IMAGES, DEFAULT_LAYER, EXPORT_FORMATS, GPU_SECTIONS, LRN_NAMES, QUALITY,
+                             SCALES, SMALL, VARIANTS, device_setting)
 from alexnet.errors import CutShort, Stopped, UserError, one_line, printable
 
 EXIT_USAGE = 2
@@ -52,8 +54,6 @@ def view_kind(text: str) -> int | str:
 
 def _add_views(p: argparse.ArgumentParser) -> None:
     """--views (and its old name --crops) and --scales, shared by evaluate and predict."""
-    from alexnet.dense import SCALES
-
     p.add_argument("--views", "--crops", dest="crops", type=view_kind, default=1, metavar="{1,10,dense}",
                    help="1: the centre crop (default); 10: four corners and centre, and their mirror images; "
                         "dense: the whole image at each --scales and its mirror, through the network made "
@@ -64,8 +64,6 @@ def _add_views(p: argparse.ArgumentParser) -> None:
 
 
 def _scales(args):
-    from alexnet.dense import SCALES
-
     if args.scales is not None and args.crops != "dense":
         raise UserError("--scales is for --views dense")
     return SCALES if args.scales is None else args.scales
@@ -91,8 +89,6 @@ def existing_path(text: str) -> Path:
 
 def device_name(text: str) -> str:
     """auto, cpu, cuda or cuda:N: every command takes the same settings (alexnet.device)."""
-    from alexnet.device import device_setting
-
     try:
         return device_setting(text)
     except UserError as e:
@@ -111,16 +107,13 @@ def _add_checkpoint(p: argparse.ArgumentParser) -> None:
 
 
 def _add_summary(sub) -> None:
-    from alexnet.lrn import LRN_CONVENTIONS
-    from alexnet.model import VARIANTS
-
     p = sub.add_parser("summary", help="per-layer output shapes, parameters and multiply-adds",
                        description="Per-layer output shape, parameters and multiply-adds of the network, "
                                    "counted from the modules, with totals.")
     p.add_argument("--variant", choices=VARIANTS, default="paper",
                    help="paper: the 2012 network (227x227, LRN, two towers); owt: torchvision's (default: paper)")
     p.add_argument("--num-classes", type=positive_int, default=1000, help="outputs of fc8 (default: 1000)")
-    p.add_argument("--lrn", choices=tuple(LRN_CONVENTIONS), default="paper",
+    p.add_argument("--lrn", choices=LRN_NAMES, default="paper",
                    help="LRN convention of the paper variant (default: paper)")
     p.add_argument("--input-size", type=positive_int, default=None,
                    help="input height and width (default: 227 for paper, 224 for owt)")
@@ -166,7 +159,6 @@ def _run_demo_data(args) -> int:
 
 
 def _add_prepare(sub) -> None:
-    from alexnet.data.jpeg import QUALITY
 
     p = sub.add_parser("prepare", help="decode a dataset once into shards of fixed images, raw or JPEG (fast reads)",
                        description="Decode every image of DATA/train and DATA/val once (shorter side 256, centre "
@@ -190,7 +182,6 @@ def _add_prepare(sub) -> None:
 
 
 def _add_small(p: argparse.ArgumentParser, default: str | None, recorded: str) -> None:
-    from alexnet.data.decode import SMALL
 
     p.add_argument("--small", choices=SMALL, default=default,
                    help="an image whose shorter side is under 256: upscale (the paper), or pad: placed unscaled at "
@@ -247,12 +238,10 @@ def _add_bench(sub) -> None:
 
 
 def _section_list(text: str) -> tuple[str, ...]:
-    from alexnet.bench.gpu import SECTIONS
-
     values = tuple(v.strip() for v in text.split(","))
-    unknown = [v for v in values if v not in SECTIONS]
+    unknown = [v for v in values if v not in GPU_SECTIONS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS[1:])}")
+        raise argparse.ArgumentTypeError(f"unknown section {unknown[0]!r}; choose from {', '.join(GPU_SECTIONS[1:])}")
     return values
 
 
@@ -519,7 +508,6 @@ def _add_evaluate(sub) -> None:
 def _add_precision(p: argparse.ArgumentParser, calibration: str) -> None:
     """--precision of evaluate and predict (inference: fp32, autocast, or int8) and int8's calibration size."""
     from alexnet.config import INFERENCE_PRECISIONS
-    from alexnet.quantize import CALIBRATION_IMAGES
 
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="fp32",
                    help="fp32 (default) or autocast to bf16/fp16; auto: bf16 where the hardware has it; int8: "
@@ -531,8 +519,6 @@ def _add_precision(p: argparse.ArgumentParser, calibration: str) -> None:
 
 
 def _calibration_images(args) -> int:
-    from alexnet.quantize import CALIBRATION_IMAGES
-
     if args.calibration_images is None:
         return CALIBRATION_IMAGES
     if args.precision != "int8":
@@ -626,8 +612,6 @@ def _run_predict(args) -> int:
 
 
 def _add_export(sub) -> None:
-    from alexnet.export import FORMATS
-
     p = sub.add_parser("export", help="write a network as safetensors (with its meaning) or ONNX",
                        description="Write the network in --checkpoint to --out. safetensors: the weights plus "
                                    "metadata (variant, classes and names, preprocessing with its mean/std tensors, "
@@ -638,7 +622,7 @@ def _add_export(sub) -> None:
                        epilog="example:  alexnet export --checkpoint runs/demo/best.pt --format onnx --out demo.onnx "
                               "--image-input")
     _add_checkpoint(p)
-    p.add_argument("--format", choices=FORMATS, default=None,
+    p.add_argument("--format", choices=EXPORT_FORMATS, default=None,
                    help="file format (default: from the suffix of --out)")
     p.add_argument("--out", required=True, type=path_arg, help="file to write")
     p.add_argument("--image-input", action="store_true",
@@ -650,13 +634,13 @@ def _add_export(sub) -> None:
 
 
 def _run_export(args) -> int:
-    from alexnet.export import FORMATS, export, is_onnx_file
+    from alexnet.export import export, is_onnx_file
     from alexnet.files import replaceable
     from alexnet.weights import is_weights_file
 
     fmt = args.format or args.out.suffix.lstrip(".").lower()
-    if fmt not in FORMATS:
-        raise UserError(f"cannot tell the format from {args.out}; add --format {' or --format '.join(FORMATS)}")
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"cannot tell the format from {args.out}; add --format {' or --format '.join(EXPORT_FORMATS)}")
     # An earlier export of the same format may be replaced (export checks again when it writes); said here
     # before the network is loaded.
     replaceable(args.out, is_weights_file if fmt == "safetensors" else is_onnx_file,
@@ -700,7 +684,6 @@ def _run_import_torchvision(args) -> int:
 
 def _add_viz(sub) -> None:
     from alexnet.config import PRECISIONS
-    from alexnet.features import DEFAULT_LAYER
 
     p = sub.add_parser("viz", help="PNG pictures: learning curves, conv1 kernels, top-5 predictions, fc7 neighbours, "
                                    "score maps",
@@ -894,7 +877,6 @@ def _run_viz_scoremap(args) -> int:
 
 
 def _add_features(sub) -> None:
-    from alexnet.features import DEFAULT_LAYER
 
     p = sub.add_parser("features", help="a layer's activations (fc7 by default) for every image of a split, as .npz",
                        description="The activations of one layer for every image of DATA/<split>, seen as at test "
@@ -925,7 +907,6 @@ def _run_features(args) -> int:
 
 
 def _add_plan(sub) -> None:
-    from alexnet.model import VARIANTS
     from alexnet.plan import H200_MEASURED_BATCH, H200_PAPER_IMG_S, IMAGENET_TRAIN_IMAGES, PAPER_EPOCHS
 
     p = sub.add_parser("plan", help="estimate a step and a 90-epoch ImageNet run on N GPUs: compute vs communication",

@@ -16,12 +16,8 @@ from typing import Any
 
 import yaml
 
-from alexnet.data.decode import SMALL
-from alexnet.data.transforms import NORMALIZATIONS
-from alexnet.device import device_setting
+from alexnet.choices import INITS, INPUT_SIZE, LRN_NAMES, NORMALIZATIONS, SMALL, VARIANTS, device_setting
 from alexnet.errors import UserError
-from alexnet.lrn import LRN_CONVENTIONS
-from alexnet.model import INITS, INPUT_SIZE, VARIANTS
 
 PRESETS = ("paper", "demo", "torchvision", "large-batch")
 SCHEDULES = ("plateau", "step", "cosine")
@@ -66,7 +62,7 @@ class TrainConfig:
                                "fc6-8 learn (and backward stops at fc6); all-but-fc8: only fc8 learns, a linear "
                                "classifier on fc7's features", FREEZE_CHOICES)
     variant: str = _opt("paper", "paper: the 2012 network; owt: torchvision's", VARIANTS)
-    lrn: str = _opt("paper", "LRN convention (paper variant)", tuple(LRN_CONVENTIONS))
+    lrn: str = _opt("paper", "LRN convention (paper variant)", LRN_NAMES)
     init: str = _opt("paper", "paper: N(0, 0.01) weights, biases of 1 in conv2/4/5 and fc6/7; kaiming: He normal; pytorch: layer defaults", INITS)
     zero_init_fc8: bool = _opt(False, "start fc8 at zero, so every class starts equally likely")
     dropout: float = _opt(0.5, "dropout probability on fc6 and fc7", kind="fraction")

@@ -32,7 +32,6 @@ from alexnet.errors import UserError
 from alexnet.fully_convolutional import fitted_side
 from alexnet.precision import autocast
 
-SCALES = (256, 320, 384)
 # The longer side is kept to at most this many times the shorter (the centre of a wider panorama): a 1x5000
 # strip at scale 256 would otherwise be 256 x 1,280,000 pixels, and its activations tens of gigabytes.
 MAX_ASPECT = 4

@@ -8,23 +8,11 @@
 
 from __future__ import annotations
 
-import re
-
 import torch
 
+from alexnet.choices import CUDA_DEVICE, device_setting
 from alexnet.errors import UserError
 from alexnet.precision import autocast_dtype
-
-# The named settings a --device choice offers; "cuda:N" is accepted besides them.
-DEVICES = ("auto", "cpu", "cuda")
-_CUDA = re.compile(r"cuda(?::(\d+))?")
-
-
-def device_setting(text: str) -> str:
-    """``text`` if it names a device setting (auto, cpu, cuda or cuda:N), else a one-line UserError."""
-    if text in DEVICES or _CUDA.fullmatch(text):
-        return text
-    raise UserError(f"unknown device {text!r}; use auto, cpu, cuda or cuda:N")
 
 
 def pick_device(setting: str = "auto", local_rank: int = 0) -> torch.device:
@@ -32,7 +20,7 @@ def pick_device(setting: str = "auto", local_rank: int = 0) -> torch.device:
     numbers them); "cuda:N" names GPU N, whatever the rank."""
     if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    match = _CUDA.fullmatch("cuda" if setting == "auto" else device_setting(setting))
+    match = CUDA_DEVICE.fullmatch("cuda" if setting == "auto" else device_setting(setting))
     if not torch.cuda.is_available():
         raise UserError(f"--device {setting} was asked for, but PyTorch sees no CUDA device")
     count = torch.cuda.device_count()

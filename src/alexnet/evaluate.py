@@ -18,7 +18,8 @@ from torch import nn
 from tqdm import tqdm
 
 from alexnet import distributed
-from alexnet.dense import SCALES, DenseBatches, DenseImages, parse_scales
+from alexnet.choices import CALIBRATION_IMAGES, SCALES
+from alexnet.dense import DenseBatches, DenseImages, parse_scales
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.transforms import Normalize, center_view, ten_views
 from alexnet.errors import UserError
@@ -103,7 +104,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | s
 
     crops: 1 (the centre crop), 10 (the paper's views) or "dense" (whole images at ``scales``, read from
     the source files: a prepared store's own pixels are only the centre 256x256). small: what to do with
-    images under 256 (decode.SMALL; default: what the network was trained with); with 1 or 10 views a
+    images under 256 (choices.SMALL; default: what the network was trained with); with 1 or 10 views a
     prepared store made otherwise is refused.
 
     precision "int8" evaluates the network quantized on the CPU ("auto" device means the CPU then),
@@ -171,7 +172,7 @@ def int8_model(loaded, data: str | Path, images: int | None = None, batch_size: 
     unreadable ones, skipped with a warning, not counted)."""
     from alexnet.data.loader import eval_loader
     from alexnet.data.sources import open_split
-    from alexnet.quantize import CALIBRATION_IMAGES, quantize_loaded, spread
+    from alexnet.quantize import quantize_loaded, spread
 
     train = open_split(data, "train", classes=loaded.classes, small=loaded.small)
     subset = train.subset(spread(len(train), images or CALIBRATION_IMAGES))

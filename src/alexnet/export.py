@@ -26,13 +26,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from alexnet.choices import EXPORT_FORMATS
 from alexnet.data.decode import FIXED_SIZE, PAD_FILL
 from alexnet.data.transforms import view_positions
 from alexnet.errors import UserError
 from alexnet.files import atomic_write, head, replaceable
 from alexnet.weights import LoadedModel, load_model, preprocessing_description, save_weights
 
-FORMATS = ("safetensors", "onnx")
+FORMATS = EXPORT_FORMATS
 
 
 def export(checkpoint: str | Path, fmt: str, out: str | Path, image_input: bool = False) -> LoadedModel:

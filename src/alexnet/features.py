@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from alexnet.choices import DEFAULT_LAYER
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import ImageSet
 from alexnet.data.transforms import center_view
@@ -35,9 +36,6 @@ from alexnet.inputs import check_images, check_pool5
 from alexnet.precision import autocast
 from alexnet.progress import progress_bar
 from alexnet.weights import LoadedModel
-
-DEFAULT_LAYER = "relu7"
-
 
 @dataclass
 class Features:
@@ -81,7 +79,7 @@ def activations(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
 
 def split_images(data: str | Path, split: str = "val", small: str | None = None) -> ImageSet:
     """DATA's ``split`` (any kind of data: data/sources.py), labelled by the data's own classes; with
-    ``small``, its images under 256 treated as a network was trained (decode.SMALL)."""
+    ``small``, its images under 256 treated as a network was trained (choices.SMALL)."""
     from alexnet.data.sources import open_split
 
     return open_split(data, split, small=small)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-INPUT_SIZE = {"paper": 227, "owt": 224}
+from alexnet.choices import INPUT_SIZE
 
 
 def check_pool5(x: torch.Tensor) -> None:

@@ -18,11 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from alexnet.choices import INITS, VARIANTS
 from alexnet.inputs import INPUT_SIZE, check_images, check_pool5
 from alexnet.lrn import LRN_CONVENTIONS, LocalResponseNorm
 
-VARIANTS = ("paper", "owt")
-INITS = ("paper", "kaiming", "pytorch")
 
 # Readable names for every module, in forward order; summary() and the paper init use them.
 LAYER_NAMES = {

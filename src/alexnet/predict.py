@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from alexnet.choices import CALIBRATION_IMAGES, SCALES
 from alexnet.data.decode import UndecodableImage, load_fixed
 from alexnet.data.folders import image_files
-from alexnet.dense import SCALES, dense_probabilities, load_scaled, parse_scales
+from alexnet.dense import dense_probabilities, load_scaled, parse_scales
 from alexnet.errors import printable
 from alexnet.evaluate import class_probabilities
 from alexnet.model import check_positive_int
@@ -129,7 +130,7 @@ def setup(loaded: LoadedModel, device: str = "auto", precision: str = "fp32", ca
 def int8_model(loaded: LoadedModel, paths: list[Path], images: int | None = None, batch_size: int = 32):
     """``loaded``'s network quantized to int8, calibrated on up to ``images`` of ``paths`` spread evenly over
     them; unreadable ones are left out (predict reports them where they are predicted)."""
-    from alexnet.quantize import CALIBRATION_IMAGES, quantize_loaded, spread
+    from alexnet.quantize import quantize_loaded, spread
 
     chosen = [paths[i] for i in spread(len(paths), images or CALIBRATION_IMAGES)]
 

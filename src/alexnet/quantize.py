@@ -35,8 +35,7 @@ CPU_ONLY = ("--precision int8 runs on the CPU only (PyTorch's quantized kernels 
 # Images a calibration sees by default. On the demo network (as below, fc8 in float): 32, 64, 256 and 512
 # train images gave mean |logit - fp32| 0.086, 0.082, 0.075, 0.067, argmax = fp32's on 99.3-99.7% of
 # val, top-1 90.0-90.3%; calibration took 7, 6, 14 and 27 s on 2 cores. The ranges settle early; 256 is
-# a few seconds more than the fixed cost of converting 61M weights.
-CALIBRATION_IMAGES = 256
+# a few seconds more than the fixed cost of converting 61M weights. (CALIBRATION_IMAGES: in choices.py.)
 
 # Layers kept in float besides LRN, by paper name. Measured on the trained demo network (paper variant,
 # 10 classes, 300 val images, centre view, calibrated on 256 train images; fp32 top-1 90.0%):

@@ -32,13 +32,14 @@ import torch
 from alexnet import checkpoint
 from alexnet.checkpoint import existing_file
 from alexnet.data.class_names import read_pairs
-from alexnet.data.decode import FIXED_SIZE, SMALL
+from alexnet.choices import INITS, INPUT_SIZE, SMALL, VARIANTS
+from alexnet.data.decode import FIXED_SIZE
 from alexnet.data.transforms import NORMALIZATIONS, Normalize
 from alexnet.errors import UserError, printable
 from alexnet.files import head, replaceable, write_or_say
 from alexnet.inputs import SMALLEST_INPUT
 from alexnet.lrn import LRN_CONVENTIONS
-from alexnet.model import INITS, INPUT_SIZE, VARIANTS, AlexNet, guess_network, is_float, state_mismatch
+from alexnet.model import AlexNet, guess_network, is_float, state_mismatch
 
 
 FORMAT = "alexnet-weights"

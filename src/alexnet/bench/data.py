@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from alexnet.data.jpeg import QUALITY
+from alexnet.choices import QUALITY
 from alexnet.data.loader import train_loader
 from alexnet.data.prepare import prepare
 from alexnet.data.sources import open_split

@@ -35,6 +35,7 @@ from alexnet import lrn as lrn_module
 from alexnet.bench.data import check_images, write_photos
 from alexnet.bench.timing import matmul_peak, median_seconds
 from alexnet.bench.train import _step, paper_step
+from alexnet.choices import GPU_SECTIONS
 from alexnet.cores import usable_cores
 from alexnet.data.loader import train_loader
 from alexnet.data.prepare import prepare
@@ -49,7 +50,7 @@ from alexnet.model import INPUT_SIZE, AlexNet
 from alexnet.summary import summarize
 
 BATCHES = (128, 256, 512)
-SECTIONS = ("peak", "train", "lrn", "infer", "data")
+SECTIONS = GPU_SECTIONS
 
 
 def bench_gpu(device: str = "auto", batches: tuple[int, ...] = BATCHES, steps: int = 10, images: int = 2048,

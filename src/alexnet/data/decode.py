@@ -24,7 +24,6 @@ FIXED_SIZE = 256
 # PIL's own decompression-bomb threshold (about 9,500 x 9,500): larger images are refused, not decoded.
 MAX_PIXELS = 89_478_485
 TRANSPARENT_BACKGROUND = (255, 255, 255)  # what a viewer shows behind transparent pixels
-SMALL = ("upscale", "pad")   # what happens to an image whose shorter side is under 256
 # The border of a padded small image: ImageNet's mean colour, which torchvision's normalisation maps to
 # zero. A data set's own mean is not known when its images are decoded (its statistics are computed from
 # the decoded images), so a network normalised by its own mean sees the border as nearly, not exactly, 0.

@@ -67,7 +67,7 @@ class ImageSet(Dataset):
     decodes: bool = True   # reading decodes files (worth DataLoader workers); False: copies stored pixels
     stats_file: Path | None = None   # the mean image and RGB PCA computed ahead of time, if any
     pixels: str = ""       # how its pixels differ from the decoded source files' ("": they do not)
-    small: str = "upscale"  # what became of images under 256 (decode.SMALL): upscaled, or padded
+    small: str = "upscale"  # what became of images under 256 (choices.SMALL): upscaled, or padded
     unreadable: int = 0    # files found unreadable before this set was made (left out of a prepared store)
 
     @property
@@ -121,7 +121,7 @@ class ImageSet(Dataset):
         raise NotImplementedError
 
     def with_small(self, small: str) -> ImageSet:
-        """This set with images under 256 treated as ``small`` says (decode.SMALL). A set that decodes its
+        """This set with images under 256 treated as ``small`` says (choices.SMALL). A set that decodes its
         files can do either; one that stores decoded pixels (a prepared store) only what it was made with."""
         if small != self.small:
             raise UserError(f"{getattr(self, 'root', self.split.root)} holds images prepared with --small "

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from alexnet.choices import QUALITY
+
 # Quality 90, chroma subsampled 4:2:0 (libjpeg's default, as most of ImageNet's own JPEGs are). Measured on
 # the demo set's 2,400 fixed training images (Huffman-optimised): bytes per image, and the mean absolute
 # difference from the raw pixels in 0-255 levels (raw: 196,608 bytes and 0).
@@ -36,8 +38,7 @@ from PIL import Image
 # an ordinary server holds them, so the epochs after the first read memory, not disk. 4:4:4 was measured
 # too: on the demo's saturated colours quality 75 4:4:4 beats 90 4:2:0 on both counts (15,067 bytes, 2.84
 # levels), but on photograph-like images (bench data's) it only ties, and it decodes 10-40% slower, so
-# 4:2:0 stays.
-QUALITY = 90
+# 4:2:0 stays. (QUALITY lives in choices.py, which the command line reads without torch.)
 
 
 @dataclass

@@ -22,10 +22,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from alexnet.cores import usable_cores
-from alexnet.data.decode import FIXED_SIZE, SMALL
+from alexnet.choices import QUALITY, SMALL
+from alexnet.data.decode import FIXED_SIZE
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import SPLITS, DataSource, ImageSet, Split
-from alexnet.data.jpeg import QUALITY, JpegBatch, checksum
+from alexnet.data.jpeg import JpegBatch, checksum
 from alexnet.data.prepared import FORMATS, MARKER, PARTIAL, STATS, is_prepared, marker_checksum, prepared_split
 from alexnet.data.sources import kind_of, open_data
 from alexnet.data.stats import load_or_compute_stats
@@ -40,7 +41,7 @@ STORES = tuple(FORMATS)
 def prepare(data: str | Path, out: str | Path, workers: int | None = None, shard_size: int = SHARD,
             progress: bool = True, store: str = "raw", quality: int | None = None, small: str = "upscale") -> dict:
     """Decode DATA's train and val once into OUT, as raw pixels or JPEGs of ``quality`` (default
-    jpeg.QUALITY), images under 256 upscaled or padded as ``small`` says; resumable. Returns the marker's
+    choices.QUALITY), images under 256 upscaled or padded as ``small`` says; resumable. Returns the marker's
     contents."""
     data, out = Path(data).expanduser(), Path(out).expanduser()
     store, quality = _check_store(store, quality)

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alexnet.data.decode import SMALL
+from alexnet.choices import SMALL
 from alexnet.data.imageset import SPLITS, Batch, DataSource, ImageSet, Split, labelled_by
 from alexnet.data.jpeg import JpegBatch, checksum, decodes_on
 from alexnet.data.samples import NamedSamples, take

@@ -51,7 +51,7 @@ def kind_of(path: str | Path) -> Kind:
 
 def open_data(path: str | Path, splits: tuple[str, ...] = SPLITS, small: str | None = None) -> DataSource:
     """The dataset at ``path`` with the ``splits`` asked for; a one-line UserError if it is not one.
-    With ``small`` (decode.SMALL), its images under 256 are treated so, or it is refused if it cannot."""
+    With ``small`` (choices.SMALL), its images under 256 are treated so, or it is refused if it cannot."""
     path = Path(path).expanduser()
     for split in splits:
         if split in ("", ".", "..") or "/" in split or os.sep in split:

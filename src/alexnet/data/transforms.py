@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from alexnet import kernels
+from alexnet.choices import NORMALIZATIONS
 
-NORMALIZATIONS = ("mean-image", "channel", "imagenet")
 PCA_CONVENTIONS = ("paper", "cuda-convnet")
 PCA_STD = 0.1  # alpha_i ~ N(0, 0.1)
 

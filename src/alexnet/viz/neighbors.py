@@ -138,7 +138,7 @@ def _title(k: int, layer: str) -> list[str]:
 def draw_neighbours(found: list[Query], names: list[str], out: str | Path, crop: int, layer: str = DEFAULT_LAYER,
                     small: str = "upscale") -> Path:
     """Each query (left) beside its neighbours, nearest first; a caption is green when the class matches.
-    ``small``: what the network's training did with images under 256 (decode.SMALL), to show them so."""
+    ``small``: what the network's training did with images under 256 (choices.SMALL), to show them so."""
     k = max(len(q.neighbours) for q in found)
     fig = new_figure(*figure_size(len(found), k, layer))
     title = _title(k, layer)

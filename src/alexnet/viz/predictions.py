@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from alexnet.data.decode import UndecodableImage, load_fixed
-from alexnet.dense import SCALES
+from alexnet.choices import SCALES
 from alexnet.predict import Prediction, predict
 from alexnet.viz.figure import axes_at, center_crop, new_figure, save, shorten, show_image
 from alexnet.weights import LoadedModel
