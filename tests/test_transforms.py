@@ -90,23 +90,25 @@ def test_mean_image_is_subtracted_at_the_pixels_it_belongs_to():
         torch.testing.assert_close(normed[n], expected.flip(-1) if mirrored else expected)
 
 
-def test_ten_views_equal_torchvision_ten_crop_and_corners_are_corners():
+@pytest.mark.parametrize("size", [227, 224])
+def test_ten_views_are_five_crops_and_the_reflection_of_each(size):
+    # Paper section 4.1: "the four corner patches and the center patch as well as their horizontal reflections".
     images = batch(3)
-    views = ten_views(images, 227, ZERO)
-    assert views.shape == (3, 10, 3, 227, 227)
-    tv = TF.ten_crop(nchw(images), 227)
-    for i in range(10):
-        assert torch.equal(views[:, i], tv[i]), i
+    views = ten_views(images, size, ZERO)
+    assert views.shape == (3, 10, 3, size, size)
     x = nchw(images)
-    assert torch.equal(views[:, 0], x[..., :227, :227])            # top-left
-    assert torch.equal(views[:, 1], x[..., :227, -227:])           # top-right
-    assert torch.equal(views[:, 2], x[..., -227:, :227])           # bottom-left
-    assert torch.equal(views[:, 3], x[..., -227:, -227:])          # bottom-right
-    assert torch.equal(views[:, 4], TF.center_crop(x, [227, 227]))
-    # The second five are the corners of the mirrored image: mirrored top-left = mirror of top-right, ...
-    for mirrored_corner, corner in ((5, 1), (6, 0), (7, 3), (8, 2)):
-        assert torch.equal(views[:, mirrored_corner].flip(-1), views[:, corner])
-    assert torch.equal(views[:, 9], TF.center_crop(TF.horizontal_flip(x), [227, 227]))
+    five = TF.five_crop(x, size)   # torchvision's corners and centre crop
+    assert torch.equal(views[:, 0], x[..., :size, :size])            # top-left
+    assert torch.equal(views[:, 1], x[..., :size, -size:])           # top-right
+    assert torch.equal(views[:, 2], x[..., -size:, :size])           # bottom-left
+    assert torch.equal(views[:, 3], x[..., -size:, -size:])          # bottom-right
+    for i in range(5):
+        assert torch.equal(views[:, i], five[i]), i
+        assert torch.equal(views[:, 5 + i], TF.horizontal_flip(five[i])), i
+    # torchvision's ten_crop holds the same ten where 256 - size is even; where odd (227), its centre crop of
+    # the mirrored image is one pixel off the reflected centre crop.
+    tv = TF.ten_crop(x, size)
+    assert torch.equal(views[:, 9], tv[9]) == (size == 224)
 
 
 def test_center_view_equals_torchvision_center_crop_with_imagenet_normalisation():

@@ -303,12 +303,15 @@ def train_views(images: torch.Tensor, size: int, norm: Normalize, pca: PCANoise 
 
 
 def view_positions(height: int, width: int, size: int) -> list[tuple[int, int, bool]]:
-    """(top, left, mirrored) of the paper's 10 test views, in torchvision's ten_crop order: top-left,
-    top-right, bottom-left, bottom-right and centre crops, then the same five crops of the mirrored
-    image (whose top-left is the mirror of the original's top-right, and so on)."""
+    """(top, left, mirrored) of the paper's 10 test views: the top-left, top-right, bottom-left,
+    bottom-right and centre crops, then the reflection of each, in the same order (paper section 4.1).
+
+    torchvision's ten_crop takes its second five from the mirrored image instead: the same corners, but
+    where width - size is odd (256 - 227 = 29) its centre crop of the mirrored image lies one pixel to the
+    right of the reflected centre crop, so one of its ten views is not a reflection of the other five."""
     cy, cx = round((height - size) / 2), round((width - size) / 2)   # torchvision's center_crop rounding
     five = [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size), (cy, cx)]
-    return [(t, l, False) for t, l in five] + [(t, width - size - l, True) for t, l in five]
+    return [(t, l, False) for t, l in five] + [(t, l, True) for t, l in five]
 
 
 def center_view(images: torch.Tensor, size: int, norm: Normalize) -> torch.Tensor:
