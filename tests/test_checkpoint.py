@@ -17,6 +17,7 @@ from alexnet.config import resolve
 from alexnet.data.stats import STATS_FILE, DataStats
 from alexnet.data.transforms import Normalize, Preprocessing
 from alexnet.errors import UserError
+from alexnet.step import sgd
 from alexnet.train import train
 from alexnet.weights import load_model
 from conftest import run_cli, write_image_folders
@@ -72,10 +73,13 @@ def test_a_runs_last_checkpoint_reads_back_as_it_was_saved(run):
     assert r.prep.pca.convention == saved["pca_noise"] == "paper"
 
     assert len(r.rng) == 1 and r.rng[0]["torch"].dtype == torch.uint8  # one process, one state
-    # Momentum for each of the network's 16 parameters, shaped as it; the weights are those best.pt holds
-    # (epoch 1 was the best so far), written separately.
-    momentum = [r.optimizer["state"][i]["momentum_buffer"] for i in r.optimizer["param_groups"][0]["params"]]
-    assert [m.shape for m in momentum] == [v.shape for k, v in r.model.items()]
+    # Momentum for each of the network's 16 parameters, shaped as it, in the optimizer's two groups (weights
+    # decayed, then biases not); the weights are those best.pt holds (epoch 1 was the best so far), written
+    # separately.
+    assert [g["weight_decay"] for g in r.optimizer["param_groups"]] == [5e-4, 0.0]
+    momentum = [r.optimizer["state"][i]["momentum_buffer"] for g in r.optimizer["param_groups"] for i in g["params"]]
+    assert [m.shape for m in momentum] == [v.shape for v in r.model.values() if v.dim() > 1] + \
+                                          [v.shape for v in r.model.values() if v.dim() <= 1]
     best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)["model"]
     assert r.model.keys() == best.keys() and all(torch.equal(r.model[k], best[k]) for k in best)
 
@@ -110,7 +114,7 @@ def test_a_resume_keeps_no_view_of_the_mapped_last_pt(run, tmp_path):
     assert not any(in_file(t) for t in prep)
     model = AlexNet("paper", num_classes=2)
     model.load_state_dict(r.model)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt = sgd(model, 0.01, 0.9, 5e-4, torch.device("cpu"), bias_decay=r.config.bias_decay)
     opt.load_state_dict(r.optimizer)
     assert all(in_file(s["momentum_buffer"]) for s in opt.state.values())   # torch keeps the loaded tensors
     _own_state(opt)

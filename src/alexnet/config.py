@@ -22,6 +22,7 @@ from alexnet.errors import UserError
 PRESETS = ("paper", "demo", "torchvision", "large-batch")
 SCHEDULES = ("plateau", "step", "cosine")
 OPTIMIZERS = ("sgd", "lars")
+UPDATE_RULES = ("paper", "pytorch")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TRAIN_PRECISIONS = (*PRECISIONS, "fp64")   # fp64: a float64 reference run (precision.py)
 # Inference adds int8 (quantize.py): post-training quantization, CPU only; training has no int8.
@@ -74,6 +75,12 @@ class TrainConfig:
     lr: float = _opt(0.01, "peak learning rate", kind="positive")
     momentum: float = _opt(0.9, "SGD momentum", kind="fraction")
     weight_decay: float = _opt(5e-4, "SGD weight decay", kind="non-negative")
+    bias_decay: bool = _opt(False, "sgd: weight decay on the biases too (torchvision's recipe); the paper's code "
+                                   "(cuda-convnet) and Caffe's AlexNet decay the weights only")
+    update_rule: str = _opt("paper", "sgd: paper: v = momentum v - lr (weight_decay w + g), w = w + v (section 5: "
+                                     "the velocity keeps the learning rate of the steps it sums, so a division slows "
+                                     "the step over the next few dozen); pytorch: torch.optim.SGD's v = momentum v "
+                                     "+ g + weight_decay w, w = w - lr v (a division acts at once)", UPDATE_RULES)
     optimizer: str = _opt("sgd", "sgd: momentum SGD (paper); lars: layer-wise trust ratio for large batches "
                                  "(You et al. 2017; biases left out)", OPTIMIZERS)
     lars_eta: float = _opt(1e-3, "lars: trust coefficient eta (a layer moves by about eta x lr of its norm)",
@@ -140,6 +147,9 @@ class TrainConfig:
         if self.optimizer == "lars" and self.zero_init_fc8:
             raise UserError("--optimizer lars scales each layer's step by its weights' norm: fc8 started at zero "
                             "would take the whole learning rate at its first step; add --no-zero-init-fc8")
+        if self.optimizer == "lars" and (self.bias_decay or self.update_rule != "paper"):
+            raise UserError("--optimizer lars leaves biases out of weight decay and keeps the paper's update rule "
+                            "(the learning rate inside the velocity); leave --bias-decay and --update-rule out")
         if self.towers == 2 and self.optimizer == "lars":
             raise UserError("--optimizer lars needs whole layers' norms, and with --towers 2 each process holds "
                             "half of a layer; use data parallelism (--towers 1)")
@@ -225,8 +235,15 @@ def resolve(preset: str, overrides: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**values).validate()
 
 
+# Settings added after runs were recorded without them, and what such an SGD run did (LARS runs did what
+# the defaults do): an earlier run resumes as it was trained, not with today's default.
+_BEFORE_RECORDED = {"bias_decay": True, "update_rule": "pytorch"}
+
+
 def from_dict(values: dict[str, Any], where: str) -> TrainConfig:
     """A configuration recorded by an earlier run (config.yaml or a checkpoint)."""
+    if values.get("optimizer", "sgd") == "sgd":
+        values = {k: v for k, v in _BEFORE_RECORDED.items() if k not in values} | values
     return TrainConfig(**_checked(values, where)).validate()
 
 

@@ -661,7 +661,7 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
         model = model.to(memory_format=torch.channels_last)
     optimizer = (lars(model, config.lr, config.momentum, config.weight_decay, config.lars_eta)
                  if config.optimizer == "lars" else sgd(model, config.lr, config.momentum, config.weight_decay,
-                                                        dist.device))
+                                                        dist.device, config.bias_decay))
     if towers:
         model.shard_optimizer(optimizer)  # its state_dict too is the single-device network's
     net: nn.Module = torch.compile(model) if config.compile else model
@@ -670,7 +670,9 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     elif dist.active:
         net = DistributedDataParallel(net, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
     divisor = config.batch_size / shard.world if uneven else batch_per_rank   # see TrainStep
-    step = TrainStep(net, optimizer, prep, dist.device, dtype, divisor, config.label_smoothing, config.accumulate)
+    paper_momentum = config.momentum if config.optimizer == "sgd" and config.update_rule == "paper" else None
+    step = TrainStep(net, optimizer, prep, dist.device, dtype, divisor, config.label_smoothing, config.accumulate,
+                     paper_momentum)
     schedule = LRSchedule(config.schedule, config.lr, steps, config.epochs, config.warmup_epochs,
                           config.lr_gamma, config.step_epochs, config.patience, config.max_lr_drops)
 
@@ -726,7 +728,12 @@ def _epoch_of(row: str) -> float:
 
 def _restore(run: _Run, ckpt: checkpoint.Resumable) -> None:
     run.model.load_state_dict(ckpt.model)
+    # load_state_dict takes the groups' settings from the checkpoint too: a diverged run resumed with another
+    # --weight-decay would keep the old one. The groups as this run's configuration built them decide.
+    decays = [group["weight_decay"] for group in run.step.optimizer.param_groups]
     run.step.optimizer.load_state_dict(ckpt.optimizer)
+    for group, decay in zip(run.step.optimizer.param_groups, decays):
+        group["weight_decay"] = decay
     _own_state(run.step.optimizer)
     run.schedule.load_state_dict(ckpt.schedule)
     run.step.scaler.load_state_dict(ckpt.scaler)

@@ -78,7 +78,9 @@ def paper_step(batch_size: int, device: torch.device, dtype: torch.dtype | None,
                          PCANoise(torch.tensor([0.2175, 0.0188, 0.0045]),
                                   torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140],
                                                 [-0.5836, -0.6948, 0.4203]])))
-    step = TrainStep(net, sgd(model, 1e-4, 0.9, 5e-4, device), prep, device, dtype, batch_size)
+    # The paper's update: weights decayed, biases not; the paper's rule (one momentum per step, no extra pass).
+    step = TrainStep(net, sgd(model, 1e-4, 0.9, 5e-4, device, bias_decay=False), prep, device, dtype, batch_size,
+                     paper_momentum=0.9)
     return lambda: step(images, labels, draws, 1e-4)
 
 
