@@ -122,6 +122,26 @@ def test_links_are_followed_once_and_never_make_a_class_of_the_split(tiny_folder
         discover(root)
 
 
+def test_a_folder_and_links_to_it_in_one_class_are_read_once(tiny_folders, tmp_path):
+    # Queued from one listing, a folder and a link to it (or two links to one folder) were both walked: its
+    # images counted twice, in training and in every accuracy. The folder itself is read, not the link.
+    root, _ = tiny_folders
+    cat = root / "train" / "cat"
+    before = sorted(p.name for p, label in discover(root).splits["train"].samples if label == 0)
+    photos = cat / "photos"
+    photos.mkdir()
+    for name in before:
+        (cat / name).rename(photos / name)
+    (cat / "all").symlink_to("photos")                      # sorts before the folder it links to
+    (cat / "zz recent").symlink_to("photos")
+    elsewhere = tmp_path / "kept-elsewhere"
+    shutil.copytree(photos, elsewhere)
+    (cat / "a").symlink_to(elsewhere)                       # two links to one folder kept elsewhere
+    (cat / "b").symlink_to(elsewhere)
+    samples = [p.relative_to(cat).as_posix() for p, label in discover(root).splits["train"].samples if label == 0]
+    assert sorted(samples) == [f"a/{n}" for n in before] + [f"photos/{n}" for n in before]
+
+
 def test_a_linked_file_of_the_split_is_no_second_sample_and_loose_files_are_named(tiny_folders, tmp_path, capsys):
     # A link in cat/ to an image of dog/ made those pixels a sample of both classes, and a link to another
     # image of cat/ a second sample of it, silently (linked folders were refused or left out already).

@@ -136,22 +136,26 @@ def image_files(folder: Path, split: Path | None = None, left_out: Counter | Non
         return not inside_split or real.startswith(top + os.sep)
 
     # os.scandir rather than os.walk: its entries say which are links without a stat of every file.
-    found, seen, folders = [], set(), [str(folder)]
+    # A folder counts as read once it is queued: two ways to one folder (itself and a link to it, two
+    # links) queued from one listing would otherwise both be walked, and its images counted twice.
+    found, seen, folders = [], {top}, [str(folder)]
     while folders:
         path = folders.pop()
-        seen.add(os.path.realpath(path))
         try:
             with os.scandir(path) as listing:
                 entries = sorted(listing, key=lambda e: e.name)
         except OSError:   # unreadable: skipped, as os.walk skips it
             continue
         below = []
+        for entry in sorted((e for e in entries if not e.name.startswith(".") and _is_dir(e)),
+                            key=lambda e: e.is_symlink()):   # a folder itself before a link to it
+            real = os.path.realpath(entry.path)
+            if followed(real):
+                seen.add(real)
+                below.append(entry.path)
+        below.sort()
         for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if _is_dir(entry):
-                if followed(os.path.realpath(entry.path)):
-                    below.append(entry.path)
+            if entry.name.startswith(".") or _is_dir(entry):
                 continue
             ext = os.path.splitext(entry.name)[1].lower()
             if ext not in IMAGE_EXTENSIONS:
