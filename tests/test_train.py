@@ -265,6 +265,19 @@ def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(more_da
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_a_channel_that_never_varies_trains_under_channel_normalisation(tmp_path):
+    # Red at 0 in every image: its std was 0, every input NaN, and the run stopped at step 0 advising a
+    # lower --lr, which changed nothing.
+    rng = np.random.default_rng(0)
+    colours = {c: [(0, int(rng.integers(0, 256)), int(rng.integers(0, 256))) for _ in range(4)] for c in ("a", "b")}
+    data = write_image_folders(tmp_path / "data", colours, size=(48, 40))
+    train(config(data, tmp_path / "run", epochs=1, normalization="channel"))
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"])
+    std = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["preprocessing"]["std"]
+    assert std[0] == 1.0 and (std[1:] > 1).all()   # the constant channel divided by one level
+
+
 def test_a_diverged_run_keeps_the_state_before_the_blow_up_and_resumes_with_a_lower_lr(more_data, tmp_path,
                                                                                        two_epochs_run):
     # lr 10, a checkpoint after every step: step 2's loss is huge but finite, step 3's NaN. The weights

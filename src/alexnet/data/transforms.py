@@ -24,6 +24,7 @@ from alexnet.choices import NORMALIZATIONS
 
 PCA_CONVENTIONS = ("paper", "cuda-convnet")
 PCA_STD = 0.1  # alpha_i ~ N(0, 0.1)
+MIN_CHANNEL_STD = 1.0  # 0-255 units: the least a channel is divided by (Normalize.create)
 
 # torchvision's ImageNet normalisation (its weights expect it), in 0-255 units.
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -170,7 +171,10 @@ class Normalize:
             raise ValueError(f"normalization {kind!r} needs the training set's statistics")
         if kind == "mean-image":
             return cls(stats.mean_image)
-        return cls(stats.channel_mean, stats.channel_std)
+        # A channel that never varies (a red channel at 0 in every image) has std 0, and x / 0 made every
+        # input NaN; one that varies by under a level would be mostly rounding noise blown up. Such a
+        # channel is divided by one level at least (scikit-learn's StandardScaler leaves constant ones unscaled).
+        return cls(stats.channel_mean, stats.channel_std.clamp_min(MIN_CHANNEL_STD))
 
     @property
     def per_pixel(self) -> bool:
