@@ -118,15 +118,30 @@ def test_a_run_writes_config_metrics_and_plain_checkpoints(data, tmp_path):
     assert "optimizer" not in best and best["preprocessing"]["mean"].shape == (256, 256, 3)
 
 
-@pytest.mark.parametrize("opts", [{}, dict(optimizer="lars", lr=0.5, accumulate=2)], ids=["sgd", "lars-accumulated"])
-def test_resume_after_an_epoch_matches_an_uninterrupted_run(opts, data, tmp_path, two_epochs):
+@pytest.mark.parametrize("opts, given", [({}, {"epochs": 2}), ({}, None),
+                                         (dict(optimizer="lars", lr=0.5, accumulate=2), {"epochs": 2})],
+                         ids=["sgd", "sgd-from-python", "lars-accumulated"])
+def test_resume_after_an_epoch_matches_an_uninterrupted_run(opts, given, data, tmp_path, two_epochs):
+    # From Python (given None) the config is what was asked for: its larger epochs was ignored, the run
+    # called complete.
     if opts:
         train(config(data, tmp_path / "a", **opts))
     uninterrupted = weights(tmp_path / "a" / "last.pt") if opts else two_epochs
     train(config(data, tmp_path / "b", epochs=1, **opts))
-    train(config(data, tmp_path / "b", epochs=2, **opts), resume=True, given={"epochs": 2})
+    train(config(data, tmp_path / "b", epochs=2, **opts), resume=True, given=given)
     assert_same_weights(uninterrupted, weights(tmp_path / "b" / "last.pt"))
     assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2
+    if given is None:   # and what a resume may not change is refused, as the command refuses its flag
+        with pytest.raises(UserError, match="cannot change --batch-size when resuming"):
+            train(config(data, tmp_path / "b", epochs=3, batch_size=2), resume=True)
+
+
+def test_a_configuration_built_directly_is_checked_before_anything_runs(data, tmp_path):
+    from alexnet.config import TrainConfig
+
+    with pytest.raises(UserError, match="batch_size must be at least 1"):
+        train(TrainConfig(data=str(data), out=str(tmp_path / "run"), batch_size=0, workers=0))
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_owt_run_recorded_with_another_lrn_still_builds():

@@ -75,7 +75,7 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
 
 
-def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
+def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any] | None,
                 dist: distributed.Dist | None = None
                 ) -> tuple[TrainConfig, checkpoint.Resumable | None, LoadedModel | None]:
     """The configuration to run with, the checkpoint to resume from (None for a fresh run), and the weights
@@ -84,7 +84,8 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
     ``resume``: False (a fresh run), True (continue RUN), or "auto" (continue RUN if it holds a
     checkpoint, else start it); a process that torchrun restarted after a failure resumes by itself.
     A fresh run never overwrites an earlier one; a resumed run takes its settings from its checkpoint,
-    changed only where RESUMABLE_CHANGES allows.
+    changed only where RESUMABLE_CHANGES allows. ``given``: the settings asked for by name (the flags
+    given); None from the Python API, where ``config`` as a whole is what was asked for.
     """
     run = Path(config.out)
     last = run / "last.pt"
@@ -119,6 +120,11 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any],
         raise UserError(f"nothing to resume: {last} does not exist")
     ckpt = checkpoint.read_resumable(last)
     saved = ckpt.config
+    if given is None:   # from Python: every setting of ``config``, its paths as the command line gives them
+        given = config.to_dict()
+        for name in ("data", "weights"):
+            if given[name]:
+                given[name] = str(Path(given[name]).expanduser().resolve())
     changes = {k: v for k, v in given.items() if k != "out" and getattr(saved, k) != v}
     diverged = (run / DIVERGED).is_file()
     refused = sorted(set(changes) - RESUMABLE_CHANGES - (DIVERGED_CHANGES if diverged else set()))
@@ -489,7 +495,13 @@ def _keep_as_previous(last: Path, previous: Path) -> None:
 
 def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume: True, or "auto") training as ``config`` says; returns the final epoch's metrics and
-    the best top-1."""
+    the best top-1.
+
+    ``config``: best made by config.resolve(preset, settings); a TrainConfig built directly holds its
+    fields' defaults (the paper's), whatever its ``preset`` says. A resume takes ``config``'s settings
+    where a resume may change them (a larger ``epochs``) and refuses the others' changes, as the command
+    does; ``given`` (the command's flags) narrows what counts as asked for."""
+    config.validate()
     _check_out(config)
     if config.tensorboard:
         _tensorboard_class()   # before any work: a missing package found after the statistics pass costs it
@@ -500,7 +512,7 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
         with warnings.catch_warnings():
             with _StopsAtOnce(dist):
                 _hold(lock, dist)
-                config, ckpt, start = resolve_run(config, resume, given or {}, dist)
+                config, ckpt, start = resolve_run(config, resume, given, dist)
                 _check_workers(config, dist)
                 if ckpt is not None and ckpt.epoch >= config.epochs:
                     return _complete(config, ckpt, dist)
