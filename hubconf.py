@@ -62,7 +62,7 @@ def alexnet(variant=None, num_classes=None, weights=None, **kwargs):
     A contradiction is a UserError and a wrong argument a TypeError, each in one line.
     """
     from alexnet.errors import UserError
-    from alexnet.model import AlexNet
+    from alexnet.model import AlexNet, check_positive_int
     from alexnet.weights import load_model
 
     # torchvision's old habit. pretrained=False asks for what a plain call gives, so it passes; True would
@@ -84,6 +84,8 @@ def alexnet(variant=None, num_classes=None, weights=None, **kwargs):
     if "init" in kwargs:
         raise TypeError("init sets a new network's starting weights; it does not apply with weights=")
     lrn = kwargs.get("lrn")
+    if num_classes is not None:
+        num_classes = check_positive_int(num_classes, "num_classes")
     loaded = load_model(weights)
     # owt has no LRN; "paper" passes there as AlexNet lets it (every variant's old default).
     if loaded.variant == "owt" and lrn not in (None, "paper"):

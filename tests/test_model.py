@@ -49,6 +49,8 @@ def test_paper_layers_match_spec_table():
 def test_paper_totals_match_spec():
     s = summarize(meta_model("paper"))
     assert (s["params"], s["macs"], s["neurons"]) == (60_965_224, 724_406_816, 659_272)
+    with pytest.raises(ValueError, match="input_size must be a positive integer, got 0"):   # was taken as 227
+        summarize(meta_model("paper"), 0)
 
 
 def test_owt_totals_match_spec():

@@ -9,11 +9,12 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from torch import nn
 
 from alexnet.data.decode import _reason
 from alexnet.errors import UserError
 from alexnet.model import AlexNet
-from alexnet.predict import as_dict, expand, format_prediction, predict
+from alexnet.predict import as_dict, expand, format_prediction, predict, setup
 from alexnet.weights import import_torchvision, load_model
 from conftest import run_cli as cli
 from conftest import run_main
@@ -147,6 +148,24 @@ def test_a_topk_that_is_not_a_positive_integer_is_refused_at_the_call(fixed_outp
     ckpt, images = fixed_outputs
     with pytest.raises(ValueError, match=f"^topk must be a positive integer, got {re.escape(repr(topk))}$"):
         predict(load_model(ckpt), [images / "a.png"], topk=topk)   # not iterated: the call itself refuses
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
+    (dict(batch_size=2.5), "batch_size must be a positive integer, got 2.5"),
+    (dict(crops=5), "crops must be 1, 10 or 'dense', got 5"),
+    (dict(crops="dense", model=nn.Sequential()), "an int8 network has no form of"),
+])
+def test_other_arguments_are_refused_at_the_call(fixed_outputs, kw, message):
+    # batch_size 0 ran everything as one batch; dense views with the int8 network ended in an AttributeError.
+    ckpt, images = fixed_outputs
+    with pytest.raises(ValueError, match=re.escape(message)):
+        predict(load_model(ckpt), [images / "a.png"], **kw)
+
+
+def test_setup_refuses_an_unknown_precision_in_one_line(fixed_outputs):
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, fp16, int8, got 'fp8'"):
+        setup(load_model(fixed_outputs[0]), "auto", "fp8")
 
 
 def test_a_numpy_integer_topk_is_a_topk(fixed_outputs):

@@ -191,6 +191,8 @@ def test_torch_hub_loads_the_network_and_trained_weights_from_a_local_file(paper
     assert torch.equal(model(x), load_model(paper_pt).model(x))
     with pytest.raises(UserError, match="holds the paper network with 2 classes .*not the owt network"):
         torch.hub.load(str(REPO), "alexnet", source="local", variant="owt", num_classes=2, weights=str(paper_pt))
+    with pytest.raises(ValueError, match="num_classes must be a positive integer, got 2.0"):   # as AlexNet refuses it
+        torch.hub.load(str(REPO), "alexnet", source="local", num_classes=2.0, weights=str(paper_pt))
 
 
 

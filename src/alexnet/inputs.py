@@ -36,7 +36,8 @@ def check_images(x: torch.Tensor, variant: str) -> None:
                         f"convert with torch.as_tensor(...)")
     if not x.is_floating_point():
         raise TypeError(f"expected floating-point images, normalised as the network was trained, got {x.dtype} "
-                        f"(load_model(...).norm normalises float images)")
+                        f"(alexnet.data.transforms.center_view(images, loaded.crop, loaded.norm) makes them "
+                        f"from uint8 (N, H, W, 3) images, loaded = alexnet.weights.load_model(...))")
     if x.dim() != 4:
         raise ValueError(f"expected a batch of images (N, 3, H, W), got a tensor of shape {tuple(x.shape)}; "
                          f"for one image use x[None]")

@@ -66,6 +66,12 @@ def predict(loaded: LoadedModel, paths: Iterable[Path | str] | Path | str, topk:
     stand-in for loaded.model (its int8 copy, say). A wrong topk is a ValueError here, at the call, not at
     the first image."""
     k = check_positive_int(topk, "topk")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if crops not in (1, 10, "dense"):
+        raise ValueError(f"crops must be 1, 10 or 'dense', got {crops!r}")
+    if crops == "dense" and not hasattr(loaded.model if model is None else model, "to_fully_convolutional"):
+        raise ValueError("crops='dense' runs the network made fully convolutional, which an int8 network has "
+                         "no form of; use 1 or 10 views with it, or dense views in fp32 or bf16")
     return _predict(loaded, as_paths(paths), min(k, len(loaded.classes)), crops, batch_size, device, dtype, model,
                     scales)
 
@@ -73,7 +79,7 @@ def predict(loaded: LoadedModel, paths: Iterable[Path | str] | Path | str, topk:
 def _predict(loaded: LoadedModel, paths: Iterable[Path | str], k: int, crops: int | str, batch_size: int,
              device: torch.device | str, dtype: torch.dtype | None, model: nn.Module | None,
              scales: str | Sequence[int]) -> Iterator[Prediction]:
-    model = (model or loaded.model).to(device).eval()
+    model = (loaded.model if model is None else model).to(device).eval()
     batch: list[tuple[Path, torch.Tensor | list[torch.Tensor] | str]] = []
     if crops == "dense":
         fcn = model.to_fully_convolutional().eval()
@@ -119,6 +125,10 @@ def setup(loaded: LoadedModel, device: str = "auto", precision: str = "fp32", ca
     from alexnet.precision import autocast_dtype
     from alexnet.quantize import require_cpu
 
+    from alexnet.config import INFERENCE_PRECISIONS
+
+    if precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}")
     if precision != "int8":
         dev = pick_device(device)
         return dev, autocast_dtype(precision, dev), None

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from alexnet.model import AlexNet
+from alexnet.model import AlexNet, check_positive_int
 
 
 @dataclass
@@ -43,7 +43,7 @@ def summarize(model: AlexNet, input_size: int | None = None) -> dict:
     Returns ``{"variant", "input_shape", "layers": [LayerSummary as dict, ...], "params", "macs",
     "neurons"}``; "neurons" counts conv and fc outputs, the paper's "650,000 neurons".
     """
-    size = input_size or model.input_size
+    size = model.input_size if input_size is None else check_positive_int(input_size, "input_size")
     where = {id(m): f"{prefix}.{i}" for prefix in ("features", "classifier")
              for i, m in enumerate(getattr(model, prefix))}
     where[id(getattr(model, "avgpool", None))] = "avgpool"
