@@ -12,6 +12,7 @@ a canvas of the mean colour (the seed's rule; see pad_small).
 from __future__ import annotations
 
 import io
+import re
 import stat
 import warnings
 from pathlib import Path
@@ -196,6 +197,10 @@ def _reason(e: Exception, path: str | Path) -> str:
         return "an empty file (0 bytes)" if _size(path) == 0 else "not an image (or an unsupported format)"
     if isinstance(e, OSError) and e.strerror:   # the file system's own words: no such file, permission denied
         return e.strerror[0].lower() + e.strerror[1:]
+    if isinstance(e, Image.DecompressionBombError):   # PIL's refusal at open, at twice its own limit: said as ours
+        pixels = re.search(r"\((\d+) pixels\)", text)
+        size = f"{int(pixels[1]):,} pixels is " if pixels else ""
+        return f"{size}over the {MAX_PIXELS:,}-pixel limit (a decompression bomb?)"
     return f"{name}: {text}" if text else name
 
 
