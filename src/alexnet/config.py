@@ -78,8 +78,8 @@ class TrainConfig:
     bias_decay: bool = _opt(False, "sgd: weight decay on the biases too (torchvision's recipe); the paper's code "
                                    "(cuda-convnet) and Caffe's AlexNet decay the weights only")
     update_rule: str = _opt("paper", "sgd: paper: v = momentum v - lr (weight_decay w + g), w = w + v (section 5: "
-                                     "the velocity keeps the learning rate of the steps it sums, so a division slows "
-                                     "the step over the next few dozen); pytorch: torch.optim.SGD's v = momentum v "
+                                     "the velocity keeps the learning rate of the steps it sums, so after a division "
+                                     "the step shrinks over the next few dozen steps); pytorch: torch.optim.SGD's v = momentum v "
                                      "+ g + weight_decay w, w = w - lr v (a division acts at once)", UPDATE_RULES)
     optimizer: str = _opt("sgd", "sgd: momentum SGD (paper); lars: layer-wise trust ratio for large batches "
                                  "(You et al. 2017; biases left out)", OPTIMIZERS)
