@@ -79,8 +79,9 @@ class TrainConfig:
                                    "(cuda-convnet) and Caffe's AlexNet decay the weights only")
     update_rule: str = _opt("paper", "sgd: paper: v = momentum v - lr (weight_decay w + g), w = w + v (section 5: "
                                      "the velocity keeps the learning rate of the steps it sums, so after a division "
-                                     "the step shrinks over the next few dozen steps); pytorch: torch.optim.SGD's v = momentum v "
-                                     "+ g + weight_decay w, w = w - lr v (a division acts at once)", UPDATE_RULES)
+                                     "the step shrinks over the next few dozen steps); pytorch: torch.optim.SGD's "
+                                     "v = momentum v + g + weight_decay w, w = w - lr v (a division acts at once)",
+                            UPDATE_RULES)
     optimizer: str = _opt("sgd", "sgd: momentum SGD (paper); lars: layer-wise trust ratio for large batches "
                                  "(You et al. 2017; biases left out)", OPTIMIZERS)
     lars_eta: float = _opt(1e-3, "lars: trust coefficient eta (a layer moves by about eta x lr of its norm)",
