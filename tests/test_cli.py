@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -96,6 +97,29 @@ def test_a_reader_that_leaves_early_is_no_error():
     assert r.returncode == 0 and r.stderr == ""
 
 
+def test_a_stdout_closed_before_the_start_is_no_error():
+    # `alexnet summary >&-`: Python has no sys.stdout then; every command that printed ended in a traceback.
+    r = subprocess.run(f"{shlex.quote(sys.executable)} -m alexnet summary >&-", shell=True, capture_output=True,
+                       text=True, timeout=120)
+    assert (r.returncode, r.stderr) == (0, "")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_notes_that_cannot_be_written_are_dropped_and_the_work_goes_on(tmp_path):
+    # `2>/dev/full` (a full disk under the log): the first progress bar or warning ended the command, exit 1,
+    # before training's first step or with predict's results lost. The work itself goes on.
+    from conftest import write_image_folders
+
+    data = write_image_folders(tmp_path / "data", {"a": [(200, 10, 10)] * 2, "b": [(10, 10, 200)] * 2})
+    (data / "train" / "a" / "notes.txt").write_text("a file prepare leaves out, with a note")
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "alexnet", "prepare", "--data", str(data), "--out",
+                            str(tmp_path / "prep"), "--workers", "1"], stdout=subprocess.PIPE, stderr=full, text=True,
+                           timeout=300)
+    assert r.returncode == 0 and (tmp_path / "prep" / "alexnet-prepared.json").is_file() and "prep" in r.stdout
+    assert "computing the mean image" not in r.stdout   # progress is said on stderr; stdout holds the result
+
+
 # For each kind of number setting: a value the kind refuses, and the nearest it accepts.
 OUTSIDE_AND_INSIDE = {"count": ("0", "1"), "non-negative": ("-1", "0"), "positive": ("0", "1e-9"),
                       "fraction": ("1", "0")}
@@ -140,7 +164,8 @@ def test_parsing_needs_no_torch_so_help_usage_errors_and_sigterm_answer_at_once(
         for argv in (["train", "--device", "cuda:1", "--epochs", "3", "--lrn", "caffe", "--small", "pad"],
                      ["bench", "gpu", "--sections", "train,lrn", "--device", "cpu"], ["summary", "--variant", "owt"],
                      ["export", "--checkpoint", sys.executable, "--format", "onnx", "--out", "w.onnx"],
-                     ["evaluate", "--checkpoint", sys.executable, "--data", sys.prefix, "--views", "dense", "--precision", "int8"],
+                     ["evaluate", "--checkpoint", sys.executable, "--data", sys.prefix, "--views", "dense",
+                      "--precision", "int8"],
                      ["prepare", "--data", sys.prefix, "--out", "prep", "--store", "jpeg"],
                      ["plan", "--gpus", "8", "--link-gbps", "100", "--variant", "owt"]):
             parser.parse_args(argv)

@@ -2,7 +2,9 @@
 
 import json
 import math
+import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -166,6 +168,17 @@ def test_other_arguments_are_refused_at_the_call(fixed_outputs, kw, message):
 def test_setup_refuses_an_unknown_precision_in_one_line(fixed_outputs):
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, fp16, int8, got 'fp8'"):
         setup(load_model(fixed_outputs[0]), "auto", "fp8")
+
+
+def test_characters_the_output_cannot_encode_are_escaped_not_a_traceback(fixed_outputs, tmp_path):
+    # An ASCII locale without Python's UTF-8 mode (LC_ALL=C PYTHONUTF8=0): an image named café ended the
+    # table in a UnicodeEncodeError, exit 1. Escaped, as unprintable characters in paths already are.
+    ckpt, images = fixed_outputs
+    image = tmp_path / "caf\u00e9 \u65e5.png"
+    shutil.copy(images / "a.png", image)
+    r = cli("predict", "--checkpoint", ckpt, image, "--topk", "1", env=os.environ | {"PYTHONIOENCODING": "ascii"})
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert "caf\\xe9 \\u65e5.png" in r.stdout and "date (d)" in r.stdout
 
 
 def test_a_numpy_integer_topk_is_a_topk(fixed_outputs):

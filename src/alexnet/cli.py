@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import json
 import math
 import os
@@ -969,7 +970,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Ctrl-C is one line wherever it lands, torch's import (seconds, in build_parser) included.
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr, notes=True)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: list[str] | None) -> int:
+    # Ctrl-C is one line wherever it lands, torch's import (seconds, when the command starts) included.
     command = "alexnet"
     try:
         from alexnet.memory import reuse_freed_memory
@@ -981,13 +991,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         command = " ".join(["alexnet", args.command] + ([args.picture] if getattr(args, "picture", None) else []))
-        streams = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
-        try:
-            with _StopsOnSigterm(command):
-                return _run(args, command)
-        finally:
-            sys.stdout, sys.stderr = streams
+        with _StopsOnSigterm(command):
+            return _run(args, command)
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)
         return 130
@@ -1024,28 +1029,43 @@ class _StopsOnSigterm:
 class _ReaderMayLeave:
     """stdout or stderr, for a reader that may leave early (`alexnet train ... | head`): what is written
     after it left goes nowhere, and the command goes on. Training stopped by a closed pipe would lose
-    its work since the last checkpoint and, ended quietly, look like a success."""
+    its work since the last checkpoint and, ended quietly, look like a success.
 
-    def __init__(self, stream) -> None:
-        self._stream = stream
+    A stream closed before the command started (`>&-`, where Python has None) is one that went nowhere
+    from the start. ``notes`` (stderr: warnings, progress, the one line of a failure): any failed write
+    (`2>/dev/full`) is dropped too, where it ended training before its first step and lost predict's
+    results. A character the stream's encoding lacks (an ASCII locale, a class named café) is written
+    escaped, as paths are, not a UnicodeEncodeError."""
+
+    def __init__(self, stream, notes: bool = False) -> None:
+        self._stream = stream if stream is not None else open(os.devnull, "w")
+        self._gone = (OSError,) if notes else (BrokenPipeError,)
 
     def write(self, text: str) -> int:
         try:
             return self._stream.write(text)
-        except BrokenPipeError:
+        except UnicodeEncodeError:
+            encoding = self._stream.encoding or "ascii"
+            self.write(text.encode(encoding, "backslashreplace").decode(encoding))
+        except self._gone:
             self._to_nowhere()
-            return len(text)
+        return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
-        except BrokenPipeError:
+        except self._gone:
             self._to_nowhere()
 
     def _to_nowhere(self) -> None:
-        nowhere = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(nowhere, self._stream.fileno())
-        os.close(nowhere)
+        # The file descriptor itself, so that loader processes and the interpreter's last flush at exit
+        # (whose failure on stdout is exit status 120) find it going nowhere too.
+        try:
+            nowhere = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(nowhere, self._stream.fileno())
+            os.close(nowhere)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):   # no descriptor (a test's capture)
+            self._stream = open(os.devnull, "w")
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)

@@ -77,7 +77,7 @@ def _prepare(source: DataSource, out: Path, workers: int, shard_size: int, progr
         splits[name] = _prepare_split(source.splits[name], out / name, workers, shard_size, progress, quality,
                                       vouched.get(name))
     if progress:
-        print(f"computing the mean image and RGB PCA of {out / 'train'}", flush=True)
+        print(f"computing the mean image and RGB PCA of {out / 'train'}", file=sys.stderr, flush=True)
     # From the images as training will read them: for a jpeg store, its decoded JPEGs (in workers).
     train = prepared_split(out, "train", dict(meta, splits=splits))
     load_or_compute_stats(train, out / STATS, workers=workers if train.decodes else 0, progress=progress)
