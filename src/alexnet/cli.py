@@ -502,7 +502,8 @@ def _add_evaluate(sub) -> None:
     _add_small(p, None, "a prepared store made with the other is refused")
     p.add_argument("--json", action="store_true",
                    help='print {"top1", "top5", "loss", "images", "crops", "skipped", "seconds"} (fractions; '
-                        '"scales" too with --views dense) instead of text')
+                        '"crops": 1, 10 or "dense"; "scales" too with --views dense, "calibrated", the number of '
+                        'calibration images, with --precision int8) instead of text')
     p.set_defaults(run=_run_evaluate)
 
 
