@@ -280,6 +280,25 @@ def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(more_da
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_a_run_folder_moved_while_training_is_said_in_one_line_not_made_anew(data, tmp_path, monkeypatch):
+    # `mv RUN elsewhere` mid-run: the next save made RUN anew (a run split over two folders, exit 0), or
+    # ended in a traceback from the lock's release.
+    from alexnet.step import TrainStep
+
+    run, moved = tmp_path / "run", tmp_path / "moved"
+    update = TrainStep.update
+
+    def moved_before_the_update(self):
+        if run.exists():
+            run.rename(moved)
+        update(self)
+    monkeypatch.setattr(TrainStep, "update", moved_before_the_update)
+    with pytest.raises(UserError, match=f"^{run} was moved or removed while this run held it; nothing more"):
+        train(config(data, run, epochs=1, save_every=1))
+    assert not run.exists() and (moved / "config.yaml").is_file()
+    assert not any(p.name.endswith(".tmp") for p in moved.iterdir())
+
+
 def test_a_channel_that_never_varies_trains_under_channel_normalisation(tmp_path):
     # Red at 0 in every image: its std was 0, every input NaN, and the run stopped at step 0 advising a
     # lower --lr, which changed nothing.

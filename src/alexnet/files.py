@@ -116,16 +116,19 @@ def write_or_say(path: str | Path, write: Callable[[str], None], need: int = 0) 
         if isinstance(e, OSError) and e.strerror and e.errno not in (errno.ENOSPC, errno.EDQUOT):
             # Its own words, without the temporary file's name str(e) would give (a read-only folder;
             # /proc, where the free space is 0 and not the reason).
-            raise UserError(f"could not write {path} ({e.strerror}); the previous file is unchanged") from None
+            raise UserError(f"could not write {path} ({e.strerror}){_kept(path)}") from None
         folder = Path(path).parent
         free = shutil.disk_usage(folder).free if folder.is_dir() else 0
         text = str(e).strip()
         if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text or free < need:
             raise UserError(f"could not write {path}: no space left on the device (it needs about "
-                            f"{max(need, 1) / 1e6:,.0f} MB, {free / 1e6:,.0f} MB are free); the previous file is "
-                            f"unchanged") from None
+                            f"{max(need, 1) / 1e6:,.0f} MB, {free / 1e6:,.0f} MB are free){_kept(path)}") from None
         first = text.splitlines()[0] if text else type(e).__name__
-        raise UserError(f"could not write {path} ({first}); the previous file is unchanged") from None
+        raise UserError(f"could not write {path} ({first}){_kept(path)}") from None
+
+
+def _kept(path: str | Path) -> str:
+    return "; the previous file is unchanged" if Path(path).exists() else ""
 
 
 def _umask() -> int:
@@ -287,13 +290,28 @@ class FolderLock:
         pid, token, what = (lines + ["", "", ""])[:3]
         return pid, token, what
 
+    def in_place(self) -> bool:
+        """Whether the folder held is still where it was: not moved or removed (its lock file, there, is the
+        one this process holds). A write after a move would make a new folder beside the moved one."""
+        if self.fd is None:
+            return True
+        try:
+            there, held = os.stat(self.folder / self.NAME), os.fstat(self.fd)
+        except OSError:
+            return False
+        return (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino)
+
     def release(self) -> None:
         if self.fd is None:
             return
-        # Removed while still held: a process that opened it meanwhile sees another file there and retries.
-        (self.folder / self.NAME).unlink(missing_ok=True)
-        if self.created and not any(self.folder.iterdir()):
-            self.folder.rmdir()
+        if self.in_place():
+            # Removed while still held: a process that opened it meanwhile sees another file there and retries.
+            (self.folder / self.NAME).unlink(missing_ok=True)
+            try:
+                if self.created and not any(self.folder.iterdir()):
+                    self.folder.rmdir()
+            except OSError:
+                pass
         FolderLock._held.discard(self.fd)
         os.close(self.fd)   # closing drops the lock
         self.fd = None

@@ -406,6 +406,7 @@ class _Run:
     unverified: bool = False
     tally: _Tally = dataclasses.field(default_factory=_Tally)
     data: dict = dataclasses.field(default_factory=dict)   # the training images (checkpoint.Resumable.data)
+    lock: FolderLock | None = None   # rank 0's hold on the folder
 
     def save_due(self) -> float:
         """1.0 on rank 0 when --save-every-minutes have passed since the last save (the others follow it)."""
@@ -433,6 +434,11 @@ class _Run:
         with gathered:
             weights = self.model.state_dict()
             optimizer = self.step.optimizer.state_dict() if full else None
+        # A folder moved away during the run (mv RUN elsewhere) would be made anew by the write, the run split
+        # over two folders. Said by every process, agreed on as finite is.
+        if not distributed.everywhere(self.dist, self.lock is None or self.lock.in_place()):
+            raise UserError(f"{self.folder} was moved or removed while this run held it; nothing more is written "
+                            f"(moved, it holds the run as last saved: resume it where it is now)")
         finite = all(checkpoint.all_finite(t) for t in weights.values() if t.is_floating_point())
         if not distributed.everywhere(self.dist, finite):
             self.diverged(f"the weights became non-finite at epoch {self.epoch + 1}, step {self.step_in_epoch}")
@@ -517,6 +523,7 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
                 if ckpt is not None and ckpt.epoch >= config.epochs:
                     return _complete(config, ckpt, dist)
                 run = _set_up(config, ckpt, dist, start)
+                run.lock = lock
                 start = None   # copied into the network: not held for the whole run
             # Its tensors are mapped from last.pt: once copied into the network and momentum, the pages they
             # read (up to the checkpoint's size, 1 GB for a float64 paper run) leave this process.
