@@ -109,6 +109,17 @@ def test_the_presets_say_which_rule_and_decay():
 def test_lars_refuses_what_it_does_not_do(values):
     with pytest.raises(UserError, match="--optimizer lars"):
         resolve("large-batch", values)
+    with pytest.raises(UserError, match="--optimizer lars"):
+        resolve("demo", {"optimizer": "lars", "zero_init_fc8": False} | values)
+
+
+def test_lars_from_a_preset_with_sgds_settings_is_not_refused_for_them():
+    # The demo preset's torch rule and bias decay are SGD's: --optimizer lars from it was refused, naming
+    # flags the user never gave.
+    c = resolve("demo", {"optimizer": "lars", "zero_init_fc8": False})
+    assert (c.optimizer, c.bias_decay, c.update_rule) == ("lars", False, "paper")
+    c = resolve("demo", {"optimizer": "lars", "zero_init_fc8": False, "bias_decay": False, "update_rule": "paper"})
+    assert (c.bias_decay, c.update_rule) == (False, "paper")
 
 
 def test_a_configuration_recorded_before_the_settings_existed_reads_as_that_run_trained():

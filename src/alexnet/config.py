@@ -223,6 +223,10 @@ def _coerce(key: str, value: Any, type_name: str, where: str) -> Any:
     return float(value) if base == "float" else value
 
 
+# What LARS does of SGD's own settings: no decay on biases, the learning rate inside the velocity.
+_LARS_SGD_SETTINGS = {"bias_decay": False, "update_rule": "paper"}
+
+
 def resolve(preset: str, overrides: dict[str, Any]) -> TrainConfig:
     """Defaults <- preset file <- overrides (command-line flags that were given), validated."""
     values = preset_values(preset)
@@ -232,6 +236,10 @@ def resolve(preset: str, overrides: dict[str, Any]) -> TrainConfig:
         # --epochs 1` warms up over a fifth of an epoch, not over more than the run.
         values["warmup_epochs"] = values["warmup_epochs"] * given["epochs"] / values["epochs"]
     values.update(given)
+    if values.get("optimizer") == "lars":
+        # SGD's settings in the preset (demo's torch rule) do not apply to LARS: only flags given for it are
+        # refused (validate), not the preset's.
+        values.update({k: v for k, v in _LARS_SGD_SETTINGS.items() if k not in given})
     values["preset"] = preset
     return TrainConfig(**values).validate()
 
