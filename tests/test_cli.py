@@ -273,3 +273,20 @@ def test_a_sigterm_is_said_once_a_machine_under_torchrun(monkeypatch, capsys, lo
         pytest.fail("not stopped")
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     assert capsys.readouterr().err == ("alexnet prepare: stopped by SIGTERM\n" if said else "")
+
+
+def test_sigusr1_before_training_starts_is_one_line_too(capsys):
+    # A scheduler's SIGUSR1 notice in a command's first seconds (before train's own handler) killed the
+    # process without a word; train handles it as SIGTERM.
+    import signal
+
+    from alexnet.cli import _StopsOnSigterm
+    from alexnet.errors import Stopped
+
+    with pytest.raises(Stopped) as stopped, _StopsOnSigterm("alexnet train"):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        pytest.fail("not stopped")
+    assert stopped.value.exit_code == 128 + signal.SIGUSR1
+    assert capsys.readouterr().err == "alexnet train: stopped by SIGUSR1\n"
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL   # put back as it was
+

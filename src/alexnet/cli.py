@@ -1005,12 +1005,16 @@ class _StopsOnSigterm:
     default the process died on the spot and left them. `train` puts its own handling (finish the step,
     save) in place while it runs. A process forked meanwhile (a loader worker) dies of it as by default."""
 
+    # SIGUSR1: a scheduler's notice ahead of preemption (SLURM's --signal=USR1@120), which train handles as
+    # SIGTERM once it runs; by default it killed the process without a word in the seconds before.
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
     def __init__(self, command: str) -> None:
-        self.command, self.pid, self.previous = command, os.getpid(), None
+        self.command, self.pid, self.previous = command, os.getpid(), {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():   # signal handlers live on the main thread
-            self.previous = signal.signal(signal.SIGTERM, self._handle)
+            self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
 
     def _handle(self, signum, _frame) -> None:
@@ -1023,8 +1027,9 @@ class _StopsOnSigterm:
         raise Stopped(signum)
 
     def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for signum, previous in self.previous.items():
+            if previous is not None:   # None: a handler not set from Python, which cannot be put back
+                signal.signal(signum, previous)
 
 
 class _ReaderMayLeave:
