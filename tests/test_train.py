@@ -280,6 +280,30 @@ def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(more_da
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+@pytest.mark.parametrize("saved", [True, False])
+def test_a_second_ctrl_c_stops_at_once_and_says_what_is_saved(tmp_path, saved, capsys, monkeypatch):
+    # Pressed twice (common), the save under way was given up with only "interrupted": the epoch lost, unsaid.
+    from alexnet import cli
+    from alexnet.train import _StopFlag
+
+    last = tmp_path / "last.pt"
+    if saved:
+        last.write_bytes(b"a checkpoint")
+    with pytest.raises(KeyboardInterrupt) as e, _StopFlag(last) as stop:
+        os.kill(os.getpid(), signal.SIGINT)   # the first: stop after this step, and save
+        assert stop.signal == signal.SIGINT
+        os.kill(os.getpid(), signal.SIGINT)   # the second: at once
+        pytest.fail("not stopped")
+    kept = f"{last} holds the run as last saved" if saved else "nothing was saved"
+    assert str(e.value) == f"a second Ctrl-C stops at once, without saving: {kept}"
+
+    def interrupted(*args, **kwargs):
+        raise e.value
+    monkeypatch.setattr(cli, "_run", interrupted)
+    assert cli.main(["summary"]) == 130
+    assert capsys.readouterr().err == f"alexnet summary: interrupted ({e.value})\n"
+
+
 def test_a_run_folder_moved_while_training_is_said_in_one_line_not_made_anew(data, tmp_path, monkeypatch):
     # `mv RUN elsewhere` mid-run: the next save made RUN anew (a run split over two folders, exit 0), or
     # ended in a traceback from the lock's release.

@@ -994,8 +994,8 @@ def _main(argv: list[str] | None) -> int:
         command = " ".join(["alexnet", args.command] + ([args.picture] if getattr(args, "picture", None) else []))
         with _StopsOnSigterm(command):
             return _run(args, command)
-    except KeyboardInterrupt:
-        print(f"{command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"{command}: interrupted" + (f" ({e})" if str(e) else ""), file=sys.stderr)
         return 130
 
 

@@ -294,10 +294,12 @@ class _StopsAtOnce:
 
 class _StopFlag:
     """SIGINT/SIGTERM/SIGUSR1 set a flag checked after each step, before each validation batch and between
-    epochs; a second Ctrl-C stops at once."""
+    epochs; a second Ctrl-C stops at once, without saving (a write under way is given up: ``last``, if
+    there, stays as it was), and says so."""
 
-    def __init__(self) -> None:
+    def __init__(self, last: Path | None = None) -> None:
         self.signal: int | None = None
+        self.last = last
         self._previous = {}
 
     def __enter__(self):
@@ -307,7 +309,9 @@ class _StopFlag:
 
     def _handle(self, signum, _frame) -> None:
         if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            kept = "" if self.last is None else \
+                f": {self.last} holds the run as last saved" if self.last.exists() else ": nothing was saved"
+            raise KeyboardInterrupt(f"a second Ctrl-C stops at once, without saving{kept}")
         self.signal = signum
 
     def __exit__(self, *exc) -> None:
@@ -782,7 +786,7 @@ def _restore(run: _Run, ckpt: checkpoint.Resumable) -> None:
 def _train(run: _Run) -> dict[str, Any]:
     config, dist = run.config, run.dist
     result: dict[str, Any] = {}
-    with _StopFlag() as stop:
+    with _StopFlag(run.folder / "last.pt" if run.dist.main else None) as stop:
         while run.epoch < config.epochs:
             # A signal during the last epoch's end (best.pt, last.pt) stops here, not after one more step:
             # last.pt already holds this point. Decided together, as a step's stop is.
