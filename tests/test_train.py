@@ -931,3 +931,9 @@ def test_a_resume_over_other_training_images_says_so(data, tmp_path, capsys):
     train(config(data, run, epochs=3), resume=True, given={"epochs": 3})
     assert (f"note: {data} holds other training images than {run / 'last.pt'} was trained on (8 then, 8 now, other "
             "files): the run goes on with them") in capsys.readouterr().err
+    # The data moved since: said so, with the remedy (it was "DIR is not a directory", naming no run).
+    moved = data.rename(tmp_path / "moved")
+    with pytest.raises(UserError, match=f"^{run} was trained on {data}, which is not there any more; give --data"):
+        train(config(moved, run, epochs=4), resume=True, given={"epochs": 4})
+    train(config(moved, run, epochs=4), resume=True, given={"epochs": 4, "data": str(moved)})
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"] == str(moved)

@@ -144,6 +144,9 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any] |
                         f"{saved.warmup_epochs:g} epochs (set when it started: the preset's share of its "
                         f"{saved.epochs}, or --warmup-epochs); give more than {saved.warmup_epochs:g}")
     values = saved.to_dict() | changes | {"out": str(run)}
+    if "data" not in changes and saved.data and not Path(saved.data).exists():
+        raise UserError(f"{run} was trained on {saved.data}, which is not there any more; give --data with "
+                        f"where its images are now (the same images: a resume of other ones is said so)")
     return from_dict(values, "resumed run"), ckpt, None
 
 
