@@ -119,8 +119,10 @@ def test_a_run_writes_config_metrics_and_plain_checkpoints(data, tmp_path):
 
 
 @pytest.mark.parametrize("opts, given", [({}, {"epochs": 2}), ({}, None),
+                                         # the paper's update rule across the resume, the rate divided there
+                                         (dict(schedule="step", step_epochs=1), {"epochs": 2}),
                                          (dict(optimizer="lars", lr=0.5, accumulate=2), {"epochs": 2})],
-                         ids=["sgd", "sgd-from-python", "lars-accumulated"])
+                         ids=["sgd", "sgd-from-python", "sgd-divided-at-the-resume", "lars-accumulated"])
 def test_resume_after_an_epoch_matches_an_uninterrupted_run(opts, given, data, tmp_path, two_epochs):
     # From Python (given None) the config is what was asked for: its larger epochs was ignored, the run
     # called complete.
