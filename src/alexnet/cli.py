@@ -160,7 +160,6 @@ def _run_demo_data(args) -> int:
 
 
 def _add_prepare(sub) -> None:
-
     p = sub.add_parser("prepare", help="decode a dataset once into shards of fixed images, raw or JPEG (fast reads)",
                        description="Decode every image of DATA/train and DATA/val once (shorter side 256, centre "
                                    "256x256), in parallel, into uint8 shards in PREP, with the mean image and RGB "
@@ -183,7 +182,6 @@ def _add_prepare(sub) -> None:
 
 
 def _add_small(p: argparse.ArgumentParser, default: str | None, recorded: str) -> None:
-
     p.add_argument("--small", choices=SMALL, default=default,
                    help="an image whose shorter side is under 256: upscale (the paper), or pad: placed unscaled at "
                         "the centre of a 256x256 canvas of ImageNet's mean colour (default: "
@@ -242,7 +240,8 @@ def _section_list(text: str) -> tuple[str, ...]:
     values = tuple(v.strip() for v in text.split(","))
     unknown = [v for v in values if v not in GPU_SECTIONS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown section {unknown[0]!r}; choose from {', '.join(GPU_SECTIONS[1:])}")
+        raise argparse.ArgumentTypeError(f"unknown section {unknown[0]!r}; choose from "
+                                         f"{', '.join(GPU_SECTIONS[1:])}")
     return values
 
 
@@ -642,7 +641,8 @@ def _run_export(args) -> int:
 
     fmt = args.format or args.out.suffix.lstrip(".").lower()
     if fmt not in EXPORT_FORMATS:
-        raise UserError(f"cannot tell the format from {args.out}; add --format {' or --format '.join(EXPORT_FORMATS)}")
+        raise UserError(f"cannot tell the format from {args.out}; add --format "
+                        f"{' or --format '.join(EXPORT_FORMATS)}")
     # An earlier export of the same format may be replaced (export checks again when it writes); said here
     # before the network is loaded.
     replaceable(args.out, is_weights_file if fmt == "safetensors" else is_onnx_file,
@@ -879,7 +879,6 @@ def _run_viz_scoremap(args) -> int:
 
 
 def _add_features(sub) -> None:
-
     p = sub.add_parser("features", help="a layer's activations (fc7 by default) for every image of a split, as .npz",
                        description="The activations of one layer for every image of DATA/<split>, seen as at test "
                                    "time (centre crop, the network's normalisation), written as NumPy .npz: "
