@@ -119,6 +119,11 @@ def test_a_checkpoint_on_the_same_classes_starts_a_run_with_its_fc8_too(finetune
     code = run_main("train", "--out", tmp_path / "again", "--resume", "--epochs", "2")   # never reads the file
     assert code.returncode == 0, code.stderr[-2000:]
     assert load_model(tmp_path / "again" / "last.pt").names == ["a blue", "green", "a red"]
+    # From Python, with the config that started it: the network the weights gave the run (LRN caffe, their
+    # normalisation, padded small images) is not a change asked for, where every field was compared.
+    train(resolve("paper", dict(data=str(data), out=str(tmp_path / "again"), zero_init_fc8=True, **given, **STILL,
+                                **FAST) | {"epochs": 3}), resume=True)
+    assert torch.load(tmp_path / "again" / "last.pt", weights_only=True)["epoch"] == 3
 
 
 def test_a_resume_refuses_other_weights(finetuned, tmp_path):

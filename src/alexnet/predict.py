@@ -121,11 +121,10 @@ def setup(loaded: LoadedModel, device: str = "auto", precision: str = "fp32", ca
     """(device, autocast dtype, model or None for loaded.model) for a --device and --precision setting.
 
     int8 runs on the CPU ("auto" means the CPU then), on the network quantized with ``calibration``."""
+    from alexnet.config import INFERENCE_PRECISIONS
     from alexnet.device import pick_device
     from alexnet.precision import autocast_dtype
     from alexnet.quantize import require_cpu
-
-    from alexnet.config import INFERENCE_PRECISIONS
 
     if precision not in INFERENCE_PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}")

@@ -120,8 +120,10 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any] |
         raise UserError(f"nothing to resume: {last} does not exist")
     ckpt = checkpoint.read_resumable(last)
     saved = ckpt.config
-    if given is None:   # from Python: every setting of ``config``, its paths as the command line gives them
-        given = config.to_dict()
+    if given is None:
+        # From Python: every setting of ``config``, its paths as the command line gives them, but the network's
+        # that a fine-tuning run took from its weights only where asked for (as a fresh run takes them).
+        given = {k: v for k, v in config.to_dict().items() if k not in finetune.ADOPTED} | finetune.asked_for(config)
         for name in ("data", "weights"):
             if given[name]:
                 given[name] = str(Path(given[name]).expanduser().resolve())
