@@ -290,3 +290,14 @@ def test_sigusr1_before_training_starts_is_one_line_too(capsys):
     assert capsys.readouterr().err == "alexnet train: stopped by SIGUSR1\n"
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL   # put back as it was
 
+
+
+@pytest.mark.parametrize("command", [["predict", sys.executable], ["features", "--data", sys.prefix, "--out", "f.npz"]])
+def test_one_process_commands_are_refused_under_torchrun(command, monkeypatch, capsys):
+    # Under torchrun every process did the whole job: predict's answers printed once per process, features'
+    # split computed by each and written to one file by all.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main([command[0], "--checkpoint", sys.executable, *command[1:]]) == 2
+    assert capsys.readouterr().err == (f"alexnet {command[0]}: error: {command[0]} runs in one process; run it "
+                                       f"without torchrun (train and evaluate are the commands that share their "
+                                       f"work over processes)\n")

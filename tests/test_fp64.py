@@ -54,3 +54,19 @@ def test_its_checkpoint_evaluates_as_the_run_measured_it(runs):
     got = evaluate_checkpoint(folder / "best.pt", data, workers=0, progress=False)
     assert got["top1"] == pytest.approx(best["val_top1"]) == pytest.approx(result["best_top1"])
     assert got["loss"] == pytest.approx(best["val_loss"], rel=1e-5)   # the weights, evaluated in float32
+
+
+def test_its_loss_is_summed_in_float64():
+    # The step summed its parts' losses into a float32 zero: metrics.jsonl's train_loss of a 2-process and a
+    # 1-process fp64 run differed in the 8th digit where their weights agreed to 1e-15.
+    from alexnet import AlexNet
+    from alexnet.data.transforms import Draws, Normalize, Preprocessing
+    from alexnet.step import TrainStep, sgd
+
+    cpu = torch.device("cpu")
+    net = AlexNet("paper", num_classes=2).double()
+    prep = Preprocessing(227, Normalize(torch.full((256, 256, 3), 118.0)), None)
+    step = TrainStep(net, sgd(net, 0.01, 0.9, 0.0, cpu), prep, cpu, None, 2, accumulate=2)
+    images = torch.randint(0, 256, (2, 256, 256, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    draws = Draws.from_generator(2, 256, 256, 227, torch.Generator().manual_seed(1))
+    assert step.forward_backward(images, torch.tensor([0, 1]), draws, 0.01).dtype == torch.float64

@@ -306,19 +306,22 @@ def test_a_second_ctrl_c_stops_at_once_and_says_what_is_saved(tmp_path, saved, c
     assert capsys.readouterr().err == f"alexnet summary: interrupted ({e.value})\n"
 
 
-def test_a_run_folder_moved_while_training_is_said_in_one_line_not_made_anew(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("when", ["mid-epoch", "before the metrics row"])
+def test_a_run_folder_moved_while_training_is_said_in_one_line_not_made_anew(data, tmp_path, monkeypatch, when):
     # `mv RUN elsewhere` mid-run: the next save made RUN anew (a run split over two folders, exit 0), or
-    # ended in a traceback from the lock's release.
+    # ended in a traceback from the lock's release, or from the metrics row's write at an epoch's end.
+    from alexnet.schedule import LRSchedule
     from alexnet.step import TrainStep
 
     run, moved = tmp_path / "run", tmp_path / "moved"
-    update = TrainStep.update
+    cls, name = (TrainStep, "update") if when == "mid-epoch" else (LRSchedule, "end_epoch")
+    original = getattr(cls, name)
 
-    def moved_before_the_update(self):
+    def moved_first(self, *args):
         if run.exists():
             run.rename(moved)
-        update(self)
-    monkeypatch.setattr(TrainStep, "update", moved_before_the_update)
+        return original(self, *args)
+    monkeypatch.setattr(cls, name, moved_first)
     with pytest.raises(UserError, match=f"^{run} was moved or removed while this run held it; nothing more"):
         train(config(data, run, epochs=1, save_every=1))
     assert not run.exists() and (moved / "config.yaml").is_file()

@@ -1109,8 +1109,20 @@ def _say_error(line: str) -> None:
         print(line, file=sys.stderr)
 
 
+# Commands that run in one process: under torchrun every process did the whole job (predict printed each
+# answer once per process, features computed the split in each and wrote one file from all).
+_ONE_PROCESS = {"predict", "features"}
+
+
+def _refuse_torchrun(args) -> None:
+    if args.command in _ONE_PROCESS and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(f"{args.command} runs in one process; run it without torchrun (train and evaluate "
+                        f"are the commands that share their work over processes)")
+
+
 def _run(args, command: str) -> int:
     try:
+        _refuse_torchrun(args)
         _refuse_writing_over_inputs(args)
         return args.run(args)
     except (UserError, CutShort) as e:

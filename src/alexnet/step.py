@@ -75,7 +75,7 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         parts = [(images, labels, draws)] if self.accumulate == 1 else \
             [(images[i], labels[i], draws.select(i)) for i in torch.arange(len(labels)).tensor_split(self.accumulate)]
-        total = torch.zeros((), device=self.device)
+        total = torch.zeros((), device=self.device, dtype=torch.float64 if self.input_dtype == torch.float64 else None)
         for n, part in enumerate(parts, 1):
             with contextlib.nullcontext() if n == len(parts) or not hasattr(self.net, "no_sync") else self.net.no_sync():
                 loss = self._loss(*part)

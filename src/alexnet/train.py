@@ -443,11 +443,7 @@ class _Run:
         with gathered:
             weights = self.model.state_dict()
             optimizer = self.step.optimizer.state_dict() if full else None
-        # A folder moved away during the run (mv RUN elsewhere) would be made anew by the write, the run split
-        # over two folders. Said by every process, agreed on as finite is.
-        if not distributed.everywhere(self.dist, self.lock is None or self.lock.in_place()):
-            raise UserError(f"{self.folder} was moved or removed while this run held it; nothing more is written "
-                            f"(moved, it holds the run as last saved: resume it where it is now)")
+        self.check_folder()
         finite = all(checkpoint.all_finite(t) for t in weights.values() if t.is_floating_point())
         if not distributed.everywhere(self.dist, finite):
             self.diverged(f"the weights became non-finite at epoch {self.epoch + 1}, step {self.step_in_epoch}")
@@ -468,6 +464,13 @@ class _Run:
                 "scaler": self.step.scaler.state_dict(), "rng": rng, "so_far": so_far, "data": self.data}
                if full else {}))
         checkpoint.save(path, state)
+
+    def check_folder(self) -> None:
+        """Before a write: a folder moved away during the run (mv RUN elsewhere) would be made anew by it,
+        the run split over two folders. Every process takes part, and all stop together."""
+        if not distributed.everywhere(self.dist, self.lock is None or self.lock.in_place()):
+            raise UserError(f"{self.folder} was moved or removed while this run held it; nothing more is written "
+                            f"(moved, it holds the run as last saved: resume it where it is now)")
 
     def verified(self) -> None:
         """A step's loss was finite on every process: the weights in last.pt are good."""
@@ -928,6 +931,7 @@ def _end_epoch(run: _Run, lr: float, trained: bool, stop: _StopFlag) -> dict[str
            "images_per_sec": totals[1].item() / train_seconds, "seconds": tally.elapsed(),
            "skipped": int(totals[2].item()) + metrics["skipped"],
            "step_seconds": tally.step, "data_seconds": tally.data, "eval_seconds": evaluated}
+    run.check_folder()
     if run.dist.main:   # the row before last.pt: a resume drops rows past its checkpoint, none is lost
         with open(run.folder / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
