@@ -162,6 +162,11 @@ def test_an_older_run_resumes_as_it_was_trained(tmp_path):
     resumed = yaml.safe_load((run / "config.yaml").read_text())
     assert (resumed["bias_decay"], resumed["update_rule"]) == (True, "pytorch")
     assert [g["weight_decay"] for g in groups(run / "last.pt")] == [5e-4]
+    # From Python too, with the paper preset's configuration (whose defaults are now the others): they are
+    # the preset's, not asked for, so the run goes on as it was trained instead of being refused.
+    train(settings(data, run, epochs=3), resume=True)
+    assert yaml.safe_load((run / "config.yaml").read_text())["update_rule"] == "pytorch"
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 3
 
 
 def test_a_diverged_run_resumed_with_another_weight_decay_trains_with_it(tmp_path):

@@ -138,6 +138,16 @@ def test_resume_after_an_epoch_matches_an_uninterrupted_run(opts, given, data, t
             train(config(data, tmp_path / "b", epochs=3, batch_size=2), resume=True)
 
 
+def test_a_demo_run_extended_from_python_keeps_its_warm_up(data, tmp_path):
+    # resolve() scales the demo preset's warm-up with --epochs: a resume from Python with more epochs counted
+    # that as a change asked for, and refused it.
+    run = tmp_path / "run"
+    train(config(data, run, epochs=1, preset="demo"))
+    train(config(data, run, epochs=2, preset="demo"), resume=True)
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    assert (recorded["epochs"], recorded["warmup_epochs"]) == (2, pytest.approx(1 / 3))
+
+
 def test_a_configuration_built_directly_is_checked_before_anything_runs(data, tmp_path):
     from alexnet.config import TrainConfig
 

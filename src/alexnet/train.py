@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from alexnet import checkpoint, distributed, finetune, parallel
-from alexnet.config import TrainConfig, dump_yaml, from_dict, load_yaml
+from alexnet.config import TrainConfig, dump_yaml, from_dict, load_yaml, resolve
 from alexnet.cores import usable_cores
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import DataSource, ImageSet
@@ -121,11 +121,9 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any] |
     ckpt = checkpoint.read_resumable(last)
     saved = ckpt.config
     if given is None:
-        # From Python: every setting of ``config``, its paths as the command line gives them, but the network's
-        # that a fine-tuning run took from its weights only where asked for (as a fresh run takes them).
-        given = {k: v for k, v in config.to_dict().items() if k not in finetune.ADOPTED} | finetune.asked_for(config)
+        given = _asked_in(config)
         for name in ("data", "weights"):
-            if given[name]:
+            if given.get(name):
                 given[name] = str(Path(given[name]).expanduser().resolve())
     changes = {k: v for k, v in given.items() if k != "out" and getattr(saved, k) != v}
     diverged = (run / DIVERGED).is_file()
@@ -150,6 +148,19 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any] |
         raise UserError(f"{run} was trained on {saved.data}, which is not there any more; give --data with "
                         f"where its images are now (the same images: a resume of other ones is said so)")
     return from_dict(values, "resumed run"), ckpt, None
+
+
+def _asked_in(config: TrainConfig) -> dict[str, Any]:
+    """What a configuration made in Python asks of a resume, as the command's flags would: its length of run,
+    and the settings in which it differs from its preset at that length (resolve scales the preset's warm-up
+    with the epochs). A preset's own values (a newer default, a network a fine-tuning run took from its
+    weights) are not asked for: the run keeps what it was started with."""
+    try:
+        preset = resolve(config.preset, {"epochs": config.epochs}).to_dict()
+    except UserError:   # this length is refused with the preset's warm-up: compare with nothing
+        preset = {}
+    missing = object()
+    return {k: v for k, v in config.to_dict().items() if k == "epochs" or preset.get(k, missing) != v}
 
 
 def _start_from(config: TrainConfig, given: dict[str, Any], dist: distributed.Dist | None
