@@ -1115,7 +1115,7 @@ _ONE_PROCESS = {"predict", "features"}
 
 
 def _refuse_torchrun(args) -> None:
-    if args.command in _ONE_PROCESS and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if getattr(args, "command", None) in _ONE_PROCESS and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError(f"{args.command} runs in one process; run it without torchrun (train and evaluate "
                         f"are the commands that share their work over processes)")
 
