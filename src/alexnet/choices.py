@@ -21,7 +21,7 @@ LRN_NAMES = ("paper", "cuda-convnet", "caffe")
 # Data (data/decode.py, data/transforms.py, data/jpeg.py).
 SMALL = ("upscale", "pad")   # what happens to an image whose shorter side is under 256
 NORMALIZATIONS = ("mean-image", "channel", "imagenet")
-QUALITY = 90                  # prepare --format jpeg: the quality stored images are re-encoded at
+QUALITY = 90                  # prepare --store jpeg: the quality stored images are encoded at
 
 # Inference: dense evaluation's scales (dense.py), int8 calibration (quantize.py), export formats, the layer
 # features and viz read by default.
