@@ -301,3 +301,12 @@ def test_one_process_commands_are_refused_under_torchrun(command, monkeypatch, c
     assert capsys.readouterr().err == (f"alexnet {command[0]}: error: {command[0]} runs in one process; run it "
                                        f"without torchrun (train and evaluate are the commands that share their "
                                        f"work over processes)\n")
+
+
+def test_an_unknown_flag_is_said_by_the_subcommand_it_was_given_to(capsys):
+    # argparse said "alexnet: error: unrecognized arguments" and pointed to the top-level --help.
+    with pytest.raises(SystemExit) as e:
+        main(["viz", "curves", "--run", sys.prefix, "--bogus"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("alexnet viz curves: error: unrecognized arguments: --bogus "
+                                       "(see alexnet viz curves --help)\n")

@@ -986,7 +986,9 @@ def _main(argv: list[str] | None) -> int:
 
         reuse_freed_memory()   # every command here allocates big tensors in a loop; see memory.py
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:   # said by the (sub)command they were given to, with its --help: argparse names the top
+            _innermost(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
         if args.command is None:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
@@ -996,6 +998,16 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt as e:
         print(f"{command}: interrupted" + (f" ({e})" if str(e) else ""), file=sys.stderr)
         return 130
+
+
+def _innermost(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The parser of the (sub)subcommand ``args`` were parsed for: `alexnet viz predictions`'s, say."""
+    while True:
+        action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        chosen = getattr(args, action.dest, None) if action is not None else None
+        if chosen is None:
+            return parser
+        parser = action.choices[chosen]
 
 
 class _StopsOnSigterm:
