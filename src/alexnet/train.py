@@ -85,7 +85,7 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any] |
     checkpoint, else start it); a process that torchrun restarted after a failure resumes by itself.
     A fresh run never overwrites an earlier one; a resumed run takes its settings from its checkpoint,
     changed only where RESUMABLE_CHANGES allows. ``given``: the settings asked for by name (the flags
-    given); None from the Python API, where ``config`` as a whole is what was asked for.
+    given); None from the Python API, where ``_asked_in(config)`` says what was asked for.
     """
     run = Path(config.out)
     last = run / "last.pt"
