@@ -1,12 +1,14 @@
 """Mean image and RGB PCA against values computed by hand, and their cache."""
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
 
 from alexnet.data import stats as stats_module
 from alexnet.data.folders import FixedSizeImages, discover
-from alexnet.data.stats import DataStats, compute_stats, load_or_compute_stats
+from alexnet.data.stats import DataStats, compute_stats, fingerprint, load_or_compute_stats
 from alexnet.errors import UserError
 from conftest import write_image_folders
 
@@ -72,6 +74,24 @@ def test_cache_is_reused_and_recomputed_when_files_change(colour_set, tmp_path, 
     cache.write_bytes(b"not safetensors")
     assert load_or_compute_stats(ds, cache, workers=0, progress=False).images == 5
     assert DataStats.load(cache).images == 5
+
+
+def _fingerprint_as_written(ds) -> str:
+    # The cache's key as caches written before hold it: version, size, then "relative path<TAB>label" lines.
+    text = f"v1 size={ds.size}\n" + "".join(f"{p.relative_to(ds.split.root)}\t{label}\n" for p, label in ds.split.samples)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("root", ["absolute", "relative", "dot"])
+def test_the_fingerprint_is_the_file_lists_hash_wherever_the_data_was_given(tmp_path, monkeypatch, root):
+    write_image_folders(tmp_path / "data", {"a": [(1, 2, 3)] * 3, "b b": [(4, 5, 6)] * 2}, splits=("train",))
+    given = {"absolute": tmp_path / "data", "relative": "data", "dot": "."}[root]
+    monkeypatch.chdir(tmp_path / "data" if root == "dot" else tmp_path)
+    ds = FixedSizeImages(discover(given, splits=("train",)).splits["train"])
+    assert fingerprint(ds) == _fingerprint_as_written(ds)
+    assert fingerprint(ds) == fingerprint(ds)   # asked again: the same, from the record
+    ds.split.samples.pop()                      # another list: computed anew
+    assert fingerprint(ds) == _fingerprint_as_written(ds)
 
 
 def test_shared_out_over_processes_the_sums_give_one_process_statistics(colour_set):
