@@ -12,7 +12,7 @@ from torch import nn
 
 from alexnet.config import from_dict, resolve
 from alexnet.errors import UserError
-from alexnet.step import set_lr, sgd
+from alexnet.step import TrainStep, set_lr, sgd
 from alexnet.train import train
 from conftest import write_image_folders
 
@@ -43,11 +43,15 @@ def run_optimizer(bias_decay, paper):
 
 
 def paper_formula(bias_decay, lrs=LRS):
+    return paper_formula_given(lrs, gradients(lrs), bias_decay)
+
+
+def paper_formula_given(lrs, grads, bias_decay=False):
     # Section 5, as printed: v <- 0.9 v - 0.0005 lr w - lr dL/dw;  w <- w + v.
     net = layer()
     w, b = net.weight.detach().clone(), net.bias.detach().clone()
     vw, vb = torch.zeros_like(w), torch.zeros_like(b)
-    for lr, (gw, gb) in zip(lrs, gradients(lrs)):
+    for lr, (gw, gb) in zip(lrs, grads):
         vw = M * vw - WD * lr * w - lr * gw
         vb = M * vb - (WD if bias_decay else 0.0) * lr * b - lr * gb
         w, b = w + vw, b + vb
@@ -177,3 +181,26 @@ def test_a_diverged_run_resumed_with_another_weight_decay_trains_with_it(tmp_pat
     (run / "diverged.json").write_text(json.dumps({"epoch": 1, "step": 2}))
     train(settings(data, run, epochs=2, weight_decay=1e-3), resume=True, given={"epochs": 2, "weight_decay": 1e-3})
     assert [g["weight_decay"] for g in groups(run / "last.pt")] == [1e-3, 0.0]
+
+
+def test_a_step_the_loss_scaler_skips_leaves_the_paper_velocity_as_the_last_step_taken_made_it():
+    # fp16's loss scaler skips a step whose gradients overflow; the paper's velocity then keeps the rate of the
+    # step before, so the step after must be the formula over the steps taken only, with their own rates.
+    class Given(TrainStep):   # the loss whose gradients are the given ones, so only the update is tested
+        def _loss(self, images, labels, draws):
+            return (self.net.weight * images).sum() + (self.net.bias * labels).sum()
+
+    net = layer()
+    step = Given(net, sgd(net, LRS[0], M, WD, torch.device("cpu"), bias_decay=False), None, torch.device("cpu"),
+                 torch.float16, 1, paper_momentum=M)
+    skipped = 2   # inside the warm-up: its rate differs from the steps' on either side
+    for i, (lr, (gw, gb)) in enumerate(zip(LRS, gradients(LRS))):
+        if i == skipped:
+            gw = torch.full_like(gw, float("inf"))
+        step(gw, gb, None, lr)
+    taken = [i for i in range(len(LRS)) if i != skipped]
+    lrs, grads = [LRS[i] for i in taken], [gradients(LRS)[i] for i in taken]
+    w, b = net.weight.detach(), net.bias.detach()
+    expected = paper_formula_given(lrs, grads)
+    torch.testing.assert_close(w, expected[0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(b, expected[1], rtol=1e-12, atol=1e-14)

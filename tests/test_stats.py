@@ -78,7 +78,8 @@ def test_cache_is_reused_and_recomputed_when_files_change(colour_set, tmp_path, 
 
 def _fingerprint_as_written(ds) -> str:
     # The cache's key as caches written before hold it: version, size, then "relative path<TAB>label" lines.
-    text = f"v1 size={ds.size}\n" + "".join(f"{p.relative_to(ds.split.root)}\t{label}\n" for p, label in ds.split.samples)
+    text = f"v1 size={ds.size}\n" + "".join(f"{p.relative_to(ds.split.root)}\t{label}\n"
+                                            for p, label in ds.split.samples)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

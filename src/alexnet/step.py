@@ -71,6 +71,7 @@ class TrainStep:
         up: the same gradients with a K-th of the activations in memory. Under DDP only the last part's
         backward all-reduces (no_sync), so the exchange is the same as for one part.
         """
+        self._rates = [group["lr"] for group in self.optimizer.param_groups]   # the last step taken's
         set_lr(self.optimizer, lr, self.paper_momentum)
         self.optimizer.zero_grad(set_to_none=True)
         parts = [(images, labels, draws)] if self.accumulate == 1 else \
@@ -94,8 +95,15 @@ class TrainStep:
                                                label_smoothing=self.label_smoothing) / self.batch_per_rank
 
     def update(self) -> None:
+        watch = self.scaler.is_enabled() and self.paper_momentum is not None
+        scale = self.scaler.get_scale() if watch else 0.0
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if watch and self.scaler.get_scale() < scale:
+            # The loss scaler skipped the step (gradients overflowed, and it lowered the scale): the velocity is
+            # still the last step taken's, so the next step's momentum is scaled from that step's rate (set_lr).
+            for group, rate in zip(self.optimizer.param_groups, self._rates):
+                group["lr"] = rate
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, draws: Draws, lr: float) -> torch.Tensor:
         loss = self.forward_backward(images, labels, draws, lr)
