@@ -300,8 +300,19 @@ def test_raw_pixels_are_normalised_as_the_same_values_in_float():
      r"^softmax cross-entropy: labels must be 3 integers, one per row of z, got an array of shape \(3, 1\)"),
     (lambda: softmax_cross_entropy_forward(np.zeros((3, 4)), np.array([0.0, 1.0, 2.0])),
      r"labels must be 3 integers.* dtype float64"),
+    (lambda: conv_forward(np.zeros((1, 1, 5, 5)), np.zeros((1, 1, 3, 3)), np.zeros(1), pad=-1),
+     "^conv: pad must be at least 0, got -1"),
+    (lambda: conv_forward(np.zeros((1, 2, 5, 5)), np.zeros((2, 2, 3, 3)), np.zeros(3)),
+     r"^conv: expected a weight \(O, C/groups, kh, kw\) and a bias \(O,\).* \(2, 2, 3, 3\) and a bias \(3,\)"),
+    (lambda: conv_forward(np.zeros((1, 2, 5, 5)), np.zeros((2, 2, 3)), np.zeros(2)),
+     r"^conv: expected a weight .* got a weight \(2, 2, 3\)"),
+    (lambda: fc_forward(np.zeros((2, 4)), np.zeros((3, 5)), np.zeros(3)),
+     r"^fc: the input has 4 values per sample, the weight \(3, 5\) takes 5"),
+    (lambda: fc_forward(np.zeros((2, 4)), np.zeros((3, 4)), np.zeros(4)),
+     r"^fc: expected a weight \(O, I\) and a bias \(O,\).* a bias \(4,\)"),
 ], ids=["conv-one-image", "pool-one-image", "lrn-one-image", "fc-maps", "conv-stride-0", "pool-size-0",
-        "lrn-size-0", "label-minus-1", "labels-column", "labels-float"])
+        "lrn-size-0", "label-minus-1", "labels-column", "labels-float", "conv-pad-negative", "conv-bias-length",
+        "conv-weight-3d", "fc-weight-width", "fc-bias-length"])
 def test_a_misshapen_call_is_one_clear_error_where_numpy_would_answer_wrongly_or_obscurely(call, said):
     with pytest.raises(ValueError, match=said):
         call()
@@ -381,6 +392,13 @@ def test_paper_dropout_equals_inverted_dropout_with_halved_next_weights(networks
         assert rel_err(inverted, paper) <= 1e-12
     other_seed = ReferenceAlexNet(weights, dropout_form="paper", seed=6).forward(x, train=True)
     assert rel_err(other_seed, paper) > 1e-3   # the masks really are random, and seeded
+
+
+def test_an_empty_batch_gives_empty_logits_and_zero_gradients_as_torch_does(networks):
+    net = ReferenceAlexNet(dict(networks["net"].params))
+    assert net.forward(np.zeros((0, 3, 227, 227))).shape == (0, 10)
+    grads = net.backward(np.zeros((0, 10)))
+    assert set(grads) == set(net.params) and all(not g.any() for g in grads.values())
 
 
 def test_network_rejects_wrong_weights_and_input_size(networks):

@@ -31,6 +31,14 @@ def _check_at_least_1(what, **values):
             raise ValueError(f"{what}: {name} must be at least 1, got {value}")
 
 
+def _check_parameters(what, w, b, dims, w_shape):
+    """The weight and bias a layer is given: a wrong one would otherwise meet NumPy's broadcasting or
+    unpacking message, which names neither."""
+    if np.ndim(w) != dims or np.shape(b) != (np.shape(w)[0],):
+        raise ValueError(f"{what}: expected a weight {w_shape} and a bias (O,) with O its first side, "
+                         f"got a weight {np.shape(w)} and a bias {np.shape(b)}")
+
+
 # --------------------------------------------------------------------------- fully-connected
 
 def fc_forward(x, w, b):
@@ -41,6 +49,10 @@ def fc_forward(x, w, b):
     x: (N, I), w: (O, I), b: (O,) -> y: (N, O).
     """
     _check_batch("fc", x, 2, "(N, I); flatten the maps first: x.reshape(len(x), -1)")
+    _check_parameters("fc", w, b, 2, "(O, I)")
+    if np.shape(w)[1] != np.shape(x)[1]:
+        raise ValueError(f"fc: the input has {np.shape(x)[1]} values per sample, the weight {np.shape(w)} takes "
+                         f"{np.shape(w)[1]}")
     return x @ w.T + b, (x, w)
 
 
@@ -104,6 +116,9 @@ def conv_forward(x, w, b, stride=1, pad=0, groups=1):
     """
     _check_batch("conv", x)
     _check_at_least_1("conv", stride=stride, groups=groups)
+    _check_parameters("conv", w, b, 4, "(O, C/groups, kh, kw)")
+    if pad < 0:
+        raise ValueError(f"conv: pad must be at least 0, got {pad}")
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     _check_window_fits("conv", *xp.shape[-2:], *w.shape[-2:], pad)
     y, cols = _correlate(xp, w, stride, groups)

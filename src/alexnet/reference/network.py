@@ -130,7 +130,7 @@ class AlexNet:
                 if x.shape[1:] != (256, 6, 6):
                     raise ValueError(f"pool5 is {x.shape[1:]}, not (256, 6, 6): the paper network needs "
                                      f"(N, 3, 227, 227) input (any side from 227 to 258 gives pool5 6x6)")
-                cache, x = x.shape, x.reshape(x.shape[0], -1)
+                cache, x = x.shape, x.reshape(len(x), 256 * 6 * 6)   # -1 cannot be inferred for N = 0
             else:
                 x, cache = _layer_forward(self, kind, key, hp, x, train, self.rng)
             caches.append(cache)
