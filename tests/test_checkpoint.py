@@ -5,6 +5,7 @@ import copy
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -435,3 +436,24 @@ def test_a_write_refused_for_another_reason_names_the_file_and_the_reason_not_a_
 def test_all_finite_is_the_element_wise_check(values, dtype):
     t = torch.tensor(values, dtype=torch.float32).to(dtype)   # 3e38 overflows to inf in float16
     assert checkpoint.all_finite(t) == bool(torch.isfinite(t).all())
+
+
+def test_a_run_in_a_folder_named_in_another_encoding_loads_and_resumes(run, tmp_path):
+    # Latin-1 bytes in a folder's name reach Python as surrogates, which torch's mapped load and safetensors
+    # (both take names as UTF-8) refuse: every file written there would be written and never read again.
+    moved = tmp_path / os.fsdecode(b"caf\xe9 run")
+    shutil.copytree(run, moved)
+    torch.testing.assert_close(checkpoint.read_resumable(moved / "last.pt").model,
+                               checkpoint.read_resumable(run / "last.pt").model)
+    x = torch.rand(2, 3, 227, 227)
+    expected = load_model(run / "best.pt").model.eval()(x)
+    torch.testing.assert_close(load_model(moved / "best.pt").model.eval()(x), expected)
+    exported = moved / "weights.safetensors"
+    said = run_cli("export", "--checkpoint", moved / "best.pt", "--out", exported, errors="surrogateescape")
+    assert said.returncode == 0, said.stderr
+    torch.testing.assert_close(load_model(exported).model.eval()(x), expected)
+    stats = DataStats.load(moved / STATS_FILE)
+    torch.testing.assert_close(stats.mean_image, DataStats.load(run / STATS_FILE).mean_image)
+    resumed = run_cli("train", "--out", str(moved), "--resume", "--epochs", "2", errors="surrogateescape")
+    assert resumed.returncode == 0, resumed.stderr
+    assert checkpoint.read_resumable(moved / "last.pt").epoch == 2

@@ -38,7 +38,7 @@ from alexnet.data.decode import FIXED_SIZE
 from alexnet.data.stats import STATS_FILE
 from alexnet.data.transforms import NORMALIZATIONS, PCA_CONVENTIONS, Normalize, PCANoise, Preprocessing
 from alexnet.errors import UserError
-from alexnet.files import write_or_say
+from alexnet.files import utf8_name, write_or_say
 from alexnet.model import AlexNet, state_mismatch
 
 FORMAT = 1
@@ -234,7 +234,8 @@ def torch_load(path: str | Path) -> Any:
             # Mapped, not read: a resume copies the tensors into the network and momentum once, instead
             # of holding a second copy of them in memory on every process (1 GB per process for a
             # float64 paper run). Only torch.save's zip format can be mapped.
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+            with utf8_name(path) as name:
+                return torch.load(name, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         # Running code from a pickle needs a callable fetched by name, which weights_only reports as an
         # unsupported global; anything else it stumbles on is a damaged or foreign file.

@@ -4,13 +4,14 @@ by one process at a time (FolderLock)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from alexnet.errors import CutShort
@@ -33,6 +34,41 @@ def replaceable(path: str | Path, ours: Callable[[Path], bool], what: str) -> Pa
         if not mine:
             raise UserError(f"{path} exists and is not {what}; remove it or choose another --out")
     return path
+
+
+@contextlib.contextmanager
+def utf8_name(path: str | Path) -> Iterator[str]:
+    """A name of ``path`` that readers taking names as UTF-8 (torch's mapped load, safetensors) can open.
+
+    A folder named in another encoding (Latin-1 bytes from an old archive) reaches Python as surrogates,
+    which those readers refuse; the file is then opened through a link with a plain name, made for the
+    read and removed after it (a mapping made meanwhile stays valid). Not for writing: safetensors replaces
+    the link itself (see save_safetensors)."""
+    name = os.fspath(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        yield name
+        return
+    with tempfile.TemporaryDirectory(prefix="alexnet-read-") as folder:
+        link = os.path.join(folder, "file" + os.path.splitext(name)[1].encode("ascii", "replace").decode())
+        os.symlink(os.path.abspath(name), link)
+        yield link
+
+
+def save_safetensors(tensors: dict, path: str, metadata: dict[str, str]) -> None:
+    """safetensors' save_file, also where ``path``'s folder is named in another encoding (utf8_name): the
+    file's bytes are then made in memory and written by Python, which takes any name."""
+    from safetensors.torch import save, save_file
+
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        Path(path).write_bytes(save(tensors, metadata=metadata))
+    else:
+        save_file(tensors, path, metadata=metadata)
 
 
 def head(path: Path, size: int = 4096) -> bytes:

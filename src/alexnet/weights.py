@@ -36,7 +36,7 @@ from alexnet.choices import INITS, INPUT_SIZE, SMALL, VARIANTS
 from alexnet.data.decode import FIXED_SIZE
 from alexnet.data.transforms import NORMALIZATIONS, Normalize
 from alexnet.errors import UserError, printable
-from alexnet.files import head, replaceable, write_or_say
+from alexnet.files import head, replaceable, save_safetensors, utf8_name, write_or_say
 from alexnet.inputs import SMALLEST_INPUT
 from alexnet.lrn import LRN_CONVENTIONS
 from alexnet.model import AlexNet, guess_network, is_float, state_mismatch
@@ -112,7 +112,7 @@ def _from_safetensors(path: Path) -> LoadedModel:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with utf8_name(path) as name, safe_open(name, framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # SafetensorError, a truncated header, ...
@@ -242,7 +242,6 @@ def build_network(state: dict[str, Any], variant: str, num_classes: int, lrn: st
 def save_weights(loaded: LoadedModel, path: str | Path) -> None:
     """Write the network and its meaning to one safetensors file (atomically); ``load_model`` reads it back.
     An existing ``path`` is replaced only where it holds weights this project wrote (UserError otherwise)."""
-    from safetensors.torch import save_file
 
     replaceable(path, is_weights_file, "weights this project exported")
 
@@ -252,12 +251,14 @@ def save_weights(loaded: LoadedModel, path: str | Path) -> None:
         tensors[RESERVED_PREFIX + "std"] = loaded.norm.std.float().contiguous()
     metadata = {
         "format": FORMAT, "format_version": str(FORMAT_VERSION), "variant": loaded.variant,
-        "num_classes": str(len(loaded.classes)), "lrn": loaded.lrn or "none", "source": loaded.source,
+        "num_classes": str(len(loaded.classes)), "lrn": loaded.lrn or "none",
+        # Text for people; safetensors takes only UTF-8, and a path may hold another encoding's bytes.
+        "source": loaded.source.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
         "classes": json.dumps(loaded.classes), "names": json.dumps(loaded.names),
         "preprocessing": json.dumps(preprocessing_description(loaded)), "metrics": json.dumps(loaded.metrics),
         "crc32": json.dumps(_crcs(tensors)),
     }
-    write_or_say(path, lambda tmp: save_file(tensors, tmp, metadata=metadata),
+    write_or_say(path, lambda tmp: save_safetensors(tensors, tmp, metadata=metadata),
                  need=sum(t.numel() * t.element_size() for t in tensors.values()))
 
 

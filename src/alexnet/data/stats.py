@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset
 
 from alexnet.cores import usable_cores
@@ -27,7 +26,7 @@ from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import ImageSet
 from alexnet.data.loader import leave_stop_signals_to_the_parent
 from alexnet.errors import UserError
-from alexnet.files import write_or_say
+from alexnet.files import save_safetensors, utf8_name, write_or_say
 
 # The cache's name, in a run folder and in a prepared store: beside weights, but holding none.
 STATS_FILE = "data_stats.safetensors"
@@ -51,16 +50,16 @@ class DataStats:
         tensors = {k: getattr(self, k).contiguous() for k in
                    ("mean_image", "channel_mean", "channel_std", "eigvals", "eigvecs")}
         meta = {"version": STATS_VERSION, "images": str(self.images), "fingerprint": self.fingerprint}
-        write_or_say(path, lambda tmp: save_file(tensors, tmp, metadata=meta),
+        write_or_say(path, lambda tmp: save_safetensors(tensors, tmp, metadata=meta),
                      need=sum(t.numel() * t.element_size() for t in tensors.values()))
 
     @classmethod
     def load(cls, path: Path) -> DataStats:
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
+        with utf8_name(path) as name, safe_open(name, framework="pt") as f:
             meta = f.metadata() or {}
-        t = load_file(str(path))
+            t = {k: f.get_tensor(k) for k in f.keys()}
         return cls(**t, images=int(meta.get("images", 0)), fingerprint=meta.get("fingerprint", ""))
 
 
