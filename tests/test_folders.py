@@ -185,3 +185,23 @@ def test_class_names_that_differ_only_in_unicode_normalisation_are_named(tiny_fo
     (root / "val" / "cat").rename(root / "val" / nfd)
     with pytest.raises(UserError, match="café is spelled with other Unicode code points in each"):
         discover(root)
+
+
+def test_a_class_folder_that_is_a_dead_link_is_one_line_naming_it(tiny_folders, tmp_path):
+    # A class folder linked to an unmounted disk was read as a loose file of its split: val's class dropped
+    # with a note, or train/ and val/ said to disagree, or (in both) a run trained without the class.
+    root, _ = tiny_folders
+    for split in ("train", "val"):
+        (root / split / "cow").symlink_to(tmp_path / "unmounted" / split / "cow")
+    with pytest.raises(UserError, match=re.escape(f"{root / 'train' / 'cow'} is a link to "
+                                                  f"{tmp_path / 'unmounted' / 'train' / 'cow'}, which does not exist")):
+        discover(root)
+    (root / "train" / "cow").unlink()
+    (root / "train" / "cow").symlink_to("cow")              # to itself
+    with pytest.raises(UserError, match=re.escape(f"{root / 'train' / 'cow'} is a link to cow, which cannot be "
+                                                  "reached (too many levels of symbolic links)")):
+        discover(root)
+    (root / "train" / "cow").unlink()
+    (root / "val" / "cow").unlink()
+    (root / "val" / "gone.jpg").symlink_to(tmp_path / "gone.jpg")   # a stray image's link: noted, not refused
+    assert discover(root).classes == ["cat", "dog"]

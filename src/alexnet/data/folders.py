@@ -193,7 +193,13 @@ def read_class_names(root: Path, classes: list[str]) -> list[str]:
 
 
 def _class_folders(split_dir: Path) -> list[str]:
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    entries = [p for p in split_dir.iterdir() if not p.name.startswith(".")]
+    classes = sorted(p.name for p in entries if p.is_dir())
+    # A link that leads nowhere (to a disk not mounted, a folder moved) is a class folder lost: left out, it
+    # would be trained without, or read as a file lying in the split. A dead link named as an image is one.
+    for p in sorted(entries):
+        if p.is_symlink() and os.path.splitext(p.name)[1].lower() not in IMAGE_EXTENSIONS and not p.is_dir():
+            _refuse_dead_link(p)
     # A class folder may be a link (to images kept elsewhere), but not to the split or a folder above it:
     # that "class" would hold every other class's images.
     split_real = os.path.realpath(split_dir)
@@ -208,6 +214,24 @@ def _class_folders(split_dir: Path) -> list[str]:
                             f"each image would belong to two classes")
         seen[real] = name
     return classes
+
+
+def _refuse_dead_link(link: Path) -> None:
+    """A UserError for ``link`` unless it leads to something (a file: a stray file in the split, noted later)."""
+    try:
+        link.stat()
+        return
+    except OSError as e:
+        reason = "does not exist" if isinstance(e, FileNotFoundError) else f"cannot be reached ({_said(e)})"
+    raise UserError(printable(f"{link} is a link to {os.readlink(link)}, which {reason}: its class cannot be "
+                              f"read (a disk not mounted? a folder moved?); mount it or mend the link, or remove "
+                              f"it to go without that class"))
+
+
+def _said(e: OSError) -> str:
+    """The file system's own words for ``e``: "permission denied", "too many levels of symbolic links"."""
+    text = e.strerror or str(e)
+    return text[:1].lower() + text[1:]
 
 
 def _nfc(name: str) -> str:
