@@ -210,6 +210,17 @@ def write_image_folders(root: Path, colours: dict[str, list[tuple[int, int, int]
     return root
 
 
+def deny(monkeypatch, *folders: Path) -> None:
+    """Listing ``folders`` fails as after chmod 000, for root too (whom permissions do not stop)."""
+    denied = {os.fspath(f) for f in folders}
+    for name in ("scandir", "listdir"):   # os.scandir for image_files, os.listdir for Path.iterdir
+        def refuse(path=".", _list=getattr(os, name)):
+            if os.fspath(path) in denied:
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return _list(path)
+        monkeypatch.setattr(os, name, refuse)
+
+
 @pytest.fixture
 def tiny_folders(tmp_path):
     """Two classes of flat colours, 3 images each, in train and val."""

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from alexnet.data.folders import FixedSizeImages, SkippedFiles, discover
 from alexnet.data.imageset import ImageSet
 from alexnet.errors import UserError
+from conftest import deny
 
 
 def test_classes_are_sorted_folders_and_labels_follow(tiny_folders):
@@ -205,3 +206,23 @@ def test_a_class_folder_that_is_a_dead_link_is_one_line_naming_it(tiny_folders, 
     (root / "val" / "cow").unlink()
     (root / "val" / "gone.jpg").symlink_to(tmp_path / "gone.jpg")   # a stray image's link: noted, not refused
     assert discover(root).classes == ["cat", "dog"]
+
+
+def test_folders_that_cannot_be_read_are_said_so(tiny_folders, monkeypatch, capsys):
+    # A folder in a class that could not be listed lost its images without a word, and a class folder that
+    # could not be was called one "with no images", with the extensions images end in.
+    root, _ = tiny_folders
+    cat = root / "train" / "cat"
+    (cat / "sub").mkdir()
+    (cat / "000.png").rename(cat / "sub" / "000.png")
+    deny(monkeypatch, cat / "sub")
+    assert [p.name for p, label in discover(root).splits["train"].samples if label == 0] == ["001.png", "002.png"]
+    assert capsys.readouterr().err == f"warning: skipping unreadable folder {cat / 'sub'}: permission denied; " \
+        "the images in it are left out\n"
+    deny(monkeypatch, root / "val" / "dog")
+    with pytest.raises(UserError, match=re.escape(f"{root}: cannot read class folder val/dog (permission denied): "
+                                                  "give this user read access to it")):
+        discover(root)
+    deny(monkeypatch, root / "train")
+    with pytest.raises(UserError, match=re.escape(f"cannot read {root / 'train'}: permission denied")):
+        discover(root)

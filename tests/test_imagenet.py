@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import pickle
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -25,7 +26,7 @@ from alexnet.data.prepared import read_meta
 from alexnet.data.sources import kind_of, open_data, open_split
 from alexnet.data.tars import Archive, index_tar, member_path
 from alexnet.errors import UserError
-from conftest import imagenet_val_names, run_cli, tar_of, write_devkit, write_imagenet_archives, write_kaggle
+from conftest import deny, imagenet_val_names, run_cli, tar_of, write_devkit, write_imagenet_archives, write_kaggle
 
 RNG = np.random.default_rng(7)
 WNIDS = [f"n{k:08d}" for k in sorted(RNG.choice(10**8, 12, replace=False).tolist())]
@@ -315,6 +316,15 @@ def test_the_devkit_labels_every_val_image_by_its_number_and_a_part_of_val_too(r
     write_devkit(reference, tmp_path, ids=IDS, truth=[1] * (count - 1) + [99])
     with pytest.raises(UserError, match=f"ground_truth.txt line {count}: ILSVRC2012_ID 99 is no class of meta.mat"):
         open_data(tmp_path)
+
+
+def test_a_flat_val_that_cannot_be_read_is_said_so(reference, tmp_path, monkeypatch):
+    # It was "val has no images". (An extracted val that cannot be listed is not known to be flat: it is read as
+    # class folders, where a split that cannot be listed is said so too.)
+    images = layout("kaggle-cls-loc", reference, tmp_path)
+    deny(monkeypatch, images / "val")
+    with pytest.raises(UserError, match=re.escape(f"cannot read {images / 'val'}: permission denied")):
+        open_data(tmp_path, ("val",))
 
 
 def test_a_devkit_without_ground_truth_is_named_when_val_is_asked_for(reference, tmp_path):

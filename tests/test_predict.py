@@ -19,7 +19,7 @@ from alexnet.model import AlexNet
 from alexnet.predict import as_dict, expand, format_prediction, predict, setup
 from alexnet.weights import import_torchvision, load_model
 from conftest import run_cli as cli
-from conftest import run_main
+from conftest import deny, run_main
 from test_weights import make_checkpoint
 
 CLASSES, NAMES = ["a", "b", "c", "d"], ["apple", "banana", "cherry", "date"]
@@ -130,6 +130,20 @@ def test_a_folder_given_to_predict_is_named_as_a_folder_not_as_empty(fixed_outpu
     assert with_images.top == [] and with_images.error == \
         "a folder: give its image files (alexnet.predict.expand lists a folder's images)"
     assert empty.top == [] and empty.error == "no image files in this folder"
+
+
+def test_a_folder_that_cannot_be_read_is_predicted_as_permission_denied(fixed_outputs, tmp_path, monkeypatch):
+    # It was "no image files in this folder", and a folder in one given left out without a word.
+    ckpt, images = fixed_outputs
+    given = tmp_path / "given"
+    shutil.copytree(images, given / "sub")
+    (given / "a.png").symlink_to(images / "a.png")
+    deny(monkeypatch, tmp_path / "closed", given / "sub")
+    (tmp_path / "closed").mkdir()
+    paths = expand([tmp_path / "closed", given])
+    assert paths == [tmp_path / "closed", given / "a.png", given / "sub"]
+    got = list(predict(load_model(ckpt), paths))
+    assert [r.error for r in got] == ["permission denied", "", "permission denied"]
 
 
 def test_a_failed_prediction_formats_and_serialises_with_its_reason(fixed_outputs, tmp_path):

@@ -47,9 +47,11 @@ def expand(inputs: Iterable[str | Path]) -> list[Path | str]:
             continue
         item = Path(item)
         if item.is_dir():
-            found = image_files(item)
-            # An empty folder is kept as itself, so that it is reported rather than silently skipped.
-            paths += found or [item]
+            unreadable: list[tuple[Path, str]] = []
+            found = image_files(item, unreadable=unreadable)
+            # An empty folder, or one that cannot be read (or a folder in it), is kept as itself, so that it is
+            # reported ("permission denied") rather than silently skipped.
+            paths += sorted(found + [folder for folder, _ in unreadable]) or [item]
         else:
             paths.append(item)
     return paths
@@ -172,8 +174,11 @@ def _load(path: Path | str, read):
     if isinstance(path, str):
         return "a URL: nothing is fetched from the network; download the image and give its path"
     if path.is_dir():
-        # expand() keeps only an empty folder as itself; one given here directly may hold images.
-        if not image_files(path):
+        # expand() keeps only an empty or unreadable folder as itself; one given here directly may hold images.
+        unreadable: list[tuple[Path, str]] = []
+        if not image_files(path, unreadable=unreadable):
+            if unreadable and unreadable[0][0] == path:
+                return unreadable[0][1]   # "permission denied"
             return "no image files in this folder"
         return "a folder: give its image files (alexnet.predict.expand lists a folder's images)"
     try:

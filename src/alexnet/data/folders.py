@@ -71,19 +71,29 @@ def discover(data: str | Path, splits: tuple[str, ...] = SPLITS) -> ImageFolders
 
     result = ImageFolders(root=root, classes=classes, names=read_class_names(root, classes))
     for split in splits:
-        samples, empty, others, linked = [], [], Counter(), []
+        samples, empty, others, linked, closed, blocked = [], [], Counter(), [], [], []
         for label, cls in enumerate(classes):
             theirs: Counter = Counter()
-            files = image_files(root / split / cls, split=root / split, left_out=theirs, linked=linked)
-            if not files:
+            unreadable: list[tuple[Path, str]] = []
+            files = image_files(root / split / cls, split=root / split, left_out=theirs, linked=linked,
+                                unreadable=unreadable)
+            if unreadable and unreadable[0][0] == root / split / cls:   # the class folder itself
+                closed.append(f"{split}/{cls} ({unreadable[0][1]})")
+            elif not files:
                 empty.append(f"{split}/{cls}" + (f" (holds {_kinds(theirs)})" if theirs else ""))
             samples += [(f, label) for f in files]
             others += theirs
+            blocked += unreadable
+        if closed:   # said as what it is: an extension list would send the user looking for other file names
+            raise UserError(printable(f"{root}: cannot read class folder{'s' if len(closed) > 1 else ''} "
+                                      f"{_few(closed)}: give this user read access to "
+                                      f"{'them' if len(closed) > 1 else 'it'}"))
         if empty:
             raise UserError(printable(f"{root}: class folder{'s' if len(empty) > 1 else ''} with no images: "
                                       f"{_few(empty)}; images end in {', '.join(sorted(IMAGE_EXTENSIONS))}"))
         loose = Counter(os.path.splitext(e.name)[1].lower() for e in os.scandir(root / split)
                         if not e.name.startswith(".") and not _is_dir(e))
+        warn_unreadable(blocked)
         if os.environ.get("LOCAL_RANK", "0") == "0":   # once a machine, under torchrun
             if others:
                 print(printable(f"note: {root / split} holds {_kinds(others)}, left out: not images by their names "
@@ -116,7 +126,7 @@ def open_folders(data: str | Path, splits: tuple[str, ...] = SPLITS) -> DataSour
 
 
 def image_files(folder: Path, split: Path | None = None, left_out: Counter | None = None,
-                linked: list[str] | None = None) -> list[Path]:
+                linked: list[str] | None = None, unreadable: list[tuple[Path, str]] | None = None) -> list[Path]:
     """Image files in ``folder`` and its subfolders (symlinks followed, as ImageFolder does), sorted.
 
     Hidden files and folders (.DS_Store, .ipynb_checkpoints) are not samples. A linked folder is followed
@@ -125,7 +135,8 @@ def image_files(folder: Path, split: Path | None = None, left_out: Counter | Non
     so each image of the split is one sample of one class; links to images kept elsewhere are followed. So
     is a linked file, unless it leads to a file of ``split`` (a sample already, of its own class): such
     links go into ``linked``. ``left_out`` counts the files left out for their extension (lower case; ""
-    for none), hidden ones aside."""
+    for none), hidden ones aside. A folder that cannot be listed (``folder`` itself first, if it cannot)
+    goes into ``unreadable`` with the reason ("permission denied"): its images are not in the list."""
     top = os.path.realpath(folder)
     others = os.path.realpath(split) if split is not None else None
 
@@ -144,7 +155,9 @@ def image_files(folder: Path, split: Path | None = None, left_out: Counter | Non
         try:
             with os.scandir(path) as listing:
                 entries = sorted(listing, key=lambda e: e.name)
-        except OSError:   # unreadable: skipped, as os.walk skips it
+        except OSError as e:   # unreadable: skipped, as os.walk skips it, and said by the caller
+            if unreadable is not None:
+                unreadable.append((Path(path), _said(e)))
             continue
         below = []
         for entry in sorted((e for e in entries if not e.name.startswith(".") and _is_dir(e)),
@@ -171,6 +184,15 @@ def image_files(folder: Path, split: Path | None = None, left_out: Counter | Non
     return sorted(found)
 
 
+def warn_unreadable(folders: list[tuple[Path, str]]) -> None:
+    """One warning for each folder image_files could not list, as for an unreadable image (once a machine)."""
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    for path, reason in folders:
+        print(printable(f"warning: skipping unreadable folder {path}: {reason}; the images in it are left out"),
+              file=sys.stderr)
+
+
 def _is_dir(entry: os.DirEntry) -> bool:
     try:
         return entry.is_dir()   # through a link
@@ -193,7 +215,10 @@ def read_class_names(root: Path, classes: list[str]) -> list[str]:
 
 
 def _class_folders(split_dir: Path) -> list[str]:
-    entries = [p for p in split_dir.iterdir() if not p.name.startswith(".")]
+    try:
+        entries = [p for p in split_dir.iterdir() if not p.name.startswith(".")]
+    except OSError as e:
+        raise UserError(printable(f"cannot read {split_dir}: {_said(e)}")) from None
     classes = sorted(p.name for p in entries if p.is_dir())
     # A link that leads nowhere (to a disk not mounted, a folder moved) is a class folder lost: left out, it
     # would be trained without, or read as a file lying in the split. A dead link named as an image is one.

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alexnet.data.class_names import read_pairs
-from alexnet.data.folders import IMAGE_EXTENSIONS, FixedSizeImages, discover, image_files
+from alexnet.data.folders import IMAGE_EXTENSIONS, FixedSizeImages, discover, image_files, warn_unreadable
 from alexnet.data.imageset import SPLITS, DataSource, Split
 from alexnet.data.tars import MemberSamples, index_tar
-from alexnet.errors import UserError
+from alexnet.errors import UserError, printable
 
 TRAIN_TAR, VAL_TAR = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"
 DEVKIT = "ILSVRC2012_devkit_t12"                        # .tar.gz, or the folder it extracts to
@@ -92,7 +92,11 @@ def open_extracted(path: Path, splits: tuple[str, ...] = SPLITS) -> DataSource:
     if "val" in splits:
         if not (root / "val").is_dir():
             raise UserError(f"{root} has no val/ folder (expected {root}/val/<images>)")
-        files = image_files(root / "val")
+        unreadable: list[tuple[Path, str]] = []
+        files = image_files(root / "val", unreadable=unreadable)
+        if unreadable and unreadable[0][0] == root / "val":
+            raise UserError(printable(f"cannot read {root / 'val'}: {unreadable[0][1]}"))
+        warn_unreadable(unreadable)
         if not files:
             raise UserError(f"{root / 'val'} has no images")
         classes = classes or labels.classes()
