@@ -100,6 +100,37 @@ def test_palette_with_transparency(tmp_path):
     assert (got[:4] == (250, 0, 0)).all() and (got[4:] == 255).all()
 
 
+def on_white(img: Image.Image) -> np.ndarray:
+    """PIL's own reading of ``img``'s transparency, laid on white."""
+    rgba = img.convert("RGBA")
+    return np.asarray(Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB"))
+
+
+def test_colour_key_transparency_is_composited_on_white(tmp_path):
+    # A PNG's tRNS chunk in an RGB or grey image (one colour is transparent) was read as if opaque: the
+    # transparent half black, where an RGBA image of the same pixels gave white.
+    a = np.full((280, 320, 3), 200, np.uint8)
+    a[:, :160] = 0
+    a[:40, 200:] = (10, 90, 250)
+    Image.fromarray(a).save(tmp_path / "rgb_key.png", transparency=(0, 0, 0))
+    Image.fromarray(a[..., 2]).save(tmp_path / "l_key.png", transparency=0)
+    for name in ("rgb_key.png", "l_key.png"):
+        got = np.asarray(open_rgb(tmp_path / name))
+        assert np.array_equal(got, on_white(Image.open(tmp_path / name))), name
+        assert (got[:, :160] == 255).all() and (got[40:, 160:] == 200).all(), name
+    assert load_fixed(tmp_path / "rgb_key.png")[:, :100].float().mean() == 255
+    rgba = np.dstack([a, np.where(a.any(2), 255, 0).astype(np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    assert torch.equal(load_fixed(tmp_path / "rgb_key.png"), load_fixed(tmp_path / "rgba.png"))
+    # 16-bit grey: the key's pixels white, the others scaled by the bit depth (PIL would clip them to white).
+    g = np.array([[0, 257 * 64, 32896, 65535]], np.uint16)
+    Image.fromarray(g).save(tmp_path / "g16_key.png", transparency=257 * 64)
+    assert Image.open(tmp_path / "g16_key.png").info["transparency"] == 257 * 64
+    assert on_white(Image.open(tmp_path / "g16_key.png"))[0, :, 0].tolist() == [0, 255, 255, 255]
+    assert np.asarray(open_rgb(tmp_path / "g16_key.png"))[0, :, 0].tolist() == [0, 255, 128, 255]
+    assert np.asarray(open_rgb(tmp_path / "g16_key.png"))[0, :2].tolist() == [[0, 0, 0], [255, 255, 255]]
+
+
 def test_16_bit_greyscale_png_is_scaled_not_clipped(tmp_path):
     a = np.array([[0, 257 * 64, 32896, 65535]], np.uint16)  # 0, 64, 128, 255 in 8 bits
     Image.fromarray(a).save(tmp_path / "g16.png")

@@ -121,17 +121,37 @@ def _upright(img: Image.Image) -> Image.Image:
 
 def _to_rgb(img: Image.Image, white: int = 65535) -> Image.Image:
     mode = img.mode
-    if mode == "RGB":
+    # A colour key (PNG's tRNS chunk in a grey or RGB image, GIF's transparent palette entry): the pixels of
+    # one value are transparent, as an alpha channel's 0 is, and are composited on white as those are.
+    keyed = "transparency" in img.info and mode in ("1", "L", "P", "RGB", "I", "I;16", "I;16B", "I;16L")
+    if mode == "RGB" and not keyed:
         return img
     if mode == "CMYK":
         return _cmyk_to_rgb(img)
     if mode.startswith("I;16") or mode in ("I", "F"):
-        return _deep_to_rgb(img, white)
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
+        rgb = _deep_to_rgb(img, white)
+        return _keyed_on_white(img, rgb) if keyed else rgb
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or keyed:
+        try:
+            rgba = img.convert("RGBA")
+        except (TypeError, ValueError):
+            if not keyed:
+                raise
+            return img.convert("RGB")   # a key PIL cannot use (a broken chunk): the image, opaque, not lost
         background = Image.new("RGBA", rgba.size, TRANSPARENT_BACKGROUND + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")  # L, 1, P, YCbCr, LAB, HSV
+
+
+def _keyed_on_white(img: Image.Image, rgb: Image.Image) -> Image.Image:
+    """``rgb``, the 8-bit form of a 16- or 32-bit grey ``img``, white where ``img`` holds its colour key:
+    PIL's own convert to RGBA finds the key's pixels, but clips the grey of all the others."""
+    key = img.info["transparency"]
+    if not isinstance(key, int):   # not a grey value: a broken chunk, which leaves the image opaque
+        return rgb
+    out = np.array(rgb)
+    out[np.asarray(img) == key] = TRANSPARENT_BACKGROUND
+    return Image.fromarray(out, "RGB")
 
 
 def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
