@@ -226,3 +226,20 @@ def test_folders_that_cannot_be_read_are_said_so(tiny_folders, monkeypatch, caps
     deny(monkeypatch, root / "train")
     with pytest.raises(UserError, match=re.escape(f"cannot read {root / 'train'}: permission denied")):
         discover(root)
+
+
+def test_a_link_to_itself_is_an_unreadable_file_not_a_link_to_an_image_of_the_split(tiny_folders, capsys):
+    # A link leading nowhere was judged by the path it names: "loop.jpg -> loop.jpg", or a link to an image
+    # deleted from another class, was noted as a link to the split's own images.
+    root, _ = tiny_folders
+    cat = root / "train" / "cat"
+    (cat / "loop.jpg").symlink_to("loop.jpg")
+    (cat / "gone.png").symlink_to(root / "train" / "dog" / "deleted.png")
+    capsys.readouterr()
+    split = discover(root).splits["train"]
+    assert "link" not in capsys.readouterr().err
+    assert [p.name for p, label in split.samples if label == 0] == ["000.png", "001.png", "002.png", "gone.png",
+                                                                    "loop.jpg"]
+    images = FixedSizeImages(split)   # each skipped when read, with the reason, as a link to nothing outside
+    assert images[3][1:] == (-1, 3, "no such file or directory")
+    assert images[4][1:] == (-1, 4, "too many levels of symbolic links")

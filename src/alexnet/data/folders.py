@@ -174,8 +174,7 @@ def image_files(folder: Path, split: Path | None = None, left_out: Counter | Non
             if ext not in IMAGE_EXTENSIONS:
                 if left_out is not None:
                     left_out[ext] += 1
-            elif others is not None and entry.is_symlink() and \
-                    os.path.realpath(entry.path).startswith(others + os.sep):
+            elif others is not None and entry.is_symlink() and _target(entry.path).startswith(others + os.sep):
                 if linked is not None:
                     linked.append(entry.path)
             else:
@@ -191,6 +190,15 @@ def warn_unreadable(folders: list[tuple[Path, str]]) -> None:
     for path, reason in folders:
         print(printable(f"warning: skipping unreadable folder {path}: {reason}; the images in it are left out"),
               file=sys.stderr)
+
+
+def _target(link: str) -> str:
+    """The file ``link`` leads to; "" if none (a link to nothing, or to itself): a sample then, like any
+    file that cannot be read, and said so when it is read ("too many levels of symbolic links")."""
+    try:
+        return os.path.realpath(link, strict=True)
+    except OSError:
+        return ""
 
 
 def _is_dir(entry: os.DirEntry) -> bool:
