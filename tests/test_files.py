@@ -1,10 +1,13 @@
-"""FolderLock: one holder at a time, and a folder left as it was found."""
+"""FolderLock: one holder at a time, and a folder left as it was found; where the per-machine cache lies."""
 
 import subprocess
 import sys
 from pathlib import Path
 
+from alexnet import files
 from alexnet.files import FolderLock
+from alexnet.kernels import build
+from alexnet.train import demo_data_dir
 
 HOLD = """
 import sys, time
@@ -137,3 +140,16 @@ def test_what_a_killed_writer_left_is_removed_by_the_next_write_and_a_live_ones_
         for p in (killed, live):
             p.kill()
             p.wait()
+
+
+def test_the_cache_is_alexnet_cache_else_xdgs_else_the_homes(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("ALEXNET_CACHE", raising=False)
+    assert files.cache_root() == tmp_path / "home" / ".cache" / "alexnet"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert files.cache_root() == tmp_path / "xdg" / "alexnet"
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "mine"))
+    assert files.cache_root() == tmp_path / "mine"
+    assert demo_data_dir() == tmp_path / "mine" / "demo-seed0"
+    assert build.cache_dir() == tmp_path / "mine" / "kernels"

@@ -1,6 +1,11 @@
 """LRN against a direct loop over the paper's formula, against torch.nn.LocalResponseNorm, and per tower."""
 
+import os
+import pwd
 import sys
+import tempfile
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -184,6 +189,27 @@ def test_without_a_compiler_it_falls_back_with_one_warning(monkeypatch, tmp_path
     monkeypatch.setenv("ALEXNET_NATIVE", "0")
     assert build.load.__wrapped__("lrn_cpu") is None
     assert not list(tmp_path.rglob("*.so*"))
+
+
+@pytest.mark.parametrize("home", ["unknown", "read-only"])
+def test_without_a_home_to_write_the_kernel_is_built_in_the_users_temporary_folder(monkeypatch, tmp_path, home):
+    # A container run as a user without a password entry (no home at all), or a shared machine's read-only
+    # home: the kernel is still built, where this user can write, and not traded for the slower path.
+    monkeypatch.delenv("ALEXNET_CACHE", raising=False)
+    monkeypatch.delenv("ALEXNET_NATIVE", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    if home == "unknown":
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        monkeypatch.delenv("HOME", raising=False)
+        monkeypatch.setattr(pwd, "getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))
+        with pytest.raises(RuntimeError):
+            Path.home()
+    else:
+        monkeypatch.setenv("XDG_CACHE_HOME", "/proc/alexnet-cannot-be-made-here")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert build.load.__wrapped__("lrn_cpu") is not None
+    assert [p.parent for p in tmp_path.rglob("lrn_cpu-*.so")] == [tmp_path / f"alexnet-cache-{os.getuid()}" / "kernels"]
 
 
 # The Triton kernels (CUDA's fused path) run here on CPU tensors through Triton's interpreter.

@@ -17,6 +17,25 @@ from pathlib import Path
 from alexnet.errors import CutShort
 
 
+def cache_root() -> Path:
+    """Where the project keeps what it makes once per machine (compiled kernels, the demo set): $ALEXNET_CACHE,
+    else $XDG_CACHE_HOME/alexnet, else ~/.cache/alexnet; where no home folder is known (a container run as a
+    user without a password entry, HOME unset), spare_cache_root()."""
+    if os.environ.get("ALEXNET_CACHE"):
+        return Path(os.environ["ALEXNET_CACHE"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "alexnet"
+    try:
+        return Path.home() / ".cache" / "alexnet"
+    except (RuntimeError, KeyError):
+        return spare_cache_root()
+
+
+def spare_cache_root() -> Path:
+    """This user's cache folder in the temporary folder: for a home that is unknown or cannot be written."""
+    return Path(tempfile.gettempdir()) / f"alexnet-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+
+
 def replaceable(path: str | Path, ours: Callable[[Path], bool], what: str) -> Path:
     """``path`` if a command may write there: free, or holding ``what`` (``ours`` says: an earlier output of
     the same kind). A checkpoint, a run's config.yaml, a dataset's classes.txt, any other file given as --out

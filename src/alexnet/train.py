@@ -47,7 +47,7 @@ from alexnet.data.stats import STATS_FILE, DataStats, compute_stats, find_stats,
 from alexnet.data.transforms import Draws, Normalize, PCANoise, Preprocessing
 from alexnet.errors import Stopped, UserError
 from alexnet.evaluate import evaluate
-from alexnet.files import FolderLock, atomic_write
+from alexnet.files import FolderLock, atomic_write, cache_root
 from alexnet.lars import lars
 from alexnet.model import AlexNet
 from alexnet.precision import autocast_dtype, weights_dtype
@@ -206,8 +206,7 @@ def _check_shared(dist: distributed.Dist, last: Path) -> None:
 
 
 def demo_data_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "alexnet" / "demo-seed0"
+    return cache_root() / "demo-seed0"
 
 
 def _open_data(config: TrainConfig, dist: distributed.Dist) -> DataSource:

@@ -1,6 +1,6 @@
 """Compile a kernel's C source once per machine and load it with ctypes; None when that cannot be done.
 
-The shared object is cached under ~/.cache/alexnet/kernels (or $ALEXNET_CACHE/kernels), keyed by the
+The shared object is cached under files.cache_root()/kernels (~/.cache/alexnet/kernels), keyed by the
 source, the compiler and the CPU, so a fresh clone builds it in about a second on first use and every
 later process (torchrun workers included) just loads it. Compiling to a temporary name and renaming makes
 concurrent first uses safe. Any failure (no compiler, no OpenMP, a read-only home) means the caller falls
@@ -20,13 +20,22 @@ import warnings
 from functools import cache
 from pathlib import Path
 
+from alexnet.files import cache_root, spare_cache_root
+
 _HERE = Path(__file__).resolve().parent
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("ALEXNET_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "alexnet") / "kernels"
+    return cache_root() / "kernels"
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
 
 
 def _cpu_key() -> str:
@@ -51,6 +60,9 @@ def load(name: str) -> ctypes.CDLL | None:
     source = _HERE / f"{name}.c"
     key = hashlib.sha256(source.read_bytes() + " ".join([compiler, *FLAGS, _cpu_key()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"{name}-{key}.so"
+    if not target.exists() and not _writable(target.parent) and not os.environ.get("ALEXNET_CACHE"):
+        # A read-only home (shared machines): built where this user can write, not given up for the slower path.
+        target = spare_cache_root() / "kernels" / target.name
     try:
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -66,6 +78,7 @@ def load(name: str) -> ctypes.CDLL | None:
         return ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", None) or str(e)
-        warnings.warn(f"could not build {name} ({detail.strip().splitlines()[-1] if detail.strip() else e}); "
+        where = " (ALEXNET_CACHE names another folder for it)" if isinstance(e, PermissionError) else ""
+        warnings.warn(f"could not build {name} ({detail.strip().splitlines()[-1] if detail.strip() else e}){where}; "
                       "using the slower PyTorch fallback", stacklevel=2)
         return None
