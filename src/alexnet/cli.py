@@ -1145,6 +1145,9 @@ def _run(args, command: str) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as e:
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            _say_error(f"{command}: error: {_open_files_limit(args)}")
+            return _after_the_line(EXIT_USAGE)
         if e.errno not in _FILE_SYSTEM_ERRORS:
             raise
         where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "") if e.filename else ""
@@ -1164,6 +1167,10 @@ def _run(args, command: str) -> int:
             if os.environ.get("RANK", "0") == "0":
                 print(f"{command}: error: {e}", file=sys.stderr)
             return 1
+        limit = _machine_limit(e, args)
+        if limit:
+            _say_error(f"{command}: error: {limit}")
+            return _after_the_line(EXIT_USAGE)
         if _a_peer_failed(e):
             # Not this process's fault, and its own traceback (30 lines through autograd) would hide the one
             # that matters: the failed process's, in its log or in torchrun's summary. Said by each process
@@ -1182,6 +1189,50 @@ def _half_written(filename, out: Path) -> bool:
     """Whether ``filename`` is one of the temporary names a write of ``out`` goes through first:
     atomic_write's .OUT.*.tmp, demo-data's .OUT.partial-* folder (or a file in it)."""
     return any(part.startswith(f".{out.name}.") for part in Path(str(filename)).parts)
+
+
+def _machine_limit(e: Exception, args) -> str | None:
+    """A limit of the machine that the data loader's worker processes ran into, in the words a user can act on.
+    torch reports each as a RuntimeError (from a worker, or from the loader about its workers)."""
+    if not isinstance(e, RuntimeError):
+        return None
+    text = str(e)
+    workers = getattr(args, "workers", None)
+    fewer = "--workers 0 (no loader processes)" if workers != 0 else "a smaller --batch-size"
+    if "Too many open files" in text:
+        return _open_files_limit(args)
+    if "shared memory" in text and any(m in text for m in ("No space left", "out of shared memory", "insufficient")):
+        # Loader processes hand batches over in /dev/shm; a container's is 64 MB unless it is given more.
+        return (f"the shared memory the data loader's processes pass batches through (/dev/shm) is full; "
+                f"run with {fewer}, or give it more room (docker run --shm-size 8g)")
+    if "File too large" in text and "unable to resize file" in text:
+        return (f"the file size limit (ulimit -f {_limit_text('RLIMIT_FSIZE', 1024)}) is smaller than a batch the data "
+                f"loader's processes pass through shared memory; raise it, or run with {fewer}")
+    return None
+
+
+def _open_files_limit(args) -> str:
+    workers = getattr(args, "workers", None)
+    fewer = ", or use fewer --workers" if workers != 0 else ""
+    return (f"too many open files for this process's limit (ulimit -n {_limit_text('RLIMIT_NOFILE')}); raise "
+            f"it{fewer}")
+
+
+def _limit_text(name: str, unit: int = 1) -> str:
+    try:
+        import resource
+
+        soft = resource.getrlimit(getattr(resource, name))[0]
+    except (ImportError, AttributeError, OSError, ValueError):
+        return "?"
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft // unit)
+
+
+def _after_the_line(code: int) -> int:
+    # A loader torn down half-built (its worker processes could not start) complains again as Python exits,
+    # "Exception ignored in ... __del__": the one line said it all.
+    sys.unraisablehook = lambda unraisable: None
+    return code
 
 
 def _a_peer_failed(e: Exception) -> bool:
