@@ -5,7 +5,10 @@ import copy
 import json
 import os
 import re
+import resource
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -457,3 +460,35 @@ def test_a_run_in_a_folder_named_in_another_encoding_loads_and_resumes(run, tmp_
     resumed = run_cli("train", "--out", str(moved), "--resume", "--epochs", "2", errors="surrogateescape")
     assert resumed.returncode == 0, resumed.stderr
     assert checkpoint.read_resumable(moved / "last.pt").epoch == 2
+
+
+def save_4mb_in_a_child(out, before=None, command=None):
+    """checkpoint.save of 4 MB in a fresh process (a limit of its own), its one line or its traceback."""
+    code = ("import sys, torch\nfrom alexnet import checkpoint\nfrom alexnet.errors import UserError\n"
+            f"try:\n    checkpoint.save({str(out)!r}, {{'model': {{'w': torch.ones(1_000_000)}}}})\n"
+            "except UserError as e:\n    print(e)\n")
+    args = [sys.executable, "-c", code] if command is None else command(code)
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, preexec_fn=before)
+
+
+def test_a_file_size_limit_under_the_checkpoint_is_said_as_that_limit(tmp_path):
+    # ulimit -f 1024: torch's writer says only "[enforce fail at inline_container.cc] unexpected pos".
+    (tmp_path / "last.pt").write_bytes(b"the previous checkpoint")
+    r = save_4mb_in_a_child(tmp_path / "last.pt", lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20)))
+    assert r.stdout.strip() == (f"could not write {tmp_path / 'last.pt'}: it needs about 4 MB, over this process's "
+                                f"file size limit of 1.0 MB (ulimit -f); raise it; the previous file is unchanged"), r
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_full_disk_says_the_space_free_once_the_failed_write_is_gone(tmp_path):
+    # A 3 MB file system: the failed write's temporary file, removed but still held open by torch's writer
+    # while its error was handled, made the space free read 0 MB.
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
+        pytest.skip("no mount namespace to mount a small file system in (needs unshare and the right to use it)")
+    small = tmp_path / "small"
+    small.mkdir()
+    r = save_4mb_in_a_child(small / "last.pt", command=lambda code: [
+        "unshare", "-m", "sh", "-c", f'mount -t tmpfs -o size=3m tmpfs {small} && exec "$0" -c "$1"',
+        sys.executable, code])
+    assert re.fullmatch(r"could not write .*last.pt: no space left on the device \(it needs about 4 MB, 3 MB are "
+                        r"free\)", r.stdout.strip()), r

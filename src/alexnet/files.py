@@ -165,21 +165,39 @@ def write_or_say(path: str | Path, write: Callable[[str], None], need: int = 0) 
 
     try:
         atomic_write(path, write)
+        return
     except Exception as e:
         if not isinstance(e, (OSError, RuntimeError)) and type(e).__name__ != "SafetensorError":
             raise
-        if isinstance(e, OSError) and e.strerror and e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(e, OSError) and e.strerror and e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             # Its own words, without the temporary file's name str(e) would give (a read-only folder;
             # /proc, where the free space is 0 and not the reason).
             raise UserError(f"could not write {path} ({e.strerror}){_kept(path)}") from None
-        folder = Path(path).parent
-        free = shutil.disk_usage(folder).free if folder.is_dir() else 0
-        text = str(e).strip()
-        if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text or free < need:
-            raise UserError(f"could not write {path}: no space left on the device (it needs about "
-                            f"{max(need, 1) / 1e6:,.0f} MB, {free / 1e6:,.0f} MB are free){_kept(path)}") from None
-        first = text.splitlines()[0] if text else type(e).__name__
-        raise UserError(f"could not write {path} ({first}){_kept(path)}") from None
+        code = getattr(e, "errno", None)
+        text = (e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip()) or type(e).__name__
+    # Measured here, past the except: until then its traceback holds the writer (torch's), which holds the
+    # removed temporary file open, and its blocks count as used.
+    folder = Path(path).parent
+    free = shutil.disk_usage(folder).free if folder.is_dir() else 0
+    largest = _file_size_limit()
+    if largest is not None and (code == errno.EFBIG or need > largest):
+        raise UserError(f"could not write {path}: it needs about {max(need, 1) / 1e6:,.0f} MB, over this process's "
+                        f"file size limit of {largest / 1e6:,.1f} MB (ulimit -f); raise it{_kept(path)}")
+    if code == errno.ENOSPC or "No space left" in text or free < need:
+        raise UserError(f"could not write {path}: no space left on the device (it needs about "
+                        f"{max(need, 1) / 1e6:,.0f} MB, {free / 1e6:,.0f} MB are free){_kept(path)}")
+    raise UserError(f"could not write {path} ({text.splitlines()[0]}){_kept(path)}")
+
+
+def _file_size_limit() -> int | None:
+    """The largest file this process may write (ulimit -f), in bytes; None where there is no limit."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def _kept(path: str | Path) -> str:
