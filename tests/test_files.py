@@ -1,10 +1,14 @@
 """FolderLock: one holder at a time, and a folder left as it was found; where the per-machine cache lies."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from alexnet import files
+from alexnet.errors import UserError
 from alexnet.files import FolderLock
 from alexnet.kernels import build
 from alexnet.train import demo_data_dir
@@ -153,3 +157,21 @@ def test_the_cache_is_alexnet_cache_else_xdgs_else_the_homes(monkeypatch, tmp_pa
     assert files.cache_root() == tmp_path / "mine"
     assert demo_data_dir() == tmp_path / "mine" / "demo-seed0"
     assert build.cache_dir() == tmp_path / "mine" / "kernels"
+
+
+def test_a_name_as_long_as_the_file_system_takes_is_written(tmp_path):
+    # The temporary file's name adds this host, the process and random characters: cut short, not refused.
+    longest = os.pathconf(tmp_path, "PC_NAME_MAX")
+    path = tmp_path / ("w" * (longest - len(".safetensors")) + ".safetensors")
+    files.atomic_write(path, lambda tmp: Path(tmp).write_text("weights"))
+    assert path.read_text() == "weights" and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_folder_on_the_way_that_is_a_file_or_a_dead_link_is_named(tmp_path):
+    (tmp_path / "m.onnx").write_text("a network")
+    with pytest.raises(UserError, match=rf"^{tmp_path}/m.onnx is a file, not a folder$"):
+        files.atomic_write(tmp_path / "m.onnx" / "sub" / "x.safetensors", lambda tmp: None)
+    (tmp_path / "dead").symlink_to("/nonexistent/dir")
+    with pytest.raises(UserError, match=rf"^{tmp_path}/dead is a link to /nonexistent/dir, which does not exist$"):
+        files.atomic_write(tmp_path / "dead" / "x.onnx", lambda tmp: None)
+    assert (tmp_path / "m.onnx").read_text() == "a network"

@@ -102,9 +102,10 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     The rename is atomic on POSIX and Windows, so readers see the old file or the new one, never a mix.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_abandoned(path.parent, f".{path.name}.")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{maker()}-", suffix=".tmp")
+    make_folder(path.parent)
+    name = _temporary_name(path)
+    sweep_abandoned(path.parent, f".{name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.{maker()}-", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
@@ -115,6 +116,34 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def make_folder(folder: Path) -> None:
+    """``folder`` and its parents, as mkdir makes them; where a part of it is a file, or a link to nothing,
+    one line naming that part (mkdir's "File exists" names neither)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        from alexnet.errors import UserError
+
+        for part in reversed([folder, *folder.parents]):
+            if part.is_symlink() and not part.exists():
+                raise UserError(f"{part} is a link to {os.readlink(part)}, which does not exist") from None
+            if part.exists() and not part.is_dir():
+                raise UserError(f"{part} is a file, not a folder") from None
+        raise
+
+
+def _temporary_name(path: Path) -> str:
+    """``path``'s name, cut short where the temporary file's name (it, this host and process, 8 random
+    characters) would pass the file system's longest name: a legal 250-character name stays writable."""
+    try:
+        longest = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        longest = 255
+    room = longest - len(os.fsencode(f"..{maker()}-XXXXXXXX.tmp"))
+    raw = os.fsencode(path.name)
+    return path.name if len(raw) <= room else os.fsdecode(raw[:max(room, 1)])
 
 
 def maker() -> str:
