@@ -715,10 +715,14 @@ def test_a_signal_while_setting_up_ends_at_once_with_one_line(data, tmp_path, mo
 
 
 @pytest.mark.parametrize("out, message", [("", "--out is empty"), ("{file}", "is a file; give a folder"),
-                                          ("{data}/train/run", "lies inside")])
+                                          ("{data}/train/run", "lies inside"),
+                                          ("{loop}", "is a link to loop, which leads to no folder"),
+                                          ("{dead}", "is a link to /nonexistent/run, which leads to no folder")])
 def test_a_run_folder_that_is_no_folder_or_lies_in_the_data_is_refused(data, tmp_path, out, message):
     (tmp_path / "file").write_text("mine")
-    out = out.format(file=tmp_path / "file", data=data)
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "dead").symlink_to("/nonexistent/run")
+    out = out.format(file=tmp_path / "file", data=data, loop=tmp_path / "loop", dead=tmp_path / "dead")
     with pytest.raises(UserError, match=message):
         train(config(data, out))
     assert not (data / "train" / "run").exists() and (tmp_path / "file").read_text() == "mine"

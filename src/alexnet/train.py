@@ -566,10 +566,14 @@ def _check_out(config: TrainConfig) -> None:
         raise UserError("--out is empty; give the run folder")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the run")
+    if out.is_symlink() and not out.exists():
+        raise UserError(f"--out {out} is a link to {os.readlink(out)}, which leads to no folder (a link to nothing, "
+                        f"or a loop of links); give a folder for the run")
     if config.data:
-        target = out.resolve()
+        # realpath, not resolve: a loop of links in --data is said where the data is opened, not here.
+        target = Path(os.path.realpath(out))
         for split in ("train", "val"):
-            root = (Path(config.data).expanduser() / split).resolve()
+            root = Path(os.path.realpath(Path(config.data).expanduser() / split))
             if target == root or root in target.parents:
                 raise UserError(f"--out {out} lies inside {root}, which training reads; choose a folder outside it")
 
