@@ -88,3 +88,18 @@ def test_one_gpu_for_every_process_of_a_machine_is_refused(two_gpus, monkeypatch
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     with pytest.raises(UserError, match="use --device cuda"):
         distributed.setup("cuda:1")
+
+
+@pytest.mark.parametrize("env, said", [
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE is 2 but RANK, MASTER_ADDR, MASTER_PORT are not set: a world of processes is "
+                          "torchrun's to start"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1"}, "WORLD_SIZE is 2 but MASTER_PORT is not set"),
+    ({"WORLD_SIZE": "two"}, "the environment variable WORLD_SIZE is 'two', not a process count"),
+    ({"LOCAL_RANK": "-1"}, "the environment variable LOCAL_RANK is '-1'")])
+def test_a_world_left_in_the_environment_without_torchrun_is_one_line(monkeypatch, env, said):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError, match=f"^{said}"):
+        distributed.setup("cpu")

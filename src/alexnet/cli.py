@@ -1127,7 +1127,7 @@ _ONE_PROCESS = {"predict", "features"}
 
 
 def _refuse_torchrun(args) -> None:
-    if getattr(args, "command", None) in _ONE_PROCESS and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if getattr(args, "command", None) in _ONE_PROCESS and os.environ.get("WORLD_SIZE", "1") not in ("0", "1", ""):
         raise UserError(f"{args.command} runs in one process; run it without torchrun (train and evaluate "
                         f"are the commands that share their work over processes)")
 
@@ -1239,7 +1239,7 @@ def _a_peer_failed(e: Exception) -> bool:
     """A collective that failed because another process of the job went away (killed, crashed, its node
     lost). Only that: a collective misused, a CUDA fault inside NCCL or a rendezvous that timed out is a
     fault to see in full, traceback included."""
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or "torch" not in sys.modules:
+    if os.environ.get("WORLD_SIZE", "1") in ("0", "1", "") or "torch" not in sys.modules:
         return False
     import torch.distributed as td
 

@@ -54,11 +54,16 @@ def backend_for(device: torch.device) -> str:
 
 def setup(device_setting: str = "auto") -> Dist:
     """Join torchrun's process group if there is one; pick this process's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    world, rank, local_rank = (_whole("WORLD_SIZE", "1"), _whole("RANK", "0"), _whole("LOCAL_RANK", "0"))
     if device_setting.startswith("cuda:") and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
         raise UserError(f"--device {device_setting} would put every process of this machine on one GPU; under "
                         f"torchrun use --device cuda (each process takes its local rank's GPU)")
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if world > 1 and not os.environ.get(v)]
+    if missing:
+        # A WORLD_SIZE left in the environment (exported by a script, a scheduler's own) without torchrun.
+        raise UserError(f"WORLD_SIZE is {world} but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
+                        f"set: a world of processes is torchrun's to start (torchrun --nproc-per-node N -m alexnet "
+                        f"...); for one process, unset WORLD_SIZE")
     device = pick_device(device_setting, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -66,6 +71,18 @@ def setup(device_setting: str = "auto") -> Dist:
     if owns_group:
         td.init_process_group(backend=backend_for(device), device_id=device if device.type == "cuda" else None)
     return Dist(rank=rank, local_rank=local_rank, world=world, device=device, owns_group=owns_group)
+
+
+def _whole(name: str, default: str) -> int:
+    value = os.environ.get(name, default)
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise UserError(f"the environment variable {name} is {value!r}, not a process count or number (torchrun "
+                        f"sets it; unset it to run one process)")
+    return number
 
 
 def teardown(dist: Dist) -> None:
