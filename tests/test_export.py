@@ -1,5 +1,6 @@
 """Export: safetensors that every --checkpoint accepts, and ONNX models that compute what PyTorch does."""
 
+import errno
 import json
 from pathlib import Path
 
@@ -291,3 +292,29 @@ def test_the_library_writers_replace_only_what_they_wrote(tmp_path):
         save_weights(loaded, tmp_path / "w.safetensors")
     assert torch.equal(load_model(tmp_path / "w.safetensors").model.state_dict()["features.0.weight"],
                        loaded.model.state_dict()["features.0.weight"])
+
+
+def test_a_failed_onnx_write_is_one_line_as_a_safetensors_one_is(tmp_path, monkeypatch):
+    pytest.importorskip("onnxscript")
+    ckpt = make_checkpoint(tmp_path / "best.pt")
+    (tmp_path / "notes.txt").write_text("a file, not a folder\n")
+    r = run_main("export", "--checkpoint", ckpt, "--out", tmp_path / "notes.txt" / "m.onnx")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    said = f"alexnet export: error: could not write {tmp_path / 'notes.txt' / 'm.onnx'} ("
+    assert r.stderr.startswith(said), r.stderr
+    assert ".tmp" not in r.stderr   # the temporary file is no name the user gave
+
+    earlier = tmp_path / "m.onnx"
+    earlier.write_bytes(b"\x08\x07\x12\x07pytorch")   # an earlier export, as torch.onnx's files begin
+
+    def full_disk(self, destination, **kwargs):   # part of a file, then the disk is full
+        Path(destination).write_bytes(b"part of a file")
+        raise OSError(errno.ENOSPC, "No space left on device", str(destination))
+
+    monkeypatch.setattr(torch.onnx.ONNXProgram, "save", full_disk)
+    r = run_main("export", "--checkpoint", ckpt, "--out", earlier)
+    said = f"alexnet export: error: could not write {earlier}: no space left on the device (it needs about 2"
+    assert r.returncode == 2 and r.stderr.startswith(said), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "the previous file is unchanged" in r.stderr
+    assert earlier.read_bytes() == b"\x08\x07\x12\x07pytorch"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "m.onnx", "notes.txt"]

@@ -30,7 +30,7 @@ from alexnet.choices import EXPORT_FORMATS
 from alexnet.data.decode import FIXED_SIZE, PAD_FILL
 from alexnet.data.transforms import view_positions
 from alexnet.errors import UserError
-from alexnet.files import atomic_write, head, replaceable
+from alexnet.files import head, replaceable, write_or_say
 from alexnet.weights import LoadedModel, load_model, preprocessing_description, save_weights
 
 FORMATS = EXPORT_FORMATS
@@ -76,7 +76,9 @@ def export_onnx(loaded: LoadedModel, out: str | Path, opset: int | None = None, 
                                     input_names=["images"], output_names=outputs,
                                     dynamic_shapes=({0: torch.export.Dim("batch")},))
     program.model.metadata_props.update(_metadata(loaded, image_input))
-    atomic_write(out, lambda tmp: program.save(tmp, external_data=False))
+    # A failed write (a full disk, a folder that cannot hold it) is one line, as the safetensors export's is.
+    write_or_say(out, lambda tmp: program.save(tmp, external_data=False),
+                 need=sum(t.numel() * t.element_size() for t in model.state_dict().values()))
 
 
 def is_onnx_file(path: Path) -> bool:
