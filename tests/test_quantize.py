@@ -215,3 +215,22 @@ def test_cli_predict_int8_gives_the_fp32_probabilities(cli_data):
     assert r.returncode == 0, r.stderr
     r = cli("predict", "--checkpoint", ckpt, images / "a", "--calibrate", data / "train")
     assert r.returncode == 2 and "--calibrate is for --precision int8" in r.stderr
+
+
+def test_int8_numbers_do_not_depend_on_the_batch_size(cli_data, monkeypatch):
+    # --batch-size is a speed setting: evaluate's calibration at 1 image a batch and predict's at 5 (the same
+    # 16 training images, decoded alike; batches of 3 in the calibration itself, so that both are split and
+    # joined) give the same network.
+    import alexnet.quantize
+    from alexnet import evaluate, predict
+    from alexnet.weights import load_model
+
+    monkeypatch.setattr(alexnet.quantize, "CALIBRATION_BATCH", 3, raising=False)
+    ckpt, data = cli_data
+    loaded = load_model(ckpt)
+    a, used = evaluate.int8_model(loaded, data, 16, batch_size=1, workers=0)
+    b = predict.int8_model(loaded, sorted((data / "train").rglob("*.png")), 16, batch_size=5)
+    x = center_view(torch.stack([load_fixed(p) for p in sorted((data / "val").rglob("*.png"))]), loaded.crop,
+                    loaded.norm)
+    with torch.inference_mode():
+        assert used == 16 and torch.equal(a(x), b(x))

@@ -37,6 +37,13 @@ CPU_ONLY = ("--precision int8 runs on the CPU only (PyTorch's quantized kernels 
 # val, top-1 90.0-90.3%; calibration took 7, 6, 14 and 27 s on 2 cores. The ranges settle early; 256 is
 # a few seconds more than the fixed cost of converting 61M weights. (CALIBRATION_IMAGES: in choices.py.)
 
+# Images per calibration forward pass, whatever batches the caller reads them in. The x86 qconfig's
+# HistogramObserver rescales its histogram batch by batch, so the ranges (and every int8 output after
+# them) depend on how the same images are split: with the user's --batch-size, a speed setting, 1 and 64
+# gave different losses. 64 is evaluate's default --batch-size, so that evaluate's default numbers are
+# those it gave before; its largest activation (conv1's, 64x96x55x55 floats) is 74 MB.
+CALIBRATION_BATCH = 64
+
 # Layers kept in float besides LRN, by paper name. Measured on the trained demo network (paper variant,
 # 10 classes, 300 val images, centre view, calibrated on 256 train images; fp32 top-1 90.0%):
 #   all int8                 top-1 88.7%, argmax = fp32's on 96.3%, mean |logit - fp32| 0.18
@@ -76,8 +83,10 @@ def quantize_int8(model: AlexNet, batches: Iterable[torch.Tensor], *, per_channe
                   float_layers: Iterable[str] = FLOAT_LAYERS) -> Int8AlexNet:
     """An int8 copy of ``model`` whose activation ranges come from running ``batches`` through it.
 
-    ``model`` is left as it was. per_channel: one weight scale per output channel (the default, as the
-    x86 backend recommends) or one per layer; float_layers: paper names ("conv1", "fc8") kept in float.
+    The images run in batches of CALIBRATION_BATCH however ``batches`` splits them, so the same images in
+    the same order give the same network. ``model`` is left as it was. per_channel: one weight scale per
+    output channel (the default, as the x86 backend recommends) or one per layer; float_layers: paper names
+    ("conv1", "fc8") kept in float.
     """
     from torch.ao.quantization import QConfigMapping, get_default_qconfig
     from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
@@ -112,13 +121,29 @@ def quantize_int8(model: AlexNet, batches: Iterable[torch.Tensor], *, per_channe
         prepared = prepare_fx(net, mapping, example_inputs=(example,), prepare_custom_config=custom)
         seen = 0
         with torch.inference_mode():
-            for x in batches:
+            for x in rebatch(batches, CALIBRATION_BATCH):
                 prepared(x.float())
                 seen += len(x)
         if not seen:
             raise UserError("--precision int8: no readable image to calibrate on")
         int8 = convert_fx(prepared)
     return Int8AlexNet(int8, model).eval()
+
+
+def rebatch(batches: Iterable[torch.Tensor], size: int) -> Iterable[torch.Tensor]:
+    """The rows of ``batches``, in order, in batches of ``size`` (the last one what is left)."""
+    held: list[torch.Tensor] = []
+    count = 0
+    for x in batches:
+        while len(x):
+            part, x = x[:size - count], x[size - count:]
+            held.append(part)
+            count += len(part)
+            if count == size:
+                yield torch.cat(held)
+                held, count = [], 0
+    if held:
+        yield torch.cat(held)
 
 
 def _traceable(model: AlexNet) -> nn.Sequential:
