@@ -365,3 +365,16 @@ def test_metrics_of_the_wrong_kind_and_an_owt_crop_too_small_are_refused(paper_p
                                                      "std": torch.ones(3)}})
     with pytest.raises(UserError, match="crop 62 does not fit the owt network .expected a size from 63 to 256"):
         load_model(owt)
+
+
+def test_import_torchvision_says_this_projects_own_networks_need_no_import(paper_pt, tmp_path):
+    from conftest import run_main
+
+    save_weights(load_model(paper_pt), tmp_path / "w.safetensors")
+    for path, what in ((paper_pt, "this project's training checkpoint"),
+                       (tmp_path / "w.safetensors", "this project's weights file")):
+        r = run_main("import-torchvision", "--weights", path, "--out", tmp_path / "z.safetensors")
+        said = f"alexnet import-torchvision: error: {path} is {what}"
+        assert r.returncode == 2 and r.stderr.startswith(said) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "give it to --checkpoint of predict, evaluate or export directly" in r.stderr
+        assert not (tmp_path / "z.safetensors").exists()

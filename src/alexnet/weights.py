@@ -298,7 +298,14 @@ def import_torchvision(path: str | Path, classes_file: str | Path | None = None)
     from torchvision.models import AlexNet_Weights
 
     path = existing_file(path)
+    # This project's own files hold a network with its classes and preprocessing already: there is nothing
+    # to import, and their keys would only be said not to fit torchvision's layout.
+    if _is_safetensors(path) and _is_weights_header(path):
+        what = "this project's weights file (from export or import-torchvision)"
+        raise UserError(_ALREADY.format(path=path, what=what))
     state = checkpoint.torch_load(path)
+    if isinstance(state, dict) and {"model", "variant", "preprocessing"} <= state.keys():
+        raise UserError(_ALREADY.format(path=path, what="this project's training checkpoint"))
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise UserError(f"{path} is not a torchvision state_dict (expected a dict of tensors)")
     fc8 = state.get("classifier.6.weight")
@@ -319,6 +326,18 @@ def import_torchvision(path: str | Path, classes_file: str | Path | None = None)
         metrics = {"imagenet1k_val_top1": acc["acc@1"] / 100, "imagenet1k_val_top5": acc["acc@5"] / 100}
     return LoadedModel(model, classes, names, 224, "imagenet", Normalize.create("imagenet"), metrics,
                        f"torchvision AlexNet_Weights.IMAGENET1K_V1 ({path.name})")
+
+
+_ALREADY = ("{path} is {what}, already an alexnet network with its classes and preprocessing: give it to "
+            "--checkpoint of predict, evaluate or export directly (import-torchvision reads torchvision's "
+            "alexnet-owt-*.pth)")
+
+
+def _is_weights_header(path: Path) -> bool:
+    try:
+        return is_weights_file(path)
+    except ValueError:   # a header that is not JSON: not this project's file, and torch_load says what it is
+        return False
 
 
 def _read_classes_file(path: str | Path, count: int) -> tuple[list[str], list[str]]:
