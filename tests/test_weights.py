@@ -378,3 +378,23 @@ def test_import_torchvision_says_this_projects_own_networks_need_no_import(paper
         assert r.returncode == 2 and r.stderr.startswith(said) and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "give it to --checkpoint of predict, evaluate or export directly" in r.stderr
         assert not (tmp_path / "z.safetensors").exists()
+
+
+def test_imported_weights_claim_the_published_file_only_where_its_hash_is_the_published_ones(tmp_path, monkeypatch):
+    import hashlib
+
+    import alexnet.weights
+    from alexnet.weights import import_torchvision
+
+    path = tmp_path / "alexnet-owt-7be5be79.pth"   # named as the published file is, but random weights
+    torch.save(AlexNet("owt", num_classes=1000).state_dict(), path)
+    loaded = import_torchvision(path)
+    assert loaded.source == ("torchvision's AlexNet layout from alexnet-owt-7be5be79.pth (not the published "
+                             "IMAGENET1K_V1 file)") and loaded.metrics == {}
+    save_weights(loaded, tmp_path / "w.safetensors")   # what the file written says
+    assert load_model(tmp_path / "w.safetensors").source == loaded.source
+    # The published file (its hash as torchvision names it): its name and accuracy.
+    monkeypatch.setattr(alexnet.weights, "TORCHVISION_SHA256_PREFIX", hashlib.sha256(path.read_bytes()).hexdigest()[:8])
+    loaded = import_torchvision(path)
+    assert loaded.source == "torchvision AlexNet_Weights.IMAGENET1K_V1 (alexnet-owt-7be5be79.pth)"
+    assert loaded.metrics["imagenet1k_val_top1"] == pytest.approx(0.56522)

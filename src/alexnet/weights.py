@@ -321,11 +321,14 @@ def import_torchvision(path: str | Path, classes_file: str | Path | None = None)
         classes, named = _read_classes_file(classes_file, num_classes)
         _check_order(classes_file, named, names)
     metrics = {}
-    if _sha256(path).startswith(TORCHVISION_SHA256_PREFIX):  # the published file: its published accuracy holds
+    # Only the published file is IMAGENET1K_V1, with its published accuracy; other weights in its layout
+    # (fine-tuned, random, another training) are said to be what they are.
+    source = f"torchvision's AlexNet layout from {path.name} (not the published IMAGENET1K_V1 file)"
+    if _sha256(path).startswith(TORCHVISION_SHA256_PREFIX):
         acc = meta["_metrics"]["ImageNet-1K"]
         metrics = {"imagenet1k_val_top1": acc["acc@1"] / 100, "imagenet1k_val_top5": acc["acc@5"] / 100}
-    return LoadedModel(model, classes, names, 224, "imagenet", Normalize.create("imagenet"), metrics,
-                       f"torchvision AlexNet_Weights.IMAGENET1K_V1 ({path.name})")
+        source = f"torchvision AlexNet_Weights.IMAGENET1K_V1 ({path.name})"
+    return LoadedModel(model, classes, names, 224, "imagenet", Normalize.create("imagenet"), metrics, source)
 
 
 _ALREADY = ("{path} is {what}, already an alexnet network with its classes and preprocessing: give it to "
