@@ -102,6 +102,7 @@ def test_a_gpu_is_refused_in_one_line(capsys, monkeypatch, cli_data):
 
     # The command line, as on a machine with CUDA: one line on stderr, exit status 2.
     import alexnet.device
+    import alexnet.distributed   # before the patch: imported under it, it would keep the fake for later tests
 
     monkeypatch.setattr(alexnet.device, "pick_device", lambda setting="auto", local_rank=0: torch.device("cuda"))
     ckpt, data = cli_data
