@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from alexnet.data.transforms import Normalize
 from alexnet.errors import UserError
 from alexnet.model import AlexNet
-from alexnet.weights import load_model, save_weights
+from alexnet.weights import is_weights_file, load_model, save_weights
 from conftest import run_cli as cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,6 +180,9 @@ def test_files_that_are_not_alexnet_weights_are_refused_clearly(tmp_path):
         load_model(junk)
     with pytest.raises(UserError, match="does not exist"):
         load_model(tmp_path / "missing.pt")
+    garbled = tmp_path / "garbled.safetensors"   # safetensors' first bytes, then no JSON: no file of ours
+    garbled.write_bytes((20).to_bytes(8, "little") + b"{\xff not json at all\x00\x01" + bytes(40))
+    assert not is_weights_file(garbled)
 
 
 def test_torch_hub_loads_the_network_and_trained_weights_from_a_local_file(paper_pt):

@@ -274,7 +274,10 @@ def is_weights_file(path: Path) -> bool:
     size = int.from_bytes(raw, "little") if len(raw) == 8 else 0
     if not 0 < size < 100 * 2**20:
         return False
-    header = json.loads(head(path, 8 + size)[8:])
+    try:
+        header = json.loads(head(path, 8 + size)[8:])
+    except ValueError:   # not JSON (nor UTF-8): not a file this project wrote
+        return False
     return isinstance(header, dict) and (header.get("__metadata__") or {}).get("format") == FORMAT
 
 
@@ -300,7 +303,7 @@ def import_torchvision(path: str | Path, classes_file: str | Path | None = None)
     path = existing_file(path)
     # This project's own files hold a network with its classes and preprocessing already: there is nothing
     # to import, and their keys would only be said not to fit torchvision's layout.
-    if _is_safetensors(path) and _is_weights_header(path):
+    if _is_safetensors(path) and is_weights_file(path):
         what = "this project's weights file (from export or import-torchvision)"
         raise UserError(_ALREADY.format(path=path, what=what))
     state = checkpoint.torch_load(path)
@@ -334,13 +337,6 @@ def import_torchvision(path: str | Path, classes_file: str | Path | None = None)
 _ALREADY = ("{path} is {what}, already an alexnet network with its classes and preprocessing: give it to "
             "--checkpoint of predict, evaluate or export directly (import-torchvision reads torchvision's "
             "alexnet-owt-*.pth)")
-
-
-def _is_weights_header(path: Path) -> bool:
-    try:
-        return is_weights_file(path)
-    except ValueError:   # a header that is not JSON: not this project's file, and torch_load says what it is
-        return False
 
 
 def _read_classes_file(path: str | Path, count: int) -> tuple[list[str], list[str]]:
