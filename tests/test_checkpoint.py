@@ -23,7 +23,7 @@ from alexnet.data.transforms import Normalize, Preprocessing
 from alexnet.errors import UserError
 from alexnet.step import sgd
 from alexnet.train import train
-from alexnet.weights import load_model
+from alexnet.weights import load_model, save_weights
 from conftest import run_cli, write_image_folders
 
 
@@ -441,25 +441,23 @@ def test_all_finite_is_the_element_wise_check(values, dtype):
     assert checkpoint.all_finite(t) == bool(torch.isfinite(t).all())
 
 
-def test_a_run_in_a_folder_named_in_another_encoding_loads_and_resumes(run, tmp_path):
+def test_a_run_in_a_folder_named_in_another_encoding_is_read_and_written(run, tmp_path):
     # Latin-1 bytes in a folder's name reach Python as surrogates, which torch's mapped load and safetensors
-    # (both take names as UTF-8) refuse: every file written there would be written and never read again.
+    # (both take names as UTF-8) refused: every file written there was written and never read again.
     moved = tmp_path / os.fsdecode(b"caf\xe9 run")
-    shutil.copytree(run, moved)
+    moved.mkdir()
+    for f in run.iterdir():
+        if f.is_file():
+            os.link(f, moved / f.name)   # the same files under the other name, without copying 700 MB
     torch.testing.assert_close(checkpoint.read_resumable(moved / "last.pt").model,
                                checkpoint.read_resumable(run / "last.pt").model)
-    x = torch.rand(2, 3, 227, 227)
-    expected = load_model(run / "best.pt").model.eval()(x)
-    torch.testing.assert_close(load_model(moved / "best.pt").model.eval()(x), expected)
-    exported = moved / "weights.safetensors"
-    said = run_cli("export", "--checkpoint", moved / "best.pt", "--out", exported, errors="surrogateescape")
-    assert said.returncode == 0, said.stderr
-    torch.testing.assert_close(load_model(exported).model.eval()(x), expected)
-    stats = DataStats.load(moved / STATS_FILE)
-    torch.testing.assert_close(stats.mean_image, DataStats.load(run / STATS_FILE).mean_image)
-    resumed = run_cli("train", "--out", str(moved), "--resume", "--epochs", "2", errors="surrogateescape")
-    assert resumed.returncode == 0, resumed.stderr
-    assert checkpoint.read_resumable(moved / "last.pt").epoch == 2
+    expected = load_model(run / "best.pt").model.state_dict()
+    torch.testing.assert_close(load_model(moved / "best.pt").model.state_dict(), expected)
+    save_weights(load_model(moved / "best.pt"), moved / "weights.safetensors")   # what export writes
+    torch.testing.assert_close(load_model(moved / "weights.safetensors").model.state_dict(), expected)
+    DataStats.load(run / STATS_FILE).save(moved / "again.safetensors")
+    torch.testing.assert_close(DataStats.load(moved / "again.safetensors").mean_image,
+                               DataStats.load(run / STATS_FILE).mean_image)
 
 
 def save_4mb_in_a_child(out, before=None, command=None):
