@@ -17,13 +17,16 @@ class LRSchedule:
         self.drops, self.best, self.bad_epochs = 0, -math.inf, 0
 
     def lr_at(self, step: int) -> float:
-        """Learning rate for global step ``step`` (0-based)."""
+        """Learning rate for global step ``step`` (0-based). Warm-up: step i of W at (i + 1) / W of the rate, so
+        its last step is at the full rate. Cosine: from the full rate at the first step after warm-up to zero
+        at the step after the last, as torch's CosineAnnealingLR over the steps left (the last step is not
+        wasted at zero). On a run of a few steps both are coarse: 2 steps with W = 1 both run at the full rate."""
         warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
         if self.kind == "plateau":
             factor = self.gamma ** self.drops
         elif self.kind == "step":
             factor = self.gamma ** (step // (self.step_epochs * self.steps_per_epoch))
-        else:  # cosine from the end of warm-up to zero at the last step
+        else:  # cosine from the end of warm-up towards zero after the last step
             total = max(1, self.epochs * self.steps_per_epoch - self.warmup_steps)
             t = min(1.0, max(0, step - self.warmup_steps) / total)
             factor = 0.5 * (1 + math.cos(math.pi * t))
