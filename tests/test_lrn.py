@@ -210,6 +210,21 @@ def test_without_a_home_to_write_the_kernel_is_built_in_the_users_temporary_fold
         warnings.simplefilter("error")
         assert build.load.__wrapped__("lrn_cpu") is not None
     assert [p.parent for p in tmp_path.rglob("lrn_cpu-*.so")] == [tmp_path / f"alexnet-cache-{os.getuid()}" / "kernels"]
+    assert (tmp_path / f"alexnet-cache-{os.getuid()}").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_spare_cache_folder_another_could_write_to_is_not_loaded_from(monkeypatch, tmp_path):
+    # The temporary folder is everyone's: a folder of that name that others may write to could hold their
+    # kernel for this process to load. Refused, and the kernel is had the slower way.
+    monkeypatch.delenv("ALEXNET_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "/proc/alexnet-cannot-be-made-here")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    planted = tmp_path / f"alexnet-cache-{os.getuid()}"
+    planted.mkdir(mode=0o777)
+    planted.chmod(0o777)
+    with pytest.warns(UserWarning, match="not a private folder of this user's.*PyTorch fallback"):
+        assert build.load.__wrapped__("lrn_cpu") is None
+    assert not list(planted.rglob("*"))
 
 
 # The Triton kernels (CUDA's fused path) run here on CPU tensors through Triton's interpreter.

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,8 +33,21 @@ def cache_root() -> Path:
 
 
 def spare_cache_root() -> Path:
-    """This user's cache folder in the temporary folder: for a home that is unknown or cannot be written."""
-    return Path(tempfile.gettempdir()) / f"alexnet-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    """This user's cache folder in the temporary folder: for a home that is unknown or cannot be written.
+
+    Made private (0700) and used only while it is: the temporary folder is everyone's, and a folder of that
+    name made by another user could hold a kernel of theirs for this process to load (PermissionError)."""
+    if not hasattr(os, "getuid"):
+        return Path(tempfile.gettempdir()) / "alexnet-cache"
+    folder = Path(tempfile.gettempdir()) / f"alexnet-cache-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    held = os.lstat(folder)
+    if not stat.S_ISDIR(held.st_mode) or held.st_uid != os.getuid() or held.st_mode & 0o077:
+        raise PermissionError(errno.EACCES, "not a private folder of this user's (made by another?)", str(folder))
+    return folder
 
 
 def replaceable(path: str | Path, ours: Callable[[Path], bool], what: str) -> Path:

@@ -59,11 +59,11 @@ def load(name: str) -> ctypes.CDLL | None:
         return None
     source = _HERE / f"{name}.c"
     key = hashlib.sha256(source.read_bytes() + " ".join([compiler, *FLAGS, _cpu_key()]).encode()).hexdigest()[:16]
-    target = cache_dir() / f"{name}-{key}.so"
-    if not target.exists() and not _writable(target.parent) and not os.environ.get("ALEXNET_CACHE"):
-        # A read-only home (shared machines): built where this user can write, not given up for the slower path.
-        target = spare_cache_root() / "kernels" / target.name
     try:
+        target = cache_dir() / f"{name}-{key}.so"
+        if not target.exists() and not _writable(target.parent) and not os.environ.get("ALEXNET_CACHE"):
+            # A read-only home (shared machines): built where this user can write, not given up for the slower path.
+            target = spare_cache_root() / "kernels" / target.name
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
