@@ -24,6 +24,37 @@ from alexnet.data.imageset import ImageSet
 MAX_DEFAULT_WORKERS = 16
 
 
+# Signals that stop a command (Ctrl-C, a scheduler's SIGTERM or its notice): held while loader processes start.
+_STOPS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+
+class Loader(DataLoader):
+    """A DataLoader whose start of its worker processes a stop signal cannot split.
+
+    Python runs a signal's handler between any two steps of the main thread, and one landing while the
+    workers are forked runs inside the interpreter's fork handlers, which swallow its exception ("Exception
+    ignored in: _releaseLock"), or inside the iterator's construction, which leaves one that fails again as it
+    is collected: `prepare` starts a loader per shard, and a Ctrl-C or SIGTERM within some 50 ms of a shard's
+    start was lost and the command ran on to the end. During the start the signals are only noted (masking
+    them would not do: any other thread may take them), then handled as they would have been."""
+
+    def _get_iterator(self):
+        if not self.num_workers or threading.current_thread() is not threading.main_thread():
+            return super()._get_iterator()
+        noted: list[int] = []
+        held = {}
+        for signum in _STOPS:
+            if signal.getsignal(signum) is not None:   # None: a handler not set from Python, not to be put back
+                held[signum] = signal.signal(signum, lambda got, _frame: noted.append(got))
+        try:
+            return super()._get_iterator()
+        finally:
+            for signum, handler in held.items():
+                signal.signal(signum, handler)
+            for signum in dict.fromkeys(noted):
+                signal.raise_signal(signum)
+
+
 def default_workers(images, device: torch.device, training: bool = True) -> int:
     """DataLoader workers for reading ``images`` (as handed to ``device``: ImageSet.for_device) when the user
     gives no --workers:
@@ -137,7 +168,7 @@ def steps_per_epoch(dataset_len: int, batch_per_rank: int, world: int, batches: 
 def train_loader(dataset: ImageSet, batch_per_rank: int, rank: int, world: int, seed: int,
                  workers: int, pin_memory: bool, batches: list[int] | None = None) -> DataLoader:
     sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, seed=seed, batches=batches)
-    return DataLoader(dataset, batch_size=batch_per_rank, sampler=sampler, num_workers=workers,
+    return Loader(dataset, batch_size=batch_per_rank, sampler=sampler, num_workers=workers,
                       pin_memory=pin_memory, drop_last=True, persistent_workers=False,
                       collate_fn=ImageSet.collate,   # an ImageSet reads whole batches
                       worker_init_fn=leave_stop_signals_to_the_parent,
@@ -149,7 +180,7 @@ def train_loader(dataset: ImageSet, batch_per_rank: int, rank: int, world: int, 
 def eval_loader(dataset, batch_size: int, rank: int, world: int, workers: int,
                 pin_memory: bool, collate=ImageSet.collate) -> DataLoader:
     """An ImageSet's batches (or, with its ``collate``, any map-style dataset's) sharded by ShardSampler."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world),
+    return Loader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world),
                       num_workers=workers, pin_memory=pin_memory, generator=torch.Generator().manual_seed(0),
                       collate_fn=collate, worker_init_fn=leave_stop_signals_to_the_parent)
 

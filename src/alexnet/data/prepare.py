@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from alexnet.cores import usable_cores
 from alexnet.choices import QUALITY, SMALL
@@ -27,6 +27,7 @@ from alexnet.data.decode import FIXED_SIZE
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import SPLITS, DataSource, ImageSet, Split
 from alexnet.data.jpeg import JpegBatch, checksum
+from alexnet.data.loader import Loader
 from alexnet.data.prepared import FORMATS, MARKER, PARTIAL, STATS, is_prepared, marker_checksum, prepared_split
 from alexnet.data.sources import kind_of, open_data
 from alexnet.data.stats import load_or_compute_stats
@@ -226,8 +227,8 @@ def _prepare_split(images: ImageSet, folder: Path, workers: int, shard_size: int
     for shard in todo:
         lo, hi = shard * shard_size, min(len(split), (shard + 1) * shard_size)
         part = Subset(images, range(lo, hi))
-        loader = DataLoader(part if quality is None else _Encoded(part, quality), batch_size=64,
-                            num_workers=workers, collate_fn=ImageSet.collate)
+        loader = Loader(part if quality is None else _Encoded(part, quality), batch_size=64,
+                        num_workers=workers, collate_fn=ImageSet.collate)
         _write_shard(folder, shard, loader, split, skipped, bar, _sources(split, lo, hi), images.small)
     bar.close()
     for file in folder.iterdir():   # left by a run killed mid-shard (of another store, say): all are done now

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from alexnet.cores import usable_cores
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import ImageSet
-from alexnet.data.loader import leave_stop_signals_to_the_parent
+from alexnet.data.loader import Loader, leave_stop_signals_to_the_parent
 from alexnet.errors import UserError
 from alexnet.files import save_safetensors, utf8_name, write_or_say
 
@@ -114,7 +114,7 @@ def compute_stats(dataset: ImageSet, batch_size: int = 64, workers: int | None =
         everything = torch.linspace(0, len(everything) - 1, max_images).round().long().unique().tolist()
     indices = everything[rank::world]
     workers = min(4, usable_cores()) if workers is None else workers
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers,
+    loader = Loader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers,
                         collate_fn=ImageSet.collate, worker_init_fn=leave_stop_signals_to_the_parent)
     skipped = skipped if skipped is not None else SkippedFiles(dataset)
 
