@@ -89,6 +89,15 @@ def test_a_class_whose_training_files_are_all_unreadable_is_named_by_prepare_and
         train(resolve("demo", dict(data=str(tmp_path / "prep"), out=str(tmp_path / "run"), epochs=1, batch_size=2,
                                    workers=0, precision="fp32")))
     assert not (tmp_path / "run").exists()
+    # The warning's advice is what works: the store itself is refused once its files have changed.
+    assert f"then prepare into a new --out, or delete {tmp_path / 'prep'} first)" in r.stderr, r.stderr
+    write_photos(tmp_path / "new", per_class=2)
+    for path in (data / "train" / "bee").iterdir():
+        path.write_bytes((tmp_path / "new" / "train" / "bee" / path.name).read_bytes())
+    with pytest.raises(UserError, match="was made from other files than .* holds now; prepare into a new --out"):
+        prepare(data, tmp_path / "prep", workers=0, progress=False)
+    prepare(data, tmp_path / "prep2", workers=0, progress=False)
+    open_prepared(tmp_path / "prep2").splits["train"].check_readable(every_class=True)
 
 
 def test_batches_and_augmented_crops_equal_the_jpeg_pipelines(prep):

@@ -85,19 +85,22 @@ def _prepare(source: DataSource, out: Path, workers: int, shard_size: int, progr
     meta["splits"] = splits
     meta["crc32"] = marker_checksum(meta)
     atomic_write(out / MARKER, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
-    _say_empty_classes(train)
+    _say_empty_classes(train, out)
     return meta
 
 
-def _say_empty_classes(train: ImageSet) -> None:
+def _say_empty_classes(train: ImageSet, out: Path) -> None:
     """A class whose training files were all left out as unreadable: the store is made (the other classes'
-    work is kept), and train refuses it until that class has images."""
+    work is kept), and train refuses it until that class has images. Those come only in a new store: prepare
+    never gives a store other images than it was made from (a run may be reading it), so it refuses OUT once
+    the files or classes it was made from have changed."""
     labels = {label for _, label in train.split.samples}
     empty = [c for label, c in enumerate(train.classes) if label not in labels]
     if empty:
         print(printable(f"warning: no training image of {', '.join(empty)} could be read: alexnet train refuses "
-                        f"the store until {'each has' if len(empty) > 1 else 'it has'} images (prepare again "
-                        f"after replacing the files, or removing the class)"), file=sys.stderr)
+                        f"the store until {'each has' if len(empty) > 1 else 'it has'} images (replace the files, "
+                        f"or remove the class, then prepare into a new --out, or delete {out} first)"),
+              file=sys.stderr)
 
 
 def _check_outside(out: Path, source: DataSource) -> None:
