@@ -23,7 +23,7 @@ from alexnet.data.transforms import Draws, Normalize, train_views
 from alexnet.errors import UserError
 from alexnet.train import train
 from conftest import run_cli as cli
-from conftest import run_main
+from conftest import run_main, write_image_folders
 
 
 def write_photos(root, per_class=5, classes=("ant", "bee", "cow")):
@@ -437,3 +437,25 @@ def test_a_changed_source_is_not_mixed_into_an_unfinished_prep(prep, tmp_path):
     Image.new("RGB", (300, 200), (9, 9, 9)).save(copy / "train" / "ant" / "0.jpg")   # regenerated meanwhile
     r = cli("prepare", "--data", copy, "--out", out)
     assert r.returncode == 2 and "was made from other files" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda data: [shutil.copytree(data / split / "cow", data / split / "dog") for split in ("train", "val")],
+     "when it had 3 classes; it now has 1 class more (dog): prepare into a new --out, or delete {out} first"),
+    (lambda data: [shutil.rmtree(data / split / "ant") for split in ("train", "val")],
+     "when it had 3 classes; it now has 1 class fewer (ant): prepare into a new --out, or delete {out} first"),
+    (lambda data: [(data / split / "ant").rename(data / split / "elk") for split in ("train", "val")],
+     "when it had 3 classes; it now has 1 class more (elk) and 1 fewer (ant): prepare"),
+])
+def test_a_source_whose_classes_changed_is_refused_saying_how(tmp_path, change, message):
+    data = write_image_folders(tmp_path / "data", {c: [(9, 9, 9)] for c in ("ant", "bee", "cow")})
+    out = tmp_path / "prep"
+    prepare(data, out, workers=0, progress=False)
+    change(data)
+    with pytest.raises(UserError, match=re.escape(f"{out} was prepared from {data} {message.format(out=out)}")):
+        prepare(data, out, workers=0, progress=False)
+    # Another folder is named as such, with the one it was prepared from.
+    other = write_image_folders(tmp_path / "other", {c: [(9, 9, 9)] for c in ("ant", "bee", "cow")})
+    with pytest.raises(UserError, match=re.escape(f"{out} was prepared from {data}, not {other}; choose a new "
+                                                  f"--out (or give --data {data} to resume or redo it)")):
+        prepare(other, out, workers=0, progress=False)

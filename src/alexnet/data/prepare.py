@@ -138,8 +138,13 @@ def _existing_meta(out: Path, source: DataSource, shard_size: int, store: str, q
             raise UserError(f"{out} exists and is not a prepared dataset; choose a new --out")
         old = _json(out / MARKER)   # damaged: rewritten at the end, the shards vouching for themselves
         if old is not None:
-            if old.get("source") != meta["source"] or old.get("classes") != meta["classes"]:
-                raise UserError(f"{out} was prepared from {old.get('source')}; choose a new --out")
+            if old.get("source") != meta["source"]:
+                raise UserError(f"{out} was prepared from {old.get('source')}, not {source.root}; choose a new "
+                                f"--out (or give --data {old.get('source')} to resume or redo it)")
+            if old.get("classes") != meta["classes"]:
+                raise UserError(f"{out} was prepared from {source.root} when it had "
+                                f"{_classes_change(old.get('classes'), meta['classes'])}: prepare into a new "
+                                f"--out, or delete {out} first")
         found = _store_in(out)
         if found is not None and found != (store, quality):
             raise UserError(f"{out} holds a {_describe(*found)} store, not the {_describe(store, quality)} one asked "
@@ -149,6 +154,25 @@ def _existing_meta(out: Path, source: DataSource, shard_size: int, store: str, q
             raise UserError(f"{out} holds images prepared with --small {held}, not --small {small}; choose a new "
                             f"--out (or ask for --small {held} to resume or redo it)")
     return meta
+
+
+def _classes_change(old, new: list[str]) -> str:
+    """What became of the classes a store was prepared with: "3 classes; it now has 1 class more (dog)"."""
+    if not isinstance(old, list):   # a damaged marker that still parses
+        return "other classes"
+    added, removed = [c for c in new if c not in old], [c for c in old if c not in new]
+    changes = [f"{_count(added)} more ({_some(added)})"] if added else []
+    if removed:
+        changes.append(f"{len(removed) if added else _count(removed)} fewer ({_some(removed)})")
+    return f"{_count(old)}; it now has {' and '.join(changes) or 'them in another order'}"
+
+
+def _count(classes: list) -> str:
+    return f"{len(classes)} class{'' if len(classes) == 1 else 'es'}"
+
+
+def _some(classes: list) -> str:
+    return ", ".join(map(str, classes[:3])) + (f" and {len(classes) - 3} more" if len(classes) > 3 else "")
 
 
 def _entries(out: Path) -> list[Path]:
