@@ -113,9 +113,17 @@ def test_a_store_and_a_run_that_disagree_are_one_line(stores, pad_run, tmp_path,
     else:                    # a pad network on an upscale store
         r = cli("evaluate", "--checkpoint", pad_run / "best.pt", "--data", stores / "upscale", "--workers", 0)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "--small pad" in r.stderr and "--small upscale" in r.stderr and "prepare" in r.stderr
+    held, asked = ("pad", "upscale") if command == "train" else ("upscale", "pad")
+    # The one flag that reads the store as it is comes first (training on it then is pad_run's own recipe).
+    assert f"holds images prepared with --small {held}, and this run uses --small {asked}; give --small {held} to " \
+           f"use them as they are, or prepare the data again with --small {asked} (into another folder), or give " \
+           f"the image folders themselves" in r.stderr, r.stderr
     assert not (tmp_path / "r").exists()
-    if command == "evaluate":   # dense views read the source files, so the store's setting does not matter
+    if command == "evaluate":
+        r = cli("evaluate", "--checkpoint", pad_run / "best.pt", "--data", stores / "upscale", "--workers", 0,
+                "--small", "upscale", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["images"] == 6, r.stderr
+        # Dense views read the source files, so the store's setting does not matter.
         r = cli("evaluate", "--checkpoint", pad_run / "best.pt", "--data", stores / "upscale", "--workers", 0,
                 "--views", "dense", "--scales", "256", "--json")
         assert r.returncode == 0 and json.loads(r.stdout)["images"] == 6, r.stderr
@@ -139,8 +147,25 @@ def test_features_from_python_see_images_as_the_network_was_trained(folders, sto
     as_readme = extract_features(loaded, split_images(folders, "train"), "pool5", workers=0, progress=False)
     padded = extract_features(loaded, open_split(stores / "pad", "train"), "pool5", workers=0, progress=False)
     torch.testing.assert_close(as_readme.features, padded.features, rtol=1e-5, atol=1e-5)
-    with pytest.raises(UserError, match="--small upscale.*--small pad|--small pad.*--small upscale"):
+    with pytest.raises(UserError, match=r"--small upscale, and this run uses --small pad \(as the network was "
+                                        r"trained\); prepare the data again with --small pad"):
         extract_features(loaded, open_split(stores / "upscale", "train"), workers=0, progress=False)
+
+
+def test_a_run_whose_setting_is_not_small_s_to_change_is_not_told_to_give_it(stores, pad_run, tmp_path):
+    # Fine-tuning keeps the setting of its weights, and refuses a --small that asks for another.
+    with pytest.raises(UserError, match=r"--small upscale, and this run uses --small pad \(as --weights .*best.pt was "
+                                        r"trained: fine-tuning keeps it\); prepare the data again with --small pad"):
+        train(resolve("demo", dict(data=str(stores / "upscale"), out=str(tmp_path / "ft"), weights=str(pad_run /
+                                   "best.pt"), epochs=1, batch_size=3, workers=0, precision="fp32")))
+    assert not (tmp_path / "ft").exists()
+    # A resumed run keeps the setting it was started with, and refuses a --small that asks for another.
+    from alexnet.train import _open_data
+
+    config = resolve("demo", dict(data=str(stores / "pad"), out=str(tmp_path / "r")))
+    with pytest.raises(UserError, match=r"--small pad, and this run uses --small upscale \(as .*r was started: a "
+                                        r"resumed run keeps it\); prepare the data again with --small upscale"):
+        _open_data(config, None, resumed=True)
 
 
 def test_predict_pads_for_a_network_trained_so(tmp_path):

@@ -37,6 +37,11 @@ from alexnet.precision import autocast
 from alexnet.progress import progress_bar
 from alexnet.weights import LoadedModel
 
+# Why features and neighbours read images as the network was trained: they have no --small to change it
+# (ImageSet.with_small's message).
+AS_TRAINED = "as the network was trained"
+
+
 @dataclass
 class Features:
     features: torch.Tensor          # (N, D) float32, one row per readable image
@@ -82,7 +87,7 @@ def split_images(data: str | Path, split: str = "val", small: str | None = None)
     ``small``, its images under 256 treated as a network was trained (choices.SMALL)."""
     from alexnet.data.sources import open_split
 
-    return open_split(data, split, small=small)
+    return open_split(data, split, small=small, fixed=AS_TRAINED)
 
 
 @torch.no_grad()
@@ -95,7 +100,7 @@ def iter_features(loaded: LoadedModel, images: ImageSet, layer: str = DEFAULT_LA
     from alexnet.data.loader import default_workers, eval_loader
 
     check_layer(loaded, layer)
-    images = images.with_small(loaded.small)   # as the network was trained (a set opened without it upscales)
+    images = images.with_small(loaded.small, AS_TRAINED)   # (a set opened without it upscales)
     device = torch.device(device)
     model = loaded.model.to(device).eval()
     skipped = skipped or SkippedFiles(images)
@@ -117,7 +122,7 @@ def iter_features(loaded: LoadedModel, images: ImageSet, layer: str = DEFAULT_LA
 
 def extract_features(loaded: LoadedModel, images: ImageSet, layer: str = DEFAULT_LAYER, **kwargs) -> Features:
     """Every readable image's ``layer`` activations in one (N, D) tensor; see iter_features for kwargs."""
-    images = images.with_small(loaded.small)
+    images = images.with_small(loaded.small, AS_TRAINED)
     skipped = SkippedFiles(images)
     rows, parts = [], []
     for indices, feats in iter_features(loaded, images, layer, skipped=skipped, **kwargs):

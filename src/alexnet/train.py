@@ -209,14 +209,19 @@ def demo_data_dir() -> Path:
     return cache_root() / "demo-seed0"
 
 
-def _open_data(config: TrainConfig, dist: distributed.Dist) -> DataSource:
+def _open_data(config: TrainConfig, dist: distributed.Dist, resumed: bool = False) -> DataSource:
+    """The run's data, its images under 256 treated as the run says: --small's, but the setting a resumed
+    run was started with, or the one of the weights a fine-tuning run starts from, which --small cannot
+    change (it is refused), so a store prepared with the other is told so."""
     data = Path(config.data).expanduser() if config.data else demo_data_dir()
     if not config.data:
         if dist.local_rank == 0:
             from alexnet.data.demo import write_demo_set
             write_demo_set(data, seed=0, progress=dist.main)
         distributed.barrier(dist)
-    return open_data(data, small=config.small)
+    fixed = (f"as {config.out} was started: a resumed run keeps it" if resumed else
+             f"as --weights {config.weights} was trained: fine-tuning keeps it" if config.weights else "")
+    return open_data(data, small=config.small, fixed=fixed)
 
 
 def _preprocessing(config: TrainConfig, train_set: ImageSet, dist: distributed.Dist,
@@ -661,7 +666,7 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # every batch has the same shape: pick the fastest kernels once
     # The data is checked before anything is printed or written: a wrong --data leaves RUN as it was.
-    source = _open_data(config, dist)
+    source = _open_data(config, dist, resumed=ckpt is not None)
     train_set, val_set = source.splits["train"], source.splits["val"]
     if len(source.classes) < 2:   # softmax over one class: loss 0 and no gradient, "100%" for anything
         raise UserError(f"{source.root} has one class ({source.classes[0]}): a classifier needs at least two "

@@ -316,7 +316,7 @@ class FixedSizeImages(ImageSet):
         split = Split(self.split.root, self.split.classes, take(self.split.samples, indices))
         return FixedSizeImages(split, self.size, self.names, self.small)
 
-    def with_small(self, small: str) -> FixedSizeImages:
+    def with_small(self, small: str, fixed: str = "") -> FixedSizeImages:
         return FixedSizeImages(self.split, self.size, self.names, small)
 
 

@@ -120,14 +120,17 @@ class ImageSet(Dataset):
         """These samples only, in this order (a few query images, say)."""
         raise NotImplementedError
 
-    def with_small(self, small: str) -> ImageSet:
+    def with_small(self, small: str, fixed: str = "") -> ImageSet:
         """This set with images under 256 treated as ``small`` says (choices.SMALL). A set that decodes its
-        files can do either; one that stores decoded pixels (a prepared store) only what it was made with."""
+        files can do either; one that stores decoded pixels (a prepared store) only what it was made with.
+        ``fixed``: why the run's setting is not --small's to change ("as the network was trained"); empty
+        where --small sets it, which is then the first remedy named."""
         if small != self.small:
+            flag = "" if fixed else f"give --small {self.small} to use them as they are, or "
             raise UserError(f"{getattr(self, 'root', self.split.root)} holds images prepared with --small "
-                            f"{self.small}, and this run "
-                            f"uses --small {small}; prepare the data again with --small {small} (into another "
-                            f"folder), or give the image folders themselves")
+                            f"{self.small}, and this run uses --small {small}{f' ({fixed})' if fixed else ''}; "
+                            f"{flag}prepare the data again with --small {small} (into another folder), or give "
+                            f"the image folders themselves")
         return self
 
     def for_device(self, device: torch.device | str) -> ImageSet:

@@ -49,9 +49,11 @@ def kind_of(path: str | Path) -> Kind:
     return next(kind for kind in KINDS if kind.detect(path))
 
 
-def open_data(path: str | Path, splits: tuple[str, ...] = SPLITS, small: str | None = None) -> DataSource:
+def open_data(path: str | Path, splits: tuple[str, ...] = SPLITS, small: str | None = None,
+              fixed: str = "") -> DataSource:
     """The dataset at ``path`` with the ``splits`` asked for; a one-line UserError if it is not one.
-    With ``small`` (choices.SMALL), its images under 256 are treated so, or it is refused if it cannot."""
+    With ``small`` (choices.SMALL), its images under 256 are treated so, or it is refused if it cannot
+    (``fixed``: why --small cannot change the setting, as ImageSet.with_small says)."""
     path = Path(path).expanduser()
     for split in splits:
         if split in ("", ".", "..") or "/" in split or os.sep in split:
@@ -62,12 +64,12 @@ def open_data(path: str | Path, splits: tuple[str, ...] = SPLITS, small: str | N
         raise UserError(f"{path} has no split {unknown[0]!r}: its splits are {' and '.join(kind.splits)}")
     source = kind.open(path, splits)
     if small is not None:
-        source.splits = {name: images.with_small(small) for name, images in source.splits.items()}
+        source.splits = {name: images.with_small(small, fixed) for name, images in source.splits.items()}
     return source
 
 
 def open_split(path: str | Path, split: str = "val", classes: list[str] | None = None,
-               small: str | None = None) -> ImageSet:
+               small: str | None = None, fixed: str = "") -> ImageSet:
     """One split; with ``classes`` (a network's outputs), labelled by their index among them."""
-    images = open_data(path, (split,), small).splits[split]
+    images = open_data(path, (split,), small, fixed).splits[split]
     return images if classes is None else images.relabelled(classes)

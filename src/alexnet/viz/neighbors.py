@@ -20,7 +20,7 @@ from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import ImageSet
 from alexnet.data.sources import open_data
 from alexnet.errors import UserError
-from alexnet.features import DEFAULT_LAYER, check_layer, extract_features, iter_features
+from alexnet.features import AS_TRAINED, DEFAULT_LAYER, check_layer, extract_features, iter_features
 from alexnet.model import check_positive_int
 from alexnet.viz.figure import axes_at, center_crop, new_figure, save, shorten, show_image
 from alexnet.weights import LoadedModel
@@ -89,7 +89,7 @@ def find_neighbours(loaded: LoadedModel, data: str | Path, queries: int = QUERIE
     check_positive_int(k, "k")
     check_layer(loaded, layer)
     # Any kind of data (data/sources.py); tiles are drawn from the source files.
-    source = open_data(data, small=loaded.small)
+    source = open_data(data, small=loaded.small, fixed=AS_TRAINED)
     val, train, names = source.splits["val"], source.splits["train"], source.names
     chosen = val.subset(query_indices(len(val), queries))
     query = extract_features(loaded, chosen, layer, **(kwargs | {"progress": False}))
