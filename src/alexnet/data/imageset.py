@@ -110,7 +110,8 @@ class ImageSet(Dataset):
                                 + (f": none of its {len(indices):,} files can be read{first}" if indices else
                                    " (its files were left out as unreadable when it was prepared)")
                                 + ": the network would have an output that nothing teaches; replace its files "
-                                  "or remove the class")
+                                  "or remove the class"
+                                + ("" if indices else ", then prepare the data into a new --out"))
 
     def relabelled(self, classes: list[str]) -> ImageSet:
         """The same samples labelled by their class's index among ``classes`` (a network's outputs)."""
