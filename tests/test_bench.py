@@ -74,13 +74,18 @@ def test_infer_reports_latency_and_throughput():
     assert "int8" in q["settings"] and "LRN in float" in q["settings"]
 
 
-def test_data_compares_the_four_pipelines_on_the_same_files(tmp_path):
+def test_data_compares_the_four_pipelines_on_the_same_files(tmp_path, monkeypatch):
+    from alexnet.bench import data
     from alexnet.cli import _bench_line
 
-    r = run("data", images=12, batch_size=4, workers=1, epochs=1, root=tmp_path)
+    # 2 workers where 1 core may be used: they share it, so per core is per run (not the baseline halved).
+    monkeypatch.setattr(data, "usable_cores", lambda: 1)
+    r = run("data", images=12, batch_size=4, workers=2, epochs=1, root=tmp_path)
     check_common(r, "data")
     assert r["jpeg_path"] > 0 and r["per_core"]["ours"] == r["ours"]       # the prepared path uses one core
-    assert r["per_core_ratio"] == pytest.approx(r["ours"] / r["baseline"])  # 1 worker: per core = per run
+    assert r["per_core_ratio"] == pytest.approx(r["ours"] / r["baseline"])  # 1 core: per core = per run
+    assert r["worker_cores"] == 1 and "over 1 core)" in _bench_line(r)
+    assert "2 DataLoader workers sharing 1 core" in _bench_line(r)
     # The jpeg store: one core too, and its bytes an image against the raw store's 256 x 256 x 3.
     assert r["per_core"]["jpeg_store"] == r["jpeg_store"] > 0
     assert r["jpeg_store_ratio"] == pytest.approx(r["jpeg_store"] / r["per_core"]["baseline"])

@@ -299,8 +299,10 @@ def _bench_line(r: dict) -> str:
     line = (f"{r['benchmark']:6s} ours {r['ours']:9.1f} img/s   baseline {r['baseline']:9.1f} img/s   "
             f"ratio {r['ratio']:5.2f}x")
     if "per_core_ratio" in r:
+        cores = r.get("worker_cores", r["workers"])
         line += (f"   per core: ours {r['per_core']['ours']:.0f}, JPEG path {r['per_core']['jpeg_path']:.0f}, "
-                 f"baseline {r['per_core']['baseline']:.0f} img/s ({r['per_core_ratio']:.1f}x)")
+                 f"baseline {r['per_core']['baseline']:.0f} img/s ({r['per_core_ratio']:.1f}x; the workers' "
+                 f"figures over {cores} core{'s' if cores > 1 else ''})")
     if "jpeg_store" in r:
         b = r["bytes_per_image"]
         line += (f"\n       jpeg store {r['jpeg_store']:9.1f} img/s on 1 core ({r['jpeg_store_ratio']:.1f}x the "

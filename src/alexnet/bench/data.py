@@ -12,7 +12,8 @@
 
 The files are generated: ImageNet-sized JPEGs (500x375 and 375x500, quality 90, with smooth structure
 and noise, so they compress like photographs rather than flat colour). Per core means divided by the
-processes that decode (the workers, or 1 for the prepared paths, which also run with 1 thread).
+cores that decode: the workers, up to the cores this process may use (more workers than cores share them),
+or 1 for the prepared paths, which also run with 1 thread.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from PIL import Image
 
 from alexnet.choices import QUALITY
+from alexnet.cores import usable_cores
 from alexnet.data.loader import train_loader
 from alexnet.data.prepare import prepare
 from alexnet.data.sources import open_split
@@ -88,10 +90,12 @@ def bench_data(images: int = 512, batch_size: int = 64, workers: int = 2, epochs
             torch.set_num_threads(threads)
         sizes = {kind: sum(f.stat().st_size for f in (path / "train").glob(pattern)) / len(prepared)
                  for kind, path, pattern in (("raw", prep, "*.u8"), ("jpeg", prep_jpeg, "*.jpg.bin"))}
-    per_core = {"ours": ours, "jpeg_path": jpeg / workers, "baseline": base / workers, "jpeg_store": store}
+    # Workers beyond the cores there are share them: dividing by the workers would flatter ours.
+    cores = min(workers, usable_cores())
+    per_core = {"ours": ours, "jpeg_path": jpeg / cores, "baseline": base / cores, "jpeg_store": store}
     return {"benchmark": "data", "ours": ours, "baseline": base, "ratio": ours / base,
             "per_core": per_core, "per_core_ratio": per_core["ours"] / per_core["baseline"],
-            "jpeg_path": jpeg, "images": images, "batch_size": batch_size, "workers": workers,
+            "jpeg_path": jpeg, "images": images, "batch_size": batch_size, "workers": workers, "worker_cores": cores,
             "jpeg_store": store, "jpeg_store_ratio": store / per_core["baseline"], "draws_per_s": draws,
             "bytes_per_image": sizes, "jpeg_quality": QUALITY,
             "machine": describe(torch.device("cpu"), "fp32"),
@@ -99,7 +103,8 @@ def bench_data(images: int = 512, batch_size: int = 64, workers: int = 2, epochs
                              f"its augmentation draws alone {draws:,.0f} samples/s per process",
             "jpeg_store_settings": f"alexnet prepare --store jpeg (quality {QUALITY}) shards, the same, plus a "
                                    f"libjpeg-turbo decode of each 256x256 JPEG",
-            "baseline_settings": f"torchvision ImageFolder + PIL + transforms, {workers} DataLoader workers"}
+            "baseline_settings": f"torchvision ImageFolder + PIL + transforms, {workers} DataLoader workers"
+                                 + (f" sharing {cores} core{'s' if cores > 1 else ''}" if cores < workers else "")}
 
 
 def _images_per_second(make_epoch, epochs: int) -> float:
