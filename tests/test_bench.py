@@ -80,7 +80,7 @@ def test_data_compares_the_four_pipelines_on_the_same_files(tmp_path, monkeypatc
 
     # 2 workers where 1 core may be used: they share it, so per core is per run (not the baseline halved).
     monkeypatch.setattr(data, "usable_cores", lambda: 1)
-    r = run("data", images=12, batch_size=4, workers=2, epochs=1, root=tmp_path)
+    r = run("data", images=12, batch_size=4, workers=2, steps=1, root=tmp_path)
     check_common(r, "data")
     assert r["jpeg_path"] > 0 and r["per_core"]["ours"] == r["ours"]       # the prepared path uses one core
     assert r["per_core_ratio"] == pytest.approx(r["ours"] / r["baseline"])  # 1 core: per core = per run
@@ -95,6 +95,32 @@ def test_data_compares_the_four_pipelines_on_the_same_files(tmp_path, monkeypatc
     # The augmentation draws of Draws.per_sample, timed alone: a per-process ceiling, printed with ours.
     assert r["draws_per_s"] > 0 and f"{r['draws_per_s']:,.0f} samples/s per process" in _bench_line(r)
     assert not list(tmp_path.iterdir())                                      # its files are cleaned up
+
+
+def test_data_alternates_the_pipelines_for_steps_epochs_and_reports_each_ones_median(monkeypatch):
+    from alexnet.bench import data
+    from conftest import run_main
+
+    # A clock that each epoch moves on by its own seconds: rates known in advance, nothing timed for real.
+    clock, order = [0.0], []
+
+    def pipeline(name, seconds):
+        def epoch(e):
+            order.append((name, e))
+            clock[0] += seconds[e]
+            yield torch.zeros(10)
+        return epoch
+
+    monkeypatch.setattr(data.time, "perf_counter", lambda: clock[0])
+    rates = data._median_rates({"baseline": (pipeline("baseline", [9, 1, 2, 4]), None),
+                                "ours": (pipeline("ours", [9, 0.1, 0.5, 0.2]), 1)}, 3)
+    assert order == [(name, e) for e in range(4) for name in ("baseline", "ours")]   # in turns, a first untimed
+    assert rates == {"baseline": pytest.approx(10 / 2), "ours": pytest.approx(10 / 0.2)}   # medians, not best
+    # --steps reaches it from the command line.
+    got = {}
+    monkeypatch.setattr("alexnet.bench.run", lambda name, **kw: got.update(kw) or {})
+    monkeypatch.setattr("alexnet.cli._bench_line", lambda r: "")
+    assert run_main("bench", "data", "--steps", 7).returncode == 0 and got["steps"] == 7
 
 
 def test_cli_json_and_bad_input():

@@ -216,7 +216,8 @@ def _add_bench(sub) -> None:
                    help="data, train, infer, towers, gpu, or all (data, train and infer)")
     p.add_argument("--batch-size", type=positive_int,
                    help="images per step: data, train, infer, towers (default: 64)")
-    p.add_argument("--steps", type=positive_int, help="timed repeats; the median is reported (default: 5, gpu: 10)")
+    p.add_argument("--steps", type=positive_int,
+                   help="timed repeats, epochs for data; the median is reported (default: 5; data: 3; gpu: 10)")
     p.add_argument("--images", type=positive_int,
                    help="generated JPEGs for `data` and `gpu` (default: 512, gpu: 2048)")
     p.add_argument("--workers", type=positive_int,
@@ -272,7 +273,8 @@ def _run_bench(args) -> int:
             hint = " (gpu's batch sizes are --batches)" if dest == "batch_size" and "gpu" in names else ""
             raise UserError(f"{flag} is read by bench {', '.join(users)} only, not by {', '.join(names)}{hint}")
     steps, batch, device = args.steps or 5, args.batch_size or 64, args.device or "auto"
-    options = {"data": dict(images=args.images or 512, batch_size=batch, workers=args.workers or 2),
+    options = {"data": dict(images=args.images or 512, batch_size=batch, workers=args.workers or 2,
+                            steps=args.steps or 3),   # each step an epoch of every pipeline
                "train": dict(batch_size=batch, steps=steps, device=device, compile=args.compile),
                "infer": dict(batch_size=batch, steps=steps, device=device),
                "towers": dict(batch_size=batch, steps=steps),

@@ -10,6 +10,9 @@
 - and the augmentation draws alone (Draws.per_sample, batches of 128), per second and process: the main
   process makes them for every batch, so they cap what one process can feed a GPU.
 
+The pipelines take turns, an epoch each, for an untimed round and then --steps timed ones; each one's
+median is reported (timing.py says why the median).
+
 The files are generated: ImageNet-sized JPEGs (500x375 and 375x500, quality 90, with smooth structure
 and noise, so they compress like photographs rather than flat colour). Per core means divided by the
 cores that decode: the workers, up to the cores this process may use (more workers than cores share them),
@@ -19,6 +22,7 @@ or 1 for the prepared paths, which also run with 1 thread.
 from __future__ import annotations
 
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -68,7 +72,7 @@ def check_images(images: int, batch: int, batch_flag: str = "--batch-size") -> N
         raise UserError(f"--images must be at least {CLASSES}, one per class")
 
 
-def bench_data(images: int = 512, batch_size: int = 64, workers: int = 2, epochs: int = 2,
+def bench_data(images: int = 512, batch_size: int = 64, workers: int = 2, steps: int = 3,
                root: str | Path | None = None) -> dict:
     check_images(images, batch_size)
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-", dir=root) as tmp:
@@ -78,13 +82,15 @@ def bench_data(images: int = 512, batch_size: int = 64, workers: int = 2, epochs
         prepare(data, prep_jpeg, workers=workers, progress=False, store="jpeg")
         prepared, jpegs = open_split(prep, "train"), open_split(prep_jpeg, "train")
         stats = DataStats.load(prepared.stats_file)
-        base = _images_per_second(_baseline_batches(data, batch_size, workers), epochs)
-        jpeg = _images_per_second(_our_batches(open_split(data, "train"), stats, batch_size, workers), epochs)
+        # The prepared paths run with 1 thread: one core, as their per-core figure says.
+        rates = _median_rates({"baseline": (_baseline_batches(data, batch_size, workers), None),
+                               "jpeg": (_our_batches(open_split(data, "train"), stats, batch_size, workers), None),
+                               "ours": (_our_batches(prepared, stats, batch_size, 0), 1),
+                               "store": (_our_batches(jpegs, stats, batch_size, 0), 1)}, steps)
+        base, jpeg, ours, store = rates["baseline"], rates["jpeg"], rates["ours"], rates["store"]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            ours = _images_per_second(_our_batches(prepared, stats, batch_size, 0), epochs)
-            store = _images_per_second(_our_batches(jpegs, stats, batch_size, 0), epochs)
             draws = _draws_per_second()
         finally:
             torch.set_num_threads(threads)
@@ -95,7 +101,8 @@ def bench_data(images: int = 512, batch_size: int = 64, workers: int = 2, epochs
     per_core = {"ours": ours, "jpeg_path": jpeg / cores, "baseline": base / cores, "jpeg_store": store}
     return {"benchmark": "data", "ours": ours, "baseline": base, "ratio": ours / base,
             "per_core": per_core, "per_core_ratio": per_core["ours"] / per_core["baseline"],
-            "jpeg_path": jpeg, "images": images, "batch_size": batch_size, "workers": workers, "worker_cores": cores,
+            "jpeg_path": jpeg, "images": images, "batch_size": batch_size, "workers": workers,
+            "worker_cores": cores, "steps": steps,
             "jpeg_store": store, "jpeg_store_ratio": store / per_core["baseline"], "draws_per_s": draws,
             "bytes_per_image": sizes, "jpeg_quality": QUALITY,
             "machine": describe(torch.device("cpu"), "fp32"),
@@ -107,16 +114,25 @@ def bench_data(images: int = 512, batch_size: int = 64, workers: int = 2, epochs
                                  + (f" sharing {cores} core{'s' if cores > 1 else ''}" if cores < workers else "")}
 
 
-def _images_per_second(make_epoch, epochs: int) -> float:
-    """Best epoch after a first untimed one: the first also pays for worker start-up and a cold cache."""
-    best = 0.0
-    for epoch in range(epochs + 1):
-        start, n = time.perf_counter(), 0
-        for batch in make_epoch(epoch):
-            n += len(batch)
-        if epoch:
-            best = max(best, n / (time.perf_counter() - start))
-    return best
+def _median_rates(pipelines: dict, steps: int) -> dict[str, float]:
+    """Each pipeline's median img/s over ``steps`` epochs, the pipelines taking turns epoch by epoch so that
+    all see the same drift in machine load, after an untimed round: the first epoch also pays for worker
+    start-up and a cold cache. ``pipelines``: name -> (epoch maker, torch threads for it or None)."""
+    rates: dict[str, list[float]] = {name: [] for name in pipelines}
+    for epoch in range(steps + 1):
+        for name, (make_epoch, threads) in pipelines.items():
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads or before)
+            try:
+                start, n = time.perf_counter(), 0
+                for batch in make_epoch(epoch):
+                    n += len(batch)
+                seconds = time.perf_counter() - start
+            finally:
+                torch.set_num_threads(before)
+            if epoch:
+                rates[name].append(n / seconds)
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def _draws_per_second(batch: int = 128, seconds: float = 0.3) -> float:
