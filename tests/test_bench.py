@@ -2,6 +2,7 @@
 here: speed itself is what `alexnet bench` is for, not the tests)."""
 
 import json
+import multiprocessing
 import subprocess
 from pathlib import Path
 
@@ -95,6 +96,9 @@ def test_data_compares_the_four_pipelines_on_the_same_files(tmp_path, monkeypatc
     # The augmentation draws of Draws.per_sample, timed alone: a per-process ceiling, printed with ours.
     assert r["draws_per_s"] > 0 and f"{r['draws_per_s']:,.0f} samples/s per process" in _bench_line(r)
     assert not list(tmp_path.iterdir())                                      # its files are cleaned up
+    # and its loader workers stopped: the baseline's persistent ones, left to the garbage collector, could
+    # be collected in a later loader's forked worker, which printed a traceback after the report.
+    assert not multiprocessing.active_children()
 
 
 def test_data_alternates_the_pipelines_for_steps_epochs_and_reports_each_ones_median(monkeypatch):
@@ -121,6 +125,20 @@ def test_data_alternates_the_pipelines_for_steps_epochs_and_reports_each_ones_me
     monkeypatch.setattr("alexnet.bench.run", lambda name, **kw: got.update(kw) or {})
     monkeypatch.setattr("alexnet.cli._bench_line", lambda r: "")
     assert run_main("bench", "data", "--steps", 7).returncode == 0 and got["steps"] == 7
+
+
+def test_data_stops_the_baselines_persistent_workers_itself(tmp_path):
+    from alexnet.bench import data
+
+    # Left to the garbage collector, a later loader's forked worker could collect the baseline's loader and
+    # print "can only test a child process" after the report (--images 7 --batch-size 4 --workers 1).
+    epoch = data._baseline_batches(data.write_photos(tmp_path, 4), 2, 1)
+    assert sum(len(x) for x in epoch(0)) == 4
+    workers = multiprocessing.active_children()
+    assert workers and all(w.is_alive() for w in workers)   # persistent: still there between epochs
+    epoch.close()
+    assert not any(w.is_alive() for w in workers)
+    epoch.close()   # twice is harmless
 
 
 def test_cli_json_and_bad_input():

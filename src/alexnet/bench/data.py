@@ -82,11 +82,15 @@ def bench_data(images: int = 512, batch_size: int = 64, workers: int = 2, steps:
         prepare(data, prep_jpeg, workers=workers, progress=False, store="jpeg")
         prepared, jpegs = open_split(prep, "train"), open_split(prep_jpeg, "train")
         stats = DataStats.load(prepared.stats_file)
-        # The prepared paths run with 1 thread: one core, as their per-core figure says.
-        rates = _median_rates({"baseline": (_baseline_batches(data, batch_size, workers), None),
-                               "jpeg": (_our_batches(open_split(data, "train"), stats, batch_size, workers), None),
-                               "ours": (_our_batches(prepared, stats, batch_size, 0), 1),
-                               "store": (_our_batches(jpegs, stats, batch_size, 0), 1)}, steps)
+        baseline = _baseline_batches(data, batch_size, workers)
+        try:
+            # The prepared paths run with 1 thread: one core, as their per-core figure says.
+            rates = _median_rates({"baseline": (baseline, None),
+                                   "jpeg": (_our_batches(open_split(data, "train"), stats, batch_size, workers), None),
+                                   "ours": (_our_batches(prepared, stats, batch_size, 0), 1),
+                                   "store": (_our_batches(jpegs, stats, batch_size, 0), 1)}, steps)
+        finally:
+            baseline.close()
         base, jpeg, ours, store = rates["baseline"], rates["jpeg"], rates["ours"], rates["store"]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -159,6 +163,15 @@ def _baseline_batches(data: Path, batch_size: int, workers: int):
     def epoch(_):
         for x, _y in loader:
             yield x
+
+    def close() -> None:
+        """Its persistent workers stopped now. Left to the garbage collector, the iterator can be collected
+        in a worker forked later by another loader, whose __del__ then fails there ("can only test a child
+        process") and prints a traceback after the report; once shut down, its __del__ does nothing."""
+        if loader._iterator is not None:
+            loader._iterator._shutdown_workers()
+            loader._iterator = None
+    epoch.close = close
     return epoch
 
 
