@@ -3,6 +3,7 @@ here: speed itself is what `alexnet bench` is for, not the tests)."""
 
 import json
 import multiprocessing
+import re
 import subprocess
 from pathlib import Path
 
@@ -228,6 +229,24 @@ def test_gpu_says_where_there_is_none_and_never_writes_over_another_file(tmp_pat
     r = run_main("bench", "gpu", "--device", "cpu", "--out", tmp_path / "best.pt")
     assert r.returncode == 2 and "exists and is not a bench gpu report" in r.stderr, r.stderr
     assert (tmp_path / "best.pt").read_bytes() == b"PK\x03\x04 a checkpoint"
+
+
+def test_gpu_out_is_checked_before_measuring_and_a_missing_folder_made(tmp_path, monkeypatch):
+    from alexnet.bench import gpu
+    from alexnet.errors import UserError
+
+    measured = []
+    monkeypatch.setattr(gpu, "_peaks", lambda *a: measured.append(1) or {"bf16_tflops": 1.0, "fp32_tflops": 1.0})
+    (tmp_path / "a file").write_text("not a folder")
+    for out, said in [("/proc/x.json", "could not write --out /proc/x.json ("),
+                      (tmp_path / "a file" / "r.json", f"{tmp_path / 'a file'} is a file, not a folder")]:
+        with pytest.raises(UserError, match=re.escape(said)):
+            gpu.bench_gpu(device="cpu", batches=(2,), steps=1, out=out, sections=())
+    assert not measured   # refused before the first section, not after it
+    out = tmp_path / "missing" / "r.json"
+    gpu.bench_gpu(device="cpu", batches=(2,), steps=1, out=out, sections=())
+    assert json.loads(out.read_text())["peak"]["bf16_tflops"] == 1.0 and measured
+    assert [p.name for p in out.parent.iterdir()] == ["r.json"]      # no temporary file left beside it
 
 
 def test_the_step_parts_study_takes_away_exactly_the_part_it_names():

@@ -20,7 +20,6 @@ code generation).
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 import traceback
@@ -44,7 +43,7 @@ from alexnet.data.stats import DataStats
 from alexnet.data.transforms import Draws, Normalize, PCANoise, train_views
 from alexnet.device import pick_device
 from alexnet.errors import UserError
-from alexnet.files import head, replaceable
+from alexnet.files import head, make_folder, replaceable, write_or_say
 from alexnet.machine import describe
 from alexnet.model import INPUT_SIZE, AlexNet
 from alexnet.summary import summarize
@@ -64,6 +63,7 @@ def bench_gpu(device: str = "auto", batches: tuple[int, ...] = BATCHES, steps: i
         check_images(images, min(batches), "--batches")
     if out is not None:   # a report of an earlier run may be replaced; a checkpoint given by a slip may not
         replaceable(out, lambda p: head(p, 40).startswith(b'{\n "benchmark": "gpu"'), "a bench gpu report")
+        _check_writable(Path(out))
     # Large enough to reach a GPU's peak; a CPU reaches its own at 1024.
     matmul_size = matmul_size or (8192 if dev.type == "cuda" else 1024)
     if dev.type == "cuda":
@@ -125,11 +125,21 @@ def _versions() -> dict:
             "cuda": torch.version.cuda}
 
 
+def _check_writable(path: Path) -> None:
+    """Before minutes of measuring, not after the first section: --out's folder made (as other commands'
+    --out are), and a file written there and removed."""
+    try:
+        make_folder(path.parent)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as e:
+        raise UserError(f"could not write --out {path} ({e.strerror or e})") from None
+
+
 def _write(path: str | Path, result: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, path)
+    # A failure (a full disk) is one line naming --out, not its temporary file.
+    text = json.dumps(result, indent=1)
+    write_or_say(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _peak_memory(dev: torch.device, run: Callable[[], float]) -> tuple[float, float | None]:
