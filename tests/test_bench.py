@@ -165,6 +165,42 @@ def test_cli_json_and_bad_input():
                                                       "towers (data parallel splits it over 2 processes), got 3")
 
 
+ALLOCATOR = ("RuntimeError: [enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: "
+             "you tried to allocate 40265318400 bytes. Error code 12 (Cannot allocate memory)")
+
+
+def test_a_batch_too_large_for_memory_is_one_line_not_a_traceback(monkeypatch):
+    from alexnet.bench import fits, infer, towers, train
+    from alexnet.errors import UserError
+    from conftest import run_main
+
+    # Refused before any work where the estimate is over what is free ...
+    monkeypatch.setattr(fits, "available_bytes", lambda device: 1.5e9)
+    with pytest.raises(UserError, match=r"^--batch-size 2 does not fit in memory here \(it needs about 2\.0 GB, "
+                                        r"1\.5 GB are free\); give a smaller --batch-size$"):
+        train.bench_train(batch_size=2, steps=1, device="cpu")
+    # ... and the allocator's refusal, where the estimate passed, said the same way.
+    monkeypatch.setattr(fits, "available_bytes", lambda device: None)
+
+    def refused(*args, **kwargs):
+        raise RuntimeError(ALLOCATOR.removeprefix("RuntimeError: "))
+    monkeypatch.setattr(train, "paper_step", refused)
+    r = run_main("bench", "train", "--batch-size", 2, "--steps", 1, "--device", "cpu")
+    assert r.returncode == 2 and r.stderr.strip() == ("alexnet bench: error: --batch-size 2 does not fit in memory "
+                                                      "here (it needs about 2.0 GB); give a smaller --batch-size")
+
+    def cuda_refused(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    monkeypatch.setattr(infer, "_against", cuda_refused)
+    with pytest.raises(UserError, match="^--batch-size 4 does not fit in memory here"):
+        infer.bench_infer(batch_size=4, steps=1, device="cpu")
+    # towers: a child's failure, 46 lines of it, is the same one line.
+    traceback = "Traceback (most recent call last):\n" + "  File ...\n" * 44 + ALLOCATOR + "\n"
+    monkeypatch.setattr(towers.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", traceback))
+    with pytest.raises(UserError, match="^--batch-size 8 does not fit in memory here"):
+        towers._launch("single", 8, 1, Path("/nonexistent"), 1)
+
+
 def test_gpu_script_gives_every_figure_in_one_call_at_toy_size(tmp_path):
     out = tmp_path / "gpu.json"
     r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(out), "--device", "cpu", "--batches", "2",

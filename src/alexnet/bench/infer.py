@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torchvision
 
+from alexnet.bench.fits import INFER, check_fits, said_if_out_of_memory
 from alexnet.bench.timing import paired_medians
 from alexnet.device import pick_device
 from alexnet.machine import describe
@@ -19,14 +20,16 @@ def bench_infer(batch_size: int = 64, steps: int = 5, device: str = "auto") -> d
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     dtype = autocast_dtype("auto", dev)
-    torch.manual_seed(0)
-    # Weights cast to bf16 once, rather than autocast casting all 61M of them again on every call: at
-    # batch 1 that recasting is most of the work.
-    ours = AlexNet("paper").to(dev, dtype or torch.float32, memory_format=torch.channels_last).eval()
-    base = torchvision.models.alexnet(weights=None).to(dev).eval()
-    result = _against(ours, base, dev, dtype, batch_size, steps)
-    if dev.type == "cpu":
-        result["int8"] = _int8(ours, base, batch_size, steps)
+    need = check_fits(batch_size, INFER, dev)
+    with said_if_out_of_memory(batch_size, need):
+        torch.manual_seed(0)
+        # Weights cast to bf16 once, rather than autocast casting all 61M of them again on every call: at
+        # batch 1 that recasting is most of the work.
+        ours = AlexNet("paper").to(dev, dtype or torch.float32, memory_format=torch.channels_last).eval()
+        base = torchvision.models.alexnet(weights=None).to(dev).eval()
+        result = _against(ours, base, dev, dtype, batch_size, steps)
+        if dev.type == "cpu":
+            result["int8"] = _int8(ours, base, batch_size, steps)
     return {"benchmark": "infer", **result, "batch_size": batch_size, "device": str(dev),
             "machine": describe(dev, name(dtype)),
             "ours_settings": f"paper network, {name(dtype)} weights and inputs, channels_last, inference_mode",

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from alexnet.bench.fits import TRAIN, check_fits, is_out_of_memory, need_bytes, too_big
 from alexnet.cores import usable_cores
 from alexnet.errors import UserError
 from alexnet.machine import describe, one_line
@@ -123,6 +124,8 @@ def _launch(mode: str, batch: int, steps: int, folder: Path, cores: int) -> dict
                 f"--log-dir={folder / mode}", *args]
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores // procs)))
     r = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env)
+    if r.returncode != 0 and is_out_of_memory(r.stderr):
+        raise too_big(batch, need_bytes(batch, TRAIN))   # one line, not the child's traceback
     if r.returncode != 0 or not out.exists():
         raise RuntimeError(f"bench towers: {mode} failed:\n{r.stderr[-3000:]}")
     return json.loads(out.read_text())
@@ -139,6 +142,8 @@ def bench_towers(batch_size: int = 32, steps: int = 3) -> dict:
     if torch.cuda.is_available() and torch.cuda.device_count() < 2:
         raise UserError("bench towers needs two devices for its two-process runs: 2 GPUs, or a machine "
                            "without CUDA (then CPU cores)")
+    if not torch.cuda.is_available():   # the single process holds the whole batch (on GPUs, said by _launch)
+        check_fits(batch_size, TRAIN, torch.device("cpu"))
     cores = usable_cores()
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-towers-") as folder:
         measured = {mode: _launch(mode, batch_size, steps, Path(folder), cores) for mode in MODES}

@@ -11,6 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
+from alexnet.bench.fits import TRAIN, check_fits, is_out_of_memory, said_if_out_of_memory
 from alexnet.bench.timing import matmul_peak, median_seconds, paired_medians
 from alexnet.data.transforms import Draws, Normalize, PCANoise, Preprocessing
 from alexnet.device import pick_device
@@ -26,19 +27,21 @@ def bench_train(batch_size: int = 64, steps: int = 5, device: str = "auto", comp
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     dtype = autocast_dtype("auto", dev)
-    torch.manual_seed(0)
-    labels = torch.randint(0, 1000, (batch_size,), device=dev)
+    need = check_fits(batch_size, TRAIN, dev)
+    with said_if_out_of_memory(batch_size, need):
+        torch.manual_seed(0)
+        labels = torch.randint(0, 1000, (batch_size,), device=dev)
 
-    ours_step = paper_step(batch_size, dev, dtype, compile)
-    base = torchvision.models.alexnet(weights=None).to(dev).train()
-    base_step = _step(base, torch.randn(batch_size, 3, 224, 224, device=dev), labels)
+        ours_step = paper_step(batch_size, dev, dtype, compile)
+        base = torchvision.models.alexnet(weights=None).to(dev).train()
+        base_step = _step(base, torch.randn(batch_size, 3, 224, 224, device=dev), labels)
 
-    # The baseline as pytorch/examples runs it: its own process, glibc's malloc defaults (our commands
-    # tune them, memory.py), timed before and after ours so that both see the machine's drift. The
-    # same baseline timed inside this process, allocator tuning and all, is reported beside it.
-    fresh = [_baseline_in_own_process(batch_size, steps, device)]
-    ours_s, same_s = paired_medians(ours_step, base_step, steps)
-    fresh.append(_baseline_in_own_process(batch_size, steps, device))
+        # The baseline as pytorch/examples runs it: its own process, glibc's malloc defaults (our commands
+        # tune them, memory.py), timed before and after ours so that both see the machine's drift. The
+        # same baseline timed inside this process, allocator tuning and all, is reported beside it.
+        fresh = [_baseline_in_own_process(batch_size, steps, device)]
+        ours_s, same_s = paired_medians(ours_step, base_step, steps)
+        fresh.append(_baseline_in_own_process(batch_size, steps, device))
     base_s = sum(fresh) / len(fresh)
     # Multiply-adds of one forward pass, x2 for FLOPs, x3 for forward + the two products of backward.
     flops_per_image = 6 * summarize(AlexNet("paper").to("meta"))["macs"]
@@ -103,7 +106,11 @@ def _baseline_in_own_process(batch_size: int, steps: int, device: str) -> float:
     code = ("import sys, torch, torchvision; from alexnet.bench.train import _baseline_seconds; "
             "print(_baseline_seconds(*map(int, sys.argv[1:3]), sys.argv[3]))")
     r = subprocess.run([sys.executable, "-c", code, str(batch_size), str(steps), device], capture_output=True,
-                       text=True, check=True)
+                       text=True)
+    if r.returncode != 0:
+        if is_out_of_memory(r.stderr):   # its own words, for said_if_out_of_memory to say in one line
+            raise RuntimeError("the baseline's process: can't allocate memory")
+        raise RuntimeError(f"bench train: the baseline's process failed:\n{r.stderr[-3000:]}")
     return float(r.stdout.strip().splitlines()[-1])
 
 
