@@ -285,6 +285,18 @@ def test_gpu_out_is_checked_before_measuring_and_a_missing_folder_made(tmp_path,
     assert [p.name for p in out.parent.iterdir()] == ["r.json"]      # no temporary file left beside it
 
 
+def test_every_printed_report_ends_with_the_machine_and_train_prints_the_in_process_baseline(tmp_path):
+    from alexnet.bench import gpu
+    from alexnet.cli import _bench_line
+    from alexnet.machine import one_line
+
+    r = gpu.bench_gpu(device="cpu", batches=(2,), steps=1, sections=(), matmul_size=64)
+    assert gpu.format_report(r).splitlines()[-1] == f"on: {one_line(r['machine'])}"
+    train = {"benchmark": "train", "ours": 60.0, "baseline": 30.0, "ratio": 2.0, "baseline_same_process": 33.3,
+             "machine": r["machine"]}
+    assert "baseline in this process 33.3 img/s" in _bench_line(train)
+
+
 def test_the_step_parts_study_takes_away_exactly_the_part_it_names():
     import importlib.util
 

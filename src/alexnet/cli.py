@@ -310,6 +310,8 @@ def _bench_line(r: dict) -> str:
         line += (f"\n       jpeg store {r['jpeg_store']:9.1f} img/s on 1 core ({r['jpeg_store_ratio']:.1f}x the "
                  f"baseline per core), {b['jpeg']:,.0f} bytes an image against {b['raw']:,.0f} raw "
                  f"({b['raw'] / b['jpeg']:.1f}x smaller, quality {r['jpeg_quality']})")
+    if "baseline_same_process" in r:   # the baseline's own process is what the ratio uses; README says why
+        line += f"   baseline in this process {r['baseline_same_process']:.1f} img/s"
     if "utilisation" in r:
         line += f"   utilisation {r['utilisation']:.0%} of {r['peak_tflops'] * 1e3:.0f} GFLOP/s"
     if "latency_ms" in r:

@@ -44,7 +44,7 @@ from alexnet.data.transforms import Draws, Normalize, PCANoise, train_views
 from alexnet.device import pick_device
 from alexnet.errors import UserError
 from alexnet.files import head, make_folder, replaceable, write_or_say
-from alexnet.machine import describe
+from alexnet.machine import describe, one_line
 from alexnet.model import INPUT_SIZE, AlexNet
 from alexnet.summary import summarize
 
@@ -306,5 +306,6 @@ def format_report(r: dict) -> str:
         if isinstance(value, dict) and "error" in value:
             lines.append(f"{name}: FAILED {value['error']}")
     lines.append("seconds per section: " + ", ".join(f"{k} {v}" for k, v in r.get("seconds", {}).items()))
+    lines.append(f"on: {one_line(r['machine'])}")   # as every report ends
     return "\n".join(lines)
 
