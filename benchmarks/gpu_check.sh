@@ -4,11 +4,12 @@
 # 1. the CUDA tests (tests/test_cuda.py and nvJPEG's): the Triton kernels chosen by themselves and right,
 #    compile, train and evaluate on the device; 2. where a training step's time goes
 #    (benchmarks/step_parts.py --profile, batch 256); 3. every figure of `alexnet bench gpu` (benchmarks/gpu.sh).
-# Each part's output goes to OUT_DIR (default gpu-check/) as well as the terminal; a part that fails does not
+# Each part's output goes to OUT_DIR (default gpu-check/, in the folder it is called from) as well as the terminal; a part that fails does not
 # stop the next. Exit status: the tests'. Uses .venv when make built it, else python3 with this checkout's src/.
 set -uo pipefail
-cd "$(dirname "$0")/.."
 OUT=${1:-gpu-check}
+case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac   # the caller's folder, before the cd to the checkout
+cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 [ -x "$PY" ] || PY=python3
 "$PY" -c "import alexnet" 2>/dev/null || export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -23,4 +24,5 @@ export PYTHONUNBUFFERED=1
 tests=${PIPESTATUS[0]}
 "$PY" benchmarks/step_parts.py --batch-size 256 --profile 2>&1 | tee "$OUT/step_parts.txt"
 bash benchmarks/gpu.sh "$OUT/bench-gpu.json" 2>&1 | tee "$OUT/bench-gpu.txt"
+echo "gpu_check.sh: each part's output is in $OUT"
 exit "$tests"

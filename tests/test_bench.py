@@ -203,10 +203,12 @@ def test_a_batch_too_large_for_memory_is_one_line_not_a_traceback(monkeypatch):
 
 def test_gpu_script_gives_every_figure_in_one_call_at_toy_size(tmp_path):
     out = tmp_path / "gpu.json"
-    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(out), "--device", "cpu", "--batches", "2",
+    # OUT as the caller names it: relative to the folder it is called from, not the checkout it cd's to.
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "gpu.json", "--device", "cpu", "--batches", "2",
                         "--steps", "1", "--images", "8", "--workers", "1", "--compile-backend", "eager"],
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith(f"gpu.sh: every figure is in {out}") and not (ROOT / "gpu.json").exists()
     got = json.loads(out.read_text())
     assert not [name for name, v in got.items() if isinstance(v, dict) and "error" in v], got
     rows = {row["network"]: row for row in got["train"]}
