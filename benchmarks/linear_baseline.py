@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from alexnet.cli import positive_int
 from alexnet.data.loader import eval_loader
 from alexnet.data.sources import open_data
 from alexnet.errors import UserError
@@ -55,14 +56,14 @@ def fit(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float, iterations: i
     return model
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="dataset folder (train/ and val/) or a prepared folder")
-    parser.add_argument("--res", type=int, nargs="+", default=[32, 64], help="side of the shrunk crop")
+    parser.add_argument("--res", type=positive_int, nargs="+", default=[32, 64], help="side of the shrunk crop")
     parser.add_argument("--l2", type=float, nargs="+", default=[0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])
-    parser.add_argument("--iterations", type=int, default=500, help="L-BFGS iterations per fit")
+    parser.add_argument("--iterations", type=positive_int, default=500, help="L-BFGS iterations per fit")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     source = open_data(Path(args.data))
     sets, classes = source.splits, len(source.classes)

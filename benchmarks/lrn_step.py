@@ -16,6 +16,7 @@ from torch import nn
 
 from alexnet import AlexNet
 from alexnet import lrn as lrn_module
+from alexnet.cli import positive_int
 from alexnet.lrn import _fused_ok
 from alexnet.memory import reuse_freed_memory
 from alexnet.precision import autocast, autocast_dtype
@@ -41,12 +42,12 @@ def images_per_second(model: nn.Module, batch: int, steps: int, compile: bool = 
     return batch / statistics.median(times[1:])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--steps", type=positive_int, default=5)
     p.add_argument("--compile", action="store_true", help="torch.compile each network (timed after its compile)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     reuse_freed_memory()
     torch.manual_seed(0)
     variants = {"alexnet LRN (fused C kernel)": AlexNet(num_classes=10)}

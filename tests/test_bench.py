@@ -316,3 +316,20 @@ def test_the_step_parts_study_takes_away_exactly_the_part_it_names():
     plain = parts.without_lrn(AlexNet("paper"))
     assert [type(m).__name__ for m in plain.features].count("Identity") == 2
     assert summarize(plain.to("meta"))["macs"] == paper["macs"]
+
+
+@pytest.mark.parametrize("script, flags, said", [
+    ("lrn_step.py", ["--steps", "0"], "argument --steps: expected a positive integer, got 0"),
+    ("lrn_step.py", ["--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
+    ("linear_baseline.py", ["--data", "x", "--res", "0"], "argument --res: expected a positive integer, got 0"),
+    ("linear_baseline.py", ["--data", "x", "--res", "-3"], "argument --res: expected a positive integer, got -3"),
+])
+def test_the_readmes_scripts_refuse_counts_below_one_in_argparses_one_line(script, flags, said, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(script[:-3], ROOT / "benchmarks" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as stop:
+        module.main(flags)
+    assert stop.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(said)
