@@ -51,9 +51,12 @@ def too_big(batch: int, need: float, free: float | None = None) -> UserError:
 
 
 def check_fits(batch: int, costs: tuple[float, float], device: torch.device) -> float:
-    """The bytes ``batch`` needs, refused in one line before the work where they are more than are free."""
+    """The bytes ``batch`` needs, refused in one line before the work where they are more than are free.
+    On a CPU only: the costs were measured there, and a GPU's allocator refuses cleanly by itself (caught by
+    said_if_out_of_memory), where a CPU's may grant the memory and the kernel's out-of-memory killer end the
+    process later."""
     need, free = need_bytes(batch, costs), available_bytes(device)
-    if free is not None and need > free:
+    if device.type == "cpu" and free is not None and need > free:
         raise too_big(batch, need, free)
     return need
 
