@@ -110,6 +110,32 @@ def test_ten_views_average_the_softmax_of_the_papers_views():
     assert m["loss"] == pytest.approx(expected["loss"], rel=1e-6)
 
 
+class SureScores(ColourScores):   # the same scores 100 times over: a network sure of itself, right or wrong
+    def forward(self, x):
+        return 100 * super().forward(x)
+
+
+@pytest.mark.parametrize("crops", [1, 10])
+def test_the_loss_of_a_network_sure_of_a_wrong_class_is_its_cross_entropy_not_a_floor(crops):
+    # C's class (2) scores 200 below the best: its probability, e^-200, is under float32's smallest (1e-45),
+    # and a floor of 1e-12 made its loss 27.6 instead of 200.
+    sure = [[100 * v for v in logits(r, g)] for r, g in ((0, 0), (1 / 6, 0), (0, 1 / 6))]
+    def softmax64(z):
+        top = max(z)
+        e = [math.exp(v - top) for v in z]
+        return [v / sum(e) for v in e]
+    none, red, green = map(softmax64, sure)
+    if crops == 1:
+        expected = by_hand([none, none, none], [0, 1, 2])
+    else:
+        a, b = ([0.4 * u + 0.6 * v for u, v in zip(p, none)] for p in (red, green))
+        expected = by_hand([a, b, none], [0, 1, 2])
+    assert expected["loss"] > 60
+    m = evaluate(SureScores(), loader(), SkippedFiles(Unreadable()), 192, Normalize(torch.zeros(3)),
+                 distributed.Dist(), crops=crops)
+    assert m["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+
+
 # ---- the command line on a trained checkpoint ----
 
 @pytest.fixture(scope="module")

@@ -217,7 +217,7 @@ class DenseBatches:
         slots = [slot for slot, _ in queue]
         images = torch.stack([view for _, view in queue]).to(self.device, non_blocking=True)
         maps = score_maps(self.fcn, torch.cat([images, images.flip(2)]), self.norm, self.dtype)   # mirrors too
-        p = maps.softmax(1).mean((2, 3))
+        p = maps.double().softmax(1).mean((2, 3))   # float64, for the loss (evaluate._probabilities)
         done = []
         for k, slot in enumerate(slots):
             pair = p[k] + p[k + len(slots)]
@@ -242,7 +242,7 @@ def dense_probabilities(fcn: torch.nn.Module, views: list[list[torch.Tensor]], n
     every position of the score map, averaged over positions, the image and its mirror, and scales."""
     batches = DenseBatches(fcn, norm, device, dtype, batch_size)
     labels = torch.arange(len(views))         # the images' own order, to put the results back in
-    probs = torch.empty(len(views), fcn.num_classes, device=device)
+    probs = torch.empty(len(views), fcn.num_classes, device=device)   # float32, as class_probabilities
     for p, order in [*batches.add(views, labels), *batches.finish()]:
-        probs[order] = p
+        probs[order] = p.float()
     return probs

@@ -30,15 +30,23 @@ from alexnet.precision import autocast, input_dtype
 def class_probabilities(model: nn.Module, images: torch.Tensor, size: int, norm: Normalize, crops: int = 1,
                         dtype: torch.dtype | None = None) -> torch.Tensor:
     """uint8 (N, 256, 256, 3) on the model's device -> (N, K) float32 probabilities."""
+    return _probabilities(model, images, size, norm, crops, dtype).float()
+
+
+def _probabilities(model: nn.Module, images: torch.Tensor, size: int, norm: Normalize, crops: int = 1,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+    """class_probabilities in float64: a network sure of a wrong class gives the right one less than float32
+    holds (1e-45), and the loss is the log of it (a float32 softmax and a floor of 1e-12 held every image's
+    loss at 27.6, whatever it was)."""
     if crops not in (1, 10):
         raise ValueError(f"crops must be 1 or 10, got {crops!r}")
     with autocast(images.device, dtype):
         if crops == 1:
-            return model(center_view(images, size, norm).to(input_dtype(model))).float().softmax(1)
+            return model(center_view(images, size, norm).to(input_dtype(model))).double().softmax(1)
         views = ten_views(images, size, norm).to(input_dtype(model))   # (N, 10, 3, S, S)
         n = views.shape[0]
         logits = model(views.flatten(0, 1).contiguous(memory_format=torch.channels_last))
-    return logits.float().softmax(1).reshape(n, 10, -1).mean(1)
+    return logits.double().softmax(1).reshape(n, 10, -1).mean(1)
 
 
 VIEWS = (1, 10, "dense")
@@ -73,7 +81,7 @@ def evaluate(model: nn.Module, loader, skipped: SkippedFiles, size: int, norm: N
             for probs, done in dense.add(images, labels):
                 sums += _tally(probs, done)
         else:
-            probs = class_probabilities(model, images.to(device, non_blocking=True), size, norm, crops, dtype)
+            probs = _probabilities(model, images.to(device, non_blocking=True), size, norm, crops, dtype)
             sums += _tally(probs, labels.to(device, non_blocking=True))
     for probs, done in dense.finish() if dense is not None and not stopped else ():
         sums += _tally(probs, done)
@@ -91,7 +99,10 @@ def _tally(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(loss, top-1 hits, top-5 hits, images) of one batch, summed, float64."""
     top = probs.topk(min(5, probs.shape[1]), dim=1).indices
     hits = top == labels[:, None]
-    return torch.stack([-probs.gather(1, labels[:, None]).clamp_min(1e-12).log().sum().double(),
+    # float64 probabilities (_probabilities): the floor, 2e-308, is a loss of 708 an image, not reached unless a
+    # logit leads the right class's by as much.
+    floor = torch.finfo(probs.dtype).tiny
+    return torch.stack([-probs.gather(1, labels[:, None]).clamp_min(floor).log().sum().double(),
                         hits[:, 0].sum().double(), hits.any(1).sum().double(),
                         probs.new_full((), len(labels), dtype=torch.float64)])
 
