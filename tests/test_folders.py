@@ -228,6 +228,22 @@ def test_folders_that_cannot_be_read_are_said_so(tiny_folders, monkeypatch, caps
         discover(root)
 
 
+def test_a_subfolder_that_is_a_dead_link_is_named_not_counted_as_another_file(tiny_folders, capsys):
+    # Part of a class's images on a disk not mounted: they were missing, and the note said "1 file (no
+    # extension)" lay outside the images. A dead link named as a file (notes.txt -> ...) is still a file.
+    root, _ = tiny_folders
+    cat = root / "train" / "cat"
+    (cat / "more").symlink_to("/mnt/alexnet-not-mounted/cat")
+    (cat / "notes.txt").symlink_to("/mnt/alexnet-not-mounted/notes.txt")
+    capsys.readouterr()
+    assert [p.name for p, label in discover(root).splits["train"].samples if label == 0] == \
+        ["000.png", "001.png", "002.png"]
+    err = capsys.readouterr().err
+    assert f"warning: skipping unreadable folder {cat / 'more'}: a link to /mnt/alexnet-not-mounted/cat, which " \
+           "does not exist; the images in it are left out\n" in err, err
+    assert "(no extension" not in err and ".txt 1" in err, err
+
+
 def test_a_link_to_itself_is_an_unreadable_file_not_a_link_to_an_image_of_the_split(tiny_folders, capsys):
     # A link leading nowhere was judged by the path it names: "loop.jpg -> loop.jpg", or a link to an image
     # deleted from another class, was noted as a link to the split's own images.

@@ -172,7 +172,10 @@ def image_files(folder: Path, split: Path | None = None, left_out: Counter | Non
                 continue
             ext = os.path.splitext(entry.name)[1].lower()
             if ext not in IMAGE_EXTENSIONS:
-                if left_out is not None:
+                lost = _lost_folder(entry) if unreadable is not None else ""
+                if lost:   # a subfolder on a disk not mounted: its images are missing, not "other files"
+                    unreadable.append((Path(entry.path), lost))
+                elif left_out is not None:
                     left_out[ext] += 1
             elif others is not None and entry.is_symlink() and _target(entry.path).startswith(others + os.sep):
                 if linked is not None:
@@ -181,6 +184,22 @@ def image_files(folder: Path, split: Path | None = None, left_out: Counter | Non
                 found.append(Path(entry.path))
         folders += reversed(below)   # in name order, depth first, as os.walk goes
     return sorted(found)
+
+
+def _lost_folder(entry: os.DirEntry) -> str:
+    """Why ``entry``, a link named as no file is (no extension) and leading nowhere, is a folder that cannot be
+    read ("a link to /mnt/photos/x, which does not exist"); "" for anything else."""
+    if not entry.is_symlink():
+        return ""
+    target = os.readlink(entry.path)
+    if os.path.splitext(target)[1]:
+        return ""
+    try:
+        os.stat(entry.path)
+        return ""
+    except OSError as e:
+        return f"a link to {target}, which " + ("does not exist" if isinstance(e, FileNotFoundError) else
+                                                 f"cannot be reached ({_said(e)})")
 
 
 def warn_unreadable(folders: list[tuple[Path, str]]) -> None:
