@@ -242,7 +242,6 @@ def build_network(state: dict[str, Any], variant: str, num_classes: int, lrn: st
 def save_weights(loaded: LoadedModel, path: str | Path) -> None:
     """Write the network and its meaning to one safetensors file (atomically); ``load_model`` reads it back.
     An existing ``path`` is replaced only where it holds weights this project wrote (UserError otherwise)."""
-
     replaceable(path, is_weights_file, "weights this project exported")
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in loaded.model.state_dict().items()}

@@ -169,18 +169,18 @@ def train_loader(dataset: ImageSet, batch_per_rank: int, rank: int, world: int, 
                  workers: int, pin_memory: bool, batches: list[int] | None = None) -> DataLoader:
     sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, seed=seed, batches=batches)
     return Loader(dataset, batch_size=batch_per_rank, sampler=sampler, num_workers=workers,
-                      pin_memory=pin_memory, drop_last=True, persistent_workers=False,
-                      collate_fn=ImageSet.collate,   # an ImageSet reads whole batches
-                      worker_init_fn=leave_stop_signals_to_the_parent,
-                      # Its own generator: otherwise each new iterator draws its worker seed from the
-                      # global RNG, and resuming would shift dropout's random numbers.
-                      generator=torch.Generator().manual_seed(seed))
+                  pin_memory=pin_memory, drop_last=True, persistent_workers=False,
+                  collate_fn=ImageSet.collate,   # an ImageSet reads whole batches
+                  worker_init_fn=leave_stop_signals_to_the_parent,
+                  # Its own generator: otherwise each new iterator draws its worker seed from the
+                  # global RNG, and resuming would shift dropout's random numbers.
+                  generator=torch.Generator().manual_seed(seed))
 
 
 def eval_loader(dataset, batch_size: int, rank: int, world: int, workers: int,
                 pin_memory: bool, collate=ImageSet.collate) -> DataLoader:
     """An ImageSet's batches (or, with its ``collate``, any map-style dataset's) sharded by ShardSampler."""
     return Loader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world),
-                      num_workers=workers, pin_memory=pin_memory, generator=torch.Generator().manual_seed(0),
-                      collate_fn=collate, worker_init_fn=leave_stop_signals_to_the_parent)
+                  num_workers=workers, pin_memory=pin_memory, generator=torch.Generator().manual_seed(0),
+                  collate_fn=collate, worker_init_fn=leave_stop_signals_to_the_parent)
 

@@ -115,7 +115,7 @@ def compute_stats(dataset: ImageSet, batch_size: int = 64, workers: int | None =
     indices = everything[rank::world]
     workers = min(4, usable_cores()) if workers is None else workers
     loader = Loader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers,
-                        collate_fn=ImageSet.collate, worker_init_fn=leave_stop_signals_to_the_parent)
+                    collate_fn=ImageSet.collate, worker_init_fn=leave_stop_signals_to_the_parent)
     skipped = skipped if skipped is not None else SkippedFiles(dataset)
 
     size = dataset.size
