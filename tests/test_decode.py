@@ -32,13 +32,13 @@ def inner(a: np.ndarray, margin=6) -> np.ndarray:
                      a[h // 2 + margin:-margin, w // 2 + margin:-margin].mean((0, 1))])
 
 
-def png_bytes(width, height, bit_depth, colour_type, raw_rows: bytes) -> bytes:
-    """A PNG written by hand, for the kinds PIL will not write (48-bit RGB, absurd sizes)."""
+def png_bytes(width, height, bit_depth, colour_type, raw_rows: bytes, trns: bytes | None = None) -> bytes:
+    """A PNG written by hand, for the kinds PIL will not write (48-bit RGB, 2-bit grey, absurd sizes)."""
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw_rows))
-            + chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + (chunk(b"tRNS", trns) if trns else b"")
+            + chunk(b"IDAT", zlib.compress(raw_rows)) + chunk(b"IEND", b""))
 
 
 def test_rgb_jpeg(tmp_path):
@@ -129,6 +129,20 @@ def test_colour_key_transparency_is_composited_on_white(tmp_path):
     assert on_white(Image.open(tmp_path / "g16_key.png"))[0, :, 0].tolist() == [0, 255, 255, 255]
     assert np.asarray(open_rgb(tmp_path / "g16_key.png"))[0, :, 0].tolist() == [0, 255, 128, 255]
     assert np.asarray(open_rgb(tmp_path / "g16_key.png"))[0, :2].tolist() == [[0, 0, 0], [255, 255, 255]]
+
+
+@pytest.mark.parametrize("depth", [2, 4])
+def test_colour_key_of_a_2_or_4_bit_grey_png(tmp_path, depth):
+    # The PNG standard compares tRNS's grey key with the file's own samples; PIL scales 2- and 4-bit samples
+    # to 8 bits and not the key, so a key of 1 (85 or 17 once scaled) left its pixels opaque.
+    samples = [0, 1, 2, 2**depth - 1]
+    row = int("".join(format(v, f"0{depth}b") for v in samples * (8 // depth)), 2).to_bytes(4, "big")
+    path = tmp_path / f"g{depth}.png"
+    path.write_bytes(png_bytes(4 * (8 // depth), 2, depth, 0, (b"\0" + row) * 2, trns=struct.pack(">H", 1)))
+    scale = 255 // (2**depth - 1)
+    got = np.asarray(open_rgb(path))
+    assert got.shape == (2, 4 * (8 // depth), 3) and (got == got[..., :1]).all()
+    assert got[0, :4, 0].tolist() == [0, 255, 2 * scale, 255]
 
 
 def test_16_bit_greyscale_png_is_scaled_not_clipped(tmp_path):

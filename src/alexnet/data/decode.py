@@ -60,6 +60,7 @@ def open_rgb(path: str | Path, min_side: int | None = None, max_pixels: int = MA
                 if img.width * img.height > max_pixels:
                     raise UndecodableImage(f"{full[0]}x{full[1]} pixels is over the {max_pixels:,}-pixel "
                                            f"limit (a decompression bomb?)")
+                _scale_grey_key(img)
                 img.load()
                 white = _white(img)   # from the file's tags, which the upright copy no longer has
                 return _to_rgb(_upright(img), white)
@@ -183,6 +184,17 @@ def _deep_to_rgb(img: Image.Image, white: int) -> Image.Image:
         a = a * (255.0 / white)
     a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
     return Image.fromarray(a, mode="L").convert("RGB")
+
+
+def _scale_grey_key(img: Image.Image) -> None:
+    """A 2- or 4-bit grey PNG's colour key in the 8-bit scale PIL gives its pixels (a 2-bit key of 3 is the
+    white 255): PIL scales the pixels and a 1-bit key, not these, so their transparent pixels stayed opaque.
+    Read before loading, while the tile still names the file's bit depth."""
+    key = img.info.get("transparency")
+    tile = img.tile[0] if img.format == "PNG" and img.mode == "L" and len(img.tile) == 1 else None
+    depth = {"L;2": 2, "L;4": 4}.get(tile.args if tile is not None else None)
+    if depth and isinstance(key, int) and 0 <= key < 2**depth:
+        img.info["transparency"] = key * (255 // (2**depth - 1))
 
 
 def _white(img: Image.Image) -> int:
