@@ -257,6 +257,42 @@ def test_a_signal_at_an_epochs_end_stops_there_and_resume_matches_an_uninterrupt
         assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+def test_a_stop_in_the_validation_of_an_epoch_another_split_pads_resumes_there(tmp_path, monkeypatch, capsys):
+    # Two processes split 11 images in batches of 4 evenly, padding the epoch to 3 steps (DistributedSampler
+    # repeats images); one process makes 2. A two-process run stopped during its validation (last.pt at step 3
+    # of 3) resumed on one process was refused: "... makes epochs of 2 steps: resume it with the data it was
+    # trained on". Its checkpoint is made here from a one-process stop there: one random state per process.
+    import alexnet.train as train_module
+    from alexnet.errors import Stopped
+
+    rng = np.random.default_rng(4)
+    colours = {c: [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(n)] for c, n in (("a", 6), ("b", 5))}
+    data = write_image_folders(tmp_path / "data", colours, size=(48, 40))
+    real = train_module.evaluate
+
+    def signalled(*args, **kw):
+        signal.raise_signal(signal.SIGTERM)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train_module, "evaluate", signalled)
+    run = tmp_path / "run"
+    with pytest.raises(Stopped):
+        train(config(data, run, epochs=1))
+    monkeypatch.undo()
+    saved = torch.load(run / "last.pt", weights_only=True)
+    assert (saved["epoch"], saved["step_in_epoch"]) == (0, 2)
+    for processes, resumes in ((1, False), (2, True)):   # one process: the data changed, as the message says
+        torch.save(dict(saved, step_in_epoch=3, rng=saved["rng"] * processes), run / "last.pt")
+        if not resumes:
+            with pytest.raises(UserError, match="stopped at step 3 of an epoch, and .* makes epochs of 2 steps"):
+                train(config(data, run, epochs=1), resume=True)
+            continue
+        result = train(config(data, run, epochs=1), resume=True)
+        assert result["epoch"] == 1 and "resuming at epoch 1, step 2 of 2" in capsys.readouterr().err
+        assert_same_weights(saved["model"], weights(run / "last.pt"))   # validated, not trained again
+        assert [json.loads(row)["epoch"] for row in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
 def test_killing_at_random_moments_never_leaves_an_unreadable_checkpoint(more_data, tmp_path):
     run = tmp_path / "run"
     rng = np.random.default_rng(0)

@@ -776,6 +776,14 @@ def _epoch_of(row: str) -> float:
         return float("inf")
 
 
+def _steps_when_saved(ckpt: checkpoint.Resumable, images: int) -> int:
+    """The steps an epoch of ``images`` had in the processes that wrote ``ckpt`` (it holds a random state for
+    each process; a pair of them is one replica under --towers)."""
+    world = max(len(ckpt.rng) // (parallel.TOWERS if ckpt.config.towers > 1 else 1), 1)
+    batches = rank_batches(ckpt.config.batch_size, world)
+    return steps_per_epoch(images, batches[0], world, batches)
+
+
 def _restore(run: _Run, ckpt: checkpoint.Resumable) -> None:
     run.model.load_state_dict(ckpt.model)
     # load_state_dict takes the groups' settings from the checkpoint too: a diverged run resumed with another
@@ -788,6 +796,12 @@ def _restore(run: _Run, ckpt: checkpoint.Resumable) -> None:
     run.schedule.load_state_dict(ckpt.schedule)
     run.step.scaler.load_state_dict(ckpt.scaler)
     run.epoch, run.step_in_epoch, run.best = ckpt.epoch, ckpt.step_in_epoch, ckpt.best
+    images = len(run.source.splits["train"])
+    if run.step_in_epoch > run.steps and run.step_in_epoch == _steps_when_saved(ckpt, images):
+        # Stopped after the epoch's last step (during its validation) by processes whose even split padded the
+        # epoch with a step that this split does not have (2 processes on 11 images in batches of 4: 3 steps; 1
+        # process: 2). Its training is done in either split: the resume validates it.
+        run.step_in_epoch = run.steps
     if run.step_in_epoch > run.steps:
         raise UserError(f"{run.folder / 'last.pt'} stopped at step {run.step_in_epoch} of an epoch, and "
                         f"{run.config.data} makes epochs of {run.steps} steps: resume it with the data it was "
