@@ -84,6 +84,33 @@ def test_a_global_batch_the_world_does_not_divide_is_the_same_batch_in_shares(wo
     assert list(ranks[1]) == got[1][2 * shares[1]:] and len(ranks[1]) == (steps - 2) * shares[1]
 
 
+@pytest.mark.parametrize("images", [11, 12, 14, 15])
+def test_an_even_split_takes_one_processs_batches_and_never_its_padding(images):
+    # DistributedSampler pads each rank's share with samples from the epoch's start: 11 images in global batches
+    # of 4 made 3 steps on 2 or 4 processes (the third repeating images of the epoch), 2 on one process.
+    from alexnet.data.loader import ResumableSampler, rank_batches, steps_per_epoch
+
+    batch, seed, epoch = 4, 5, 1
+    one = ResumableSampler(list(range(images)), num_replicas=1, rank=0, seed=seed)
+    one.set_position(epoch, 0)
+    expected = list(one)
+    for world in (1, 2, 4):
+        shares = rank_batches(batch, world)
+        steps = steps_per_epoch(images, shares[0], world, shares)
+        assert steps == images // batch
+        ranks = [ResumableSampler(list(range(images)), num_replicas=world, rank=r, seed=seed, batches=shares)
+                 for r in range(world)]
+        streams = []
+        for sampler in ranks:
+            sampler.set_position(epoch, 0)
+            streams.append(list(sampler))
+        for k in range(steps):
+            together = sorted(i for r in range(world) for i in streams[r][k * shares[r]:(k + 1) * shares[r]])
+            assert together == sorted(expected[k * batch:(k + 1) * batch]), (world, k)
+        taken = [i for r in range(world) for i in streams[r][:steps * shares[r]]]
+        assert len(taken) == len(set(taken)) == steps * batch   # no image twice in an epoch
+
+
 # A stop signal sent while the loader's worker is being forked, from inside the interpreter's fork handlers
 # (where a handler's exception is swallowed), during the real `alexnet prepare`.
 SIGNAL_IN_THE_FORK = """

@@ -257,11 +257,11 @@ def test_a_signal_at_an_epochs_end_stops_there_and_resume_matches_an_uninterrupt
         assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
 
-def test_a_stop_in_the_validation_of_an_epoch_another_split_pads_resumes_there(tmp_path, monkeypatch, capsys):
-    # Two processes split 11 images in batches of 4 evenly, padding the epoch to 3 steps (DistributedSampler
-    # repeats images); one process makes 2. A two-process run stopped during its validation (last.pt at step 3
-    # of 3) resumed on one process was refused: "... makes epochs of 2 steps: resume it with the data it was
-    # trained on". Its checkpoint is made here from a one-process stop there: one random state per process.
+def test_a_stop_in_the_validation_of_an_epoch_an_earlier_version_padded_resumes_there(tmp_path, monkeypatch, capsys):
+    # Earlier versions made 3 steps of 11 images in batches of 4 on two processes (DistributedSampler's padding),
+    # 2 on one; epochs now have 2 on any number. A two-process run of theirs stopped during its validation
+    # (last.pt at step 3 of 3) was refused on resuming: "... makes epochs of 2 steps: resume it with the data it
+    # was trained on". Its checkpoint is made here from a stop there: one random state per process.
     import alexnet.train as train_module
     from alexnet.errors import Stopped
 

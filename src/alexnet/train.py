@@ -776,12 +776,13 @@ def _epoch_of(row: str) -> float:
         return float("inf")
 
 
-def _steps_when_saved(ckpt: checkpoint.Resumable, images: int) -> int:
-    """The steps an epoch of ``images`` had in the processes that wrote ``ckpt`` (it holds a random state for
-    each process; a pair of them is one replica under --towers)."""
+def _padded_steps(ckpt: checkpoint.Resumable, images: int) -> int:
+    """The steps an epoch of ``images`` had on the processes that wrote ``ckpt`` (a random state for each; a
+    pair of them is one replica under --towers) where it comes from an earlier version, whose even split
+    counted DistributedSampler's padding: one step more than one process where n mod B > B - P."""
     world = max(len(ckpt.rng) // (parallel.TOWERS if ckpt.config.towers > 1 else 1), 1)
     batches = rank_batches(ckpt.config.batch_size, world)
-    return steps_per_epoch(images, batches[0], world, batches)
+    return images // sum(batches) if len(set(batches)) > 1 else math.ceil(images / world) // batches[0]
 
 
 def _restore(run: _Run, ckpt: checkpoint.Resumable) -> None:
@@ -797,10 +798,9 @@ def _restore(run: _Run, ckpt: checkpoint.Resumable) -> None:
     run.step.scaler.load_state_dict(ckpt.scaler)
     run.epoch, run.step_in_epoch, run.best = ckpt.epoch, ckpt.step_in_epoch, ckpt.best
     images = len(run.source.splits["train"])
-    if run.step_in_epoch > run.steps and run.step_in_epoch == _steps_when_saved(ckpt, images):
-        # Stopped after the epoch's last step (during its validation) by processes whose even split padded the
-        # epoch with a step that this split does not have (2 processes on 11 images in batches of 4: 3 steps; 1
-        # process: 2). Its training is done in either split: the resume validates it.
+    if run.step_in_epoch > run.steps and run.step_in_epoch == _padded_steps(ckpt, images):
+        # Stopped in the validation of an epoch that ended with a padded step (2 processes on 11 images in
+        # batches of 4 took 3 steps, where epochs now have 2): its training is done; the resume validates it.
         run.step_in_epoch = run.steps
     if run.step_in_epoch > run.steps:
         raise UserError(f"{run.folder / 'last.pt'} stopped at step {run.step_in_epoch} of an epoch, and "

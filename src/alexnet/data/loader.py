@@ -9,7 +9,6 @@ sample exactly once.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import threading
@@ -158,11 +157,11 @@ class ShardSampler(Sampler[int]):
 
 
 def steps_per_epoch(dataset_len: int, batch_per_rank: int, world: int, batches: list[int] | None = None) -> int:
-    """Full batches per epoch on each rank (the last partial batch is dropped, as is usual); ``batches``
-    as for ResumableSampler."""
-    if batches and len(set(batches)) > 1:
-        return dataset_len // sum(batches)
-    return math.ceil(dataset_len / world) // batch_per_rank
+    """Full global batches per epoch (the last partial batch is dropped, as is usual); ``batches`` as for
+    ResumableSampler. The same for any number of processes: DistributedSampler pads every rank's share to
+    ceil(n / P) with samples from the epoch's start, and a step counted from the padded share (11 images in
+    batches of 4: 3 steps on 2 processes, 2 on one) would train on images that epoch already gave."""
+    return dataset_len // (sum(batches) if batches else batch_per_rank * world)
 
 
 def train_loader(dataset: ImageSet, batch_per_rank: int, rank: int, world: int, seed: int,
