@@ -2,6 +2,7 @@
 
 import os
 import pwd
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -125,6 +126,19 @@ def test_unknown_convention_is_a_clear_error():
 def test_the_c_kernel_builds_here():
     # Otherwise every "native" test below would quietly test the fallback.
     assert kernels.lrn_cpu() is not None
+
+
+def test_loading_the_kernels_leaves_the_processs_subnormals_alone():
+    # Linked with -ffast-math, each shared object set flush-to-zero in the thread that loaded it (gcc's
+    # crtfastmath): every later float of the user's process lost its subnormals, in that thread only.
+    script = ("import numpy, torch\n"
+              "from alexnet import kernels\n"
+              "assert kernels.lrn_cpu() is not None and kernels.crop_cpu() is not None\n"
+              "print(float(torch.tensor([1e-39]) * 1.0), float(numpy.float32(1e-39) * numpy.float32(1)))")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    products = [float(v) for v in r.stdout.split()]   # float32's 1e-39 is subnormal (under 1.18e-38), not 0
+    assert len(products) == 2 and all(abs(v / 1e-39 - 1) < 1e-6 for v in products), products
 
 
 @pytest.mark.parametrize("size", [5, 4, 3, 21])   # even windows lean left; 21 exceeds the padded fast path

@@ -23,7 +23,11 @@ from pathlib import Path
 from alexnet.files import cache_root, spare_cache_root
 
 _HERE = Path(__file__).resolve().parent
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c11"]
+# Linked apart from -ffast-math: linking a shared object with it adds crtfastmath (gcc before 13, clang), whose
+# constructor sets flush-to-zero in the thread that loads the kernel, so that every later float in the user's
+# process (torch's, NumPy's) lost its subnormals there and not in the other threads.
+LINK = ["-shared", "-fopenmp"]
 
 
 def cache_dir() -> Path:
@@ -58,7 +62,8 @@ def load(name: str) -> ctypes.CDLL | None:
         warnings.warn(f"no C compiler found; {name} uses the slower PyTorch fallback", stacklevel=2)
         return None
     source = _HERE / f"{name}.c"
-    key = hashlib.sha256(source.read_bytes() + " ".join([compiler, *FLAGS, _cpu_key()]).encode()).hexdigest()[:16]
+    built_by = " ".join([compiler, *FLAGS, *LINK, _cpu_key()])
+    key = hashlib.sha256(source.read_bytes() + built_by.encode()).hexdigest()[:16]
     try:
         target = cache_dir() / f"{name}-{key}.so"
         if not target.exists() and not _writable(target.parent) and not os.environ.get("ALEXNET_CACHE"):
@@ -68,13 +73,16 @@ def load(name: str) -> ctypes.CDLL | None:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
             os.close(fd)
+            obj = tmp[:-3] + ".o"
             try:
-                subprocess.run([compiler, *FLAGS, str(source), "-o", tmp, "-lm"], check=True,
-                               capture_output=True, text=True, timeout=120)
+                for command in ([compiler, *FLAGS, "-c", str(source), "-o", obj],
+                                [compiler, *LINK, obj, "-o", tmp, "-lm"]):
+                    subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
                 os.replace(tmp, target)
             finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+                for left in (tmp, obj):
+                    if os.path.exists(left):
+                        os.unlink(left)
         return ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", None) or str(e)
