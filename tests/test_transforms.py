@@ -316,6 +316,34 @@ def test_the_fused_crops_equal_slicing_and_the_formula(kernel, per_pixel, with_s
         torch.testing.assert_close(got[k], expected, rtol=1e-6, atol=1e-4)
 
 
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_crops_outside_the_images_or_their_mean_image_are_refused_not_read(native, monkeypatch):
+    # The C kernel read past the mean image for larger images (NaN crops; a segmentation fault for 3000x3000)
+    # and past the images for a crop position outside them; the plain path said neither in words.
+    from alexnet import kernels
+    from alexnet.data.transforms import _have_crop_kernel
+    from alexnet.kernels import build
+
+    monkeypatch.setenv("ALEXNET_NATIVE", native)
+    for cached in (kernels.crop_cpu, build.load):
+        cached.cache_clear()
+    try:
+        assert _have_crop_kernel() == (native == "1")
+        per_pixel = Normalize(torch.full((256, 256, 3), 100.0))
+        for images in (batch(2, size=400), batch(2, size=3000)):
+            with pytest.raises(ValueError, match=r"the mean image is 256x256 and the images are (400x400|3000x3000)"):
+                center_view(images, 227, per_pixel)
+        if native == "1":
+            for tops, lefts, sources in (([30], [0], [0]), ([0], [-1], [0]), ([0], [0], [2])):
+                with pytest.raises(ValueError, match="a 227x227 crop reaches outside the 2 images of 256x256"):
+                    crop(batch(2), torch.tensor(tops), torch.tensor(lefts), torch.tensor([False]), 227, ZERO,
+                         sources=torch.tensor(sources))
+    finally:
+        monkeypatch.undo()
+        for cached in (kernels.crop_cpu, build.load):
+            cached.cache_clear()
+
+
 def test_compile_keeps_the_fused_crop_as_one_node():
     from alexnet.data.transforms import crop
 

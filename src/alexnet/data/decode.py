@@ -104,8 +104,10 @@ def pad_small(img: Image.Image, size: int = FIXED_SIZE) -> Image.Image:
 def resize_center(img: Image.Image, size: int = FIXED_SIZE) -> Image.Image:
     """Shorter side to ``size``, then the centre ``size`` x ``size``, in one resample.
 
-    Resampling only the central square (PIL's ``box``) gives the same pixels as resizing the whole
-    image and then cropping, without ever building a 256 x 1,000,000 image from an extreme panorama.
+    Resampling only the central square (PIL's ``box``) scales by exactly size / shorter side, and never
+    builds a 256 x 1,000,000 image from an extreme panorama. Resizing the whole image first (torchvision's
+    Resize(256), then CenterCrop) rounds the longer side to whole pixels: where it is not whole (500x375 ->
+    341.33x256) that scale differs slightly, and so do the pixels.
     """
     w, h = img.size
     side = min(w, h)

@@ -203,6 +203,11 @@ def crop(images: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, flips: t
     sources = torch.arange(len(tops)) if sources is None else sources
     norm = norm.on(images.device)
     mean = norm.mean
+    if norm.per_pixel and tuple(mean.shape[:2]) != tuple(images.shape[1:3]):
+        # The C kernel reads the mean at the images' pixels: past its end where they are larger.
+        raise ValueError(f"the mean image is {mean.shape[0]}x{mean.shape[1]} and the images are "
+                         f"{images.shape[1]}x{images.shape[2]}: a mean image is subtracted from images of its own "
+                         f"size (alexnet.data.decode.load_fixed makes them)")
     if images.dtype == torch.uint8 and (_have_crop_kernel() if images.device.type == "cpu" else
                                         images.is_cuda and _have_cuda_crop_kernel()):
         std = None if norm.std is None else norm.std.float()
@@ -243,6 +248,10 @@ def crop_fused(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | Non
     sources, tops, lefts = (t.to(torch.int64).contiguous() for t in (sources, tops, lefts))
     flips = flips.to(torch.uint8).contiguous()
     n, h, w, _ = images.shape
+    if len(tops) and not (0 <= int(sources.min()) <= int(sources.max()) < n
+                          and 0 <= int(tops.min()) <= int(tops.max()) <= h - size
+                          and 0 <= int(lefts.min()) <= int(lefts.max()) <= w - size):
+        raise ValueError(f"a {size}x{size} crop reaches outside the {n} images of {h}x{w} it is taken from")
     x = torch.empty(len(tops), size, size, 3)
     kernels.crop_cpu().crop_normalize(
         images.data_ptr(), h, w, mean.data_ptr(), int(per_pixel), _ptr(std), _ptr(shift), sources.data_ptr(),
