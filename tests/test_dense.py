@@ -1,6 +1,7 @@
 """Dense evaluation: scaling, the averaged probabilities against the original network on pool5's windows,
 evaluate and predict with --views dense, exact under 2-process DDP, and its errors."""
 
+import copy
 import json
 
 import numpy as np
@@ -176,3 +177,61 @@ def test_bad_dense_settings_are_one_line(folders, flags, message):
         r = run_main(*command, "--checkpoint", root / "net.safetensors", *flags)
         assert r.returncode == 2 and message in r.stderr, (command, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 or "usage:" in r.stderr
+
+
+def test_an_owt_file_with_a_smaller_crop_is_sized_by_the_networks_input(folders, tmp_path):
+    # A file whose owt network was trained at crop 160 (load_model takes any from 63): its dense views were sized
+    # by the crop, so that --scales 180, or trimming to 160 + 32 k, fed the fully-convolutional network less
+    # than its 224 (a traceback, exit 1). Dense views do not depend on the crop: the same numbers as at 224.
+    root, _ = folders
+    torch.manual_seed(1)
+    model = AlexNet("owt", num_classes=3).eval()
+    norm = Normalize.create("imagenet")
+    for crop in (160, 224):
+        save_weights(LoadedModel(model, ["a", "b", "c"], ["a", "b", "c"], crop, "imagenet", norm),
+                     tmp_path / f"owt{crop}.safetensors")
+    got = {}
+    for crop in (160, 224):
+        r = run_main("evaluate", "--checkpoint", tmp_path / f"owt{crop}.safetensors", "--data", root, "--workers", 0,
+                     "--views", "dense", "--scales", "230,300", "--json")
+        assert r.returncode == 0, r.stderr
+        got[crop] = json.loads(r.stdout)
+        r = run_main("predict", "--checkpoint", tmp_path / f"owt{crop}.safetensors", "--views", "dense",
+                     "--scales", "230,300", "--json", root / "val" / "a" / "0.png")
+        assert r.returncode == 0, r.stderr
+        got[crop, "predict"] = json.loads(r.stdout)
+    assert got[160] == got[224] | {"seconds": got[160]["seconds"]} and got[160, "predict"] == got[224, "predict"]
+    r = run_main("predict", "--checkpoint", tmp_path / "owt160.safetensors", "--views", "dense", "--scales", "180",
+                 root / "val" / "a" / "0.png")
+    assert r.returncode == 2 and "of 224 (the network's input)" in r.stderr, r.stderr
+
+
+def test_a_float64_network_gives_dense_probabilities_in_float64(folders):
+    # Its score maps were fed float32 images: "Input type (float) and bias type (double) should be the same".
+    root, loaded = folders
+    paths = sorted((root / "val").rglob("*.png"))[:3]
+    views = [load_scaled(p, (256,), 227) for p in paths]
+    fcn = loaded.model.to_fully_convolutional().eval()
+    single = dense_probabilities(fcn, views, loaded.norm, torch.device("cpu"))
+    double = dense_probabilities(copy.deepcopy(fcn).double(), views, loaded.norm, torch.device("cpu"))
+    torch.testing.assert_close(double, single, rtol=0, atol=1e-5)
+
+
+def test_predicting_and_extracting_features_leave_a_training_network_training(folders):
+    # Both set the caller's network to eval mode and left it there: a fine-tuning loop that predicted between
+    # steps went on without dropout. Their numbers are those of eval mode (dropout off) all the same.
+    from alexnet.features import extract_features, split_images
+    from alexnet.predict import predict
+
+    root, loaded = folders
+    paths = sorted((root / "val").rglob("*.png"))[:4]
+    expected = [p.top for p in predict(loaded, paths)]
+    features = extract_features(loaded, split_images(root, "val"), workers=0, progress=False).features
+    loaded.model.train()
+    try:
+        assert [p.top for p in predict(loaded, paths)] == expected and loaded.model.training
+        assert all(m.training for m in loaded.model.modules())
+        again = extract_features(loaded, split_images(root, "val"), workers=0, progress=False).features
+        assert torch.equal(again, features) and loaded.model.training
+    finally:
+        loaded.model.eval()

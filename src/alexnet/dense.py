@@ -30,7 +30,7 @@ from alexnet.data.sources import open_split
 from alexnet.data.transforms import Normalize
 from alexnet.errors import UserError
 from alexnet.fully_convolutional import fitted_side
-from alexnet.precision import autocast
+from alexnet.precision import autocast, input_dtype, widen
 
 # The longer side is kept to at most this many times the shorter (the centre of a wider panorama): a 1x5000
 # strip at scale 256 would otherwise be 256 x 1,280,000 pixels, and its activations tens of gigabytes.
@@ -170,9 +170,10 @@ def normalized(images: torch.Tensor, norm: Normalize) -> torch.Tensor:
 @torch.no_grad()
 def score_maps(fcn: torch.nn.Module, images: torch.Tensor, norm: Normalize,
                dtype: torch.dtype | None = None) -> torch.Tensor:
-    """uint8 (N, H, W, 3) of one size, on the network's device -> float32 class scores (N, K, h, w)."""
+    """uint8 (N, H, W, 3) of one size, on the network's device -> class scores (N, K, h, w): float32, float64
+    for a float64 network (as the 1- and 10-view paths take it)."""
     with autocast(images.device, dtype):
-        return fcn(normalized(images, norm)).float()
+        return widen(fcn(normalized(images, norm).to(input_dtype(fcn))))
 
 
 class DenseBatches:

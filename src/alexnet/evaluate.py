@@ -10,7 +10,8 @@ single process would give.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,11 +27,26 @@ from alexnet.errors import UserError
 from alexnet.precision import autocast, input_dtype
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode (dropout off) for the block, then every part of it in the mode it was in: a
+    caller's network that was training (fine-tuning, predicting between steps) goes on training."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 @torch.no_grad()
 def class_probabilities(model: nn.Module, images: torch.Tensor, size: int, norm: Normalize, crops: int = 1,
                         dtype: torch.dtype | None = None) -> torch.Tensor:
-    """uint8 (N, 256, 256, 3) on the model's device -> (N, K) float32 probabilities."""
-    return _probabilities(model, images, size, norm, crops, dtype).float()
+    """uint8 (N, 256, 256, 3) on the model's device -> (N, K) float32 probabilities, of the network in eval
+    mode whatever mode it is in (and is left in)."""
+    with eval_mode(model):
+        return _probabilities(model, images, size, norm, crops, dtype).float()
 
 
 def _probabilities(model: nn.Module, images: torch.Tensor, size: int, norm: Normalize, crops: int = 1,
@@ -150,8 +166,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, crops: int | s
         dtype = None if int8 else autocast_dtype(precision, dist.device)
         extra = {"crops": crops, "classes": len(loaded.classes)}
         if crops == "dense":
-            extra["scales"] = parse_scales(scales, loaded.crop)
-            val = DenseImages(val, extra["scales"], loaded.crop, loaded.small)
+            # Sized by the network's own input (the owt network's 224), not the file's crop, which may be smaller.
+            extra["scales"] = parse_scales(scales, loaded.model.input_size)
+            val = DenseImages(val, extra["scales"], loaded.model.input_size, loaded.small)
             workers = default_workers(val, dist.device, training=False) if workers is None else workers
             loader = eval_loader(val, batch_size, dist.rank, dist.world, workers, pin_memory=False,
                                  collate=DenseImages.collate)

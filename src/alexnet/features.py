@@ -31,6 +31,7 @@ from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import ImageSet
 from alexnet.data.transforms import center_view
 from alexnet.errors import UserError
+from alexnet.evaluate import eval_mode
 from alexnet.files import atomic_write
 from alexnet.inputs import check_images, check_pool5
 from alexnet.precision import autocast
@@ -102,7 +103,7 @@ def iter_features(loaded: LoadedModel, images: ImageSet, layer: str = DEFAULT_LA
     check_layer(loaded, layer)
     images = images.with_small(loaded.small, AS_TRAINED)   # (a set opened without it upscales)
     device = torch.device(device)
-    model = loaded.model.to(device).eval()
+    model = loaded.model.to(device)
     skipped = skipped or SkippedFiles(images)
     feed = images.for_device(device)
     loader = eval_loader(feed, batch_size, rank=0, world=1,
@@ -115,7 +116,7 @@ def iter_features(loaded: LoadedModel, images: ImageSet, layer: str = DEFAULT_LA
         if not len(batch):
             continue
         x = center_view(batch.to(device, non_blocking=True), loaded.crop, loaded.norm)
-        with autocast(device, dtype):
+        with eval_mode(model), autocast(device, dtype):   # between batches the network is in the caller's mode
             feats = activations(model, x, layer).cpu()
         yield indices[keep], feats          # outside autocast: the caller's code must not run under it
 

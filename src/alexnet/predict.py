@@ -81,16 +81,16 @@ def predict(loaded: LoadedModel, paths: Iterable[Path | str] | Path | str, topk:
 def _predict(loaded: LoadedModel, paths: Iterable[Path | str], k: int, crops: int | str, batch_size: int,
              device: torch.device | str, dtype: torch.dtype | None, model: nn.Module | None,
              scales: str | Sequence[int]) -> Iterator[Prediction]:
-    model = (loaded.model if model is None else model).to(device).eval()
+    model = (loaded.model if model is None else model).to(device)   # left in its mode: class_probabilities
     batch: list[tuple[Path, torch.Tensor | list[torch.Tensor] | str]] = []
     if crops == "dense":
         fcn = model.to_fully_convolutional().eval()
-        scales = parse_scales(scales, loaded.crop)
+        scales = parse_scales(scales, fcn.input_size)   # the network's input, not the file's crop (see evaluate)
 
     def load(path: Path | str) -> torch.Tensor | list[torch.Tensor] | str:
         if crops != "dense":
             return _load(path, lambda p: load_fixed(p, small=loaded.small))
-        return _load(path, lambda p: load_scaled(p, scales, loaded.crop, loaded.small))
+        return _load(path, lambda p: load_scaled(p, scales, fcn.input_size, loaded.small))
 
     def probabilities(good: list) -> torch.Tensor:
         if crops == "dense":
