@@ -58,6 +58,27 @@ def test_device_and_dtype_on_the_cpu(precision, dtype):
     assert device_and_dtype("cpu", precision) == (torch.device("cpu"), dtype)
 
 
+def test_auto_precision_is_bf16_only_on_gpus_that_compute_it(two_gpus, monkeypatch):
+    # NVIDIA's bf16 tensor cores come with compute capability 8 (Ampere). torch.cuda.is_bf16_supported() says yes
+    # on a V100 or T4 too (bf16 emulated, far slower than fp16), and of the current GPU, not the run's: "auto"
+    # took bf16 there, and fp16 (the tensor cores those GPUs have) never.
+    from types import SimpleNamespace
+
+    from alexnet.precision import autocast_dtype
+
+    majors = {0: 7, 1: 8}   # a V100 beside an A100
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(major=majors[i]))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert autocast_dtype("auto", torch.device("cuda", 0)) == torch.float16
+    assert autocast_dtype("auto", torch.device("cuda", 1)) == torch.bfloat16
+    assert autocast_dtype("auto", torch.device("cuda")) == torch.bfloat16       # the current GPU: cuda:1
+    assert autocast_dtype("bf16", torch.device("cuda", 0)) == torch.bfloat16    # asked for: as asked
+    monkeypatch.setattr(torch.version, "hip", "6.2")                              # AMD's GPUs compute bf16
+    assert autocast_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
+
+
 def test_fp16_on_the_cpu_is_a_user_error():
     with pytest.raises(UserError, match="fp16 needs a CUDA device"):
         device_and_dtype("cpu", "fp16")

@@ -23,14 +23,24 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+def cuda_has_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: ROCm GPUs, and NVIDIA's from compute capability 8 (Ampere) on.
+    torch.cuda.is_bf16_supported() says yes on older ones too (a V100, a T4), where bf16 is emulated, far
+    slower than their fp16 tensor cores, and it asks the current GPU, not the run's."""
+    if torch.version.hip:
+        return True
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_properties(index).major >= 8
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """None means no autocast (fp32, or fp64's float64 weights). "auto": bf16 where the hardware computes it
-    natively, else fp32."""
+    natively; on an older GPU fp16 (its tensor cores; training adds the loss scaler); else fp32."""
     if precision == "fp64":
         return None
     if precision == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if cuda_has_bf16(device) else torch.float16
         return torch.bfloat16 if cpu_has_bf16() else None
     if precision == "fp16" and device.type == "cpu":
         raise UserError("--precision fp16 needs a CUDA device; on a CPU use bf16 or fp32")
