@@ -5,6 +5,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -141,6 +143,36 @@ def test_reading_a_store_maps_none_of_it(prep):
     fast.__getitems__(list(range(15)))
     maps = open("/proc/self/maps").read()
     assert str(out) not in maps and fast._shards[0].file is not None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="needs Linux's /proc/self/fd")
+def test_reading_a_store_keeps_no_more_files_open_than_its_share_of_the_limit(prep, monkeypatch):
+    # One descriptor a shard for good: an ImageNet store (1,301 shards) failed a few batches into training, in
+    # every loader worker, under the usual `ulimit -n` of 1,024, and its prepare at the statistics pass.
+    from alexnet import files
+
+    data, out = prep
+    jpeg = FixedSizeImages(discover(data).splits["train"])
+    reference = [jpeg[i][0] for i in range(len(jpeg)) if jpeg[i][1] >= 0]
+    monkeypatch.setattr(files._OPEN, "most", 2)   # of the store's 4 shards
+
+    def shards_open():
+        return sum(os.path.realpath(f"/proc/self/fd/{fd}").startswith(str(out)) for fd in os.listdir("/proc/self/fd"))
+
+    fast = PreparedImages(out, "train")
+    counts = []
+    for _ in range(2):
+        for i in np.random.default_rng(len(counts)).permutation(len(fast)).tolist():
+            assert torch.equal(fast.__getitems__([i])[0][0], reference[i])
+            counts.append(shards_open())
+    assert max(counts) == 2
+    del fast
+    assert shards_open() == 0
+    # The share: a quarter of the process's limit on open files.
+    script = ("import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit("
+              "resource.RLIMIT_NOFILE)[1])); from alexnet import files; print(files._OPEN.most)")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "16", r.stderr
 
 
 def test_the_statistics_are_those_of_the_decoded_training_set(prep):

@@ -12,6 +12,9 @@ import shutil
 import socket
 import stat
 import tempfile
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -277,12 +280,23 @@ class ReadAt:
         self._pid: int | None = None
 
     def _descriptor(self) -> int:
-        if self._pid != os.getpid():
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0)), os.getpid()
+        """This process's descriptor of the file, opened again if it was closed to keep others open."""
+        pid = os.getpid()
+        if self._pid == pid and self._fd is not None:
+            _OPEN.move_to_end(id(self))
+            return self._fd
+        self._fd, self._pid = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0)), pid
+        _OPEN.opened(self)
         return self._fd
 
+    def _close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
     def read(self, offset: int, size: int, exact: bool = True) -> bytes:
-        data = _pread(self._descriptor(), size, offset)
+        with _OPEN.lock:   # no other thread closes the descriptor (and reuses its number) during the read
+            data = _pread(self._descriptor(), size, offset)
         if exact and len(data) != size:
             raise CutShort(f"{self.path} ends {len(data)} bytes into a read of {size} at byte {offset} "
                           "(cut short since it was written or indexed?)")
@@ -293,12 +307,13 @@ class ReadAt:
         view = memoryview(buffer).cast("B")
         done = 0
         while done < len(view):   # a read may return less than asked for; only 0 means the end
-            if _PREADV:
-                n = os.preadv(self._descriptor(), [view[done:]], offset + done)
-            else:
-                data = _pread(self._descriptor(), len(view) - done, offset + done)
-                n = len(data)
-                view[done:done + n] = data
+            with _OPEN.lock:
+                if _PREADV:
+                    n = os.preadv(self._descriptor(), [view[done:]], offset + done)
+                else:
+                    data = _pread(self._descriptor(), len(view) - done, offset + done)
+                    n = len(data)
+                    view[done:done + n] = data
             if n == 0:
                 raise CutShort(f"{self.path} ends {done} bytes into a read of {len(view)} at byte {offset} "
                               "(cut short since it was written or indexed?)")
@@ -308,8 +323,64 @@ class ReadAt:
         return {"path": self.path, "_fd": None, "_pid": None}
 
     def __del__(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
-            os.close(self._fd)
+        try:
+            with _OPEN.lock:
+                _OPEN.forget(self)
+                self._close()
+        except (AttributeError, TypeError, OSError):   # at the interpreter's exit, the module may be gone first
+            pass
+
+
+class _OpenFiles:
+    """The files ReadAt holds open in this process, at most a quarter of its limit on open files (ulimit -n):
+    reading past it closes the least recently read, which opens again when next read. With one descriptor a
+    file for good, an ImageNet store (1,301 shards) failed a few batches into training, in every loader
+    worker, under the usual limit of 1,024, and its `prepare` at the statistics pass after every image."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()   # reentrant: a ReadAt collected during a read closes itself here
+        self.files: OrderedDict[int, weakref.ref[ReadAt]] = OrderedDict()   # least recently read first
+        self.pid = os.getpid()
+        self.most = _most_open()
+
+    def _this_process(self) -> None:
+        if self.pid != os.getpid():   # a forked worker: its parent's files are not its own to close
+            self.files.clear()
+            self.pid = os.getpid()
+
+    def opened(self, file: ReadAt) -> None:
+        self._this_process()
+        self.files[id(file)] = weakref.ref(file)
+        while len(self.files) > self.most:
+            _, ref = self.files.popitem(last=False)
+            other = ref()
+            if other is not None:
+                other._close()
+
+    def move_to_end(self, key: int) -> None:
+        self._this_process()
+        if key in self.files:
+            self.files.move_to_end(key)
+
+    def forget(self, file: ReadAt) -> None:
+        self._this_process()
+        ref = self.files.get(id(file))
+        if ref is not None and ref() in (file, None):
+            del self.files[id(file)]
+
+
+def _most_open() -> int:
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            soft = 4096
+    except (ImportError, OSError, ValueError):   # no such limit (Windows: 8,192 handles for the C runtime)
+        soft = 1024
+    return max(4, min(soft // 4, 1024))
+
+
+_OPEN = _OpenFiles()
 
 
 class FolderLock:
