@@ -1,5 +1,6 @@
 """Loader processes and stop signals: a group's SIGTERM is the trainer's to handle, its own ends them."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -54,6 +55,39 @@ def test_a_loader_process_ignores_others_stop_signals_and_ends_on_its_parents(si
     os.kill(worker, signum)
     assert ended_within(worker, 10.0)
     del batches
+
+
+# A process iterating a Loader whose worker is held in its worker_init_fn: before torch's watchdog reads its
+# parent's pid, where a parent killed with kill -9 left workers watching init (pid 1) for good.
+HELD_WORKER = """
+import os, sys, time
+from alexnet.data.loader import Loader
+def hold(worker_id):
+    open(sys.argv[1], "w").write(str(os.getpid()))
+    time.sleep(30)
+for batch in Loader(list(range(8)), batch_size=2, num_workers=1, worker_init_fn=hold):
+    pass
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="dying with the parent is Linux's prctl")
+def test_a_loaders_workers_die_with_the_process_that_made_them(tmp_path):
+    pid_file = tmp_path / "worker.pid"
+    parent = subprocess.Popen([sys.executable, "-c", HELD_WORKER, str(pid_file)])
+    try:
+        deadline = time.monotonic() + 120
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            assert parent.poll() is None
+            time.sleep(0.05)
+        worker = int(pid_file.read_text())
+        parent.kill()
+        parent.wait()
+        assert ended_within(worker, 10.0)
+    finally:
+        parent.kill()
+        if pid_file.exists() and pid_file.read_text():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
 @pytest.mark.parametrize("world", [3, 5, 6])

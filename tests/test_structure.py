@@ -8,7 +8,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "alexnet"
 # What data/ may use outside itself: errors, the C kernels, atomic file writes.
-DATA_MAY_IMPORT = {"alexnet.errors", "alexnet.choices", "alexnet.kernels", "alexnet.files", "alexnet.cores", "alexnet.progress"}
+DATA_MAY_IMPORT = {"alexnet.errors", "alexnet.choices", "alexnet.kernels", "alexnet.files", "alexnet.cores",
+                   "alexnet.progress", "alexnet.orphans"}
 
 
 def module_name(path: Path) -> str:

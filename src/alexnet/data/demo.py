@@ -65,6 +65,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from alexnet.cores import usable_cores
 from alexnet.errors import Stopped, UserError
 from alexnet.files import maker, sweep_abandoned
+from alexnet.orphans import die_with_parent
 from alexnet.progress import progress_bar
 
 # Bump when the pictures change, so a cached set made by an older generator is rebuilt.
@@ -395,13 +396,7 @@ def _worker_start(parent: int) -> None:
     on Linux, dies with its parent: a parent killed with kill -9 left its workers (and, through them,
     multiprocessing's resource tracker) waiting on a pipe for good."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:   # it died before the call: nothing would signal it now
-            os._exit(1)
+    die_with_parent(parent)
 
 
 def _check_replaceable(out: Path, marker: dict | None) -> None:

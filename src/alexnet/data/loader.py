@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from alexnet.cores import usable_cores
 from alexnet.data.imageset import ImageSet
+from alexnet.orphans import die_with_parent
 
 MAX_DEFAULT_WORKERS = 16
 
@@ -35,10 +36,14 @@ class Loader(DataLoader):
     ignored in: _releaseLock"), or inside the iterator's construction, which leaves one that fails again as it
     is collected: `prepare` starts a loader per shard, and a Ctrl-C or SIGTERM within some 50 ms of a shard's
     start was lost and the command ran on to the end. During the start the signals are only noted (masking
-    them would not do: any other thread may take them), then handled as they would have been."""
+    them would not do: any other thread may take them), then handled as they would have been. Its workers
+    die with it (orphans.py)."""
 
     def _get_iterator(self):
-        if not self.num_workers or threading.current_thread() is not threading.main_thread():
+        main = threading.current_thread() is threading.main_thread()
+        if self.num_workers and main:
+            self._workers_die_with_this_process()
+        if not self.num_workers or not main:
             return super()._get_iterator()
         noted: list[int] = []
         held = {}
@@ -52,6 +57,15 @@ class Loader(DataLoader):
                 signal.signal(signum, handler)
             for signum in dict.fromkeys(noted):
                 signal.raise_signal(signum)
+
+    def _workers_die_with_this_process(self) -> None:
+        # Started from the main thread only: a worker dies with the thread that made it, which may end first.
+        init = self.worker_init_fn
+        if isinstance(init, _WorkerStart):
+            if init.parent == os.getpid():
+                return
+            init = init.then
+        self.worker_init_fn = _WorkerStart(os.getpid(), init)
 
 
 def default_workers(images, device: torch.device, training: bool = True) -> int:
@@ -74,6 +88,20 @@ def default_workers(images, device: torch.device, training: bool = True) -> int:
         share = usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         return max(2, min(MAX_DEFAULT_WORKERS, share - 1))
     return 0 if training and not decodes and device.type == "cpu" else 2
+
+
+class _WorkerStart:
+    """A loader process's worker_init_fn: it dies with the process that made it, then runs ``then``. torch's
+    workers watch their parent through the pid they read when their loop starts: one whose parent was killed
+    (kill -9) between the fork and then watched init (pid 1) and stayed for good, some 300 MB each."""
+
+    def __init__(self, parent: int, then: Callable[[int], None] | None) -> None:
+        self.parent, self.then = parent, then
+
+    def __call__(self, worker_id: int) -> None:
+        die_with_parent(self.parent)
+        if self.then is not None:
+            self.then(worker_id)
 
 
 def leave_stop_signals_to_the_parent(worker_id: int) -> None:
