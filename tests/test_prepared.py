@@ -217,6 +217,23 @@ def test_an_interrupted_prepare_resumes_without_redoing_finished_shards(prep, tm
     assert not list(out.rglob("*.tmp"))
 
 
+def test_a_store_prepared_in_shards_of_another_size_says_so(prep, tmp_path):
+    # prepare(shard_size=...) is the Python API's: a store made with 4, prepared again with the default, was
+    # refused as "made from other files than DATA/train holds now", the data unchanged.
+    data, _ = prep
+    out = tmp_path / "prep"
+    prepare(data, out, workers=0, shard_size=4, progress=False)
+    r = cli("prepare", "--data", data, "--out", out, "--workers", 0)
+    assert r.returncode == 2 and f"{out} was prepared in shards of 4 images, not 1024: prepare it with " \
+        "shard_size=4" in r.stderr, r.stderr
+    (out / "alexnet-prepared.json").unlink()   # unfinished: its shards say it
+    with pytest.raises(UserError, match=r"00000.json holds 4 images, where shards of 6 hold 6: .* was begun with "
+                                        r"another shard size"):
+        prepare(data, out, workers=0, shard_size=6, progress=False)
+    prepare(data, out, workers=0, shard_size=4, progress=False)   # resumed with its own
+    assert (out / "alexnet-prepared.json").exists()
+
+
 @pytest.mark.parametrize("left", [[], [".00000.u8.tmp"], [".00000.u8.tmp", ".00000.json.k2j4x.tmp"],
                                   [".00000.jpg.bin.tmp"]])
 def test_a_prepare_killed_in_its_first_shard_resumes(prep, tmp_path, left):
@@ -468,8 +485,8 @@ def test_a_changed_source_is_not_mixed_into_an_unfinished_prep(prep, tmp_path):
     prepare(copy, out, workers=0, shard_size=4, progress=False)
     (out / "alexnet-prepared.json").unlink()
     Image.new("RGB", (300, 200), (9, 9, 9)).save(copy / "train" / "ant" / "0.jpg")   # regenerated meanwhile
-    r = cli("prepare", "--data", copy, "--out", out)
-    assert r.returncode == 2 and "was made from other files" in r.stderr, r.stderr
+    with pytest.raises(UserError, match="00000.json was made from other files than .* holds now"):
+        prepare(copy, out, workers=0, shard_size=4, progress=False)
 
 
 @pytest.mark.parametrize("change, message", [

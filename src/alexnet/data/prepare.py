@@ -141,6 +141,10 @@ def _existing_meta(out: Path, source: DataSource, shard_size: int, store: str, q
             if old.get("source") != meta["source"]:
                 raise UserError(f"{out} was prepared from {old.get('source')}, not {source.root}; choose a new "
                                 f"--out (or give --data {old.get('source')} to resume or redo it)")
+            if isinstance(old.get("shard_size"), int) and old["shard_size"] != shard_size:
+                raise UserError(f"{out} was prepared in shards of {old['shard_size']} images, not {shard_size}: "
+                                f"prepare it with shard_size={old['shard_size']} to resume or redo it, or into a "
+                                f"new --out")
             if old.get("classes") != meta["classes"]:
                 raise UserError(f"{out} was prepared from {source.root} when it had "
                                 f"{_classes_change(old.get('classes'), meta['classes'])}: prepare into a new "
@@ -244,7 +248,12 @@ def _prepare_split(images: ImageSet, folder: Path, workers: int, shard_size: int
             and _data_whole(folder, s, info, jpeg=quality is not None)]
     for shard in done:
         lo, hi = shard * shard_size, min(len(split), (shard + 1) * shard_size)
-        if records[shard].get("sources") != _sources(split, lo, hi):
+        held = records[shard].get("sources")
+        if isinstance(held, list) and len(held) != hi - lo:   # an unfinished store of another shard size
+            raise UserError(f"{folder / f'{shard:05d}.json'} holds {len(held)} images, where shards of {shard_size} "
+                            f"hold {hi - lo}: {folder.parent} was begun with another shard size; prepare it with "
+                            f"that one, or into a new --out")
+        if held != _sources(split, lo, hi):
             raise UserError(f"{folder / f'{shard:05d}.json'} was made from other files than {split.root} holds "
                             f"now; prepare into a new --out (or delete {folder.parent})")
     todo = sorted(set(range(shards)) - set(done))
