@@ -141,10 +141,6 @@ def _existing_meta(out: Path, source: DataSource, shard_size: int, store: str, q
             if old.get("source") != meta["source"]:
                 raise UserError(f"{out} was prepared from {old.get('source')}, not {source.root}; choose a new "
                                 f"--out (or give --data {old.get('source')} to resume or redo it)")
-            if isinstance(old.get("shard_size"), int) and old["shard_size"] != shard_size:
-                raise UserError(f"{out} was prepared in shards of {old['shard_size']} images, not {shard_size}: "
-                                f"prepare it with shard_size={old['shard_size']} to resume or redo it, or into a "
-                                f"new --out")
             if old.get("classes") != meta["classes"]:
                 raise UserError(f"{out} was prepared from {source.root} when it had "
                                 f"{_classes_change(old.get('classes'), meta['classes'])}: prepare into a new "
@@ -157,6 +153,10 @@ def _existing_meta(out: Path, source: DataSource, shard_size: int, store: str, q
         if held is not None and held != small:
             raise UserError(f"{out} holds images prepared with --small {held}, not --small {small}; choose a new "
                             f"--out (or ask for --small {held} to resume or redo it)")
+        # Last: the flags a user gives come first. The size is the Python API's (prepare(shard_size=...)).
+        if old is not None and isinstance(old.get("shard_size"), int) and old["shard_size"] != shard_size:
+            raise UserError(f"{out} was prepared in shards of {old['shard_size']} images, not {shard_size}: "
+                            f"prepare it with shard_size={old['shard_size']} to resume or redo it, or into a new --out")
     return meta
 
 
