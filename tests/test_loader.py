@@ -90,6 +90,26 @@ def test_a_loaders_workers_die_with_the_process_that_made_them(tmp_path):
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
+START_METHODS = """
+import multiprocessing, sys
+from alexnet.data.loader import Loader
+if __name__ == "__main__":
+    multiprocessing.set_start_method(sys.argv[1])
+    print(sorted(int(i) for batch in Loader(list(range(8)), batch_size=4, num_workers=2) for i in batch))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forkserver and fork are Unix's")
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_a_loader_runs_under_every_start_method(method, tmp_path):
+    # Under forkserver (Python 3.14's default on Linux) a worker's parent is the server: the check that the
+    # worker's parent was still the loader's process ended every worker at once.
+    script = tmp_path / "loader_start.py"
+    script.write_text(START_METHODS)
+    r = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == str(list(range(8))), r.stderr[-2000:]
+
+
 @pytest.mark.parametrize("world", [3, 5, 6])
 def test_a_global_batch_the_world_does_not_divide_is_the_same_batch_in_shares(world):
     # An elastic job that lost a node: 8 over 3 processes. Global batch k must be the samples it is for an

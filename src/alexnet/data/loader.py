@@ -9,6 +9,7 @@ sample exactly once.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import threading
@@ -60,6 +61,9 @@ class Loader(DataLoader):
 
     def _workers_die_with_this_process(self) -> None:
         # Started from the main thread only: a worker dies with the thread that made it, which may end first.
+        # Not under forkserver (Python 3.14's default on Linux): the workers' parent is the server then.
+        if (self.multiprocessing_context or multiprocessing.get_context()).get_start_method() == "forkserver":
+            return
         init = self.worker_init_fn
         if isinstance(init, _WorkerStart):
             if init.parent == os.getpid():
