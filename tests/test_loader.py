@@ -161,8 +161,12 @@ def test_an_even_split_takes_one_processs_batches_and_never_its_padding(images):
         for k in range(steps):
             together = sorted(i for r in range(world) for i in streams[r][k * shares[r]:(k + 1) * shares[r]])
             assert together == sorted(expected[k * batch:(k + 1) * batch]), (world, k)
-        taken = [i for r in range(world) for i in streams[r][:steps * shares[r]]]
-        assert len(taken) == len(set(taken)) == steps * batch   # no image twice in an epoch
+        taken = [i for r in range(world) for i in streams[r]]
+        assert len(taken) == len(set(taken)) == steps * batch   # no image twice in an epoch, no padding
+        # Resumed after the epoch's last step (stopped in its validation): nothing is left to take.
+        for r, sampler in enumerate(ranks):
+            sampler.set_position(epoch, steps * shares[r])
+            assert list(sampler) == [] and len(sampler) == 0
 
 
 # A stop signal sent while the loader's worker is being forked, from inside the interpreter's fork handlers

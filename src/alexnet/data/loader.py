@@ -145,13 +145,17 @@ class ResumableSampler(DistributedSampler):
 
     With ``batches`` (every rank's share of a global batch, rank_batches) that differ, global batch k is
     still samples k*B .. (k+1)*B of the epoch's permutation (DistributedSampler's, from seed + epoch), as
-    it is for an equal split: each rank takes its own run of them, and the incomplete last one is dropped."""
+    it is for an equal split: each rank takes its own run of them, and the incomplete last one is dropped.
+    With ``batches`` given, a rank's stream ends with its share of the epoch's last full batch, equal or not:
+    DistributedSampler's padding, images the epoch already gave, is never reached (a run resumed after its
+    epoch's last step took one more step of it)."""
 
     def __init__(self, dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True,
                  batches: list[int] | None = None) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self.start = 0
         self.batches = batches if batches and len(set(batches)) > 1 else None
+        self.per_epoch = len(dataset) // sum(batches) * batches[rank] if batches else self.num_samples
 
     def set_position(self, epoch: int, start: int) -> None:
         self.set_epoch(epoch)
@@ -159,7 +163,7 @@ class ResumableSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         if self.batches is None:
-            indices = list(super().__iter__())
+            indices = list(super().__iter__())[:self.per_epoch]
             return iter(indices[self.start:])
         g = torch.Generator()
         g.manual_seed(self.seed + self.epoch)
@@ -170,9 +174,7 @@ class ResumableSampler(DistributedSampler):
         return iter([i for run in runs for i in run][self.start:])
 
     def __len__(self) -> int:
-        if self.batches is None:
-            return max(0, self.num_samples - self.start)
-        return max(0, len(self.dataset) // sum(self.batches) * self.batches[self.rank] - self.start)
+        return max(0, self.per_epoch - self.start)
 
 
 class ShardSampler(Sampler[int]):
