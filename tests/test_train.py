@@ -293,6 +293,26 @@ def test_a_stop_in_the_validation_of_an_epoch_an_earlier_version_padded_resumes_
         assert [json.loads(row)["epoch"] for row in (run / "metrics.jsonl").read_text().splitlines()] == [1]
 
 
+def test_a_run_saved_without_loss_scaling_resumes_with_it(data, tmp_path, monkeypatch):
+    # --precision auto is fp16 with a loss scaler on a GPU without native bf16 (a V100), bf16 or fp32 without one
+    # elsewhere: a run moved from an A100 to a V100, or begun on a V100 when auto took bf16 there, stopped at
+    # "The source state dict is empty, possibly because it was saved from a disabled instance of GradScaler".
+    import alexnet.train as train_module
+
+    class Scaled(train_module.TrainStep):   # fp16's loss scaler, on fp32 arithmetic (a CPU's fp16 is slow)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.scaler = torch.amp.GradScaler("cpu", enabled=True)
+
+    run = tmp_path / "run"
+    train(config(data, run, epochs=1))
+    assert torch.load(run / "last.pt", weights_only=True)["scaler"] == {}
+    monkeypatch.setattr(train_module, "TrainStep", Scaled)
+    result = train(config(data, run, epochs=2), resume=True)
+    assert result["epoch"] == 2
+    assert torch.load(run / "last.pt", weights_only=True)["scaler"]["scale"] > 0   # scaling from then on
+
+
 def test_killing_at_random_moments_never_leaves_an_unreadable_checkpoint(more_data, tmp_path):
     run = tmp_path / "run"
     rng = np.random.default_rng(0)

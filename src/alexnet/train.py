@@ -663,6 +663,10 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
         raise UserError(f"--accumulate {config.accumulate} does not split each process's {batch_per_rank} images "
                         f"(--batch-size {config.batch_size} over {shard.world}) into equal parts")
     dtype = autocast_dtype(config.precision, dist.device)
+    if config.precision == "auto" and distributed.all_max(dist, torch.tensor([float(dtype == torch.float16)])).item():
+        # One dtype for the job: a GPU without native bf16 anywhere in it (a V100 among A100s) makes it fp16 on
+        # all, else some ranks' gradients would come scaled by the loss scaler and others not.
+        dtype = torch.float16
     if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # every batch has the same shape: pick the fastest kernels once
     # The data is checked before anything is printed or written: a wrong --data leaves RUN as it was.
@@ -795,7 +799,8 @@ def _restore(run: _Run, ckpt: checkpoint.Resumable) -> None:
         group["weight_decay"] = decay
     _own_state(run.step.optimizer)
     run.schedule.load_state_dict(ckpt.schedule)
-    run.step.scaler.load_state_dict(ckpt.scaler)
+    if ckpt.scaler:   # empty: saved without loss scaling (fp32, bf16), which auto may now add (an older GPU)
+        run.step.scaler.load_state_dict(ckpt.scaler)
     run.epoch, run.step_in_epoch, run.best = ckpt.epoch, ckpt.step_in_epoch, ckpt.best
     images = len(run.source.splits["train"])
     if run.step_in_epoch > run.steps and run.step_in_epoch == _padded_steps(ckpt, images):
