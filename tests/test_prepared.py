@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,11 +228,19 @@ def test_a_store_prepared_in_shards_of_another_size_says_so(prep, tmp_path):
     assert r.returncode == 2 and f"{out} was prepared in shards of 4 images, not 1024: prepare it with " \
         "shard_size=4" in r.stderr, r.stderr
     (out / "alexnet-prepared.json").unlink()   # unfinished: its shards say it
-    with pytest.raises(UserError, match=r"00000.json holds 4 images, where shards of 6 hold 6: .* was begun with "
-                                        r"another shard size"):
+    with pytest.raises(UserError, match=r"00000.json is a shard of 4 images, not 6: .* was begun in shards of 4; "
+                                        r"prepare it with shard_size=4 to resume it"):
         prepare(data, out, workers=0, shard_size=6, progress=False)
     prepare(data, out, workers=0, shard_size=4, progress=False)   # resumed with its own
     assert (out / "alexnet-prepared.json").exists()
+    # Images added since to an unfinished store whose last shard was not full: other files, not another size.
+    copy = Path(shutil.copytree(data, tmp_path / "grown"))
+    prepare(copy, tmp_path / "five", workers=0, shard_size=5, progress=False)   # 16 files: 5, 5, 5 and 1
+    (tmp_path / "five" / "alexnet-prepared.json").unlink()
+    for i in range(2):
+        Image.new("RGB", (300, 200), (i, 9, 9)).save(copy / "train" / "cow" / f"new{i}.png")
+    with pytest.raises(UserError, match="00003.json was made from other files than"):
+        prepare(copy, tmp_path / "five", workers=0, shard_size=5, progress=False)
 
 
 @pytest.mark.parametrize("left", [[], [".00000.u8.tmp"], [".00000.u8.tmp", ".00000.json.k2j4x.tmp"],

@@ -248,12 +248,12 @@ def _prepare_split(images: ImageSet, folder: Path, workers: int, shard_size: int
             and _data_whole(folder, s, info, jpeg=quality is not None)]
     for shard in done:
         lo, hi = shard * shard_size, min(len(split), (shard + 1) * shard_size)
-        held = records[shard].get("sources")
-        if isinstance(held, list) and len(held) != hi - lo:   # an unfinished store of another shard size
-            raise UserError(f"{folder / f'{shard:05d}.json'} holds {len(held)} images, where shards of {shard_size} "
-                            f"hold {hi - lo}: {folder.parent} was begun with another shard size; prepare it with "
-                            f"that one, or into a new --out")
-        if held != _sources(split, lo, hi):
+        held = records[shard].get("shard_size")   # (records of earlier versions have none)
+        if isinstance(held, int) and held != shard_size:   # an unfinished store (the marker would say it)
+            raise UserError(f"{folder / f'{shard:05d}.json'} is a shard of {held} images, not {shard_size}: "
+                            f"{folder.parent} was begun in shards of {held}; prepare it with shard_size={held} to "
+                            f"resume it, or into a new --out")
+        if records[shard].get("sources") != _sources(split, lo, hi):
             raise UserError(f"{folder / f'{shard:05d}.json'} was made from other files than {split.root} holds "
                             f"now; prepare into a new --out (or delete {folder.parent})")
     todo = sorted(set(range(shards)) - set(done))
@@ -265,7 +265,7 @@ def _prepare_split(images: ImageSet, folder: Path, workers: int, shard_size: int
         part = Subset(images, range(lo, hi))
         loader = Loader(part if quality is None else _Encoded(part, quality), batch_size=64,
                         num_workers=workers, collate_fn=ImageSet.collate)
-        _write_shard(folder, shard, loader, split, skipped, bar, _sources(split, lo, hi), images.small)
+        _write_shard(folder, shard, loader, split, skipped, bar, _sources(split, lo, hi), images.small, shard_size)
     bar.close()
     for file in folder.iterdir():   # left by a run killed mid-shard (of another store, say): all are done now
         if PARTIAL.fullmatch(file.name):
@@ -328,7 +328,7 @@ class _Encoded(Dataset):
 
 
 def _write_shard(folder: Path, shard: int, loader, split: Split, skipped: SkippedFiles, bar, sources: list,
-                 small: str = "upscale") -> None:
+                 small: str = "upscale", shard_size: int | None = None) -> None:
     jpeg = isinstance(loader.dataset, _Encoded)
     data = folder / f"{shard:05d}{'.jpg.bin' if jpeg else '.u8'}"
     tmp = folder / f".{data.name}.tmp"
@@ -345,7 +345,8 @@ def _write_shard(folder: Path, shard: int, loader, split: Split, skipped: Skippe
         bar.update(len(lab))
     index = writer.close()
     os.replace(tmp, data)
-    info = {"labels": labels, "files": files, "skipped": bad, "sources": sources, "small": small, **index}
+    info = {"labels": labels, "files": files, "skipped": bad, "sources": sources, "small": small,
+            "shard_size": shard_size, **index}
     atomic_write(folder / f"{shard:05d}.json", lambda t: Path(t).write_text(json.dumps(info) + "\n"))
 
 
