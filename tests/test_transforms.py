@@ -344,6 +344,25 @@ def test_crops_outside_the_images_or_their_mean_image_are_refused_not_read(nativ
             cached.cache_clear()
 
 
+def test_the_cuda_crop_checks_positions_drawn_on_the_cpu(monkeypatch):
+    # The Triton kernel masks only its output: a position outside the images read garbage (or faulted) on a GPU.
+    from alexnet import kernels
+    from alexnet.data.transforms import crop_fused
+
+    on_cuda = crop_fused._backend_fns["cuda"]   # what the op runs for CUDA tensors (run here on CPU ones)
+    calls = []
+    monkeypatch.setattr(kernels, "crop_cuda", lambda: type("Kernel", (), {"crop": lambda *a: calls.append(a)}))
+    images, mean = batch(2), torch.tensor([100.0, 110.0, 120.0])
+    for tops, sources in (([30], [0]), ([0], [2])):
+        with pytest.raises(ValueError, match="a 227x227 crop reaches outside the 2 images of 256x256"):
+            on_cuda(images, mean, None, None, torch.tensor(sources), torch.tensor(tops), torch.tensor([0]),
+                    torch.tensor([False]), 227, False)
+    assert not calls
+    on_cuda(images, mean, None, None, torch.tensor([1]), torch.tensor([29]), torch.tensor([29]), torch.tensor([True]),
+            227, False)
+    assert len(calls) == 1
+
+
 def test_compile_keeps_the_fused_crop_as_one_node():
     from alexnet.data.transforms import crop
 

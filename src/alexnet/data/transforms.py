@@ -248,10 +248,7 @@ def crop_fused(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | Non
     sources, tops, lefts = (t.to(torch.int64).contiguous() for t in (sources, tops, lefts))
     flips = flips.to(torch.uint8).contiguous()
     n, h, w, _ = images.shape
-    if len(tops) and not (0 <= int(sources.min()) <= int(sources.max()) < n
-                          and 0 <= int(tops.min()) <= int(tops.max()) <= h - size
-                          and 0 <= int(lefts.min()) <= int(lefts.max()) <= w - size):
-        raise ValueError(f"a {size}x{size} crop reaches outside the {n} images of {h}x{w} it is taken from")
+    _check_inside(images, size, sources, tops, lefts)
     x = torch.empty(len(tops), size, size, 3)
     kernels.crop_cpu().crop_normalize(
         images.data_ptr(), h, w, mean.data_ptr(), int(per_pixel), _ptr(std), _ptr(shift), sources.data_ptr(),
@@ -259,9 +256,22 @@ def crop_fused(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | Non
     return x
 
 
+def _check_inside(images: torch.Tensor, size: int, sources: torch.Tensor, tops: torch.Tensor,
+                  lefts: torch.Tensor) -> None:
+    """A ValueError where a crop would reach outside its image: the kernels read where they are told."""
+    n, h, w, _ = images.shape
+    if len(tops) and not (0 <= int(sources.min()) <= int(sources.max()) < n
+                          and 0 <= int(tops.min()) <= int(tops.max()) <= h - size
+                          and 0 <= int(lefts.min()) <= int(lefts.max()) <= w - size):
+        raise ValueError(f"a {size}x{size} crop reaches outside the {n} images of {h}x{w} it is taken from")
+
+
 @crop_fused.register_kernel("cuda")
 def _(images, mean, std, shift, sources, tops, lefts, flips, size, per_pixel):
-    # The same values in one Triton kernel (kernels/crop_triton.py), the draws moved to the GPU.
+    # The same values in one Triton kernel (kernels/crop_triton.py), the draws moved to the GPU. Positions
+    # drawn on the CPU (as every caller of ours draws them) are checked there: no wait for the GPU.
+    if all(t.device.type == "cpu" for t in (sources, tops, lefts)):
+        _check_inside(images, size, sources, tops, lefts)
     moved = [None if t is None else to_device(t, images.device)
              for t in (mean, std, shift, sources, tops, lefts, flips)]
     return kernels.crop_cuda().crop(images, *moved, size, per_pixel)
