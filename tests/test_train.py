@@ -895,6 +895,24 @@ def test_a_fresh_run_never_writes_over_an_earlier_runs_files(data, tmp_path):
     assert (run / "metrics.jsonl").read_text() == rows and (run / "best.pt").read_bytes() == best
 
 
+@pytest.mark.parametrize("resume", [False, "auto"])
+def test_a_fresh_run_keeps_a_config_yaml_it_did_not_write(data, tmp_path, resume):
+    from alexnet.config import dump_yaml
+    from alexnet.train import resolve_run
+
+    run = tmp_path / "proj"
+    run.mkdir()
+    (run / "config.yaml").write_text("my_project: important\n")
+    with pytest.raises(UserError, match=r"proj holds a config\.yaml that alexnet train did not write \(unknown "
+                                        r"setting my_project\), which a fresh run would replace; choose another"):
+        train(config(data, run, epochs=1), resume=resume)
+    assert (run / "config.yaml").read_text() == "my_project: important\n"
+    assert sorted(p.name for p in run.iterdir() if p.name != ".lock") == ["config.yaml"]
+    # One an attempt stopped before its first checkpoint left, with other settings, is the run's to replace.
+    (run / "config.yaml").write_text(dump_yaml(config(data, run, epochs=3, batch_size=2)))
+    assert resolve_run(config(data, run, epochs=1), resume, None)[1] is None
+
+
 def test_resume_auto_after_an_attempt_stopped_before_its_first_checkpoint_starts_clean(data, tmp_path):
     # Killed between epoch 1's metrics row and its last.pt: the restart's row must not follow a stale one.
     run = tmp_path / "run"

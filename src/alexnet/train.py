@@ -102,6 +102,7 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any] |
         if last.exists():
             raise UserError(f"{run} already holds a run (last.pt); add --resume to continue it, "
                             f"or choose another --out")
+        _refuse_foreign_config(run)
         start = None
         if config.weights:
             config, start = _start_from(config, given, dist)
@@ -184,6 +185,20 @@ def _start_from(config: TrainConfig, given: dict[str, Any], dist: distributed.Di
         rank, first = next((rank, p) for rank, p in enumerate(problems) if p)
         raise UserError(problem or f"{first} (in process {rank} of {len(problems)})")
     return adopted, loaded
+
+
+def _refuse_foreign_config(run: Path) -> None:
+    """A fresh run writes RUN/config.yaml over what is there: the one an attempt stopped before its first
+    checkpoint left, which is this run's to replace, but not a file of the user's that happens to have the name."""
+    path = run / "config.yaml"
+    if not (path.exists() or path.is_symlink()):
+        return
+    try:
+        from_dict(load_yaml(path), str(path))
+    except UserError as e:
+        reason = str(e).removeprefix(f"{path}: ")
+        raise UserError(f"{run} holds a config.yaml that alexnet train did not write ({reason}), which a fresh run "
+                        f"would replace; choose another --out, or move the file away to train there") from None
 
 
 def _first_epoch_of(run: Path, config: TrainConfig) -> bool:
