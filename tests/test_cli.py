@@ -310,3 +310,17 @@ def test_an_unknown_flag_is_said_by_the_subcommand_it_was_given_to(capsys):
     assert e.value.code == 2
     assert capsys.readouterr().err == ("alexnet viz curves: error: unrecognized arguments: --bogus "
                                        "(see alexnet viz curves --help)\n")
+
+
+def test_train_expands_a_tilde_in_out_as_every_command_does(tmp_path, monkeypatch):
+    import alexnet.train
+    from conftest import run_main
+
+    asked = {}
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(alexnet.train, "train", lambda config, resume, given: asked.update(out=config.out) or {})
+    # `--out=~/runs/t2`: bash leaves a ~ after = as it is; the run was written to ./~/runs/t2.
+    r = run_main("train", "--preset", "demo", "--data", tmp_path, "--out=~/runs/t2")
+    assert r.returncode == 0, r.stderr
+    assert asked["out"] == str(tmp_path / "home" / "runs" / "t2")

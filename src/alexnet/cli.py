@@ -465,6 +465,8 @@ def _run_train(args) -> int:
             if not str(given[name]).strip():   # Path("") is the current folder
                 raise UserError(f"--{name} is empty; give a {'folder' if name == 'data' else 'file'}")
             given[name] = str(Path(given[name]).expanduser().resolve())
+    if "out" in given:   # `--out=~/runs/x`, where the shell leaves ~ as it is; os.path keeps an empty one empty
+        given["out"] = os.path.expanduser(given["out"])
     resume = args.resume
     if isinstance(resume, Path):   # --resume RUN: the run is that folder, which --out may also name
         if "out" in given and Path(given["out"]).expanduser().resolve() != resume.resolve():
