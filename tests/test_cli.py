@@ -324,3 +324,24 @@ def test_train_expands_a_tilde_in_out_as_every_command_does(tmp_path, monkeypatc
     r = run_main("train", "--preset", "demo", "--data", tmp_path, "--out=~/runs/t2")
     assert r.returncode == 0, r.stderr
     assert asked["out"] == str(tmp_path / "home" / "runs" / "t2")
+
+
+@pytest.mark.parametrize("holds_a_run", [False, True])
+def test_resume_auto_refuses_lrn_for_owt_as_a_fresh_run_unless_it_continues_one(tmp_path, monkeypatch, holds_a_run):
+    import alexnet.train
+    from conftest import run_main
+
+    started = []
+    monkeypatch.setattr(alexnet.train, "train", lambda config, resume, given: started.append(config) or {})
+    run = tmp_path / "o1"
+    if holds_a_run:   # an owt run's checkpoint: the run's own settings decide, and train refuses a change
+        run.mkdir()
+        (run / "last.pt").touch()
+    r = run_main("train", "--preset", "torchvision", "--lrn", "caffe", "--data", tmp_path, "--out", run,
+                 "--resume", "auto")
+    if holds_a_run:
+        assert r.returncode == 0 and len(started) == 1, r.stderr
+    else:
+        assert r.returncode == 2 and not started and not run.exists()
+        assert r.stderr == ("alexnet train: error: --lrn caffe does nothing with --variant owt, which has no LRN "
+                            "layers; leave --lrn out\n"), r.stderr

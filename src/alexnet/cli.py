@@ -474,8 +474,10 @@ def _run_train(args) -> int:
         given["out"], resume = str(resume), True
     # The preset stays in `given`: a resume refuses another one, as it refuses any other setting's change.
     config = resolve(given.get("preset", "paper"), {k: v for k, v in given.items() if k != "preset"})
-    if "weights" not in given or resume:   # else the weights decide the network, and refuse what contradicts it
-        _refuse_lrn_for_owt(config.variant if "variant" in given or not resume else None, given.get("lrn"))
+    # --resume auto continues RUN only where it holds a checkpoint, as train decides; else it is a fresh run.
+    resuming = resume is True or (resume == "auto" and (Path(config.out) / "last.pt").exists())
+    if "weights" not in given or resuming:   # else the weights decide the network, and refuse what contradicts it
+        _refuse_lrn_for_owt(config.variant if "variant" in given or not resuming else None, given.get("lrn"))
     result = train(config, resume=resume, given=given)
     if args.require_top1 is not None and result.get("best_top1", -1) < args.require_top1:
         print(f"alexnet train: error: best val top-1 {100 * result['best_top1']:.1f}% is below the required "
