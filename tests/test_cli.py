@@ -345,3 +345,29 @@ def test_resume_auto_refuses_lrn_for_owt_as_a_fresh_run_unless_it_continues_one(
         assert r.returncode == 2 and not started and not run.exists()
         assert r.stderr == ("alexnet train: error: --lrn caffe does nothing with --variant owt, which has no LRN "
                             "layers; leave --lrn out\n"), r.stderr
+
+
+@pytest.mark.parametrize("fails_on", ["write", "flush"])   # unbuffered (PYTHONUNBUFFERED=1), or at the end
+def test_a_stdout_that_cannot_be_written_is_said_so_not_blamed_on_the_out_file(tmp_path, monkeypatch, capsys,
+                                                                               fails_on):
+    import contextlib
+    import errno
+    import io
+
+    from alexnet.data import demo
+
+    class Full(io.StringIO):   # `> /dev/full`
+        def write(self, text):
+            if fails_on == "write":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(text)
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(demo, "_generate", lambda root, *args, **kwargs: None)
+    with contextlib.redirect_stdout(Full()):
+        code = main(["demo-data", "--out", str(tmp_path / "set")])
+    assert code == 2 and (tmp_path / "set").is_dir()
+    assert capsys.readouterr().err == "alexnet demo-data: error: cannot write the output to stdout (No space left on " \
+                                      "device)\n"

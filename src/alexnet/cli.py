@@ -1061,7 +1061,8 @@ class _ReaderMayLeave:
     A stream closed before the command started (`>&-`, where Python has None) is one that went nowhere
     from the start. ``notes`` (stderr: warnings, progress, the one line of a failure): any failed write
     (`2>/dev/full`) is dropped too, where it ended training before its first step and lost predict's
-    results. A character the stream's encoding lacks (an ASCII locale, a class named café) is written
+    results. stdout's other failures (`> /dev/full`) end the command, in one line that says so (_StdoutFailed).
+    A character the stream's encoding lacks (an ASCII locale, a class named café) is written
     escaped, as paths are, not a UnicodeEncodeError."""
 
     def __init__(self, stream, notes: bool = False) -> None:
@@ -1076,6 +1077,8 @@ class _ReaderMayLeave:
             self.write(text.encode(encoding, "backslashreplace").decode(encoding))
         except self._gone:
             self._to_nowhere()
+        except OSError as e:
+            self._failed(e)
         return len(text)
 
     def flush(self) -> None:
@@ -1083,6 +1086,14 @@ class _ReaderMayLeave:
             self._stream.flush()
         except self._gone:
             self._to_nowhere()
+        except OSError as e:
+            self._failed(e)
+
+    def _failed(self, e: OSError) -> None:
+        # stdout's (`> /dev/full`): the command ends with it, and what stays buffered goes nowhere, where the
+        # interpreter's last flush would fail on it again.
+        self._to_nowhere()
+        raise _StdoutFailed(e.errno, e.strerror) from e
 
     def _to_nowhere(self) -> None:
         # The file descriptor itself, so that loader processes and the interpreter's last flush at exit
@@ -1096,6 +1107,11 @@ class _ReaderMayLeave:
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
+
+
+class _StdoutFailed(OSError):
+    """A write to stdout failed (`> /dev/full`). It names no file, as a failed write of --out may not either:
+    said as the output's failure, not as --out's, which may be complete."""
 
 
 # Errors of the machine's file system rather than of this program: where the user can act (another
@@ -1146,9 +1162,15 @@ def _run(args, command: str) -> int:
     try:
         _refuse_torchrun(args)
         _refuse_writing_over_inputs(args)
-        return args.run(args)
+        code = args.run(args)
+        # What is still buffered: a failure to write it is said here, not at the interpreter's exit (status 120).
+        sys.stdout.flush()
+        return code
     except (UserError, CutShort) as e:
         _say_error(f"{command}: error: {one_line(e)}")
+        return EXIT_USAGE
+    except _StdoutFailed as e:
+        _say_error(f"{command}: error: cannot write the output to stdout ({e.strerror})")
         return EXIT_USAGE
     except BrokenPipeError:
         # `alexnet summary | head`: the reader left; say nothing more and do not flush into a closed pipe.
