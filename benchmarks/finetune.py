@@ -11,6 +11,10 @@ again with conv1-5 frozen (`--freeze features`) and with all but fc8 frozen (`--
 classes are not among PRE's, so the weights bring features, not answers. A last run from scratch gets
 --scratch-epochs. It prints each run's val top-1 per epoch and training speed, and the table as JSON on its
 last line. `--pre RUN` takes an earlier PRE run (OUT/runs/pre) instead of training one.
+
+It replaces only what it makes in OUT: the link sets OUT/pre and OUT/new, and its own runs under OUT/runs
+(pre, new-scratch, new-from-weights, new-frozen-features, new-only-fc8, new-scratch-long); anything else
+there, a run of yours in OUT/runs included, stays.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ import sys
 import time
 from pathlib import Path
 
+from alexnet.errors import UserError
+
 HELD_OUT = ("rings", "vstripes", "waves")
+RUNS = ("new-scratch", "new-from-weights", "new-frozen-features", "new-only-fc8", "new-scratch-long")
 
 
 def link_set(data: Path, out: Path, classes: list[str], few: int | None) -> None:
@@ -36,11 +43,32 @@ def link_set(data: Path, out: Path, classes: list[str], few: int | None) -> None
                 (folder / f.name).symlink_to(f.resolve())
 
 
+def only_links(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing but folders and links, as link_set leaves it: one with a file of
+    its own is not this script's to delete."""
+    return all(f.is_symlink() or f.is_dir() for f in folder.rglob("*"))
+
+
+def clear(out: Path, keep_pre: bool) -> None:
+    """Removes what an earlier call made in ``out``, and nothing of anyone else's."""
+    for name in ("pre", "new"):
+        folder = out / name
+        if folder.exists() and (folder.is_symlink() or not folder.is_dir() or not only_links(folder)):
+            raise UserError(f"--out: {folder} is not a set of links this script made; "
+                            f"move it away or choose another --out")
+    for name in ("pre", "new"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in RUNS + (() if keep_pre else ("pre",)):
+        shutil.rmtree(out / "runs" / name, ignore_errors=True)
+
+
 def train(name: str, data: Path, out: Path, *flags: str) -> dict:
     run = out / "runs" / name
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "alexnet", "train", "--preset", "demo", "--data", str(data),
-                    "--out", str(run), *flags], check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run([sys.executable, "-m", "alexnet", "train", "--preset", "demo", "--data", str(data),
+                           "--out", str(run), *flags], stdout=subprocess.DEVNULL)
+    if done.returncode:   # its own message is already on stderr, above this one
+        raise UserError(f"alexnet train of run {name} ({run}) ended with exit status {done.returncode}")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     top1 = [round(100 * r["val_top1"], 1) for r in rows]
     speed = round(sum(r["images_per_sec"] for r in rows) / len(rows), 1)
@@ -50,18 +78,21 @@ def train(name: str, data: Path, out: Path, *flags: str) -> dict:
     return result
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="the demo set (alexnet demo-data --out DIR)")
-    p.add_argument("--out", type=Path, required=True, help="folder for the linked sets and the runs (emptied)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for the linked sets and the runs (only this script's own are replaced)")
     p.add_argument("--held-out", default=",".join(HELD_OUT), help="the new classes (comma-separated)")
     p.add_argument("--few", type=int, default=20, help="training images per new class (default: 20)")
     p.add_argument("--epochs", type=int, default=10, help="epochs on the new classes (default: 10)")
     p.add_argument("--scratch-epochs", type=int, default=30, help="epochs of the longer run from scratch")
     p.add_argument("--workers", default="0", help="--workers of every run (default: 0)")
     p.add_argument("--pre", action="store_true", help="keep OUT/runs/pre from an earlier call instead of training it")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
+    if not (args.data / "train").is_dir():
+        p.error(f"--data: {args.data / 'train'} is not a folder; make the demo set with alexnet demo-data --out DIR")
     classes = sorted(d.name for d in (args.data / "train").iterdir() if d.is_dir())
     held = args.held_out.split(",")
     if not set(held) < set(classes):
@@ -69,10 +100,7 @@ def main() -> int:
     weights = args.out / "runs" / "pre" / "best.pt"
     if args.pre and not weights.is_file():
         p.error(f"--pre: {weights} does not exist")
-    for name in ("pre", "new") + (("runs",) if not args.pre else ()):
-        shutil.rmtree(args.out / name, ignore_errors=True)
-    for name in ("new-scratch", "new-from-weights", "new-frozen-features", "new-only-fc8", "new-scratch-long"):
-        shutil.rmtree(args.out / "runs" / name, ignore_errors=True)
+    clear(args.out, args.pre)
     link_set(args.data, args.out / "pre", [c for c in classes if c not in held], None)
     link_set(args.data, args.out / "new", held, args.few)
     common = ("--workers", args.workers)
@@ -88,4 +116,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except UserError as e:
+        print(f"finetune: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -333,3 +333,30 @@ def test_the_readmes_scripts_refuse_counts_below_one_in_argparses_one_line(scrip
     with pytest.raises(SystemExit) as stop:
         module.main(flags)
     assert stop.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(said)
+
+
+def test_the_finetune_script_replaces_only_what_it_made_and_a_failed_run_is_one_line(tmp_path):
+    import sys
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    for split in ("train", "val"):
+        for cls in ("a", "b", "c"):
+            (data / split / cls).mkdir(parents=True)
+            (data / split / cls / "x.jpg").write_bytes(b"not a picture")
+    mine = out / "runs" / "mine" / "best.pt"   # a run of the user's own, beside the script's
+    mine.parent.mkdir(parents=True)
+    mine.write_text("keep")
+    script = [sys.executable, str(ROOT / "benchmarks" / "finetune.py"), "--data", str(data), "--out", str(out),
+              "--held-out", "c"]
+    # Two images make no full batch: the first `alexnet train` it runs ends with exit status 2.
+    r = subprocess.run(script, capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == \
+        f"finetune: alexnet train of run pre ({out / 'runs' / 'pre'}) ended with exit status 2"
+    assert mine.read_text() == "keep"
+    assert (out / "pre" / "train" / "a" / "x.jpg").is_symlink()   # its own link set, replaced on every call
+    (out / "new" / "notes.txt").write_text("mine too")
+    r = subprocess.run(script, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == \
+        f"finetune: --out: {out / 'new'} is not a set of links this script made; move it away or choose another --out"
+    assert (out / "new" / "notes.txt").read_text() == "mine too"
