@@ -127,3 +127,12 @@ def test_a_plain_string_is_a_path_and_one_alone_is_one_image(owt, tmp_path):
         assert failed == [] and [m.path for m in maps] == [image]
     maps, failed = scoremap.score_maps_of(owt, ["https://example.com/red.png"], scale=256)
     assert maps == [] and failed[0][1].startswith("a URL: nothing is fetched")
+
+
+def test_a_pdf_over_64_kb_is_replaced_by_the_same_command_again(owt, tmp_path):
+    # matplotlib names itself in a PDF's /Producer, written at its end: a large PDF says so only there.
+    maps, _ = scoremap.score_maps_of(owt, [write_image(tmp_path / "a.png")], scale=256)
+    out = scoremap.draw(owt, maps, tmp_path / "map.pdf")
+    first = out.read_bytes()
+    assert first.startswith(b"%PDF") and len(first) > 64 * 1024 and b"Matplotlib" not in first[:64 * 1024]
+    assert scoremap.draw(owt, maps, out, alpha=0) == out and out.read_bytes() != first

@@ -113,6 +113,13 @@ def head(path: Path, size: int = 4096) -> bytes:
         return f.read(size)
 
 
+def tail(path: Path, size: int = 4096) -> bytes:
+    """The last ``size`` bytes of ``path`` (all of it when shorter): where a PDF names its maker."""
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+        return f.read(size)
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp)`` on a temporary file in ``path``'s folder, then rename it over ``path``.
 

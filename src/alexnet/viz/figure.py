@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from alexnet.errors import UserError, printable
-from alexnet.files import atomic_write, head, replaceable
+from alexnet.files import atomic_write, head, replaceable, tail
 
 DPI = 100
 FORMATS = ("png", "svg", "pdf")
@@ -57,9 +57,11 @@ def save(fig: Figure, path: str | Path) -> Path:
 
 
 def _drawn_by_matplotlib(path: Path) -> bool:
-    """Whether ``path`` names itself as made by matplotlib (its PNG, SVG and PDF files all do, near the
-    start): an earlier figure, which a new one may replace."""
-    return b"Matplotlib" in head(path, 64 * 1024)
+    """Whether ``path`` names itself as made by matplotlib: an earlier figure, which a new one may replace.
+    Its PNG and SVG files say so near the start; a PDF in its /Producer, written last, just before the
+    cross-reference table, so a figure over 64 KB says it only in its tail."""
+    start = head(path, 64 * 1024)
+    return b"Matplotlib" in start or (start.startswith(b"%PDF") and b"Matplotlib" in tail(path, 64 * 1024))
 
 
 def show_image(ax, image: torch.Tensor | np.ndarray) -> None:
