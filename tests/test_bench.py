@@ -360,3 +360,23 @@ def test_the_finetune_script_replaces_only_what_it_made_and_a_failed_run_is_one_
     assert r.returncode == 2 and r.stderr.strip() == \
         f"finetune: --out: {out / 'new'} is not a set of links this script made; move it away or choose another --out"
     assert (out / "new" / "notes.txt").read_text() == "mine too"
+
+
+def test_gpu_reports_the_median_epoch_of_what_one_loading_process_delivers(monkeypatch):
+    from types import SimpleNamespace
+
+    from alexnet.bench import gpu
+
+    class Loader:   # one batch of 8 images an epoch; the augmentation on the device is train.py's to test
+        sampler = SimpleNamespace(set_position=lambda epoch, step: None)
+
+        def __iter__(self):
+            return iter([(torch.zeros(8, 1, 1, 3, dtype=torch.uint8), None, torch.arange(8), None)])
+
+    monkeypatch.setattr(gpu, "train_loader", lambda *a, **k: Loader())
+    monkeypatch.setattr(gpu.Draws, "per_sample", lambda *a: None)
+    monkeypatch.setattr(gpu, "train_views", lambda x, *a, **k: x)
+    # Epochs of 1, 2 and 4 s after the untimed first: 8, 4 and 2 img/s, of which the median is 4 (the best 8).
+    clock = iter([0, 10, 11, 20, 22, 30, 34])   # the untimed epoch only starts the clock
+    monkeypatch.setattr(gpu, "time", SimpleNamespace(perf_counter=lambda: next(clock)))   # its clock alone
+    assert gpu._delivered(None, torch.device("cpu"), 8, None, None) == 4

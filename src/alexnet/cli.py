@@ -217,7 +217,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--batch-size", type=positive_int,
                    help="images per step: data, train, infer, towers (default: 64)")
     p.add_argument("--steps", type=positive_int,
-                   help="timed repeats, epochs for data; the median is reported (default: 5; data: 3; gpu: 10)")
+                   help="timed repeats, epochs for data; the median is reported (default: 5; data: 3; gpu: 10, "
+                        "and 3 epochs for its data section)")
     p.add_argument("--images", type=positive_int,
                    help="generated JPEGs for `data` and `gpu` (default: 512, gpu: 2048)")
     p.add_argument("--workers", type=positive_int,

@@ -20,6 +20,7 @@ code generation).
 from __future__ import annotations
 
 import json
+import statistics
 import tempfile
 import time
 import traceback
@@ -249,8 +250,9 @@ def _data(dev: torch.device, images: int, batch: int, workers: int) -> dict:
 
 
 def _delivered(split, dev: torch.device, batch: int, norm, pca, epochs: int = 3) -> float:
-    """Best epoch's img/s after an untimed first: batches as `alexnet train` gets them, read in this one
-    process (a loader worker's share), then on the device, cropped, mirrored, noised and normalised there."""
+    """The median epoch's img/s after an untimed first, as every figure here is a median (timing.py says why):
+    batches as `alexnet train` gets them, read in this one process (a loader worker's share), then on the
+    device, cropped, mirrored, noised and normalised there."""
     loader = train_loader(split, batch, rank=0, world=1, seed=0, workers=0, pin_memory=dev.type == "cuda")
     size = INPUT_SIZE["paper"]
     rates = []
@@ -265,7 +267,7 @@ def _delivered(split, dev: torch.device, batch: int, norm, pca, epochs: int = 3)
             torch.cuda.synchronize(dev)
         if epoch:
             rates.append(n / (time.perf_counter() - start))
-    return max(rates)
+    return statistics.median(rates)
 
 
 def format_report(r: dict) -> str:
