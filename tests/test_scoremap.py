@@ -1,6 +1,7 @@
 """viz scoremap: the probabilities drawn are the fully-convolutional network's, each tile sits on the window it
 scores, a true class other than the top one gets its own panel, and unreadable files are named."""
 
+import matplotlib.text
 import numpy as np
 import pytest
 import torch
@@ -136,3 +137,20 @@ def test_a_pdf_over_64_kb_is_replaced_by_the_same_command_again(owt, tmp_path):
     first = out.read_bytes()
     assert first.startswith(b"%PDF") and len(first) > 64 * 1024 and b"Matplotlib" not in first[:64 * 1024]
     assert scoremap.draw(owt, maps, out, alpha=0) == out and out.read_bytes() != first
+
+
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_every_caption_fits_the_picture_however_few_the_panels(owt, tmp_path, count):
+    # As matplotlib lays the text out: the scale's caption, wider than one panel, was cut off at both ends.
+    maps, _ = scoremap.score_maps_of(owt, [write_image(tmp_path / f"{n}.png", seed=n) for n in range(count)],
+                                     scale=224)
+    fig = scoremap.figure(owt, maps)
+    width, height = scoremap.figure_size(len(maps))
+    assert tuple(fig.get_size_inches() * fig.dpi) == (width, height)
+    fig.canvas.draw()   # where axis labels go is settled in drawing
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text()]
+    assert any(t.get_text().startswith("probability of the class") for t in texts)
+    for t in texts:
+        box = t.get_window_extent(renderer)
+        assert 0 <= box.x0 and box.x1 <= width and 0 <= box.y0 and box.y1 <= height, (count, t.get_text())

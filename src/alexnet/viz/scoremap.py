@@ -22,6 +22,7 @@ import torch
 from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize as ColourScale
+from matplotlib.figure import Figure
 
 from alexnet.data.decode import UndecodableImage
 from alexnet.dense import MAX_SCALE, load_scaled, score_maps
@@ -38,6 +39,7 @@ CELL = (300, 320)                   # pixels per panel: its title, the image, th
 IMAGE_BOX = 260                     # the image's longer side inside a cell
 MARGIN = 10
 COLOURBAR = 50                      # the strip under the panels holding the probability scale
+MIN_WIDTH = 420                     # the scale's caption is 360 pixels wide: one panel alone is narrower
 COLOURS, ALPHA = "jet", 0.45        # alpha: the image must stay readable under the map
 NAME_LIMIT = 28
 
@@ -121,7 +123,7 @@ def panels(loaded: LoadedModel, maps: list[ScoreMap]) -> list[tuple[ScoreMap, in
 def figure_size(count: int) -> tuple[int, int]:
     """The picture's (width, height) in pixels for ``count`` panels."""
     columns, rows = min(count, COLUMNS), math.ceil(count / COLUMNS)
-    return 2 * MARGIN + columns * CELL[0], 2 * MARGIN + rows * CELL[1] + COLOURBAR
+    return max(MIN_WIDTH, 2 * MARGIN + columns * CELL[0]), 2 * MARGIN + rows * CELL[1] + COLOURBAR
 
 
 def map_extent(input_size: int, h: int, w: int) -> tuple[float, float, float, float]:
@@ -141,18 +143,24 @@ def draw_scoremaps(loaded: LoadedModel, paths: Iterable[Path | str] | Path | str
 
 def draw(loaded: LoadedModel, maps: list[ScoreMap], out: str | Path, alpha: float = ALPHA) -> Path:
     """The panels of ``maps`` in a grid, the probability scale under them, written to ``out``."""
+    return save(figure(loaded, maps, alpha), out)
+
+
+def figure(loaded: LoadedModel, maps: list[ScoreMap], alpha: float = ALPHA) -> Figure:
+    """The picture ``draw`` writes."""
     shown = panels(loaded, maps)
     width, height = figure_size(len(shown))
     fig = new_figure(width, height)
+    left = (width - min(len(shown), COLUMNS) * CELL[0]) / 2   # MARGIN, or centred over the scale in a wider figure
     for n, (m, cls, title) in enumerate(shown):
         row, col = divmod(n, COLUMNS)
-        _draw_panel(fig, m, cls, title, MARGIN + col * CELL[0], MARGIN + row * CELL[1], alpha)
+        _draw_panel(fig, m, cls, title, left + col * CELL[0], MARGIN + row * CELL[1], alpha)
     bar = axes_at(fig, width / 2 - 150, height - MARGIN - COLOURBAR + 8, 300, 12)
     fig.colorbar(ScalarMappable(ColourScale(0, 1), colormaps[COLOURS]), cax=bar, orientation="horizontal")
     bar.tick_params(labelsize=7)
     bar.set_xlabel(f"probability of the class at each position (window {maps[0].input_size}, stride {STRIDE})",
                    fontsize=8, labelpad=2)
-    return save(fig, out)
+    return fig
 
 
 def _draw_panel(fig, m: ScoreMap, cls: int, title: str, left: float, top: float, alpha: float) -> None:
