@@ -161,7 +161,9 @@ def _row(name: str, batch: int, seconds: float, flops_per_image: float, peak_tfl
 
 
 def _train(dev: torch.device, batches, steps: int, warmup: int, backend: str, peak: dict) -> list[dict]:
-    # Multiply-adds of one forward pass, x2 for FLOPs, x3 for the forward and backward's two products.
+    # Model FLOPs (as bench train counts them): multiply-adds of one forward pass, x2 for FLOPs, x3 for the
+    # forward and backward's two products, conv1's input gradient included though no step computes it
+    # (about 5% of the paper network's count, 3% of torchvision's).
     ours_flops = 6 * summarize(AlexNet("paper").to("meta"))["macs"]
     tv_flops = 6 * summarize(AlexNet("owt").to("meta"))["macs"]      # torchvision's layout
     rows = []
