@@ -20,9 +20,18 @@ from conftest import assert_close_in_parts, assert_same_run, write_image_folders
 pytestmark = pytest.mark.processes
 
 def torchrun(*args, nproc=2, timeout=600):
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                           *args], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                          timeout=timeout)
+    with subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                           *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1")) as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # A hung job: SIGTERM makes torchrun end its workers (each in a session of its own: killing torchrun
+            # would leave them running), with SIGKILL 30 s later where they do not stop.
+            p.terminate()
+            out, err = p.communicate(timeout=120)
+            pytest.fail(f"torchrun {' '.join(args)} still ran after {timeout} s\n{err[-3000:]}")
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
 # ---- the worker: run by torchrun as `python tests/test_parallel.py OUT` ----
@@ -208,6 +217,37 @@ def test_training_with_towers_matches_one_process_and_their_checkpoints_resume_e
     assert [json.loads(x)["epoch"] for x in (one / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+def _signalled_in_validation(args: list[str]) -> int:
+    """`alexnet train ARGS` with rank 1 signalled as its first validation begins: it stops before the first
+    batch, which rank 0, not signalled, would take."""
+    import signal
+
+    import alexnet.train as train_module
+    from alexnet.cli import main
+
+    real = train_module.evaluate
+
+    def signalled(*a, **kw):
+        if os.environ["RANK"] == "1":
+            signal.raise_signal(signal.SIGTERM)
+        return real(*a, **kw)
+
+    train_module.evaluate = signalled
+    return main(["train", *args])
+
+
+def test_a_signal_to_one_tower_during_validation_stops_both_and_saves(tmp_path):
+    # Each validation batch's forward pass is a collective over the pair: the signalled tower left the pass
+    # alone and both waited for ever (one in the pass's exchange, the other in the sums after it).
+    colours = {c: [(40 * i, 200 - 40 * i, 90 * j) for i in range(2)] for j, c in enumerate(("red", "blue"))}
+    data, run = write_image_folders(tmp_path / "data", colours, size=(48, 40)), tmp_path / "run"
+    r = torchrun(__file__, "--signalled-in-validation", "--towers", "2", "--data", str(data), "--out", str(run),
+                 "--epochs", "1", "--batch-size", "4", "--workers", "0", "--precision", "fp32", timeout=120)
+    assert f"stopped by SIGTERM at epoch 1, step 1 of 1; {run / 'last.pt'} is saved" in r.stderr, r.stderr[-5000:]
+    saved = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    assert (saved["epoch"], saved["step_in_epoch"]) == (0, 1) and not (run / "best.pt").exists()
+
+
 def test_towers_need_the_paper_network_and_pairs_of_processes(tmp_path):
     with pytest.raises(UserError, match="towers"):
         resolve("paper", {"towers": 2, "variant": "owt"})
@@ -220,4 +260,6 @@ def test_towers_need_the_paper_network_and_pairs_of_processes(tmp_path):
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--signalled-in-validation":
+        raise SystemExit(_signalled_in_validation(sys.argv[2:]))
     _worker(Path(sys.argv[1]))

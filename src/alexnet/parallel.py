@@ -338,6 +338,13 @@ class TowerPlan:
     replica_group: Any   # this tower's process in every replica (None with one replica)
     data: Dist           # the data-parallel view: shard by replica, sum metrics over replicas
 
+    @property
+    def pair(self) -> Dist:
+        """This replica's two towers, for distributed's helpers: what they must decide together (each forward
+        pass is a collective over them)."""
+        return Dist(rank=self.tower, local_rank=self.data.local_rank, world=TOWERS, device=self.data.device,
+                    group=self.tower_group)
+
     def split(self, full: nn.Module) -> TowerAlexNet:
         return split(full, self.tower, self.tower_group)
 

@@ -446,6 +446,7 @@ class _Run:
     tally: _Tally = dataclasses.field(default_factory=_Tally)
     data: dict = dataclasses.field(default_factory=dict)   # the training images (checkpoint.Resumable.data)
     lock: FolderLock | None = None   # rank 0's hold on the folder
+    pair: distributed.Dist | None = None   # under --towers, this process's tower pair (TowerPlan.pair)
 
     def save_due(self) -> float:
         """1.0 on rank 0 when --save-every-minutes have passed since the last save (the others follow it)."""
@@ -754,7 +755,7 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
                train_loader(feed, batch_per_rank, shard.rank, shard.world, config.seed, workers, pin, batches),
                eval_loader(val_set.for_device(dist.device), batch_per_rank, shard.rank, shard.world, workers, pin),
                train_skips, SkippedFiles(val_set), steps, batch_per_rank, dtype,
-               best={"top1": -1.0, "epoch": -1}, saved_at=time.monotonic())
+               best={"top1": -1.0, "epoch": -1}, saved_at=time.monotonic(), pair=towers.pair if towers else None)
     if dist.main:   # only rank 0 writes checkpoints, and says what changed
         run.data = {"images": len(train_set), "fingerprint": fingerprint(train_set)}
     if ckpt is not None:
@@ -962,7 +963,7 @@ def _end_epoch(run: _Run, lr: float, trained: bool, stop: _StopFlag) -> dict[str
                                                          dtype=torch.float64))
     evaluated = time.perf_counter()
     metrics = evaluate(run.model, run.val, run.val_skips, run.prep.size, run.prep.norm, run.shard, crops=1,
-                       dtype=run.dtype, stop=lambda: stop.signal is not None)
+                       dtype=run.dtype, stop=lambda: _stop_validation(run, stop))
     # Every process must stop if any does (each shard decided alone; with towers there are several).
     if distributed.all_max(run.dist, torch.tensor([float(metrics.get("stopped", False))])).item():
         _stop(run, stop.signal or signal.SIGTERM)
@@ -1000,6 +1001,17 @@ def _end_epoch(run: _Run, lr: float, trained: bool, stop: _StopFlag) -> dict[str
                 f"{row['seconds']:.0f} s ({row['step_seconds'] / row['seconds']:.0%} of it in steps){skipped}"
                 + (" (learning rate divided)" if dropped else ""))
     return row
+
+
+def _stop_validation(run: _Run, stop: _StopFlag) -> bool:
+    """Whether validation gives up before its next batch. Under --towers each forward pass is a collective over
+    the tower pair, so the pair decides together: a tower leaving alone waited in the sums after the pass while
+    its partner waited in the forward pass's exchange, both for ever. The pair only: a pair's towers read the
+    same shard, batch for batch, while replicas may have a batch more or less (evaluate's sums settle those)."""
+    asked = stop.signal is not None
+    if run.pair is None:
+        return asked
+    return bool(distributed.all_max(run.pair, torch.tensor([float(asked)])).item())
 
 
 def _tensorboard_class():
