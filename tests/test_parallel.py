@@ -248,6 +248,38 @@ def test_a_signal_to_one_tower_during_validation_stops_both_and_saves(tmp_path):
     assert (saved["epoch"], saved["step_in_epoch"]) == (0, 1) and not (run / "best.pt").exists()
 
 
+def _loss_scalers() -> None:
+    """Two towers' updates under the fp16 loss scaler: tower 1's gradients overflow, then neither's."""
+    import torch.distributed as td
+
+    from alexnet import parallel
+    from alexnet.distributed import Dist
+    from alexnet.step import TrainStep, sgd
+
+    td.init_process_group("gloo")
+    rank, cpu = td.get_rank(), torch.device("cpu")
+    half = torch.nn.Linear(3, 2)   # stands for a tower's half of the network
+    step = TrainStep(half, sgd(half, 0.1, 0.9, 0.0, cpu), None, cpu, torch.float16, 1,
+                     pair=parallel.plan(Dist(rank=rank, world=2)).pair)
+    start, seen = step.scaler.get_scale(), []
+    for overflow in (rank == 1, False):
+        before = [p.detach().clone() for p in half.parameters()]
+        half.zero_grad()
+        step.scaler.scale(half(torch.ones(1, 3)).sum()).backward()
+        half.weight.grad[0, 0] = float("inf") if overflow else half.weight.grad[0, 0]
+        step.update()
+        seen.append((any(not torch.equal(p, b) for p, b in zip(half.parameters(), before)), step.scaler.get_scale()))
+    assert seen == [(False, start / 2), (True, start / 2)], f"tower {rank} (stepped, scale): {seen}"
+    td.destroy_process_group()
+
+
+def test_the_towers_loss_scalers_skip_and_scale_together():
+    # fp16 (auto on a GPU without bf16): each tower's scaler saw only its half of the gradients, so one skipped a
+    # step and halved its scale while the other stepped; the exchanges then added gradients of two scales.
+    r = torchrun(__file__, "--loss-scalers", timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 def test_towers_need_the_paper_network_and_pairs_of_processes(tmp_path):
     with pytest.raises(UserError, match="towers"):
         resolve("paper", {"towers": 2, "variant": "owt"})
@@ -262,4 +294,6 @@ def test_towers_need_the_paper_network_and_pairs_of_processes(tmp_path):
 if __name__ == "__main__":
     if sys.argv[1] == "--signalled-in-validation":
         raise SystemExit(_signalled_in_validation(sys.argv[2:]))
+    if sys.argv[1] == "--loss-scalers":
+        raise SystemExit(_loss_scalers())
     _worker(Path(sys.argv[1]))

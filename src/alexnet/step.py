@@ -14,6 +14,7 @@ import contextlib
 import torch
 from torch import nn
 
+from alexnet import distributed
 from alexnet.data.transforms import Draws, Preprocessing, train_views
 from alexnet.precision import autocast, input_dtype, widen
 
@@ -53,16 +54,19 @@ class TrainStep:
     still takes part in DDP's gradient exchange, contributing nothing. Where the ranks' batches differ in
     size (a global batch that the world does not divide), ``batch_per_rank`` is the global batch over the
     world (a fraction): DDP's mean of the ranks' gradients is then the global batch's mean, as ever.
+    ``pair``: under --towers, the tower pair (parallel.TowerPlan.pair), whose loss scalers must agree.
     """
 
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, prep: Preprocessing, device: torch.device,
                  dtype: torch.dtype | None, batch_per_rank: int | float, label_smoothing: float = 0.0,
-                 accumulate: int = 1, paper_momentum: float | None = None) -> None:
+                 accumulate: int = 1, paper_momentum: float | None = None,
+                 pair: distributed.Dist | None = None) -> None:
         self.net, self.optimizer, self.prep, self.device, self.dtype = net, optimizer, prep, device, dtype
         self.paper_momentum = paper_momentum   # SGD's momentum under the paper's update rule (set_lr); else None
         self.input_dtype = input_dtype(net)   # float64 for an fp64 run; the weights keep their dtype
         self.batch_per_rank, self.label_smoothing, self.accumulate = batch_per_rank, label_smoothing, accumulate
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        self.pair = pair
 
     def forward_backward(self, images: torch.Tensor, labels: torch.Tensor, draws: Draws, lr: float) -> torch.Tensor:
         """Gradients of this batch at learning rate ``lr``; returns the loss (a detached scalar).
@@ -97,6 +101,8 @@ class TrainStep:
     def update(self) -> None:
         watch = self.scaler.is_enabled() and self.paper_momentum is not None
         scale = self.scaler.get_scale() if watch else 0.0
+        if self.pair is not None and self.scaler.is_enabled():
+            self._pair_overflow()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if watch and self.scaler.get_scale() < scale:
@@ -104,6 +110,17 @@ class TrainStep:
             # still the last step taken's, so the next step's momentum is scaled from that step's rate (set_lr).
             for group, rate in zip(self.optimizer.param_groups, self._rates):
                 group["lr"] = rate
+
+    def _pair_overflow(self) -> None:
+        """Make the loss scaler's overflow check the tower pair's. Each tower's scaler sees only its half of the
+        gradients: alone, one tower skipped a step and halved its scale while the other stepped, and from then on
+        the exchanges' backward added up activation gradients of two scales. Unscaling now records the check
+        before the step; its max over the pair (as torch's ShardedGradScaler does for FSDP's shards) makes both
+        skip or both step, and both scales change alike. A tower's replicas hold the same gradients (DDP)."""
+        self.scaler.unscale_(self.optimizer)
+        # The check's flags, which step() and update() read after (no public way to them: ShardedGradScaler's).
+        for found in self.scaler._found_inf_per_device(self.optimizer).values():
+            found.copy_(distributed.all_max(self.pair, found))
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, draws: Draws, lr: float) -> torch.Tensor:
         loss = self.forward_backward(images, labels, draws, lr)

@@ -742,7 +742,7 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     divisor = config.batch_size / shard.world if uneven else batch_per_rank   # see TrainStep
     paper_momentum = config.momentum if config.optimizer == "sgd" and config.update_rule == "paper" else None
     step = TrainStep(net, optimizer, prep, dist.device, dtype, divisor, config.label_smoothing, config.accumulate,
-                     paper_momentum)
+                     paper_momentum, pair=towers.pair if towers else None)
     schedule = LRSchedule(config.schedule, config.lr, steps, config.epochs, config.warmup_epochs,
                           config.lr_gamma, config.step_epochs, config.patience, config.max_lr_drops)
 

@@ -78,8 +78,9 @@ def _measure(dist, mode: str, batch: int, steps: int, out: Path) -> None:
         return wrapped
 
     if mode == "towers":   # each tower sees its replica's whole batch
-        model = parallel.build(make, 0, parallel.plan(dist))
-        train_step = paper_step(batch, device, dtype, model=model, seed=dist.rank // 2)
+        towers = parallel.plan(dist)
+        model = parallel.build(make, 0, towers)
+        train_step = paper_step(batch, device, dtype, model=model, seed=dist.rank // 2, pair=towers.pair)
     else:
         torch.manual_seed(0)
         model = make()

@@ -62,10 +62,12 @@ def bench_train(batch_size: int = 64, steps: int = 5, device: str = "auto", comp
 
 
 def paper_step(batch_size: int, device: torch.device, dtype: torch.dtype | None, compile: bool = False,
-               net_of=None, model: AlexNet | None = None, seed: int = 0, pin: bool = True, on_device: bool = False):
+               net_of=None, model: AlexNet | None = None, seed: int = 0, pin: bool = True, on_device: bool = False,
+               pair=None):
     """alexnet train's own step (step.TrainStep) on a fixed uint8 batch of the paper network's input:
     a callable for the timers. ``net_of(model)`` wraps the model (DDP, say) after its layout is set. The
-    batch is pinned for a GPU as the loader pins it (``pin``), or put on the device beforehand (``on_device``)."""
+    batch is pinned for a GPU as the loader pins it (``pin``), or put on the device beforehand (``on_device``).
+    ``pair``: a tower's pair (TrainStep's), with ``model`` one tower."""
     model = (model or AlexNet("paper")).to(device, memory_format=torch.channels_last).train()
     net = torch.compile(model) if compile else model
     net = net_of(net) if net_of else net
@@ -85,7 +87,7 @@ def paper_step(batch_size: int, device: torch.device, dtype: torch.dtype | None,
                                                 [-0.5836, -0.6948, 0.4203]])))
     # The paper's update: weights decayed, biases not; the paper's rule (one momentum per step, no extra pass).
     step = TrainStep(net, sgd(model, 1e-4, 0.9, 5e-4, device, bias_decay=False), prep, device, dtype, batch_size,
-                     paper_momentum=0.9)
+                     paper_momentum=0.9, pair=pair)
     return lambda: step(images, labels, draws, 1e-4)
 
 
