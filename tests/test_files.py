@@ -175,3 +175,15 @@ def test_a_folder_on_the_way_that_is_a_file_or_a_dead_link_is_named(tmp_path):
     with pytest.raises(UserError, match=rf"^{tmp_path}/dead is a link to /nonexistent/dir, which does not exist$"):
         files.atomic_write(tmp_path / "dead" / "x.onnx", lambda tmp: None)
     assert (tmp_path / "m.onnx").read_text() == "a network"
+
+
+def test_a_rewrite_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    # A private 0600 export, or last.pt and best.pt at every save, became world-readable (0644 under the
+    # usual umask): the new file had a new file's permissions, where open() over the old one keeps its mode.
+    path = tmp_path / "out.safetensors"
+    files.atomic_write(path, lambda tmp: Path(tmp).write_text("first"))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~files._umask()   # a new file: as open() makes one
+    for mode in (0o600, 0o640):
+        path.chmod(mode)
+        files.atomic_write(path, lambda tmp: Path(tmp).write_text("again"))
+        assert path.read_text() == "again" and path.stat().st_mode & 0o777 == mode

@@ -135,11 +135,20 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions open() would leave ``path`` with: those of the file it replaces (a private 0600
+    checkpoint stays private), else those of a new file under the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode) & 0o777
+    except OSError:   # none there (or one this process cannot see): a new file
+        return 0o666 & ~_umask()
 
 
 def make_folder(folder: Path) -> None:
