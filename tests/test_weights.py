@@ -185,6 +185,23 @@ def test_files_that_are_not_alexnet_weights_are_refused_clearly(tmp_path):
     assert not is_weights_file(garbled)
 
 
+@pytest.mark.parametrize("metadata", [["format", "alexnet"], "alexnet", 7])
+def test_a_safetensors_header_whose_metadata_is_no_dict_is_no_file_of_ours(metadata, tmp_path):
+    # A hand-made header's __metadata__ may be a list or a string: it was an AttributeError traceback from
+    # import-torchvision --weights and from export --out over such a file.
+    from alexnet.files import replaceable
+    from alexnet.weights import import_torchvision
+
+    header = json.dumps({"__metadata__": metadata, "x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})
+    path = tmp_path / "X.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header.encode() + bytes(4))
+    assert not is_weights_file(path)
+    with pytest.raises(UserError, match="exists and is not weights this project exported"):
+        replaceable(path, is_weights_file, "weights this project exported")
+    with pytest.raises(UserError, match="is not a readable checkpoint"):
+        import_torchvision(path)
+
+
 def test_torch_hub_loads_the_network_and_trained_weights_from_a_local_file(paper_pt):
     fresh = torch.hub.load(str(REPO), "alexnet", source="local", num_classes=3)
     assert isinstance(fresh, AlexNet) and fresh.variant == "paper" and fresh.num_classes == 3

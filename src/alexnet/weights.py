@@ -277,7 +277,9 @@ def is_weights_file(path: Path) -> bool:
         header = json.loads(head(path, 8 + size)[8:])
     except ValueError:   # not JSON (nor UTF-8): not a file this project wrote
         return False
-    return isinstance(header, dict) and (header.get("__metadata__") or {}).get("format") == FORMAT
+    # __metadata__ is a dict of strings where safetensors wrote it; a file made by hand may hold anything there.
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def preprocessing_description(loaded: LoadedModel) -> dict[str, Any]:
