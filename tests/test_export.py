@@ -82,19 +82,17 @@ def test_an_export_replaces_an_earlier_export_and_never_another_file(tmp_path):
 
 
 def test_a_full_disk_under_safetensors_is_one_line_and_the_earlier_export_stays(tmp_path, monkeypatch):
-    import safetensors.torch
-    from safetensors import SafetensorError
+    import alexnet.weights
 
     ckpt = make_checkpoint(tmp_path / "best.pt")
     assert run_main("export", "--checkpoint", ckpt, "--out", tmp_path / "w.safetensors").returncode == 0
     before = (tmp_path / "w.safetensors").read_bytes()
 
-    def full_disk(tensors, filename, metadata=None):   # safetensors' own words for ENOSPC, after part of a file
+    def full_disk(tensors, filename, metadata=None):   # part of a file, then the disk is full
         Path(filename).write_bytes(b"part of a file")
-        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
-                              '"No space left on device" })')
+        raise OSError(errno.ENOSPC, "No space left on device", str(filename))
 
-    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    monkeypatch.setattr(alexnet.weights, "save_safetensors", full_disk)
     r = run_main("export", "--checkpoint", ckpt, "--out", tmp_path / "w.safetensors")
     said = f"alexnet export: error: could not write {tmp_path / 'w.safetensors'}: no space left on the device ("
     assert r.returncode == 2 and r.stderr.startswith(said), r.stderr

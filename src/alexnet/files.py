@@ -78,8 +78,8 @@ def utf8_name(path: str | Path) -> Iterator[str]:
 
     A folder named in another encoding (Latin-1 bytes from an old archive) reaches Python as surrogates,
     which those readers refuse; the file is then opened through a link with a plain name, made for the
-    read and removed after it (a mapping made meanwhile stays valid). Not for writing: safetensors replaces
-    the link itself (see save_safetensors)."""
+    read and removed after it (a mapping made meanwhile stays valid). Not for writing: safetensors' save_file
+    replaces the link itself."""
     name = os.fspath(path)
     try:
         name.encode("utf-8")
@@ -95,16 +95,15 @@ def utf8_name(path: str | Path) -> Iterator[str]:
 
 
 def save_safetensors(tensors: dict, path: str, metadata: dict[str, str]) -> None:
-    """safetensors' save_file, also where ``path``'s folder is named in another encoding (utf8_name): the
-    file's bytes are then made in memory and written by Python, which takes any name."""
-    from safetensors.torch import save, save_file
+    """A safetensors file of ``tensors`` at ``path``, made in memory and written by Python.
 
-    try:
-        os.fspath(path).encode("utf-8")
-    except UnicodeEncodeError:
-        Path(path).write_bytes(save(tensors, metadata=metadata))
-    else:
-        save_file(tensors, path, metadata=metadata)
+    Not save_file: it writes a temporary file of its own (.tmpXXXXXX) beside ``path`` and renames it
+    there, which a kill -9 left for good (up to the whole network, 244 MB) under a name sweep_abandoned does
+    not know; and it takes names as UTF-8 only, where Python takes any (a folder named in another encoding,
+    see utf8_name). The cost: the bytes are held in memory, twice at the peak, while safetensors makes them."""
+    from safetensors.torch import save
+
+    Path(path).write_bytes(save(tensors, metadata=metadata))
 
 
 def head(path: Path, size: int = 4096) -> bytes:
