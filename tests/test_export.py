@@ -2,6 +2,7 @@
 
 import errno
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -315,3 +316,27 @@ def test_a_failed_onnx_write_is_one_line_as_a_safetensors_one_is(tmp_path, monke
     assert len(r.stderr.strip().splitlines()) == 1 and "the previous file is unchanged" in r.stderr
     assert earlier.read_bytes() == b"\x08\x07\x12\x07pytorch"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "m.onnx", "notes.txt"]
+
+
+def test_an_onnx_export_from_a_folder_named_in_another_encoding_is_written(tmp_path):
+    # The source (the checkpoint's path) went into the metadata as surrogates, which the ONNX writer cannot
+    # encode: "could not write sur.onnx (Error calling serialize_model_into ...)". The safetensors export
+    # writes such bytes as \xe9; so does the ONNX one now. A tiny network stands in for AlexNet (seconds less).
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    from torch import nn
+
+    from alexnet.data.transforms import Normalize
+    from alexnet.export import export_onnx
+    from alexnet.weights import LoadedModel
+
+    folder = tmp_path / os.fsdecode(b"lat\xe9")
+    folder.mkdir()
+    net = nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net.variant = "paper"
+    loaded = LoadedModel(net, ["cat", "dog"], ["cat", "dog"], 8, "channel", Normalize.create("imagenet"),
+                         source=str(folder / "best.pt"))
+    export_onnx(loaded, folder / "sur.onnx")
+    meta = {p.key: p.value for p in onnx.load_from_string((folder / "sur.onnx").read_bytes()).metadata_props}
+    assert meta["source"] == f"{tmp_path}/lat\\xe9/best.pt" and meta["variant"] == "paper"
+    assert sorted(p.name for p in folder.iterdir()) == ["sur.onnx"]

@@ -30,7 +30,7 @@ from alexnet.choices import EXPORT_FORMATS
 from alexnet.data.decode import FIXED_SIZE, PAD_FILL
 from alexnet.data.transforms import view_positions
 from alexnet.errors import UserError
-from alexnet.files import head, replaceable, write_or_say
+from alexnet.files import head, replaceable, utf8_text, write_or_say
 from alexnet.weights import LoadedModel, load_model, preprocessing_description, save_weights
 
 FORMATS = EXPORT_FORMATS
@@ -109,7 +109,8 @@ def _metadata(loaded: LoadedModel, image_input: bool) -> dict[str, str]:
                     f"output: logits (N, {len(loaded.classes)})")
     return {"variant": loaded.variant, "num_classes": str(len(loaded.classes)), "lrn": loaded.lrn or "none",
             "classes": json.dumps(loaded.classes), "names": json.dumps(loaded.names), "input": contract,
-            "preprocessing": json.dumps(prep), "metrics": json.dumps(loaded.metrics), "source": loaded.source}
+            "preprocessing": json.dumps(prep), "metrics": json.dumps(loaded.metrics),
+            "source": utf8_text(loaded.source)}   # a path: its bytes may be of another encoding than UTF-8
 
 
 def _centre(crop: int) -> tuple[int, int, bool]:

@@ -94,6 +94,12 @@ def utf8_name(path: str | Path) -> Iterator[str]:
         yield link
 
 
+def utf8_text(text: str) -> str:
+    """``text`` as UTF-8 can hold it, for metadata that takes UTF-8 only (safetensors, ONNX): a path's bytes
+    of another encoding, which reach Python as surrogates (see utf8_name), written as \\xe9."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def save_safetensors(tensors: dict, path: str, metadata: dict[str, str]) -> None:
     """A safetensors file of ``tensors`` at ``path``, made in memory and written by Python.
 

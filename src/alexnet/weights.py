@@ -36,7 +36,7 @@ from alexnet.choices import INITS, INPUT_SIZE, SMALL, VARIANTS
 from alexnet.data.decode import FIXED_SIZE
 from alexnet.data.transforms import NORMALIZATIONS, Normalize
 from alexnet.errors import UserError, printable
-from alexnet.files import head, replaceable, save_safetensors, utf8_name, write_or_say
+from alexnet.files import head, replaceable, save_safetensors, utf8_name, utf8_text, write_or_say
 from alexnet.inputs import SMALLEST_INPUT
 from alexnet.lrn import LRN_CONVENTIONS
 from alexnet.model import AlexNet, guess_network, is_float, state_mismatch
@@ -252,7 +252,7 @@ def save_weights(loaded: LoadedModel, path: str | Path) -> None:
         "format": FORMAT, "format_version": str(FORMAT_VERSION), "variant": loaded.variant,
         "num_classes": str(len(loaded.classes)), "lrn": loaded.lrn or "none",
         # Text for people; safetensors takes only UTF-8, and a path may hold another encoding's bytes.
-        "source": loaded.source.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
+        "source": utf8_text(loaded.source),
         "classes": json.dumps(loaded.classes), "names": json.dumps(loaded.names),
         "preprocessing": json.dumps(preprocessing_description(loaded)), "metrics": json.dumps(loaded.metrics),
         "crc32": json.dumps(_crcs(tensors)),
