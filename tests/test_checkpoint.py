@@ -249,6 +249,22 @@ DAMAGES = {  # id: (the field the message must name, the damage)
     "optimizer-state-list": ("optimizer", at("optimizer", "state", value=[])),
     "optimizer-no-param-groups": ("optimizer", at("optimizer", "param_groups", value=[])),
     "optimizer-params-short": ("optimizer", at("optimizer", "param_groups", 0, "params", value=[0, 1])),
+    "optimizer-params-in-one-group": ("optimizer", lambda s: s["optimizer"].update(  # the run decays weights only
+        param_groups=[{**s["optimizer"]["param_groups"][0], "params": list(range(16))}])),
+    # Loaded as they were, these ended the resume in the fused SGD step: a segmentation fault, a TypeError.
+    "momentum-shape": ("optimizer", at("optimizer", "state",
+                                       value={i: {"momentum_buffer": torch.zeros(1)} for i in range(16)})),
+    "momentum-for-one-parameter": ("optimizer", lambda s: s["optimizer"].update(state=momentum(s, only=[0]))),
+    "momentum-of-another-parameter": ("optimizer", lambda s: s["optimizer"].update(  # 0: conv1's weight, 8: its bias
+        state={**momentum(s), 0: momentum(s)[8]})),
+    "momentum-integers": ("optimizer", lambda s: s["optimizer"].update(
+        state={**momentum(s), 8: {"momentum_buffer": torch.zeros(96, dtype=torch.long)}})),
+    "momentum-nan": ("optimizer", lambda s: s["optimizer"].update(
+        state={**momentum(s), 8: {"momentum_buffer": torch.full((96,), float("nan"))}})),
+    "momentum-key-out-of-range": ("optimizer", lambda s: s["optimizer"].update(state={**momentum(s), 16: {}})),
+    "momentum-key-string": ("optimizer", lambda s: s["optimizer"].update(state={**momentum(s), "0": {}})),
+    "momentum-other-entry": ("optimizer", lambda s: s["optimizer"].update(
+        state={**momentum(s), 2: {"momentum_buffer": momentum(s)[2]["momentum_buffer"], "step": 3}})),
     "schedule-missing": ("schedule", at("schedule")),
     "schedule-list": ("schedule", at("schedule", value=[])),
     "schedule-empty": ("schedule", at("schedule", value={})),
@@ -269,10 +285,25 @@ DAMAGES = {  # id: (the field the message must name, the damage)
 }
 
 
+def momentum(s, only=None):
+    """Stand-in momentum for the parameters ``only`` (all by default), numbered as the run's optimizer
+    numbers them: its two groups, weights then biases."""
+    params = [v for v in s["model"].values() if v.dim() > 1] + [v for v in s["model"].values() if v.dim() <= 1]
+    return {i: {"momentum_buffer": torch.zeros(()).expand(p.shape)} for i, p in enumerate(params)
+            if only is None or i in only}
+
+
 def test_the_undamaged_stand_in_is_resumable(state, tmp_path):
-    # So that every refusal below is the damage's doing.
+    # So that every refusal below is the damage's doing; with momentum (after a step) or without (before one).
     checkpoint.save(tmp_path / "last.pt", state)
     assert checkpoint.read_resumable(tmp_path / "last.pt").epoch == 1
+    checkpoint.save(tmp_path / "last.pt", {**state, "optimizer": {**state["optimizer"], "state": momentum(state)}})
+    assert len(checkpoint.read_resumable(tmp_path / "last.pt").optimizer["state"]) == 16
+    # Fine-tuning with conv1-5 frozen: momentum for fc6-8 alone (weights 5-7, biases 13-15), the others take no step.
+    frozen = {**state, "config": {**state["config"], "freeze": "features"},
+              "optimizer": {**state["optimizer"], "state": momentum(state, only=[5, 6, 7, 13, 14, 15])}}
+    checkpoint.save(tmp_path / "last.pt", frozen)
+    assert len(checkpoint.read_resumable(tmp_path / "last.pt").optimizer["state"]) == 6
 
 
 def test_an_epochs_tally_resumes_with_or_without_the_later_skipped_count(state, tmp_path):
@@ -305,8 +336,9 @@ def test_a_damaged_field_is_one_line_naming_the_file_and_the_field(state, tmp_pa
     one_line_naming(e.value, path, field)
 
 
-# Each of these once passed the checks and stopped `--resume` with a traceback from deep in the set-up.
-@pytest.mark.parametrize("name", ["schedule-empty", "rng-state-float", "model-key-missing"])
+# Each of these once passed the checks and stopped `--resume` with a traceback from deep in the set-up, or
+# (momentum-shape) a segmentation fault in its first step: one epoch more, so that it would take one.
+@pytest.mark.parametrize("name", ["schedule-empty", "rng-state-float", "model-key-missing", "momentum-shape"])
 def test_resuming_from_a_damaged_last_pt_exits_2_with_one_line(state, tmp_path, name):
     field, damage = DAMAGES[name]
     damaged = copy.deepcopy(state)
@@ -314,7 +346,7 @@ def test_resuming_from_a_damaged_last_pt_exits_2_with_one_line(state, tmp_path, 
     last = tmp_path / "run" / "last.pt"
     checkpoint.save(last, damaged)
     before = last.read_bytes()
-    r = run_cli("train", "--out", last.parent, "--resume")
+    r = run_cli("train", "--out", last.parent, "--resume", "--epochs", "2")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     one_line_naming(r.stderr.strip(), last, field)
     assert last.read_bytes() == before  # left as it was, for a look

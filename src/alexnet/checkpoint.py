@@ -39,7 +39,8 @@ from alexnet.data.stats import STATS_FILE
 from alexnet.data.transforms import NORMALIZATIONS, PCA_CONVENTIONS, Normalize, PCANoise, Preprocessing
 from alexnet.errors import UserError
 from alexnet.files import utf8_name, write_or_say
-from alexnet.model import AlexNet, state_mismatch
+from alexnet.model import AlexNet, is_float, state_mismatch
+from alexnet.step import optimizer_for
 
 FORMAT = 1
 RESUMABLE = ("optimizer", "schedule", "scaler", "rng")
@@ -159,13 +160,8 @@ def read_resumable(path: str | Path) -> Resumable:
     best = _field(ckpt, "best", dict, path)
     if not (_number(best.get("top1")) and math.isfinite(best["top1"]) and _integer(best.get("epoch"))):
         raise _damaged(path, "best", "expected {'top1': a finite number, 'epoch': an integer}")
-    model, parameters = _model(ckpt, config, len(classes), path)
-    optimizer = _field(ckpt, "optimizer", dict, path)
-    groups = optimizer.get("param_groups")
-    if not isinstance(optimizer.get("state"), dict) or not isinstance(groups, list) or \
-            not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups) or \
-            sum(len(g["params"]) for g in groups) != parameters:
-        raise _damaged(path, "optimizer", f"expected an optimizer state_dict of the network's {parameters} parameters")
+    model, network = _model(ckpt, config, len(classes), path)
+    optimizer = _optimizer(ckpt, config, network, path)
     schedule = _field(ckpt, "schedule", dict, path)
     if not (_integer(schedule.get("drops")) and _number(schedule.get("best")) and _integer(schedule.get("bad_epochs"))):
         raise _damaged(path, "schedule", "expected {'drops': an integer, 'best': a number, 'bad_epochs': an integer}")
@@ -349,8 +345,9 @@ def _rng(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
 
 
-def _model(ckpt: dict, config: TrainConfig, num_classes: int, path: str | Path) -> tuple[dict, int]:
-    """The weights, checked against the network the config and classes describe; and its parameter count."""
+def _model(ckpt: dict, config: TrainConfig, num_classes: int, path: str | Path) -> tuple[dict, AlexNet]:
+    """The weights, checked against the network the config and classes describe; and that network (on the
+    meta device)."""
     state = _field(ckpt, "model", dict, path)
     with torch.device("meta"):
         network = AlexNet(config.variant, num_classes=num_classes, init="pytorch")
@@ -358,7 +355,48 @@ def _model(ckpt: dict, config: TrainConfig, num_classes: int, path: str | Path) 
     if problem:
         raise _damaged(path, "model", f"the weights do not fit the {config.variant} network with {num_classes} "
                                       f"classes: {problem}")
-    return state, len(list(network.parameters()))
+    return state, network
+
+
+def _optimizer(ckpt: dict, config: TrainConfig, network: AlexNet, path: str | Path) -> dict:
+    """The optimizer's state_dict, checked against the network: torch loads any tensor as a momentum
+    buffer, and the fused SGD step then fails on one of another shape (a segmentation fault) or on one
+    missing for a weight that learns (a TypeError)."""
+    optimizer = _field(ckpt, "optimizer", dict, path)
+    # The run's own optimizer over the meta network, its frozen layers too: state_dict numbers the
+    # parameters 0, 1, ... in the order of its groups (weights, then biases, where they are decayed apart).
+    from alexnet.finetune import freeze   # not at the top: it imports weights.py, which imports this module
+    freeze(network, config.freeze)
+    groups = [g["params"] for g in optimizer_for(network, config, torch.device("meta")).param_groups]
+    params = [p for g in groups for p in g]
+    saved, state = optimizer.get("param_groups"), optimizer.get("state")
+    if not isinstance(state, dict) or not isinstance(saved, list) or \
+            not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in saved) or \
+            [len(g["params"]) for g in saved] != [len(g) for g in groups] or \
+            [i for g in saved for i in g["params"]] != list(range(len(params))):
+        raise _damaged(path, "optimizer", f"expected an optimizer state_dict of the network's {len(params)} "
+                                          f"parameters, in groups of {' and '.join(str(len(g)) for g in groups)}")
+    problem = _momentum(state, params)
+    if problem:
+        raise _damaged(path, "optimizer", problem)
+    return optimizer
+
+
+def _momentum(state: dict, params: list[torch.Tensor]) -> str:
+    """What is wrong with an optimizer's per-parameter state, "" when nothing: SGD and LARS keep one
+    momentum buffer for each parameter that learns, from the first step on (none before it)."""
+    for i, s in state.items():
+        if not _integer(i) or not 0 <= i < len(params):
+            return f"state for a parameter {i!r}; the network has {len(params)}"
+        if not isinstance(s, dict) or set(s) != {"momentum_buffer"}:
+            return f"parameter {i}'s state is not a momentum buffer"
+        buffer, shape = s["momentum_buffer"], tuple(params[i].shape)
+        if not is_float(buffer) or tuple(buffer.shape) != shape or not all_finite(buffer):
+            return f"parameter {i}'s momentum is not a finite {shape} tensor"
+    missing = [i for i, p in enumerate(params) if p.requires_grad and i not in state]
+    if state and missing:
+        return f"no momentum for parameter {missing[0]}, where others have one"
+    return ""
 
 
 def _strings(value: Any) -> bool:

@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from alexnet import distributed
+from alexnet.config import TrainConfig
 from alexnet.data.transforms import Draws, Preprocessing, train_views
+from alexnet.lars import lars
 from alexnet.precision import autocast, input_dtype, widen
 
 
@@ -31,6 +33,14 @@ def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float, devic
     # took 62 ms of a 0.8 s step on a 2-core CPU, fused 27 ms). Same rule as the default implementation.
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
                            fused=device.type in ("cpu", "cuda"))
+
+
+def optimizer_for(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """The run's optimizer over ``model`` as its TrainConfig says (LARS, or SGD); checkpoint.py builds it over
+    the meta network too, to know which parameter each entry of a saved state_dict stands for."""
+    if config.optimizer == "lars":
+        return lars(model, config.lr, config.momentum, config.weight_decay, config.lars_eta)
+    return sgd(model, config.lr, config.momentum, config.weight_decay, device, config.bias_decay)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float, paper_momentum: float | None = None) -> None:

@@ -48,12 +48,11 @@ from alexnet.data.transforms import Draws, Normalize, PCANoise, Preprocessing
 from alexnet.errors import Stopped, UserError
 from alexnet.evaluate import evaluate
 from alexnet.files import FolderLock, atomic_write, cache_root
-from alexnet.lars import lars
 from alexnet.model import AlexNet
 from alexnet.precision import autocast_dtype, weights_dtype
 from alexnet.precision import name as precision_name
 from alexnet.schedule import LRSchedule
-from alexnet.step import TrainStep, sgd
+from alexnet.step import TrainStep, optimizer_for
 from alexnet.weights import LoadedModel
 
 # What may change when a run is resumed; anything else would make it a different run.
@@ -729,9 +728,7 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     model = model.to(dist.device, weights_dtype(config.precision))
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = (lars(model, config.lr, config.momentum, config.weight_decay, config.lars_eta)
-                 if config.optimizer == "lars" else sgd(model, config.lr, config.momentum, config.weight_decay,
-                                                        dist.device, config.bias_decay))
+    optimizer = optimizer_for(model, config, dist.device)
     if towers:
         model.shard_optimizer(optimizer)  # its state_dict too is the single-device network's
     net: nn.Module = torch.compile(model) if config.compile else model
