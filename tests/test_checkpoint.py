@@ -278,6 +278,11 @@ DAMAGES = {  # id: (the field the message must name, the damage)
     "rng-state-missing": ("rng", at("rng", 0, "torch")),
     "rng-state-float": ("rng", at("rng", 0, "torch", value=torch.zeros(5056))),
     "rng-cuda-state-float": ("rng", at("rng", 0, "cuda", value=torch.zeros(16))),
+    # Of the right kind, but not a state torch.set_rng_state takes: the resume ended in its RuntimeError.
+    "rng-state-size": ("rng", at("rng", value=[{"torch": torch.zeros(5, dtype=torch.uint8)}])),
+    "rng-state-zeros": ("rng", at("rng", value=[{"torch": torch.zeros(5056, dtype=torch.uint8)}])),
+    "rng-cuda-state-size": ("rng", at("rng", 0, "cuda", value=torch.zeros(5, dtype=torch.uint8))),
+    "rng-cuda-state-meta": ("rng", at("rng", 0, "cuda", value=torch.empty(16, dtype=torch.uint8, device="meta"))),
     "data-list": ("data", at("data", value=[8, "abc"])),
     "data-images-negative": ("data", at("data", value={"images": -1, "fingerprint": "abc"})),
     "data-fingerprint-number": ("data", at("data", value={"images": 8, "fingerprint": 7})),
@@ -304,6 +309,10 @@ def test_the_undamaged_stand_in_is_resumable(state, tmp_path):
               "optimizer": {**state["optimizer"], "state": momentum(state, only=[5, 6, 7, 13, 14, 15])}}
     checkpoint.save(tmp_path / "last.pt", frozen)
     assert len(checkpoint.read_resumable(tmp_path / "last.pt").optimizer["state"]) == 6
+    # Saved on a GPU: CUDA's random state too (its seed and offset), which a CPU reads as well.
+    on_gpu = {**state, "rng": [{**state["rng"][0], "cuda": torch.arange(16, dtype=torch.uint8)}]}
+    checkpoint.save(tmp_path / "last.pt", on_gpu)
+    assert torch.equal(checkpoint.read_resumable(tmp_path / "last.pt").rng[0]["cuda"], on_gpu["rng"][0]["cuda"])
 
 
 def test_an_epochs_tally_resumes_with_or_without_the_later_skipped_count(state, tmp_path):

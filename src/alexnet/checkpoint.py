@@ -45,6 +45,8 @@ from alexnet.step import optimizer_for
 FORMAT = 1
 RESUMABLE = ("optimizer", "schedule", "scaler", "rng")
 SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
+# CUDA's Philox generator: its seed and its offset, 8 bytes each (torch.cuda.set_rng_state takes the seed alone too).
+CUDA_RNG_BYTES = (16, 8)
 
 
 # ---- writing ----
@@ -169,9 +171,10 @@ def read_resumable(path: str | Path) -> Resumable:
     if scaler and not all(_number(scaler.get(k)) for k in SCALER_KEYS):
         raise _damaged(path, "scaler", f"expected a gradient scaler's state_dict ({', '.join(SCALER_KEYS)}) or {{}}")
     rng = _field(ckpt, "rng", list, path)
-    if not rng or not all(isinstance(r, dict) and _rng(r.get("torch")) and ("cuda" not in r or _rng(r["cuda"]))
-                          for r in rng):
-        raise _damaged(path, "rng", "expected one random-number state (uint8 tensors) per process")
+    if not rng or not all(isinstance(r, dict) and _cpu_rng(r.get("torch"))
+                          and ("cuda" not in r or _cuda_rng(r["cuda"])) for r in rng):
+        raise _damaged(path, "rng", "expected one random-number state per process, as torch.get_rng_state and "
+                                    "torch.cuda.get_rng_state give them")
     prep = _preprocessing(ckpt, path)
     if prep.size != config.crop:
         raise _damaged(path, "preprocessing", f"crop {prep.size} does not match the {config.variant} network")
@@ -342,7 +345,24 @@ def _integer(value: Any) -> bool:
 
 
 def _rng(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1 \
+        and value.layout == torch.strided and value.device.type == "cpu"
+
+
+def _cpu_rng(value: Any) -> bool:
+    """A state torch.set_rng_state takes: tried on a generator of its own, since its size is not all it
+    checks (a Mersenne Twister state of zeros is refused too), and the resume would end in its RuntimeError."""
+    if not _rng(value) or value.numel() != torch.get_rng_state().numel():
+        return False
+    try:
+        torch.Generator().set_state(value)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _cuda_rng(value: Any) -> bool:
+    return _rng(value) and value.numel() in CUDA_RNG_BYTES   # no GPU is needed to read the file
 
 
 def _model(ckpt: dict, config: TrainConfig, num_classes: int, path: str | Path) -> tuple[dict, AlexNet]:
