@@ -403,6 +403,24 @@ def test_flipped_bits_in_the_weights_are_found_by_the_zips_checksums(run, tmp_pa
     assert load_model(run / "best.pt").classes == ["blue", "red"]   # the intact file loads
 
 
+@pytest.mark.parametrize("flag,method,said", [(1, 0, "marked as encrypted"),      # flag bit 0: encrypted
+                                               (0, 99, "stored in a way zip readers do not know")])  # 99: AES
+def test_a_zip_part_encrypted_or_stored_by_an_unknown_method_is_one_line(state, tmp_path, flag, method, said):
+    # zipfile's check of the parts raised its RuntimeError or NotImplementedError from predict and --weights.
+    whole = tmp_path / "whole.pt"
+    checkpoint.save(whole, state)
+    data = bytearray(whole.read_bytes())
+    entry = data.find(b"PK\x01\x02")   # the first part's entry in the zip's directory
+    data[entry + 8] |= flag
+    data[entry + 10:entry + 12] = method.to_bytes(2, "little")
+    damaged = tmp_path / "best.pt"
+    damaged.write_bytes(bytes(data))
+    for read in (load_model, checkpoint.read_resumable):
+        with pytest.raises(UserError, match=f"not a readable checkpoint .*{said}") as e:
+            read(damaged)
+        assert len(str(e.value).splitlines()) == 1 and str(damaged) in str(e.value)
+
+
 def test_a_run_folder_or_another_file_of_the_run_given_as_the_checkpoint_says_what_to_give(state, tmp_path):
     checkpoint.save(tmp_path / "run" / "best.pt", state)
     checkpoint.save(tmp_path / "run" / "last.pt", state)

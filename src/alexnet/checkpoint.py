@@ -274,6 +274,12 @@ def _check_crcs(path: Path) -> None:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error, ValueError):
         return   # a broken directory: torch.load says how
+    except RuntimeError as e:   # NotImplementedError too, a RuntimeError
+        # zipfile's words for a part stored by a method it does not know, or flagged as encrypted ("password
+        # required": none would help); torch.save does neither, so the file is damaged or another program's.
+        how = "stored in a way zip readers do not know" if isinstance(e, NotImplementedError) else "marked as encrypted"
+        raise UserError(f"{path} is not a readable checkpoint (damaged, or not written by torch.save: a part of it "
+                        f"is {how})") from None
     if bad is not None:
         # torch.save names the archive's top folder after the file it wrote: here the temporary name of
         # an atomic write (".best.pt.x1y2tmp/data/10"), which would mean nothing to the reader.
