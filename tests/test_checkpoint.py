@@ -200,6 +200,7 @@ DAMAGES = {  # id: (the field the message must name, the damage)
     "model-list": ("model", at("model", value=[])),
     "model-key-missing": ("model", at("model", "classifier.6.bias")),
     "model-wrong-shape": ("model", at("model", "classifier.6.weight", value=torch.zeros(3, 4096))),
+    "model-integer-key": ("model", at("model", 1, value=torch.zeros(3))),
     "classes-missing": ("classes", at("classes")),
     "classes-empty": ("classes", at("classes", value=[])),
     "classes-not-strings": ("classes", at("classes", value=[0, 1])),

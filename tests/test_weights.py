@@ -148,11 +148,31 @@ def test_missing_keys_and_a_wrong_class_count_are_named(tmp_path):
     ({"preprocessing": {"crop": 227, "normalization": "mean-image", "mean": torch.zeros(3), "std": torch.ones(3)}},
      r"mean-image normalisation takes a mean image and no std; the file has a \(3,\) mean and a std"),
     ({"classes": ["cat", "cat"]}, "the class list names 'cat' for more than one output"),
+    # Crafted fields that each ended in a traceback: unhashable, unlistable, indexed by "crop".
+    ({"config": {"variant": "paper", "lrn": ["paper"]}}, r"unknown LRN convention \['paper'\]"),
+    ({"config": {"variant": "paper", "lrn": {"paper": 1}}}, "unknown LRN convention {'paper': 1}"),
+    ({"model": {1: torch.zeros(3)}}, r"the weights are not a state_dict \(a dict of tensors named by strings\)"),
+    ({"preprocessing": torch.zeros(3)}, r"field 'preprocessing' is damaged \(expected a dict, found Tensor\)"),
+    ({"names": torch.zeros(3)}, "class list is missing or malformed"),
 ])
 def test_broken_meaning_is_refused_clearly(change, message, tmp_path):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message) as e:
         load_model(make_checkpoint(tmp_path / "c.pt", net=AlexNet("paper", num_classes=2, init="pytorch"),
                                    changes=change))
+    assert len(str(e.value).splitlines()) == 1 and str(tmp_path / "c.pt") in str(e.value)
+
+
+def test_a_best_accuracy_without_its_epoch_is_not_claimed_for_the_weights(tmp_path):
+    # It once ended load_model in KeyError 'epoch': without it, nothing says these are the best epoch's weights;
+    # nor with an epoch or a step that is a tensor (its truth was a RuntimeError).
+    path = make_checkpoint(tmp_path / "c.pt", changes={"best": {"top1": 0.5}})
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["epoch"]
+    torch.save(ckpt, path)
+    assert load_model(path).metrics == {}
+    for count in ("epoch", "step_in_epoch"):
+        assert load_model(make_checkpoint(tmp_path / f"{count}.pt", changes={count: torch.zeros(3)})).metrics == {}
+    assert load_model(make_checkpoint(tmp_path / "d.pt")).metrics == {"val_top1": 0.75, "epoch": 3}   # with it
 
 
 def test_files_that_are_not_alexnet_weights_are_refused_clearly(tmp_path):

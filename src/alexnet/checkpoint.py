@@ -203,6 +203,8 @@ def read_resumable(path: str | Path) -> Resumable:
 def meaning(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
     """What a checkpoint's weights mean, for weights.load_model: variant, lrn, classes, names, crop,
     normalization, mean, std, metrics, small (checked there, with the same rules as a safetensors file's)."""
+    if "preprocessing" in ckpt and not isinstance(ckpt["preprocessing"], dict):   # a tensor: an IndexError below
+        raise _damaged(path, "preprocessing", f"expected a dict, found {type(ckpt['preprocessing']).__name__}")
     try:
         variant, classes, prep = ckpt["variant"], ckpt["classes"], ckpt["preprocessing"]
         crop, kind, mean, std = prep["crop"], prep["normalization"], prep["mean"], prep.get("std")
@@ -211,13 +213,22 @@ def meaning(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     best = ckpt.get("best") if isinstance(ckpt.get("best"), dict) else {}
     # The best accuracy describes these weights only where they are the best epoch's (best.pt, or last.pt
-    # when its epoch was the best): a later last.pt's are other weights.
-    at_best = ckpt.get("epoch") == best.get("epoch") and not ckpt.get("step_in_epoch")
+    # when its epoch was the best): a later last.pt's are other weights. Counts that are not integers (none,
+    # a tensor) say nothing of the kind.
+    epoch, best_epoch, step = ckpt.get("epoch"), best.get("epoch"), ckpt.get("step_in_epoch", 0)
+    at_best = _integer(epoch) and _integer(best_epoch) and epoch == best_epoch and _integer(step) and step == 0
     metrics = {"val_top1": best["top1"], "epoch": best["epoch"]} if _number(best.get("top1", -1)) and \
         best.get("top1", -1) >= 0 and at_best else {}
     return {"state": ckpt["model"], "variant": variant, "lrn": config.get("lrn", "paper") if variant == "paper" else None,
-            "classes": classes, "names": ckpt.get("names") or classes, "crop": crop, "kind": kind, "mean": mean,
+            "classes": classes, "names": _names(ckpt, classes), "crop": crop, "kind": kind, "mean": mean,
             "std": std, "metrics": metrics, "small": config.get("small", "upscale")}
+
+
+def _names(ckpt: dict[str, Any], classes: Any) -> Any:
+    """The readable names, the classes' own where the checkpoint has none; anything else goes on to be checked
+    (a tensor is neither true nor false)."""
+    names = ckpt.get("names")
+    return classes if names is None or (isinstance(names, list) and not names) else names
 
 
 def torch_load(path: str | Path) -> Any:
@@ -375,6 +386,8 @@ def _model(ckpt: dict, config: TrainConfig, num_classes: int, path: str | Path) 
     """The weights, checked against the network the config and classes describe; and that network (on the
     meta device)."""
     state = _field(ckpt, "model", dict, path)
+    if not all(isinstance(k, str) for k in state):   # named otherwise, they could not even be listed
+        raise _damaged(path, "model", "expected a state_dict, its weights named by strings")
     with torch.device("meta"):
         network = AlexNet(config.variant, num_classes=num_classes, init="pytorch")
     problem = state_mismatch(network.state_dict(), state)

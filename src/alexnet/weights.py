@@ -162,7 +162,7 @@ def _assemble(path: Path, state: Any, variant: Any, lrn: Any, classes: Any, name
 
     if variant not in VARIANTS:
         raise bad(f"unknown variant {variant!r} (expected one of {', '.join(VARIANTS)})")
-    if variant == "paper" and lrn not in LRN_CONVENTIONS:
+    if variant == "paper" and (not isinstance(lrn, str) or lrn not in LRN_CONVENTIONS):   # a list is unhashable
         raise bad(f"unknown LRN convention {lrn!r} (expected one of {', '.join(LRN_CONVENTIONS)})")
     if not _strings(classes) or not classes or not _strings(names) or len(names) != len(classes):
         raise bad("the class list is missing or malformed (expected one folder name and one readable name per output)")
@@ -191,8 +191,8 @@ def _assemble(path: Path, state: Any, variant: Any, lrn: Any, classes: Any, name
         raise bad(f"{kind} normalisation takes " + ("a mean image and no std" if image else "a mean and a std per "
                   "channel") + f"; the file has a {tuple(mean.shape)} mean and " + ("no std" if std is None else
                                                                                     "a std"))
-    if not isinstance(state, dict):
-        raise bad("the weights are not a state_dict")
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise bad("the weights are not a state_dict (a dict of tensors named by strings)")
     # Numbers a network cannot be used with: they would only print "nan%" and "loss nan" later.
     if not torch.isfinite(mean.float()).all():
         raise bad("the normalisation mean holds NaN or infinite values")
