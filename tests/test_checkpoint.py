@@ -141,21 +141,40 @@ def test_best_pt_is_refused_for_resuming_but_loads_as_a_model(run):
     assert all(torch.equal(v, r.model[k]) for k, v in m.model.state_dict().items())
 
 
-def test_a_state_built_by_training_state_round_trips_with_a_channel_std(run, state, tmp_path):
-    # The run above normalises with the mean image; the same run normalised per channel records a std too.
+def channel_state(run, state, std=None):
+    """The run above as training_state would save it normalised per channel (which records a std too);
+    ``std`` in place of the data's."""
     r = checkpoint.read_resumable(run / "last.pt")
     stats = DataStats.load(run / STATS_FILE)
     config = resolve("paper", r.config.to_dict() | {"normalization": "channel", "pca_noise": "none"})
-    prep = Preprocessing(227, Normalize.create("channel", stats), None)
-    path = tmp_path / "last.pt"
-    checkpoint.save(path, checkpoint.training_state(
+    norm = Normalize.create("channel", stats)
+    prep = Preprocessing(227, norm if std is None else Normalize(norm.mean, std), None)
+    return config, stats, checkpoint.training_state(
         model=state["model"], config=config, classes=r.classes, names=["a blue", "a red"], prep=prep, epoch=3,
         step_in_epoch=2, best={"top1": 0.25, "epoch": 2}, optimizer=state["optimizer"], schedule=r.schedule,
-        scaler=r.scaler, rng=r.rng * 2))
+        scaler=r.scaler, rng=r.rng * 2)
+
+
+def test_a_state_built_by_training_state_round_trips_with_a_channel_std(run, state, tmp_path):
+    config, stats, saved = channel_state(run, state)
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, saved)
     back = checkpoint.read_resumable(path)
     assert back.config == config and back.names == ["a blue", "a red"] and len(back.rng) == 2
     assert torch.equal(back.prep.norm.mean, stats.channel_mean) and torch.equal(back.prep.norm.std, stats.channel_std)
     assert back.prep.pca is None and (back.epoch, back.step_in_epoch, back.best) == (3, 2, {"top1": 0.25, "epoch": 2})
+
+
+@pytest.mark.parametrize("std", [[1.0, 0.0, 1.0], [60.0, -50.0, 55.0]])
+def test_a_std_of_zero_or_below_is_refused_for_resuming_as_for_loading(run, state, tmp_path, std):
+    # Resumed, the run divided by it and diverged, blaming the learning rate; load_model refused the same file.
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, channel_state(run, state, torch.tensor(std))[2])
+    with pytest.raises(UserError, match="std a positive and finite") as e:
+        checkpoint.read_resumable(path)
+    one_line_naming(e.value, path, "preprocessing")
+    with pytest.raises(UserError, match="std must be positive and finite"):
+        load_model(path)
 
 
 @pytest.mark.parametrize("left_out", checkpoint.RESUMABLE)

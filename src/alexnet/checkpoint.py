@@ -471,9 +471,12 @@ def _preprocessing(ckpt: dict, path: str | Path) -> Preprocessing:
         raise _damaged(path, "preprocessing", f"crop {crop!r} is not a size between 1 and {FIXED_SIZE}")
     if kind not in NORMALIZATIONS:
         raise _damaged(path, "preprocessing", f"unknown normalization {kind!r}")
-    if not _tensor(mean, ((3,), (FIXED_SIZE, FIXED_SIZE, 3))) or not (std is None or _tensor(std, ((3,),))):
+    # A std of 0 or below is refused as weights.load_model refuses it: the resumed run would divide by it and
+    # diverge, and the divergence would be blamed on the learning rate.
+    if not _tensor(mean, ((3,), (FIXED_SIZE, FIXED_SIZE, 3))) or \
+            not (std is None or (_tensor(std, ((3,),)) and bool((std > 0).all()))):
         raise _damaged(path, "preprocessing", "the mean must be a finite (3,) or (256, 256, 3) tensor, "
-                                              "the std a finite (3,) tensor or absent")
+                                              "the std a positive and finite (3,) tensor or absent")
     pca = None
     if p.get("pca_eigvals") is not None:
         vals, vecs, convention = p.get("pca_eigvals"), p.get("pca_eigvecs"), p.get("pca_convention")
