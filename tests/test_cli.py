@@ -324,6 +324,12 @@ def test_train_expands_a_tilde_in_out_as_every_command_does(tmp_path, monkeypatc
     r = run_main("train", "--preset", "demo", "--data", tmp_path, "--out=~/runs/t2")
     assert r.returncode == 0, r.stderr
     assert asked["out"] == str(tmp_path / "home" / "runs" / "t2")
+    # Every check of --out sees the folder it names: `--out=~/data` where that is --data was not refused.
+    (tmp_path / "home" / "data").mkdir(parents=True)
+    r = run_main("train", "--preset", "demo", "--data", tmp_path / "home" / "data", "--out=~/data")
+    assert r.returncode == 2 and "is the --data this command reads" in r.stderr, r.stderr
+    r = run_main("train", "--preset", "demo", "--data", tmp_path, "--out", "")   # a traceback from samefile;
+    assert r.returncode == 0 and asked["out"] == "", r.stderr                    # train refuses it (stubbed here)
 
 
 @pytest.mark.parametrize("holds_a_run", [False, True])

@@ -908,8 +908,18 @@ def test_a_fresh_run_keeps_a_config_yaml_it_did_not_write(data, tmp_path, resume
         train(config(data, run, epochs=1), resume=resume)
     assert (run / "config.yaml").read_text() == "my_project: important\n"
     assert sorted(p.name for p in run.iterdir() if p.name != ".lock") == ["config.yaml"]
-    # One an attempt stopped before its first checkpoint left, with other settings, is the run's to replace.
+    # A mapping of settings that no run wrote (a preset-like file of the user's, notes in it): theirs too.
+    (run / "config.yaml").write_text("lr: 0.02\nepochs: 5  # my notes: keep\n")
+    with pytest.raises(UserError, match=r"did not write \(no data, which a run records\)"):
+        resolve_run(config(data, run, epochs=1), resume, None)
+    # One an attempt stopped before its first checkpoint left, with other settings, is the run's to replace;
+    # an earlier version's too, without settings added since and with values today's rules refuse.
     (run / "config.yaml").write_text(dump_yaml(config(data, run, epochs=3, batch_size=2)))
+    assert resolve_run(config(data, run, epochs=1), resume, None)[1] is None
+    earlier = yaml.safe_load(dump_yaml(config(data, run, epochs=3)))
+    del earlier["bias_decay"]
+    earlier["seed"] = 2**63
+    (run / "config.yaml").write_text(yaml.safe_dump(earlier))
     assert resolve_run(config(data, run, epochs=1), resume, None)[1] is None
 
 

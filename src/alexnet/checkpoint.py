@@ -39,7 +39,7 @@ from alexnet.data.stats import STATS_FILE
 from alexnet.data.transforms import NORMALIZATIONS, PCA_CONVENTIONS, Normalize, PCANoise, Preprocessing
 from alexnet.errors import UserError
 from alexnet.files import utf8_name, write_or_say
-from alexnet.model import AlexNet, is_float, state_mismatch
+from alexnet.model import AlexNet, freeze, is_float, state_mismatch
 from alexnet.step import optimizer_for
 
 FORMAT = 1
@@ -404,7 +404,6 @@ def _optimizer(ckpt: dict, config: TrainConfig, network: AlexNet, path: str | Pa
     optimizer = _field(ckpt, "optimizer", dict, path)
     # The run's own optimizer over the meta network, its frozen layers too: state_dict numbers the
     # parameters 0, 1, ... in the order of its groups (weights, then biases, where they are decayed apart).
-    from alexnet.finetune import freeze   # not at the top: it imports weights.py, which imports this module
     freeze(network, config.freeze)
     groups = [g["params"] for g in optimizer_for(network, config, torch.device("meta")).param_groups]
     params = [p for g in groups for p in g]

@@ -394,6 +394,8 @@ def _flag_type(field):
         return existing_path
     if field.name == "device":
         return device_name
+    if field.name == "out":   # `--out=~/runs/x`, where the shell leaves ~ as it is; an empty one stays empty
+        return os.path.expanduser
     return _KIND_TYPES[field.metadata["kind"], field.type.replace(" | None", "")]
 
 
@@ -466,8 +468,6 @@ def _run_train(args) -> int:
             if not str(given[name]).strip():   # Path("") is the current folder
                 raise UserError(f"--{name} is empty; give a {'folder' if name == 'data' else 'file'}")
             given[name] = str(Path(given[name]).expanduser().resolve())
-    if "out" in given:   # `--out=~/runs/x`, where the shell leaves ~ as it is; os.path keeps an empty one empty
-        given["out"] = os.path.expanduser(given["out"])
     resume = args.resume
     if isinstance(resume, Path):   # --resume RUN: the run is that folder, which --out may also name
         if "out" in given and Path(given["out"]).expanduser().resolve() != resume.resolve():
@@ -1124,7 +1124,7 @@ _FILE_SYSTEM_ERRORS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, er
 def _refuse_writing_over_inputs(args) -> None:
     """`export --checkpoint last.pt --out last.pt` by a slip would replace a resumable run with its weights."""
     out = getattr(args, "out", None)
-    if out is None or not Path(out).exists():
+    if not out or not Path(out).exists():   # (an empty --out is refused by its command)
         return
     for name in ("checkpoint", "weights", "classes", "data"):
         given = getattr(args, name, None)

@@ -28,7 +28,7 @@ TRAIN_PRECISIONS = (*PRECISIONS, "fp64")   # fp64: a float64 reference run (prec
 # Inference adds int8 (quantize.py): post-training quantization, CPU only; training has no int8.
 INFERENCE_PRECISIONS = (*PRECISIONS, "int8")
 PCA_CHOICES = ("paper", "cuda-convnet", "none")
-# Layers a fine-tuning run keeps as --weights has them (finetune.freeze).
+# Layers a fine-tuning run keeps as --weights has them (model.freeze).
 FREEZE_CHOICES = ("none", "features", "all-but-fc8")
 
 

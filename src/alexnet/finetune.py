@@ -23,7 +23,7 @@ import torch
 
 from alexnet.config import TrainConfig, check_towers_fit, preset_values
 from alexnet.errors import UserError
-from alexnet.model import AlexNet
+from alexnet.model import AlexNet, fc8_prefix
 from alexnet.weights import LoadedModel, load_model
 
 
@@ -90,7 +90,7 @@ def load_into(model: AlexNet, loaded: LoadedModel, classes: list[str]) -> None:
     layer where the classes are the weights', else the rows of the classes they share (the others keep
     the run's init)."""
     state = loaded.model.state_dict()
-    fc8 = _fc8_prefix(model)
+    fc8 = fc8_prefix(model)
     keep = keeps_fc8(loaded, classes)
     if not keep:
         state = {k: v for k, v in state.items() if not k.startswith(fc8)}
@@ -105,18 +105,6 @@ def load_into(model: AlexNet, loaded: LoadedModel, classes: list[str]) -> None:
             for i, j in known_rows(loaded, classes):
                 ours.weight[i] = theirs.weight[j]
                 ours.bias[i] = theirs.bias[j]
-
-
-def freeze(model: AlexNet, what: str) -> None:
-    """Keep layers as they are (FREEZE_CHOICES): their weights take no gradient, so SGD, weight decay and
-    momentum leave them alone, and with conv1-5 frozen, backward ends at fc6 (the features need no
-    gradient): a step then costs about a forward pass and the classifier's backward."""
-    if what == "none":
-        return
-    fc8 = _fc8_prefix(model)
-    for name, param in model.named_parameters():
-        if name.startswith("features.") if what == "features" else not name.startswith(fc8):
-            param.requires_grad_(False)
 
 
 FROZEN = {"none": "", "features": "; conv1-5 frozen, fc6-8 learn", "all-but-fc8": "; only fc8 learns"}
@@ -148,8 +136,3 @@ def _names(classes: list[str], rows: list[tuple[int, int]], at_most: int = 3) ->
 
 def _describe(loaded: LoadedModel) -> str:
     return f"paper network (LRN {loaded.lrn})" if loaded.variant == "paper" else f"{loaded.variant} network"
-
-
-def _fc8_prefix(model: AlexNet) -> str:
-    last = model.classifier[-1]
-    return next(name for name, module in model.named_modules() if module is last) + "."

@@ -298,3 +298,21 @@ def _shape(value: Any) -> str:
 def _few(items: list[str], limit: int = 3) -> str:
     more = f" and {len(items) - limit} more" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
+
+
+def freeze(model: AlexNet, what: str) -> None:
+    """Keep layers as they are (FREEZE_CHOICES): their weights take no gradient, so SGD, weight decay and
+    momentum leave them alone, and with conv1-5 frozen, backward ends at fc6 (the features need no
+    gradient): a step then costs about a forward pass and the classifier's backward."""
+    if what == "none":
+        return
+    fc8 = fc8_prefix(model)
+    for name, param in model.named_parameters():
+        if name.startswith("features.") if what == "features" else not name.startswith(fc8):
+            param.requires_grad_(False)
+
+
+def fc8_prefix(model: AlexNet) -> str:
+    """The name its fc8's parameters start with ("classifier.6." in the paper variant)."""
+    last = model.classifier[-1]
+    return next(name for name, module in model.named_modules() if module is last) + "."

@@ -48,7 +48,7 @@ from alexnet.data.transforms import Draws, Normalize, PCANoise, Preprocessing
 from alexnet.errors import Stopped, UserError
 from alexnet.evaluate import evaluate
 from alexnet.files import FolderLock, atomic_write, cache_root
-from alexnet.model import AlexNet
+from alexnet.model import AlexNet, freeze
 from alexnet.precision import autocast_dtype, weights_dtype
 from alexnet.precision import name as precision_name
 from alexnet.schedule import LRSchedule
@@ -186,18 +186,30 @@ def _start_from(config: TrainConfig, given: dict[str, Any], dist: distributed.Di
     return adopted, loaded
 
 
+# Settings every run's config.yaml has recorded, from the first version on.
+RECORDED = ("data", "out", "preset", "variant", "epochs", "batch_size", "lr", "seed")
+
+
 def _refuse_foreign_config(run: Path) -> None:
     """A fresh run writes RUN/config.yaml over what is there: the one an attempt stopped before its first
-    checkpoint left, which is this run's to replace, but not a file of the user's that happens to have the name."""
+    checkpoint left (of this version or an earlier one), which is this run's to replace, but not a file of the
+    user's that happens to have the name. A run's is a mapping of known settings holding those every version
+    recorded; whether today's rules accept its values does not matter (an earlier version's may not)."""
     path = run / "config.yaml"
     if not (path.exists() or path.is_symlink()):
         return
     try:
-        from_dict(load_yaml(path), str(path))
+        values = load_yaml(path)
     except UserError as e:
-        reason = str(e).removeprefix(f"{path}: ")
-        raise UserError(f"{run} holds a config.yaml that alexnet train did not write ({reason}), which a fresh run "
-                        f"would replace; choose another --out, or move the file away to train there") from None
+        reason = str(e).removeprefix(f"cannot read {path}: ").removeprefix(f"{path} ")
+    else:
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown, missing = sorted(set(values) - known), [k for k in RECORDED if k not in values]
+        if not unknown and not missing:
+            return
+        reason = f"unknown setting {unknown[0]}" if unknown else f"no {missing[0]}, which a run records"
+    raise UserError(f"{run} holds a config.yaml that alexnet train did not write ({reason}), which a fresh run "
+                    f"would replace; choose another --out, or move the file away to train there")
 
 
 def _first_epoch_of(run: Path, config: TrainConfig) -> bool:
@@ -285,7 +297,7 @@ def build_model(config: TrainConfig, num_classes: int, initialise: bool = True, 
             nn.init.zeros_(model.classifier[-1].bias)
         if start is not None:
             finetune.load_into(model, start, classes)
-    finetune.freeze(model, config.freeze)   # a resumed run's too: requires_grad is not in its checkpoint
+    freeze(model, config.freeze)   # a resumed run's too: requires_grad is not in its checkpoint
     return model
 
 
