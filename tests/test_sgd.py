@@ -204,3 +204,29 @@ def test_a_step_the_loss_scaler_skips_leaves_the_paper_velocity_as_the_last_step
     expected = paper_formula_given(lrs, grads)
     torch.testing.assert_close(w, expected[0], rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(b, expected[1], rtol=1e-12, atol=1e-14)
+
+
+def test_a_first_step_the_loss_scaler_skips_leaves_no_momentum():
+    # fp16's loss scaler skips a step whose gradients overflow. The fused SGD step made the first step's momentum
+    # buffers with torch.empty_like and, skipping, wrote nothing in them: the next step added that memory to the
+    # weights (1e14 and more, or NaN). Under the scaler the step is not fused: a skipped step makes no state.
+    torch.manual_seed(0)
+    model = nn.Linear(64, 64)
+    reference = nn.Linear(64, 64)
+    reference.load_state_dict(model.state_dict())
+    optimizer = sgd(model, 0.1, 0.9, 5e-4, torch.device("cpu"), scaled=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    x = torch.randn(8, 64)
+    scaler.scale(model(x).sum()).backward()
+    model.weight.grad[0, 0] = float("inf")   # an overflow: the scaler skips this step
+    scaler.step(optimizer)
+    scaler.update()
+    assert optimizer.state_dict()["state"] == {} and torch.equal(model.weight, reference.weight)
+    optimizer.zero_grad()
+    scaler.scale(model(x).sum()).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    plain = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    reference(x).sum().backward()
+    plain.step()
+    torch.testing.assert_close(model.weight, reference.weight, rtol=1e-5, atol=1e-6)

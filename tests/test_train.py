@@ -313,6 +313,24 @@ def test_a_run_saved_without_loss_scaling_resumes_with_it(data, tmp_path, monkey
     assert torch.load(run / "last.pt", weights_only=True)["scaler"]["scale"] > 0   # scaling from then on
 
 
+def test_the_copy_kept_of_a_private_last_pt_is_private(tmp_path, monkeypatch):
+    # Where hard links fail, .last-previous.pt was a copy under the umask (0644 of a 0600 last.pt), and a
+    # rollback after a divergence put it back as last.pt.
+    from alexnet.train import _keep_as_previous
+
+    last = tmp_path / "last.pt"
+    last.write_bytes(b"weights")
+    last.chmod(0o600)
+
+    def no_links(*args, **kwargs):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    _keep_as_previous(last, tmp_path / ".last-previous.pt")
+    kept = tmp_path / ".last-previous.pt"
+    assert kept.read_bytes() == b"weights" and kept.stat().st_mode & 0o777 == 0o600
+
+
 def test_killing_at_random_moments_never_leaves_an_unreadable_checkpoint(more_data, tmp_path):
     run = tmp_path / "run"
     rng = np.random.default_rng(0)

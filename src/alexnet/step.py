@@ -22,9 +22,11 @@ from alexnet.precision import autocast, input_dtype, widen
 
 
 def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float, device: torch.device,
-        bias_decay: bool = True) -> torch.optim.SGD:
+        bias_decay: bool = True, scaled: bool = False) -> torch.optim.SGD:
     """Momentum SGD over ``model``; without ``bias_decay``, in two groups: weights decayed, then biases
-    (every tensor of under 2 dimensions) not."""
+    (every tensor of under 2 dimensions) not. ``scaled``: under fp16's loss scaler, which the fused step
+    gets wrong: a first step the scaler skips (an overflow) leaves its momentum buffers as torch.empty_like
+    made them, memory that the next step adds to the weights (1e14 and more, or NaN)."""
     params = list(model.parameters())
     groups = [{"params": params}] if bias_decay else \
         [{"params": [p for p in params if p.dim() > 1]},
@@ -32,15 +34,17 @@ def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float, devic
     # Fused: one pass over weights, gradients and momentum instead of several (the update of 61M weights
     # took 62 ms of a 0.8 s step on a 2-core CPU, fused 27 ms). Same rule as the default implementation.
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                           fused=device.type in ("cpu", "cuda"))
+                           fused=device.type in ("cpu", "cuda") and not scaled)
 
 
-def optimizer_for(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """The run's optimizer over ``model`` as its TrainConfig says (LARS, or SGD); checkpoint.py builds it over
-    the meta network too, to know which parameter each entry of a saved state_dict stands for."""
+def optimizer_for(model: nn.Module, config: TrainConfig, device: torch.device,
+                  scaled: bool = False) -> torch.optim.Optimizer:
+    """The run's optimizer over ``model`` as its TrainConfig says (LARS, or SGD; ``scaled``: see sgd);
+    checkpoint.py builds it over the meta network too, to know which parameter each entry of a saved
+    state_dict stands for."""
     if config.optimizer == "lars":
         return lars(model, config.lr, config.momentum, config.weight_decay, config.lars_eta)
-    return sgd(model, config.lr, config.momentum, config.weight_decay, device, config.bias_decay)
+    return sgd(model, config.lr, config.momentum, config.weight_decay, device, config.bias_decay, scaled)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float, paper_momentum: float | None = None) -> None:

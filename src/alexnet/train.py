@@ -551,6 +551,7 @@ def _keep_as_previous(last: Path, previous: Path) -> None:
         os.link(last, previous)
     except OSError:
         shutil.copyfile(last, previous)
+        shutil.copymode(last, previous)   # a private last.pt's copy private too (a rollback puts it back)
 
 
 def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -740,7 +741,7 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     model = model.to(dist.device, weights_dtype(config.precision))
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = optimizer_for(model, config, dist.device)
+    optimizer = optimizer_for(model, config, dist.device, scaled=dtype == torch.float16)
     if towers:
         model.shard_optimizer(optimizer)  # its state_dict too is the single-device network's
     net: nn.Module = torch.compile(model) if config.compile else model

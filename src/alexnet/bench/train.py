@@ -86,7 +86,8 @@ def paper_step(batch_size: int, device: torch.device, dtype: torch.dtype | None,
                                   torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140],
                                                 [-0.5836, -0.6948, 0.4203]])))
     # The paper's update: weights decayed, biases not; the paper's rule (one momentum per step, no extra pass).
-    step = TrainStep(net, sgd(model, 1e-4, 0.9, 5e-4, device, bias_decay=False), prep, device, dtype, batch_size,
+    optimizer = sgd(model, 1e-4, 0.9, 5e-4, device, bias_decay=False, scaled=dtype == torch.float16)
+    step = TrainStep(net, optimizer, prep, device, dtype, batch_size,
                      paper_momentum=0.9, pair=pair)
     return lambda: step(images, labels, draws, 1e-4)
 
