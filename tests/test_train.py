@@ -306,9 +306,16 @@ def test_a_run_saved_without_loss_scaling_resumes_with_it(data, tmp_path, monkey
 
     run = tmp_path / "run"
     train(config(data, run, epochs=1))
-    assert torch.load(run / "last.pt", weights_only=True)["scaler"] == {}
+    saved = torch.load(run / "last.pt", weights_only=True)
+    assert saved["scaler"] == {} and saved["optimizer"]["param_groups"][0]["fused"]
     monkeypatch.setattr(train_module, "TrainStep", Scaled)
+    real = train_module.optimizer_for
+    monkeypatch.setattr(train_module, "optimizer_for", lambda *a, **kw: real(*a, **(kw | {"scaled": True})))
+    fused, own = [], train_module._own_state
+    monkeypatch.setattr(train_module, "_own_state",
+                        lambda optimizer: (fused.append(optimizer.param_groups[0]["fused"]), own(optimizer)))
     result = train(config(data, run, epochs=2), resume=True)
+    assert fused == [False]   # the saved groups' fused=True is not taken back under the scaler (see step.sgd)
     assert result["epoch"] == 2
     assert torch.load(run / "last.pt", weights_only=True)["scaler"]["scale"] > 0   # scaling from then on
 

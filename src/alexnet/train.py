@@ -818,11 +818,13 @@ def _padded_steps(ckpt: checkpoint.Resumable, images: int) -> int:
 def _restore(run: _Run, ckpt: checkpoint.Resumable) -> None:
     run.model.load_state_dict(ckpt.model)
     # load_state_dict takes the groups' settings from the checkpoint too: a diverged run resumed with another
-    # --weight-decay would keep the old one. The groups as this run's configuration built them decide.
-    decays = [group["weight_decay"] for group in run.step.optimizer.param_groups]
+    # --weight-decay would keep the old one, and a run saved fused, resumed under fp16's loss scaler (an older
+    # GPU), would be fused again (see step.sgd). The groups as this run built them decide these.
+    ours = [{k: group[k] for k in ("weight_decay", "fused", "foreach") if k in group}
+            for group in run.step.optimizer.param_groups]
     run.step.optimizer.load_state_dict(ckpt.optimizer)
-    for group, decay in zip(run.step.optimizer.param_groups, decays):
-        group["weight_decay"] = decay
+    for group, kept in zip(run.step.optimizer.param_groups, ours):
+        group.update(kept)
     _own_state(run.step.optimizer)
     run.schedule.load_state_dict(ckpt.schedule)
     if ckpt.scaler:   # empty: saved without loss scaling (fp32, bf16), which auto may now add (an older GPU)
