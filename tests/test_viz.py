@@ -69,6 +69,14 @@ def test_lr_drops_are_plateau_and_step_drops_not_cosine_steps(tmp_path):
     assert tail[-1] < tail[-2] / 2
     assert curves.lr_drops(curves.read_run(write_run(tmp_path / "cos", tail))) == []
     assert curves.lr_drops(curves.read_run(write_run(tmp_path / "cos2", tail, "cosine"))) == []
+    # Cosines of 2 and 3 epochs fall in their first pair of epochs with no flat stretch before it.
+    for epochs in (2, 3):
+        short = cosine(epochs)
+        assert curves.lr_drops(curves.read_run(write_run(tmp_path / f"short{epochs}", short))) == []
+    assert curves.lr_drops(curves.read_run(write_run(tmp_path / "warm", [0.01] + cosine(2)))) == []
+    # A step schedule dividing by 10 every epoch is still read as drops.
+    tens = [0.01, 0.001, 0.0001]
+    assert [x for x, _ in curves.lr_drops(curves.read_run(write_run(tmp_path / "tens", tens)))] == [1, 2]
     # A plateau run says so in its config.yaml: every fall is a drop, however small its factor.
     halves = [0.01, 0.01, 0.005, 0.005, 0.004]
     assert [x for x, _ in curves.lr_drops(curves.read_run(write_run(tmp_path / "pl", halves, "plateau")))] == [2, 4]

@@ -27,6 +27,8 @@ DROP_FACTOR = 2.0
 FLAT = 1.1                          # changed less than this over the previous epoch: flat
 # Plateau and step rates change only at drops (warm-up only rises), so any fall past rounding is one.
 ANY_FALL = 1.001
+# A last fall by more than this is a decay to zero (a cosine's end), never one of a schedule's divisions.
+TO_ZERO = 1000.0
 
 
 @dataclass
@@ -107,6 +109,8 @@ def lr_drops(run: Run) -> list[tuple[float, float]]:
         return []
     known = run.schedule in ("plateau", "step")
     epochs, lrs = run.column("epoch"), run.column("lr")
+    if not known and _decays_to_zero(lrs):
+        return []
     drops, previous_was_drop = [], False
     for i in range(1, len(lrs)):
         factor = lrs[i - 1] / lrs[i] if lrs[i] > 0 else math.inf if lrs[i - 1] > 0 else 1.0
@@ -119,6 +123,14 @@ def lr_drops(run: Run) -> list[tuple[float, float]]:
             drops.append((epochs[i] - 1, factor))
         previous_was_drop = is_drop
     return drops
+
+
+def _decays_to_zero(lrs: list[float]) -> bool:
+    """A rate falling in every epoch after its warm-up and ending near zero: a short cosine, whose first
+    fall has no flat stretch before it to tell it from a drop."""
+    peak = max(range(len(lrs)), key=lambda i: lrs[i], default=0)
+    falls = list(zip(lrs[peak:], lrs[peak + 1:]))
+    return bool(falls) and all(b * FLAT < a for a, b in falls) and lrs[-1] * TO_ZERO < lrs[-2]
 
 
 def draw_curves(runs: list[Run], out: str | Path) -> Path:
