@@ -820,6 +820,25 @@ def test_a_process_torchrun_restarted_resumes_by_itself(data, tmp_path, monkeypa
         train(config(data, run, epochs=2))
 
 
+def test_a_restart_after_a_refused_first_attempt_is_refused_too(data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
+    train(config(data, run, epochs=1))                       # an earlier job's run, complete
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    # Another job's first attempt is refused (RUN holds a run); torchrun restarts it with the same command.
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")
+    for count in ("0", "1"):
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", count)
+        with pytest.raises(UserError, match="already holds a run"):
+            train(config(data, run, epochs=2))
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"} == before
+    # The job that started it continues it after a restart.
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
+    train(config(data, run, epochs=2), given={"epochs": 2})
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
 def test_without_a_terminal_progress_comes_as_plain_lines(more_data, tmp_path):
     p = cli("train", "--data", str(more_data), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2",
             "--log-every", "3", "--lr", "0.001", "--workers", "0", "--precision", "fp32")

@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 import warnings
@@ -61,6 +62,8 @@ RESUMABLE_CHANGES = {"epochs", "accumulate", "workers", "save_every", "save_ever
 # What may also change when the run stopped because it diverged (RUN/diverged.json): the remedies.
 DIVERGED_CHANGES = {"lr", "warmup_epochs", "weight_decay"}
 DIVERGED = "diverged.json"
+# The torchrun agents whose job started or resumed the run: a restart of theirs may continue it by itself.
+JOB = ".torchrun-job.json"
 # Until the step after a save shows its weights give a finite loss, the checkpoint before it is kept here.
 PREVIOUS = ".last-previous.pt"
 # SIGUSR1: what schedulers send ahead of a preemption (SLURM's --signal=USR1@120); handled as SIGTERM.
@@ -89,10 +92,13 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any] |
     run = Path(config.out)
     last = run / "last.pt"
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    if dist is not None:   # decided together: the count can differ between nodes
-        restarted = bool(distributed.all_max(dist, torch.tensor([float(restarted)]))[0])
+    # Only what this job's first attempt took is its own: a restart after that attempt was refused (RUN held
+    # another run, or was in use) must be refused again, not continue the other run.
+    ours = restarted and _agent() in _job_of(run)
+    if dist is not None:   # decided together: the count can differ between nodes, and one node's agent may be gone
+        restarted, ours = (bool(x) for x in distributed.all_max(dist, torch.tensor([float(restarted), float(ours)])))
         _check_shared(dist, last)
-    if not resume and restarted:
+    if not resume and restarted and ours:
         resume = "auto"   # the group was restarted: what the first attempt saved is this run's
     auto = resume == "auto"
     if auto:
@@ -210,6 +216,23 @@ def _refuse_foreign_config(run: Path) -> None:
         reason = f"unknown setting {unknown[0]}" if unknown else f"no {missing[0]}, which a run records"
     raise UserError(f"{run} holds a config.yaml that alexnet train did not write ({reason}), which a fresh run "
                     f"would replace; choose another --out, or move the file away to train there")
+
+
+def _agent() -> str | None:
+    """The torchrun agent this process runs under (its host, its pid: the workers' parent, and the job's
+    rendezvous id), or None outside torchrun."""
+    if "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return None
+    return f"{socket.gethostname()}:{os.getppid()}:{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
+
+
+def _job_of(run: Path) -> list[str]:
+    """The agents recorded in RUN as those of the job that last started or resumed it."""
+    try:
+        agents = json.loads((run / JOB).read_text())
+    except (OSError, ValueError):
+        return []
+    return [a for a in agents if isinstance(a, str)] if isinstance(agents, list) else []
 
 
 def _first_epoch_of(run: Path, config: TrainConfig) -> bool:
@@ -716,8 +739,9 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     # Broken files found now, not after an epoch: a split of them, or a class of them in train.
     train_set.check_readable(every_class=True)
     val_set.check_readable()
+    agents = [a for a in distributed.gather_objects(dist, _agent()) if a is not None]
     if dist.main:
-        _open_folder(folder, config, resumed=ckpt is not None, how=f"{dist.world} x {dist.device.type}, "
+        _open_folder(folder, config, agents, resumed=ckpt is not None, how=f"{dist.world} x {dist.device.type}, "
                                                                   f"{precision_name(dtype, config.precision)}")
         if start is not None:
             tqdm.write(finetune.summary(config.weights, start, source.classes, config.freeze), file=sys.stderr)
@@ -776,7 +800,7 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
 
 
 # At most this many loader processes by default (as bench gpu): beyond, each adds memory and start-up time.
-def _open_folder(folder: Path, config: TrainConfig, resumed: bool, how: str) -> None:
+def _open_folder(folder: Path, config: TrainConfig, agents: list[str], resumed: bool, how: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     # A process killed while writing a checkpoint leaves its temporary file (hundreds of MB) behind.
     for leftover in list(folder.glob(".last.pt.*.tmp")) + list(folder.glob(".best.pt.*.tmp")):
@@ -785,6 +809,10 @@ def _open_folder(folder: Path, config: TrainConfig, resumed: bool, how: str) -> 
         for name in (PREVIOUS, DIVERGED, "metrics.jsonl"):
             (folder / name).unlink(missing_ok=True)
     atomic_write(folder / "config.yaml", lambda tmp: Path(tmp).write_text(dump_yaml(config)))
+    if agents:
+        atomic_write(folder / JOB, lambda tmp: Path(tmp).write_text(json.dumps(sorted(set(agents)))))
+    else:
+        (folder / JOB).unlink(missing_ok=True)
     tqdm.write(f"alexnet train: {'resuming ' if resumed else ''}{folder} on {how}\n{dump_yaml(config).rstrip()}",
                file=sys.stderr)
 
