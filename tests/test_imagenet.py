@@ -228,6 +228,32 @@ def test_one_split_needs_only_its_own_archive(reference, tmp_path):
     assert train.classes == WNIDS and train.names == WNIDS and len(train.splits["train"]) == 3 * len(WNIDS)
 
 
+@pytest.mark.parametrize("folder", ["./", "images/"])
+def test_a_class_is_its_tars_name_whatever_folders_the_members_lie_in(folder, reference, tmp_path):
+    # `tar -C <wnid> -cf <wnid>.tar .` names the members ./<file>: each class was ".", all labels 0, or no
+    # class that LOC_synset_mapping.txt lists.
+    inner = {}
+    for wnid in WNIDS[:3]:
+        images = sorted((reference / "train" / wnid).iterdir())
+        files = {folder: None} | {folder + f.name: f.read_bytes() for f in images}
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                if data is None:
+                    info.type = tarfile.DIRTYPE
+                else:
+                    info.size = len(data)
+                tar.addfile(info, None if data is None else io.BytesIO(data))
+        inner[f"{wnid}.tar"] = out.getvalue()
+    (tmp_path / "ILSVRC2012_img_train.tar").write_bytes(tar_of(inner))
+    shutil.copyfile(reference / "LOC_synset_mapping.txt", tmp_path / "LOC_synset_mapping.txt")
+    train = open_data(tmp_path, ("train",))
+    samples = train.splits["train"].split.samples
+    assert train.classes == WNIDS[:3] and [label for _, label in samples] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert all(f"ILSVRC2012_img_train.tar/{WNIDS[label]}.tar/" in str(p) for p, label in samples)
+
+
 def test_class_folders_and_prepared_stores_are_not_taken_for_imagenet(reference, prepared_reference, tmp_path):
     assert kind_of(reference).name == "folders"
     assert kind_of(prepared_reference).name == "prepared"

@@ -57,12 +57,14 @@ def open_archives(path: Path, splits: tuple[str, ...] = SPLITS) -> DataSource:
     sets, classes = {}, None
     if "train" in splits:
         members = index_tar(path / TRAIN_TAR, keep=_is_image, nested=True, on_empty=_empty_class(path / TRAIN_TAR))
-        # A member is <wnid>.tar/<file>; loose files at the top have no class.
+        # A member is <wnid>.tar/<file>; loose files at the top have no class. The class is the class tar's
+        # own name, not the folder <file> lies in: a tar re-packed with `tar -C <wnid> -cf <wnid>.tar .` names
+        # its members ./<file>, and every class would be "." (one class, or no class the label files list).
         by_class = defaultdict(list)
         for i, name in enumerate(members.names):
-            inner, _, _ = name.rpartition("/")
-            if inner:
-                by_class[inner.rpartition("/")[2].removesuffix(".tar")].append(i)
+            inner, nested, _ = name.partition(".tar/")
+            if nested:
+                by_class[inner.rpartition("/")[2]].append(i)
         if not by_class:
             raise UserError(f"{path / TRAIN_TAR} holds no <wnid>.tar of images")
         classes = sorted(by_class)
