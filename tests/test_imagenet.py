@@ -12,6 +12,7 @@ import json
 import pickle
 import re
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -462,6 +463,46 @@ def test_every_tar_format_is_indexed_as_tarfile_lists_it(form, long_names, tmp_p
     assert list(members.offsets) == [m.offset_data for m in listed]
     assert list(members.sizes) == [m.size for m in listed] and set(members.mtimes) == {1_234_567_890}
     assert [members.path(i).read_bytes() for i in range(len(members))] == list(files.values())
+
+
+def sparse_tar(folder: Path, out: Path, form: str) -> Path:
+    """``tar --sparse`` of the files of ``folder`` (by their names alone) into ``out``."""
+    if shutil.which("tar") is None:
+        pytest.skip("no tar here to make a sparse archive with")
+    names = sorted(f.name for f in folder.iterdir())
+    subprocess.run(["tar", "--sparse", f"--format={form}", "-cf", out, *names], cwd=folder, check=True)
+    return out
+
+
+@pytest.mark.parametrize("form", ["gnu", "pax"])
+def test_a_sparse_member_reads_as_tar_extracts_it(form, reference, tmp_path):
+    # A JPEG with a hole (a run of zeros that takes no disk) is stored as its data pieces alone: taken for
+    # one run of its full size, the archive was "truncated" (prepare refused it) or a later member misread.
+    wnid = WNIDS[0]
+    folder = shutil.copytree(reference / "train" / wnid, tmp_path / wnid)
+    holed = sorted(folder.iterdir())[1]
+    with open(holed, "r+b") as f:
+        f.seek(2**20, io.SEEK_END)
+        f.write(b"end")
+    inner = sparse_tar(folder, tmp_path / f"{wnid}.tar", form)
+    if not any(m.sparse for m in tar_members(inner)):
+        pytest.skip(f"{tmp_path} keeps no holes in files: tar stored {holed.name} whole")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "ILSVRC2012_img_train.tar").write_bytes(tar_of({inner.name: inner.read_bytes()}))
+    shutil.copyfile(reference / "LOC_synset_mapping.txt", tmp_path / "data" / "LOC_synset_mapping.txt")
+    samples = open_data(tmp_path / "data", ("train",)).splits["train"].split.samples
+    assert [p.name for p, _ in samples] == sorted(f.name for f in folder.iterdir())
+    for p, _ in samples:
+        assert p.stat().st_size == (folder / p.name).stat().st_size
+        assert p.read_bytes() == pickle.loads(pickle.dumps(p)).read_bytes() == (folder / p.name).read_bytes()
+    # A class tar with holes (its 1 MB of zeros, left as a hole by a copy) stored sparse cannot be read in place.
+    (tmp_path / "outer").mkdir()
+    (tmp_path / "plain.tar").write_bytes(tar_of({holed.name: holed.read_bytes()}))
+    subprocess.run(["cp", "--sparse=always", tmp_path / "plain.tar", tmp_path / "outer" / f"{wnid}.tar"], check=True)
+    train = sparse_tar(tmp_path / "outer", tmp_path / "ILSVRC2012_img_train.tar", form)
+    with pytest.raises(UserError, match=rf"{train}/{wnid}.tar is a sparse member, .*: re-pack {train.name} "
+                                        r"without --sparse"):
+        index_tar(train, keep=lambda name: True, nested=True)
 
 
 def test_an_empty_member_of_an_archive_is_named_empty_and_a_foreign_one_not_an_image(tmp_path):

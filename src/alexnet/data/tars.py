@@ -33,7 +33,30 @@ BLOCK = tarfile.BLOCKSIZE
 
 class Archive(ReadAt):
     """One archive file, opened lazily by each process that reads it (DataLoader workers are forked or
-    spawned after the index is built) and read with pread, which shares no file position."""
+    spawned after the index is built) and read with pread, which shares no file position.
+
+    A sparse member (``tar --sparse``: a file with holes) stores only its data pieces, one after another;
+    ``sparse`` maps where they start to their (offset, length) in the member, and ``member`` fills the
+    holes with zeros, as tar does. Such members are rare, so the index stays three integers a member."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        self.sparse: dict[int, list[tuple[int, int]]] = {}
+
+    def member(self, offset: int, size: int) -> bytes:
+        """The ``size`` bytes of the member whose data starts at ``offset``."""
+        pieces = self.sparse.get(offset)
+        if pieces is None:
+            return self.read(offset, size)
+        stored, data = self.read(offset, sum(n for _, n in pieces)), bytearray(size)
+        at = 0
+        for start, n in pieces:
+            data[start:start + n] = stored[at:at + n]
+            at += n
+        return bytes(data)
+
+    def __getstate__(self) -> dict:
+        return super().__getstate__() | {"sparse": self.sparse}
 
 
 _ConcretePath = type(Path())   # PosixPath or WindowsPath: pathlib's classes that can be subclassed
@@ -61,7 +84,7 @@ class MemberPath(_ConcretePath):
         if mode != "rb":
             raise ValueError(f"{self} lies inside an archive: it opens for reading bytes only (mode 'rb')")
         archive, offset, size, _ = member
-        return io.BytesIO(archive.read(offset, size))
+        return io.BytesIO(archive.member(offset, size))
 
     def __reduce__(self):
         member = getattr(self, "_member", None)
@@ -133,6 +156,9 @@ def index_tar(path: Path, keep: Callable[[str], bool], nested: bool = False,
     parts, names, offsets, sizes, mtimes = [], [], array("q"), array("q"), array("q")
     for name, offset, length, mtime in _members(archive, 0, size, str(path)):
         if nested and name.endswith(".tar"):
+            if offset in archive.sparse:   # its pieces are no one tar to read in place; tar files have no holes
+                raise UserError(f"{path}/{name} is a sparse member, which is not supported inside {path.name}: "
+                                f"re-pack {path.name} without --sparse")
             found = [(f"{name}/{m[0]}", *m[1:]) for m in _members(archive, offset, length, f"{path}/{name}")]
             if on_empty is not None and not any(keep(m[0]) for m in found):
                 on_empty(name)
@@ -203,12 +229,16 @@ def _tarfile_members(archive: Archive, start: int, length: int, label: str) -> l
         with tarfile.open(fileobj=_Window(archive, start, length), mode="r:") as tar:
             while (info := tar.next()) is not None:
                 tar.members.clear()   # keep no TarInfo: a flat val tar has 50,000
-                data_end = info.offset_data + info.size
+                # A sparse member's size is its size with the holes; only its pieces are stored.
+                stored = sum(n for _, n in info.sparse) if info.sparse is not None else info.size
+                data_end = info.offset_data + stored
                 if info.isfile() and data_end > length:
                     raise tarfile.ReadError(f"{info.name} needs {data_end - length} bytes more than there are")
-                end = info.offset_data + (-(-info.size // BLOCK) * BLOCK if info.isfile() else 0)
+                end = info.offset_data + (-(-stored // BLOCK) * BLOCK if info.isfile() else 0)
                 if info.isfile():
                     found.append((info.name, start + info.offset_data, info.size, int(info.mtime)))
+                    if info.sparse is not None:
+                        archive.sparse[start + info.offset_data] = [(at, n) for at, n in info.sparse if n]
     except (tarfile.TarError, EOFError, ValueError) as e:
         raise UserError(f"{label} is truncated or not a tar ({e})") from None
     # tarfile takes a header cut short, or garbage, after the first member for the end of the archive;
