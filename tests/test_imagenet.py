@@ -505,6 +505,52 @@ def test_a_sparse_member_reads_as_tar_extracts_it(form, reference, tmp_path):
         index_tar(train, keep=lambda name: True, nested=True)
 
 
+def tar_with_links(files: dict[str, bytes], links: dict[str, tuple[bytes, str]]) -> bytes:
+    """A tar of these files, then these links: name -> (tarfile.LNKTYPE or SYMTYPE, target)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, (kind, target) in links.items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            tar.addfile(info)
+    return out.getvalue()
+
+
+def test_a_hard_link_is_its_files_image_again_and_other_links_are_named_left_out(tmp_path, capsys):
+    # They were all left out without a word, where tar (and ImageFolder on what it extracts) gives the hard link.
+    path = tmp_path / "t.tar"
+    path.write_bytes(tar_with_links({"./a.JPEG": b"a" * 700, "b.JPEG": b"b" * 10},
+                                    {"./c.JPEG": (tarfile.LNKTYPE, "./a.JPEG"), "d.JPEG": (tarfile.LNKTYPE, "c.JPEG"),
+                                     "e.JPEG": (tarfile.SYMTYPE, "b.JPEG"), "f.JPEG": (tarfile.LNKTYPE, "gone.JPEG"),
+                                     "notes": (tarfile.SYMTYPE, "b.JPEG")}))
+    members = index_tar(path, keep=lambda name: name.endswith(".JPEG"))
+    assert members.names == ["./a.JPEG", "b.JPEG", "./c.JPEG", "d.JPEG"]
+    assert [members.path(i).read_bytes() for i in range(4)] == [b"a" * 700, b"b" * 10, b"a" * 700, b"a" * 700]
+    notes = capsys.readouterr().err.splitlines()
+    assert notes == [f"note: {path} holds 1 symbolic link (e.JPEG -> b.JPEG), left out: a link to a member would "
+                     f"make its image a second sample, and one out of the archive leads to nothing read here",
+                     f"note: {path} holds 1 hard link to no file stored before it (f.JPEG -> gone.JPEG), left out: "
+                     f"tar cannot extract such a link either"]
+
+
+def test_a_class_tar_that_is_a_hard_link_is_read_and_a_symbolic_one_refused_not_left_out(tmp_path):
+    # Left out, a class would shift the labels of every class after it.
+    inner = tar_with_links({"x.JPEG": b"x"}, {"y.JPEG": (tarfile.LNKTYPE, "x.JPEG")})
+    path = tmp_path / "ILSVRC2012_img_train.tar"
+    path.write_bytes(tar_with_links({"n01.tar": inner}, {"n03.tar": (tarfile.LNKTYPE, "n01.tar")}))
+    members = index_tar(path, keep=lambda name: True, nested=True)
+    assert members.names == ["n01.tar/x.JPEG", "n01.tar/y.JPEG", "n03.tar/x.JPEG", "n03.tar/y.JPEG"]
+    assert {members.path(i).read_bytes() for i in range(4)} == {b"x"}
+    path.write_bytes(tar_with_links({"n01.tar": inner}, {"n02.tar": (tarfile.SYMTYPE, "n01.tar")}))
+    with pytest.raises(UserError, match=f"{path}/n02.tar is a symbolic link to n01.tar, not a tar of images: "
+                                        f"re-pack ILSVRC2012_img_train.tar with the tar it leads to in its place"):
+        index_tar(path, keep=lambda name: True, nested=True)
+
+
 def test_an_empty_member_of_an_archive_is_named_empty_and_a_foreign_one_not_an_image(tmp_path):
     # decode asks the member (not the disk, where no such file is) for its size.
     path = tmp_path / "t.tar"

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import io
 import os
+import posixpath
 import stat
+import sys
 import tarfile
 from array import array
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from alexnet.data.samples import Names, Samples
-from alexnet.errors import UserError
+from alexnet.errors import UserError, printable
 from alexnet.files import ReadAt
 
 BLOCK = tarfile.BLOCKSIZE
@@ -145,6 +147,11 @@ def index_tar(path: Path, keep: Callable[[str], bool], nested: bool = False,
     keep. A truncated or damaged archive, outer or inner, is a UserError
     that names it: a header cut short, a member whose data would run past the end, or no end-of-archive
     block where the last member ends.
+
+    A hard link to a file stored before it is that file again, as tar extracts it; a symbolic link is left
+    out, as a linked file leading into its own split of image folders is (a link to a member would make
+    its image a second sample; one out of the archive leads to nothing read here), and so is a hard link
+    to no file stored before it (tar cannot extract it either): those ``keep`` accepts are named in a note.
     """
     archive = Archive(path)
     try:
@@ -154,12 +161,20 @@ def index_tar(path: Path, keep: Callable[[str], bool], nested: bool = False,
     # Names go into packed parts as they come: a list of every name at once would cost ImageNet's 1.28M
     # str objects, freed after but left behind as fragmented memory.
     parts, names, offsets, sizes, mtimes = [], [], array("q"), array("q"), array("q")
-    for name, offset, length, mtime in _members(archive, 0, size, str(path)):
+    links: list[tuple[str, str, str]] = []
+    outer = _members(archive, 0, size, str(path), links)
+    linked_tar = next((link for link in links if nested and link[0].endswith(".tar")), None)
+    if linked_tar:   # a class left out would shift the labels of every later class
+        raise UserError(printable(f"{path}/{linked_tar[0]} is a {linked_tar[1]} link to {linked_tar[2]}, not a tar "
+                                  f"of images: re-pack {path.name} with the tar it leads to in its place"))
+    for name, offset, length, mtime in outer:
         if nested and name.endswith(".tar"):
             if offset in archive.sparse:   # its pieces are no one tar to read in place; tar files have no holes
                 raise UserError(f"{path}/{name} is a sparse member, which is not supported inside {path.name}: "
                                 f"re-pack {path.name} without --sparse")
-            found = [(f"{name}/{m[0]}", *m[1:]) for m in _members(archive, offset, length, f"{path}/{name}")]
+            inner: list[tuple[str, str, str]] = []
+            found = [(f"{name}/{m[0]}", *m[1:]) for m in _members(archive, offset, length, f"{path}/{name}", inner)]
+            links += [(f"{name}/{link}", kind, target) for link, kind, target in inner]
             if on_empty is not None and not any(keep(m[0]) for m in found):
                 on_empty(name)
         else:
@@ -174,16 +189,36 @@ def index_tar(path: Path, keep: Callable[[str], bool], nested: bool = False,
             parts.append(Names(names))
             names = []
     parts.append(Names(names))
+    _note_links(path, [link for link in links if keep(link[0])])
     return Members(archive, Names.join(parts), *(np.frombuffer(a, dtype=np.int64) for a in (offsets, sizes, mtimes)))
 
 
-def _members(archive: Archive, start: int, length: int, label: str) -> list[tuple[str, int, int, int]]:
+def _note_links(path: Path, links: list[tuple[str, str, str]]) -> None:
+    """One note for each kind of link index_tar left out, naming a few."""
+    if not links or os.environ.get("LOCAL_RANK", "0") != "0":   # once a machine, under torchrun
+        return
+    for kind, why in (("symbolic", "a link to a member would make its image a second sample, and one out of the "
+                                   "archive leads to nothing read here"),
+                      ("hard", "tar cannot extract such a link either")):
+        these = [f"{name} -> {target}" for name, k, target in links if k == kind]
+        if these:
+            n, more = len(these), f" and {len(these) - 3:,} more" if len(these) > 3 else ""
+            what = f"{kind} link{'s' * (n != 1)}" + (f" to no file stored before {'them' if n > 1 else 'it'}"
+                                                      if kind == "hard" else "")
+            print(printable(f"note: {path} holds {n:,} {what} ({', '.join(these[:3])}{more}), left out: {why}"),
+                  file=sys.stderr)
+
+
+def _members(archive: Archive, start: int, length: int, label: str,
+             links: list[tuple[str, str, str]]) -> list[tuple[str, int, int, int]]:
     """(name, offset of its data in the outer file, size, mtime) of each regular file of the tar at
-    start..start+length: the fast reading of plain headers, or tarfile's of any other (and of any damage)."""
+    start..start+length, and of each hard link to one stored before it: the fast reading of plain headers,
+    or tarfile's of any other (and of any damage). Links left out go into ``links`` as (name, "symbolic"
+    or "hard", target)."""
     try:
         return _plain_members(archive, start, length)
     except _Unusual:
-        return _tarfile_members(archive, start, length, label)
+        return _tarfile_members(archive, start, length, label, links)
 
 
 class _Unusual(Exception):
@@ -223,22 +258,37 @@ def _octal(field: bytes) -> int:
         raise _Unusual from None
 
 
-def _tarfile_members(archive: Archive, start: int, length: int, label: str) -> list[tuple[str, int, int, int]]:
+def _tarfile_members(archive: Archive, start: int, length: int, label: str,
+                     links: list[tuple[str, str, str]]) -> list[tuple[str, int, int, int]]:
     found, end = [], 0
+    stored: dict[str, int] | None = None   # each file's row in found by its normalised name, once a hard link asks
     try:
         with tarfile.open(fileobj=_Window(archive, start, length), mode="r:") as tar:
             while (info := tar.next()) is not None:
                 tar.members.clear()   # keep no TarInfo: a flat val tar has 50,000
                 # A sparse member's size is its size with the holes; only its pieces are stored.
-                stored = sum(n for _, n in info.sparse) if info.sparse is not None else info.size
-                data_end = info.offset_data + stored
+                pieces = sum(n for _, n in info.sparse) if info.sparse is not None else info.size
+                data_end = info.offset_data + pieces
                 if info.isfile() and data_end > length:
                     raise tarfile.ReadError(f"{info.name} needs {data_end - length} bytes more than there are")
-                end = info.offset_data + (-(-stored // BLOCK) * BLOCK if info.isfile() else 0)
+                end = info.offset_data + (-(-pieces // BLOCK) * BLOCK if info.isfile() else 0)
                 if info.isfile():
+                    if stored is not None:
+                        stored[posixpath.normpath(info.name)] = len(found)
                     found.append((info.name, start + info.offset_data, info.size, int(info.mtime)))
                     if info.sparse is not None:
                         archive.sparse[start + info.offset_data] = [(at, n) for at, n in info.sparse if n]
+                elif info.islnk():   # tar's own lookup: the target by its whole name in the archive
+                    if stored is None:
+                        stored = {posixpath.normpath(f[0]): row for row, f in enumerate(found)}
+                    row = stored.get(posixpath.normpath(info.linkname))
+                    if row is None:
+                        links.append((info.name, "hard", info.linkname))
+                    else:
+                        stored[posixpath.normpath(info.name)] = len(found)
+                        found.append((info.name, *found[row][1:]))
+                elif info.issym():
+                    links.append((info.name, "symbolic", info.linkname))
     except (tarfile.TarError, EOFError, ValueError) as e:
         raise UserError(f"{label} is truncated or not a tar ({e})") from None
     # tarfile takes a header cut short, or garbage, after the first member for the end of the archive;
