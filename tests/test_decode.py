@@ -216,6 +216,21 @@ def test_a_jpeg_over_the_limit_is_judged_at_the_scale_it_decodes_at(tmp_path, mo
         open_rgb(tmp_path / "big.jpg", max_pixels=100_000)   # no reduced scale asked for: the whole of it
 
 
+def test_a_progressive_jpeg_over_the_limit_is_judged_at_its_full_size(tmp_path):
+    # libjpeg holds a progressive JPEG's coefficients at full size whatever the scale it decodes at: a
+    # 24000x24000 one of 1 MB took 1.1 GB. Here 1600x1200 against a limit of 100,000 stands for it.
+    big = Image.fromarray(np.kron(patches(), np.ones((25, 25, 1), np.uint8)))
+    big.save(tmp_path / "baseline.jpg", quality=95)
+    big.save(tmp_path / "progressive.jpg", quality=95, progressive=True)
+    assert Image.open(tmp_path / "progressive.jpg").info.get("progressive")
+    assert open_rgb(tmp_path / "baseline.jpg", min_side=64, max_pixels=100_000).size == (200, 150)
+    with pytest.raises(UndecodableImage, match=r"^1600x1200 pixels \(a progressive JPEG, held whole as it decodes\) "
+                                               r"is over the 100,000-pixel limit \(a decompression bomb\?\)$"):
+        open_rgb(tmp_path / "progressive.jpg", min_side=64, max_pixels=100_000)
+    # Under the limit it still decodes at the reduced scale.
+    assert open_rgb(tmp_path / "progressive.jpg", min_side=64, max_pixels=2_000_000).size == (200, 150)
+
+
 def test_deep_greyscale_is_scaled_by_its_bit_depth_not_its_values(tmp_path):
     dark = np.array([[0, 100, 200, 255]], np.int64)   # a dark 16-bit image: it stays dark, whatever the format
     (tmp_path / "dark.pgm").write_bytes(b"P5 4 1 65535\n" + dark.astype(">u2").tobytes())

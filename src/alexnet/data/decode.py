@@ -57,8 +57,12 @@ def open_rgb(path: str | Path, min_side: int | None = None, max_pixels: int = MA
                     # Before the limit: a 12000x12000 photo decodes at 1500x1500 and is no bomb. No JPEG
                     # (at most 65535 a side) decodes at 1/8 scale to more than 67M pixels.
                     img.draft(None, (min_side, min_side))
-                if img.width * img.height > max_pixels:
-                    raise UndecodableImage(f"{full[0]}x{full[1]} pixels is over the {max_pixels:,}-pixel "
+                # A progressive JPEG is not: libjpeg holds all its coefficients, at full size, whatever the
+                # scale it decodes at (a 65535x65535 one of 25 MB would take 26 GB), so its full size is judged.
+                w, h = full if img.info.get("progressive") else img.size
+                if w * h > max_pixels:
+                    kind = " (a progressive JPEG, held whole as it decodes)" if (w, h) != img.size else ""
+                    raise UndecodableImage(f"{full[0]}x{full[1]} pixels{kind} is over the {max_pixels:,}-pixel "
                                            f"limit (a decompression bomb?)")
                 _scale_grey_key(img)
                 img.load()
@@ -72,7 +76,7 @@ def open_rgb(path: str | Path, min_side: int | None = None, max_pixels: int = MA
 
 def _open_image(f) -> Image.Image:
     # PIL refuses an image over twice its pixel limit as it opens it; a JPEG (a 200-megapixel phone photo)
-    # is opened by its plugin and judged by open_rgb after its reduced-scale draft.
+    # is opened by its plugin and judged by open_rgb after its reduced-scale draft (a progressive one at full size).
     if f.read(3) == b"\xff\xd8\xff":
         f.seek(0)
         return JpegImagePlugin.JpegImageFile(f)
