@@ -246,6 +246,36 @@ def test_deep_greyscale_is_scaled_by_its_bit_depth_not_its_values(tmp_path):
     assert np.asarray(open_rgb(tmp_path / "ten.pgm"))[0, :, 0].tolist() == [0, 255]
 
 
+def tiff_bytes(values, bits: int, signed: bool, order: str = "<") -> bytes:
+    """A one-row uncompressed greyscale TIFF of integer ``values`` (PIL writes no unsigned 32-bit ones)."""
+    data = np.asarray(values).astype(f"{order}{'i' if signed else 'u'}{bits // 8}").tobytes()
+    ifd_at, data_at = 8, 8 + 2 + 12 * 9 + 4
+    # (tag, type, value): 3 is a 16-bit SHORT, 4 a 32-bit LONG, both held in the entry's 4 bytes
+    tags = [(256, 3, len(values)), (257, 3, 1), (258, 3, bits), (259, 3, 1), (262, 3, 1), (273, 4, data_at),
+            (278, 3, 1), (279, 4, len(data)), (339, 3, 2 if signed else 1)]   # 339: SampleFormat
+    entries = b"".join(struct.pack(f"{order}HHI", tag, kind, 1)
+                       + (struct.pack(f"{order}HH", value, 0) if kind == 3 else struct.pack(f"{order}I", value))
+                       for tag, kind, value in tags)
+    head = (b"II" if order == "<" else b"MM") + struct.pack(f"{order}HI", 42, ifd_at)
+    return head + struct.pack(f"{order}H", len(tags)) + entries + struct.pack(f"{order}I", 0) + data
+
+
+@pytest.mark.parametrize("bits, signed, values, grey", [
+    (32, False, [0, 2**31, 2**32 - 1], [0, 128, 255]),         # PIL reads 2^31 and up as negative numbers
+    (32, True, [-2**31, 0, 2**30, 2**31 - 1], [0, 0, 128, 255]),
+    (16, True, [-2**15, 0, 2**14, 2**15 - 1], [0, 0, 128, 255]),   # white 32767, as signed 32-bit's 2^31 - 1
+    (16, False, [0, 2**15, 2**16 - 1], [0, 128, 255]),
+])
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_deep_greyscale_tiff_is_scaled_by_its_bit_depth_and_sign(tmp_path, bits, signed, values, grey, order):
+    if order == ">" and (bits, signed) == (32, False):
+        pytest.skip("PIL cannot open a big-endian unsigned 32-bit TIFF")
+    (tmp_path / "g.tif").write_bytes(tiff_bytes(values, bits, signed, order))
+    assert Image.open(tmp_path / "g.tif").mode in ("I", "I;16", "I;16B")
+    got = np.asarray(open_rgb(tmp_path / "g.tif"))
+    assert got[0, :, 0].tolist() == grey and (got == got[..., :1]).all()
+
+
 @pytest.mark.parametrize("values", [[0.0, 255.0], [0.0, float("nan")], [-0.5, 0.5]])
 def test_floating_point_pixels_outside_black_to_white_are_refused(tmp_path, values):
     Image.fromarray(np.array([values], np.float32), "F").save(tmp_path / "f.tif")

@@ -177,7 +177,10 @@ def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
 def _deep_to_rgb(img: Image.Image, white: int) -> Image.Image:
     # 16-bit (and 32-bit integer or float) greyscale: PIL's convert() clips everything above 255 to white.
     # The scale is the file's bit depth, never its pixels' range: a dark 16-bit image stays dark.
-    a = np.asarray(img).astype(np.float64)
+    a = np.asarray(img)
+    if white == 2**32 - 1:   # PIL holds unsigned 32-bit pixels in its signed "I": from 2^31 up they read as negative
+        a = a.view(np.uint32)
+    a = a.astype(np.float64)
     if img.mode == "F":
         lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
         # Float pixels mean 0 (black) to 1 (white) by the usual convention (scikit-image, torchvision);
@@ -206,9 +209,13 @@ def _scale_grey_key(img: Image.Image) -> None:
 def _white(img: Image.Image) -> int:
     """The integer value of white if ``img`` is a 16- or 32-bit greyscale image (PIL's modes I;16* and I)."""
     tags = getattr(img, "tag_v2", None)
-    if img.mode == "I" and tags is not None and tuple(np.atleast_1d(tags.get(258, (16,))))[0] == 32:
+    if img.mode == "I" and tags is not None:
+        # A TIFF that PIL gives as "I": 32-bit, or signed 16-bit. A signed one's white is its largest
+        # positive value (negative pixels are black), whatever its bit depth.
+        bits = tuple(np.atleast_1d(tags.get(258, (16,))))[0]
         signed = tuple(np.atleast_1d(tags.get(339, (1,))))[0] == 2   # TIFF's SampleFormat
-        return 2**31 - 1 if signed else 2**32 - 1
+        if bits in (16, 32):
+            return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
     # I;16*, 16-bit PNG and TIFF, and PGM/PPM of more than 8 bits, which PIL gives scaled to 0-65535 as "I"
     return 65535
 
