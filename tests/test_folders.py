@@ -171,6 +171,43 @@ def test_a_linked_file_of_the_split_is_no_second_sample_and_loose_files_are_name
                    "each image is one sample of one class"]
 
 
+def test_images_linked_from_a_hidden_folder_or_loose_in_the_split_are_samples_of_the_class(tiny_folders, capsys):
+    # Every link into train/ was taken for a link to a sample of the split: a linked folder in train/.pool was
+    # left out without a word, and files linked there or to a file lying in train/ were noted as "links to its
+    # own images" (a class of nothing else refused "with no images"). No class reads them: they are the linking
+    # class's samples.
+    root, _ = tiny_folders
+    train, cat = root / "train", root / "train" / "cat"
+    (train / ".pool" / "catpics").mkdir(parents=True)
+    (cat / "000.png").rename(train / ".pool" / "catpics" / "000.png")
+    (cat / "001.png").rename(train / ".pool" / "p0.png")
+    (cat / "002.png").rename(train / "t0.png")
+    (cat / "pool0.png").symlink_to("../.pool/p0.png")
+    (cat / "top0.png").symlink_to("../t0.png")
+    capsys.readouterr()
+
+    def cats() -> list[str]:
+        return [p.relative_to(cat).as_posix() for p, label in discover(root).splits["train"].samples if label == 0]
+
+    assert cats() == ["pool0.png", "top0.png"]
+    (cat / "more").symlink_to("../.pool/catpics")
+    (cat / ".hidden").mkdir()
+    (train / ".pool" / "p0.png").rename(cat / ".hidden" / "p1.png")
+    (cat / "pool0.png").unlink()
+    (cat / "pool1.png").symlink_to(".hidden/p1.png")        # a hidden folder of its own class: not read either
+    assert cats() == ["more/000.png", "pool1.png", "top0.png"]
+    assert capsys.readouterr().err == ""                     # t0.png is a sample, not a loose file left out
+    # The rules stay: no second sample of an image of another class, or of one this class reads.
+    (cat / "a dog.png").symlink_to("../dog/000.png")
+    shutil.copy(root / "train" / "dog" / "001.png", cat / "own.png")
+    (cat / "again.png").symlink_to("own.png")
+    (cat / "dogs").symlink_to("../dog")
+    (cat / "split").symlink_to("..")
+    assert cats() == ["more/000.png", "own.png", "pool1.png", "top0.png"]
+    assert capsys.readouterr().err == (f"note: {train} holds 2 links to its own images (cat/a dog.png, "
+                                       "cat/again.png), left out: each image is one sample of one class\n")
+
+
 def test_two_class_folders_that_are_one_folder_are_refused(tiny_folders):
     root, _ = tiny_folders
     (root / "train" / "kitten").symlink_to(root / "train" / "cat")

@@ -72,11 +72,12 @@ def discover(data: str | Path, splits: tuple[str, ...] = SPLITS) -> ImageFolders
     result = ImageFolders(root=root, classes=classes, names=read_class_names(root, classes))
     for split in splits:
         samples, empty, others, linked, closed, blocked = [], [], Counter(), [], [], []
+        roots, reached = {os.path.realpath(root / split / cls) for cls in classes}, set()
         for label, cls in enumerate(classes):
             theirs: Counter = Counter()
             unreadable: list[tuple[Path, str]] = []
             files = image_files(root / split / cls, split=root / split, left_out=theirs, linked=linked,
-                                unreadable=unreadable)
+                                unreadable=unreadable, classes=roots, reached=reached)
             if unreadable and unreadable[0][0] == root / split / cls:   # the class folder itself
                 closed.append(f"{split}/{cls} ({unreadable[0][1]})")
             elif not files:
@@ -91,8 +92,10 @@ def discover(data: str | Path, splits: tuple[str, ...] = SPLITS) -> ImageFolders
         if empty:
             raise UserError(printable(f"{root}: class folder{'s' if len(empty) > 1 else ''} with no images: "
                                       f"{_few(empty)}; images end in {', '.join(sorted(IMAGE_EXTENSIONS))}"))
+        # A loose file that a class links to is that class's sample, not left out.
         loose = Counter(os.path.splitext(e.name)[1].lower() for e in os.scandir(root / split)
-                        if not e.name.startswith(".") and not _is_dir(e))
+                        if not e.name.startswith(".") and not _is_dir(e)
+                        and not (reached and os.path.realpath(e.path) in reached))
         warn_unreadable(blocked)
         if os.environ.get("LOCAL_RANK", "0") == "0":   # once a machine, under torchrun
             if others:
@@ -126,25 +129,43 @@ def open_folders(data: str | Path, splits: tuple[str, ...] = SPLITS) -> DataSour
 
 
 def image_files(folder: Path, split: Path | None = None, left_out: Counter | None = None,
-                linked: list[str] | None = None, unreadable: list[tuple[Path, str]] | None = None) -> list[Path]:
+                linked: list[str] | None = None, unreadable: list[tuple[Path, str]] | None = None,
+                classes: set[str] | None = None, reached: set[str] | None = None) -> list[Path]:
     """Image files in ``folder`` and its subfolders (symlinks followed, as ImageFolder does), sorted.
 
     Hidden files and folders (.DS_Store, .ipynb_checkpoints) are not samples. A linked folder is followed
     unless it leads back to a folder already read or above ``folder`` (``ln -s . loop``, ``ln -s .. up``:
-    a loop would multiply the samples), or into another class of ``split`` (its images are that class's),
-    so each image of the split is one sample of one class; links to images kept elsewhere are followed. So
-    is a linked file, unless it leads to a file of ``split`` (a sample already, of its own class): such
-    links go into ``linked``. ``left_out`` counts the files left out for their extension (lower case; ""
-    for none), hidden ones aside. A folder that cannot be listed (``folder`` itself first, if it cannot)
-    goes into ``unreadable`` with the reason ("permission denied"): its images are not in the list."""
+    a loop would multiply the samples), or into another class of ``split`` or to a folder holding one or
+    the split (its images are that class's, its loose files no class's), so each image of the split is one
+    sample of one class; links to images kept elsewhere, or in a hidden folder of the split, are followed.
+    So is a linked file, unless it leads to a sample of ``split`` already (in another class, or in a folder
+    of this one that is read): such links go into ``linked``, and the split's own files that links make
+    samples (a loose file, one in a hidden folder) into ``reached``. ``classes`` holds the real paths of
+    the split's class folders (found from ``split`` if not given). ``left_out`` counts the files left out
+    for their extension (lower case; "" for none), hidden ones aside. A folder that cannot be listed
+    (``folder`` itself first, if it cannot) goes into ``unreadable`` with the reason ("permission
+    denied"): its images are not in the list."""
     top = os.path.realpath(folder)
     others = os.path.realpath(split) if split is not None else None
+    if others is not None and classes is None:
+        classes = {os.path.realpath(e.path) for e in os.scandir(others) if not e.name.startswith(".") and _is_dir(e)}
 
     def followed(real: str) -> bool:
-        if real in seen or top == real or top.startswith(real.rstrip(os.sep) + os.sep):
+        if real in seen or top == real or _within(top, real):   # read already, or above the class
             return False
-        inside_split = others is not None and (real == others or real.startswith(others + os.sep))
-        return not inside_split or real.startswith(top + os.sep)
+        if others is None or _within(real, top):
+            return True
+        return (_owner(real, classes) is None and not _within(others, real)
+                and not any(_within(cls, real) for cls in classes))
+
+    def taken(real: str) -> bool:
+        owner = _owner(real, classes) if real else None
+        if owner is None:
+            if real and reached is not None and _within(real, others):
+                reached.add(real)
+            return False
+        # In this class, a file in a hidden folder (or hidden itself) is not read, so the link is its sample.
+        return owner != top or not any(part.startswith(".") for part in os.path.relpath(real, top).split(os.sep))
 
     # os.scandir rather than os.walk: its entries say which are links without a stat of every file.
     # A folder counts as read once it is queued: two ways to one folder (itself and a link to it, two
@@ -177,13 +198,28 @@ def image_files(folder: Path, split: Path | None = None, left_out: Counter | Non
                     unreadable.append((Path(entry.path), lost))
                 elif left_out is not None:
                     left_out[ext] += 1
-            elif others is not None and entry.is_symlink() and _target(entry.path).startswith(others + os.sep):
+            elif others is not None and entry.is_symlink() and taken(_target(entry.path)):
                 if linked is not None:
                     linked.append(entry.path)
             else:
                 found.append(Path(entry.path))
         folders += reversed(below)   # in name order, depth first, as os.walk goes
     return sorted(found)
+
+
+def _within(path: str, folder: str) -> bool:
+    """Whether real path ``path`` is ``folder`` or lies inside it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _owner(real: str, classes: set[str]) -> str | None:
+    """The class folder of ``classes`` (real paths) that holds real path ``real``, the nearest; None if none."""
+    while real not in classes:
+        parent = os.path.dirname(real)
+        if parent == real:
+            return None
+        real = parent
+    return real
 
 
 def _lost_folder(entry: os.DirEntry) -> str:
