@@ -116,11 +116,47 @@ def test_one_gpu_for_every_process_of_a_machine_is_refused(two_gpus, monkeypatch
                           "torchrun's to start"),
     ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1"}, "WORLD_SIZE is 2 but MASTER_PORT is not set"),
     ({"WORLD_SIZE": "two"}, "the environment variable WORLD_SIZE is 'two', not a process count"),
-    ({"LOCAL_RANK": "-1"}, "the environment variable LOCAL_RANK is '-1'")])
+    ({"LOCAL_RANK": "-1"}, "the environment variable LOCAL_RANK is '-1'"),
+    # A world of none, or a rank beyond the world: each took a batch share that is not there (IndexError), or
+    # made the lone process think it was not the main one (evaluate said nothing).
+    ({"WORLD_SIZE": "0"}, "the environment variable WORLD_SIZE is '0', not a process count"),
+    ({"RANK": "1"}, r"RANK is 1 but WORLD_SIZE is not set \(one process\): ranks run from 0 to WORLD_SIZE - 1"),
+    ({"RANK": "1", "WORLD_SIZE": "1"}, "RANK is 1 but WORLD_SIZE is 1: "),
+    ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}, "RANK is 2 but WORLD_SIZE is 2"),
+    ({"LOCAL_RANK": "1"}, r"LOCAL_RANK is 1 but this machine runs 1 process \(WORLD_SIZE not set\)"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+      "MASTER_PORT": "1"}, r"LOCAL_RANK is 1 but this machine runs 1 process \(WORLD_SIZE 2, LOCAL_WORLD_SIZE 1\)"),
+    ({"LOCAL_WORLD_SIZE": "0"}, "the environment variable LOCAL_WORLD_SIZE is '0'")])
 def test_a_world_left_in_the_environment_without_torchrun_is_one_line(monkeypatch, env, said):
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(name, raising=False)
+    _clear_world(monkeypatch)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setattr(distributed.td, "init_process_group", _no_group)   # else it waits for the others
     with pytest.raises(UserError, match=f"^{said}"):
         distributed.setup("cpu")
+
+
+def _no_group(*args, **kwargs):
+    raise AssertionError("setup() joined a process group")
+
+
+def _clear_world(monkeypatch) -> None:
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_a_stray_rank_stops_train_and_evaluate_in_one_line(command, tiny_folders, tmp_path, monkeypatch):
+    from conftest import run_main
+
+    data, _ = tiny_folders
+    _clear_world(monkeypatch)
+    monkeypatch.setenv("RANK", "1")
+    args = (["--out", tmp_path / "run", "--batch-size", "2", "--epochs", "1"] if command == "train" else
+            ["--checkpoint", tmp_path / "best.pt"])
+    (tmp_path / "best.pt").touch()   # the environment is refused before the file is read
+    done = run_main(command, "--data", data, "--workers", "0", "--device", "cpu", *args)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (f"alexnet {command}: error: RANK is 1 but WORLD_SIZE is not set (one process): ranks "
+                           f"run from 0 to WORLD_SIZE - 1 (torchrun sets both); for one process, unset RANK\n")
+    assert not (tmp_path / "run").exists()

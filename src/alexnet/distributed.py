@@ -54,8 +54,8 @@ def backend_for(device: torch.device) -> str:
 
 def setup(device_setting: str = "auto") -> Dist:
     """Join torchrun's process group if there is one; pick this process's device."""
-    world, rank, local_rank = (_whole("WORLD_SIZE", "1"), _whole("RANK", "0"), _whole("LOCAL_RANK", "0"))
-    if device_setting.startswith("cuda:") and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+    world, rank, local_rank = (_whole("WORLD_SIZE", "1", least=1), _whole("RANK", "0"), _whole("LOCAL_RANK", "0"))
+    if device_setting.startswith("cuda:") and _whole("LOCAL_WORLD_SIZE", "1", least=1) > 1:
         raise UserError(f"--device {device_setting} would put every process of this machine on one GPU; under "
                         f"torchrun use --device cuda (each process takes its local rank's GPU)")
     missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if world > 1 and not os.environ.get(v)]
@@ -64,6 +64,7 @@ def setup(device_setting: str = "auto") -> Dist:
         raise UserError(f"WORLD_SIZE is {world} but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
                         f"set: a world of processes is torchrun's to start (torchrun --nproc-per-node N -m alexnet "
                         f"...); for one process, unset WORLD_SIZE")
+    _check_ranks(world, rank, local_rank)
     device = pick_device(device_setting, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -73,13 +74,31 @@ def setup(device_setting: str = "auto") -> Dist:
     return Dist(rank=rank, local_rank=local_rank, world=world, device=device, owns_group=owns_group)
 
 
-def _whole(name: str, default: str) -> int:
+def _check_ranks(world: int, rank: int, local_rank: int) -> None:
+    """A rank beyond the world (a RANK left in the environment without torchrun) would pick a share of the batch
+    that does not exist, or make a lone process think another one is the main one and say nothing."""
+    given = "WORLD_SIZE" in os.environ
+    if rank >= world:
+        raise UserError(f"RANK is {rank} but WORLD_SIZE is {world if given else 'not set (one process)'}: ranks run "
+                        f"from 0 to WORLD_SIZE - 1 (torchrun sets both); for one process, unset RANK")
+    # The processes of this machine: LOCAL_WORLD_SIZE where the launcher sets it (torchrun does), else all of them.
+    here = min(_whole("LOCAL_WORLD_SIZE", str(world), least=1), world)
+    if local_rank >= here:
+        said = [f"WORLD_SIZE {world}" if given else "WORLD_SIZE not set"]
+        if "LOCAL_WORLD_SIZE" in os.environ:
+            said.append(f"LOCAL_WORLD_SIZE {os.environ['LOCAL_WORLD_SIZE']}")
+        raise UserError(f"LOCAL_RANK is {local_rank} but this machine runs {here} process{'es' * (here != 1)} "
+                        f"({', '.join(said)}): local ranks run from 0 to one fewer (torchrun sets them); for one "
+                        f"process, unset LOCAL_RANK")
+
+
+def _whole(name: str, default: str, least: int = 0) -> int:
     value = os.environ.get(name, default)
     try:
         number = int(value)
     except ValueError:
         number = -1
-    if number < 0:
+    if number < least:
         raise UserError(f"the environment variable {name} is {value!r}, not a process count or number (torchrun "
                         f"sets it; unset it to run one process)")
     return number
