@@ -601,6 +601,64 @@ def test_two_processes_match_one_with_the_same_global_batch(more_data, tmp_path)
         torch.testing.assert_close(getattr(two, key), getattr(one, key), rtol=1e-6, atol=1e-6, msg=key)
 
 
+def test_processes_that_see_different_data_are_refused_together(data, more_data, monkeypatch):
+    # Node-local copies of a data set can differ: the ranks trained an epoch apart, then failed in a collective
+    # (gloo's abort, DDP's traceback) with the mean image of a mix of both written. Two processes, as gathered.
+    from alexnet import distributed
+    from alexnet.data.sources import open_data
+    from alexnet.train import _check_same_data, _data_seen
+
+    pair = distributed.Dist(rank=0, world=2)
+    mine, theirs = _data_seen(open_data(data)), _data_seen(open_data(more_data))
+    gathered = []
+    monkeypatch.setattr(distributed, "gather_objects", lambda dist, obj: [obj, *gathered])
+    gathered[:] = [("", mine)]
+    _check_same_data(pair, open_data(data), "")   # the same files, wherever they lie: no refusal
+    gathered[:] = [("", theirs)]
+    with pytest.raises(UserError) as refused:
+        _check_same_data(pair, open_data(data), "")
+    assert str(refused.value) == (
+        f"the processes see different data (rank 0: 8 training and 8 validation images in 2 classes, fingerprints "
+        f"{mine[3]} and {mine[4]}; rank 1: 16 training and 16 validation images in 2 classes, fingerprints "
+        f"{theirs[3]} and {theirs[4]}): --data must hold the same images on every node")
+    # Different data first, whatever a process then says of its own (one class, no full batch).
+    gathered[:] = [("no full batch", theirs)]
+    with pytest.raises(UserError, match="^the processes see different data"):
+        _check_same_data(pair, open_data(data), "")
+    # A process that could not open its --data is refused with the others, which would wait for it.
+    gathered[:] = [("/nodes/1/data does not exist", None)]
+    with pytest.raises(UserError, match=r"^/nodes/1/data does not exist \(in process 1 of 2\)$"):
+        _check_same_data(pair, open_data(data), "")
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("other", ["more images", "another class"])
+def test_two_nodes_with_different_copies_of_the_data_stop_at_the_start_in_one_line(tmp_path, other):
+    # Two processes as two nodes, each with its own copy of the data at the same relative --data, and a shared
+    # --out; the process group is setup()'s own, from the environment torchrun would give them.
+    from test_elastic import free_port
+
+    for node in ("node0", "node1"):
+        flat_colours(tmp_path / node / "data", 0, 6 if node == "node1" and other == "more images" else 4)
+    if other == "another class":
+        write_image_folders(tmp_path / "node1" / "data", {"green": [(0, 200, 0)] * 4}, size=(48, 40))
+    port, run = free_port(), tmp_path / "run"
+    started = [subprocess.Popen(
+        [sys.executable, "-m", "alexnet", "train", "--data", "data", "--out", str(run), "--epochs", "1",
+         "--batch-size", "4", "--workers", "0", "--preset", "demo"], cwd=tmp_path / f"node{rank}",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1", RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                 MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))) for rank in (0, 1)]
+    ended = [p.communicate(timeout=120) for p in started]
+    for p, (_, err) in zip(started, ended):
+        assert p.returncode == 2 and err.startswith("alexnet train: error: the processes see different data (rank "
+                                                    "0: 8 training and 8 validation images in 2 classes"), err
+        assert err.endswith("): --data must hold the same images on every node\n") and err.count("\n") == 1, err
+    assert ("12 training and 12 validation images in 2 classes" if other == "more images" else
+            "12 training and 12 validation images in 3 classes") in ended[0][1]
+    assert not {"config.yaml", "data_stats.safetensors", "last.pt"} & {p.name for p in run.glob("*")}
+
+
 @pytest.mark.processes
 def test_a_global_batch_that_two_processes_cannot_halve_is_shared_and_matches_one(more_data, tmp_path):
     # An elastic job that lost a node (128 over 24 processes) was refused on every restart. Batch 3 over 2:

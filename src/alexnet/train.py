@@ -720,25 +720,21 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
         dtype = torch.float16
     if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # every batch has the same shape: pick the fastest kernels once
-    # The data is checked before anything is printed or written: a wrong --data leaves RUN as it was.
-    source = _open_data(config, dist, resumed=ckpt is not None)
+    # The data is checked before anything is printed or written: a wrong --data leaves RUN as it was. Each
+    # process opens its own (node-local copies, maybe), and all are refused together.
+    source, steps, problem = None, 0, ""
+    try:
+        source = _open_data(config, dist, resumed=ckpt is not None)
+        steps = _check_data(config, source, ckpt, steps_per_epoch(len(source.splits["train"]), batch_per_rank,
+                                                                  shard.world, batches))
+    except UserError as e:
+        problem = str(e)
+    _check_same_data(dist, source, problem)
     train_set, val_set = source.splits["train"], source.splits["val"]
-    if len(source.classes) < 2:   # softmax over one class: loss 0 and no gradient, "100%" for anything
-        raise UserError(f"{source.root} has one class ({source.classes[0]}): a classifier needs at least two "
-                        f"class folders")
-    if ckpt is not None and ckpt.classes != source.classes:
-        raise UserError(f"the data's classes differ from those the run was started with ({config.data})")
     known = ckpt or start
     if known is not None:
         source = dataclasses.replace(source, names=finetune.readable_names(source.classes, source.names,
                                                                            known.classes, known.names))
-    steps = steps_per_epoch(len(train_set), batch_per_rank, shard.world, batches)
-    if steps == 0:
-        raise UserError(f"{len(train_set)} training image files make no full batch of {config.batch_size}; add "
-                        f"images or use a smaller --batch-size")
-    # Broken files found now, not after an epoch: a split of them, or a class of them in train.
-    train_set.check_readable(every_class=True)
-    val_set.check_readable()
     agents = [a for a in distributed.gather_objects(dist, _agent()) if a is not None]
     if dist.main:
         _open_folder(folder, config, agents, resumed=ckpt is not None, how=f"{dist.world} x {dist.device.type}, "
@@ -797,6 +793,54 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     if config.tensorboard and dist.main:
         run.writer = _tensorboard(folder)
     return run
+
+
+def _check_data(config: TrainConfig, source: DataSource, ckpt: checkpoint.Resumable | None, steps: int) -> int:
+    """``steps``, the training steps of an epoch, if ``source`` can be trained on as ``config`` says."""
+    train_set, val_set = source.splits["train"], source.splits["val"]
+    if len(source.classes) < 2:   # softmax over one class: loss 0 and no gradient, "100%" for anything
+        raise UserError(f"{source.root} has one class ({source.classes[0]}): a classifier needs at least two "
+                        f"class folders")
+    if ckpt is not None and ckpt.classes != source.classes:
+        raise UserError(f"the data's classes differ from those the run was started with ({config.data})")
+    if steps == 0:
+        raise UserError(f"{len(train_set)} training image files make no full batch of {config.batch_size}; add "
+                        f"images or use a smaller --batch-size")
+    # Broken files found now, not after an epoch: a split of them, or a class of them in train.
+    train_set.check_readable(every_class=True)
+    val_set.check_readable()
+    return steps
+
+
+def _check_same_data(dist: distributed.Dist, source: DataSource | None, problem: str) -> None:
+    """Every process must train on the images rank 0 does. Node-local copies of a data set can differ, and
+    then the ranks trained an epoch apart and failed in a collective (gloo's abort, DDP's traceback), with
+    the statistics of a mix of both written. Decided together, as is a process's refusal of its data
+    (``problem``; ``source`` None where it could not open it): one refused alone left the others waiting."""
+    seen = None if source is None or not dist.active else _data_seen(source)
+    everyone = distributed.gather_objects(dist, (problem, seen))
+    views = [view for _, view in everyone]
+    other = next((rank for rank, view in enumerate(views) if None not in (view, views[0]) and view != views[0]),
+                 None)
+    if other is not None:   # rather than what the data's differences make one process say of its own
+        raise UserError(f"the processes see different data (rank 0: {_seen(views[0])}; rank {other}: "
+                        f"{_seen(views[other])}): --data must hold the same images on every node")
+    if any(p for p, _ in everyone):
+        rank, first = next((rank, p) for rank, (p, _) in enumerate(everyone) if p)
+        raise UserError(problem or f"{first} (in process {rank} of {len(everyone)})")
+
+
+def _data_seen(source: DataSource) -> tuple:
+    """What a process sees of its data: its classes, and its splits' sizes and file lists (fingerprint: the
+    names of its files, not their pixels; rank 0 computes the training set's anyway, for last.pt)."""
+    train_set, val_set = source.splits["train"], source.splits["val"]
+    return tuple(source.classes), len(train_set), len(val_set), fingerprint(train_set), fingerprint(val_set)
+
+
+def _seen(view: tuple) -> str:
+    classes, train, val, train_print, val_print = view
+    return (f"{train:,} training and {val:,} validation images in {len(classes)} classes, fingerprints "
+            f"{train_print} and {val_print}")
 
 
 # At most this many loader processes by default (as bench gpu): beyond, each adds memory and start-up time.
