@@ -1142,3 +1142,59 @@ def test_a_resume_over_other_training_images_says_so(data, tmp_path, capsys):
         train(config(moved, run, epochs=4), resume=True, given={"epochs": 4})
     train(config(moved, run, epochs=4), resume=True, given={"epochs": 4, "data": str(moved)})
     assert yaml.safe_load((run / "config.yaml").read_text())["data"] == str(moved)
+
+
+class _SetUp(Exception):
+    """Raised in place of distributed.setup: the device a train call would start on, and nothing more done."""
+
+
+def _device_at_setup(monkeypatch, call) -> str:
+    """The device setting ``call`` hands distributed.setup (it goes no further)."""
+    import alexnet.train
+
+    def setup(device):
+        raise _SetUp(device)
+
+    monkeypatch.setattr(alexnet.train.distributed, "setup", setup)
+    with pytest.raises(_SetUp) as stopped:
+        call()
+    return stopped.value.args[0]
+
+
+def test_a_resume_starts_on_the_device_the_run_recorded_unless_device_is_given(data, tmp_path, monkeypatch, capsys):
+    from alexnet.cli import main
+    from alexnet.config import load_yaml
+
+    run = tmp_path / "run"
+    train(config(data, run, epochs=1, device="cpu"))
+    assert load_yaml(run / "config.yaml")["device"] == "cpu"
+    # --device's default is auto (CUDA where present): a resume without it is still the run's own device.
+    for resume in (["--resume"], ["--resume", "auto"], ["--resume", str(run)]):
+        assert _device_at_setup(monkeypatch, lambda: main(["train", "--out", str(run), *resume, "--epochs", "2"])) \
+            == "cpu", resume
+    assert _device_at_setup(monkeypatch, lambda: main(["train", "--out", str(run), "--resume", "--device", "auto"])) \
+        == "auto"   # a device a resume may change
+    assert _device_at_setup(monkeypatch, lambda: train(config(data, run, epochs=2), resume=True,
+                                                       given={"epochs": 2})) == "cpu"
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")   # torchrun's restart resumes by itself
+    assert _device_at_setup(monkeypatch, lambda: train(config(data, run, epochs=2), given={"epochs": 2})) == "cpu"
+    monkeypatch.undo()
+    # --tensorboard's package is looked for as the run resolves (its own setting on a resume), before it starts.
+    import alexnet.train
+
+    def no_tensorboard():
+        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard")
+
+    state = torch.load(run / "last.pt", weights_only=True)
+    state["config"]["tensorboard"] = True
+    torch.save(state, run / "last.pt")
+    (run / "config.yaml").write_text(yaml.safe_dump(state["config"], sort_keys=False))
+    monkeypatch.setattr(alexnet.train, "_tensorboard_class", no_tensorboard)
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the tensorboard package" in err and "resuming" not in err, err
+    # A fresh run takes the flag's; so does a resume of a last.pt that cannot be read (then refused in one line).
+    assert _device_at_setup(monkeypatch, lambda: train(config(data, tmp_path / "new"), resume="auto")) == "auto"
+    (run / "last.pt").write_bytes(b"not a checkpoint")
+    assert _device_at_setup(monkeypatch, lambda: train(config(data, run, epochs=2), resume=True)) == "auto"

@@ -113,6 +113,17 @@ def read(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def recorded_config(path: str | Path) -> dict[str, Any] | None:
+    """The settings a checkpoint records, as it holds them (unchecked), for a decision made before it is read:
+    the tensors are mapped, not read, nor their checksums. None where it cannot be read (reading it says why)."""
+    try:
+        state = torch_load(path, crcs=False)
+    except UserError:
+        return None
+    config = state.get("config") if isinstance(state, dict) else None
+    return config if isinstance(config, dict) else None
+
+
 @dataclass
 class Resumable:
     """A checked resumable checkpoint: everything a run needs to continue exactly where it stopped."""
@@ -231,10 +242,12 @@ def _names(ckpt: dict[str, Any], classes: Any) -> Any:
     return classes if names is None or (isinstance(names, list) and not names) else names
 
 
-def torch_load(path: str | Path) -> Any:
-    """``torch.load(weights_only=True)`` with every failure as a one-line UserError."""
+def torch_load(path: str | Path, crcs: bool = True) -> Any:
+    """``torch.load(weights_only=True)`` with every failure as a one-line UserError (``crcs``: check the parts'
+    CRC-32s first, which reads the whole file)."""
     path = existing_file(path)
-    _check_crcs(path)
+    if crcs:
+        _check_crcs(path)
     try:
         # A plain pickle (not torch.save's zip) makes torch warn about its protocol before failing, and a
         # sparse tensor about checking it; the one line that follows says all that matters.

@@ -38,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from alexnet import checkpoint, distributed, finetune, parallel
+from alexnet.choices import device_setting
 from alexnet.config import TrainConfig, dump_yaml, from_dict, load_yaml, resolve
 from alexnet.cores import usable_cores
 from alexnet.data.folders import SkippedFiles
@@ -587,9 +588,7 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
     does; ``given`` (the command's flags) narrows what counts as asked for."""
     config.validate()
     _check_out(config)
-    if config.tensorboard:
-        _tensorboard_class()   # before any work: a missing package found after the statistics pass costs it
-    dist = distributed.setup(config.device)
+    dist = distributed.setup(start_device(config, resume, given))
     lock = FolderLock(config.out, "train")
     # The filters a run sets (_check_workers) end with it: the caller's stay as they were.
     try:
@@ -597,6 +596,8 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
             with _StopsAtOnce(dist):
                 _hold(lock, dist)
                 config, ckpt, start = resolve_run(config, resume, given, dist)
+                if config.tensorboard:   # a resumed run's own too: found now, not after the statistics pass
+                    _tensorboard_class()
                 _check_workers(config, dist)
                 if ckpt is not None and ckpt.epoch >= config.epochs:
                     return _complete(config, ckpt, dist)
@@ -613,6 +614,28 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
     finally:
         lock.release()
         distributed.teardown(dist)
+
+
+def start_device(config: TrainConfig, resume: bool | str, given: dict[str, Any] | None) -> str:
+    """The device setting this process starts on, decided before its process group exists (distributed.setup
+    comes once a process, and resolve_run needs the group): --device where it was asked for (a resume may
+    change it), else a resumed run's own, as its last.pt records it, not the flag's default."""
+    asked = given if given is not None else _asked_in(config)
+    last = Path(config.out) / "last.pt"
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0   # may resume by itself (resolve_run)
+    if "device" in asked or not (resume or restarted) or not last.exists():
+        return config.device
+    recorded = (checkpoint.recorded_config(last) or {}).get("device")
+    # Unreadable or damaged: the flag's, and resolve_run refuses the checkpoint in one line.
+    return recorded if isinstance(recorded, str) and _is_device(recorded) else config.device
+
+
+def _is_device(text: str) -> bool:
+    try:
+        device_setting(text)
+    except UserError:
+        return False
+    return True
 
 
 def _check_out(config: TrainConfig) -> None:
