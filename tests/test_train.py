@@ -1198,3 +1198,60 @@ def test_a_resume_starts_on_the_device_the_run_recorded_unless_device_is_given(d
     assert _device_at_setup(monkeypatch, lambda: train(config(data, tmp_path / "new"), resume="auto")) == "auto"
     (run / "last.pt").write_bytes(b"not a checkpoint")
     assert _device_at_setup(monkeypatch, lambda: train(config(data, run, epochs=2), resume=True)) == "auto"
+
+
+def test_an_edit_of_config_yaml_is_refused_on_resume_not_lost(two_epochs_run, tmp_path, capsys):
+    from alexnet.cli import main
+    import dataclasses
+
+    from alexnet import checkpoint
+    from alexnet.config import dump_yaml
+    import alexnet.train as train_module
+    from alexnet.train import RESUMABLE_CHANGES, resolve_run
+
+    # A copy of a finished run: a run folder moved elsewhere, whose config.yaml names it where it was.
+    run = tmp_path / "run"
+    shutil.copytree(two_epochs_run, run, ignore=shutil.ignore_patterns(".lock"))
+    data = two_epochs_run.parent / "data"
+    path = run / "config.yaml"
+    written = path.read_text()
+    assert yaml.safe_load(written)["out"] == str(two_epochs_run)
+
+    saved = checkpoint.read_resumable(run / "last.pt").config
+
+    def refused(text, message, epochs=3):   # what resolve_run checks last, without reading last.pt each time
+        path.write_text(text)
+        with pytest.raises(UserError, match=message) as e:
+            train_module._check_config_yaml(run, saved, dataclasses.replace(saved, epochs=epochs), RESUMABLE_CHANGES)
+        assert "\n" not in str(e.value) and path.read_text() == text   # one line; the file is kept
+        return str(e.value)
+
+    # A run's settings come from its checkpoint: an edit would have been ignored, then overwritten.
+    path.write_text(written.replace("lr: 0.001", "lr: 0.2"))
+    with pytest.raises(UserError, match="sets lr 0.2"):
+        resolve_run(config(data, run, epochs=3), True, {"epochs": 3})
+    said = refused(written.replace("lr: 0.001", "lr: 0.2"), r"config\.yaml sets lr 0\.2, but the run was trained "
+                   r"with 0\.001 \(last\.pt\): a run's settings come from its checkpoint, and a resume cannot "
+                   r"change lr \(a new run can: --lr 0\.2\)")
+    assert said.endswith("put config.yaml back (alexnet train rewrites it)")
+    refused(written.replace("flip: true", "flip: false"), "sets flip false, but the run was trained with true")
+    refused(written.replace("epochs: 2", "epochs: 4"), "sets epochs 4, .* give --epochs 4 to change it on resume")
+    refused(written.replace("momentum: 0.9", "momentum: banana"), "momentum must be a number, got 'banana'; a run's")
+    refused(written + "colour: blue\n", "unknown setting colour")
+    refused("lr: [0.1\n", r"cannot read .*config\.yaml: not YAML \(.* at line 2\); a run's settings come from")
+    refused("- lr\n", "does not hold a mapping of settings")
+    # Not edits: a resume that asks again what a start stopped before its first checkpoint wrote (a requeued
+    # job's command), and settings a newer version added.
+    stopped = dump_yaml(config(data, run, epochs=4))
+    path.write_text(stopped)
+    train_module._check_config_yaml(run, saved, dataclasses.replace(saved, epochs=4), RESUMABLE_CHANGES)
+    refused(stopped, "sets epochs 4, but the run was trained with 2 .* give --epochs 4")
+    older = yaml.safe_load(written)
+    del older["bias_decay"], older["small"]
+    path.write_text(yaml.safe_dump(older))
+    train_module._check_config_yaml(run, saved, saved, RESUMABLE_CHANGES)
+    # Resumed with more epochs, then again: each start's config.yaml is its checkpoint's.
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "3"]) == 0, capsys.readouterr().err
+    assert yaml.safe_load(path.read_text())["epochs"] == 3
+    for resume in (True, "auto"):
+        assert resolve_run(config(data, run, epochs=4), resume, {"epochs": 4})[0].epochs == 4

@@ -259,6 +259,9 @@ def from_dict(values: dict[str, Any], where: str) -> TrainConfig:
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
         values = yaml.safe_load(Path(path).read_text())
+    except yaml.MarkedYAMLError as e:   # its own words take several lines, with a picture of the place
+        where = f" at line {e.problem_mark.line + 1}" if e.problem_mark else ""
+        raise UserError(f"cannot read {path}: not YAML ({e.problem or e.context}{where})") from None
     except (OSError, yaml.YAMLError) as e:
         raise UserError(f"cannot read {path}: {e}") from None
     if not isinstance(values, dict):

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -154,7 +155,39 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any] |
     if "data" not in changes and saved.data and not Path(saved.data).exists():
         raise UserError(f"{run} was trained on {saved.data}, which is not there any more; give --data with "
                         f"where its images are now (the same images: a resume of other ones is said so)")
-    return from_dict(values, "resumed run"), ckpt, None
+    resumed = from_dict(values, "resumed run")
+    _check_config_yaml(run, saved, resumed, RESUMABLE_CHANGES | (DIVERGED_CHANGES if diverged else set()))
+    return resumed, ckpt, None
+
+
+def _check_config_yaml(run: Path, saved: TrainConfig, resumed: TrainConfig, resumable: set[str]) -> None:
+    """RUN/config.yaml is what the run's last start wrote, and a resume writes it again. An edit there changes
+    nothing (a run's settings come from its checkpoint) and would be lost without a word: refused in one line,
+    before anything is written. The file may lack settings a newer version added, name the run's folder before
+    a move, and hold the changes of a start stopped before its first checkpoint, which this resume asks again."""
+    path = run / "config.yaml"
+    if not (path.exists() or path.is_symlink()):
+        return   # nothing to lose: the resume writes it
+    back = "put config.yaml back (alexnet train rewrites it)"
+    try:
+        values = load_yaml(path)
+        recorded = from_dict(saved.to_dict() | values, str(path)).to_dict()
+    except UserError as e:
+        raise UserError(f"{e}; a run's settings come from its checkpoint: {back}") from None
+    before, now = saved.to_dict(), resumed.to_dict()
+    for key in (k for k in values if k != "out" and recorded[k] not in (before[k], now[k])):
+        value = recorded[key]
+        flag = f"--{'' if value is not False else 'no-'}{key.replace('_', '-')}"
+        asked = flag if isinstance(value, bool) else f"{flag} {_shown(value)}"
+        remedy = (f"; give {asked} to change it on resume, or {back}" if key in resumable else
+                  f", and a resume cannot change {key} (a new run can: {asked}); {back}")
+        raise UserError(f"{path} sets {key} {_shown(value)}, but the run was trained with {_shown(before[key])} "
+                        f"(last.pt): a run's settings come from its checkpoint{remedy}")
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as config.yaml writes it."""
+    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
 
 
 def _asked_in(config: TrainConfig) -> dict[str, Any]:
