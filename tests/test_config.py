@@ -100,3 +100,14 @@ def test_bad_settings_in_a_recorded_config_are_user_errors_too():
     values = dict(resolve("paper", {}).to_dict(), weight_decay=float("nan"))
     with pytest.raises(UserError, match="weight_decay must be a finite number"):
         from_dict(values, "config.yaml")
+
+
+def test_a_recorded_owt_run_from_weights_refuses_two_towers():
+    # A resume may change --towers and never meets finetune.adopt: the recorded network (here owt, a
+    # fine-tuning run's) decides, in one line, not a ValueError on every rank when the towers are cut.
+    saved = resolve("torchvision", {"out": "runs/ft", "data": "/d"}).to_dict() | {"weights": "/w/owt.safetensors"}
+    assert from_dict(saved, "resumed run").towers == 1
+    for weights in ("/w/owt.safetensors", None):
+        with pytest.raises(UserError, match="--towers 2 splits the paper network's two towers; the owt variant has"):
+            from_dict(saved | {"towers": 2, "weights": weights}, "resumed run")
+    assert from_dict(resolve("paper", {"weights": "/w/paper.pt"}).to_dict() | {"towers": 2}, "resumed run").towers == 2

@@ -253,7 +253,11 @@ def from_dict(values: dict[str, Any], where: str) -> TrainConfig:
     """A configuration recorded by an earlier run (config.yaml or a checkpoint)."""
     if values.get("optimizer", "sgd") == "sgd":
         values = {k: v for k, v in _BEFORE_RECORDED.items() if k not in values} | values
-    return TrainConfig(**_checked(values, where)).validate()
+    config = TrainConfig(**_checked(values, where)).validate()
+    # A recorded network is the run's own, also one taken from --weights: validate leaves that case to
+    # finetune.adopt, which a resume (free to change --towers) never calls.
+    check_towers_fit(config.towers, config.variant)
+    return config
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
