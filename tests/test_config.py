@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alexnet.config import KINDS, PRESETS, TrainConfig, dump_yaml, from_dict, preset_values, resolve
+from alexnet.config import KINDS, PRESETS, TrainConfig, dump_yaml, from_dict, load_yaml, preset_values, resolve
 from alexnet.errors import UserError
 
 PRESET_FILES = Path(__file__).resolve().parents[1] / "src" / "alexnet" / "presets"
@@ -111,3 +111,17 @@ def test_a_recorded_owt_run_from_weights_refuses_two_towers():
         with pytest.raises(UserError, match="--towers 2 splits the paper network's two towers; the owt variant has"):
             from_dict(saved | {"towers": 2, "weights": weights}, "resumed run")
     assert from_dict(resolve("paper", {"weights": "/w/paper.pt"}).to_dict() | {"towers": 2}, "resumed run").towers == 2
+
+
+def test_a_hand_edited_config_with_numbers_for_keys_or_too_large_a_number_is_one_line(tmp_path):
+    values = resolve("paper", {}).to_dict()
+    with pytest.raises(UserError, match=r"config\.yaml: unknown settings 2, foo$"):
+        from_dict(values | {"foo": 1, 2: "b"}, "config.yaml")
+    with pytest.raises(UserError, match=r"config\.yaml: lr must be a finite number, got an integer of 1329 bits"):
+        from_dict(values | {"lr": 10**400}, "config.yaml")
+    # YAML reads an integer of more digits than Python converts (4300) with a ValueError of its own
+    path = tmp_path / "config.yaml"
+    path.write_text("lr: 1" + "0" * 5000 + "\n")
+    with pytest.raises(UserError, match=r"cannot read .*config\.yaml: Exceeds the limit \(4300 digits\) for integer "
+                                        r"string conversion: value has 5001 digits$"):
+        load_yaml(path)

@@ -1025,6 +1025,25 @@ def test_a_fresh_run_keeps_a_config_yaml_it_did_not_write(data, tmp_path, resume
     assert resolve_run(config(data, run, epochs=1), resume, None)[1] is None
 
 
+def test_a_hand_edited_config_yaml_is_refused_in_one_line(data, tmp_path):
+    from alexnet.config import dump_yaml
+    from alexnet.train import resolve_run
+
+    run = tmp_path / "proj"
+    run.mkdir()
+    # Keys YAML reads as numbers beside names: they do not sort together.
+    (run / "config.yaml").write_text("foo: 1\n2: b\n")
+    with pytest.raises(UserError, match=r"did not write \(unknown setting 2\)"):
+        resolve_run(config(data, run, epochs=1), False, None)
+    # A copy of a run without its last.pt, a number in its config.yaml too large for a float: not this
+    # run's first attempt, so its best.pt and metrics.jsonl are kept.
+    (run / "config.yaml").write_text(dump_yaml(config(data, run, epochs=1)).replace("lr: 0.001", "lr: 1" + "0" * 400))
+    (run / "best.pt").write_bytes(b"best")
+    (run / "metrics.jsonl").write_text("")
+    with pytest.raises(UserError, match="holds an earlier run's best.pt and metrics.jsonl but no last.pt"):
+        resolve_run(config(data, run, epochs=1), "auto", None)
+
+
 def test_resume_auto_after_an_attempt_stopped_before_its_first_checkpoint_starts_clean(data, tmp_path):
     # Killed between epoch 1's metrics row and its last.pt: the restart's row must not follow a stale one.
     run = tmp_path / "run"

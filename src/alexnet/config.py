@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -199,9 +200,10 @@ def preset_values(name: str) -> dict[str, Any]:
 
 def _checked(values: dict[str, Any], where: str) -> dict[str, Any]:
     known = {f.name: f for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - set(known))
+    # key=str: a hand-edited file may mix keys YAML reads as numbers with names, which do not sort together
+    unknown = sorted(set(values) - set(known), key=str)
     if unknown:
-        raise UserError(f"{where}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+        raise UserError(f"{where}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(map(str, unknown))}")
     out = {}
     for key, value in values.items():
         out[key] = _coerce(key, value, known[key].type, where)
@@ -220,6 +222,10 @@ def _coerce(key: str, value: Any, type_name: str, where: str) -> Any:
     if not ok(value):
         kind = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[base]
         raise UserError(f"{where}: {key} must be {kind}, got {value!r}")
+    if base == "float" and isinstance(value, int) and abs(value) > sys.float_info.max:
+        # float() would raise OverflowError; the digits are not repeated (there may be thousands of them)
+        raise UserError(f"{where}: {key} must be a finite number, got an integer of {value.bit_length()} bits, "
+                        f"over the largest a float holds ({sys.float_info.max:.3g})")
     return float(value) if base == "float" else value
 
 
@@ -268,6 +274,8 @@ def load_yaml(path: Path) -> dict[str, Any]:
         raise UserError(f"cannot read {path}: not YAML ({e.problem or e.context}{where})") from None
     except (OSError, yaml.YAMLError) as e:
         raise UserError(f"cannot read {path}: {e}") from None
+    except ValueError as e:   # an integer of more digits than Python converts (4300); its advice is for code
+        raise UserError(f"cannot read {path}: {str(e).split(';')[0]}") from None
     if not isinstance(values, dict):
         raise UserError(f"{path} does not hold a mapping of settings")
     return values

@@ -244,7 +244,8 @@ def _refuse_foreign_config(run: Path) -> None:
         reason = str(e).removeprefix(f"cannot read {path}: ").removeprefix(f"{path} ")
     else:
         known = {f.name for f in dataclasses.fields(TrainConfig)}
-        unknown, missing = sorted(set(values) - known), [k for k in RECORDED if k not in values]
+        # key=str: a hand-edited file may mix keys YAML reads as numbers with names, which do not sort together
+        unknown, missing = sorted(set(values) - known, key=str), [k for k in RECORDED if k not in values]
         if not unknown and not missing:
             return
         reason = f"unknown setting {unknown[0]}" if unknown else f"no {missing[0]}, which a run records"
