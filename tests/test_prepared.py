@@ -518,3 +518,12 @@ def test_a_source_whose_classes_changed_is_refused_saying_how(tmp_path, change, 
     with pytest.raises(UserError, match=re.escape(f"{out} was prepared from {data}, not {other}; choose a new "
                                                   f"--out (or give --data {data} to resume or redo it)")):
         prepare(other, out, workers=0, progress=False)
+
+
+def test_the_data_to_give_again_is_quoted_for_the_shell(tmp_path):
+    data = write_image_folders(tmp_path / "my data", {c: [(9, 9, 9)] for c in ("ant", "bee")})
+    out = tmp_path / "prep"
+    prepare(data, out, workers=0, progress=False)
+    other = write_image_folders(tmp_path / "other", {c: [(9, 9, 9)] for c in ("ant", "bee")})
+    with pytest.raises(UserError, match=re.escape(f"(or give --data '{data}' to resume or redo it)")):
+        prepare(other, out, workers=0, progress=False)

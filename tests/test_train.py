@@ -436,10 +436,11 @@ def test_a_diverged_run_keeps_the_state_before_the_blow_up_and_resumes_with_a_lo
                                                                                        two_epochs_run):
     # lr 10, a checkpoint after every step: step 2's loss is huge but finite, step 3's NaN. The weights
     # saved after step 2 are the ones that diverged; the run must keep those of step 1 instead.
-    run = tmp_path / "run"
+    run = tmp_path / "a run"   # named in a command to paste: quoted
     with pytest.raises(NonFiniteLoss, match=r"last.pt \(epoch 1, step 1\) is the last good state") as e:
         train(config(more_data, run, lr=10, batch_size=2, save_every=1, epochs=1))
-    assert "alexnet train --out" in str(e.value) and "--resume --lr" in str(e.value)
+    assert shlex.split(str(e.value).split(": ")[-1]) == ["alexnet", "train", "--out", str(run), "--resume", "--lr",
+                                                         "..."]
     assert json.loads((run / "diverged.json").read_text())["step"] == 2
     assert not (run / ".last-previous.pt").exists()
     saved = torch.load(run / "last.pt", weights_only=True)
@@ -1274,3 +1275,18 @@ def test_an_edit_of_config_yaml_is_refused_on_resume_not_lost(two_epochs_run, tm
     assert yaml.safe_load(path.read_text())["epochs"] == 3
     for resume in (True, "auto"):
         assert resolve_run(config(data, run, epochs=4), resume, {"epochs": 4})[0].epochs == 4
+
+
+def test_the_resume_line_after_a_signal_quotes_the_run_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from alexnet.errors import Stopped
+    from alexnet.train import _stop
+
+    said = []
+    run = SimpleNamespace(folder=tmp_path / "runs" / "s p", dist=SimpleNamespace(world=1), epoch=3,
+                          config=SimpleNamespace(towers=1), say=said.append)
+    with pytest.raises(Stopped):
+        _stop(run, signal.SIGTERM, saved=True)
+    command = said[0].split("Resume with: ")[1]
+    assert shlex.split(command) == ["alexnet", "train", "--out", str(tmp_path / "runs" / "s p"), "--resume"]

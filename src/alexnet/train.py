@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -597,7 +598,8 @@ class _Run:
         if last.exists():
             saved = checkpoint.read_resumable(last)
             kept = (f"{last} (epoch {saved.epoch + 1}, step {saved.step_in_epoch}) is the last good state; "
-                    f"resume it with {remedy}: alexnet train --out {self.folder} --resume --lr ...")
+                    f"resume it with {remedy}: alexnet train --out {shlex.quote(str(self.folder))} --resume "
+                    f"--lr ...")
         else:
             kept = f"no checkpoint was saved before it; start again with {remedy}"
         raise NonFiniteLoss(f"{what}; stopped, {kept}")
@@ -1076,7 +1078,8 @@ def _stop(run: _Run, signum: int, saved: bool = False) -> None:
     if not saved:
         run.checkpoint(run.folder / "last.pt")
     if run.dist.world == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:   # not under torchrun
-        how = f"Resume with: alexnet train --out {run.folder} --resume"
+        # quoted: the line is pasted into a shell, and a folder may have a space or a quote in its name
+        how = f"Resume with: alexnet train --out {shlex.quote(str(run.folder))} --resume"
     else:   # a towers run needs tower pairs, or none (parallel.plan)
         how = "Resume with the same torchrun command and --resume (" + (
             "an even number of processes, or any number with --towers 1)" if run.config.towers > 1 else

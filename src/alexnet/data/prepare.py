@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import zlib
 from pathlib import Path
@@ -140,7 +141,7 @@ def _existing_meta(out: Path, source: DataSource, shard_size: int, store: str, q
         if old is not None:
             if old.get("source") != meta["source"]:
                 raise UserError(f"{out} was prepared from {old.get('source')}, not {source.root}; choose a new "
-                                f"--out (or give --data {old.get('source')} to resume or redo it)")
+                                f"--out (or give --data {shlex.quote(str(old.get('source')))} to resume or redo it)")
             if old.get("classes") != meta["classes"]:
                 raise UserError(f"{out} was prepared from {source.root} when it had "
                                 f"{_classes_change(old.get('classes'), meta['classes'])}: prepare into a new "
