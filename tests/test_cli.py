@@ -353,6 +353,50 @@ def test_resume_auto_refuses_lrn_for_owt_as_a_fresh_run_unless_it_continues_one(
                             "layers; leave --lrn out\n"), r.stderr
 
 
+@pytest.mark.parametrize("flags,refused", [
+    (["--preset", "demo", "--lars-eta", "5"], "--lars-eta applies to --optimizer lars; this run's optimizer is sgd"),
+    (["--preset", "demo", "--patience", "2", "--max-lr-drops", "9"],
+     "--patience applies to --schedule plateau; this run's schedule is cosine"),
+    (["--preset", "demo", "--max-lr-drops", "9"], "--max-lr-drops applies to --schedule plateau; this run's "),
+    (["--preset", "demo", "--step-epochs", "7"], "--step-epochs applies to --schedule step; this run's schedule is c"),
+    (["--schedule", "cosine", "--lr-gamma", "0.5"], "--lr-gamma applies to --schedule plateau or step; this run's "),
+    (["--preset", "demo", "--dropout-start", "3"], "--dropout-start is the epoch dropout switches on at, and this "
+                                                   "run's dropout is 0, so it would do nothing; give --dropout too"),
+    # A preset's own values for its schedule and optimizer are not given: another schedule leaves them unread.
+    (["--preset", "paper", "--schedule", "cosine"], None),
+    (["--preset", "large-batch", "--optimizer", "sgd"], None),
+    (["--preset", "demo", "--schedule", "step", "--step-epochs", "7", "--lr-gamma", "0.5", "--dropout", "0.3",
+      "--dropout-start", "2", "--optimizer", "lars", "--lars-eta", "0.01", "--no-zero-init-fc8"], None),
+])
+def test_train_refuses_flags_that_would_do_nothing(tmp_path, monkeypatch, flags, refused):
+    import alexnet.train
+    from conftest import run_main
+
+    started = []
+    monkeypatch.setattr(alexnet.train, "train", lambda config, resume, given: started.append(config) or {})
+    r = run_main("train", *flags, "--data", tmp_path, "--out", tmp_path / "run")
+    if refused is None:
+        assert r.returncode == 0 and len(started) == 1, r.stderr
+    else:
+        assert r.returncode == 2 and not started and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith(f"alexnet train: error: {refused}"), r.stderr
+
+
+def test_a_resume_judges_such_flags_by_the_runs_own_settings_not_the_presets(tmp_path, monkeypatch):
+    import alexnet.train
+    from conftest import run_main
+
+    started = []
+    monkeypatch.setattr(alexnet.train, "train", lambda config, resume, given: started.append(given) or {})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").touch()   # a run that may be a plateau one: its checkpoint says (train refuses a change)
+    r = run_main("train", "--preset", "demo", "--patience", "2", "--out", run, "--resume")
+    assert r.returncode == 0 and started[0]["patience"] == 2, r.stderr
+    r = run_main("train", "--preset", "demo", "--schedule", "cosine", "--patience", "2", "--out", run, "--resume")
+    assert r.returncode == 2 and "--patience applies to --schedule plateau" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("fails_on", ["write", "flush"])   # unbuffered (PYTHONUNBUFFERED=1), or at the end
 def test_a_stdout_that_cannot_be_written_is_said_so_not_blamed_on_the_out_file(tmp_path, monkeypatch, capsys,
                                                                                fails_on):

@@ -455,6 +455,29 @@ def _refuse_lrn_for_owt(variant: str | None, lrn: str | None) -> None:
         raise UserError(f"--lrn {lrn} does nothing with --variant owt, which has no LRN layers; leave --lrn out")
 
 
+# Settings that act only where another one has these values (the learning-rate schedule, the optimizer):
+# given where it has another, each would change nothing, and is refused as --lrn is with owt.
+_ONLY_WITH = {"lars_eta": ("optimizer", ("lars",)), "patience": ("schedule", ("plateau",)),
+              "max_lr_drops": ("schedule", ("plateau",)), "step_epochs": ("schedule", ("step",)),
+              "lr_gamma": ("schedule", ("plateau", "step"))}
+
+
+def _refuse_flags_that_do_nothing(config, given: dict, resuming: bool) -> None:
+    """Flags given for a setting this run never reads. Only given ones: a preset sets such values for its
+    own schedule, which another --schedule leaves unread. On a resume the run's own settings come from its
+    checkpoint, so only a deciding setting given with them is judged here (a change of it is refused there)."""
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    for name, (on, values) in _ONLY_WITH.items():
+        if name in given and (on in given or not resuming) and getattr(config, on) not in values:
+            raise UserError(f"{flag(name)} applies to {flag(on)} {' or '.join(values)}; this run's {on} is "
+                            f"{getattr(config, on)}, so it would do nothing; leave {flag(name)} out")
+    if "dropout_start" in given and ("dropout" in given or not resuming) and not config.dropout:
+        raise UserError("--dropout-start is the epoch dropout switches on at, and this run's dropout is 0, so it "
+                        "would do nothing; give --dropout too (e.g. 0.5), or leave --dropout-start out")
+
+
 def _run_train(args) -> int:
     import dataclasses
 
@@ -479,6 +502,7 @@ def _run_train(args) -> int:
     resuming = resume is True or (resume == "auto" and (Path(config.out) / "last.pt").exists())
     if "weights" not in given or resuming:   # else the weights decide the network, and refuse what contradicts it
         _refuse_lrn_for_owt(config.variant if "variant" in given or not resuming else None, given.get("lrn"))
+    _refuse_flags_that_do_nothing(config, given, resuming)
     result = train(config, resume=resume, given=given)
     if args.require_top1 is not None and result.get("best_top1", -1) < args.require_top1:
         print(f"alexnet train: error: best val top-1 {100 * result['best_top1']:.1f}% is below the required "
