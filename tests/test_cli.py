@@ -421,3 +421,29 @@ def test_a_stdout_that_cannot_be_written_is_said_so_not_blamed_on_the_out_file(t
     assert code == 2 and (tmp_path / "set").is_dir()
     assert capsys.readouterr().err == "alexnet demo-data: error: cannot write the output to stdout (No space left on " \
                                       "device)\n"
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    # torch's TypeError (empty(): Overflow; zeros(): Overflow) and RuntimeError (storage size) before
+    (["summary", "--num-classes", str(2**63)], "argument --num-classes: expected an integer from 1 to "
+                                               "562,949,953,421,311 (fc8's 4096 x N weights"),
+    (["summary", "--num-classes", str(2**63 - 1)], "argument --num-classes: expected an integer from 1 to 562,"),
+    (["summary", "--input-size", "100000000000000000000"], "argument --input-size: expected an integer from 1 to "
+                                                           "876,706,528 (a 3 x N x N input"),
+    # islice's ValueError in data/loader.py before
+    (["evaluate", "--batch-size", str(2**63)], "argument --batch-size: expected an integer from 1 to "
+                                               "9,223,372,036,854,775,807 (2^63 - 1), got 9,223,372,036,854,775,808"),
+    (["features", "--batch-size", str(2**63)], "argument --batch-size: expected an integer from 1 to 9,223,"),
+    (["viz", "neighbors", "--batch-size", str(2**63)], "argument --batch-size: expected an integer from 1 to 9,"),
+    (["demo-data", "--seed", str(2**63)], "argument --seed: expected an integer from 0 to 9,223,"),
+    # thousands of decoding processes, each started before the first image
+    (["prepare", "--workers", "100000"], "argument --workers: expected an integer from 0 to "),
+    (["evaluate", "--workers", "100000"], "argument --workers: expected an integer from 0 to "),
+    (["bench", "data", "--workers", "100000"], "argument --workers: expected an integer from 1 to "),
+])
+def test_integer_flags_past_what_can_be_used_are_one_line_naming_the_range(argv, fragment):
+    from conftest import run_main
+
+    r = run_main(*argv)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert fragment in r.stderr, r.stderr

@@ -36,7 +36,16 @@ class _Parser(argparse.ArgumentParser):
 
 # ---- argument types: each rejects bad values with a message argparse turns into one line ----
 
+# Every count reaches torch, NumPy or itertools, which take signed 64-bit integers: past this one a flag
+# ended in their TypeError or ValueError, not in a line naming it.
+MAX_INT = 2**63 - 1
+
+
 def positive_int(text: str) -> int:
+    return _at_most(_positive(text), MAX_INT, "2^63 - 1")
+
+
+def _positive(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -44,6 +53,41 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def _at_most(value: int, most: int, what: str, least: int = 1) -> int:
+    if value > most:
+        raise argparse.ArgumentTypeError(f"expected an integer from {least} to {most:,} ({what}), got {value:,}")
+    return value
+
+
+# summary builds the network without memory (the meta device), but a tensor's bytes must still be counted in
+# 64 bits: fc8's 4096 x N float32 weights, and the 3 x N x N float32 input, bound what it can build.
+MAX_CLASSES = MAX_INT // (4096 * 4)
+MAX_INPUT_SIZE = math.isqrt(MAX_INT // (3 * 4))
+
+
+def class_count(text: str) -> int:
+    return _at_most(_positive(text), MAX_CLASSES, "fc8's 4096 x N weights must be a tensor torch can size")
+
+
+def input_side(text: str) -> int:
+    return _at_most(_positive(text), MAX_INPUT_SIZE, "a 3 x N x N input must be a tensor torch can size")
+
+
+def workers_count(text: str) -> int:
+    return _few_enough_workers(_non_negative_int(text), 0)
+
+
+def positive_workers_count(text: str) -> int:
+    return _few_enough_workers(positive_int(text), 1)
+
+
+def _few_enough_workers(value: int, least: int) -> int:
+    from alexnet.cores import most_workers
+
+    return _at_most(value, most_workers(), "4 per CPU core: thousands of processes, each with its own buffers, "
+                    "would fill the memory first", least)
 
 
 def view_kind(text: str) -> int | str:
@@ -113,10 +157,10 @@ def _add_summary(sub) -> None:
                                    "counted from the modules, with totals.")
     p.add_argument("--variant", choices=VARIANTS, default="paper",
                    help="paper: the 2012 network (227x227, LRN, two towers); owt: torchvision's (default: paper)")
-    p.add_argument("--num-classes", type=positive_int, default=1000, help="outputs of fc8 (default: 1000)")
+    p.add_argument("--num-classes", type=class_count, default=1000, help="outputs of fc8 (default: 1000)")
     p.add_argument("--lrn", choices=LRN_NAMES, default="paper",
                    help="LRN convention of the paper variant (default: paper)")
-    p.add_argument("--input-size", type=positive_int, default=None,
+    p.add_argument("--input-size", type=input_side, default=None,
                    help="input height and width (default: 227 for paper, 224 for owt)")
     p.add_argument("--json", action="store_true",
                    help='print {"layers": [...], "params": N, "macs": N, ...} instead of a table')
@@ -169,7 +213,7 @@ def _add_prepare(sub) -> None:
                                    "of 252 GB), decoded again in the loader's workers, or on the GPU.")
     p.add_argument("--data", required=True, type=existing_path, help="DATA with train/<class>/* and val/<class>/*")
     p.add_argument("--out", required=True, type=path_arg, help="PREP folder to write (new, or an unfinished PREP)")
-    p.add_argument("--workers", type=_non_negative_int, default=None,
+    p.add_argument("--workers", type=workers_count, default=None,
                    help="decoding processes (default: the CPU count, at most 8)")
     p.add_argument("--store", choices=("raw", "jpeg"), default="raw",
                    help="raw: the pixels exactly, 196,608 bytes an image (default); jpeg: a JPEG of them, about "
@@ -221,7 +265,7 @@ def _add_bench(sub) -> None:
                         "and 3 epochs for its data section)")
     p.add_argument("--images", type=positive_int,
                    help="generated JPEGs for `data` and `gpu` (default: 512, gpu: 2048)")
-    p.add_argument("--workers", type=positive_int,
+    p.add_argument("--workers", type=positive_workers_count,
                    help="DataLoader workers for the JPEG pipelines (default: 2; gpu: prepare's, one per core up to 16)")
     p.add_argument("--device", type=device_name, metavar=DEVICE_METAVAR,
                    help="train, infer, gpu: auto (CUDA when present, else CPU) or a device (default: auto)")
@@ -330,6 +374,10 @@ def _bench_line(r: dict) -> str:
 
 
 def _non_negative_int(text: str) -> int:
+    return _at_most(_non_negative(text), MAX_INT, "2^63 - 1", 0)
+
+
+def _non_negative(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -379,9 +427,11 @@ def _top1(text: str) -> float:
 
 
 # The flag type for each (kind, type) of a TrainConfig field: its `kind` (config.py) names the constraint.
+# Its integers have no bound here: train takes any (an epoch count past 2^63 trains), and refuses those it
+# cannot use saying why (--seed past 2^63, --workers past 4 per core, a batch larger than the data).
 _KIND_TYPES = {
-    ("count", "int"): positive_int,
-    ("non-negative", "int"): _non_negative_int,
+    ("count", "int"): _positive,
+    ("non-negative", "int"): _non_negative,
     ("non-negative", "float"): _non_negative_float,
     ("positive", "float"): _positive_float,
     ("fraction", "float"): _fraction,
@@ -527,7 +577,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--data", required=True, type=existing_path, help="dataset folder holding val/<class>/<images>")
     _add_views(p)
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch in each process (default: 64)")
-    p.add_argument("--workers", type=_non_negative_int, default=None,
+    p.add_argument("--workers", type=workers_count, default=None,
                    help="data-loading processes (default: where images are decoded for a GPU, one per core less "
                         "one, up to 16; else 2)")
     p.add_argument("--device", type=device_name, default="auto", metavar=DEVICE_METAVAR,
@@ -808,7 +858,7 @@ def _add_feature_options(p: argparse.ArgumentParser, default_layer: str, precisi
                    help=f"layer whose output is the feature vector, by paper name (conv1 ... fc8; default: "
                         f"{default_layer}, fc7 after its ReLU)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: 64)")
-    p.add_argument("--workers", type=_non_negative_int, default=None,
+    p.add_argument("--workers", type=workers_count, default=None,
                    help="data-loading processes (default: where images are decoded for a GPU, one per core less "
                         "one, up to 16; else 2)")
     p.add_argument("--device", type=device_name, default="auto", metavar=DEVICE_METAVAR,

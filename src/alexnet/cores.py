@@ -10,3 +10,9 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):   # Linux
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def most_workers() -> int:
+    """The most loader or decoding processes a command starts. Each holds a copy of the dataset's index and
+    its own decoding buffers: thousands of them (a slip of the keyboard) would fill the memory first."""
+    return max(32, 4 * (os.cpu_count() or 1))

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from alexnet import checkpoint, distributed, finetune, parallel
 from alexnet.choices import device_setting
 from alexnet.config import TrainConfig, dump_yaml, from_dict, load_yaml, resolve
-from alexnet.cores import usable_cores
+from alexnet.cores import most_workers, usable_cores
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import DataSource, ImageSet
 from alexnet.data.loader import default_workers, eval_loader, rank_batches, steps_per_epoch, train_loader
@@ -694,9 +694,7 @@ def _check_out(config: TrainConfig) -> None:
 
 
 def _check_workers(config: TrainConfig, dist: distributed.Dist) -> None:
-    # Each loader process holds a copy of the dataset's index and its own decoding buffers: thousands of
-    # them (a slip of the keyboard) would fill the memory before the first batch.
-    cap = max(32, 4 * (os.cpu_count() or 1))
+    cap = most_workers()
     if config.workers is not None and config.workers > cap:
         raise UserError(f"--workers {config.workers} is more loader processes than this machine can use; "
                         f"give at most {cap} (4 per CPU core)")
