@@ -429,7 +429,9 @@ def test_a_stdout_that_cannot_be_written_is_said_so_not_blamed_on_the_out_file(t
                                                "562,949,953,421,311 (fc8's 4096 x N weights"),
     (["summary", "--num-classes", str(2**63 - 1)], "argument --num-classes: expected an integer from 1 to 562,"),
     (["summary", "--input-size", "100000000000000000000"], "argument --input-size: expected an integer from 1 to "
-                                                           "876,706,528 (a 3 x N x N input"),
+                                                           "619,925,135 (conv1's output for it"),
+    # the largest side allowed: conv1's 96 maps fit, and the paper network says why it cannot take them
+    (["summary", "--input-size", "619925135"], "does not fit the paper network: the paper network needs 227x227"),
     # islice's ValueError in data/loader.py before
     (["evaluate", "--batch-size", str(2**63)], "argument --batch-size: expected an integer from 1 to "
                                                "9,223,372,036,854,775,807 (2^63 - 1), got 9,223,372,036,854,775,808"),

@@ -62,9 +62,10 @@ def _at_most(value: int, most: int, what: str, least: int = 1) -> int:
 
 
 # summary builds the network without memory (the meta device), but a tensor's bytes must still be counted in
-# 64 bits: fc8's 4096 x N float32 weights, and the 3 x N x N float32 input, bound what it can build.
+# 64 bits: fc8's 4096 x N float32 weights, and conv1's float32 output (the largest activation: 96 maps at a
+# quarter of the input's side, stride 4 over an 11-pixel kernel), bound what it can build.
 MAX_CLASSES = MAX_INT // (4096 * 4)
-MAX_INPUT_SIZE = math.isqrt(MAX_INT // (3 * 4))
+MAX_INPUT_SIZE = 4 * (math.isqrt(MAX_INT // (96 * 4)) - 1) + 11
 
 
 def class_count(text: str) -> int:
@@ -72,7 +73,7 @@ def class_count(text: str) -> int:
 
 
 def input_side(text: str) -> int:
-    return _at_most(_positive(text), MAX_INPUT_SIZE, "a 3 x N x N input must be a tensor torch can size")
+    return _at_most(_positive(text), MAX_INPUT_SIZE, "conv1's output for it must be a tensor torch can size")
 
 
 def workers_count(text: str) -> int:
