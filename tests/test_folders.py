@@ -206,6 +206,13 @@ def test_images_linked_from_a_hidden_folder_or_loose_in_the_split_are_samples_of
     assert cats() == ["more/000.png", "own.png", "pool1.png", "top0.png"]
     assert capsys.readouterr().err == (f"note: {train} holds 2 links to its own images (cat/a dog.png, "
                                        "cat/again.png), left out: each image is one sample of one class\n")
+    # An image no class holds is the sample of the first class that links it: another's link is left out.
+    (root / "train" / "dog" / "top0.png").symlink_to("../t0.png")
+    samples = discover(root).splits["train"].samples
+    assert [p.name for p, label in samples if label == 1 and p.is_symlink()] == []
+    assert [p.relative_to(cat).as_posix() for p, label in samples if label == 0] == \
+        ["more/000.png", "own.png", "pool1.png", "top0.png"]
+    assert "dog/top0.png" in capsys.readouterr().err
 
 
 def test_two_class_folders_that_are_one_folder_are_refused(tiny_folders):

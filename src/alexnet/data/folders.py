@@ -162,6 +162,8 @@ def image_files(folder: Path, split: Path | None = None, left_out: Counter | Non
         owner = _owner(real, classes) if real else None
         if owner is None:
             if real and reached is not None and _within(real, others):
+                if real in reached:   # linked by a class read before (or twice by this one): its sample already
+                    return True
                 reached.add(real)
             return False
         # In this class, a file in a hidden folder (or hidden itself) is not read, so the link is its sample.
