@@ -1242,7 +1242,8 @@ def test_an_edit_of_config_yaml_is_refused_on_resume_not_lost(two_epochs_run, tm
     def refused(text, message, epochs=3):   # what resolve_run checks last, without reading last.pt each time
         path.write_text(text)
         with pytest.raises(UserError, match=message) as e:
-            train_module._check_config_yaml(run, saved, dataclasses.replace(saved, epochs=epochs), RESUMABLE_CHANGES)
+            train_module._check_config_yaml(run, saved, dataclasses.replace(saved, epochs=epochs), RESUMABLE_CHANGES,
+                                            {})
         assert "\n" not in str(e.value) and path.read_text() == text   # one line; the file is kept
         return str(e.value)
 
@@ -1264,12 +1265,20 @@ def test_an_edit_of_config_yaml_is_refused_on_resume_not_lost(two_epochs_run, tm
     # job's command), and settings a newer version added.
     stopped = dump_yaml(config(data, run, epochs=4))
     path.write_text(stopped)
-    train_module._check_config_yaml(run, saved, dataclasses.replace(saved, epochs=4), RESUMABLE_CHANGES)
+    train_module._check_config_yaml(run, saved, dataclasses.replace(saved, epochs=4), RESUMABLE_CHANGES, {})
     refused(stopped, "sets epochs 4, but the run was trained with 2 .* give --epochs 4")
     older = yaml.safe_load(written)
     del older["bias_decay"], older["small"]
     path.write_text(yaml.safe_dump(older))
-    train_module._check_config_yaml(run, saved, saved, RESUMABLE_CHANGES)
+    train_module._check_config_yaml(run, saved, saved, RESUMABLE_CHANGES, {})
+    # A start that failed before its first checkpoint (--epochs 12, a lower --lr that diverged again) left its
+    # own record, digest and all: no edit, whatever a later resume asks.
+    path.write_text(train_module._config_text(dataclasses.replace(saved, epochs=12, lr=0.0005)))
+    train_module._check_config_yaml(run, saved, dataclasses.replace(saved, epochs=3), RESUMABLE_CHANGES, {})
+    # An edit of a setting this resume asks for itself: the flag decides.
+    path.write_text(written.replace("epochs: 2", "epochs: 4"))
+    train_module._check_config_yaml(run, saved, dataclasses.replace(saved, epochs=5), RESUMABLE_CHANGES,
+                                    {"epochs": 5})
     # Resumed with more epochs, then again: each start's config.yaml is its checkpoint's.
     assert main(["train", "--out", str(run), "--resume", "--epochs", "3"]) == 0, capsys.readouterr().err
     assert yaml.safe_load(path.read_text())["epochs"] == 3

@@ -18,6 +18,7 @@ weights end up as if the run had never stopped. Rank 0 alone prints and writes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -157,17 +158,42 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any] |
         raise UserError(f"{run} was trained on {saved.data}, which is not there any more; give --data with "
                         f"where its images are now (the same images: a resume of other ones is said so)")
     resumed = from_dict(values, "resumed run")
-    _check_config_yaml(run, saved, resumed, RESUMABLE_CHANGES | (DIVERGED_CHANGES if diverged else set()))
+    _check_config_yaml(run, saved, resumed, RESUMABLE_CHANGES | (DIVERGED_CHANGES if diverged else set()), given)
     return resumed, ckpt, None
 
 
-def _check_config_yaml(run: Path, saved: TrainConfig, resumed: TrainConfig, resumable: set[str]) -> None:
+# The first line of every config.yaml a start writes: the file is a record, and its digest tells one edited by
+# hand from one a start wrote (a start that failed before its first checkpoint leaves its own settings there).
+WRITTEN = "# alexnet train's record of the run's settings (a resume takes them from last.pt); digest "
+
+
+def _config_text(config: TrainConfig) -> str:
+    body = dump_yaml(config)
+    return f"{WRITTEN}{_digest(body)}\n{body}"
+
+
+def _digest(body: str) -> str:
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def _as_written(path: Path) -> bool:
+    """Whether ``path`` is a config.yaml as a start wrote it, unedited."""
+    try:
+        first, _, body = path.read_text().partition("\n")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return first.startswith(WRITTEN) and first.removeprefix(WRITTEN) == _digest(body)
+
+
+def _check_config_yaml(run: Path, saved: TrainConfig, resumed: TrainConfig, resumable: set[str],
+                       given: dict[str, Any]) -> None:
     """RUN/config.yaml is what the run's last start wrote, and a resume writes it again. An edit there changes
     nothing (a run's settings come from its checkpoint) and would be lost without a word: refused in one line,
-    before anything is written. The file may lack settings a newer version added, name the run's folder before
-    a move, and hold the changes of a start stopped before its first checkpoint, which this resume asks again."""
+    before anything is written, unless this resume asks for the setting itself. A file as a start wrote it
+    (its digest) is no edit, whatever it holds: that start may have failed before its first checkpoint. One
+    of an earlier version (no digest) may lack settings added since, and name the run's folder before a move."""
     path = run / "config.yaml"
-    if not (path.exists() or path.is_symlink()):
+    if not (path.exists() or path.is_symlink()) or _as_written(path):
         return   # nothing to lose: the resume writes it
     back = "put config.yaml back (alexnet train rewrites it)"
     try:
@@ -176,7 +202,7 @@ def _check_config_yaml(run: Path, saved: TrainConfig, resumed: TrainConfig, resu
     except UserError as e:
         raise UserError(f"{e}; a run's settings come from its checkpoint: {back}") from None
     before, now = saved.to_dict(), resumed.to_dict()
-    for key in (k for k in values if k != "out" and recorded[k] not in (before[k], now[k])):
+    for key in (k for k in values if k not in given and k != "out" and recorded[k] not in (before[k], now[k])):
         value = recorded[key]
         flag = f"--{'' if value is not False else 'no-'}{key.replace('_', '-')}"
         asked = flag if isinstance(value, bool) else f"{flag} {_shown(value)}"
@@ -909,7 +935,7 @@ def _open_folder(folder: Path, config: TrainConfig, agents: list[str], resumed: 
     if not resumed:   # a fresh run: nothing of an earlier attempt is kept
         for name in (PREVIOUS, DIVERGED, "metrics.jsonl"):
             (folder / name).unlink(missing_ok=True)
-    atomic_write(folder / "config.yaml", lambda tmp: Path(tmp).write_text(dump_yaml(config)))
+    atomic_write(folder / "config.yaml", lambda tmp: Path(tmp).write_text(_config_text(config)))
     if agents:
         atomic_write(folder / JOB, lambda tmp: Path(tmp).write_text(json.dumps(sorted(set(agents)))))
     else:
