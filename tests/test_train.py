@@ -898,6 +898,26 @@ def test_a_restart_after_a_refused_first_attempt_is_refused_too(data, tmp_path, 
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+def test_a_torchrun_agent_is_known_by_its_job_log_folder_across_restarts(monkeypatch):
+    import alexnet.train as train_module
+
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "paper")   # the README's --rdzv-id: every job of it shares it
+    job = "/tmp/torchelastic_k2j4/paper_x8f1q"            # what torchrun's agent makes once for its job
+
+    def agent(attempt: int, local_rank: int, parent: int) -> str:
+        monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", f"{job}/attempt_{attempt}/{local_rank}/error.json")
+        monkeypatch.setattr(train_module.os, "getppid", lambda: parent)
+        return train_module._agent()
+
+    # A wrapper script between the agent and the workers is another process at each restart; in a
+    # container the agent is pid 1 in every job.
+    first = agent(0, 0, 101)
+    assert agent(1, 1, 202) == agent(3, 0, 1) == first
+    job = "/tmp/torchelastic_m9z0/paper_7hq2c"            # another job: same rendezvous id, same pid 1
+    assert agent(0, 0, 1) != first
+
+
 def test_without_a_terminal_progress_comes_as_plain_lines(more_data, tmp_path):
     p = cli("train", "--data", str(more_data), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2",
             "--log-every", "3", "--lr", "0.001", "--workers", "0", "--precision", "fp32")

@@ -281,10 +281,16 @@ def _refuse_foreign_config(run: Path) -> None:
 
 
 def _agent() -> str | None:
-    """The torchrun agent this process runs under (its host, its pid: the workers' parent, and the job's
-    rendezvous id), or None outside torchrun."""
+    """The torchrun agent this process runs under, the same in each of its restarts and no other's; None
+    outside torchrun. Its host and the log folder it made for its job: a fresh temporary name, whose
+    attempt_N/<local rank>/error.json each worker is told of. Not the workers' parent pid, which a wrapper
+    script changes at each restart and which is 1 for every job in a container, nor the rendezvous id
+    alone, which jobs share. Without that folder (--log-dir /dev/null): the parent pid and rendezvous id."""
     if "TORCHELASTIC_RESTART_COUNT" not in os.environ:
         return None
+    parts = Path(os.environ.get("TORCHELASTIC_ERROR_FILE", "")).parts
+    if len(parts) > 3 and parts[-3].startswith("attempt_"):
+        return f"{socket.gethostname()}:{Path(*parts[:-3])}"
     return f"{socket.gethostname()}:{os.getppid()}:{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
 
 
