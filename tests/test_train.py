@@ -1234,6 +1234,17 @@ def test_a_resume_starts_on_the_device_the_run_recorded_unless_device_is_given(d
     assert main(["train", "--out", str(run), "--resume", "--epochs", "2"]) == 2
     err = capsys.readouterr().err
     assert "needs the tensorboard package" in err and "resuming" not in err, err
+    # A recorded device this machine lacks is said to be the run's (no --device was given), with the way on.
+    monkeypatch.undo()
+    if not torch.cuda.is_available():
+        state["config"]["device"] = "cuda"
+        torch.save(state, run / "last.pt")
+        assert main(["train", "--out", str(run), "--resume", "--epochs", "2"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"alexnet train: error: {run / 'last.pt'} records device cuda, where the run was "
+                              f"trained, and it cannot be used here (--device cuda was asked for, but PyTorch sees "
+                              f"no CUDA device); give --device to resume it on another (e.g. --device cpu)"), err
+        assert err.count("\n") == 1, err
     # A fresh run takes the flag's; so does a resume of a last.pt that cannot be read (then refused in one line).
     assert _device_at_setup(monkeypatch, lambda: train(config(data, tmp_path / "new"), resume="auto")) == "auto"
     (run / "last.pt").write_bytes(b"not a checkpoint")

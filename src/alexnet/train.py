@@ -656,7 +656,16 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
     does; ``given`` (the command's flags) narrows what counts as asked for."""
     config.validate()
     _check_out(config)
-    dist = distributed.setup(start_device(config, resume, given))
+    device = start_device(config, resume, given)
+    try:
+        dist = distributed.setup(device)
+    except UserError as e:
+        if device == config.device or not str(e).startswith("--device"):
+            raise
+        # Not asked for: the device the run was trained on, which this machine (or torchrun) cannot give.
+        raise UserError(f"{Path(config.out) / 'last.pt'} records device {device}, where the run was trained, "
+                        f"and it cannot be used here ({e}); give --device to resume it on another (e.g. --device "
+                        f"{'cuda' if device.startswith('cuda:') and torch.cuda.is_available() else 'cpu'})") from None
     lock = FolderLock(config.out, "train")
     # The filters a run sets (_check_workers) end with it: the caller's stay as they were.
     try:
