@@ -316,6 +316,31 @@ def test_the_fused_crops_equal_slicing_and_the_formula(kernel, per_pixel, with_s
         torch.testing.assert_close(got[k], expected, rtol=1e-6, atol=1e-4)
 
 
+@pytest.mark.parametrize("kernel", ["c", "triton"])
+def test_the_fused_crops_are_float32_whatever_the_default_dtype(kernel, request):
+    # The C kernel writes float32 into a buffer made in the default dtype: under float64, doubles of its bits
+    # (1e15 and more), half the buffer never written; Triton's came back float64.
+    from alexnet import kernels
+    from alexnet.data.transforms import crop_fused
+
+    if kernel == "c":
+        assert kernels.crop_cpu() is not None
+    else:
+        crop_fused = request.getfixturevalue("triton_crop").crop
+    images, mean = batch(2), torch.tensor([100.0, 110.0, 120.0])
+    args = (images, mean, None, None, torch.tensor([0, 1]), torch.tensor([0, 29]), torch.tensor([29, 0]),
+            torch.tensor([False, True]), 227, False)
+    expected = crop_fused(*args)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = crop_fused(*args)
+    finally:
+        torch.set_default_dtype(before)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    assert torch.equal(expected[1], (images[1, 29:, :227].float() - mean).flip(1))
+
+
 @pytest.mark.parametrize("native", ["1", "0"])
 def test_crops_outside_the_images_or_their_mean_image_are_refused_not_read(native, monkeypatch):
     # The C kernel read past the mean image for larger images (NaN crops; a segmentation fault for 3000x3000)

@@ -249,7 +249,7 @@ def crop_fused(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | Non
     flips = flips.to(torch.uint8).contiguous()
     n, h, w, _ = images.shape
     _check_inside(images, size, sources, tops, lefts)
-    x = torch.empty(len(tops), size, size, 3)
+    x = torch.empty(len(tops), size, size, 3, dtype=torch.float32)   # what the kernel writes, whatever the default
     kernels.crop_cpu().crop_normalize(
         images.data_ptr(), h, w, mean.data_ptr(), int(per_pixel), _ptr(std), _ptr(shift), sources.data_ptr(),
         tops.data_ptr(), lefts.data_ptr(), flips.data_ptr(), len(tops), size, x.data_ptr(), torch.get_num_threads())
@@ -288,7 +288,7 @@ def _ptr(t: torch.Tensor | None):
 
 def _crop_loop(images, mean, tops, lefts, flips, sources, size, per_pixel):
     # On a CPU, slicing image by image is 3x faster than one big gather (measured at batch 128).
-    x = torch.empty(len(tops), size, size, 3, device=images.device)
+    x = torch.empty(len(tops), size, size, 3, dtype=torch.float32, device=images.device)
     for k, (n, t, l, f) in enumerate(zip(sources.tolist(), tops.tolist(), lefts.tolist(), flips.tolist())):
         out = x[k]
         out.copy_(images[n, t:t + size, l:l + size])

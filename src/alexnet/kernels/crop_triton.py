@@ -61,7 +61,7 @@ def crop(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | None, shi
     sources, tops, lefts = (on_device(t, torch.int32) for t in (sources, tops, lefts))
     flips = on_device(flips, torch.uint8)
     k = len(tops)
-    out = torch.empty(k, size, size, 3, device=device)
+    out = torch.empty(k, size, size, 3, dtype=torch.float32, device=device)
     if k:
         grid = (triton.cdiv(size * size * 3, BLOCK), k)
         _crop[grid](images, mean, mean if std is None else std, mean if shift is None else shift, sources, tops,
