@@ -205,6 +205,26 @@ def test_without_a_compiler_it_falls_back_with_one_warning(monkeypatch, tmp_path
     assert not list(tmp_path.rglob("*.so*"))
 
 
+def test_a_compiler_given_with_its_arguments_builds_a_kernel_others_can_load(monkeypatch, tmp_path):
+    # CC="ccache gcc" was run as one program name (the slower fallback, with a warning); a built kernel was
+    # mode 0711 (mkstemp's 0600, made executable), which another user sharing ALEXNET_CACHE could not open.
+    import shutil
+    import stat
+    import warnings
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path))
+    monkeypatch.delenv("ALEXNET_NATIVE", raising=False)
+    monkeypatch.setenv("CC", f"{compiler} -g")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert build.load.__wrapped__("crop_cpu") is not None
+    (built,) = tmp_path.rglob("crop_cpu-*.so")
+    assert stat.S_IMODE(built.stat().st_mode) & 0o055 == 0o055   # readable and loadable by group and others
+
+
 @pytest.mark.parametrize("home", ["unknown", "read-only"])
 def test_without_a_home_to_write_the_kernel_is_built_in_the_users_temporary_folder(monkeypatch, tmp_path, home):
     # A container run as a user without a password entry (no home at all), or a shared machine's read-only

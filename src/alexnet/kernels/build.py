@@ -13,6 +13,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -57,12 +58,13 @@ def load(name: str) -> ctypes.CDLL | None:
     """The compiled kernels/NAME.c, or None (with one warning saying why) when it cannot be had."""
     if os.environ.get("ALEXNET_NATIVE", "1") == "0":
         return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+    # CC as make reads it: a command with its own arguments ("ccache gcc", "gcc -g").
+    compiler = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc")]
+    if compiler[0] is None:
         warnings.warn(f"no C compiler found; {name} uses the slower PyTorch fallback", stacklevel=2)
         return None
     source = _HERE / f"{name}.c"
-    built_by = " ".join([compiler, *FLAGS, *LINK, _cpu_key()])
+    built_by = " ".join([*compiler, *FLAGS, *LINK, _cpu_key()])
     key = hashlib.sha256(source.read_bytes() + built_by.encode()).hexdigest()[:16]
     try:
         target = cache_dir() / f"{name}-{key}.so"
@@ -75,9 +77,10 @@ def load(name: str) -> ctypes.CDLL | None:
             os.close(fd)
             obj = tmp[:-3] + ".o"
             try:
-                for command in ([compiler, *FLAGS, "-c", str(source), "-o", obj],
-                                [compiler, *LINK, obj, "-o", tmp, "-lm"]):
+                for command in ([*compiler, *FLAGS, "-c", str(source), "-o", obj],
+                                [*compiler, *LINK, obj, "-o", tmp, "-lm"]):
                     subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
+                os.chmod(tmp, 0o755)   # as the linker makes it: mkstemp's 0600 kept others sharing the cache out
                 os.replace(tmp, target)
             finally:
                 for left in (tmp, obj):
