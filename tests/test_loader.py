@@ -171,12 +171,17 @@ def test_an_even_split_takes_one_processs_batches_and_never_its_padding(images):
 
 # A stop signal sent while the loader's worker is being forked, from inside the interpreter's fork handlers
 # (where a handler's exception is swallowed), during the real `alexnet prepare`.
+# The file argv[4] records that the signal was sent (and from where), so that a run in which it never was
+# is told apart from one that lost it.
 SIGNAL_IN_THE_FORK = """
 import os, runpy, signal, sys, traceback
-sent, stop = [], getattr(signal, sys.argv[1])
+sent, stop, record = [], getattr(signal, sys.argv[1]), sys.argv[4]
 def before():
-    if not sent and any(f.filename.endswith("dataloader.py") for f in traceback.extract_stack()):
+    stack = traceback.extract_stack()
+    if not sent and any(f.filename.endswith("dataloader.py") for f in stack):
         sent.append(1)
+        with open(record, "w") as f:
+            f.write("".join(traceback.format_list(stack)))
         os.kill(os.getpid(), stop)
 os.register_at_fork(before=before)
 sys.argv = ["alexnet", "prepare", "--data", sys.argv[2], "--out", sys.argv[3], "--workers", "1"]
@@ -188,8 +193,15 @@ runpy.run_module("alexnet", run_name="__main__")
                                                ("SIGINT", 130, "alexnet prepare: interrupted")])
 def test_a_stop_signal_while_workers_start_stops_the_command_in_one_line(tmp_path, name, code, said):
     data = write_image_folders(tmp_path / "data", {"a": [(200, 10, 10)] * 3, "b": [(10, 10, 200)] * 3})
-    r = subprocess.run([sys.executable, "-c", SIGNAL_IN_THE_FORK, name, str(data), str(tmp_path / "store")],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == code, r.stderr   # the signal was lost: prepare ran on to the end (0)
+    for attempt in range(3):
+        store, sent = tmp_path / f"store{attempt}", tmp_path / f"sent{attempt}"
+        r = subprocess.run([sys.executable, "-c", SIGNAL_IN_THE_FORK, name, str(data), str(store), str(sent)],
+                           capture_output=True, text=True, timeout=300)
+        if sent.exists():
+            break
+        # Once in a loaded `make test` (2 of some 30 runs) prepare ran to its end with no signal seen: the
+        # fork the test waits for did not come, so the case was not tried; tried again, said if it never is.
+    assert sent.exists(), f"no loader worker was forked in 3 runs of prepare: {r.returncode}, {r.stderr}"
+    assert r.returncode == code, f"{r.stderr}\nsent from:\n{sent.read_text()}"   # sent, and lost: ran to its end
     assert r.stderr.strip().splitlines() == [said], r.stderr
-    assert not (tmp_path / "store" / MARKER).exists()
+    assert not (store / MARKER).exists()
