@@ -268,9 +268,11 @@ def tiff_bytes(values, bits: int, signed: bool, order: str = "<") -> bytes:
 ])
 @pytest.mark.parametrize("order", ["<", ">"])
 def test_deep_greyscale_tiff_is_scaled_by_its_bit_depth_and_sign(tmp_path, bits, signed, values, grey, order):
-    if order == ">" and (bits, signed) == (32, False):
-        pytest.skip("PIL cannot open a big-endian unsigned 32-bit TIFF")
     (tmp_path / "g.tif").write_bytes(tiff_bytes(values, bits, signed, order))
+    if order == ">" and (bits, signed) == (32, False):   # PIL opens none: a file skipped as any it cannot read
+        with pytest.raises(UndecodableImage, match="not an image"):
+            open_rgb(tmp_path / "g.tif")
+        return
     assert Image.open(tmp_path / "g.tif").mode in ("I", "I;16", "I;16B")
     got = np.asarray(open_rgb(tmp_path / "g.tif"))
     assert got[0, :, 0].tolist() == grey and (got == got[..., :1]).all()
