@@ -95,7 +95,7 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any] |
     """
     run = Path(config.out)
     last = run / "last.pt"
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    restarted = _restarted()
     # Only what this job's first attempt took is its own: a restart after that attempt was refused (RUN held
     # another run, or was in use) must be refused again, not continue the other run.
     ours = restarted and _agent() in _job_of(run)
@@ -278,6 +278,11 @@ def _refuse_foreign_config(run: Path) -> None:
         reason = f"unknown setting {unknown[0]}" if unknown else f"no {missing[0]}, which a run records"
     raise UserError(f"{run} holds a config.yaml that alexnet train did not write ({reason}), which a fresh run "
                     f"would replace; choose another --out, or move the file away to train there")
+
+
+def _restarted() -> bool:
+    """Whether torchrun restarted this process's group after a failure."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
 def _agent() -> str | None:
@@ -699,7 +704,7 @@ def start_device(config: TrainConfig, resume: bool | str, given: dict[str, Any] 
     change it), else a resumed run's own, as its last.pt records it, not the flag's default."""
     asked = given if given is not None else _asked_in(config)
     last = Path(config.out) / "last.pt"
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0   # may resume by itself (resolve_run)
+    restarted = _restarted()   # may resume by itself (resolve_run)
     if "device" in asked or not (resume or restarted) or not last.exists():
         return config.device
     recorded = (checkpoint.recorded_config(last) or {}).get("device")
@@ -827,7 +832,7 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
                                                                   shard.world, batches))
     except UserError as e:
         problem = str(e)
-    _check_same_data(dist, source, problem)
+    seen = _check_same_data(dist, source, problem)
     train_set, val_set = source.splits["train"], source.splits["val"]
     known = ckpt or start
     if known is not None:
@@ -885,7 +890,9 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
                train_skips, SkippedFiles(val_set), steps, batch_per_rank, dtype,
                best={"top1": -1.0, "epoch": -1}, saved_at=time.monotonic(), pair=towers.pair if towers else None)
     if dist.main:   # only rank 0 writes checkpoints, and says what changed
-        run.data = {"images": len(train_set), "fingerprint": fingerprint(train_set)}
+        # Computed for the comparison already where there are other processes (hashing ImageNet's names takes
+        # seconds).
+        run.data = {"images": len(train_set), "fingerprint": seen[3] if seen else fingerprint(train_set)}
     if ckpt is not None:
         _restore(run, ckpt)
     if config.tensorboard and dist.main:
@@ -910,11 +917,12 @@ def _check_data(config: TrainConfig, source: DataSource, ckpt: checkpoint.Resuma
     return steps
 
 
-def _check_same_data(dist: distributed.Dist, source: DataSource | None, problem: str) -> None:
+def _check_same_data(dist: distributed.Dist, source: DataSource | None, problem: str) -> tuple | None:
     """Every process must train on the images rank 0 does. Node-local copies of a data set can differ, and
     then the ranks trained an epoch apart and failed in a collective (gloo's abort, DDP's traceback), with
     the statistics of a mix of both written. Decided together, as is a process's refusal of its data
-    (``problem``; ``source`` None where it could not open it): one refused alone left the others waiting."""
+    (``problem``; ``source`` None where it could not open it): one refused alone left the others waiting.
+    Returns what this process sees (_data_seen), None with one process, where nothing is compared."""
     seen = None if source is None or not dist.active else _data_seen(source)
     everyone = distributed.gather_objects(dist, (problem, seen))
     views = [view for _, view in everyone]
@@ -926,11 +934,12 @@ def _check_same_data(dist: distributed.Dist, source: DataSource | None, problem:
     if any(p for p, _ in everyone):
         rank, first = next((rank, p) for rank, (p, _) in enumerate(everyone) if p)
         raise UserError(problem or f"{first} (in process {rank} of {len(everyone)})")
+    return seen
 
 
 def _data_seen(source: DataSource) -> tuple:
     """What a process sees of its data: its classes, and its splits' sizes and file lists (fingerprint: the
-    names of its files, not their pixels; rank 0 computes the training set's anyway, for last.pt)."""
+    names of its files, not their pixels; rank 0's training one goes into last.pt)."""
     train_set, val_set = source.splits["train"], source.splits["val"]
     return tuple(source.classes), len(train_set), len(val_set), fingerprint(train_set), fingerprint(val_set)
 
