@@ -125,3 +125,32 @@ def test_a_hand_edited_config_with_numbers_for_keys_or_too_large_a_number_is_one
     with pytest.raises(UserError, match=r"cannot read .*config\.yaml: Exceeds the limit \(4300 digits\) for integer "
                                         r"string conversion: value has 5001 digits$"):
         load_yaml(path)
+
+
+@pytest.mark.parametrize("preset,settings,refused", [
+    ("demo", {"lars_eta": 5.0}, "--lars-eta applies to --optimizer lars; this run's optimizer is sgd"),
+    ("demo", {"patience": 2}, "--patience applies to --schedule plateau; this run's schedule is cosine"),
+    ("demo", {"step_epochs": 7}, "--step-epochs applies to --schedule step"),
+    ("paper", {"schedule": "cosine", "lr_gamma": 0.5}, "--lr-gamma applies to --schedule plateau or step"),
+    ("demo", {"dropout_start": 3}, "--dropout-start is the epoch dropout switches on at, and this run's dropout is 0"),
+    ("torchvision", {"lrn": "caffe"}, "--lrn caffe does nothing with --variant owt"),
+    # A preset's own values for another schedule or optimizer were not asked for: they pass.
+    ("paper", {"schedule": "cosine"}, None),
+    ("large-batch", {"optimizer": "sgd"}, None),
+    ("torchvision", {"schedule": "step", "step_epochs": 7, "lr_gamma": 0.5}, None),
+])
+def test_resolve_refuses_settings_that_would_do_nothing_as_the_command_does(preset, settings, refused):
+    # The Python API's settings are judged by the same rule as the flags (one place: config.py).
+    if refused is None:
+        assert resolve(preset, settings).preset == preset
+    else:
+        with pytest.raises(UserError) as e:
+            resolve(preset, settings)
+        assert str(e.value).startswith(refused) and "\n" not in str(e.value), e.value
+
+
+def test_resolve_for_a_resume_judges_only_what_decides_with_it():
+    # The run's checkpoint holds its schedule: --patience alone may be for a plateau run, whatever the preset.
+    assert resolve("demo", {"patience": 2}, resuming=True).patience == 2
+    with pytest.raises(UserError, match="--patience applies to --schedule plateau"):
+        resolve("demo", {"patience": 2, "schedule": "cosine"}, resuming=True)

@@ -158,8 +158,9 @@ def test_a_configuration_built_directly_is_checked_before_anything_runs(data, tm
 
 def test_an_owt_run_recorded_with_another_lrn_still_builds():
     # Earlier versions accepted --variant owt --lrn caffe and recorded it (owt has no LRN): such a run resumes.
+    from alexnet.config import from_dict
     from alexnet.train import build_model
-    model = build_model(resolve("paper", {"variant": "owt", "lrn": "caffe"}), 3, initialise=False)
+    model = build_model(from_dict({"variant": "owt", "lrn": "caffe"}, "config.yaml"), 3, initialise=False)
     assert model.variant == "owt" and model.num_classes == 3
 
 

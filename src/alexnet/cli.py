@@ -171,11 +171,12 @@ def _add_summary(sub) -> None:
 def _run_summary(args) -> int:
     import torch
 
+    from alexnet.config import refuse_lrn_for_owt
     from alexnet.model import AlexNet
     from alexnet.summary import format_summary, summarize
 
     # The meta device gives every shape without allocating or initialising 60M parameters.
-    _refuse_lrn_for_owt(args.variant, args.lrn)
+    refuse_lrn_for_owt(args.variant, args.lrn)
     with torch.device("meta"):
         model = AlexNet(args.variant, num_classes=args.num_classes, lrn=args.lrn)
     try:
@@ -498,37 +499,6 @@ def _resume_mode(text: str) -> str | Path:
     raise argparse.ArgumentTypeError(f"expected nothing, 'auto', or a run folder holding last.pt, got {text!r}")
 
 
-def _refuse_lrn_for_owt(variant: str | None, lrn: str | None) -> None:
-    """An LRN convention asked for the owt network, which has none: it would change nothing. ("paper", every
-    run's default and what config.yaml records for owt runs too, passes; so does an old owt run's other
-    value on resume, which names no variant.)"""
-    if variant == "owt" and lrn not in (None, "paper"):
-        raise UserError(f"--lrn {lrn} does nothing with --variant owt, which has no LRN layers; leave --lrn out")
-
-
-# Settings that act only where another one has these values (the learning-rate schedule, the optimizer):
-# given where it has another, each would change nothing, and is refused as --lrn is with owt.
-_ONLY_WITH = {"lars_eta": ("optimizer", ("lars",)), "patience": ("schedule", ("plateau",)),
-              "max_lr_drops": ("schedule", ("plateau",)), "step_epochs": ("schedule", ("step",)),
-              "lr_gamma": ("schedule", ("plateau", "step"))}
-
-
-def _refuse_flags_that_do_nothing(config, given: dict, resuming: bool) -> None:
-    """Flags given for a setting this run never reads. Only given ones: a preset sets such values for its
-    own schedule, which another --schedule leaves unread. On a resume the run's own settings come from its
-    checkpoint, so only a deciding setting given with them is judged here (a change of it is refused there)."""
-    def flag(name: str) -> str:
-        return "--" + name.replace("_", "-")
-
-    for name, (on, values) in _ONLY_WITH.items():
-        if name in given and (on in given or not resuming) and getattr(config, on) not in values:
-            raise UserError(f"{flag(name)} applies to {flag(on)} {' or '.join(values)}; this run's {on} is "
-                            f"{getattr(config, on)}, so it would do nothing; leave {flag(name)} out")
-    if "dropout_start" in given and ("dropout" in given or not resuming) and not config.dropout:
-        raise UserError("--dropout-start is the epoch dropout switches on at, and this run's dropout is 0, so it "
-                        "would do nothing; give --dropout too (e.g. 0.5), or leave --dropout-start out")
-
-
 def _run_train(args) -> int:
     import dataclasses
 
@@ -547,13 +517,10 @@ def _run_train(args) -> int:
         if "out" in given and Path(given["out"]).expanduser().resolve() != resume.resolve():
             raise UserError(f"--resume names {resume} but --out names {given['out']}: name the run once")
         given["out"], resume = str(resume), True
-    # The preset stays in `given`: a resume refuses another one, as it refuses any other setting's change.
-    config = resolve(given.get("preset", "paper"), {k: v for k, v in given.items() if k != "preset"})
     # --resume auto continues RUN only where it holds a checkpoint, as train decides; else it is a fresh run.
-    resuming = resume is True or (resume == "auto" and (Path(config.out) / "last.pt").exists())
-    if "weights" not in given or resuming:   # else the weights decide the network, and refuse what contradicts it
-        _refuse_lrn_for_owt(config.variant if "variant" in given or not resuming else None, given.get("lrn"))
-    _refuse_flags_that_do_nothing(config, given, resuming)
+    resuming = resume is True or (resume == "auto" and (Path(given.get("out", TrainConfig.out)) / "last.pt").exists())
+    # The preset stays in `given`: a resume refuses another one, as it refuses any other setting's change.
+    config = resolve(given.get("preset", "paper"), {k: v for k, v in given.items() if k != "preset"}, resuming)
     result = train(config, resume=resume, given=given)
     if args.require_top1 is not None and result.get("best_top1", -1) < args.require_top1:
         print(f"alexnet train: error: best val top-1 {100 * result['best_top1']:.1f}% is below the required "

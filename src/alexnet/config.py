@@ -233,8 +233,10 @@ def _coerce(key: str, value: Any, type_name: str, where: str) -> Any:
 _LARS_SGD_SETTINGS = {"bias_decay": False, "update_rule": "paper"}
 
 
-def resolve(preset: str, overrides: dict[str, Any]) -> TrainConfig:
-    """Defaults <- preset file <- overrides (command-line flags that were given), validated."""
+def resolve(preset: str, overrides: dict[str, Any], resuming: bool = False) -> TrainConfig:
+    """Defaults <- preset file <- overrides (command-line flags that were given), validated. An override this
+    run would never read is refused (refuse_settings_that_do_nothing); ``resuming``: the configuration is for
+    continuing a run, whose checkpoint holds its own settings."""
     values = preset_values(preset)
     given = _checked({k: v for k, v in overrides.items() if v is not None}, "flags")
     if "epochs" in given and "warmup_epochs" not in given and values.get("warmup_epochs") and values.get("epochs"):
@@ -247,7 +249,43 @@ def resolve(preset: str, overrides: dict[str, Any]) -> TrainConfig:
         # refused (validate), not the preset's.
         values.update({k: v for k, v in _LARS_SGD_SETTINGS.items() if k not in given})
     values["preset"] = preset
-    return TrainConfig(**values).validate()
+    config = TrainConfig(**values).validate()
+    refuse_settings_that_do_nothing(config, given, resuming)
+    return config
+
+
+def refuse_lrn_for_owt(variant: str | None, lrn: str | None) -> None:
+    """An LRN convention asked for the owt network, which has none: it would change nothing. ("paper", every
+    run's default and what config.yaml records for owt runs too, passes; so does an old owt run's other
+    value on resume, which names no variant.)"""
+    if variant == "owt" and lrn not in (None, "paper"):
+        raise UserError(f"--lrn {lrn} does nothing with --variant owt, which has no LRN layers; leave --lrn out")
+
+
+# Settings that act only where another one has these values (the learning-rate schedule, the optimizer):
+# given where it has another, each would change nothing, and is refused as --lrn is with owt.
+ONLY_WITH = {"lars_eta": ("optimizer", ("lars",)), "patience": ("schedule", ("plateau",)),
+             "max_lr_drops": ("schedule", ("plateau",)), "step_epochs": ("schedule", ("step",)),
+             "lr_gamma": ("schedule", ("plateau", "step"))}
+
+
+def refuse_settings_that_do_nothing(config: TrainConfig, given: dict[str, Any], resuming: bool = False) -> None:
+    """Settings given (flags, or resolve's overrides) that this run never reads. Only given ones: a preset
+    sets such values for its own schedule, which another schedule leaves unread. On a resume the run's own
+    settings come from its checkpoint, so only a deciding setting given with them is judged here (a change
+    of it is refused there)."""
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    if "weights" not in given or resuming:   # else the weights decide the network, and refuse what contradicts it
+        refuse_lrn_for_owt(config.variant if "variant" in given or not resuming else None, given.get("lrn"))
+    for name, (on, values) in ONLY_WITH.items():
+        if name in given and (on in given or not resuming) and getattr(config, on) not in values:
+            raise UserError(f"{flag(name)} applies to {flag(on)} {' or '.join(values)}; this run's {on} is "
+                            f"{getattr(config, on)}, so it would do nothing; leave {flag(name)} out")
+    if "dropout_start" in given and ("dropout" in given or not resuming) and not config.dropout:
+        raise UserError("--dropout-start is the epoch dropout switches on at, and this run's dropout is 0, so it "
+                        "would do nothing; give --dropout too (e.g. 0.5), or leave --dropout-start out")
 
 
 # Settings added after runs were recorded without them, and what such an SGD run did (LARS runs did what
