@@ -189,22 +189,76 @@ def test_a_rewrite_keeps_the_mode_of_the_file_it_replaces(tmp_path):
         assert path.read_text() == "again" and path.stat().st_mode & 0o777 == mode
 
 
-def test_a_safetensors_write_makes_no_temporary_file_but_atomic_writes(tmp_path, monkeypatch):
-    # safetensors' save_file writes a .tmpXXXXXX file of its own beside the one it is given: a kill -9
-    # during an export left it (up to 244 MB) under a name that sweep_abandoned does not know.
+def test_a_safetensors_write_streams_the_tensors_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    # The file was made in memory first (safetensors.torch.save): the paper network's 244 MB held twice at the
+    # peak. save_file writes from the tensors, but through a .tmpXXXXXX file of its own beside the one it is
+    # given, which a kill -9 left under a name sweep_abandoned does not know: it gets a folder of its own,
+    # named as atomic_write's temporary files are.
     import safetensors.torch
     import torch
     from safetensors import safe_open
 
-    def its_own_temporary(*args, **kwargs):
-        raise AssertionError("safetensors' own writer, with its own temporary file, was called")
+    def in_memory(*args, **kwargs):
+        raise AssertionError("the whole file was made in memory")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", its_own_temporary)
-    monkeypatch.setattr(safetensors.torch, "serialize_file", its_own_temporary)
+    given, save_file = [], safetensors.torch.save_file
+    monkeypatch.setattr(safetensors.torch, "save", in_memory)
+    monkeypatch.setattr(safetensors.torch, "save_file",
+                        lambda t, name, **kw: given.append(name) or save_file(t, name, **kw))
     tensors = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "n": torch.tensor([7], dtype=torch.int64)}
     path = tmp_path / "w.safetensors"
+    for mode in (None, 0o640):   # a new file; a rewrite keeps the old one's mode
+        if mode:
+            path.chmod(mode)
+        files.atomic_write(path, lambda tmp: files.save_safetensors(tensors, tmp, metadata={"format": "alexnet"}))
+        assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+        assert path.stat().st_mode & 0o777 == (mode or 0o666 & ~files._umask())
+        with safe_open(str(path), framework="pt") as f:
+            assert f.metadata() == {"format": "alexnet"}
+            assert all(torch.equal(f.get_tensor(k), t) for k, t in tensors.items()) and set(f.keys()) == {"w", "n"}
+    assert len(given) == 2 and Path(given[0]).parent.name.startswith(f".w.safetensors.{files.maker()}-")
+
+    # What a kill -9 during save_file leaves (its own .tmpXXXXXX in that folder) is swept by a later write.
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    left = tmp_path / f".w.safetensors.{files.maker().rsplit('-', 1)[0]}-{dead.pid}-abcdefgh.d"
+    left.mkdir()
+    (left / ".tmpAbC123").write_bytes(b"part of the network")
+    monkeypatch.setattr(files, "_swept", set())   # swept once per folder in a process: as a later process would
     files.atomic_write(path, lambda tmp: files.save_safetensors(tensors, tmp, metadata={"format": "alexnet"}))
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
-    with safe_open(str(path), framework="pt") as f:
-        assert f.metadata() == {"format": "alexnet"}
-        assert all(torch.equal(f.get_tensor(k), t) for k, t in tensors.items()) and set(f.keys()) == {"w", "n"}
+
+
+def test_a_safetensors_write_to_a_folder_named_in_another_encoding(tmp_path):
+    import torch
+    from safetensors import safe_open
+
+    folder = tmp_path / os.fsdecode(b"lat\xe9")
+    folder.mkdir()
+    path = folder / "w.safetensors"
+    files.atomic_write(path, lambda tmp: files.save_safetensors({"w": torch.ones(3)}, tmp, metadata={"k": "v"}))
+    assert [p.name for p in folder.iterdir()] == ["w.safetensors"]
+    with files.utf8_name(path) as name, safe_open(name, framework="pt") as f:
+        assert f.metadata() == {"k": "v"} and torch.equal(f.get_tensor("w"), torch.ones(3))
+
+
+UNDER_A_FILE_SIZE_LIMIT = """
+import resource, sys, torch
+from alexnet import files
+from alexnet.errors import UserError
+resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
+try:
+    files.write_or_say(sys.argv[1], lambda tmp: files.save_safetensors({"w": torch.zeros(2**20)}, tmp, {}),
+                       need=4 * 2**20)
+except UserError as e:
+    print(e)
+"""
+
+
+def test_a_safetensors_write_past_ulimit_f_is_one_line_and_leaves_nothing(tmp_path):
+    r = subprocess.run([sys.executable, "-c", UNDER_A_FILE_SIZE_LIMIT, str(tmp_path / "w.safetensors")],
+                       capture_output=True, text=True, timeout=60)
+    said = (f"could not write {tmp_path / 'w.safetensors'}: it needs about 4 MB, over this process's file size "
+            f"limit of 1.0 MB (ulimit -f); raise it\n")
+    assert r.returncode == 0 and r.stdout == said, r
+    assert list(tmp_path.iterdir()) == []
