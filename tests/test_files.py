@@ -189,6 +189,31 @@ def test_a_rewrite_keeps_the_mode_of_the_file_it_replaces(tmp_path):
         assert path.read_text() == "again" and path.stat().st_mode & 0o777 == mode
 
 
+def test_a_rewrite_keeps_the_group_of_the_file_it_replaces(tmp_path, monkeypatch):
+    # A shared project folder's files belong to the team's group: a rewrite gave the new file this user's
+    # own group (and 0660 kept from the old one then locked the team out of it).
+    if os.name != "posix":
+        pytest.skip("groups of files are POSIX's")
+    path = tmp_path / "out.safetensors"
+    files.atomic_write(path, lambda tmp: Path(tmp).write_text("first"))
+    own = path.stat().st_gid
+    # Root may give any group, with no entry in /etc/group; another user any group of theirs.
+    others = [g for g in ([own + 1] if os.geteuid() == 0 else os.getgroups()) if g != own]
+    if not others:
+        pytest.skip("this user belongs to one group only, so there is no other group to give the file")
+    os.chown(path, -1, others[0])
+    path.chmod(0o660)
+    files.atomic_write(path, lambda tmp: Path(tmp).write_text("again"))
+    assert path.read_text() == "again" and path.stat().st_gid == others[0] and path.stat().st_mode & 0o777 == 0o660
+
+    def not_allowed(*args):   # a group this user is not in: the file is still written, in this user's group
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chown", not_allowed)
+    files.atomic_write(path, lambda tmp: Path(tmp).write_text("once more"))
+    assert path.read_text() == "once more" and path.stat().st_gid == own
+
+
 def test_a_safetensors_write_streams_the_tensors_and_leaves_no_temporary_file(tmp_path, monkeypatch):
     # The file was made in memory first (safetensors.torch.save): the paper network's 244 MB held twice at the
     # peak. save_file writes from the tensors, but through a .tmpXXXXXX file of its own beside the one it is

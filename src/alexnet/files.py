@@ -155,6 +155,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
             os.fsync(f.fileno())
+        _keep_group(tmp, path)
         os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
@@ -169,6 +170,18 @@ def _mode_for(path: Path) -> int:
         return stat.S_IMODE(os.stat(path).st_mode) & 0o777
     except OSError:   # none there (or one this process cannot see): a new file
         return 0o666 & ~_umask()
+
+
+def _keep_group(tmp: str, path: Path) -> None:
+    """The group of the file ``tmp`` replaces, as open() over it would keep it: a new file takes this user's
+    group, which in a shared project folder (setgid, or a file given to the team's group) would lock the team
+    out of it. Where this user may not give that group (not one of theirs), the new file keeps its own."""
+    try:
+        old = os.stat(path).st_gid
+        if os.stat(tmp).st_gid != old:
+            os.chown(tmp, -1, old)
+    except (OSError, AttributeError):   # none there (a new file); not allowed; no chown (Windows)
+        pass
 
 
 def make_folder(folder: Path) -> None:
