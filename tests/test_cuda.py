@@ -162,3 +162,18 @@ def test_dense_views_on_cuda_equal_the_cpus():
                               batch_size=2)
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-4)   # TF32 is off by default for matmuls
+
+
+def test_building_the_towers_leaves_the_gpus_dropout_stream_as_it_was():
+    """Each rank's dropout on a GPU draws from that GPU's generator, seeded per rank before the towers are
+    built: building them must not reseed it (both towers drew the same masks when it did)."""
+    from alexnet import parallel
+
+    class Whole:
+        def split(self, full):
+            return full
+
+    torch.manual_seed(1)
+    stream = torch.cuda.get_rng_state()
+    parallel.build(lambda: torch.nn.Linear(3, 2), 0, Whole())
+    assert torch.equal(torch.cuda.get_rng_state(), stream)

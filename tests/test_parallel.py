@@ -297,3 +297,26 @@ if __name__ == "__main__":
     if sys.argv[1] == "--loss-scalers":
         raise SystemExit(_loss_scalers())
     _worker(Path(sys.argv[1]))
+
+
+class _WholeNetwork:   # a TowerPlan whose "tower" is the whole network: build's seeding alone is under test
+    def split(self, full):
+        return full
+
+
+def test_building_the_towers_leaves_every_devices_random_numbers_as_they_were(monkeypatch):
+    """Each rank seeds its own dropout stream before the towers are built; build seeds the network's
+    initialisation with the run's seed and must put back every generator it touched. torch.manual_seed also
+    reseeds every GPU's generator, which fork_rng(devices=[]) does not restore: on CUDA both towers then drew
+    the same dropout masks. Without a GPU, the reseeding is what can be seen."""
+    reseeded = []
+    torch.manual_seed(7)   # the rank's own stream, as train sets it (before the spies: it reseeds GPUs too)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
+    monkeypatch.setattr(torch.cuda, "manual_seed", reseeded.append)
+    stream = torch.get_rng_state()
+    from alexnet import parallel
+    built = parallel.build(lambda: torch.nn.Linear(3, 2), 0, _WholeNetwork())
+    assert reseeded == []
+    assert torch.equal(torch.get_rng_state(), stream)
+    torch.manual_seed(0)
+    assert torch.equal(built.weight, torch.nn.Linear(3, 2).weight)

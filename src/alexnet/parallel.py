@@ -381,7 +381,9 @@ def plan(dist: Dist, towers: int = TOWERS) -> TowerPlan:
 def build(make: Callable[[], nn.Module], seed: int, towers: TowerPlan) -> TowerAlexNet:
     """``make()``'s network seeded with ``seed`` on every process (so all towers and replicas cut the
     same one: the network one process would start from), split to this process's tower. The global
-    random state is left as it was."""
+    random state is left as it was: only the CPU's generator is seeded, as the network is made there
+    (torch.manual_seed would reseed every GPU's too, outside fork_rng's restore, and the towers would draw
+    the same dropout masks)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         return towers.split(make())
