@@ -574,3 +574,19 @@ def test_kaggles_csv_saved_by_a_spreadsheet_with_a_bom_reads_the_same(reference,
     csv = kaggle / "LOC_val_solution.csv"
     csv.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes())
     assert [(path.name, label) for path, label in open_data(kaggle).splits["val"].split.samples] == before
+
+
+def test_a_class_tar_of_links_only_is_refused_naming_them_not_as_a_damaged_download(tmp_path):
+    # It was "holds no image ... (a damaged download?)": the links, left out, were not named, and downloading
+    # again would not have helped.
+    links = {f"n02_{i}.JPEG": (tarfile.SYMTYPE, f"/elsewhere/n02_{i}.JPEG") for i in range(4)}
+    path = tmp_path / "ILSVRC2012_img_train.tar"
+    path.write_bytes(tar_with_links({"n01.tar": tar_with_links({"x.JPEG": b"x"}, {}),
+                                     "n02.tar": tar_with_links({}, links)}, {}))
+    with pytest.raises(UserError) as e:
+        open_data(tmp_path, ("train",))
+    assert str(e.value) == (f"{path}/n02.tar holds no image, only 4 symbolic links "
+                            f"(n02_0.JPEG -> /elsewhere/n02_0.JPEG, n02_1.JPEG -> /elsewhere/n02_1.JPEG, "
+                            f"n02_2.JPEG -> /elsewhere/n02_2.JPEG and 1 more), "
+                            f"left out as links are: re-pack n02.tar with the images they lead to in their place, or "
+                            f"remove it to train without that class")

@@ -109,8 +109,16 @@ def open_extracted(path: Path, splits: tuple[str, ...] = SPLITS) -> DataSource:
 
 
 def _empty_class(archive: Path):
-    def refuse(name: str) -> None:
+    def refuse(name: str, links: list[tuple[str, str, str]]) -> None:
         # Left out, it would have given every later class another label: one line, as an empty class folder.
+        if links:   # not a download cut short: links in place of images, which are left out (tars.index_tar)
+            kinds = {kind for _, kind, _ in links}
+            what = f"{next(iter(kinds))} link" if len(kinds) == 1 else "link"
+            n, more = len(links), f" and {len(links) - 3:,} more" if len(links) > 3 else ""
+            shown = ", ".join(f"{link} -> {target}" for link, _, target in links[:3])
+            raise UserError(printable(f"{archive}/{name} holds no image, only {n:,} {what}{'s' * (n != 1)} "
+                                      f"({shown}{more}), left out as links are: re-pack {name} with the images "
+                                      f"they lead to in their place, or remove it to train without that class"))
         raise UserError(f"{archive}/{name} holds no image: a class of ImageNet's training set is empty (a "
                         f"damaged download?); download it again, or remove {name} to train without that class")
     return refuse

@@ -139,12 +139,13 @@ class MemberSamples(Samples):
 
 
 def index_tar(path: Path, keep: Callable[[str], bool], nested: bool = False,
-              on_empty: Callable[[str], None] | None = None) -> Members:
+              on_empty: Callable[[str, list[tuple[str, str, str]]], None] | None = None) -> Members:
     """The regular-file members of the tar at ``path`` whose names ``keep`` accepts, without reading their data.
 
     With ``nested``, a member named *.tar is opened as a tar in turn and its members (named
     "inner.tar/member") are kept instead, and ``on_empty`` is called with the name of one that has none to
-    keep. A truncated or damaged archive, outer or inner, is a UserError
+    keep, and the links in it that ``keep`` accepts, left out as below (name, "symbolic" or "hard", target):
+    a tar of links only is not empty to its owner. A truncated or damaged archive, outer or inner, is a UserError
     that names it: a header cut short, a member whose data would run past the end, or no end-of-archive
     block where the last member ends.
 
@@ -176,7 +177,7 @@ def index_tar(path: Path, keep: Callable[[str], bool], nested: bool = False,
             found = [(f"{name}/{m[0]}", *m[1:]) for m in _members(archive, offset, length, f"{path}/{name}", inner)]
             links += [(f"{name}/{link}", kind, target) for link, kind, target in inner]
             if on_empty is not None and not any(keep(m[0]) for m in found):
-                on_empty(name)
+                on_empty(name, [link for link in inner if keep(f"{name}/{link[0]}")])
         else:
             found = [(name, offset, length, mtime)]
         for member in found:
