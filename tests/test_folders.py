@@ -303,3 +303,25 @@ def test_a_link_to_itself_is_an_unreadable_file_not_a_link_to_an_image_of_the_sp
     images = FixedSizeImages(split)   # each skipped when read, with the reason, as a link to nothing outside
     assert images[3][1:] == (-1, 3, "no such file or directory")
     assert images[4][1:] == (-1, 4, "too many levels of symbolic links")
+
+
+def test_an_image_kept_elsewhere_and_linked_from_two_classes_is_one_sample_of_the_first(tiny_folders, tmp_path,
+                                                                                         capsys):
+    # It was a sample of both, under two labels (and twice a sample of one class linking it twice), where an
+    # image in a hidden folder of the split, linked so, was already the first class's only.
+    root, _ = tiny_folders
+    train = root / "train"
+    before = discover(root).splits["train"].samples
+    capsys.readouterr()
+    elsewhere = tmp_path / "kept-elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(train / "dog" / "000.png", elsewhere / "shared.png")
+    (train / "cat" / "shared.png").symlink_to(elsewhere / "shared.png")
+    (train / "cat" / "shared2.png").symlink_to(elsewhere / "shared.png")
+    (train / "dog" / "shared.png").symlink_to(elsewhere / "shared.png")
+    samples = discover(root).splits["train"].samples
+    added = [(p.relative_to(train).as_posix(), y) for p, y in samples if p not in {q for q, _ in before}]
+    assert added == [("cat/shared.png", 0)]
+    assert capsys.readouterr().err == (f"note: {train} holds 2 links to images kept elsewhere that a link before them "
+                                       f"made samples (cat/shared2.png, dog/shared.png), left out: each image is "
+                                       f"one sample of one class\n")

@@ -104,10 +104,17 @@ def discover(data: str | Path, splits: tuple[str, ...] = SPLITS) -> ImageFolders
             if loose:
                 print(printable(f"note: {root / split} holds {_kinds(loose, 'file')} outside its class folders, left "
                                 f"out: a class's images go in {split}/<class>/"), file=sys.stderr)
-            if linked:
-                print(printable(f"note: {root / split} holds {len(linked):,} link{'s' * (len(linked) != 1)} to its "
-                                f"own images ({_few([os.path.relpath(p, root / split) for p in linked], 3)}), left "
-                                f"out: each image is one sample of one class"), file=sys.stderr)
+            inside = os.path.realpath(root / split)
+            own, elsewhere = [], []
+            for p in linked:   # the split's images are its class folders' (which may be links) and its own
+                real = os.path.realpath(p)
+                (own if _within(real, inside) or _owner(real, roots) else elsewhere).append(p)
+            for links, what in ((own, "its own images"),
+                                (elsewhere, "images kept elsewhere that a link before them made samples")):
+                if links:
+                    print(printable(f"note: {root / split} holds {len(links):,} link{'s' * (len(links) != 1)} to "
+                                    f"{what} ({_few([os.path.relpath(p, root / split) for p in links], 3)}), left "
+                                    f"out: each image is one sample of one class"), file=sys.stderr)
         result.splits[split] = Split(root=root / split, classes=classes, samples=samples)
     return result
 
@@ -139,8 +146,10 @@ def image_files(folder: Path, split: Path | None = None, left_out: Counter | Non
     the split (its images are that class's, its loose files no class's), so each image of the split is one
     sample of one class; links to images kept elsewhere, or in a hidden folder of the split, are followed.
     So is a linked file, unless it leads to a sample of ``split`` already (in another class, or in a folder
-    of this one that is read): such links go into ``linked``, and the split's own files that links make
-    samples (a loose file, one in a hidden folder) into ``reached``. ``classes`` holds the real paths of
+    of this one that is read) or to a file an earlier link made one: such links go into ``linked``, and the
+    files that links make samples (a loose file of the split, one in a hidden folder, one kept outside the
+    split) into ``reached``, so that with one ``reached`` for every class of a split an image linked from
+    two classes is one sample, of the first, as one of the split is. ``classes`` holds the real paths of
     the split's class folders (found from ``split`` if not given). ``left_out`` counts the files left out
     for their extension (lower case; "" for none), hidden ones aside. A folder that cannot be listed
     (``folder`` itself first, if it cannot) goes into ``unreadable`` with the reason ("permission
@@ -161,7 +170,8 @@ def image_files(folder: Path, split: Path | None = None, left_out: Counter | Non
     def taken(real: str) -> bool:
         owner = _owner(real, classes) if real else None
         if owner is None:
-            if real and reached is not None and _within(real, others):
+            # A file no class holds (loose in the split, hidden, or kept outside it) is the first link's sample.
+            if real and reached is not None:
                 if real in reached:   # linked by a class read before (or twice by this one): its sample already
                     return True
                 reached.add(real)
