@@ -1,8 +1,11 @@
 """Dataset discovery in the ImageNet layout, layout errors, and bad files that never stop a run."""
 
 import io
+import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -325,3 +328,17 @@ def test_an_image_kept_elsewhere_and_linked_from_two_classes_is_one_sample_of_th
     assert capsys.readouterr().err == (f"note: {train} holds 2 links to images kept elsewhere that a link before them "
                                        f"made samples (cat/shared2.png, dog/shared.png), left out: each image is "
                                        f"one sample of one class\n")
+
+
+def test_readable_names_reach_a_folder_named_in_utf_8_in_an_ascii_locale(tiny_folders):
+    # Without Python's UTF-8 mode in an ASCII locale (LC_ALL=C PYTHONUTF8=0) the folder "dög house" reaches
+    # Python as "d\udcc3\udcb6g house", which no line of the UTF-8 classes.txt matched: it silently kept its
+    # folder name (a warning came only where no folder at all matched).
+    root, _ = tiny_folders
+    for split in ("train", "val"):
+        (root / split / "dog").rename(root / split / "dög house")
+    (root / "classes.txt").write_text("cat Katze\ndög house Hund\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONIOENCODING"} | {"LC_ALL": "C", "PYTHONUTF8": "0"}
+    code = "import sys\nfrom alexnet.data.folders import discover\nprint(ascii(discover(sys.argv[1]).names))"
+    r = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and r.stdout == "['Katze', 'Hund']\n", r.stdout + r.stderr

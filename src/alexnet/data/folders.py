@@ -277,15 +277,19 @@ def _is_dir(entry: os.DirEntry) -> bool:
 
 def read_class_names(root: Path, classes: list[str]) -> list[str]:
     """Readable names from classes.txt / LOC_synset_mapping.txt; a folder without an entry keeps its name."""
+    # The file is UTF-8; a folder's name is as the file system's encoding gives it: in an ASCII locale without
+    # Python's UTF-8 mode (LC_ALL=C PYTHONUTF8=0) "dög" reaches Python as "d\udcc3\udcb6g". Matched by their
+    # bytes, or such a folder silently kept its folder name.
+    spelled = [os.fsencode(c).decode("utf-8", "surrogateescape") for c in classes]
     for name in CLASS_NAME_FILES:
         path = root / name
         if path.is_file():
-            mapping = {folder: words or folder for folder, words in read_pairs(path, classes)}
-            if mapping and classes and not mapping.keys() & set(classes):
+            mapping = {folder: words or folder for folder, words in read_pairs(path, spelled)}
+            if mapping and classes and not mapping.keys() & set(spelled):
                 print(printable(f"warning: {path} names none of the class folders ({_few(sorted(mapping), 3)}; "
                                 f"the folders: {_few(classes, 3)}): each class is named by its folder"),
                       file=sys.stderr)
-            return [mapping.get(c, c) for c in classes]
+            return [mapping.get(s, c) for s, c in zip(spelled, classes)]
     return list(classes)
 
 
