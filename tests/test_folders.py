@@ -311,23 +311,27 @@ def test_a_link_to_itself_is_an_unreadable_file_not_a_link_to_an_image_of_the_sp
 def test_an_image_kept_elsewhere_and_linked_from_two_classes_is_one_sample_of_the_first(tiny_folders, tmp_path,
                                                                                          capsys):
     # It was a sample of both, under two labels (and twice a sample of one class linking it twice), where an
-    # image in a hidden folder of the split, linked so, was already the first class's only.
+    # image in a hidden folder of the split, linked so, was already the first class's only. So was each image
+    # of a folder kept elsewhere that two classes link.
     root, _ = tiny_folders
     train = root / "train"
     before = discover(root).splits["train"].samples
     capsys.readouterr()
     elsewhere = tmp_path / "kept-elsewhere"
-    elsewhere.mkdir()
+    (elsewhere / "pics").mkdir(parents=True)
     shutil.copy(train / "dog" / "000.png", elsewhere / "shared.png")
-    (train / "cat" / "shared.png").symlink_to(elsewhere / "shared.png")
+    shutil.copy(train / "dog" / "001.png", elsewhere / "pics" / "p.png")
+    for cls in ("cat", "dog"):
+        (train / cls / "shared.png").symlink_to(elsewhere / "shared.png")
+        (train / cls / "pics").symlink_to(elsewhere / "pics")
     (train / "cat" / "shared2.png").symlink_to(elsewhere / "shared.png")
-    (train / "dog" / "shared.png").symlink_to(elsewhere / "shared.png")
+    (train / "dog" / "p.png").symlink_to(elsewhere / "pics" / "p.png")
     samples = discover(root).splits["train"].samples
     added = [(p.relative_to(train).as_posix(), y) for p, y in samples if p not in {q for q, _ in before}]
-    assert added == [("cat/shared.png", 0)]
-    assert capsys.readouterr().err == (f"note: {train} holds 2 links to images kept elsewhere that a link before them "
-                                       f"made samples (cat/shared2.png, dog/shared.png), left out: each image is "
-                                       f"one sample of one class\n")
+    assert added == [("cat/pics/p.png", 0), ("cat/shared.png", 0)]
+    assert capsys.readouterr().err == (f"note: {train} holds 4 links to images kept elsewhere that a link before them "
+                                       f"made samples (cat/shared2.png, dog/pics, dog/p.png and 1 more), left out: "
+                                       f"each image is one sample of one class\n")
 
 
 def test_readable_names_reach_a_folder_named_in_utf_8_in_an_ascii_locale(tiny_folders):

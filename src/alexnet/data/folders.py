@@ -12,6 +12,7 @@ import os
 import sys
 import unicodedata
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def discover(data: str | Path, splits: tuple[str, ...] = SPLITS) -> ImageFolders
     result = ImageFolders(root=root, classes=classes, names=read_class_names(root, classes))
     for split in splits:
         samples, empty, others, linked, closed, blocked = [], [], Counter(), [], [], []
-        roots, reached = {os.path.realpath(root / split / cls) for cls in classes}, set()
+        roots, reached = {os.path.realpath(root / split / cls) for cls in classes}, {}
         for label, cls in enumerate(classes):
             theirs: Counter = Counter()
             unreadable: list[tuple[Path, str]] = []
@@ -137,7 +138,7 @@ def open_folders(data: str | Path, splits: tuple[str, ...] = SPLITS) -> DataSour
 
 def image_files(folder: Path, split: Path | None = None, left_out: Counter | None = None,
                 linked: list[str] | None = None, unreadable: list[tuple[Path, str]] | None = None,
-                classes: set[str] | None = None, reached: set[str] | None = None) -> list[Path]:
+                classes: set[str] | None = None, reached: dict[str, str] | None = None) -> list[Path]:
     """Image files in ``folder`` and its subfolders (symlinks followed, as ImageFolder does), sorted.
 
     Hidden files and folders (.DS_Store, .ipynb_checkpoints) are not samples. A linked folder is followed
@@ -148,8 +149,10 @@ def image_files(folder: Path, split: Path | None = None, left_out: Counter | Non
     So is a linked file, unless it leads to a sample of ``split`` already (in another class, or in a folder
     of this one that is read) or to a file an earlier link made one: such links go into ``linked``, and the
     files that links make samples (a loose file of the split, one in a hidden folder, one kept outside the
-    split) into ``reached``, so that with one ``reached`` for every class of a split an image linked from
-    two classes is one sample, of the first, as one of the split is. ``classes`` holds the real paths of
+    split) and the folders of no class that links lead to go into ``reached``, each with the real path of
+    the class that reached it first: with one ``reached`` for every class of a split, an image kept
+    elsewhere, linked or in a linked folder, is one sample of the first class that reaches it, as an image
+    of a class is, and later links to it or its folder go into ``linked``. ``classes`` holds the real paths of
     the split's class folders (found from ``split`` if not given). ``left_out`` counts the files left out
     for their extension (lower case; "" for none), hidden ones aside. A folder that cannot be listed
     (``folder`` itself first, if it cannot) goes into ``unreadable`` with the reason ("permission
@@ -164,27 +167,42 @@ def image_files(folder: Path, split: Path | None = None, left_out: Counter | Non
             return False
         if others is None or _within(real, top):
             return True
-        return (_owner(real, classes) is None and not _within(others, real)
-                and not any(_within(cls, real) for cls in classes))
+        if _owner(real, classes) is not None or _within(others, real) or any(_within(cls, real) for cls in classes):
+            return False
+        if reached is not None:   # no class's folder: the first class's to reach it
+            if another(real):
+                return False
+            reached.setdefault(real, top)
+        return True
+
+    def another(real: str) -> bool:
+        """Whether ``real`` lies in a file or folder of no class that another class reached first."""
+        holder = _owner(real, reached) if reached else None
+        return holder is not None and reached[holder] != top
 
     def taken(real: str) -> bool:
         owner = _owner(real, classes) if real else None
         if owner is None:
             # A file no class holds (loose in the split, hidden, or kept outside it) is the first link's sample.
             if real and reached is not None:
-                if real in reached:   # linked by a class read before (or twice by this one): its sample already
+                holder = _owner(real, reached)
+                # Linked before (by a class read before, or twice by this one): its sample already. Or in a
+                # folder of no class that a class reads: that class's, as in a class folder (below).
+                if holder == real or (holder is not None and (reached[holder] != top or not _hidden(real, holder))):
                     return True
-                reached.add(real)
+                reached[real] = top
             return False
         # In this class, a file in a hidden folder (or hidden itself) is not read, so the link is its sample.
-        return owner != top or not any(part.startswith(".") for part in os.path.relpath(real, top).split(os.sep))
+        return owner != top or not _hidden(real, top)
 
     # os.scandir rather than os.walk: its entries say which are links without a stat of every file.
     # A folder counts as read once it is queued: two ways to one folder (itself and a link to it, two
     # links) queued from one listing would otherwise both be walked, and its images counted twice.
-    found, seen, folders = [], {top}, [str(folder)]
+    found, seen, folders, reals = [], {top}, [str(folder)], {str(folder): top}
     while folders:
         path = folders.pop()
+        # A folder of no class (kept elsewhere): a file in it that a link made a sample already is not read again.
+        elsewhere = reached is not None and reached.get(reals[path]) == top
         try:
             with os.scandir(path) as listing:
                 entries = sorted(listing, key=lambda e: e.name)
@@ -199,6 +217,9 @@ def image_files(folder: Path, split: Path | None = None, left_out: Counter | Non
             if followed(real):
                 seen.add(real)
                 below.append(entry.path)
+                reals[entry.path] = real
+            elif linked is not None and entry.is_symlink() and others is not None and another(real):
+                linked.append(entry.path)
         below.sort()
         for entry in entries:
             if entry.name.startswith(".") or _is_dir(entry):
@@ -213,10 +234,18 @@ def image_files(folder: Path, split: Path | None = None, left_out: Counter | Non
             elif others is not None and entry.is_symlink() and taken(_target(entry.path)):
                 if linked is not None:
                     linked.append(entry.path)
+            elif elsewhere and os.path.join(reals[path], entry.name) in reached:
+                if linked is not None:
+                    linked.append(entry.path)
             else:
                 found.append(Path(entry.path))
         folders += reversed(below)   # in name order, depth first, as os.walk goes
     return sorted(found)
+
+
+def _hidden(real: str, folder: str) -> bool:
+    """Whether real path ``real``, inside ``folder``, is hidden there (or in a hidden folder): not read."""
+    return any(part.startswith(".") for part in os.path.relpath(real, folder).split(os.sep))
 
 
 def _within(path: str, folder: str) -> bool:
@@ -224,7 +253,7 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _owner(real: str, classes: set[str]) -> str | None:
+def _owner(real: str, classes: Collection[str]) -> str | None:
     """The class folder of ``classes`` (real paths) that holds real path ``real``, the nearest; None if none."""
     while real not in classes:
         parent = os.path.dirname(real)
