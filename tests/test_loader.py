@@ -201,3 +201,21 @@ def test_a_stop_signal_while_workers_start_stops_the_command_in_one_line(tmp_pat
     assert r.returncode == code, f"{r.stderr}\nsent from:\n{sent.read_text()}"   # sent, and lost: ran to its end
     assert r.stderr.strip().splitlines() == [said], r.stderr
     assert not (store / MARKER).exists()
+
+
+@pytest.mark.parametrize("value", ["two", "0", "-3", ""])
+def test_a_local_world_size_that_is_no_count_is_one_line_where_the_default_workers_read_it(monkeypatch, value):
+    # The GPU path's default workers divide the cores by LOCAL_WORLD_SIZE: a stray export ("two") was a
+    # ValueError traceback there, where setup() says it in one line. One reader for both.
+    import torch
+
+    from alexnet.data import loader
+    from alexnet.errors import UserError
+
+    monkeypatch.setattr(loader, "usable_cores", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", value)
+    with pytest.raises(UserError, match=rf"^the environment variable LOCAL_WORLD_SIZE is '{value}', not a process "
+                                        r"count or number \(torchrun sets it; unset it to run one process\)$"):
+        loader.default_workers(object(), torch.device("cuda"))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert loader.default_workers(object(), torch.device("cuda")) == 3   # 16 cores over 4: 4 each, less one

@@ -55,7 +55,7 @@ def backend_for(device: torch.device) -> str:
 def setup(device_setting: str = "auto") -> Dist:
     """Join torchrun's process group if there is one; pick this process's device."""
     world, rank, local_rank = (_whole("WORLD_SIZE", "1", least=1), _whole("RANK", "0"), _whole("LOCAL_RANK", "0"))
-    if device_setting.startswith("cuda:") and _whole("LOCAL_WORLD_SIZE", "1", least=1) > 1:
+    if device_setting.startswith("cuda:") and local_world() > 1:
         raise UserError(f"--device {device_setting} would put every process of this machine on one GPU; under "
                         f"torchrun use --device cuda (each process takes its local rank's GPU)")
     missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if world > 1 and not os.environ.get(v)]
@@ -82,7 +82,7 @@ def _check_ranks(world: int, rank: int, local_rank: int) -> None:
         raise UserError(f"RANK is {rank} but WORLD_SIZE is {world if given else 'not set (one process)'}: ranks run "
                         f"from 0 to WORLD_SIZE - 1 (torchrun sets both); for one process, unset RANK")
     # The processes of this machine: LOCAL_WORLD_SIZE where the launcher sets it (torchrun does), else all of them.
-    here = min(_whole("LOCAL_WORLD_SIZE", str(world), least=1), world)
+    here = min(local_world(world), world)
     if local_rank >= here:
         said = [f"WORLD_SIZE {world}" if given else "WORLD_SIZE not set"]
         if "LOCAL_WORLD_SIZE" in os.environ:
@@ -90,6 +90,12 @@ def _check_ranks(world: int, rank: int, local_rank: int) -> None:
         raise UserError(f"LOCAL_RANK is {local_rank} but this machine runs {here} process{'es' * (here != 1)} "
                         f"({', '.join(said)}): local ranks run from 0 to one fewer (torchrun sets them); for one "
                         f"process, unset LOCAL_RANK")
+
+
+def local_world(default: int = 1) -> int:
+    """The processes on this machine, as the launcher says (LOCAL_WORLD_SIZE; torchrun sets it), else ``default``;
+    a value that is no count (a stray export) is refused in one line wherever it is read."""
+    return _whole("LOCAL_WORLD_SIZE", str(default), least=1)
 
 
 def _whole(name: str, default: str, least: int = 0) -> int:

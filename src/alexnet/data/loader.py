@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from alexnet.cores import usable_cores
 from alexnet.data.imageset import ImageSet
+from alexnet.distributed import local_world
 from alexnet.orphans import die_with_parent
 
 MAX_DEFAULT_WORKERS = 16
@@ -89,7 +90,7 @@ def default_workers(images, device: torch.device, training: bool = True) -> int:
     """
     decodes = getattr(images, "decodes", True)
     if decodes and device.type == "cuda":
-        share = usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        share = usable_cores() // local_world()
         return max(2, min(MAX_DEFAULT_WORKERS, share - 1))
     return 0 if training and not decodes and device.type == "cpu" else 2
 
