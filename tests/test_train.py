@@ -374,8 +374,17 @@ def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(more_da
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+@pytest.fixture
+def ctrl_c():
+    """Ctrl-C as a terminal has it: a shell's background job (`make test &`) starts with it ignored, which
+    training rightly keeps (the next test), and a test that presses it would see nothing happen."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.parametrize("saved", [True, False])
-def test_a_second_ctrl_c_stops_at_once_and_says_what_is_saved(tmp_path, saved, capsys, monkeypatch):
+def test_a_second_ctrl_c_stops_at_once_and_says_what_is_saved(tmp_path, saved, capsys, monkeypatch, ctrl_c):
     # Pressed twice (common), the save under way was given up with only "interrupted": the epoch lost, unsaid.
     from alexnet import cli
     from alexnet.train import _StopFlag
@@ -396,6 +405,25 @@ def test_a_second_ctrl_c_stops_at_once_and_says_what_is_saved(tmp_path, saved, c
     monkeypatch.setattr(cli, "_run", interrupted)
     assert cli.main(["summary"]) == 130
     assert capsys.readouterr().err == f"alexnet summary: interrupted ({e.value})\n"
+
+
+def test_a_ctrl_c_ignored_from_the_start_stays_ignored_and_a_schedulers_signal_still_stops():
+    # `nohup alexnet train ...`, or `alexnet train ... &` from a shell: SIGINT comes ignored, which Python
+    # keeps; training put its own handler in, and a Ctrl-C pressed for the foreground job stopped this one.
+    from alexnet.train import _StopFlag
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _StopFlag() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.signal is None and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            for signum in (signal.SIGUSR1, signal.SIGTERM):   # a scheduler's notice, then its stop: taken
+                os.kill(os.getpid(), signum)
+                assert stop.signal == signum
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 @pytest.mark.parametrize("when", ["mid-epoch", "before the metrics row"])

@@ -437,7 +437,9 @@ class _StopsAtOnce:
 class _StopFlag:
     """SIGINT/SIGTERM/SIGUSR1 set a flag checked after each step, before each validation batch and between
     epochs; a second Ctrl-C stops at once, without saving (a write under way is given up: ``last``, if
-    there, stays as it was), and says so."""
+    there, stays as it was), and says so. A Ctrl-C this process ignores (`nohup`, a shell's background job
+    `alexnet train ... &`, a scheduler's) stays ignored, as Python keeps it: one pressed for the job in the
+    foreground is not this run's. SIGTERM and SIGUSR1, a scheduler's, are taken whatever they were."""
 
     def __init__(self, last: Path | None = None) -> None:
         self.signal: int | None = None
@@ -446,7 +448,8 @@ class _StopFlag:
 
     def __enter__(self):
         for sig in STOP_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+            if sig != signal.SIGINT or signal.getsignal(sig) != signal.SIG_IGN:
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, _frame) -> None:
