@@ -374,6 +374,30 @@ def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(more_da
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_a_run_folder_under_home_from_python_is_the_home_folders(data, tmp_path, monkeypatch):
+    # The command line expands --out's ~ (the shell leaves `--out=~/runs/x` as it is); from Python it was checked
+    # at the expanded path and used at the literal one: a folder named "~" in the current one, the run there.
+    import alexnet.train as train_module
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "home" / "runs" / "x"
+    set_up = []
+    monkeypatch.setattr(train_module, "_set_up",   # where the run is, and that its lock made it
+                        lambda config, *a, **kw: set_up.append((config.out, run.is_dir())) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):   # the training itself is no matter here
+        train(config(data, "~/runs/x", epochs=1))
+    assert set_up == [(str(run), True)] and not (tmp_path / "~").exists()
+    # And a run there is what a fresh start is refused for, and what a resume reads.
+    run.mkdir(parents=True, exist_ok=True)   # left empty, the first attempt's folder went with its lock
+    run.joinpath("last.pt").write_bytes(b"a run")
+    with pytest.raises(UserError, match=rf"^{run} already holds a run \(last\.pt\)"):
+        train(config(data, "~/runs/x", epochs=1))
+    with pytest.raises(UserError, match=rf"^{run / 'last.pt'} "):
+        train(config(data, "~/runs/x", epochs=1), resume=True)
+    assert not (tmp_path / "~").exists()
+
+
 @pytest.fixture
 def ctrl_c():
     """Ctrl-C as a terminal has it: a shell's background job (`make test &`) starts with it ignored, which

@@ -663,6 +663,9 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
     where a resume may change them (a larger ``epochs``) and refuses the others' changes, as the command
     does; ``given`` (the command's flags) narrows what counts as asked for."""
     config.validate()
+    # `~/runs/x` is the home folder's, as on the command line (its --out's type expands it): checked there and
+    # written literally, it made a folder named "~" in the current one.
+    config = dataclasses.replace(config, out=os.path.expanduser(config.out))
     _check_out(config)
     device = start_device(config, resume, given)
     try:
