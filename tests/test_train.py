@@ -321,6 +321,33 @@ def test_a_run_saved_without_loss_scaling_resumes_with_it(data, tmp_path, monkey
     assert torch.load(run / "last.pt", weights_only=True)["scaler"]["scale"] > 0   # scaling from then on
 
 
+def test_a_resume_takes_the_optimizer_settings_of_the_run_not_of_its_last_pt(two_epochs_run, tmp_path, monkeypatch):
+    # torch's load_state_dict takes every group setting from the file: a last.pt of another version or tool (or
+    # crafted) whose groups say nesterov, dampening or maximize trained with them, config.yaml saying otherwise.
+    # The run's configuration decides them; the learning rate is the schedule's, and the file's last one is kept:
+    # the paper's update rule scales the next step's momentum by it (step.set_lr).
+    import alexnet.train as train_module
+
+    run = tmp_path / "run"
+    shutil.copytree(two_epochs_run, run, ignore=shutil.ignore_patterns(".lock", "last.pt", "best.pt"))
+    saved = torch.load(two_epochs_run / "last.pt", map_location="cpu", weights_only=True, mmap=True)
+    ours = [dict(g) for g in saved["optimizer"]["param_groups"]]
+    for group in saved["optimizer"]["param_groups"]:
+        group.update(nesterov=True, dampening=0.5, maximize=True, momentum=0.5, weight_decay=0.1, lr=0.0123)
+        group["from_another_tool"] = 1
+    torch.save(saved, run / "last.pt")
+    loaded = []
+
+    def taken(optimizer):   # the groups as resumed, then no training: what it would train with is the point
+        loaded.extend(dict(g, params=None) for g in optimizer.param_groups)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_module, "_own_state", taken)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(two_epochs_run.parent / "data", run, epochs=3), resume=True)
+    assert loaded == [dict(g, params=None, lr=0.0123) for g in ours]
+    assert ours[0]["nesterov"] is False and ours[0]["dampening"] == 0 and ours[0]["maximize"] is False
+
+
 def test_the_copy_kept_of_a_private_last_pt_is_private(tmp_path, monkeypatch):
     # Where hard links fail, .last-previous.pt was a copy under the umask (0644 of a 0600 last.pt), and a
     # rollback after a divergence put it back as last.pt.

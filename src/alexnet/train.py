@@ -1003,13 +1003,17 @@ def _padded_steps(ckpt: checkpoint.Resumable, images: int) -> int:
 def _restore(run: _Run, ckpt: checkpoint.Resumable) -> None:
     run.model.load_state_dict(ckpt.model)
     # load_state_dict takes the groups' settings from the checkpoint too: a diverged run resumed with another
-    # --weight-decay would keep the old one, and a run saved fused, resumed under fp16's loss scaler (an older
-    # GPU), would be fused again (see step.sgd). The groups as this run built them decide these.
-    ours = [{k: group[k] for k in ("weight_decay", "fused", "foreach") if k in group}
-            for group in run.step.optimizer.param_groups]
+    # --weight-decay would keep the old one, a run saved fused, resumed under fp16's loss scaler (an older GPU),
+    # would be fused again (see step.sgd), and a last.pt of another version or tool whose groups say nesterov,
+    # dampening or maximize would train with them, config.yaml saying otherwise. The groups as this run built
+    # them decide every setting but the learning rate: the schedule sets it before each step, and the paper's
+    # update rule scales that step's momentum by the last one (step.set_lr), which the checkpoint holds.
+    ours = [{k: v for k, v in group.items() if k != "lr"} for group in run.step.optimizer.param_groups]
     run.step.optimizer.load_state_dict(ckpt.optimizer)
     for group, kept in zip(run.step.optimizer.param_groups, ours):
-        group.update(kept)
+        lr = group["lr"]
+        group.clear()   # a setting this version does not know (another tool's) goes too
+        group.update(kept, lr=lr)
     _own_state(run.step.optimizer)
     run.schedule.load_state_dict(ckpt.schedule)
     if ckpt.scaler:   # empty: saved without loss scaling (fp32, bf16), which auto may now add (an older GPU)
