@@ -741,6 +741,26 @@ def test_two_nodes_with_different_copies_of_the_data_stop_at_the_start_in_one_li
 
 
 @pytest.mark.processes
+def test_a_demo_set_that_cannot_be_written_stops_every_process_with_its_line(tmp_path):
+    # Local rank 0 writes the demo set while the others wait for it: its failure left them to meet its end as
+    # "another process of the job failed" (or to wait for ever, across machines). A cache folder that cannot
+    # be made: under a file.
+    (tmp_path / "file").write_text("not a folder")
+    cache = tmp_path / "file" / "cache"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                        "alexnet", "train", "--out", str(tmp_path / "run"), "--epochs", "1", "--workers", "0"],
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1", ALEXNET_CACHE=str(cache)))
+    line = (f"alexnet train: error: cannot write the demo set to {cache / 'demo-seed0'} (Not a directory); give "
+            f"--data, or set ALEXNET_CACHE to a folder with room for it (70 MB)")
+    # On stderr once for the machine; in torchrun's summary for each process, from its error file (cli._say_error).
+    said = [text for text in r.stderr.splitlines() if text.startswith("alexnet train: ")]
+    summary = [text.split(" : ", 1)[1] for text in r.stderr.splitlines() if text.strip().startswith("traceback :")]
+    assert r.returncode != 0 and said == [line] and summary == [line, line], r.stderr[-3000:]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.processes
 def test_a_global_batch_that_two_processes_cannot_halve_is_shared_and_matches_one(more_data, tmp_path):
     # An elastic job that lost a node (128 over 24 processes) was refused on every restart. Batch 3 over 2:
     # shares of 2 and 1, each rank's loss weighted so that the update is the global batch's.

@@ -337,13 +337,34 @@ def _open_data(config: TrainConfig, dist: distributed.Dist, resumed: bool = Fals
     change (it is refused), so a store prepared with the other is told so."""
     data = Path(config.data).expanduser() if config.data else demo_data_dir()
     if not config.data:
-        if dist.local_rank == 0:
-            from alexnet.data.demo import write_demo_set
-            write_demo_set(data, seed=0, progress=dist.main)
-        distributed.barrier(dist)
+        _demo_set(data, dist)
     fixed = (f"as {config.out} was started: a resumed run keeps it" if resumed else
              f"as --weights {config.weights} was trained: fine-tuning keeps it" if config.weights else "")
     return open_data(data, small=config.small, fixed=fixed)
+
+
+def _demo_set(data: Path, dist: distributed.Dist) -> None:
+    """The demo set in ``data``, written by each machine's local rank 0 while its other processes wait. Its
+    failure (a full disk, a cache folder that takes no files) is said by every process, the same line: the
+    others waited in a barrier for it and met its end as "another process of the job failed" (2 processes,
+    gloo), a line that names no cause, or, where no connection of theirs closed, the group's timeout."""
+    failed = ""
+    if dist.local_rank == 0:
+        from alexnet.data.demo import write_demo_set
+        try:
+            write_demo_set(data, seed=0, progress=dist.main)
+        except UserError as e:
+            failed = str(e)
+        except OSError as e:
+            failed = (f"cannot write the demo set to {data} ({e.strerror or e}); give --data, or set ALEXNET_CACHE "
+                      f"to a folder with room for it (70 MB)")
+        except Exception as e:   # a bug, whose traceback this process shows: the others are told to look there
+            distributed.gather_objects(dist, f"writing the demo set to {data} failed in process {dist.rank} "
+                                             f"({type(e).__name__}); its traceback says why")
+            raise
+    said = [line for line in distributed.gather_objects(dist, failed) if line]
+    if said:
+        raise UserError(failed or said[0])
 
 
 def _preprocessing(config: TrainConfig, train_set: ImageSet, dist: distributed.Dist,
