@@ -425,6 +425,21 @@ def test_a_run_folder_under_home_from_python_is_the_home_folders(data, tmp_path,
     assert not (tmp_path / "~").exists()
 
 
+@pytest.mark.parametrize("setting, needs", [(dict(lars_eta=0.01), "--optimizer lars"),
+                                             (dict(schedule="cosine", patience=3), "--schedule plateau"),
+                                             (dict(dropout=0.0, dropout_start=2), "--dropout")])
+def test_a_setting_made_in_python_that_the_run_would_never_read_is_refused(data, tmp_path, setting, needs):
+    """A configuration built in Python (a dataclass, or replace() on resolve's) reaches train without
+    resolve's check: what the command refuses as a flag that does nothing, train refuses too, and before
+    the run folder is made."""
+    import dataclasses
+
+    made = dataclasses.replace(config(data, tmp_path / "run", epochs=1), **setting)
+    with pytest.raises(UserError, match=needs):
+        train(made)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.fixture
 def ctrl_c():
     """Ctrl-C as a terminal has it: a shell's background job (`make test &`) starts with it ignored, which

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from alexnet import checkpoint, distributed, finetune, parallel
 from alexnet.choices import device_setting
-from alexnet.config import TrainConfig, dump_yaml, from_dict, load_yaml, resolve
+from alexnet.config import TrainConfig, dump_yaml, from_dict, load_yaml, refuse_settings_that_do_nothing, resolve
 from alexnet.cores import most_workers, usable_cores
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import DataSource, ImageSet
@@ -107,6 +107,8 @@ def resolve_run(config: TrainConfig, resume: bool | str, given: dict[str, Any] |
     auto = resume == "auto"
     if auto:
         resume = last.exists()
+    if given is None:   # from Python: what the command refuses in its flags is refused here too
+        refuse_settings_that_do_nothing(config, _asked_in(config), resuming=bool(resume))
     if not resume:
         if last.exists():
             raise UserError(f"{run} already holds a run (last.pt); add --resume to continue it, "
