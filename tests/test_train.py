@@ -440,6 +440,34 @@ def test_a_setting_made_in_python_that_the_run_would_never_read_is_refused(data,
     assert not (tmp_path / "run").exists()
 
 
+def test_training_runs_in_a_thread_other_than_the_main_one(data, tmp_path):
+    """train() in a worker thread (a notebook's background job, an application's or a server's thread): it
+    set its stop signals' handlers there and failed with "signal only works in main thread"."""
+    import threading
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    ended = []
+    worker = threading.Thread(target=lambda: ended.append(train(config(data, tmp_path / "run", epochs=1))))
+    worker.start()
+    worker.join()
+    assert ended and ended[0]["epoch"] == 1 and (tmp_path / "run" / "last.pt").is_file()
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_stop_signal_handler_not_set_from_python_is_left_in_place(monkeypatch):
+    """signal.getsignal says None for a handler an embedding application set in C: Python cannot put it
+    back, so training leaves it in place (signal.signal(sig, None) failed with a TypeError at the run's end)."""
+    from alexnet.train import _StopFlag
+
+    set_in_c = signal.SIGTERM
+    real = signal.getsignal
+    monkeypatch.setattr(signal, "getsignal", lambda sig: None if sig == set_in_c else real(sig))
+    before = real(set_in_c)
+    with _StopFlag() as stop:
+        assert real(set_in_c) is before and real(signal.SIGUSR1) == stop._handle
+    assert real(signal.SIGUSR1) != stop._handle
+
+
 @pytest.fixture
 def ctrl_c():
     """Ctrl-C as a terminal has it: a shell's background job (`make test &`) starts with it ignored, which

@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 import warnings
 from contextlib import nullcontext
@@ -437,9 +438,7 @@ class _StopsAtOnce:
         self.dist, self.pid, self._previous = dist, os.getpid(), {}
 
     def __enter__(self):
-        for sig in STOP_SIGNALS:
-            if sig != signal.SIGINT:
-                self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous = _take_signals([sig for sig in STOP_SIGNALS if sig != signal.SIGINT], self._handle)
         return self
 
     def _handle(self, signum, _frame) -> None:
@@ -470,9 +469,9 @@ class _StopFlag:
         self._previous = {}
 
     def __enter__(self):
-        for sig in STOP_SIGNALS:
-            if sig != signal.SIGINT or signal.getsignal(sig) != signal.SIG_IGN:
-                self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous = _take_signals([sig for sig in STOP_SIGNALS
+                                        if sig != signal.SIGINT or signal.getsignal(sig) != signal.SIG_IGN],
+                                       self._handle)
         return self
 
     def _handle(self, signum, _frame) -> None:
@@ -485,6 +484,17 @@ class _StopFlag:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def _take_signals(signals: list[int], handler) -> dict:
+    """``handler`` for each of ``signals``; what they had, to be put back. Only in the main thread, where Python
+    runs handlers and alone may set them: train() called in another thread (a notebook's or an application's
+    worker thread) failed there with "signal only works in main thread"; such a run stops as its process
+    does. A handler not set from Python (getsignal's None: an embedding application's) is left in place, as
+    it could not be put back."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in signals if signal.getsignal(sig) is not None}
 
 
 def _own_state(optimizer: torch.optim.Optimizer) -> None:
