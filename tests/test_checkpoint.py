@@ -285,6 +285,11 @@ DAMAGES = {  # id: (the field the message must name, the damage)
     "momentum-key-string": ("optimizer", lambda s: s["optimizer"].update(state={**momentum(s), "0": {}})),
     "momentum-other-entry": ("optimizer", lambda s: s["optimizer"].update(
         state={**momentum(s), 2: {"momentum_buffer": momentum(s)[2]["momentum_buffer"], "step": 3}})),
+    # The one group setting a resume keeps (step.set_lr scales the next momentum by it): NaN spread everywhere.
+    "optimizer-lr-nan": ("optimizer", at("optimizer", "param_groups", 0, "lr", value=float("nan"))),
+    "optimizer-lr-negative": ("optimizer", at("optimizer", "param_groups", 1, "lr", value=-0.01)),
+    "optimizer-lr-string": ("optimizer", at("optimizer", "param_groups", 0, "lr", value="0.01")),
+    "optimizer-lr-missing": ("optimizer", at("optimizer", "param_groups", 1, "lr")),
     "schedule-missing": ("schedule", at("schedule")),
     "schedule-list": ("schedule", at("schedule", value=[])),
     "schedule-empty": ("schedule", at("schedule", value={})),

@@ -153,4 +153,15 @@ def test_resolve_for_a_resume_judges_only_what_decides_with_it():
     # The run's checkpoint holds its schedule: --patience alone may be for a plateau run, whatever the preset.
     assert resolve("demo", {"patience": 2}, resuming=True).patience == 2
     with pytest.raises(UserError, match="--patience applies to --schedule plateau"):
-        resolve("demo", {"patience": 2, "schedule": "cosine"}, resuming=True)
+        resolve("demo", {"patience": 2, "schedule": "step"}, resuming=True)
+
+
+def test_a_whole_recorded_configuration_given_back_to_resolve_asks_for_nothing_it_would_not_read():
+    # config.yaml's settings passed back in (a run's recorded configuration, changed in one place): its
+    # lars_eta, patience and lr_gamma are the preset's own values for an optimizer and schedules it does not
+    # use, not settings asked for.
+    recorded = resolve("paper", {}).to_dict()
+    again = resolve("paper", recorded | {"schedule": "cosine", "normalization": "channel"})
+    assert again.schedule == "cosine" and again.lars_eta == recorded["lars_eta"]
+    with pytest.raises(UserError, match="--lars-eta applies to --optimizer lars"):
+        resolve("paper", recorded | {"lars_eta": recorded["lars_eta"] * 2})

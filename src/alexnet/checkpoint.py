@@ -427,6 +427,11 @@ def _optimizer(ckpt: dict, config: TrainConfig, network: AlexNet, path: str | Pa
             [i for g in saved for i in g["params"]] != list(range(len(params))):
         raise _damaged(path, "optimizer", f"expected an optimizer state_dict of the network's {len(params)} "
                                           f"parameters, in groups of {' and '.join(str(len(g)) for g in groups)}")
+    # The last learning rate is the one setting a resume takes from the groups (the paper's update rule
+    # scales the next step's momentum by it, step.set_lr): a NaN there spread to every weight in one step.
+    rates = [g.get("lr") for g in saved]
+    if not all(_number(lr) and math.isfinite(lr) and lr >= 0 for lr in rates):
+        raise _damaged(path, "optimizer", f"learning rates {rates}; expected finite numbers, 0 or more")
     problem = _momentum(state, params)
     if problem:
         raise _damaged(path, "optimizer", problem)

@@ -502,7 +502,7 @@ def _resume_mode(text: str) -> str | Path:
 def _run_train(args) -> int:
     import dataclasses
 
-    from alexnet.config import TrainConfig, resolve
+    from alexnet.config import TrainConfig, refuse_settings_that_do_nothing, resolve
     from alexnet.train import train
 
     names = [f.name for f in dataclasses.fields(TrainConfig)]
@@ -521,6 +521,7 @@ def _run_train(args) -> int:
     resuming = resume is True or (resume == "auto" and (Path(given.get("out", TrainConfig.out)) / "last.pt").exists())
     # The preset stays in `given`: a resume refuses another one, as it refuses any other setting's change.
     config = resolve(given.get("preset", "paper"), {k: v for k, v in given.items() if k != "preset"}, resuming)
+    refuse_settings_that_do_nothing(config, given, resuming)   # a flag given with the preset's value too
     result = train(config, resume=resume, given=given)
     if args.require_top1 is not None and result.get("best_top1", -1) < args.require_top1:
         print(f"alexnet train: error: best val top-1 {100 * result['best_top1']:.1f}% is below the required "

@@ -235,14 +235,19 @@ _LARS_SGD_SETTINGS = {"bias_decay": False, "update_rule": "paper"}
 
 def resolve(preset: str, overrides: dict[str, Any], resuming: bool = False) -> TrainConfig:
     """Defaults <- preset file <- overrides (command-line flags that were given), validated. An override this
-    run would never read is refused (refuse_settings_that_do_nothing); ``resuming``: the configuration is for
-    continuing a run, whose checkpoint holds its own settings."""
+    run would never read, and that is not the preset's own value, is refused (refuse_settings_that_do_nothing;
+    the command judges every flag given); ``resuming``: the configuration is for continuing a run, whose
+    checkpoint holds its own settings."""
     values = preset_values(preset)
     given = _checked({k: v for k, v in overrides.items() if v is not None}, "flags")
     if "epochs" in given and "warmup_epochs" not in given and values.get("warmup_epochs") and values.get("epochs"):
         # The preset's warm-up keeps its share of the run, as its cosine keeps its shape: `--preset demo
         # --epochs 1` warms up over a fifth of an epoch, not over more than the run.
         values["warmup_epochs"] = values["warmup_epochs"] * given["epochs"] / values["epochs"]
+    # What the caller asked for: the overrides that differ from the preset's values (a whole recorded
+    # configuration passed back in, config.yaml's, asks for nothing the run would not read).
+    preset_made = TrainConfig(**values).to_dict()
+    asked = {k: v for k, v in given.items() if k not in preset_made or preset_made[k] != v}
     values.update(given)
     if values.get("optimizer") == "lars":
         # SGD's settings in the preset (demo's torch rule) do not apply to LARS: only flags given for it are
@@ -250,7 +255,7 @@ def resolve(preset: str, overrides: dict[str, Any], resuming: bool = False) -> T
         values.update({k: v for k, v in _LARS_SGD_SETTINGS.items() if k not in given})
     values["preset"] = preset
     config = TrainConfig(**values).validate()
-    refuse_settings_that_do_nothing(config, given, resuming)
+    refuse_settings_that_do_nothing(config, asked, resuming)
     return config
 
 
