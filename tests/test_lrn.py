@@ -411,6 +411,51 @@ def test_the_c_kernel_keeps_no_residue_after_a_spike(channels_last):
     torch.testing.assert_close(x.grad.double(), exact_in.grad, rtol=1e-5, atol=1e-7)
 
 
+def spiked_lrn(value, size, towers, dtype, layout):
+    """Output and input gradient of LRN over input with `value` at one place (image 0, channel 3, pixel
+    (1, 2)), their float64 reference from the same values, and the channels at that pixel whose output and
+    whose gradient the value's window reaches (the gradient's reach is the window's window)."""
+    a = relu_like(2, 48, 3, 5, scale=30.0, seed=12) + 1.0
+    a[0, 3, 1, 2] = value
+    a = a.to(dtype)
+    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(13)).to(dtype)
+    if layout != "nchw":
+        a = a.to(memory_format=torch.channels_last)
+    if layout == "channels_last":
+        g = g.to(memory_format=torch.channels_last)
+    lrn = LocalResponseNorm(size=size, towers=towers)
+    x, exact_in = a.clone().requires_grad_(), a.double().requires_grad_()
+    y = lrn(x)
+    y.backward(g)
+    exact = lrn.reference(exact_in)
+    exact.backward(g.double())
+    below, above = size // 2, (size - 1) // 2
+    reach_y = torch.zeros(48, dtype=torch.bool)
+    reach_y[max(3 - above, 0):3 + below + 1] = True
+    reach_g = torch.zeros(48, dtype=torch.bool)
+    reach_g[max(3 - above - below, 0):3 + below + above + 1] = True
+    return (y.double(), exact, reach_y), (x.grad.double(), exact_in.grad, reach_g)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "channels_last, NCHW gradient"])
+@pytest.mark.parametrize("size,towers", [(5, 2), (21, 1)])   # 21: channels_last takes the blocked path too
+def test_a_non_finite_or_huge_activation_changes_only_what_its_window_reaches(value, dtype, layout, size, towers):
+    # The blocked path kept a running sum of squares over channels (add the entering one, subtract the
+    # leaving one): one inf made inf - inf = NaN in every later channel of its tower, and a spike of 1e8
+    # left a 1e-4 relative residue in every later window, in both directions.
+    rtol = 1e-5 if dtype == torch.float32 else 2**-8
+    for got, exact, reach in spiked_lrn(value, size, towers, dtype, layout):
+        if value == 1e8:
+            reach = torch.zeros_like(reach)     # finite: the reference holds everywhere
+        outside = torch.ones(got.shape, dtype=torch.bool)
+        outside[0, reach, 1, 2] = False
+        assert exact[outside].isfinite().all()
+        torch.testing.assert_close(got[outside], exact[outside], rtol=rtol,
+                                   atol=rtol * exact[outside].abs().max().item())
+
+
 def torch_per_tower(lrn: LocalResponseNorm):
     """torch.nn.LocalResponseNorm on each tower's channels: an implementation independent of ours (it takes
     alpha for the whole window, ours per term)."""
