@@ -441,10 +441,13 @@ def spiked_lrn(value, size, towers, dtype, layout):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "channels_last, NCHW gradient"])
 @pytest.mark.parametrize("size,towers", [(5, 2), (21, 1)])   # 21: channels_last takes the blocked path too
-def test_a_non_finite_or_huge_activation_changes_only_what_its_window_reaches(value, dtype, layout, size, towers):
-    # The blocked path kept a running sum of squares over channels (add the entering one, subtract the
-    # leaving one): one inf made inf - inf = NaN in every later channel of its tower, and a spike of 1e8
-    # left a 1e-4 relative residue in every later window, in both directions.
+def test_a_non_finite_or_huge_activation_changes_only_what_its_window_reaches(impl, value, dtype, layout, size,
+                                                                              towers):
+    # The C kernel's blocked path kept a running sum of squares over channels (add the entering one, subtract
+    # the leaving one): one inf made inf - inf = NaN in every later channel of its tower, and a spike of 1e8
+    # left a 1e-4 relative residue in every later window, in both directions. The banded product multiplied
+    # an inf by the band's zeros: NaN in every channel of its pixel.
+    assert lrn_module._fused_ok(torch.zeros(1, 8, 1, 1, dtype=dtype)) == (impl == "native")
     rtol = 1e-5 if dtype == torch.float32 else 2**-8
     for got, exact, reach in spiked_lrn(value, size, towers, dtype, layout):
         if value == 1e8:

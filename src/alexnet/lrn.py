@@ -313,5 +313,25 @@ def _window(v: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
     n, c, h, w = v.shape
     if v.is_contiguous(memory_format=torch.channels_last) and not v.is_contiguous():
         rows = v.permute(0, 2, 3, 1).reshape(-1, c)                    # (N H W, C): a view
-        return (rows @ band).reshape(n, h, w, c).permute(0, 3, 1, 2)
-    return torch.matmul(band.T, v.reshape(n, c, h * w)).reshape(n, c, h, w)
+        sums = (rows @ band).reshape(n, h, w, c).permute(0, 3, 1, 2)
+    else:
+        sums = torch.matmul(band.T, v.reshape(n, c, h * w)).reshape(n, c, h, w)
+    # An inf or NaN in v is multiplied by the band's zeros too, which makes NaN in every channel of its pixel.
+    # Rare, so looked for in the sums (one read, where a second product would double the cost) and only then
+    # summed term by term; traced graphs, which cannot branch on values, keep the product.
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or sums.sum().isfinite():
+        return sums
+    return _window_by_terms(v, band)
+
+
+def _window_by_terms(v: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+    """_window's sums added one offset at a time, each term only where the band has it: an inf or NaN
+    reaches the windows that hold it and no other."""
+    c = v.shape[1]
+    sums = torch.zeros_like(v)
+    for d in range(1 - c, c):                                           # channel j = i + d in i's sum
+        inside = band.diagonal(-d).bool()                               # band[i + d, i], i from max(0, -d)
+        if inside.any():
+            lo, hi = max(0, -d), min(c, c - d)
+            sums[:, lo:hi] += torch.where(inside[:, None, None], v[:, lo + d:hi + d], 0)
+    return sums
