@@ -19,6 +19,7 @@ import torch
 import torch.distributed as td
 
 # The one device rule lives in device.py; importable from here too.
+from alexnet.cores import launcher_number, local_world
 from alexnet.device import pick_device
 from alexnet.errors import UserError
 
@@ -54,7 +55,8 @@ def backend_for(device: torch.device) -> str:
 
 def setup(device_setting: str = "auto") -> Dist:
     """Join torchrun's process group if there is one; pick this process's device."""
-    world, rank, local_rank = (_whole("WORLD_SIZE", "1", least=1), _whole("RANK", "0"), _whole("LOCAL_RANK", "0"))
+    world = launcher_number("WORLD_SIZE", "1", least=1)
+    rank, local_rank = launcher_number("RANK", "0"), launcher_number("LOCAL_RANK", "0")
     if device_setting.startswith("cuda:") and local_world() > 1:
         raise UserError(f"--device {device_setting} would put every process of this machine on one GPU; under "
                         f"torchrun use --device cuda (each process takes its local rank's GPU)")
@@ -90,24 +92,6 @@ def _check_ranks(world: int, rank: int, local_rank: int) -> None:
         raise UserError(f"LOCAL_RANK is {local_rank} but this machine runs {here} process{'es' * (here != 1)} "
                         f"({', '.join(said)}): local ranks run from 0 to one fewer (torchrun sets them); for one "
                         f"process, unset LOCAL_RANK")
-
-
-def local_world(default: int = 1) -> int:
-    """The processes on this machine, as the launcher says (LOCAL_WORLD_SIZE; torchrun sets it), else ``default``;
-    a value that is no count (a stray export) is refused in one line wherever it is read."""
-    return _whole("LOCAL_WORLD_SIZE", str(default), least=1)
-
-
-def _whole(name: str, default: str, least: int = 0) -> int:
-    value = os.environ.get(name, default)
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < least:
-        raise UserError(f"the environment variable {name} is {value!r}, not a process count or number (torchrun "
-                        f"sets it; unset it to run one process)")
-    return number
 
 
 def teardown(dist: Dist) -> None:

@@ -18,9 +18,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from alexnet.cores import usable_cores
+from alexnet.cores import local_world, usable_cores
 from alexnet.data.imageset import ImageSet
-from alexnet.distributed import local_world
 from alexnet.orphans import die_with_parent
 
 MAX_DEFAULT_WORKERS = 16
