@@ -224,11 +224,47 @@ def test_a_progressive_jpeg_over_the_limit_is_judged_at_its_full_size(tmp_path):
     big.save(tmp_path / "progressive.jpg", quality=95, progressive=True)
     assert Image.open(tmp_path / "progressive.jpg").info.get("progressive")
     assert open_rgb(tmp_path / "baseline.jpg", min_side=64, max_pixels=100_000).size == (200, 150)
-    with pytest.raises(UndecodableImage, match=r"^1600x1200 pixels \(a progressive JPEG, held whole as it decodes\) "
-                                               r"is over the 100,000-pixel limit \(a decompression bomb\?\)$"):
+    with pytest.raises(UndecodableImage, match=r"^1600x1200 pixels \(a JPEG of several scans, held whole as "
+                                               r"it decodes\) is over the 100,000-pixel limit \(a decompression "
+                                               r"bomb\?\)$"):
         open_rgb(tmp_path / "progressive.jpg", min_side=64, max_pixels=100_000)
     # Under the limit it still decodes at the reduced scale.
     assert open_rgb(tmp_path / "progressive.jpg", min_side=64, max_pixels=2_000_000).size == (200, 150)
+
+
+def grey_jpeg(w: int, h: int, scans_apart: bool) -> bytes:
+    """A baseline (not progressive) JPEG of w x h flat grey, its three components in one scan or each in a
+    scan of its own: 2 bits a block, so a 20000x20000 one is 4.7 MB."""
+    def segment(marker, body):
+        return bytes([0xFF, marker]) + (len(body) + 2).to_bytes(2, "big") + body
+
+    one_code = bytes([1] + [0] * 15) + b"\x00"   # one symbol (DC difference 0; AC end of block), code "0"
+    out = b"\xff\xd8" + segment(0xDB, b"\x00" + bytes([1] * 64))
+    out += segment(0xC0, bytes([8]) + h.to_bytes(2, "big") + w.to_bytes(2, "big") + bytes([3, 1, 0x11, 0, 2, 0x11, 0,
+                                                                                          3, 0x11, 0]))
+    out += segment(0xC4, b"\x00" + one_code) + segment(0xC4, b"\x10" + one_code)
+    blocks = ((w + 7) // 8) * ((h + 7) // 8)
+    if scans_apart:
+        for c in (1, 2, 3):
+            out += segment(0xDA, bytes([1, c, 0, 0, 63, 0])) + bytes((2 * blocks + 7) // 8)
+    else:
+        out += segment(0xDA, bytes([3, 1, 0, 2, 0, 3, 0, 0, 63, 0])) + bytes((6 * blocks + 7) // 8)
+    return out + b"\xff\xd9"
+
+
+def test_a_baseline_jpeg_of_several_scans_over_the_limit_is_judged_at_its_full_size(tmp_path):
+    # libjpeg buffers every coefficient at full size for a baseline JPEG whose colours come in scans of their
+    # own, as for a progressive one: a 20000x20000 one of 4.7 MB took 2.8 GB decoded at 1/8 scale, where one
+    # of a single scan took 0.6 GB. Here 1600x1200 against a limit of 100,000 stands for it.
+    (tmp_path / "apart.jpg").write_bytes(grey_jpeg(1600, 1200, scans_apart=True))
+    (tmp_path / "one.jpg").write_bytes(grey_jpeg(1600, 1200, scans_apart=False))
+    assert not Image.open(tmp_path / "apart.jpg").info.get("progressive")
+    assert open_rgb(tmp_path / "one.jpg", min_side=64, max_pixels=100_000).size == (200, 150)
+    with pytest.raises(UndecodableImage, match=r"^1600x1200 pixels \(a JPEG of several scans, held whole"):
+        open_rgb(tmp_path / "apart.jpg", min_side=64, max_pixels=100_000)
+    # Under the limit it decodes (flat grey), at the reduced scale.
+    got = open_rgb(tmp_path / "apart.jpg", min_side=64, max_pixels=2_000_000)
+    assert got.size == (200, 150) and np.ptp(np.asarray(got)) == 0
 
 
 def test_deep_greyscale_is_scaled_by_its_bit_depth_not_its_values(tmp_path):

@@ -57,11 +57,14 @@ def open_rgb(path: str | Path, min_side: int | None = None, max_pixels: int = MA
                     # Before the limit: a 12000x12000 photo decodes at 1500x1500 and is no bomb. No JPEG
                     # (at most 65535 a side) decodes at 1/8 scale to more than 67M pixels.
                     img.draft(None, (min_side, min_side))
-                # A progressive JPEG is not: libjpeg holds all its coefficients, at full size, whatever the
-                # scale it decodes at (a 65535x65535 one of 25 MB would take 26 GB), so its full size is judged.
-                w, h = full if img.info.get("progressive") else img.size
+                # A JPEG of several scans is not: libjpeg holds all its coefficients, at full size, whatever
+                # the scale it decodes at (a 65535x65535 one of 25 MB would take 26 GB), so its full size is
+                # judged. Progressive ones are, and baseline ones whose colours come in scans of their own.
+                whole = img.format == "JPEG" and full[0] * full[1] > max_pixels and \
+                    (img.info.get("progressive") or _scans_apart(f))
+                w, h = full if whole else img.size
                 if w * h > max_pixels:
-                    kind = " (a progressive JPEG, held whole as it decodes)" if (w, h) != img.size else ""
+                    kind = " (a JPEG of several scans, held whole as it decodes)" if (w, h) != img.size else ""
                     raise UndecodableImage(f"{full[0]}x{full[1]} pixels{kind} is over the {max_pixels:,}-pixel "
                                            f"limit (a decompression bomb?)")
                 _scale_grey_key(img)
@@ -72,6 +75,39 @@ def open_rgb(path: str | Path, min_side: int | None = None, max_pixels: int = MA
         raise
     except Exception as e:  # decoders raise OSError, SyntaxError, ValueError, zlib.error, EOFError, ...
         raise UndecodableImage(_reason(e, path)) from None
+
+
+def _scans_apart(f) -> bool:
+    """Whether the JPEG in ``f`` comes in several scans: its first scan holds fewer components than its
+    frame (libjpeg then buffers the whole image, as for a progressive one). Read from the markers up to
+    that scan; ``f``'s position is kept. A file too damaged to tell is judged as if it did."""
+    at = f.tell()
+    try:
+        f.seek(2)
+        frame = None
+        while True:
+            head = f.read(2)
+            while head[:1] == b"\xff" and head[1:] == b"\xff":   # fill bytes before a marker
+                head = head[1:] + f.read(1)
+            if len(head) < 2 or head[0] != 0xFF:
+                return True
+            marker = head[1]
+            if marker == 0x01 or 0xD0 <= marker <= 0xD7:   # no length follows
+                continue
+            length = int.from_bytes(f.read(2), "big")
+            body = f.read(min(length - 2, 8)) if length >= 2 else b""
+            if marker in _FRAMES and len(body) >= 6:
+                frame = body[5]
+            elif marker == 0xDA:   # start of scan: its first byte counts its components
+                return frame is None or not body or body[0] < frame
+            elif marker == 0xD9 or length < 2:
+                return True
+            f.seek(length - 2 - len(body), 1)
+    finally:
+        f.seek(at)
+
+
+_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}   # SOF0-15 but DHT, JPG, DAC
 
 
 def _open_image(f) -> Image.Image:
