@@ -362,6 +362,10 @@ def test_resume_auto_refuses_lrn_for_owt_as_a_fresh_run_unless_it_continues_one(
     (["--schedule", "cosine", "--lr-gamma", "0.5"], "--lr-gamma applies to --schedule plateau or step; this run's "),
     (["--preset", "demo", "--dropout-start", "3"], "--dropout-start is the epoch dropout switches on at, and this "
                                                    "run's dropout is 0, so it would do nothing; give --dropout too"),
+    (["--max-lr-drops", "0", "--lr-gamma", "0.5"], "--lr-gamma is what each division multiplies the learning rate "
+                                                   "by, and this run's plateau schedule has max_lr_drops 0"),
+    (["--preset", "demo", "--weight-decay", "0", "--bias-decay"], "--bias-decay says whether weight decay reaches "
+                                                                  "the biases, and this run's weight_decay is 0"),
     # A preset's own values for its schedule and optimizer are not given: another schedule leaves them unread.
     (["--preset", "paper", "--schedule", "cosine"], None),
     (["--preset", "large-batch", "--optimizer", "sgd"], None),

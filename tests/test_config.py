@@ -149,6 +149,35 @@ def test_resolve_refuses_settings_that_would_do_nothing_as_the_command_does(pres
         assert str(e.value).startswith(refused) and "\n" not in str(e.value), e.value
 
 
+@pytest.mark.parametrize("preset,settings,refused", [
+    ("paper", {"max_lr_drops": 0, "lr_gamma": 0.5}, "--lr-gamma is what each division multiplies the learning "
+                                                    "rate by, and this run's plateau schedule has max_lr_drops 0"),
+    ("paper", {"max_lr_drops": 0, "patience": 2}, "--patience is how long the plateau schedule waits before it "
+                                                  "divides, and this run's max_lr_drops is 0"),
+    ("paper", {"weight_decay": 0.0, "bias_decay": True}, "--bias-decay says whether weight decay reaches the "
+                                                         "biases, and this run's weight_decay is 0"),
+    ("demo", {"weight_decay": 0.0, "bias_decay": False}, "--no-bias-decay says whether weight decay reaches"),
+    # They act where a division happens, or where there is weight decay.
+    ("paper", {"max_lr_drops": 1, "lr_gamma": 0.5, "patience": 2}, None),
+    ("paper", {"weight_decay": 1e-4, "bias_decay": True}, None),
+    # The preset's own values are not asked for: demo's bias_decay with no weight decay passes.
+    ("demo", {"weight_decay": 0.0}, None),
+    ("paper", {"max_lr_drops": 0}, None),
+])
+def test_settings_that_a_value_of_another_leaves_unread_are_refused(preset, settings, refused):
+    if refused is None:
+        assert resolve(preset, settings).preset == preset
+    else:
+        with pytest.raises(UserError) as e:
+            resolve(preset, settings)
+        assert str(e.value).startswith(refused) and "\n" not in str(e.value), e.value
+        # On a resume the run's own values decide, unless the deciding setting is given with it.
+        lone = {k: v for k, v in settings.items() if k in ("lr_gamma", "patience", "bias_decay")}
+        assert resolve(preset, lone, resuming=True).preset == preset
+        with pytest.raises(UserError):
+            resolve(preset, settings, resuming=True)
+
+
 def test_resolve_for_a_resume_judges_only_what_decides_with_it():
     # The run's checkpoint holds its schedule: --patience alone may be for a plateau run, whatever the preset.
     assert resolve("demo", {"patience": 2}, resuming=True).patience == 2

@@ -272,6 +272,22 @@ def refuse_lrn_for_owt(variant: str | None, lrn: str | None) -> None:
 ONLY_WITH = {"lars_eta": ("optimizer", ("lars",)), "patience": ("schedule", ("plateau",)),
              "max_lr_drops": ("schedule", ("plateau",)), "step_epochs": ("schedule", ("step",)),
              "lr_gamma": ("schedule", ("plateau", "step"))}
+# Settings that act only where other settings' values let them: (those deciding settings, whether this run
+# reads it, why not, what to give instead). Checked after ONLY_WITH, which names a wrong schedule first.
+ONLY_WHERE = {
+    "dropout_start": (("dropout",), lambda c: bool(c.dropout),
+                      "is the epoch dropout switches on at, and this run's dropout is 0",
+                      "give --dropout too (e.g. 0.5)"),
+    "patience": (("schedule", "max_lr_drops"), lambda c: c.max_lr_drops > 0,
+                 "is how long the plateau schedule waits before it divides, and this run's max_lr_drops is 0 (it "
+                 "never divides)", "give --max-lr-drops above 0 too"),
+    "lr_gamma": (("schedule", "max_lr_drops"), lambda c: c.schedule != "plateau" or c.max_lr_drops > 0,
+                 "is what each division multiplies the learning rate by, and this run's plateau schedule has "
+                 "max_lr_drops 0 (it never divides)", "give --max-lr-drops above 0 too"),
+    "bias_decay": (("weight_decay",), lambda c: bool(c.weight_decay),
+                   "says whether weight decay reaches the biases, and this run's weight_decay is 0",
+                   "give --weight-decay above 0 too"),
+}
 
 
 def refuse_settings_that_do_nothing(config: TrainConfig, given: dict[str, Any], resuming: bool = False) -> None:
@@ -288,9 +304,15 @@ def refuse_settings_that_do_nothing(config: TrainConfig, given: dict[str, Any], 
         if name in given and (on in given or not resuming) and getattr(config, on) not in values:
             raise UserError(f"{flag(name)} applies to {flag(on)} {' or '.join(values)}; this run's {on} is "
                             f"{getattr(config, on)}, so it would do nothing; leave {flag(name)} out")
-    if "dropout_start" in given and ("dropout" in given or not resuming) and not config.dropout:
-        raise UserError("--dropout-start is the epoch dropout switches on at, and this run's dropout is 0, so it "
-                        "would do nothing; give --dropout too (e.g. 0.5), or leave --dropout-start out")
+    for name, (on, reads, why, remedy) in ONLY_WHERE.items():
+        if name in given and (any(k in given for k in on) or not resuming) and not reads(config):
+            asked = _given_flag(name, given[name])
+            raise UserError(f"{asked} {why}, so it would do nothing; {remedy}, or leave {asked} out")
+
+
+def _given_flag(name: str, value: Any) -> str:
+    """The flag as given: a switch's --no- form for False (--no-bias-decay)."""
+    return f"--{'no-' if value is False else ''}{name.replace('_', '-')}"
 
 
 # Settings added after runs were recorded without them, and what such an SGD run did (LARS runs did what
