@@ -68,7 +68,8 @@ def test_a_runs_last_checkpoint_reads_back_as_it_was_saved(run):
     assert (r.epoch, r.step_in_epoch) == (1, 0)
     top1 = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["val_top1"]
     assert r.best == {"top1": top1, "epoch": 1}
-    assert r.schedule == {"drops": 0, "best": top1, "bad_epochs": 0} and r.scaler == {}  # fp32: no loss scaling
+    assert r.schedule == {"drops": 0, "best": top1, "bad_epochs": 0, "warmup_rule": "at-least-2-steps"}
+    assert r.scaler == {}  # fp32: no loss scaling
 
     stats = DataStats.load(run / STATS_FILE)
     expected_mean = stats.mean_image if saved["normalization"] == "mean-image" else stats.channel_mean
