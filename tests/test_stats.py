@@ -116,3 +116,36 @@ def test_shared_out_over_processes_the_sums_give_one_process_statistics(colour_s
     np.testing.assert_allclose(s.channel_std.numpy(), colours.std(0), rtol=1e-5)
     vals = np.linalg.eigvalsh(np.cov(colours.T / 255.0, bias=True))[::-1]
     np.testing.assert_allclose(s.eigvals.numpy(), vals, rtol=1e-5, atol=1e-7)
+
+
+def test_stats_images_where_no_pass_runs_or_the_store_brings_its_statistics_is_refused(tmp_path, monkeypatch):
+    # A statistics pass over N images happens only where the run computes statistics from image files: not
+    # with ImageNet's fixed normalisation and no PCA noise, nor on a prepared store (prepare's, over all).
+    import alexnet.train as train_module
+    from alexnet.data.prepare import prepare
+    from conftest import run_main
+
+    colours = {cls: [(40 * i, 200 - 30 * i, 90 + 10 * i) for i in range(4)] for cls in ("a", "b", "c")}
+    data = write_image_folders(tmp_path / "data", colours, size=(40, 40))
+    prepare(data, tmp_path / "prep", workers=0, progress=False)
+    monkeypatch.setattr(train_module, "compute_stats", lambda *a, **k: pytest.fail("a pass ran"))
+    common = ["train", "--preset", "demo", "--epochs", 2, "--batch-size", 4, "--workers", 0]
+    for flags, said in [
+        (["--data", data, "--normalization", "imagenet", "--pca-noise", "none"],
+         "--stats-images 5 sets the images of the statistics pass, and this run makes none (--normalization "
+         "imagenet is fixed and --pca-noise is none); leave --stats-images out\n"),
+        (["--data", tmp_path / "prep"],
+         f"--stats-images 5 sets the images of the statistics pass, and {tmp_path / 'prep'} is a prepared store: "
+         f"its statistics are prepare's, over all its 12 training images, and no pass runs; leave"),
+    ]:
+        r = run_main(*common, *flags, "--stats-images", 5, "--out", tmp_path / "run")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith(f"alexnet train: error: {said}"), r.stderr
+        assert not (tmp_path / "run").exists()
+    # Where a pass runs over the image folders it acts; 0 (all) or as many as the store holds is what prepare did.
+    from alexnet.config import resolve
+    from alexnet.data.sources import open_data
+    from alexnet.train import _refuse_unread_settings
+    for where, n in [(data, 5), (tmp_path / "prep", 0), (tmp_path / "prep", 12)]:
+        config = resolve("demo", {"data": str(where), "stats_images": n})
+        _refuse_unread_settings(config, open_data(where), None, {"stats_images": n})

@@ -105,7 +105,8 @@ class TrainConfig:
     small: str = _opt("upscale", "images whose shorter side is under 256: upscale (paper), or pad: placed unscaled "
                                  "at the centre of a 256x256 canvas of ImageNet's mean colour; a prepared store "
                                  "made with the other is refused", SMALL)
-    stats_images: int = _opt(0, "images used for the mean image and PCA (0: all)", kind="non-negative")
+    stats_images: int = _opt(0, "images used for the mean image and PCA (0: all) where a statistics pass runs; a "
+                                "prepared store brings prepare's, over all its images", kind="non-negative")
     # the machine
     device: str = _opt("auto", "auto: CUDA when present, else CPU; cpu; cuda: this process's GPU (its local rank's "
                                "under torchrun); cuda:N: GPU N (one process)")

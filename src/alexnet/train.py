@@ -49,7 +49,7 @@ from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import DataSource, ImageSet
 from alexnet.data.loader import default_workers, eval_loader, rank_batches, steps_per_epoch, train_loader
 from alexnet.data.sources import open_data
-from alexnet.data.stats import STATS_FILE, DataStats, compute_stats, find_stats, fingerprint
+from alexnet.data.stats import STATS_FILE, DataStats, compute_stats, find_stats, fingerprint, has_own_stats
 from alexnet.data.transforms import Draws, Normalize, PCANoise, Preprocessing
 from alexnet.errors import Stopped, UserError
 from alexnet.evaluate import evaluate
@@ -375,11 +375,32 @@ def _preprocessing(config: TrainConfig, train_set: ImageSet, dist: distributed.D
     """The run's crop, normalisation (``norm``: the weights' a fine-tuning run starts from, else the data's)
     and PCA noise (always the data's)."""
     stats: DataStats | None = None
-    if (norm is None and config.normalization != "imagenet") or config.pca_noise != "none":
+    if _needs_stats(config, norm):
         stats = _statistics(config, train_set, dist, skips)
     norm = norm or Normalize.create(config.normalization, stats)
     pca = None if config.pca_noise == "none" else PCANoise(stats.eigvals, stats.eigvecs, convention=config.pca_noise)
     return Preprocessing(config.crop, norm, pca)
+
+
+def _needs_stats(config: TrainConfig, norm: Normalize | None) -> bool:
+    """Whether the run takes the training set's statistics: for its normalisation (unless ImageNet's fixed one,
+    or ``norm``, the weights' own), and for PCA noise."""
+    return (norm is None and config.normalization != "imagenet") or config.pca_noise != "none"
+
+
+def _refuse_unread_stats_images(config: TrainConfig, train_set: ImageSet, start: LoadedModel | None) -> None:
+    """--stats-images given where it cannot act: no statistics pass runs, or the data is a prepared store,
+    whose statistics prepare computed over all its images (a pass over fewer would be none of them)."""
+    flag = f"--stats-images {config.stats_images}"
+    if not _needs_stats(config, start.norm if start else None):
+        why = ("the weights bring their normalisation" if start else
+               f"--normalization {config.normalization} is fixed")
+        raise UserError(f"{flag} sets the images of the statistics pass, and this run makes none ({why} and "
+                        f"--pca-noise is none); leave --stats-images out")
+    if 0 < config.stats_images < len(train_set) and has_own_stats(train_set):
+        raise UserError(f"{flag} sets the images of the statistics pass, and {config.data} is a prepared store: "
+                        f"its statistics are prepare's, over all its {len(train_set):,} training images, and no "
+                        f"pass runs; leave --stats-images out, or train on the image folders to use fewer")
 
 
 def _statistics(config: TrainConfig, train_set: ImageSet, dist: distributed.Dist,
@@ -700,6 +721,8 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
     # written literally, it made a folder named "~" in the current one.
     config = dataclasses.replace(config, out=os.path.expanduser(config.out))
     _check_out(config)
+    # What was asked for, judged once the data and weights are open (_refuse_unread_settings).
+    asked = given if given is not None else _asked_in(config)
     device = start_device(config, resume, given)
     try:
         dist = distributed.setup(device)
@@ -722,7 +745,7 @@ def train(config: TrainConfig, resume: bool | str = False, given: dict[str, Any]
                 _check_workers(config, dist)
                 if ckpt is not None and ckpt.epoch >= config.epochs:
                     return _complete(config, ckpt, dist)
-                run = _set_up(config, ckpt, dist, start)
+                run = _set_up(config, ckpt, dist, start, asked)
                 run.lock = lock
                 start = None   # copied into the network: not held for the whole run
             # Its tensors are mapped from last.pt: once copied into the network and momentum, the pages they
@@ -837,7 +860,8 @@ def _sees(folder: Path, token: str, tries: int = 6) -> bool:
 
 
 def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distributed.Dist,
-            start: LoadedModel | None = None) -> _Run:
+            start: LoadedModel | None = None, asked: dict[str, Any] | None = None) -> _Run:
+    """``asked``: the settings asked for by name (the flags given, or those differing from the preset)."""
     folder = Path(config.out)
     # --towers 2: a process holds one tower (alexnet.parallel); the batch is split over replicas (pairs).
     towers = parallel.plan(dist) if config.towers > 1 else None
@@ -869,6 +893,8 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
         source = _open_data(config, dist, resumed=ckpt is not None)
         steps = _check_data(config, source, ckpt, steps_per_epoch(len(source.splits["train"]), batch_per_rank,
                                                                   shard.world, batches))
+        if ckpt is None:   # a resume's statistics and network come from its checkpoint
+            _refuse_unread_settings(config, source, start, asked or {})
     except UserError as e:
         problem = str(e)
     seen = _check_same_data(dist, source, problem)
@@ -937,6 +963,14 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
     if config.tensorboard and dist.main:
         run.writer = _tensorboard(folder)
     return run
+
+
+def _refuse_unread_settings(config: TrainConfig, source: DataSource, start: LoadedModel | None,
+                            asked: dict[str, Any]) -> None:
+    """Settings asked for (``asked``) that a fresh run decides to leave unread only once its data and weights
+    are open (config.refuse_settings_that_do_nothing judges the rest): where statistics come from."""
+    if "stats_images" in asked:
+        _refuse_unread_stats_images(config, source.splits["train"], start)
 
 
 def _check_data(config: TrainConfig, source: DataSource, ckpt: checkpoint.Resumable | None, steps: int) -> int:

@@ -168,6 +168,12 @@ def find_stats(dataset: ImageSet, cache: str | Path) -> DataStats | None:
     return None
 
 
+def has_own_stats(dataset: ImageSet) -> bool:
+    """Whether the dataset brings statistics computed ahead of time (a prepared store's, over all its
+    images) that find_stats takes instead of a pass."""
+    return dataset.stats_file is not None and _matching(dataset.stats_file, dataset) is not None
+
+
 def load_or_compute_stats(dataset: ImageSet, cache: str | Path, **kwargs) -> DataStats:
     """find_stats, or else compute the statistics (kwargs: compute_stats') and cache them."""
     cache = Path(cache)
