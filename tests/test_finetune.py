@@ -234,3 +234,41 @@ def test_freezing_needs_weights_and_one_network_per_process(tmp_path):
         train(resolve("paper", {"freeze": "features", "out": str(tmp_path / "run")}))
     with pytest.raises(UserError, match="fine-tune with --towers 1"):
         resolve("paper", {"freeze": "all-but-fc8", "weights": "w.pt", "towers": 2})
+
+
+def test_init_and_zero_init_fc8_where_nothing_is_drawn_are_refused(tmp_path, monkeypatch):
+    # Weights that answer every class of the data give every layer, fc8 too: --init and --zero-init-fc8 drew
+    # nothing, and config.yaml recorded them as if they had.
+    import alexnet.train as train_module
+    from alexnet import finetune
+
+    data = three_colours(tmp_path / "data")
+    paper_weights(tmp_path / "w.safetensors", ["blue", "green", "red"])
+    monkeypatch.setattr(train_module, "compute_stats", lambda *a, **k: pytest.fail("got past the checks"))
+    r = run_main("train", "--preset", "demo", "--epochs", 2, "--batch-size", 4, "--workers", 0, "--data", data,
+                 "--out", tmp_path / "run", "--weights", tmp_path / "w.safetensors", "--init", "paper")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"alexnet train: error: --init paper would do nothing: --weights "
+                               f"{tmp_path / 'w.safetensors'} answers every class of the data, so fc8 is the "
+                               f"file's, as every other layer is, and nothing is initialised; leave --init paper out")
+    assert not (tmp_path / "run").exists()
+    # From Python: a setting other than the preset's is asked for.
+    with pytest.raises(UserError, match="^--no-zero-init-fc8 would do nothing: --weights"):
+        train(resolve("demo", dict(data=str(data), out=str(tmp_path / "run"), weights=str(tmp_path / "w.safetensors"),
+                                   zero_init_fc8=False, **FAST)))
+
+    def check(theirs, **given):
+        loaded = LoadedModel(None, theirs, theirs, 227, "channel", Normalize(torch.tensor(MEAN), torch.tensor(STD)))
+        config = resolve("demo", dict(weights="/w.safetensors") | given)
+        finetune.check_fc8_start(config, loaded, ["blue", "green", "red"], given)
+
+    with pytest.raises(UserError, match="^--zero-init-fc8 would do nothing"):   # all known, in another order
+        check(["red", "green", "blue", "cat"], zero_init_fc8=True)
+    # Green is new: its row is drawn by --init, unless it starts at zero (the demo preset's fc8).
+    with pytest.raises(UserError, match=r"^--init paper would do nothing: every layer but fc8 comes from --weights "
+                                        r"/w\.safetensors, and fc8's 1 new row starts at zero \(zero_init_fc8\); "
+                                        r"give --no-zero-init-fc8 too, or leave --init paper out$"):
+        check(["red", "violet", "blue"], init="paper")
+    check(["red", "violet", "blue"], init="paper", zero_init_fc8=False)
+    check(["red", "violet", "blue"], zero_init_fc8=True)
+    check(["red", "violet", "blue"], zero_init_fc8=False)

@@ -76,6 +76,26 @@ def known_rows(loaded: LoadedModel, classes: list[str]) -> list[tuple[int, int]]
     return [(i, theirs[name]) for i, name in enumerate(classes) if name in theirs]
 
 
+def check_fc8_start(config: TrainConfig, loaded: LoadedModel, classes: list[str], given: dict[str, Any]) -> None:
+    """What a run from ``loaded`` initialises is fc8's rows for the classes the weights do not answer, drawn by
+    --init unless --zero-init-fc8 zeroes them: the settings in ``given`` that would do nothing are refused."""
+    new = len(classes) - len(known_rows(loaded, classes))
+    if not new:   # fc8 is the file's too: nothing is drawn
+        unread = [k for k in ("init", "zero_init_fc8") if k in given]
+    else:   # the new rows are drawn by --init, unless they start at zero
+        unread = ["init"] if "init" in given and config.zero_init_fc8 else []
+    if not unread:
+        return
+    flags = " and ".join(f"--{'no-' * (given[k] is False)}{k.replace('_', '-')}" + (f" {given[k]}" * (k == "init"))
+                         for k in unread)
+    if not new:
+        raise UserError(f"{flags} would do nothing: --weights {config.weights} answers every class of the data, so "
+                        f"fc8 is the file's, as every other layer is, and nothing is initialised; leave {flags} out")
+    raise UserError(f"{flags} would do nothing: every layer but fc8 comes from --weights {config.weights}, and "
+                    f"fc8's {new} new {'row starts' if new == 1 else 'rows start'} at zero (zero_init_fc8); give "
+                    f"--no-zero-init-fc8 too, or leave {flags} out")
+
+
 def readable_names(classes: list[str], names: list[str], known_classes: list[str], known_names: list[str]
                    ) -> list[str]:
     """The data's readable name of each class where it gives one (classes.txt), else the name the weights

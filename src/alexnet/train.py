@@ -968,9 +968,12 @@ def _set_up(config: TrainConfig, ckpt: checkpoint.Resumable | None, dist: distri
 def _refuse_unread_settings(config: TrainConfig, source: DataSource, start: LoadedModel | None,
                             asked: dict[str, Any]) -> None:
     """Settings asked for (``asked``) that a fresh run decides to leave unread only once its data and weights
-    are open (config.refuse_settings_that_do_nothing judges the rest): where statistics come from."""
+    are open (config.refuse_settings_that_do_nothing judges the rest): where statistics come from, and
+    whether fc8 is new."""
     if "stats_images" in asked:
         _refuse_unread_stats_images(config, source.splits["train"], start)
+    if start is not None:
+        finetune.check_fc8_start(config, start, source.classes, asked)
 
 
 def _check_data(config: TrainConfig, source: DataSource, ckpt: checkpoint.Resumable | None, steps: int) -> int:
