@@ -272,3 +272,34 @@ def test_init_and_zero_init_fc8_where_nothing_is_drawn_are_refused(tmp_path, mon
     check(["red", "violet", "blue"], init="paper", zero_init_fc8=False)
     check(["red", "violet", "blue"], zero_init_fc8=True)
     check(["red", "violet", "blue"], zero_init_fc8=False)
+
+
+def test_lars_from_weights_that_keep_fc8_is_not_refused_for_an_fc8_at_zero(tmp_path, monkeypatch):
+    # fc8 comes from the file (its classes are the data's): the demo preset's zero_init_fc8 zeroes nothing, so
+    # LARS has every layer's norm. It was refused, "fc8 started at zero ... add --no-zero-init-fc8", and that
+    # flag then did nothing.
+    import alexnet.train as train_module
+    from alexnet import finetune
+
+    class Reached(Exception):
+        pass
+
+    def reached(*a, **k):
+        raise Reached
+
+    data = three_colours(tmp_path / "data")
+    paper_weights(tmp_path / "w.safetensors", ["blue", "green", "red"])
+    monkeypatch.setattr(train_module, "_preprocessing", reached)   # past every check: the run would start
+    with pytest.raises(Reached):
+        run_main("train", "--preset", "demo", "--epochs", 2, "--batch-size", 4, "--workers", 0, "--data", data,
+                 "--out", tmp_path / "run", "--weights", tmp_path / "w.safetensors", "--optimizer", "lars")
+    # Where fc8 has rows new to the file, they start at zero: refused, as without --weights.
+    loaded = LoadedModel(None, ["red", "violet", "blue"], ["red", "violet", "blue"], 227, "channel",
+                         Normalize(torch.tensor(MEAN), torch.tensor(STD)))
+    config = resolve("demo", dict(weights=str(tmp_path / "w.safetensors"), optimizer="lars"))
+    with pytest.raises(UserError, match=r"^--optimizer lars scales each layer's step by its weights' norm: fc8's 1 "
+                                        r"new row started at zero would take the whole learning rate at the first "
+                                        r"step; add --no-zero-init-fc8$"):
+        finetune.check_fc8_start(config, loaded, ["blue", "green", "red"], {"optimizer": "lars"})
+    config = resolve("demo", dict(weights=str(tmp_path / "w.safetensors"), optimizer="lars", zero_init_fc8=False))
+    finetune.check_fc8_start(config, loaded, ["blue", "green", "red"], {"optimizer": "lars", "zero_init_fc8": False})

@@ -147,7 +147,8 @@ class TrainConfig:
                             f"dropout would never switch on")
         if self.towers not in (1, 2):
             raise UserError(f"towers must be 1 or 2 (the paper network has two), got {self.towers}")
-        if self.optimizer == "lars" and self.zero_init_fc8:
+        # With --weights fc8 may be the file's, not at zero: finetune.check_fc8_start judges it, knowing.
+        if self.optimizer == "lars" and self.zero_init_fc8 and not self.weights:
             raise UserError("--optimizer lars scales each layer's step by its weights' norm: fc8 started at zero "
                             "would take the whole learning rate at its first step; add --no-zero-init-fc8")
         if self.optimizer == "lars" and (self.bias_decay or self.update_rule != "paper"):

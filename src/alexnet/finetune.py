@@ -78,8 +78,13 @@ def known_rows(loaded: LoadedModel, classes: list[str]) -> list[tuple[int, int]]
 
 def check_fc8_start(config: TrainConfig, loaded: LoadedModel, classes: list[str], given: dict[str, Any]) -> None:
     """What a run from ``loaded`` initialises is fc8's rows for the classes the weights do not answer, drawn by
-    --init unless --zero-init-fc8 zeroes them: the settings in ``given`` that would do nothing are refused."""
+    --init unless --zero-init-fc8 zeroes them: the settings in ``given`` that would do nothing are refused, and
+    so is LARS on rows at zero (validate leaves that to here, where whether fc8 is new is known)."""
     new = len(classes) - len(known_rows(loaded, classes))
+    if config.optimizer == "lars" and config.zero_init_fc8 and new:
+        raise UserError(f"--optimizer lars scales each layer's step by its weights' norm: fc8's {new} new "
+                        f"{'row' if new == 1 else 'rows'} started at zero would take the whole learning rate at the "
+                        f"first step; add --no-zero-init-fc8")
     if not new:   # fc8 is the file's too: nothing is drawn
         unread = [k for k in ("init", "zero_init_fc8") if k in given]
     else:   # the new rows are drawn by --init, unless they start at zero
