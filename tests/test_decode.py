@@ -385,3 +385,15 @@ def test_deep_greyscale_is_converted_a_few_rows_at_a_time(tmp_path):
     assert peak < 10 * values.size, f"{peak / values.size:.1f} bytes a pixel"
     expected = np.clip(np.rint(values * (255 / 65535)), 0, 255).astype(np.uint8)
     assert np.array_equal(np.asarray(got)[..., 0], expected) and got.mode == "RGB"
+
+
+def test_stray_bytes_between_a_jpegs_segments_do_not_make_it_several_scans(tmp_path):
+    # libjpeg skips bytes between segments (with a warning) and decodes such a file at any scale; the marker
+    # reading judged it as of several scans, at its full size, and refused it as a bomb.
+    one, apart = grey_jpeg(1600, 1200, scans_apart=False), grey_jpeg(1600, 1200, scans_apart=True)
+    sof = one.index(b"\xff\xc0")
+    (tmp_path / "padded.jpg").write_bytes(one[:sof] + b"\x00\x00\x17" + one[sof:])
+    (tmp_path / "padded-apart.jpg").write_bytes(apart[:sof] + b"\x00\x00\x17" + apart[sof:])
+    assert open_rgb(tmp_path / "padded.jpg", min_side=64, max_pixels=100_000).size == (200, 150)
+    with pytest.raises(UndecodableImage, match=r"^1600x1200 pixels \(a JPEG of several scans"):
+        open_rgb(tmp_path / "padded-apart.jpg", min_side=64, max_pixels=100_000)

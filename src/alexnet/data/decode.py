@@ -80,31 +80,42 @@ def open_rgb(path: str | Path, min_side: int | None = None, max_pixels: int = MA
 def _scans_apart(f) -> bool:
     """Whether the JPEG in ``f`` comes in several scans: its first scan holds fewer components than its
     frame (libjpeg then buffers the whole image, as for a progressive one). Read from the markers up to
-    that scan; ``f``'s position is kept. A file too damaged to tell is judged as if it did."""
+    that scan as libjpeg reads them (stray bytes between segments skipped); ``f``'s position is kept. A file
+    whose markers lead to no scan is not: libjpeg cannot decode it either, and says why."""
     at = f.tell()
     try:
         f.seek(2)
         frame = None
-        while True:
-            head = f.read(2)
-            while head[:1] == b"\xff" and head[1:] == b"\xff":   # fill bytes before a marker
-                head = head[1:] + f.read(1)
-            if len(head) < 2 or head[0] != 0xFF:
-                return True
-            marker = head[1]
+        while (marker := _next_marker(f)) is not None:
             if marker == 0x01 or 0xD0 <= marker <= 0xD7:   # no length follows
                 continue
             length = int.from_bytes(f.read(2), "big")
-            body = f.read(min(length - 2, 8)) if length >= 2 else b""
+            if marker == 0xD9 or length < 2:
+                return False
+            body = f.read(min(length - 2, 8))
             if marker in _FRAMES and len(body) >= 6:
                 frame = body[5]
             elif marker == 0xDA:   # start of scan: its first byte counts its components
-                return frame is None or not body or body[0] < frame
-            elif marker == 0xD9 or length < 2:
-                return True
+                return frame is not None and len(body) > 0 and body[0] < frame
             f.seek(length - 2 - len(body), 1)
+        return False
     finally:
         f.seek(at)
+
+
+def _next_marker(f) -> int | None:
+    """The next marker's code in ``f``, past any stray bytes and fill bytes before it (as libjpeg's
+    next_marker, which warns and goes on); None at the end of the file."""
+    while True:
+        byte = f.read(1)
+        while byte and byte != b"\xff":
+            byte = f.read(1)
+        while byte == b"\xff":
+            byte = f.read(1)
+        if not byte:
+            return None
+        if byte != b"\x00":   # FF 00 is a stuffed byte, not a marker
+            return byte[0]
 
 
 _FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}   # SOF0-15 but DHT, JPG, DAC
