@@ -334,6 +334,24 @@ def test_an_image_kept_elsewhere_and_linked_from_two_classes_is_one_sample_of_th
                                        f"each image is one sample of one class\n")
 
 
+def test_an_image_hidden_in_a_folder_another_class_links_is_the_sample_of_the_class_that_links_it(tiny_folders,
+                                                                                                   tmp_path):
+    # cat links a folder kept elsewhere and does not read its hidden subfolder; dog links an image in that
+    # subfolder: no class read it, so it is dog's (it was left out as "made a sample by a link before").
+    root, _ = tiny_folders
+    train = root / "train"
+    before = {p for p, _ in discover(root).splits["train"].samples}
+    elsewhere = tmp_path / "kept-elsewhere"
+    (elsewhere / ".hidden").mkdir(parents=True)
+    shutil.copy(train / "dog" / "000.png", elsewhere / "1.png")
+    shutil.copy(train / "dog" / "001.png", elsewhere / ".hidden" / "x.png")
+    (train / "cat" / "ext").symlink_to(elsewhere)
+    (train / "dog" / "x.png").symlink_to(elsewhere / ".hidden" / "x.png")
+    samples = discover(root).splits["train"].samples
+    added = sorted((p.relative_to(train).as_posix(), y) for p, y in samples if p not in before)
+    assert added == [("cat/ext/1.png", 0), ("dog/x.png", 1)]
+
+
 def test_readable_names_reach_a_folder_named_in_utf_8_in_an_ascii_locale(tiny_folders):
     # Without Python's UTF-8 mode in an ASCII locale (LC_ALL=C PYTHONUTF8=0) the folder "dög house" reaches
     # Python as "d\udcc3\udcb6g house", which no line of the UTF-8 classes.txt matched: it silently kept its

@@ -187,8 +187,9 @@ def image_files(folder: Path, split: Path | None = None, left_out: Counter | Non
             if real and reached is not None:
                 holder = _owner(real, reached)
                 # Linked before (by a class read before, or twice by this one): its sample already. Or in a
-                # folder of no class that a class reads: that class's, as in a class folder (below).
-                if holder == real or (holder is not None and (reached[holder] != top or not _hidden(real, holder))):
+                # folder of no class that a class reads: that class's, as in a class folder (below), unless
+                # hidden there (not read: the link is its sample, whichever class reached the folder).
+                if holder == real or (holder is not None and not _hidden(real, holder)):
                     return True
                 reached[real] = top
             return False
