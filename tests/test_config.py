@@ -171,18 +171,20 @@ def test_settings_that_a_value_of_another_leaves_unread_are_refused(preset, sett
         with pytest.raises(UserError) as e:
             resolve(preset, settings)
         assert str(e.value).startswith(refused) and "\n" not in str(e.value), e.value
-        # On a resume the run's own values decide, unless the deciding setting is given with it.
-        lone = {k: v for k, v in settings.items() if k in ("lr_gamma", "patience", "bias_decay")}
-        assert resolve(preset, lone, resuming=True).preset == preset
-        with pytest.raises(UserError):
-            resolve(preset, settings, resuming=True)
+        # On a resume the run's own values decide (a change of them is refused as one): its first settings
+        # given again continue it.
+        assert resolve(preset, settings, resuming=True).preset == preset
 
 
-def test_resolve_for_a_resume_judges_only_what_decides_with_it():
-    # The run's checkpoint holds its schedule: --patience alone may be for a plateau run, whatever the preset.
+def test_resolve_for_a_resume_leaves_such_settings_to_the_run():
+    # The run's checkpoint holds its schedule, and a resume refuses a change of it: --patience may be for a
+    # plateau run whatever the preset, and a run's first settings given again (a requeued job's, one an earlier
+    # version accepted) continue it.
     assert resolve("demo", {"patience": 2}, resuming=True).patience == 2
-    with pytest.raises(UserError, match="--patience applies to --schedule plateau"):
-        resolve("demo", {"patience": 2, "schedule": "step"}, resuming=True)
+    assert resolve("demo", {"patience": 2, "schedule": "step"}, resuming=True).patience == 2
+    assert resolve("paper", {"max_lr_drops": 0, "patience": 2}, resuming=True).patience == 2
+    with pytest.raises(UserError, match="--patience is how long the plateau schedule waits"):
+        resolve("paper", {"max_lr_drops": 0, "patience": 2})
 
 
 def test_a_whole_recorded_configuration_given_back_to_resolve_asks_for_nothing_it_would_not_read():

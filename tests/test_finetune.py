@@ -253,9 +253,9 @@ def test_init_and_zero_init_fc8_where_nothing_is_drawn_are_refused(tmp_path, mon
                                f"file's, as every other layer is, and nothing is initialised; leave --init paper out")
     assert not (tmp_path / "run").exists()
     # From Python: a setting other than the preset's is asked for.
-    with pytest.raises(UserError, match="^--no-zero-init-fc8 would do nothing: --weights"):
+    with pytest.raises(UserError, match="^--init pytorch would do nothing: --weights"):
         train(resolve("demo", dict(data=str(data), out=str(tmp_path / "run"), weights=str(tmp_path / "w.safetensors"),
-                                   zero_init_fc8=False, **FAST)))
+                                   init="pytorch", **FAST)))
 
     def check(theirs, **given):
         loaded = LoadedModel(None, theirs, theirs, 227, "channel", Normalize(torch.tensor(MEAN), torch.tensor(STD)))
@@ -264,6 +264,9 @@ def test_init_and_zero_init_fc8_where_nothing_is_drawn_are_refused(tmp_path, mon
 
     with pytest.raises(UserError, match="^--zero-init-fc8 would do nothing"):   # all known, in another order
         check(["red", "green", "blue", "cat"], zero_init_fc8=True)
+    # --no-zero-init-fc8 asks for what a kept fc8 is (and LARS runs had to give it before): accepted.
+    check(["red", "green", "blue", "cat"], zero_init_fc8=False)
+    check(["red", "green", "blue", "cat"], zero_init_fc8=False, optimizer="lars")
     # Green is new: its row is drawn by --init, unless it starts at zero (the demo preset's fc8).
     with pytest.raises(UserError, match=r"^--init paper would do nothing: every layer but fc8 comes from --weights "
                                         r"/w\.safetensors, and fc8's 1 new row starts at zero \(zero_init_fc8\); "

@@ -440,6 +440,17 @@ def test_a_setting_made_in_python_that_the_run_would_never_read_is_refused(data,
     assert not (tmp_path / "run").exists()
 
 
+def test_what_resolve_gives_lars_in_place_of_the_presets_sgd_settings_is_not_asked_for(data, tmp_path):
+    # resolve turns off bias decay for LARS (its own rule): counted as asked for, a demo-preset LARS run
+    # without weight decay was refused "--no-bias-decay ... would do nothing", a flag no one gave.
+    from alexnet.config import refuse_settings_that_do_nothing
+    from alexnet.train import _asked_in
+
+    lars = config(data, tmp_path / "run", preset="demo", optimizer="lars", weight_decay=0.0, zero_init_fc8=False)
+    assert lars.bias_decay is False and "bias_decay" not in _asked_in(lars)
+    refuse_settings_that_do_nothing(lars, _asked_in(lars))
+
+
 def test_training_runs_in_a_thread_other_than_the_main_one(data, tmp_path):
     """train() in a worker thread (a notebook's background job, an application's or a server's thread): it
     set its stop signals' handlers there and failed with "signal only works in main thread"."""
@@ -502,7 +513,7 @@ def test_a_second_ctrl_c_stops_at_once_and_says_what_is_saved(tmp_path, saved, c
 
 
 def test_a_ctrl_c_ignored_from_the_start_stays_ignored_and_a_schedulers_signal_still_stops():
-    # `nohup alexnet train ...`, or `alexnet train ... &` from a shell: SIGINT comes ignored, which Python
+    # `alexnet train ... &` in a script (a shell without job control): SIGINT comes ignored, which Python
     # keeps; training put its own handler in, and a Ctrl-C pressed for the foreground job stopped this one.
     from alexnet.train import _StopFlag
 

@@ -232,7 +232,7 @@ def _coerce(key: str, value: Any, type_name: str, where: str) -> Any:
 
 
 # What LARS does of SGD's own settings: no decay on biases, the learning rate inside the velocity.
-_LARS_SGD_SETTINGS = {"bias_decay": False, "update_rule": "paper"}
+LARS_SGD_SETTINGS = {"bias_decay": False, "update_rule": "paper"}
 
 
 def resolve(preset: str, overrides: dict[str, Any], resuming: bool = False) -> TrainConfig:
@@ -254,7 +254,7 @@ def resolve(preset: str, overrides: dict[str, Any], resuming: bool = False) -> T
     if values.get("optimizer") == "lars":
         # SGD's settings in the preset (demo's torch rule) do not apply to LARS: only flags given for it are
         # refused (validate), not the preset's.
-        values.update({k: v for k, v in _LARS_SGD_SETTINGS.items() if k not in given})
+        values.update({k: v for k, v in LARS_SGD_SETTINGS.items() if k not in given})
     values["preset"] = preset
     config = TrainConfig(**values).validate()
     refuse_settings_that_do_nothing(config, asked, resuming)
@@ -294,20 +294,23 @@ ONLY_WHERE = {
 
 def refuse_settings_that_do_nothing(config: TrainConfig, given: dict[str, Any], resuming: bool = False) -> None:
     """Settings given (flags, or resolve's overrides) that this run never reads. Only given ones: a preset
-    sets such values for its own schedule, which another schedule leaves unread. On a resume the run's own
-    settings come from its checkpoint, so only a deciding setting given with them is judged here (a change
-    of it is refused there)."""
+    sets such values for its own schedule, which another schedule leaves unread. Not on a resume: the run's
+    settings are its checkpoint's, and none of these may change there (a change is refused as one), while the
+    same flags given again (a requeued job's command; a run an earlier version started with them) must
+    continue it."""
     def flag(name: str) -> str:
         return "--" + name.replace("_", "-")
 
-    if "weights" not in given or resuming:   # else the weights decide the network, and refuse what contradicts it
-        refuse_lrn_for_owt(config.variant if "variant" in given or not resuming else None, given.get("lrn"))
+    if resuming:
+        return
+    if "weights" not in given:   # else the weights decide the network, and refuse what contradicts it
+        refuse_lrn_for_owt(config.variant, given.get("lrn"))
     for name, (on, values) in ONLY_WITH.items():
-        if name in given and (on in given or not resuming) and getattr(config, on) not in values:
+        if name in given and getattr(config, on) not in values:
             raise UserError(f"{flag(name)} applies to {flag(on)} {' or '.join(values)}; this run's {on} is "
                             f"{getattr(config, on)}, so it would do nothing; leave {flag(name)} out")
     for name, (on, reads, why, remedy) in ONLY_WHERE.items():
-        if name in given and (any(k in given for k in on) or not resuming) and not reads(config):
+        if name in given and not reads(config):
             asked = _given_flag(name, given[name])
             raise UserError(f"{asked} {why}, so it would do nothing; {remedy}, or leave {asked} out")
 

@@ -85,8 +85,9 @@ def check_fc8_start(config: TrainConfig, loaded: LoadedModel, classes: list[str]
         raise UserError(f"--optimizer lars scales each layer's step by its weights' norm: fc8's {new} new "
                         f"{'row' if new == 1 else 'rows'} started at zero would take the whole learning rate at the "
                         f"first step; add --no-zero-init-fc8")
-    if not new:   # fc8 is the file's too: nothing is drawn
-        unread = [k for k in ("init", "zero_init_fc8") if k in given]
+    if not new:   # fc8 is the file's too: nothing is drawn (--no-zero-init-fc8 asks for what it gets, and
+        # was what a run with LARS had to give before)
+        unread = [k for k in ("init", "zero_init_fc8") if k in given and given[k] is not False]
     else:   # the new rows are drawn by --init, unless they start at zero
         unread = ["init"] if "init" in given and config.zero_init_fc8 else []
     if not unread:

@@ -43,7 +43,8 @@ from tqdm import tqdm
 
 from alexnet import checkpoint, distributed, finetune, parallel
 from alexnet.choices import device_setting
-from alexnet.config import TrainConfig, dump_yaml, from_dict, load_yaml, refuse_settings_that_do_nothing, resolve
+from alexnet.config import (LARS_SGD_SETTINGS, TrainConfig, dump_yaml, from_dict, load_yaml,
+                            refuse_settings_that_do_nothing, resolve)
 from alexnet.cores import most_workers, usable_cores
 from alexnet.data.folders import SkippedFiles
 from alexnet.data.imageset import DataSource, ImageSet
@@ -230,7 +231,10 @@ def _asked_in(config: TrainConfig) -> dict[str, Any]:
     except UserError:   # this length is refused with the preset's warm-up: compare with nothing
         preset = {}
     missing = object()
-    return {k: v for k, v in config.to_dict().items() if k == "epochs" or preset.get(k, missing) != v}
+    asked = {k: v for k, v in config.to_dict().items() if k == "epochs" or preset.get(k, missing) != v}
+    if config.optimizer == "lars":   # what resolve gives LARS in place of the preset's SGD settings: not asked for
+        asked = {k: v for k, v in asked.items() if LARS_SGD_SETTINGS.get(k, missing) != v}
+    return asked
 
 
 def _start_from(config: TrainConfig, given: dict[str, Any], dist: distributed.Dist | None
@@ -480,7 +484,7 @@ class _StopsAtOnce:
 class _StopFlag:
     """SIGINT/SIGTERM/SIGUSR1 set a flag checked after each step, before each validation batch and between
     epochs; a second Ctrl-C stops at once, without saving (a write under way is given up: ``last``, if
-    there, stays as it was), and says so. A Ctrl-C this process ignores (`nohup`, a shell's background job
+    there, stays as it was), and says so. A Ctrl-C this process ignores (a script's background job
     `alexnet train ... &`, a scheduler's) stays ignored, as Python keeps it: one pressed for the job in the
     foreground is not this run's. SIGTERM and SIGUSR1, a scheduler's, are taken whatever they were."""
 
