@@ -318,9 +318,11 @@ def _window(v: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
         sums = torch.matmul(band.T, v.reshape(n, c, h * w)).reshape(n, c, h, w)
     # An inf or NaN in v is multiplied by the band's zeros too, which makes NaN in every channel of its pixel.
     # Rare, so looked for in the sums (one read, where a second product would double the cost) and only then
-    # summed term by term; traced graphs and tensors without values (meta: summary's shapes), which cannot
-    # branch on values, keep the product.
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or sums.is_meta or sums.sum().isfinite():
+    # summed term by term. Only on the CPU: on a GPU the read would make every call wait for the GPU (only
+    # runs already diverging have such values). Traced graphs and tensors without values (meta: summary's
+    # shapes), which cannot branch on values, keep the product too.
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or sums.device.type != "cpu" or \
+            sums.sum().isfinite():
         return sums
     return _window_by_terms(v, band)
 
