@@ -138,6 +138,23 @@ def test_resume_after_an_epoch_matches_an_uninterrupted_run(opts, given, data, t
             train(config(data, tmp_path / "b", epochs=3, batch_size=2), resume=True)
 
 
+def test_resume_after_a_plateau_division_keeps_the_divided_rate(data, tmp_path):
+    # The plateau schedule's state (divisions so far, best accuracy, bad epochs) is in last.pt: a run resumed
+    # after a division goes on at the divided rate, not the full one. A rate too small to change any prediction
+    # keeps val top-1 where epoch 1 left it, so with patience 1 epoch 2 divides it (before the stop), epoch 3 not.
+    opts = dict(schedule="plateau", patience=1, max_lr_drops=2, lr=1e-9, epochs=3)
+    train(config(data, tmp_path / "a", **opts))
+    train(config(data, tmp_path / "b", **opts | {"epochs": 2}))
+    train(config(data, tmp_path / "b", **opts), resume=True, given={"epochs": 3})
+    assert_same_weights(weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt"))
+    rows = {run: [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+            for run in ("a", "b")}
+    assert rows["a"][0]["val_top1"] == rows["a"][1]["val_top1"]   # no improvement: the premise of the test
+    lrs = [r["lr"] for r in rows["a"]]
+    assert lrs[:2] == [1e-9, 1e-9] and lrs[2] == pytest.approx(1e-10, rel=1e-12)
+    assert [r["lr"] for r in rows["b"]] == lrs
+
+
 def test_a_demo_run_extended_from_python_keeps_its_warm_up(data, tmp_path):
     # resolve() scales the demo preset's warm-up with --epochs: a resume from Python with more epochs counted
     # that as a change asked for, and refused it.
