@@ -94,6 +94,21 @@ def test_one_view_gives_the_hand_computed_numbers():
     assert m["loss"] == pytest.approx(expected["loss"], rel=1e-6)
 
 
+def test_top5_counts_a_label_ranked_fifth_and_not_one_ranked_sixth():
+    # Two black images: both give softmax(M[:, 2]), ranked 3, 4, 0, 1, 5, 2. Labelled 5 (5th, a top-5 hit)
+    # and 2 (6th, a miss): top-5 is 1/2, where a top-4 would give 0 and a top-6 1.
+    p = softmax(logits(0, 0))
+    assert sorted(range(6), key=lambda c: -p[c]) == [3, 4, 0, 1, 5, 2]
+    expected = by_hand([p, p], [5, 2])
+    assert (expected["top1"], expected["top5"]) == (0, 1 / 2)
+    black = [(torch.zeros(2, 256, 256, 3, dtype=torch.uint8), torch.tensor([5, 2]), torch.tensor([0, 1]), ["", ""])]
+    m = evaluate(ColourScores(), black, SkippedFiles(Unreadable()), 192, Normalize(torch.zeros(3)),
+                 distributed.Dist(), crops=1)
+    assert (m["images"], m["skipped"]) == (2, 0)
+    assert m["top1"] == expected["top1"] and m["top5"] == expected["top5"]
+    assert m["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+
+
 def test_ten_views_average_the_softmax_of_the_papers_views():
     # 192 crops of a 256 image start at row 0 (top-left, top-right), 64 (bottom corners) or 32 (centre);
     # each of the 5 comes twice (with its mirror image). A's 32 red rows are in the 4 views from row 0,
