@@ -246,6 +246,23 @@ def test_numpy_integers_are_class_counts_and_numpy_floats_are_dropouts():
     assert "num_classes=3," in m.extra_repr()
 
 
+@pytest.mark.parametrize("variant", ["paper", "owt"])
+def test_the_dropout_asked_for_is_every_dropout_layers_and_zero_turns_training_dropout_off(variant):
+    # Not the 0.5 default in either layer (training sets it again each epoch; a network built for use does not).
+    for p in (0.3, 0.0):
+        with torch.device("meta"):
+            m = AlexNet(variant, num_classes=10, dropout=p)
+        drops = [d for d in m.modules() if isinstance(d, nn.Dropout)]
+        assert len(drops) == 2 and [d.p for d in drops] == [p, p]
+        assert [m.layer("drop6").p, m.layer("drop7").p] == [p, p]
+    torch.manual_seed(0)
+    m = AlexNet(variant, num_classes=10, dropout=0.0)
+    x = torch.randn(2, 3, m.input_size, m.input_size) * 50
+    with torch.no_grad():
+        trained = m.train()(x)
+        assert torch.equal(trained, m.eval()(x))
+
+
 def test_lrn_left_out_means_the_variants_own_and_changes_nothing():
     with torch.device("meta"):
         paper, paper_named = AlexNet("paper"), AlexNet("paper", lrn="paper")
