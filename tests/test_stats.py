@@ -149,3 +149,29 @@ def test_stats_images_where_no_pass_runs_or_the_store_brings_its_statistics_is_r
     for where, n in [(data, 5), (tmp_path / "prep", 0), (tmp_path / "prep", 12)]:
         config = resolve("demo", {"data": str(where), "stats_images": n})
         _refuse_unread_settings(config, open_data(where), None, {"stats_images": n})
+
+
+def test_the_mean_image_keeps_each_pixel_where_it_is(tmp_path):
+    # Flat colours cannot tell a mirrored or transposed mean image: red ramps along the columns, green down
+    # the rows, blue differs per image. Written at the fixed 256x256 size, PNG decodes to these exact values.
+    from PIL import Image
+
+    ramp = np.arange(256, dtype=np.uint8)
+    arrays = []
+    for cls, blues in {"a": (0, 90), "b": (200,)}.items():
+        (tmp_path / "data" / "train" / cls).mkdir(parents=True)
+        for i, blue in enumerate(blues):
+            a = np.empty((256, 256, 3), dtype=np.uint8)
+            a[..., 0] = (ramp[None, :].astype(np.int64) + 40 * i) % 256
+            a[..., 1] = ramp[::-1, None] // (len(arrays) + 1)
+            a[..., 2] = blue
+            Image.fromarray(a).save(tmp_path / "data" / "train" / cls / f"{i:03d}.png")
+            arrays.append(a)
+    ds = FixedSizeImages(discover(tmp_path / "data", splits=("train",)).splits["train"])
+    s = compute_stats(ds, batch_size=2, workers=0, progress=False)
+    decoded = np.stack([np.asarray(Image.open(ds.path(i)).convert("RGB"), dtype=np.float64) for i in range(len(ds))])
+    np.testing.assert_array_equal(decoded, np.stack(arrays))   # the files, in the set's order
+    assert s.images == 3
+    np.testing.assert_allclose(s.mean_image.numpy(), decoded.mean(0), rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(s.channel_mean.numpy(), decoded.mean((0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(s.channel_std.numpy(), decoded.std((0, 1, 2)), rtol=1e-5)
