@@ -316,6 +316,34 @@ def test_the_fused_crops_equal_slicing_and_the_formula(kernel, per_pixel, with_s
         torch.testing.assert_close(got[k], expected, rtol=1e-6, atol=1e-4)
 
 
+@pytest.mark.parametrize("path", ["loop", "gather"])
+@pytest.mark.parametrize("per_pixel", [True, False])
+def test_the_fallback_crops_equal_the_formula_with_pca_shift_and_std(path, per_pixel, monkeypatch):
+    # Without the C kernel (no compiler, ALEXNET_NATIVE=0; on CUDA without Triton, the gather), crop() adds the
+    # PCA shift and divides by the std itself: (x - mean + shift) / std, written out here in float64.
+    from alexnet.data import transforms
+
+    monkeypatch.setattr(transforms, "_have_crop_kernel", lambda: False)
+    if path == "gather":
+        monkeypatch.setattr(transforms, "_crop_loop", _crop_gather)
+    images = batch(5)
+    g = torch.Generator().manual_seed(9)
+    mean = torch.rand(256, 256, 3, generator=g) * 255 if per_pixel else torch.tensor([100.0, 110.0, 120.0])
+    norm = Normalize(mean, torch.tensor([50.0, 60.0, 70.0]))
+    tops, lefts = torch.randint(0, 30, (7,), generator=g), torch.randint(0, 30, (7,), generator=g)
+    flips, sources = torch.rand(7, generator=g) < 0.5, torch.randint(0, 5, (7,), generator=g)
+    shift = torch.randn(7, 3, generator=g) * 20
+    got = crop(images, tops, lefts, flips, 227, norm, sources=sources, shift=shift)
+    assert got.shape == (7, 3, 227, 227) and got.dtype == torch.float32
+    for k in range(7):
+        t, l = int(tops[k]), int(lefts[k])
+        m = (mean[t:t + 227, l:l + 227] if per_pixel else mean).double()
+        expected = (images[sources[k], t:t + 227, l:l + 227].double() - m + shift[k].double()) / norm.std.double()
+        if flips[k]:
+            expected = expected.flip(1)
+        torch.testing.assert_close(got[k].double(), expected.permute(2, 0, 1), rtol=1e-6, atol=1e-5)
+
+
 @pytest.mark.parametrize("kernel", ["c", "triton"])
 def test_the_fused_crops_are_float32_whatever_the_default_dtype(kernel, request):
     # The C kernel writes float32 into a buffer made in the default dtype: under float64, doubles of its bits
