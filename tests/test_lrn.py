@@ -159,6 +159,37 @@ def test_fast_paths_equal_the_reference_in_float32(impl, size, towers, channels_
     assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
+@pytest.mark.parametrize("path", ["native", "banded", "reference"])
+@pytest.mark.parametrize("beta", [0.5, 1.0])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_beta_other_than_the_papers_is_torchs_per_tower(path, beta, channels_last, monkeypatch):
+    # Every convention has beta 0.75, which the C kernel computes without powf: any other beta takes its
+    # general branch. Expected: torch.nn.LocalResponseNorm (alpha divided by the size) on each tower, float64.
+    a = relu_like(2, 16, 5, 4, scale=300.0, seed=9)
+    lrn = LocalResponseNorm(size=5, alpha=1e-4, beta=beta, k=2.0, towers=2)
+    theirs = nn.LocalResponseNorm(5, alpha=5 * 1e-4, beta=beta, k=2.0)
+    x = a.clone().requires_grad_()
+    expected = torch.cat([theirs(x[:, :8]), theirs(x[:, 8:])], 1)
+    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (expected_grad,) = torch.autograd.grad(expected, x, g)
+    if path == "native":
+        assert kernels.lrn_cpu() is not None and lrn_module._fused_ok(a.float())   # else this would test nothing
+    elif path == "banded":
+        monkeypatch.setattr(lrn_module, "_fused_ok", lambda x: False)
+    if path == "reference":
+        x, run, tol = a.clone().requires_grad_(), lrn.reference, dict(rtol=1e-10, atol=1e-12)
+    else:
+        x, run, tol = a.float().requires_grad_(), lrn, dict(rtol=1e-5, atol=1e-6)
+    if channels_last:
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    y = run(x)
+    (grad,) = torch.autograd.grad(y, x, g.to(x.dtype))
+    torch.testing.assert_close(y.double(), expected.detach(), **tol)
+    torch.testing.assert_close(grad.double(), expected_grad, **tol)
+    # beta must matter here: the paper's 0.75 gives other values.
+    assert not torch.allclose(expected, LocalResponseNorm(5, 1e-4, 0.75, 2.0, towers=2).reference(a), rtol=1e-2)
+
+
 @pytest.mark.parametrize("name", ["cuda-convnet", "caffe"])
 def test_fast_paths_follow_each_convention(impl, name):
     a = relu_like(2, 32, 7, 7, scale=300.0, seed=6).float().to(memory_format=torch.channels_last)
