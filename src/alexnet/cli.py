@@ -1180,15 +1180,22 @@ def _say_error(line: str) -> None:
     stderr once per machine (local rank 0) and, for each process, into the error file torchrun reads, so
     that its failure summary names the cause of each rank instead of a link to its documentation."""
     line = printable(line)   # a path with a newline or an escape sequence in it stays one harmless line
-    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if error_file:
-        try:
-            with open(error_file, "w", encoding="utf-8") as f:
-                json.dump({"message": line, "timestamp": int(time.time())}, f)
-        except OSError:
-            error_file = None   # then stderr is the only place left to say it
-    if not error_file or os.environ.get("LOCAL_RANK", "0") == "0":
+    written = _write_error_file(line)
+    if not written or os.environ.get("LOCAL_RANK", "0") == "0":   # else stderr is the only place left to say it
         print(line, file=sys.stderr)
+
+
+def _write_error_file(line: str) -> bool:
+    """``line`` into the error file torchrun gives this process (TORCHELASTIC_ERROR_FILE); whether it is there."""
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not error_file:
+        return False
+    try:
+        with open(error_file, "w", encoding="utf-8") as f:
+            json.dump({"message": printable(line), "timestamp": int(time.time())}, f)
+    except OSError:
+        return False
+    return True
 
 
 # Commands that run in one process: under torchrun every process did the whole job (predict printed each
@@ -1233,6 +1240,8 @@ def _run(args, command: str) -> int:
         _say_error(f"{command}: error: " + (f"cannot use {where} ({e.strerror})" if where else f"{e.strerror}"))
         return EXIT_USAGE
     except Stopped as e:   # a signal, already reported (training: last.pt written)
+        # Under torchrun, the rank's line in its failure summary (else a link to torchrun's documentation).
+        _write_error_file(f"{command}: stopped by {e}")
         return e.exit_code
     except Exception as e:
         # The training loop's own end: a diverged loss.
