@@ -1186,13 +1186,14 @@ def _say_error(line: str) -> None:
 
 
 def _write_error_file(line: str) -> bool:
-    """``line`` into the error file torchrun gives this process (TORCHELASTIC_ERROR_FILE); whether it is there."""
+    """``line`` (printable already) into the error file torchrun gives this process (TORCHELASTIC_ERROR_FILE);
+    whether it is there."""
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not error_file:
         return False
     try:
         with open(error_file, "w", encoding="utf-8") as f:
-            json.dump({"message": printable(line), "timestamp": int(time.time())}, f)
+            json.dump({"message": line, "timestamp": int(time.time())}, f)
     except OSError:
         return False
     return True
