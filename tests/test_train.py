@@ -65,13 +65,16 @@ def weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
-# Uninterrupted runs that several tests compare against, trained once per module on copies of `data` and
-# `more_data` (the same pixels in another folder: the weights depend on the images, not on where they are).
+# Uninterrupted runs that several tests compare against or start from, trained once per module on copies of
+# `data` and `more_data` (the same pixels in another folder: the weights depend on the images, not on where
+# they are). A test that writes into one takes a copy (copy_of); its resumes read the module's images.
 @pytest.fixture(scope="module")
 def two_epochs_run(tmp_path_factory):
-    """The run folder of config(data, ...) after 2 epochs, uninterrupted (dropout 0.5, the paper's)."""
+    """The run folder of config(data, ...) after 2 epochs, uninterrupted (dropout 0.5, the paper's); its data
+    beside it (../data), and what train returned (../result.json)."""
     root = tmp_path_factory.mktemp("two_epochs")
-    train(config(flat_colours(root / "data", 0, 4), root / "run"))
+    result = train(config(flat_colours(root / "data", 0, 4), root / "run"))
+    (root / "result.json").write_text(json.dumps(result))
     return root / "run"
 
 
@@ -87,7 +90,24 @@ def one_epoch_in_pairs(tmp_path_factory):
     uninterrupted."""
     root = tmp_path_factory.mktemp("one_epoch_in_pairs")
     train(config(flat_colours(root / "more", 1, 8), root / "run", epochs=1, batch_size=2))
-    return weights(root / "run" / "last.pt"), json.loads((root / "run" / "metrics.jsonl").read_text())
+    held = weights(root / "run" / "last.pt"), json.loads((root / "run" / "metrics.jsonl").read_text())
+    shutil.rmtree(root / "run")   # held in memory: its 0.7 GB on disk would only crowd the module's runs
+    return held
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+    """The run folder of config(data, ..., epochs=1) after its epoch, finished; its data beside it (../data),
+    for the resumes of a copy (copy_of) to read the images it was trained on."""
+    root = tmp_path_factory.mktemp("one_epoch")
+    train(config(flat_colours(root / "data", 0, 4), root / "run", epochs=1))
+    return root / "run"
+
+
+def copy_of(run, to):
+    """A copy of a module's run folder for a test to write into: the module's run stays as it was trained."""
+    shutil.copytree(run, to, ignore=shutil.ignore_patterns(".lock"))
+    return to
 
 
 def assert_same_weights(a, b):
@@ -101,9 +121,9 @@ def cli(*args, **kw):
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
-def test_a_run_writes_config_metrics_and_plain_checkpoints(data, tmp_path):
-    run = tmp_path / "run"
-    result = train(config(data, run))
+def test_a_run_writes_config_metrics_and_plain_checkpoints(two_epochs_run):
+    run = two_epochs_run   # config(data, ...)'s: the module trains it once
+    result = json.loads((run.parent / "result.json").read_text())
     assert result["epoch"] == 2 and 0 <= result["best_top1"] <= 1
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -123,13 +143,17 @@ def test_a_run_writes_config_metrics_and_plain_checkpoints(data, tmp_path):
                                          (dict(schedule="step", step_epochs=1), {"epochs": 2}),
                                          (dict(optimizer="lars", lr=0.5, accumulate=2), {"epochs": 2})],
                          ids=["sgd", "sgd-from-python", "sgd-divided-at-the-resume", "lars-accumulated"])
-def test_resume_after_an_epoch_matches_an_uninterrupted_run(opts, given, data, tmp_path, two_epochs):
+def test_resume_after_an_epoch_matches_an_uninterrupted_run(opts, given, data, tmp_path, two_epochs,
+                                                            one_epoch_run):
     # From Python (given None) the config is what was asked for: its larger epochs was ignored, the run
     # called complete.
     if opts:
         train(config(data, tmp_path / "a", **opts))
+        train(config(data, tmp_path / "b", epochs=1, **opts))
+    else:   # that first epoch is the module's
+        data = one_epoch_run.parent / "data"
+        copy_of(one_epoch_run, tmp_path / "b")
     uninterrupted = weights(tmp_path / "a" / "last.pt") if opts else two_epochs
-    train(config(data, tmp_path / "b", epochs=1, **opts))
     train(config(data, tmp_path / "b", epochs=2, **opts), resume=True, given=given)
     assert_same_weights(uninterrupted, weights(tmp_path / "b" / "last.pt"))
     assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2
@@ -311,7 +335,7 @@ def test_a_stop_in_the_validation_of_an_epoch_an_earlier_version_padded_resumes_
         assert [json.loads(row)["epoch"] for row in (run / "metrics.jsonl").read_text().splitlines()] == [1]
 
 
-def test_a_run_saved_without_loss_scaling_resumes_with_it(data, tmp_path, monkeypatch):
+def test_a_run_saved_without_loss_scaling_resumes_with_it(one_epoch_run, tmp_path, monkeypatch):
     # --precision auto is fp16 with a loss scaler on a GPU without native bf16 (a V100), bf16 or fp32 without one
     # elsewhere: a run moved from an A100 to a V100, or begun on a V100 when auto took bf16 there, stopped at
     # "The source state dict is empty, possibly because it was saved from a disabled instance of GradScaler".
@@ -322,8 +346,7 @@ def test_a_run_saved_without_loss_scaling_resumes_with_it(data, tmp_path, monkey
             super().__init__(*args, **kwargs)
             self.scaler = torch.amp.GradScaler("cpu", enabled=True)
 
-    run = tmp_path / "run"
-    train(config(data, run, epochs=1))
+    run, data = copy_of(one_epoch_run, tmp_path / "run"), one_epoch_run.parent / "data"
     saved = torch.load(run / "last.pt", weights_only=True)
     assert saved["scaler"] == {} and saved["optimizer"]["param_groups"][0]["fused"]
     monkeypatch.setattr(train_module, "TrainStep", Scaled)
@@ -647,8 +670,9 @@ def test_parts_that_do_not_split_the_batch_are_refused_before_the_run_starts(dat
     assert not (tmp_path / "run").exists()
 
 
-def test_a_finished_run_is_never_overwritten(data, tmp_path):
-    train(config(data, tmp_path / "run", epochs=1))
+def test_a_finished_run_is_never_overwritten(one_epoch_run, tmp_path):
+    copy_of(one_epoch_run, tmp_path / "run")
+    data = one_epoch_run.parent / "data"
     with pytest.raises(UserError, match="already holds a run"):
         train(config(data, tmp_path / "run", epochs=1))
     with pytest.raises(UserError, match="cannot change --lr when resuming"):
@@ -684,11 +708,10 @@ def test_a_data_error_is_the_first_and_only_line_and_leaves_run_as_it_was(wrong,
     assert _files(kept) == {"notes.txt": b"mine"} and [p.name for p in kept.iterdir()] == ["notes.txt"]
 
 
-def test_resuming_a_finished_run_says_so_and_changes_nothing_until_epochs_grow(data, tmp_path, capsys):
+def test_resuming_a_finished_run_says_so_and_changes_nothing_until_epochs_grow(one_epoch_run, tmp_path, capsys):
     from alexnet.cli import main
 
-    run = tmp_path / "run"
-    train(config(data, run, epochs=1))
+    run = copy_of(one_epoch_run, tmp_path / "run")
     before = _files(run)
     capsys.readouterr()
     for resume in (["--resume"], ["--resume", "auto"], ["--resume", str(run / "last.pt")]):
@@ -934,9 +957,9 @@ def test_resume_auto_starts_a_run_then_continues_it(data, tmp_path, two_epochs):
     assert_same_weights(two_epochs, weights(run / "last.pt"))
 
 
-def test_resume_auto_keeps_an_earlier_runs_outputs_and_a_resume_refuses_what_would_lose_work(data, tmp_path):
-    run = tmp_path / "run"
-    train(config(data, run))
+def test_resume_auto_keeps_an_earlier_runs_outputs_and_a_resume_refuses_what_would_lose_work(two_epochs_run,
+                                                                                              tmp_path):
+    run, data = copy_of(two_epochs_run, tmp_path / "run"), two_epochs_run.parent / "data"
     # A resume may not train fewer epochs than it holds, nor take another preset.
     with pytest.raises(UserError, match="--epochs 1 is fewer than .* has trained \\(2 epochs\\); give at least 2"):
         train(config(data, run, epochs=1), resume=True, given={"epochs": 1})
@@ -1130,10 +1153,9 @@ def test_a_run_folder_not_every_node_sees_is_refused_in_one_line(data, tmp_path)
     assert not (tmp_path / "node1" / "run").exists()
 
 
-def test_a_resume_drops_metrics_rows_its_checkpoint_does_not_hold(data, tmp_path):
+def test_a_resume_drops_metrics_rows_its_checkpoint_does_not_hold(one_epoch_run, tmp_path):
     # As if the process died after writing epoch 2's row and before saving last.pt, mid-way through a line.
-    run = tmp_path / "run"
-    train(config(data, run, epochs=1))
+    run, data = copy_of(one_epoch_run, tmp_path / "run"), one_epoch_run.parent / "data"
     with open(run / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"epoch": 2, "val_loss": -1.0}) + "\n" + '{"epoch": 3, "val_lo')
     train(config(data, run, epochs=2), resume=True, given={"epochs": 2})
@@ -1180,9 +1202,8 @@ def test_a_second_run_on_a_busy_folder_is_refused_and_a_killed_ones_hold_is_gone
     assert last.returncode == 0 and "in use" not in last.stderr, last.stderr
 
 
-def test_a_fresh_run_never_writes_over_an_earlier_runs_files(data, tmp_path):
-    run = tmp_path / "run"
-    train(config(data, run, epochs=1))
+def test_a_fresh_run_never_writes_over_an_earlier_runs_files(one_epoch_run, tmp_path):
+    run, data = copy_of(one_epoch_run, tmp_path / "run"), one_epoch_run.parent / "data"
     (run / "last.pt").unlink()
     rows, best = (run / "metrics.jsonl").read_text(), (run / "best.pt").read_bytes()
     with pytest.raises(UserError, match="holds an earlier run's best.pt and metrics.jsonl but no last.pt"):
@@ -1237,10 +1258,9 @@ def test_a_hand_edited_config_yaml_is_refused_in_one_line(data, tmp_path):
         resolve_run(config(data, run, epochs=1), "auto", None)
 
 
-def test_resume_auto_after_an_attempt_stopped_before_its_first_checkpoint_starts_clean(data, tmp_path):
+def test_resume_auto_after_an_attempt_stopped_before_its_first_checkpoint_starts_clean(one_epoch_run, tmp_path):
     # Killed between epoch 1's metrics row and its last.pt: the restart's row must not follow a stale one.
-    run = tmp_path / "run"
-    train(config(data, run, epochs=1))
+    run, data = copy_of(one_epoch_run, tmp_path / "run"), one_epoch_run.parent / "data"
     (run / "last.pt").unlink()
     train(config(data, run, epochs=1), resume="auto")
     assert [json.loads(r)["epoch"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [1]
