@@ -1114,10 +1114,11 @@ def test_a_torchrun_agent_is_known_by_its_job_log_folder_across_restarts(monkeyp
 
 
 def test_without_a_terminal_progress_comes_as_plain_lines(more_data, tmp_path):
-    p = cli("train", "--data", str(more_data), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2",
-            "--log-every", "3", "--lr", "0.001", "--workers", "0", "--precision", "fp32")
-    _, err = p.communicate(timeout=300)                     # stderr is a pipe, as in a cluster job's log
-    assert p.returncode == 0, err
+    # In this process: stderr is no terminal (text captured), as in a cluster job's log, a pipe or a file.
+    r = run_main("train", "--data", more_data, "--out", tmp_path / "run", "--epochs", "1", "--batch-size", "2",
+                 "--log-every", "3", "--lr", "0.001", "--workers", "0", "--precision", "fp32")
+    err = r.stderr
+    assert r.returncode == 0, err
     lines = [line for line in err.splitlines() if " step " in line]
     assert [line.split(":")[0] for line in lines] == ["epoch 1/1 step 3/8", "epoch 1/1 step 6/8"]
     assert all("loss " in line and "img/s" in line and "epoch ends in" in line for line in lines)
