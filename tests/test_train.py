@@ -98,9 +98,15 @@ def one_epoch_in_pairs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_epoch_run(tmp_path_factory):
     """The run folder of config(data, ..., epochs=1) after its epoch, finished; its data beside it (../data),
-    for the resumes of a copy (copy_of) to read the images it was trained on."""
+    for the resumes of a copy (copy_of) to read the images it was trained on, and what it said (../stderr.txt)."""
+    import contextlib
+    import io
+
     root = tmp_path_factory.mktemp("one_epoch")
-    train(config(flat_colours(root / "data", 0, 4), root / "run", epochs=1))
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):
+        train(config(flat_colours(root / "data", 0, 4), root / "run", epochs=1))
+    (root / "stderr.txt").write_text(said.getvalue())
     return root / "run"
 
 
@@ -729,9 +735,9 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing_until_epochs_grow(o
     assert end.value.code == 2 and "a run folder holding last.pt" in capsys.readouterr().err
 
 
-def test_the_paper_recipe_on_a_small_set_points_at_the_demo_preset(data, tmp_path, capsys):
-    train(config(data, tmp_path / "paper", epochs=1))
-    assert "--preset demo is made for small sets" in capsys.readouterr().err
+def test_the_paper_recipe_on_a_small_set_points_at_the_demo_preset(data, tmp_path, capsys, one_epoch_run):
+    # config(data, ...) is the paper's recipe: the module's run of it
+    assert "--preset demo is made for small sets" in (one_epoch_run.parent / "stderr.txt").read_text()
     train(resolve("demo", dict(data=str(data), out=str(tmp_path / "demo"), epochs=1, batch_size=4, **FAST)))
     assert "--preset demo" not in capsys.readouterr().err
 
