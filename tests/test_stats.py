@@ -76,6 +76,27 @@ def test_cache_is_reused_and_recomputed_when_files_change(colour_set, tmp_path, 
     assert DataStats.load(cache).images == 5
 
 
+
+def test_a_cache_of_another_sample_is_recomputed_and_one_of_the_same_is_reused(colour_set, tmp_path, monkeypatch):
+    # A fresh attempt with --stats-images 2 stopped before its first checkpoint left RUN's statistics of 2
+    # images; its retry over every image took them as its own (only the files were matched).
+    ds, colours = colour_set
+    cache = tmp_path / "run" / "data_stats.safetensors"
+    assert load_or_compute_stats(ds, cache, workers=0, progress=False, max_images=2).images == 2
+    assert DataStats.load(cache).sample == 2
+    every = load_or_compute_stats(ds, cache, workers=0, progress=False)
+    assert every.images == 6 and DataStats.load(cache).sample == 0
+    torch.testing.assert_close(every.mean_image[0, 0], torch.tensor(colours.mean(0)).float())
+    # The same sample again, or one of at least the set's size (every image), is found; so is a file written
+    # before the sample was recorded (its metadata without it), as it was then.
+    monkeypatch.setattr(stats_module, "compute_stats", lambda *a, **k: pytest.fail("recomputed"))
+    for asked in (None, 6, 100):
+        assert load_or_compute_stats(ds, cache, max_images=asked).images == 6
+    older = DataStats.load(cache)
+    older.sample = None
+    older.save(cache)
+    assert DataStats.load(cache).sample is None and load_or_compute_stats(ds, cache, max_images=3).images == 6
+
 def _fingerprint_as_written(ds) -> str:
     # The cache's key as caches written before hold it: version, size, then "relative path<TAB>label" lines.
     text = f"v1 size={ds.size}\n" + "".join(f"{p.relative_to(ds.split.root)}\t{label}\n"
@@ -150,6 +171,23 @@ def test_stats_images_where_no_pass_runs_or_the_store_brings_its_statistics_is_r
         config = resolve("demo", {"data": str(where), "stats_images": n})
         _refuse_unread_settings(config, open_data(where), None, {"stats_images": n})
 
+
+
+def test_a_retry_with_another_stats_images_takes_its_own_pass(tmp_path):
+    # RUN/data_stats.safetensors of an attempt that stopped before its first checkpoint: a fresh start with
+    # other --stats-images computes its own; with the same, it takes the file.
+    from alexnet.config import resolve
+    from alexnet.data.sources import open_data
+    from alexnet.distributed import Dist
+    from alexnet.train import _statistics
+
+    colours = {cls: [(40 * i, 200 - 30 * i, 90 + 10 * i) for i in range(3)] for cls in ("a", "b")}
+    train_set = open_data(write_image_folders(tmp_path / "data", colours, size=(40, 40))).splits["train"]
+    for n, images in [(2, 2), (0, 6), (2, 2), (2, 2)]:
+        config = resolve("demo", {"data": str(tmp_path / "data"), "out": str(tmp_path / "run"), "workers": 0,
+                                  "stats_images": n})
+        assert _statistics(config, train_set, Dist()).images == images
+        assert DataStats.load(tmp_path / "run" / "data_stats.safetensors").images == images
 
 def test_the_mean_image_keeps_each_pixel_where_it_is(tmp_path):
     # Flat colours cannot tell a mirrored or transposed mean image: red ramps along the columns, green down

@@ -413,7 +413,7 @@ def _statistics(config: TrainConfig, train_set: ImageSet, dist: distributed.Dist
     `prepare` computed) and sends what it found; otherwise every process computes its share and the
     sums are added up, so no process waits on another for long (ImageNet's pass is tens of minutes)."""
     cache = Path(config.out) / STATS_FILE
-    found = find_stats(train_set, cache) if dist.main else None
+    found = find_stats(train_set, cache, config.stats_images or None) if dist.main else None
     if distributed.all_max(dist, torch.tensor([float(found is not None)]))[0]:
         return distributed.broadcast_object(dist, found)
     stats = compute_stats(train_set, workers=config.workers, max_images=config.stats_images or None,

@@ -45,11 +45,16 @@ class DataStats:
     eigvecs: torch.Tensor       # (3, 3) float32, column i belongs to eigvals[i]
     images: int                 # how many images went into the statistics
     fingerprint: str            # which files they came from (see fingerprint())
+    # The pass's sample: 0 for every image, else the --stats-images it was asked for; None where the file does
+    # not say (written before it was recorded).
+    sample: int | None = 0
 
     def save(self, path: Path) -> None:
         tensors = {k: getattr(self, k).contiguous() for k in
                    ("mean_image", "channel_mean", "channel_std", "eigvals", "eigvecs")}
         meta = {"version": STATS_VERSION, "images": str(self.images), "fingerprint": self.fingerprint}
+        if self.sample is not None:
+            meta["sample"] = str(self.sample)
         write_or_say(path, lambda tmp: save_safetensors(tensors, tmp, metadata=meta),
                      need=sum(t.numel() * t.element_size() for t in tensors.values()))
 
@@ -60,7 +65,9 @@ class DataStats:
         with utf8_name(path) as name, safe_open(name, framework="pt") as f:
             meta = f.metadata() or {}
             t = {k: f.get_tensor(k) for k in f.keys()}
-        return cls(**t, images=int(meta.get("images", 0)), fingerprint=meta.get("fingerprint", ""))
+        sample = meta.get("sample")
+        return cls(**t, images=int(meta.get("images", 0)), fingerprint=meta.get("fingerprint", ""),
+                   sample=int(sample) if sample is not None else None)
 
 
 # A set's fingerprint, with what it was computed from: a run asks for it more than once (statistics, then the
@@ -110,7 +117,8 @@ def compute_stats(dataset: ImageSet, batch_size: int = 64, workers: int | None =
     statistics one process would compute, in 1/world of the time. ``skipped``: the record of unreadable
     files to warn through (training passes its own, so that each file is warned about once per run)."""
     everything = list(range(len(dataset)))
-    if max_images and max_images < len(everything):
+    sample = sample_of(dataset, max_images)
+    if sample:
         everything = torch.linspace(0, len(everything) - 1, max_images).round().long().unique().tolist()
     indices = everything[rank::world]
     workers = min(4, usable_cores()) if workers is None else workers
@@ -150,18 +158,25 @@ def compute_stats(dataset: ImageSet, batch_size: int = 64, workers: int | None =
         channel_mean=(mean * 255).float(),
         channel_std=(cov.diagonal().clamp_min(0).sqrt() * 255).float(),
         eigvals=eigvals.float(), eigvecs=eigvecs.float(),
-        images=count, fingerprint=fingerprint(dataset))
+        images=count, fingerprint=fingerprint(dataset), sample=sample)
 
 
-def find_stats(dataset: ImageSet, cache: str | Path) -> DataStats | None:
-    """The statistics from ``cache`` when it was made from the same files, else from the dataset's own
-    (``stats_file``, computed ahead of time, then copied to ``cache``); None when neither has them."""
+def sample_of(dataset: ImageSet, max_images: int | None) -> int:
+    """The pass's sample as DataStats records it: 0 when ``max_images`` takes every image."""
+    return max_images if max_images and max_images < len(dataset) else 0
+
+
+def find_stats(dataset: ImageSet, cache: str | Path, max_images: int | None = None) -> DataStats | None:
+    """The statistics from ``cache`` when it was made from the same files and sample (``max_images``, as
+    compute_stats takes it), else from the dataset's own (``stats_file``, computed ahead of time over all its
+    images, then copied to ``cache``); None when neither has them."""
     cache = Path(cache)
-    stats = _matching(cache, dataset)
+    sample = sample_of(dataset, max_images)
+    stats = _matching(cache, dataset, sample)
     if stats is not None:
         return stats
     own = dataset.stats_file
-    if own is not None and own != cache and _matching(own, dataset) is not None:
+    if own is not None and own != cache and _matching(own, dataset, sample) is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(own, cache)
         return DataStats.load(cache)
@@ -171,13 +186,13 @@ def find_stats(dataset: ImageSet, cache: str | Path) -> DataStats | None:
 def has_own_stats(dataset: ImageSet) -> bool:
     """Whether the dataset brings statistics computed ahead of time (a prepared store's, over all its
     images) that find_stats takes instead of a pass."""
-    return dataset.stats_file is not None and _matching(dataset.stats_file, dataset) is not None
+    return dataset.stats_file is not None and _matching(dataset.stats_file, dataset, 0) is not None
 
 
 def load_or_compute_stats(dataset: ImageSet, cache: str | Path, **kwargs) -> DataStats:
     """find_stats, or else compute the statistics (kwargs: compute_stats') and cache them."""
     cache = Path(cache)
-    stats = find_stats(dataset, cache)
+    stats = find_stats(dataset, cache, kwargs.get("max_images"))
     if stats is not None:
         return stats
     stats = compute_stats(dataset, **kwargs)
@@ -186,13 +201,15 @@ def load_or_compute_stats(dataset: ImageSet, cache: str | Path, **kwargs) -> Dat
     return stats
 
 
-def _matching(path: Path, dataset: ImageSet) -> DataStats | None:
+def _matching(path: Path, dataset: ImageSet, sample: int) -> DataStats | None:
     if not path.is_file():
         return None
     try:
         stats = DataStats.load(path)
     except Exception:  # an unreadable or foreign file is recomputed, never trusted
         return None
-    if stats.fingerprint == fingerprint(dataset) and stats.mean_image.shape[0] == dataset.size:
+    # A file that does not say its sample (an older version's) is taken, as it was then.
+    same_sample = stats.sample is None or stats.sample == sample
+    if stats.fingerprint == fingerprint(dataset) and stats.mean_image.shape[0] == dataset.size and same_sample:
         return stats
     return None
