@@ -21,7 +21,6 @@ from alexnet.data.prepare import prepare
 from alexnet.data.prepared import marker_checksum, open_prepared
 from alexnet.data.stats import DataStats, find_stats, fingerprint, load_or_compute_stats
 from alexnet.errors import UserError
-from conftest import run_cli as cli
 from conftest import run_main
 
 RAW_BYTES = 256 * 256 * 3
@@ -173,7 +172,7 @@ def test_another_store_or_quality_in_out_is_refused(stores, tmp_path):
         (["--out", jpeg, "--store", "raw"], "holds a jpeg (quality 90) store, not the raw one"),
         (["--out", unfinished, "--store", "jpeg", "--quality", 80], "not the jpeg (quality 80) one asked for"),
     ]:
-        r = cli("prepare", "--data", data, *args)
+        r = run_main("prepare", "--data", data, *args)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     for out, store, quality, message in [
         (raw, "jpeg", None, "holds a raw store, not the jpeg (quality 90) one"),
@@ -300,9 +299,10 @@ def test_cli_prepare_jpeg_then_train_and_evaluate(tmp_path):
     r = run_main("prepare", "--data", data, "--out", prep, "--store", "jpeg", "--quality", 85, "--workers", 0)
     assert r.returncode == 0, r.stderr
     assert "(jpeg store, quality 85): train 4 images (1 unreadable left out)" in r.stdout
-    r = cli("train", "--preset", "demo", "--data", prep, "--out", tmp_path / "run", "--epochs", 1,
-            "--batch-size", 2, "--precision", "fp32")
+    # In this process, with their loaders' default workers (2: the JPEGs decoded there, as on any CPU).
+    r = run_main("train", "--preset", "demo", "--data", prep, "--out", tmp_path / "run", "--epochs", 1,
+                 "--batch-size", 2, "--precision", "fp32")
     assert r.returncode == 0, r.stderr
-    r = cli("evaluate", "--checkpoint", tmp_path / "run" / "best.pt", "--data", prep, "--json")
+    r = run_main("evaluate", "--checkpoint", tmp_path / "run" / "best.pt", "--data", prep, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["images"] == 4
