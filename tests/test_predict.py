@@ -82,7 +82,7 @@ def test_ten_views_and_batches_give_the_same_answers(fixed_outputs):
 
 def test_an_unreadable_file_is_named_and_the_others_are_still_predicted(fixed_outputs, tmp_path):
     ckpt, images = fixed_outputs
-    r = cli("predict", "--checkpoint", ckpt, images, tmp_path / "missing.png", "--json")
+    r = run_main("predict", "--checkpoint", ckpt, images, tmp_path / "missing.png", "--json")
     assert r.returncode == 1
     assert [json.loads(line)["path"] for line in r.stdout.splitlines()] == [str(images / "a.png"),
                                                                            str(images / "b.png")]
@@ -91,7 +91,7 @@ def test_an_unreadable_file_is_named_and_the_others_are_still_predicted(fixed_ou
     assert errors[0].startswith(f"alexnet predict: error: {images / 'broken.jpg'}: ")
     assert errors[1] == f"alexnet predict: error: {tmp_path / 'missing.png'}: no such file or directory"
     # As text, a blank line parts two images' blocks; a file that failed first left one before the first.
-    r = cli("predict", "--checkpoint", ckpt, tmp_path / "missing.png", images / "a.png", images / "b.png")
+    r = run_main("predict", "--checkpoint", ckpt, tmp_path / "missing.png", images / "a.png", images / "b.png")
     assert r.returncode == 1 and r.stdout.startswith(f"{images / 'a.png'}\n") and r.stdout.count("\n\n") == 1, r.stdout
 
 
@@ -291,7 +291,8 @@ def test_urls_are_not_fetched_and_control_characters_are_not_printed_raw(fixed_o
     hostile = make_checkpoint(tmp_path / "hostile.pt", variant="owt", classes=CLASSES, names=names, net=model)
     odd = tmp_path / "odd\x1bname.png"
     Image.new("RGB", (300, 260), (5, 5, 5)).save(odd)
-    r = cli("predict", "--checkpoint", hostile, "http://example.com/a.jpg", odd, images / "broken.jpg", "--topk", "4")
+    r = run_main("predict", "--checkpoint", hostile, "http://example.com/a.jpg", odd, images / "broken.jpg",
+                 "--topk", "4")
     assert r.returncode == 1
     assert "\x1b" not in r.stdout + r.stderr and "\x07" not in r.stdout
     assert "red\\x1b[31m" in r.stdout and "blue\\x07" in r.stdout and "odd\\x1bname.png" in r.stdout
