@@ -24,7 +24,7 @@ from alexnet.errors import UserError
 from alexnet.step import sgd
 from alexnet.train import train
 from alexnet.weights import load_model, save_weights
-from conftest import run_cli, write_image_folders
+from conftest import run_cli, run_main, write_image_folders
 
 
 @pytest.fixture(scope="module")
@@ -381,7 +381,9 @@ def test_resuming_from_a_damaged_last_pt_exits_2_with_one_line(state, tmp_path, 
     last = tmp_path / "run" / "last.pt"
     checkpoint.save(last, damaged)
     before = last.read_bytes()
-    r = run_cli("train", "--out", last.parent, "--resume", "--epochs", "2")
+    # In this process, refused before any training; momentum-shape in a process of its own, where a segmentation
+    # fault (what it once was) is a failed test and not the end of pytest's.
+    r = (run_cli if name == "momentum-shape" else run_main)("train", "--out", last.parent, "--resume", "--epochs", "2")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     one_line_naming(r.stderr.strip(), last, field)
     assert last.read_bytes() == before  # left as it was, for a look
