@@ -25,7 +25,6 @@ from alexnet.data.stats import compute_stats
 from alexnet.data.transforms import Draws, Normalize, train_views
 from alexnet.errors import UserError
 from alexnet.train import train
-from conftest import run_cli as cli
 from conftest import run_main, write_image_folders
 
 
@@ -201,7 +200,7 @@ def test_an_interrupted_prepare_resumes_without_redoing_finished_shards(prep, tm
     (out / "train" / "00002.json").unlink()
     (out / "train" / f"00002{suffix}").unlink()
     (out / "train" / f".00002{suffix}.tmp").write_bytes(b"\xff\xd8" * 500)
-    r = cli("train", "--data", out, "--out", tmp_path / "run")
+    r = run_main("train", "--data", out, "--out", tmp_path / "run")
     assert r.returncode == 2 and "unfinished `alexnet prepare`" in r.stderr and "Traceback" not in r.stderr
 
     written = []
@@ -224,7 +223,7 @@ def test_a_store_prepared_in_shards_of_another_size_says_so(prep, tmp_path):
     data, _ = prep
     out = tmp_path / "prep"
     prepare(data, out, workers=0, shard_size=4, progress=False)
-    r = cli("prepare", "--data", data, "--out", out, "--workers", 0)
+    r = run_main("prepare", "--data", data, "--out", out, "--workers", 0)
     assert r.returncode == 2 and f"{out} was prepared in shards of 4 images, not 1024: prepare it with " \
         "shard_size=4" in r.stderr, r.stderr
     (out / "alexnet-prepared.json").unlink()   # unfinished: its shards say it
@@ -272,7 +271,7 @@ def test_bad_input_is_one_line_and_exit_2(prep, tmp_path):
         (["--data", data, "--out", tmp_path / "stuff"], "not a prepared dataset; choose a new --out"),
         (["--data", out, "--out", tmp_path / "p2"], "already a prepared dataset"),
     ]:
-        r = cli("prepare", *args)
+        r = run_main("prepare", *args)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert (tmp_path / "stuff" / "notes.txt").read_text() == "mine"
 
@@ -309,7 +308,7 @@ def test_a_damaged_store_is_one_line_naming_the_file(prep, tmp_path, damage, mes
     with pytest.raises(UserError, match=re.escape(message)):
         open_prepared(out)
     if "00001.u8" in message:   # and through a command: one line, exit 2
-        r = cli("train", "--data", out, "--out", tmp_path / "run", "--epochs", "1", "--batch-size", "4")
+        r = run_main("train", "--data", out, "--out", tmp_path / "run", "--epochs", "1", "--batch-size", "4")
         # (train's first line says where it runs; the error is the last)
         assert r.returncode == 2 and message in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr
 
@@ -422,7 +421,7 @@ def test_files_that_break_a_batch_or_a_name_are_skipped_or_kept(tmp_path):
     assert {k: (v["images"], v["skipped"]) for k, v in splits.items()} == {"train": (5, 1), "val": (4, 64)}
     files = [str(path.relative_to(data / "train")) for path, _ in store.splits["train"].split.samples]
     assert os.path.join("ant", latin1) in files
-    r = cli("prepare", "--data", data, "--out", tmp_path / "prep")   # and again, from a command: done already
+    r = run_main("prepare", "--data", data, "--out", tmp_path / "prep")   # and again, from a command: done already
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
 
 
@@ -445,7 +444,7 @@ def test_prepare_refuses_an_out_in_use_or_inside_the_data(prep, tmp_path):
             prepare(data, inside, workers=0, progress=False)
     assert not (data / "train" / "prep").exists()
     (tmp_path / "file").write_text("x")
-    r = cli("prepare", "--data", data, "--out", tmp_path / "file")
+    r = run_main("prepare", "--data", data, "--out", tmp_path / "file")
     assert r.returncode == 2 and "is a file" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
