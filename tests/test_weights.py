@@ -16,7 +16,7 @@ from alexnet.data.transforms import Normalize
 from alexnet.errors import UserError
 from alexnet.model import AlexNet
 from alexnet.weights import is_weights_file, load_model, save_weights
-from conftest import run_cli as cli
+from conftest import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def test_a_pickle_that_would_run_code_is_refused_with_exit_2(command, tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"model": {}, "payload": RunsCode(marker)}, evil)
     extra = {"evaluate": ["--data", tmp_path], "predict": [evil], "export": ["--out", tmp_path / "x.safetensors"]}
-    r = cli(command, "--checkpoint", evil, *extra[command])
+    r = run_main(command, "--checkpoint", evil, *extra[command])
     assert r.returncode == 2, r.stderr
     assert "would run code when loaded; refusing" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not marker.exists()
@@ -108,7 +108,7 @@ def test_a_checkpoint_of_the_wrong_variant_is_one_line_with_exit_2(tmp_path, tin
     data, _ = tiny_folders
     owt_state_claiming_paper = make_checkpoint(tmp_path / "mixed.pt", variant="paper",
                                                net=AlexNet("owt", num_classes=2))
-    r = cli("evaluate", "--checkpoint", owt_state_claiming_paper, "--data", data, "--workers", 0)
+    r = run_main("evaluate", "--checkpoint", owt_state_claiming_paper, "--data", data, "--workers", 0)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "do not fit the paper network with 2 classes" in r.stderr
@@ -375,7 +375,7 @@ def test_a_plain_pickle_is_refused_in_one_line(tmp_path):
 
     raw = tmp_path / "raw.pt"
     raw.write_bytes(pickle.dumps({"model": {"w": [1.0]}}, protocol=4))
-    r = cli("predict", "--checkpoint", raw, raw)
+    r = run_main("predict", "--checkpoint", raw, raw)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "is not a readable checkpoint" in r.stderr
 
@@ -408,8 +408,6 @@ def test_metrics_of_the_wrong_kind_and_an_owt_crop_too_small_are_refused(paper_p
 
 
 def test_import_torchvision_says_this_projects_own_networks_need_no_import(paper_pt, tmp_path):
-    from conftest import run_main
-
     save_weights(load_model(paper_pt), tmp_path / "w.safetensors")
     for path, what in ((paper_pt, "this project's training checkpoint"),
                        (tmp_path / "w.safetensors", "this project's weights file")):
