@@ -13,7 +13,7 @@ from alexnet.data.decode import load_fixed
 from alexnet.data.transforms import center_view
 from alexnet.features import activations, extract_features, split_images
 from alexnet.weights import load_model
-from conftest import run_cli as cli
+from conftest import run_main
 from conftest import write_image_folders
 from test_weights import make_checkpoint
 
@@ -78,14 +78,15 @@ def test_batches_and_workers_do_not_change_the_features(owt):
     assert (one.features >= 0).all()    # relu7: after the ReLU
 
 
-def test_features_command_writes_npz_and_skips_unreadable_images(owt, tmp_path):
+def test_features_command_writes_npz_and_skips_unreadable_images(owt, tmp_path, monkeypatch):
     ckpt, data = owt
     (data / "train" / "bee" / "zz_broken.png").write_bytes(b"not a png")
     try:
         out = tmp_path / "f.npz"
         # --data as a user in its parent folder types it
-        r = cli("features", "--checkpoint", ckpt, "--data", data.name, "--split", "train", "--layer", "pool5",
-                "--out", out, "--batch-size", 4, "--workers", 0, cwd=data.parent)
+        monkeypatch.chdir(data.parent)
+        r = run_main("features", "--checkpoint", ckpt, "--data", data.name, "--split", "train", "--layer", "pool5",
+                     "--out", out, "--batch-size", 4, "--workers", 0)
     finally:
         (data / "train" / "bee" / "zz_broken.png").unlink()
     assert r.returncode == 0, r.stderr
