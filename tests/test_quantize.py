@@ -26,7 +26,6 @@ from alexnet.data.transforms import Normalize, center_view
 from alexnet.errors import UserError
 from alexnet.model import AlexNet
 from alexnet.quantize import quantize_int8, require_cpu
-from conftest import run_cli as cli
 from conftest import run_main
 from test_weights import make_checkpoint
 
@@ -190,7 +189,7 @@ def test_the_calibration_count_is_of_the_images_read(cli_data, tmp_path):
 def test_cli_evaluate_int8_calibrates_on_train_never_on_val(cli_data, tmp_path):
     ckpt, data = cli_data
     (tmp_path / "val").symlink_to(data / "val")
-    r = cli("evaluate", "--checkpoint", ckpt, "--data", tmp_path, "--workers", 0, "--precision", "int8")
+    r = run_main("evaluate", "--checkpoint", ckpt, "--data", tmp_path, "--workers", 0, "--precision", "int8")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "train" in r.stderr
 
@@ -214,7 +213,7 @@ def test_cli_predict_int8_gives_the_fp32_probabilities(cli_data):
     # Without --calibrate it calibrates on the images it predicts; --calibrate alone is refused.
     r = run_main("predict", "--checkpoint", ckpt, images / "a", "--precision", "int8")
     assert r.returncode == 0, r.stderr
-    r = cli("predict", "--checkpoint", ckpt, images / "a", "--calibrate", data / "train")
+    r = run_main("predict", "--checkpoint", ckpt, images / "a", "--calibrate", data / "train")
     assert r.returncode == 2 and "--calibrate is for --precision int8" in r.stderr
 
 
