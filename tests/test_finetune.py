@@ -2,6 +2,8 @@
 
 import contextlib
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,6 +50,12 @@ def owt_weights(tmp_path):
     path = tmp_path / "owt.safetensors"
     save_weights(import_torchvision(tmp_path / "alexnet-owt-random.pth"), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def owt_file(tmp_path_factory):
+    """owt_weights' file, made once for the tests that only read it."""
+    return owt_weights(tmp_path_factory.mktemp("owt"))
 
 
 def last(run):
@@ -135,11 +143,11 @@ def test_a_resume_refuses_other_weights(finetuned, tmp_path):
         train(resolve("paper", dict(data=str(data), out=str(run), **given)), resume=True, given=given)
 
 
-def test_torchvision_weights_fine_tune_under_the_demo_preset_with_their_own_input(tmp_path):
+def test_torchvision_weights_fine_tune_under_the_demo_preset_with_their_own_input(owt_file, tmp_path):
     """ImageNet weights onto a user's 3 classes: the owt network and ImageNet's mean and std, whatever the
     preset says; a resume does not need the file again."""
     data = three_colours(tmp_path / "data")
-    path = owt_weights(tmp_path)
+    path = Path(shutil.copy(owt_file, tmp_path))   # deleted below
     source = load_model(path).model.state_dict()
     run = tmp_path / "run"
     code = run_main("train", "--preset", "demo", "--data", data, "--out", run, "--weights", path, "--lr", "1e-30",
@@ -166,10 +174,9 @@ def test_torchvision_weights_fine_tune_under_the_demo_preset_with_their_own_inpu
     (["--normalization", "mean-image"], "leave out --normalization mean-image"),
     (["--lrn", "caffe"], "leave out --lrn caffe"),
 ])
-def test_flags_that_ask_for_another_network_or_input_are_refused_in_one_line(tmp_path, flags, message):
+def test_flags_that_ask_for_another_network_or_input_are_refused_in_one_line(owt_file, tmp_path, flags, message):
     data = three_colours(tmp_path / "data")
-    path = owt_weights(tmp_path)
-    code = run_main("train", "--data", data, "--out", tmp_path / "run", "--weights", path, *flags, "--workers", "0")
+    code = run_main("train", "--data", data, "--out", tmp_path / "run", "--weights", owt_file, *flags, "--workers", "0")
     assert code.returncode == 2 and message in code.stderr and len(code.stderr.strip().splitlines()) == 1, code.stderr
     assert not (tmp_path / "run").exists()
 
@@ -189,14 +196,14 @@ def test_the_python_api_refuses_what_differs_from_the_preset_and_records_an_abso
     assert (adopted.weights, adopted.lrn, adopted.small) == (str(path), "caffe", "pad")
 
 
-def test_two_towers_take_the_network_of_the_weights_not_of_the_preset(finetuned, tmp_path):
+def test_two_towers_take_the_network_of_the_weights_not_of_the_preset(finetuned, owt_file, tmp_path):
     from alexnet.train import _start_from
 
     settings = dict(out=str(tmp_path / "run"), towers=2)
     adopted, _ = _start_from(resolve("torchvision", settings | {"weights": str(finetuned[1])}), {}, None)
     assert (adopted.variant, adopted.towers) == ("paper", 2)   # the preset's owt network is not what is trained
     with pytest.raises(UserError, match="--towers 2 splits the paper network's two towers; the owt variant has none"):
-        _start_from(resolve("paper", settings | {"weights": str(owt_weights(tmp_path))}), {}, None)
+        _start_from(resolve("paper", settings | {"weights": str(owt_file)}), {}, None)
 
 
 def test_weights_that_cannot_be_used_are_refused_before_anything_is_written(tmp_path):
