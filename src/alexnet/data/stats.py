@@ -119,7 +119,7 @@ def compute_stats(dataset: ImageSet, batch_size: int = 64, workers: int | None =
     everything = list(range(len(dataset)))
     sample = sample_of(dataset, max_images)
     if sample:
-        everything = torch.linspace(0, len(everything) - 1, max_images).round().long().unique().tolist()
+        everything = torch.linspace(0, len(everything) - 1, sample).round().long().unique().tolist()
     indices = everything[rank::world]
     workers = min(4, usable_cores()) if workers is None else workers
     loader = Loader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers,
