@@ -216,6 +216,46 @@ def test_a_worker_killed_mid_epoch_is_restarted_and_ends_with_the_uninterrupted_
     assert_same_run(torch.load(one_process[2], weights_only=True), weights(run / "last.pt"))
 
 
+def test_workers_of_an_agent_killed_outright_save_and_stop_and_their_run_resumes(more_data, one_process, tmp_path,
+                                                                                    launch):
+    # kill -9 (or the OOM killer) gives torchrun no chance to stop its workers: they trained on, holding the
+    # folder, and the command run again was refused. They now stop as when torchrun stops them.
+    run = tmp_path / "run"
+    command = ["--standalone", "--nproc-per-node", "2", "-m", "alexnet", "train", "--data", more_data, "--out", run,
+               "--epochs", "1", "--log-every", "1", *FLAGS]
+    agent = launch("agent", *command)
+    wait_until(lambda: "step 1/4" in output(agent), [agent], "a first step")
+    workers = children(agent.pid)
+    assert len(workers) == 2, log(agent)
+    os.kill(agent.pid, signal.SIGKILL)
+    agent.wait(timeout=60)
+    deadline = time.monotonic() + WAIT
+    while any(alive(pid) for pid in workers):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the workers {workers} still ran {WAIT} s after their agent was killed\n{log(agent)}")
+        time.sleep(0.05)
+    out = output(agent)
+    assert "alexnet train: stopped by SIGTERM at epoch 1, step" in out, log(agent)
+    assert "Traceback" not in out, log(agent, tail=20000)
+    assert not (run / ".lock").exists() and not list(run.glob(".*.tmp"))
+    torch.load(run / "last.pt", weights_only=True)
+
+    # Resumed in one process (any number resumes a run): the same weights as the uninterrupted one's.
+    train(resolve("paper", dict(data=str(more_data), out=str(run), epochs=1, batch_size=4, lr=0.001, dropout=0.0,
+                                workers=0, precision="fp64", log_every=1)), resume=True)
+    assert epochs_in(run) == [1]
+    assert_same_run(torch.load(one_process[1], weights_only=True), weights(run / "last.pt"))
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs: not gone, and not a zombie that no one reaped (as in a container whose
+    first process reaps no orphans)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def test_elastic_membership_goes_on_with_the_node_that_is_left(more_data, one_process, tmp_path, launch):
     run, port = tmp_path / "run", free_port()
     # Short timeouts: a node silent for 5 s is dead; a round short of nodes closes 3 s after the first joins.

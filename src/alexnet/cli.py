@@ -1037,7 +1037,9 @@ def _main(argv: list[str] | None) -> int:
     command = "alexnet"
     try:
         from alexnet.memory import reuse_freed_memory
+        from alexnet.orphans import stop_with_torchrun_agent
 
+        stop_with_torchrun_agent()
         reuse_freed_memory()   # every command here allocates big tensors in a loop; see memory.py
         parser = build_parser()
         args, unknown = parser.parse_known_args(argv)
