@@ -6,8 +6,10 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -205,6 +207,32 @@ def test_the_file_systems_refusals_are_one_line(monkeypatch, capsys, error, show
 GLOO_PEER_GONE = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
                   "[127.0.0.1]:40159. This is typically caused by a remote worker crashing. Check the logs of the "
                   "remote worker before reporting an error.")   # as torch 2.14's gloo words it
+
+
+def test_torchruns_sigterm_on_the_way_out_of_a_failed_collective_leaves_the_failure_said(monkeypatch, capsys):
+    # A worker died; the survivor's collective failed, and torchrun's SIGTERM reached it in the teardown (a
+    # finally clause) as the failure went by: it said only "stopped by SIGTERM", not why, nor what a restart
+    # resumes from. A SIGTERM with no failure under way stays one.
+    def fails_then_signalled(args):
+        try:
+            if args.command == "train":
+                raise RuntimeError(GLOO_PEER_GONE)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)   # the handler runs here, between two bytecodes
+    parser = build_parser()
+    monkeypatch.setattr("alexnet.cli.build_parser", lambda: parser)
+    for command in ("train", "summary"):
+        parser._subparsers._group_actions[0].choices[command].set_defaults(run=fails_then_signalled)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
+    assert main(["train"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("alexnet train: error: another process of the job failed (") and "SIGTERM" not in err
+    assert err.endswith("torchrun restarts the group from the last checkpoint if --max-restarts allows\n")
+    assert main(["summary"]) == 143
+    assert capsys.readouterr().err == "alexnet summary: stopped by SIGTERM\n"
 
 
 def test_a_peer_that_died_in_a_collective_is_one_line_and_other_errors_keep_their_traceback(monkeypatch, capsys,

@@ -1089,6 +1089,12 @@ class _StopsOnSigterm:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
+        failure = sys.exc_info()[1]
+        if isinstance(failure, Exception) and _a_peer_failed(failure):
+            # torchrun's SIGTERM, sent once another process died, met this one on its way out of the collective
+            # that failed (in the teardown): that failure is what to say, with what a restart resumes from,
+            # not a bare "stopped by SIGTERM".
+            raise failure
         if os.environ.get("LOCAL_RANK", "0") == "0":   # under torchrun, once a machine: every process is stopped
             print(f"{self.command}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
         raise Stopped(signum)
