@@ -235,7 +235,8 @@ def test_workers_of_an_agent_killed_outright_save_and_stop_and_their_run_resumes
             pytest.fail(f"the workers {workers} still ran {WAIT} s after their agent was killed\n{log(agent)}")
         time.sleep(0.05)
     out = output(agent)
-    assert "alexnet train: stopped by SIGTERM at epoch 1, step" in out, log(agent)
+    assert "alexnet train: stopped by SIGTERM (torchrun, which started this process, ended) at epoch 1, step" in out, \
+        log(agent)
     assert "Traceback" not in out, log(agent, tail=20000)
     assert not (run / ".lock").exists() and not list(run.glob(".*.tmp"))
     torch.load(run / "last.pt", weights_only=True)

@@ -16,11 +16,11 @@ open(sys.argv[2] + ".pid", "w").write(str(worker.pid))
 time.sleep(600)
 """
 
-# The worker: says which signal reached it, if any.
+# The worker: says which signal reached it, if any, as its stop line would name it.
 WORKER = """
 import os, signal, sys, time
-from alexnet.orphans import stop_with_torchrun_agent
-signal.signal(signal.SIGTERM, lambda signum, frame: (open(sys.argv[1], "w").write("SIGTERM"), os._exit(0)))
+from alexnet.orphans import signal_name, stop_with_torchrun_agent
+signal.signal(signal.SIGTERM, lambda signum, frame: (open(sys.argv[1], "w").write(signal_name(signum)), os._exit(0)))
 stop_with_torchrun_agent()
 open(sys.argv[1] + ".ready", "w").close()
 time.sleep(600)
@@ -53,7 +53,8 @@ def test_a_torchrun_worker_is_stopped_when_its_agent_is_killed_outright(tmp_path
         agent.wait()
         if under_torchrun:
             assert wait_for(report.exists, 10), "the worker went on after its agent was killed"
-            assert wait_for(lambda: report.read_text() == "SIGTERM", 10)
+            # Its stop line says where the SIGTERM came from: no one sent it by hand.
+            assert wait_for(lambda: report.read_text() == "SIGTERM (torchrun, which started this process, ended)", 10)
         else:
             assert not wait_for(report.exists, 1.0)   # no torchrun: the process is not ours to stop
             os.kill(worker, 0)

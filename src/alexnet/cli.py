@@ -22,6 +22,7 @@ from pathlib import Path
 from alexnet.choices import (CALIBRATION_IMAGES, DEFAULT_LAYER, EXPORT_FORMATS, GPU_SECTIONS, LRN_NAMES, QUALITY,
                              SCALES, SMALL, VARIANTS, device_setting)
 from alexnet.errors import CutShort, Stopped, UserError, one_line, printable
+from alexnet.orphans import signal_name, stop_with_torchrun_agent
 
 EXIT_USAGE = 2
 
@@ -1037,7 +1038,6 @@ def _main(argv: list[str] | None) -> int:
     command = "alexnet"
     try:
         from alexnet.memory import reuse_freed_memory
-        from alexnet.orphans import stop_with_torchrun_agent
 
         stop_with_torchrun_agent()
         reuse_freed_memory()   # every command here allocates big tensors in a loop; see memory.py
@@ -1096,7 +1096,7 @@ class _StopsOnSigterm:
             # not a bare "stopped by SIGTERM".
             raise failure
         if os.environ.get("LOCAL_RANK", "0") == "0":   # under torchrun, once a machine: every process is stopped
-            print(f"{self.command}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+            print(f"{self.command}: stopped by {signal_name(signum)}", file=sys.stderr)
         raise Stopped(signum)
 
     def __exit__(self, *exc) -> None:

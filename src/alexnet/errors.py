@@ -4,7 +4,7 @@ UserError means "the user asked for something that cannot be done": one line on 
 Stopped means a signal asked the command to end. Anything else is a bug and keeps its traceback.
 """
 
-import signal
+from alexnet.orphans import signal_name
 
 
 class UserError(Exception):
@@ -34,7 +34,7 @@ class Stopped(BaseException):
     decoder's, which would call the signal an unreadable image and go on)."""
 
     def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
+        super().__init__(signal_name(signum))
         self.exit_code = 128 + signum
 
 

@@ -24,10 +24,23 @@ def stop_with_torchrun_agent() -> None:
     kill -9 (or by the OOM killer), the agent could tell no one, and its workers trained on unsupervised: the
     same torchrun command run again was refused, the run folder in use by processes the user no longer saw.
     torchrun starts each worker from its agent's main thread (the thread's end is what the kernel signals)."""
+    global _agent
     if "TORCHELASTIC_RESTART_COUNT" in os.environ:
-        agent = os.getppid()
-        if _signal_when_parent_ends(signal.SIGTERM) and os.getppid() != agent:   # it ended in between
+        _agent = os.getppid()
+        if _signal_when_parent_ends(signal.SIGTERM) and os.getppid() != _agent:   # it ended in between
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+_agent: int | None = None   # the torchrun agent that started this process, under torchrun
+
+
+def signal_name(signum: int) -> str:
+    """How a stop line names ``signum``: a SIGTERM that came of the torchrun agent's end says so, where the
+    user who killed torchrun sent no SIGTERM and would not know where it came from."""
+    name = signal.Signals(signum).name
+    if signum == signal.SIGTERM and _agent is not None and os.getppid() != _agent:
+        return f"{name} (torchrun, which started this process, ended)"
+    return name
 
 
 def _signal_when_parent_ends(signum: int) -> bool:

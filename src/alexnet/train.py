@@ -56,6 +56,7 @@ from alexnet.errors import Stopped, UserError
 from alexnet.evaluate import evaluate
 from alexnet.files import FolderLock, atomic_write, cache_root
 from alexnet.model import AlexNet, freeze
+from alexnet.orphans import signal_name
 from alexnet.precision import autocast_dtype, weights_dtype
 from alexnet.precision import name as precision_name
 from alexnet.schedule import LRSchedule
@@ -472,7 +473,7 @@ class _StopsAtOnce:
             os.kill(os.getpid(), signum)
             return
         if self.dist.main:
-            tqdm.write(f"alexnet train: stopped by {signal.Signals(signum).name} before the first step; nothing "
+            tqdm.write(f"alexnet train: stopped by {signal_name(signum)} before the first step; nothing "
                        f"was trained, so nothing is saved", file=sys.stderr)
         raise Stopped(signum)
 
@@ -1218,7 +1219,7 @@ def _stop(run: _Run, signum: int, saved: bool = False) -> None:
             "any number of processes)")
     where = (f"after epoch {run.epoch}" if saved else
              f"at epoch {run.epoch + 1}, step {run.step_in_epoch} of {run.steps}")
-    run.say(f"alexnet train: stopped by {signal.Signals(signum).name} {where}; {run.folder / 'last.pt'} is saved. "
+    run.say(f"alexnet train: stopped by {signal_name(signum)} {where}; {run.folder / 'last.pt'} is saved. "
             f"{how}")
     raise Stopped(signum)
 
