@@ -18,6 +18,9 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+_agent: int | None = None   # the torchrun agent that started this process, under torchrun
+
+
 def stop_with_torchrun_agent() -> None:
     """Under torchrun, a SIGTERM when the agent that started this worker ends, as when the agent stops its
     workers itself: a training saves last.pt, releases its folder and says how to resume. Killed with
@@ -29,9 +32,6 @@ def stop_with_torchrun_agent() -> None:
         _agent = os.getppid()
         if _signal_when_parent_ends(signal.SIGTERM) and os.getppid() != _agent:   # it ended in between
             os.kill(os.getpid(), signal.SIGTERM)
-
-
-_agent: int | None = None   # the torchrun agent that started this process, under torchrun
 
 
 def signal_name(signum: int) -> str:
