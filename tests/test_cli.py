@@ -209,6 +209,15 @@ GLOO_PEER_GONE = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pai
                   "remote worker before reporting an error.")   # as torch 2.14's gloo words it
 
 
+def in_a_job_of_two(monkeypatch, run) -> None:
+    """`alexnet train` and `alexnet summary` do ``run``, in a process of a job of two."""
+    parser = build_parser()
+    monkeypatch.setattr("alexnet.cli.build_parser", lambda: parser)
+    for command in ("train", "summary"):
+        parser._subparsers._group_actions[0].choices[command].set_defaults(run=run)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+
+
 def test_torchruns_sigterm_on_the_way_out_of_a_failed_collective_leaves_the_failure_said(monkeypatch, capsys):
     # A worker died; the survivor's collective failed, and torchrun's SIGTERM reached it in the teardown (a
     # finally clause) as the failure went by: it said only "stopped by SIGTERM", not why, nor what a restart
@@ -220,11 +229,7 @@ def test_torchruns_sigterm_on_the_way_out_of_a_failed_collective_leaves_the_fail
         finally:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.5)   # the handler runs here, between two bytecodes
-    parser = build_parser()
-    monkeypatch.setattr("alexnet.cli.build_parser", lambda: parser)
-    for command in ("train", "summary"):
-        parser._subparsers._group_actions[0].choices[command].set_defaults(run=fails_then_signalled)
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    in_a_job_of_two(monkeypatch, fails_then_signalled)
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
     assert main(["train"]) == 1
@@ -241,11 +246,7 @@ def test_a_peer_that_died_in_a_collective_is_one_line_and_other_errors_keep_thei
 
     def fails(args):
         raise failure
-    parser = build_parser()
-    monkeypatch.setattr("alexnet.cli.build_parser", lambda: parser)
-    for command in ("train", "summary"):
-        parser._subparsers._group_actions[0].choices[command].set_defaults(run=fails)
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    in_a_job_of_two(monkeypatch, fails)
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "error.json"))
     assert main(["train"]) == 1
