@@ -218,8 +218,8 @@ def test_a_worker_killed_mid_epoch_is_restarted_and_ends_with_the_uninterrupted_
 
 def test_workers_of_an_agent_killed_outright_save_and_stop_and_their_run_resumes(more_data, one_process, tmp_path,
                                                                                     launch):
-    # kill -9 (or the OOM killer) gives torchrun no chance to stop its workers: they trained on, holding the
-    # folder, and the command run again was refused. They now stop as when torchrun stops them.
+    # kill -9 (or the OOM killer) gives torchrun no chance to stop its workers; the kernel's parent-death signal
+    # does: they stop as when torchrun stops them (else they train on, holding the folder from the next job).
     run = tmp_path / "run"
     command = ["--standalone", "--nproc-per-node", "2", "-m", "alexnet", "train", "--data", more_data, "--out", run,
                "--epochs", "1", "--log-every", "1", *FLAGS]
